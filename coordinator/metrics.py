@@ -1,0 +1,33 @@
+"""Prometheus metrics of the coordinator (DESIGN §7). Labels are bounded enums only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Sub-millisecond to multi-second: phases span local SQLite fsyncs to retried RPCs.
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+TRANSACTIONS_STARTED = Counter("xatm_transactions_started_total", "Transactions begun")
+TRANSACTIONS_COMPLETED = Counter(
+    "xatm_transactions_completed_total", "Transactions that reached a final status", ["outcome"]
+)
+TRANSACTIONS_ACTIVE = Gauge("xatm_transactions_active", "Transactions not yet final, by status", ["status"])
+BRANCH_RESULTS = Counter("xatm_branch_results_total", "XA return codes received from branches", ["phase", "code"])
+PHASE_DURATION = Histogram(
+    "xatm_phase_duration_seconds", "Time spent in each protocol phase", ["phase"], buckets=LATENCY_BUCKETS
+)
+TRANSACTION_DURATION = Histogram(
+    "xatm_transaction_duration_seconds",
+    "Begin to final status",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_DOUBT_BRANCHES = Gauge(
+    "xatm_in_doubt_branches", "Branches whose phase-two outcome is decided but not yet acknowledged"
+)
+WAL_FSYNC_DURATION = Histogram("xatm_wal_fsync_duration_seconds", "WAL fsync latency", buckets=LATENCY_BUCKETS)
+WAL_RECORDS = Counter("xatm_wal_records_total", "Records appended to the transaction log", ["type"])
+WAL_TORN_TAIL = Counter("xatm_wal_torn_tail_total", "Torn or corrupt final WAL records cut off at start-up")
+RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])
+RETRIES = Counter("xatm_retries_total", "Phase-two calls retried by the backoff policy", ["phase"])
+ADMIN_ACTIONS = Counter("xatm_admin_actions_total", "Operator actions", ["action", "result"])

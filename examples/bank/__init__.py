@@ -1,0 +1,1 @@
+"""Bank example: two account services and a transfer initiator."""

@@ -1,0 +1,1 @@
+"""xatm participant stub: resource managers, the Participant service, context propagation."""

@@ -1,0 +1,104 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import coordinator_pb2 as _coordinator_pb2
+from . import xa_pb2 as _xa_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ("statuses", "begun_after", "page_size", "page_token")
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    BEGUN_AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedScalarFieldContainer[_xa_pb2.TransactionStatus]
+    begun_after: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[_xa_pb2.TransactionStatus, str]]] = ..., begun_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTransactionsResponse(_message.Message):
+    __slots__ = ("transactions", "next_page_token")
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[_xa_pb2.TransactionInfo]
+    next_page_token: str
+    def __init__(self, transactions: _Optional[_Iterable[_Union[_xa_pb2.TransactionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetTransactionRequest(_message.Message):
+    __slots__ = ("gtrid",)
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
+
+class ForceRequest(_message.Message):
+    __slots__ = ("gtrid", "reason")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    reason: str
+    def __init__(self, gtrid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("gtrids",)
+    GTRIDS_FIELD_NUMBER: _ClassVar[int]
+    gtrids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gtrids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetResult(_message.Message):
+    __slots__ = ("gtrid", "forgotten", "error")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    forgotten: bool
+    error: str
+    def __init__(self, gtrid: _Optional[str] = ..., forgotten: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ForgetResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ForgetResult, _Mapping]]] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "actor", "action", "gtrid", "peer", "trace_id", "result", "detail")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    action: str
+    gtrid: str
+    peer: str
+    trace_id: str
+    result: str
+    detail: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., gtrid: _Optional[str] = ..., peer: _Optional[str] = ..., trace_id: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,108 @@
+from . import xa_pb2 as _xa_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BeginRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class BeginResponse(_message.Message):
+    __slots__ = ("gtrid", "format_id", "timeout_ms")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    format_id: int
+    timeout_ms: int
+    def __init__(self, gtrid: _Optional[str] = ..., format_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class EnlistRequest(_message.Message):
+    __slots__ = ("gtrid", "bqual", "rm_id", "endpoint")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    BQUAL_FIELD_NUMBER: _ClassVar[int]
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    bqual: str
+    rm_id: str
+    endpoint: str
+    def __init__(self, gtrid: _Optional[str] = ..., bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class EnlistResponse(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: _xa_pb2.XaCode
+    reason: str
+    def __init__(self, code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CompletionRequest(_message.Message):
+    __slots__ = ("gtrid",)
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
+
+class CompletionResponse(_message.Message):
+    __slots__ = ("gtrid", "outcome", "status", "branches")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    outcome: _xa_pb2.TxOutcome
+    status: _xa_pb2.TransactionStatus
+    branches: _containers.RepeatedCompositeFieldContainer[_xa_pb2.BranchInfo]
+    def __init__(self, gtrid: _Optional[str] = ..., outcome: _Optional[_Union[_xa_pb2.TxOutcome, str]] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchInfo, _Mapping]]] = ...) -> None: ...
+
+class MarkRollbackOnlyRequest(_message.Message):
+    __slots__ = ("gtrid", "reason")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    reason: str
+    def __init__(self, gtrid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("gtrid",)
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
+
+class QueryOutcomeRequest(_message.Message):
+    __slots__ = ("xid",)
+    XID_FIELD_NUMBER: _ClassVar[int]
+    xid: _xa_pb2.Xid
+    def __init__(self, xid: _Optional[_Union[_xa_pb2.Xid, _Mapping]] = ...) -> None: ...
+
+class QueryOutcomeResponse(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: _xa_pb2.Decision
+    def __init__(self, decision: _Optional[_Union[_xa_pb2.Decision, str]] = ...) -> None: ...
+
+class CreateSavepointRequest(_message.Message):
+    __slots__ = ("gtrid",)
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
+
+class CreateSavepointResponse(_message.Message):
+    __slots__ = ("savepoint_id",)
+    SAVEPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    savepoint_id: str
+    def __init__(self, savepoint_id: _Optional[str] = ...) -> None: ...
+
+class RollbackToSavepointRequest(_message.Message):
+    __slots__ = ("gtrid", "savepoint_id")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    SAVEPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    savepoint_id: str
+    def __init__(self, gtrid: _Optional[str] = ..., savepoint_id: _Optional[str] = ...) -> None: ...

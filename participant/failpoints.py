@@ -1,0 +1,139 @@
+"""Named fault-injection points at every protocol boundary (DESIGN §8).
+
+Armed with ``XATM_FAILPOINTS="name=action;name=action"`` where an action is
+``crash``, ``sleep(MS)``, ``return(XA_CODE)`` or ``error(GRPC_CODE)``, optionally
+prefixed ``N*`` to fire only N times. When nothing is armed a hit is one truth test
+of an empty dict, so production code pays nothing measurable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from .xa import XaCode, XatmError
+
+__all__ = ["CATALOGUE", "FailpointError", "ahit", "arm", "disarm", "hit"]
+
+CATALOGUE: dict[str, str] = {
+    "coordinator.before_prepare": "coordinator, before the prepare calls are sent",
+    "coordinator.after_prepare": "coordinator, after every prepare answered, before the decision",
+    "coordinator.before_decision": "coordinator, before the commit decision is written",
+    "coordinator.after_decision": "coordinator, after the commit decision is durable, before phase two",
+    "coordinator.between_phase_two": "coordinator, between two phase-two calls",
+    "coordinator.before_rollback": "coordinator, before the rollback calls are sent",
+    "participant.prepare": "participant, on receiving prepare, before the RM prepares",
+    "participant.after_prepare": "participant, after the RM prepared, before answering",
+    "participant.commit": "participant, on receiving commit, before the RM commits",
+    "participant.rollback": "participant, on receiving rollback, before the RM rolls back",
+    "wal.before_fsync": "write-ahead log, before each fsync",
+}
+
+
+class FailpointError(ValueError):
+    """A malformed XATM_FAILPOINTS specification."""
+
+
+@dataclass
+class _Action:
+    kind: str
+    arg: str
+    remaining: int | None
+
+
+_SPEC = re.compile(r"^(?:(\d+)\*)?(crash|sleep|return|error)(?:\((\w+)\))?$")
+_armed: dict[str, _Action] = {}
+_lock = threading.Lock()
+
+
+def _parse(spec: str) -> dict[str, _Action]:
+    actions: dict[str, _Action] = {}
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
+        name, sep, action = item.partition("=")
+        name, action = name.strip(), action.strip()
+        if not sep or name not in CATALOGUE:
+            raise FailpointError(f"unknown failpoint {name!r}; see `xatm --list-failpoints`")
+        match = _SPEC.match(action)
+        if not match:
+            raise FailpointError(f"bad action {action!r} for {name}: use crash, sleep(MS), return(XA_CODE), error(CODE)")
+        count, kind, arg = match.group(1), match.group(2), match.group(3) or ""
+        if kind == "sleep" and not arg.isdigit():
+            raise FailpointError(f"sleep needs milliseconds, e.g. sleep(100): {action!r}")
+        if kind == "return" and arg not in XaCode.__members__:
+            raise FailpointError(f"return needs an XA code name, e.g. return(XA_RBROLLBACK): {action!r}")
+        if kind == "error" and arg not in grpc.StatusCode.__members__:
+            raise FailpointError(f"error needs a gRPC status name, e.g. error(UNAVAILABLE): {action!r}")
+        actions[name] = _Action(kind, arg, int(count) if count else None)
+    return actions
+
+
+def arm(spec: str) -> None:
+    """Replace the armed set (used at start-up from the environment, and by in-process tests)."""
+    parsed = _parse(spec)
+    with _lock:
+        _armed.clear()
+        _armed.update(parsed)
+
+
+def disarm() -> None:
+    with _lock:
+        _armed.clear()
+
+
+def _take(name: str) -> _Action | None:
+    with _lock:
+        action = _armed.get(name)
+        if action is None:
+            return None
+        if action.remaining is not None:
+            action.remaining -= 1
+            if action.remaining <= 0:
+                del _armed[name]
+        return action
+
+
+def _fire(name: str, action: _Action) -> XaCode | None:
+    if action.kind == "crash":
+        sys.stderr.write(f"failpoint {name}: crash\n")
+        sys.stderr.flush()
+        os._exit(137)
+    if action.kind == "return":
+        return XaCode[action.arg]
+    if action.kind == "error":
+        raise XatmError(grpc.StatusCode[action.arg], f"failpoint {name} injected {action.arg}")
+    return None
+
+
+def hit(name: str) -> XaCode | None:
+    """Pass a failpoint from synchronous code; returns an XA code when armed with return()."""
+    if not _armed:
+        return None
+    action = _take(name)
+    if action is None:
+        return None
+    if action.kind == "sleep":
+        time.sleep(int(action.arg) / 1000)
+    return _fire(name, action)
+
+
+async def ahit(name: str) -> XaCode | None:
+    """Pass a failpoint from asyncio code without blocking the loop on sleep()."""
+    if not _armed:
+        return None
+    action = _take(name)
+    if action is None:
+        return None
+    if action.kind == "sleep":
+        await asyncio.sleep(int(action.arg) / 1000)
+    return _fire(name, action)
+
+
+if os.environ.get("XATM_FAILPOINTS"):
+    arm(os.environ["XATM_FAILPOINTS"])

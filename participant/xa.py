@@ -1,0 +1,217 @@
+"""XA vocabulary shared by the coordinator and the participant stub.
+
+The Python enums carry the same numbers as the protobuf enums (and as xa.h / tx.h),
+so converting between the wire and the code is ``Enum(value)`` and nothing else.
+Display names follow the design contract (``Committed``, ``XA_RBROLLBACK``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import grpc
+
+__all__ = [
+    "FORMAT_ID",
+    "BranchStatus",
+    "Decision",
+    "Phase",
+    "TxOutcome",
+    "TxStatus",
+    "XaCode",
+    "XaError",
+    "Xid",
+    "XatmError",
+    "new_bqual",
+    "new_gtrid",
+    "node_of",
+    "validate_bqual",
+    "validate_gtrid",
+]
+
+# "xatm" in ASCII: lets recovery tell our XIDs from foreign ones in an RM's list.
+FORMAT_ID = 0x7861746D
+
+
+class XaCode(enum.IntEnum):
+    XA_OK = 0
+    XAER_ASYNC = -2
+    XAER_RMERR = -3
+    XAER_NOTA = -4
+    XAER_INVAL = -5
+    XAER_PROTO = -6
+    XAER_RMFAIL = -7
+    XAER_DUPID = -8
+    XAER_OUTSIDE = -9
+    XA_RDONLY = 3
+    XA_RETRY = 4
+    XA_HEURMIX = 5
+    XA_HEURRB = 6
+    XA_HEURCOM = 7
+    XA_HEURHAZ = 8
+    XA_NOMIGRATE = 9
+    XA_RBROLLBACK = 100
+    XA_RBCOMMFAIL = 101
+    XA_RBDEADLOCK = 102
+    XA_RBINTEGRITY = 103
+    XA_RBOTHER = 104
+    XA_RBPROTO = 105
+    XA_RBTIMEOUT = 106
+    XA_RBTRANSIENT = 107
+
+    @property
+    def is_rollback(self) -> bool:
+        """XA_RB*: the branch has been rolled back by the RM."""
+        return 100 <= self.value <= 107
+
+    @property
+    def is_error(self) -> bool:
+        """XAER_*: the call failed; the branch state is unknown or unchanged."""
+        return self.value < 0
+
+    @property
+    def is_heuristic(self) -> bool:
+        return self in (XaCode.XA_HEURMIX, XaCode.XA_HEURRB, XaCode.XA_HEURCOM, XaCode.XA_HEURHAZ)
+
+
+class TxOutcome(enum.IntEnum):
+    TX_OK = 0
+    TX_ROLLBACK = -2
+    TX_MIXED = -3
+    TX_HAZARD = -4
+    TX_PROTOCOL_ERROR = -5
+    TX_ERROR = -6
+    TX_FAIL = -7
+    TX_COMMITTED = -9
+
+
+class _Named(enum.IntEnum):
+    """IntEnum whose str() is the contract's display name."""
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        return "".join(part.capitalize() for part in self.name.split("_"))
+
+    @classmethod
+    def parse(cls, text: str):  # type: ignore[no-untyped-def]
+        """Accept the display name (any case) or the enum name."""
+        wanted = text.replace("_", "").lower()
+        for member in cls:
+            if member.label.lower() == wanted:
+                return member
+        allowed = ", ".join(m.label for m in cls)
+        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {text!r}; expected one of {allowed}")
+
+
+class TxStatus(_Named):
+    CREATED = 1
+    PREPARING = 2
+    PREPARED = 3
+    COMMITTING = 4
+    COMMITTED = 5
+    ROLLINGBACK = 6
+    ROLLEDBACK = 7
+    MARKED_ROLLBACK = 8
+    HEURISTICALLY_COMPLETED = 9
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK, TxStatus.HEURISTICALLY_COMPLETED)
+
+
+class BranchStatus(_Named):
+    ENLISTED = 1
+    PREPARED = 2
+    COMMITTED = 3
+    ROLLEDBACK = 4
+    HEURISTICALLY_COMPLETED = 5
+    HEURISTICALLY_ROLLEDBACK = 6
+
+
+class Phase(enum.IntEnum):
+    PREPARE = 1
+    COMMIT = 2
+    ONE_PHASE_COMMIT = 3
+    ROLLBACK = 4
+    FORGET = 5
+    SAVEPOINT = 6
+    ROLLBACK_TO_SAVEPOINT = 7
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class Decision(enum.IntEnum):
+    COMMIT = 1
+    ROLLBACK = 2
+    PENDING = 3
+
+
+class XatmError(Exception):
+    """An error with the gRPC status it maps to (and from there HTTP and exit codes)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class XaError(Exception):
+    """Raised by a resource manager to answer an XA verb with a code other than XA_OK."""
+
+    def __init__(self, code: XaCode, reason: str = ""):
+        super().__init__(f"{code.name}: {reason}" if reason else code.name)
+        self.code = XaCode(code)
+        self.reason = reason
+
+
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _validate(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
+        )
+    return value
+
+
+def validate_gtrid(value: str) -> str:
+    return _validate("gtrid", value)
+
+
+def validate_bqual(value: str) -> str:
+    return _validate("bqual", value)
+
+
+def new_gtrid(node_id: str) -> str:
+    """``<node>.<time-ordered hex>``: unique across restarts, sortable, opaque to clients."""
+    return f"{node_id}.{time.time_ns():016x}{os.urandom(6).hex()}"
+
+
+def node_of(gtrid: str) -> str:
+    """The coordinator node that began a gtrid; only the coordinator may parse its own ids."""
+    return gtrid.rsplit(".", 1)[0] if "." in gtrid else ""
+
+
+def new_bqual() -> str:
+    return os.urandom(8).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Xid:
+    gtrid: str
+    bqual: str
+    format_id: int = FORMAT_ID
+
+    def __str__(self) -> str:
+        return f"{self.format_id:x}:{self.gtrid}:{self.bqual}"
