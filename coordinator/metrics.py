@@ -12,7 +12,9 @@ TRANSACTIONS_COMPLETED = Counter(
     "xatm_transactions_completed_total", "Transactions that reached a final status", ["outcome"]
 )
 TRANSACTIONS_ACTIVE = Gauge("xatm_transactions_active", "Transactions not yet final, by status", ["status"])
-BRANCH_RESULTS = Counter("xatm_branch_results_total", "XA return codes received from branches", ["phase", "code"])
+BRANCH_RESULTS = Counter(
+    "xatm_branch_results_total", "XA return codes received from branches", ["phase", "code"]
+)
 PHASE_DURATION = Histogram(
     "xatm_phase_duration_seconds", "Time spent in each protocol phase", ["phase"], buckets=LATENCY_BUCKETS
 )
@@ -25,7 +27,9 @@ TRANSACTION_DURATION = Histogram(
 IN_DOUBT_BRANCHES = Gauge(
     "xatm_in_doubt_branches", "Branches whose phase-two outcome is decided but not yet acknowledged"
 )
-WAL_FSYNC_DURATION = Histogram("xatm_wal_fsync_duration_seconds", "WAL fsync latency", buckets=LATENCY_BUCKETS)
+WAL_FSYNC_DURATION = Histogram(
+    "xatm_wal_fsync_duration_seconds", "WAL fsync latency", buckets=LATENCY_BUCKETS
+)
 WAL_RECORDS = Counter("xatm_wal_records_total", "Records appended to the transaction log", ["type"])
 WAL_TORN_TAIL = Counter("xatm_wal_torn_tail_total", "Torn or corrupt final WAL records cut off at start-up")
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])

@@ -62,7 +62,9 @@ def _parse(spec: str) -> dict[str, _Action]:
             raise FailpointError(f"unknown failpoint {name!r}; see `xatm --list-failpoints`")
         match = _SPEC.match(action)
         if not match:
-            raise FailpointError(f"bad action {action!r} for {name}: use crash, sleep(MS), return(XA_CODE), error(CODE)")
+            raise FailpointError(
+                f"bad action {action!r} for {name}: use crash, sleep(MS), return(XA_CODE), error(CODE)"
+            )
         count, kind, arg = match.group(1), match.group(2), match.group(3) or ""
         if kind == "sleep" and not arg.isdigit():
             raise FailpointError(f"sleep needs milliseconds, e.g. sleep(100): {action!r}")

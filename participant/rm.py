@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import abc
 
-from .xa import XaCode, Xid
+from .xa import XaCode, XaError, Xid
 
 __all__ = ["ResourceManager"]
+
 
 class ResourceManager(abc.ABC):
     """One resource (a database) that holds branches of global transactions."""

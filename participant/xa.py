@@ -24,8 +24,8 @@ __all__ = [
     "TxStatus",
     "XaCode",
     "XaError",
-    "Xid",
     "XatmError",
+    "Xid",
     "new_bqual",
     "new_gtrid",
     "node_of",
@@ -107,7 +107,9 @@ class _Named(enum.IntEnum):
             if member.label.lower() == wanted:
                 return member
         allowed = ", ".join(m.label for m in cls)
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {text!r}; expected one of {allowed}")
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {text!r}; expected one of {allowed}"
+        )
 
 
 class TxStatus(_Named):

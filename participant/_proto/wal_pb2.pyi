@@ -55,16 +55,18 @@ class EnlistRecord(_message.Message):
     def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class BranchResultRecord(_message.Message):
-    __slots__ = ("bqual", "phase", "code", "reason")
+    __slots__ = ("bqual", "phase", "code", "reason", "status")
     BQUAL_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     bqual: str
     phase: _xa_pb2.Phase
     code: _xa_pb2.XaCode
     reason: str
-    def __init__(self, bqual: _Optional[str] = ..., phase: _Optional[_Union[_xa_pb2.Phase, str]] = ..., code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    status: _xa_pb2.BranchStatus
+    def __init__(self, bqual: _Optional[str] = ..., phase: _Optional[_Union[_xa_pb2.Phase, str]] = ..., code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.BranchStatus, str]] = ...) -> None: ...
 
 class StatusRecord(_message.Message):
     __slots__ = ("status", "rollback_code", "reason")
