@@ -35,6 +35,7 @@ __all__ = [
     "pending_branches",
     "phase_two_result",
     "prepare_result",
+    "recover",
     "request_commit",
     "request_rollback",
     "rollback_to_savepoint",
@@ -75,6 +76,8 @@ class Branch:
     #: Calls made in ``attempt_phase`` (retries included).
     attempts: int = 0
     attempt_phase: Phase | None = None
+    #: When the engine's backoff will call again (operators see it); the protocol never reads it.
+    next_retry: float | None = None
 
 
 @dataclass
@@ -95,6 +98,9 @@ class Transaction:
     #: COMMIT once the commit decision is taken (durable, or one-phase sent), ROLLBACK once
     #: rollback starts; heuristic outcomes are judged against it.
     decision: Decision | None = None
+    #: Wall-clock bookkeeping for operators; the protocol never reads it.
+    begun_at: float = 0.0
+    completed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,23 @@ def _start_rollback(tx: Transaction, code: XaCode | None, reason: str) -> list[E
     pending = pending_branches(tx)
     effects: list[Effect] = [Send(Phase.ROLLBACK, pending)] if pending else []
     return effects + _finish_if_done(tx)
+
+
+def recover(tx: Transaction) -> list[Effect]:
+    """After a coordinator restart: presumed abort for anything undecided, re-drive the rest."""
+    tx.recovered = True
+    tx.awaiting_prepare.clear()
+    if tx.status in (S.CREATED, S.MARKED_ROLLBACK, S.PREPARING, S.PREPARED):
+        return _start_rollback(
+            tx, XaCode.XA_RBROLLBACK, "coordinator restarted before a decision (presumed abort)"
+        )
+    if tx.status == S.COMMITTING:
+        phase = Phase.ONE_PHASE_COMMIT if tx.one_phase else Phase.COMMIT
+        pending = pending_branches(tx)
+        return [Send(phase, pending)] if pending else _finish_if_done(tx)
+    if tx.status == S.ROLLINGBACK:
+        return _start_rollback(tx, None, "")
+    return []
 
 
 def enlist(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> XaCode:

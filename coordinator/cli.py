@@ -1,0 +1,109 @@
+"""The ``xatm`` command: coordinator, participant agent, demo, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import fields
+from typing import Any
+
+from participant.failpoints import CATALOGUE
+
+from . import logs
+from .settings import Settings, SettingsError, resolve
+
+__all__ = ["main"]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = f"XATM_{f.name.upper()}"
+        default = f.default
+        if "bool" in str(f.type):
+            parser.add_argument(
+                flag, action="store_const", const=True, default=None, help=f"{f.metadata['help']} (env {env})"
+            )
+        else:
+            parser.add_argument(
+                flag,
+                default=None,
+                metavar=f.name.split("_")[-1].upper(),
+                help=f"{f.metadata['help']} (env {env}; default {default})",
+            )
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(Settings)}
+    flags["config"] = args.config
+    try:
+        settings = resolve(flags)
+    except SettingsError as err:
+        print(f"xatm coordinator: {err}", file=sys.stderr)
+        return 2
+    logs.setup(json_lines=settings.log_json)
+    if args.repair_wal:
+        from .wal import repair
+
+        print(repair(settings.data_dir))
+        return 0
+    from .app import run
+    from .txlog import TxLogCorrupt
+
+    try:
+        asyncio.run(run(settings))
+    except TxLogCorrupt as err:
+        print(
+            f"xatm coordinator: the write-ahead log is damaged before its end: {err}. Nothing was changed. "
+            "Copy the data dir, then run `xatm coordinator --repair-wal` to save the damaged files and "
+            "truncate at the damage.",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"xatm coordinator: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xatm", description="xatm: XA transaction manager for microservices"
+    )
+    parser.add_argument("--list-failpoints", action="store_true", help="print every failpoint name and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    coord = sub.add_parser("coordinator", help="run the coordinator", description="Run the xatm coordinator.")
+    coord.add_argument("--config", default=None, metavar="FILE", help="TOML config file (env XATM_CONFIG)")
+    coord.add_argument(
+        "--repair-wal", action="store_true", help="back up and truncate a damaged write-ahead log, then exit"
+    )
+    _add_settings_flags(coord)
+    coord.set_defaults(func=_coordinator)
+
+    from .demo import add_parser as add_demo
+
+    add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_failpoints:
+        for name in CATALOGUE:
+            print(name)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.captureWarnings(True)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""The coordinator engine: carries out the state machine's effects with real I/O.
+
+Everything runs on one asyncio loop. State transitions are synchronous calls into the pure
+state machine, so operations on one gtrid are serialised by construction while different
+gtrids never wait on each other; only participant calls and the forced decision write await.
+Phase-two calls are tenacity retry loops that never give up once a decision is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_exponential_jitter,
+)
+
+from participant import failpoints
+from participant.xa import (
+    FORMAT_ID,
+    Decision,
+    Phase,
+    TxOutcome,
+    TxStatus,
+    XaCode,
+    XatmError,
+    Xid,
+    new_gtrid,
+    node_of,
+    validate_bqual,
+    validate_gtrid,
+)
+
+from . import metrics
+from . import statemachine as sm
+from .journal import RecordFactory as R
+from .peers import Peers
+from .settings import Settings
+from .txlog import TxLog
+
+__all__ = ["Engine", "Result"]
+
+log = logging.getLogger("xatm.coordinator")
+
+_OUTCOME_LABEL = {
+    TxStatus.COMMITTED: "committed",
+    TxStatus.ROLLEDBACK: "rolledback",
+    TxStatus.HEURISTICALLY_COMPLETED: "heuristic",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    """Answer to a commit or rollback request."""
+
+    tx: sm.Transaction
+    outcome: TxOutcome
+
+
+class _Driver:
+    """One branch's phase-two retry loop; ``wake`` cuts a backoff short (operator re-drive)."""
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        self.wake.clear()
+
+
+class Engine:
+    def __init__(self, settings: Settings, txlog: TxLog, node_id: str, peers: Peers | None = None):
+        self.settings = settings
+        self.node_id = node_id
+        self.log = txlog
+        self.peers = peers or Peers(max_message_bytes=settings.max_message_bytes)
+        self._txs: dict[str, sm.Transaction] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._drivers: dict[tuple[str, str], _Driver] = {}
+        #: Phase-two calls sent per transaction, so a failpoint can sit between two of them.
+        self._phase_two_calls: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._closing = False
+        self._sp_counter = 0
+        #: Forced (fsync-waiting) writes the engine asked for; tests and the benchmark read it.
+        self.forced_writes = 0
+        self._register_gauges()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open the log, rebuild transactions and resume whatever was in flight."""
+        from .journal import replay
+
+        records = await self.log.open()
+        self._txs = replay(records)
+        for tx in self._txs.values():
+            self._done[tx.gtrid] = asyncio.Event()
+            if tx.status.is_final:
+                self._done[tx.gtrid].set()
+                continue
+            action = {
+                TxStatus.COMMITTING: "recommit",
+                TxStatus.ROLLINGBACK: "rerollback",
+            }.get(tx.status, "presumed_abort")
+            metrics.RECOVERY_ACTIONS.labels(action=action).inc()
+            log.info("recovery: %s %s from %s", action, tx.gtrid, tx.status.label)
+            old = tx.status
+            effects = sm.recover(tx)
+            await self._after(tx, old, effects)
+        self._spawn(self._checkpoint_loop())
+
+    async def stop(self) -> None:
+        self._closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.peers.close()
+        await self.log.close()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _spawn(self, coro: object) -> asyncio.Task[object]:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------- queries
+
+    def get(self, gtrid: str) -> sm.Transaction:
+        validate_gtrid(gtrid)
+        tx = self._txs.get(gtrid)
+        if tx is None:
+            raise XatmError(grpc.StatusCode.NOT_FOUND, f"unknown transaction {gtrid}")
+        return tx
+
+    def transactions(
+        self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
+    ) -> list[sm.Transaction]:
+        wanted = set(statuses)
+        return [
+            tx
+            for tx in self._txs.values()
+            if (not wanted or tx.status in wanted) and (begun_after is None or tx.begun_at >= begun_after)
+        ]
+
+    def query_outcome(self, xid: Xid) -> Decision:
+        """What a participant holding an in-doubt branch must do (presumed abort)."""
+        validate_gtrid(xid.gtrid)
+        validate_bqual(xid.bqual)
+        if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"xid {xid} was not begun by this coordinator (node {self.node_id})",
+            )
+        tx = self._txs.get(xid.gtrid)
+        if tx is None or xid.bqual not in tx.branches:
+            return Decision.ROLLBACK
+        if tx.decision is not None:
+            return tx.decision
+        return Decision.PENDING
+
+    # ----------------------------------------------------------------- initiator verbs
+
+    async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
+        if self._closing:
+            raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+        open_count = sum(1 for tx in self._txs.values() if not tx.status.is_final)
+        if open_count >= self.settings.max_open_transactions:
+            raise XatmError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{open_count} transactions are open (max_open_transactions); retry later",
+            )
+        cap = int(self.settings.max_timeout * 1000)
+        timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
+        now = time.time()
+        tx = sm.Transaction(gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now)
+        self._txs[tx.gtrid] = tx
+        self._done[tx.gtrid] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._timers[tx.gtrid] = loop.call_later(timeout_ms / 1000, self._on_timeout, tx.gtrid)
+        metrics.TRANSACTIONS_STARTED.inc()
+        await self._append(R.begin(tx, now))
+        return tx
+
+    async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str) -> XaCode:
+        validate_bqual(bqual)
+        if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, "enlist needs rm_id and endpoint of 1-256 characters"
+            )
+        tx = self.get(gtrid)
+        code = sm.enlist(tx, bqual, rm_id, endpoint)
+        if code == XaCode.XA_OK:
+            await self._append(R.enlist(tx, tx.branches[bqual], time.time()))
+        return code
+
+    async def mark_rollback_only(self, gtrid: str, reason: str) -> sm.Transaction:
+        tx = self.get(gtrid)
+        old = tx.status
+        effects = sm.mark_rollback_only(tx, reason[:500])
+        await self._after(tx, old, effects)
+        return tx
+
+    async def commit(self, gtrid: str) -> Result:
+        tx = self.get(gtrid)
+        old = tx.status
+        effects = sm.request_commit(tx)
+        await self._after(tx, old, effects)
+        await self._wait(tx)
+        return Result(tx, sm.outcome(tx, Phase.COMMIT))
+
+    async def rollback(self, gtrid: str, reason: str = "") -> Result:
+        tx = self.get(gtrid)
+        old = tx.status
+        effects = sm.request_rollback(tx, reason)
+        self._wake_all(tx)
+        await self._after(tx, old, effects)
+        await self._wait(tx)
+        return Result(tx, sm.outcome(tx, Phase.ROLLBACK))
+
+    async def force_commit(self, gtrid: str) -> Result:
+        tx = self.get(gtrid)
+        old = tx.status
+        effects = sm.force_commit(tx)
+        self._wake_all(tx)
+        await self._after(tx, old, effects)
+        await self._wait(tx)
+        return Result(tx, sm.outcome(tx, Phase.COMMIT))
+
+    async def forget(self, gtrid: str) -> None:
+        tx = self.get(gtrid)
+        effects = sm.forget(tx)
+        for effect in effects:
+            assert isinstance(effect, sm.Send)
+            results = await asyncio.gather(*(self._call_once(tx, b, effect.phase) for b in effect.bquals))
+            for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
+                await self._append(
+                    R.branch_result(tx, tx.branches[bqual], Phase.FORGET, code, reason, time.time())
+                )
+        await self._append(R.forget(tx, time.time()))
+        self._drop(tx.gtrid)
+
+    async def create_savepoint(self, gtrid: str) -> str:
+        tx = self.get(gtrid)
+        self._sp_counter += 1
+        savepoint_id = f"sp{self._sp_counter}.{time.time_ns() % 10**9:x}"
+        effects = sm.create_savepoint(tx, savepoint_id)
+        await self._run_savepoint_calls(tx, effects)
+        await self._append(R.savepoint(tx, savepoint_id, False, time.time()))
+        return savepoint_id
+
+    async def rollback_to_savepoint(self, gtrid: str, savepoint_id: str) -> sm.Transaction:
+        tx = self.get(gtrid)
+        if not savepoint_id or len(savepoint_id) > 64:
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed savepoint id {savepoint_id[:80]!r}")
+        effects = sm.rollback_to_savepoint(tx, savepoint_id)
+        await self._run_savepoint_calls(tx, effects)
+        await self._append(R.savepoint(tx, savepoint_id, True, time.time()))
+        return tx
+
+    async def _run_savepoint_calls(self, tx: sm.Transaction, effects: list[sm.Effect]) -> None:
+        """Savepoint calls are synchronous parts of the business flow: any failure marks the
+        transaction rollback-only and is reported to the caller."""
+        failures: list[str] = []
+        for effect in effects:
+            assert isinstance(effect, sm.Send)
+            results = await asyncio.gather(
+                *(self._call_once(tx, b, effect.phase, effect.savepoint_id) for b in effect.bquals)
+            )
+            for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
+                branch = tx.branches[bqual]
+                if effect.phase == Phase.ROLLBACK:
+                    sm.savepoint_dropped(tx, bqual, code, reason)
+                await self._append(R.branch_result(tx, branch, effect.phase, code, reason, time.time()))
+                if effect.phase != Phase.ROLLBACK and code != XaCode.XA_OK:
+                    failures.append(f"{bqual}: {code.name} {reason}".strip())
+        if failures:
+            await self.mark_rollback_only(tx.gtrid, "savepoint failed: " + "; ".join(failures))
+            raise XatmError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"savepoint operation failed on {len(failures)} branch(es), transaction {tx.gtrid} "
+                f"is now MarkedRollback: {'; '.join(failures)}",
+            )
+
+    # ----------------------------------------------------------------- effects
+
+    async def _after(self, tx: sm.Transaction, old: TxStatus, effects: list[sm.Effect]) -> None:
+        """Log a status change, then carry out the effects."""
+        if tx.status != old:
+            await self._append(R.status(tx, time.time()))
+        for effect in effects:
+            if isinstance(effect, sm.Send):
+                self._send(tx, effect)
+            elif isinstance(effect, sm.ForceDecision):
+                self._spawn(self._decide(tx))
+            else:
+                await self._finished(tx)
+
+    def _send(self, tx: sm.Transaction, effect: sm.Send) -> None:
+        if effect.phase == Phase.PREPARE:
+            self._spawn(self._prepare_all(tx, effect.bquals))
+            return
+        for bqual in effect.bquals:
+            driver = self._drivers.get((tx.gtrid, bqual))
+            if driver is not None and driver.task is not None and not driver.task.done():
+                driver.wake.set()
+                continue
+            driver = self._drivers[(tx.gtrid, bqual)] = _Driver()
+            driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))  # type: ignore[assignment]
+
+    def _wake_all(self, tx: sm.Transaction) -> None:
+        for bqual in tx.branches:
+            driver = self._drivers.get((tx.gtrid, bqual))
+            if driver is not None:
+                driver.wake.set()
+
+    async def _call_once(
+        self, tx: sm.Transaction, bqual: str, phase: Phase, savepoint_id: str = ""
+    ) -> tuple[XaCode, str]:
+        branch = tx.branches[bqual]
+        sm.begin_attempt(tx, bqual, phase)
+        timeout = self.settings.call_timeout
+        if phase == Phase.PREPARE:
+            timeout = max(0.001, min(timeout, tx.begun_at + tx.timeout_ms / 1000 - time.time()))
+        code, reason = await self.peers.call(
+            branch.endpoint, phase, Xid(tx.gtrid, bqual), timeout=timeout, savepoint_id=savepoint_id
+        )
+        metrics.BRANCH_RESULTS.labels(phase=str(phase), code=code.name).inc()
+        return code, reason
+
+    async def _prepare_all(self, tx: sm.Transaction, bquals: tuple[str, ...]) -> None:
+        await failpoints.ahit("coordinator.before_prepare")
+        started = time.perf_counter()
+        await asyncio.gather(*(self._prepare_one(tx, b) for b in bquals))
+        metrics.PHASE_DURATION.labels(phase="prepare").observe(time.perf_counter() - started)
+
+    async def _prepare_one(self, tx: sm.Transaction, bqual: str) -> None:
+        code, reason = await self._call_once(tx, bqual, Phase.PREPARE)
+        old = tx.status
+        effects = sm.prepare_result(tx, bqual, code, reason)
+        await self._append(R.branch_result(tx, tx.branches[bqual], Phase.PREPARE, code, reason, time.time()))
+        await self._after(tx, old, effects)
+
+    async def _decide(self, tx: sm.Transaction) -> None:
+        await failpoints.ahit("coordinator.after_prepare")
+        await failpoints.ahit("coordinator.before_decision")
+        started = time.perf_counter()
+        self.forced_writes += 1
+        await self.log.append(R.decision(tx, time.time()), force=True)
+        metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
+        await failpoints.ahit("coordinator.after_decision")
+        old = tx.status
+        effects = sm.decision_durable(tx)
+        await self._after(tx, old, effects)
+
+    async def _drive(self, tx: sm.Transaction, bqual: str, phase: Phase, driver: _Driver) -> None:
+        """Phase two for one branch: retry with capped, jittered backoff until acknowledged."""
+        started = time.perf_counter()
+        branch = tx.branches[bqual]
+
+        def before_sleep(state: RetryCallState) -> None:
+            delay = state.next_action.sleep if state.next_action else 0.0
+            branch.next_retry = time.time() + delay
+            metrics.RETRIES.labels(phase=str(phase)).inc()
+            if state.outcome is not None and state.outcome.failed:
+                log.error("%s branch %s: %s failed: %r", tx.gtrid, bqual, phase, state.outcome.exception())
+
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=self.settings.retry_initial, max=self.settings.retry_max),
+            retry=retry_if_result(bool) | retry_if_exception_type(Exception),
+            sleep=driver.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    pending = await self._phase_two_step(tx, bqual, phase)
+                if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
+                    attempt.retry_state.set_result(pending)
+        finally:
+            branch.next_retry = None
+            self._drivers.pop((tx.gtrid, bqual), None)
+            metrics.PHASE_DURATION.labels(phase=str(phase)).observe(time.perf_counter() - started)
+
+    async def _phase_two_step(self, tx: sm.Transaction, bqual: str, phase: Phase) -> bool:
+        """One call; True while the branch still owes an acknowledgement."""
+        if bqual not in sm.pending_branches(tx):
+            return False
+        if self._phase_two_calls.get(tx.gtrid):
+            await failpoints.ahit("coordinator.between_phase_two")
+        self._phase_two_calls[tx.gtrid] = self._phase_two_calls.get(tx.gtrid, 0) + 1
+        code, reason = await self._call_once(tx, bqual, phase)
+        old = tx.status
+        effects = sm.phase_two_result(tx, bqual, phase, code, reason)
+        await self._append(R.branch_result(tx, tx.branches[bqual], phase, code, reason, time.time()))
+        await self._after(tx, old, effects)
+        pending = bqual in sm.pending_branches(tx)
+        if pending:
+            log.warning(
+                "%s branch %s: %s answered %s %s; will retry", tx.gtrid, bqual, phase, code.name, reason
+            )
+        return pending
+
+    async def _finished(self, tx: sm.Transaction) -> None:
+        now = time.time()
+        tx.completed_at = now
+        timer = self._timers.pop(tx.gtrid, None)
+        if timer is not None:
+            timer.cancel()
+        await self._append(R.end(tx, now))
+        self._phase_two_calls.pop(tx.gtrid, None)
+        label = _OUTCOME_LABEL[tx.status]
+        metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
+        if not tx.recovered:
+            metrics.TRANSACTION_DURATION.labels(outcome=label).observe(now - tx.begun_at)
+        log.info("%s %s", tx.gtrid, tx.status.label)
+        self._done[tx.gtrid].set()
+
+    def _on_timeout(self, gtrid: str) -> None:
+        self._timers.pop(gtrid, None)
+        tx = self._txs.get(gtrid)
+        if tx is None:
+            return
+        old = tx.status
+        effects = sm.timeout(tx)
+        if tx.status != old:
+            log.info("%s timed out in %s; rolling back", gtrid, old.label)
+            self._spawn(self._after(tx, old, effects))
+
+    async def _wait(self, tx: sm.Transaction) -> None:
+        """Wait (bounded) for the final status; phase two goes on in the background after."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done[tx.gtrid].wait(), self.settings.commit_wait)
+
+    async def _append(self, record: object) -> None:
+        await self.log.append(record)  # type: ignore[arg-type]
+
+    def _drop(self, gtrid: str) -> None:
+        self._txs.pop(gtrid, None)
+        self._done.pop(gtrid, None)
+
+    # ----------------------------------------------------------------- housekeeping
+
+    async def checkpoint(self) -> None:
+        """Drop history past retention and rewrite the log as one snapshot per kept transaction."""
+        now = time.time()
+        horizon = now - self.settings.history_retention
+        for tx in list(self._txs.values()):
+            if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK) and (tx.completed_at or now) < horizon:
+                self._drop(tx.gtrid)
+        await self.log.checkpoint([R.snapshot(tx, now) for tx in self._txs.values()])
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed; will try again")
+
+    def _register_gauges(self) -> None:
+        def count(status: TxStatus) -> Callable[[], float]:
+            return lambda: sum(1 for tx in self._txs.values() if tx.status == status)
+
+        for status in TxStatus:
+            if not status.is_final:
+                metrics.TRANSACTIONS_ACTIVE.labels(status=status.label).set_function(count(status))
+        metrics.IN_DOUBT_BRANCHES.set_function(
+            lambda: sum(
+                len(sm.pending_branches(tx))
+                for tx in self._txs.values()
+                if tx.decision is not None and tx.status in (TxStatus.COMMITTING, TxStatus.ROLLINGBACK)
+            )
+        )

@@ -1,0 +1,210 @@
+"""Mapping between transactions and log records, and replay of the log into transactions.
+
+Records say what the state machine decided (including each branch's resulting status), so
+replay is bookkeeping with no protocol logic: the log, not the code version, is the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from participant._proto import wal_pb2, xa_pb2
+from participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
+
+from .statemachine import Branch, Transaction
+
+__all__ = ["RecordFactory", "replay", "to_info"]
+
+
+def _ts(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.ToNanoseconds() / 1e9
+
+
+class RecordFactory:
+    """Builds the WAL records for one transaction's events, stamped with the given time."""
+
+    @staticmethod
+    def _base(gtrid: str, now: float) -> wal_pb2.WalRecord:
+        return wal_pb2.WalRecord(time=_ts(now), gtrid=gtrid)
+
+    @classmethod
+    def begin(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.begin.timeout_ms = tx.timeout_ms
+        return rec
+
+    @classmethod
+    def enlist(cls, tx: Transaction, branch: Branch, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.enlist.CopyFrom(
+            wal_pb2.EnlistRecord(bqual=branch.bqual, rm_id=branch.rm_id, endpoint=branch.endpoint)
+        )
+        return rec
+
+    @classmethod
+    def branch_result(
+        cls, tx: Transaction, branch: Branch, phase: Phase, code: XaCode, reason: str, now: float
+    ) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.branch_result.CopyFrom(
+            wal_pb2.BranchResultRecord(
+                bqual=branch.bqual, phase=int(phase), code=int(code), reason=reason, status=int(branch.status)
+            )
+        )
+        return rec
+
+    @classmethod
+    def status(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.status.status = int(tx.status)
+        if tx.rollback_code is not None:
+            rec.status.rollback_code = int(tx.rollback_code)
+            rec.status.reason = tx.rollback_reason
+        return rec
+
+    @classmethod
+    def decision(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.decision.commit = True
+        return rec
+
+    @classmethod
+    def end(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.end.status = int(tx.status)
+        return rec
+
+    @classmethod
+    def forget(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.forget.SetInParent()
+        return rec
+
+    @classmethod
+    def savepoint(
+        cls, tx: Transaction, savepoint_id: str, rolled_back: bool, now: float
+    ) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.savepoint.CopyFrom(wal_pb2.SavepointRecord(savepoint_id=savepoint_id, rolled_back=rolled_back))
+        return rec
+
+    @classmethod
+    def snapshot(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        rec = cls._base(tx.gtrid, now)
+        rec.snapshot.CopyFrom(to_info(tx))
+        return rec
+
+
+def to_info(tx: Transaction) -> xa_pb2.TransactionInfo:
+    """The wire description of a transaction (also the checkpoint format)."""
+    info = xa_pb2.TransactionInfo(
+        gtrid=tx.gtrid,
+        status=int(tx.status),
+        timeout_ms=tx.timeout_ms,
+        begun_at=_ts(tx.begun_at),
+        deadline=_ts(tx.begun_at + tx.timeout_ms / 1000),
+        one_phase=tx.one_phase,
+        recovered=tx.recovered,
+        savepoints=list(tx.savepoints),
+        rollback_reason=tx.rollback_reason,
+    )
+    if tx.completed_at is not None:
+        info.completed_at.CopyFrom(_ts(tx.completed_at))
+    if tx.rollback_code is not None:
+        info.rollback_code = int(tx.rollback_code)
+    if tx.decision is not None:
+        info.decision = int(tx.decision)
+    for b in tx.branches.values():
+        binfo = info.branches.add(
+            bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status), attempts=b.attempts
+        )
+        if b.last_code is not None:
+            binfo.has_last_code = True
+            binfo.last_code = int(b.last_code)
+            binfo.last_phase = int(b.last_phase or 0)
+            binfo.last_reason = b.last_reason
+        if b.next_retry is not None:
+            binfo.next_retry.CopyFrom(_ts(b.next_retry))
+    return info
+
+
+def _from_info(info: xa_pb2.TransactionInfo) -> Transaction:
+    tx = Transaction(
+        gtrid=info.gtrid,
+        timeout_ms=info.timeout_ms,
+        status=TxStatus(info.status),
+        one_phase=info.one_phase,
+        recovered=info.recovered,
+        begun_at=_seconds(info.begun_at),
+        completed_at=_seconds(info.completed_at) if info.HasField("completed_at") else None,
+        rollback_reason=info.rollback_reason,
+        rollback_code=XaCode(info.rollback_code)
+        if info.HasField("rollback_code") or info.rollback_code
+        else None,
+        decision=Decision(info.decision) if info.decision else None,
+    )
+    for b in info.branches:
+        tx.branches[b.bqual] = Branch(
+            bqual=b.bqual,
+            rm_id=b.rm_id,
+            endpoint=b.endpoint,
+            status=BranchStatus(b.status),
+            last_code=XaCode(b.last_code) if b.has_last_code else None,
+            last_phase=Phase(b.last_phase) if b.has_last_code and b.last_phase else None,
+            last_reason=b.last_reason,
+        )
+    return tx
+
+
+def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
+    """Rebuild every transaction the log still knows, in begin order."""
+    txs: dict[str, Transaction] = {}
+    for rec in records:
+        kind = rec.WhichOneof("body")
+        now = _seconds(rec.time)
+        if kind == "snapshot":
+            txs[rec.gtrid] = _from_info(rec.snapshot)
+            continue
+        if kind == "begin":
+            txs[rec.gtrid] = Transaction(gtrid=rec.gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=now)
+            continue
+        tx = txs.get(rec.gtrid)
+        if tx is None:
+            continue  # audit records, or events of a transaction already forgotten
+        if kind == "enlist":
+            e = rec.enlist
+            tx.branches[e.bqual] = Branch(e.bqual, e.rm_id, e.endpoint)
+        elif kind == "branch_result":
+            r = rec.branch_result
+            branch = tx.branches.get(r.bqual)
+            if branch is not None:
+                branch.last_phase, branch.last_code, branch.last_reason = (
+                    Phase(r.phase),
+                    XaCode(r.code),
+                    r.reason,
+                )
+                if r.status:
+                    branch.status = BranchStatus(r.status)
+        elif kind == "status":
+            tx.status = TxStatus(rec.status.status)
+            if rec.status.rollback_code or rec.status.reason:
+                tx.rollback_code, tx.rollback_reason = XaCode(rec.status.rollback_code), rec.status.reason
+            if tx.status == TxStatus.COMMITTING and tx.decision is None:
+                tx.decision, tx.one_phase = Decision.COMMIT, True
+            elif tx.status == TxStatus.ROLLINGBACK:
+                tx.decision = Decision.ROLLBACK
+        elif kind == "decision":
+            tx.status, tx.decision = TxStatus.COMMITTING, Decision.COMMIT
+        elif kind == "end":
+            tx.status, tx.completed_at = TxStatus(rec.end.status), now
+        elif kind == "forget":
+            del txs[rec.gtrid]
+    return txs

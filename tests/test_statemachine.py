@@ -1,0 +1,417 @@
+"""Exhaustive tests of the pure protocol state machine: every status x event, every XA code x phase.
+
+The expected tables are written out here literally (not imported from the code), so loosening
+the rollback rule or reading any XA code differently from DESIGN §4 fails a test.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import grpc
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from coordinator import statemachine as sm
+from participant.xa import BranchStatus as B
+from participant.xa import Decision, Phase, TxOutcome, XaCode, XatmError
+from participant.xa import TxStatus as S
+
+ALL_CODES = list(XaCode)
+RB_CODES = [c for c in XaCode if 100 <= c.value <= 107]
+RETRY_CODES = [XaCode.XA_RETRY] + [c for c in XaCode if c.value < 0 and c != XaCode.XAER_NOTA]
+HEUR_STATUS = {
+    XaCode.XA_HEURCOM: B.HEURISTICALLY_COMPLETED,
+    XaCode.XA_HEURRB: B.HEURISTICALLY_ROLLEDBACK,
+    XaCode.XA_HEURMIX: B.HEURISTICALLY_COMPLETED,
+    XaCode.XA_HEURHAZ: B.HEURISTICALLY_COMPLETED,
+}
+
+
+def _tx(n: int = 2) -> sm.Transaction:
+    tx = sm.Transaction(gtrid="n1.abc", timeout_ms=1000)
+    for i in range(n):
+        assert sm.enlist(tx, f"b{i}", f"rm{i}", f"127.0.0.1:{9000 + i}") == XaCode.XA_OK
+    return tx
+
+
+def in_status(status: S) -> sm.Transaction:
+    """A two-branch transaction driven through the protocol into ``status``."""
+    tx = _tx()
+    if status == S.CREATED:
+        return tx
+    if status == S.MARKED_ROLLBACK:
+        sm.mark_rollback_only(tx, "asked")
+        return tx
+    sm.request_commit(tx)
+    if status == S.PREPARING:
+        return tx
+    if status in (S.ROLLINGBACK, S.ROLLEDBACK):
+        sm.prepare_result(tx, "b0", XaCode.XA_OK)
+        sm.prepare_result(tx, "b1", XaCode.XA_RBROLLBACK)
+        if status == S.ROLLEDBACK:
+            sm.phase_two_result(tx, "b0", Phase.ROLLBACK, XaCode.XA_OK)
+        return tx
+    sm.prepare_result(tx, "b0", XaCode.XA_OK)
+    sm.prepare_result(tx, "b1", XaCode.XA_OK)
+    if status == S.PREPARED:
+        return tx
+    sm.decision_durable(tx)
+    if status == S.COMMITTING:
+        return tx
+    if status == S.COMMITTED:
+        sm.phase_two_result(tx, "b0", Phase.COMMIT, XaCode.XA_OK)
+        sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
+        return tx
+    assert status == S.HEURISTICALLY_COMPLETED
+    sm.phase_two_result(tx, "b0", Phase.COMMIT, XaCode.XA_OK)
+    sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_HEURRB)
+    return tx
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_fixture_reaches_every_status(status: S) -> None:
+    assert in_status(status).status == status
+
+
+# ------------------------------------------------------------------ the rollback rule
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_rollback_rule(status: S) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    if status in {S.CREATED, S.PREPARING, S.ROLLINGBACK}:
+        effects = sm.request_rollback(tx, "operator")
+        assert tx.status in (S.ROLLINGBACK, S.ROLLEDBACK)
+        assert tx.decision == Decision.ROLLBACK
+        sends = [e for e in effects if isinstance(e, sm.Send)]
+        assert all(e.phase == Phase.ROLLBACK for e in sends)
+    else:
+        with pytest.raises(XatmError) as err:
+            sm.request_rollback(tx, "operator")
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert status.label in err.value.message
+        assert "Created, Preparing, Rollingback" in err.value.message
+        assert tx == before, "a refused rollback must change nothing"
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_force_commit_rule(status: S) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    if status in {S.CREATED, S.PREPARING, S.COMMITTING}:
+        effects = sm.force_commit(tx)
+        if status == S.CREATED:
+            assert effects == [sm.Send(Phase.PREPARE, ("b0", "b1"))]
+        if status == S.COMMITTING:
+            assert effects == [sm.Send(Phase.COMMIT, ("b0", "b1"))]
+    else:
+        with pytest.raises(XatmError) as err:
+            sm.force_commit(tx)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Created, Preparing, Committing" in err.value.message
+        assert tx == before
+
+
+def test_rollback_from_rollingback_redrives_only_unacknowledged() -> None:
+    tx = _tx(3)
+    sm.request_commit(tx)
+    sm.prepare_result(tx, "b0", XaCode.XA_OK)
+    sm.prepare_result(tx, "b1", XaCode.XA_OK)
+    sm.prepare_result(tx, "b2", XaCode.XA_RBDEADLOCK)
+    sm.phase_two_result(tx, "b0", Phase.ROLLBACK, XaCode.XA_OK)
+    assert sm.request_rollback(tx) == [sm.Send(Phase.ROLLBACK, ("b1",))]
+
+
+# ------------------------------------------------------------------ every event in every status
+
+
+EVENTS = {
+    "enlist": lambda tx: sm.enlist(tx, "new", "rmx", "127.0.0.1:1"),
+    "mark_rollback_only": lambda tx: sm.mark_rollback_only(tx, "x"),
+    "commit": sm.request_commit,
+    "timeout": sm.timeout,
+    "decision_durable": sm.decision_durable,
+    "forget": sm.forget,
+    "savepoint": lambda tx: sm.create_savepoint(tx, "sp1"),
+    "recover": sm.recover,
+}
+# Statuses in which each event changes something or is accepted (others refuse or ignore).
+ACCEPTED = {
+    "enlist": {S.CREATED},
+    "mark_rollback_only": {S.CREATED, S.MARKED_ROLLBACK, S.ROLLINGBACK, S.ROLLEDBACK},
+    "commit": set(S),
+    "timeout": set(S),
+    "decision_durable": {S.PREPARED},
+    "forget": {S.HEURISTICALLY_COMPLETED},
+    "savepoint": {S.CREATED},
+    "recover": set(S),
+}
+
+
+@pytest.mark.parametrize("status", list(S))
+@pytest.mark.parametrize("event", list(EVENTS))
+def test_every_event_in_every_status(event: str, status: S) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    if status not in ACCEPTED[event]:
+        with pytest.raises(XatmError) as err:
+            EVENTS[event](tx)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert tx == before
+        return
+    EVENTS[event](tx)
+    expected = {
+        ("commit", S.CREATED): S.PREPARING,
+        ("commit", S.MARKED_ROLLBACK): S.ROLLINGBACK,
+        ("timeout", S.CREATED): S.ROLLINGBACK,
+        ("timeout", S.MARKED_ROLLBACK): S.ROLLINGBACK,
+        ("timeout", S.PREPARING): S.ROLLINGBACK,
+        ("mark_rollback_only", S.CREATED): S.MARKED_ROLLBACK,
+        ("decision_durable", S.PREPARED): S.COMMITTING,
+        ("recover", S.CREATED): S.ROLLINGBACK,
+        ("recover", S.MARKED_ROLLBACK): S.ROLLINGBACK,
+        ("recover", S.PREPARING): S.ROLLINGBACK,
+        ("recover", S.PREPARED): S.ROLLINGBACK,
+    }.get((event, status), status)
+    assert tx.status == expected
+
+
+def test_timeout_records_rbtimeout() -> None:
+    tx = _tx()
+    effects = sm.timeout(tx)
+    assert tx.rollback_code == XaCode.XA_RBTIMEOUT
+    assert effects == [sm.Send(Phase.ROLLBACK, ("b0", "b1"))]
+
+
+def test_duplicate_bqual_answers_dupid() -> None:
+    tx = _tx(1)
+    assert sm.enlist(tx, "b0", "other", "127.0.0.1:2") == XaCode.XAER_DUPID
+    assert tx.branches["b0"].rm_id == "rm0"
+
+
+# ------------------------------------------------------------------ XA codes per phase (DESIGN §4)
+
+
+@pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
+def test_prepare_reading_of_every_code(code: XaCode) -> None:
+    tx = _tx()
+    sm.request_commit(tx)
+    sm.prepare_result(tx, "b1", XaCode.XA_OK)
+    effects = sm.prepare_result(tx, "b0", code)
+    branch = tx.branches["b0"]
+    assert (branch.last_code, branch.last_phase) == (code, Phase.PREPARE)
+    if code == XaCode.XA_OK:
+        assert branch.status == B.PREPARED
+        assert tx.status == S.PREPARED and effects == [sm.ForceDecision()]
+    elif code == XaCode.XA_RDONLY:
+        assert branch.status == B.COMMITTED  # done, no phase two
+        assert tx.status == S.PREPARED and effects == [sm.ForceDecision()]
+        sm.decision_durable(tx)
+        assert sm.pending_branches(tx) == ("b1",)
+    elif code in RB_CODES:
+        assert branch.status == B.ROLLEDBACK
+        assert tx.status == S.ROLLINGBACK and tx.rollback_code == code
+        assert effects == [sm.Send(Phase.ROLLBACK, ("b1",))]
+    else:
+        # XAER_*, XA_RETRY, heuristics or anything else in prepare: the transaction rolls back.
+        assert tx.status == S.ROLLINGBACK and tx.rollback_code == code
+        assert effects == [sm.Send(Phase.ROLLBACK, ("b0", "b1"))]
+
+
+def _committing(one_phase: bool = False) -> sm.Transaction:
+    if one_phase:
+        tx = _tx(1)
+        assert sm.request_commit(tx) == [sm.Send(Phase.ONE_PHASE_COMMIT, ("b0",))]
+        return tx
+    tx = in_status(S.COMMITTING)
+    sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
+    return tx
+
+
+@pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
+def test_commit_reading_of_every_code(code: XaCode) -> None:
+    tx = _committing()
+    effects = sm.phase_two_result(tx, "b0", Phase.COMMIT, code)
+    branch = tx.branches["b0"]
+    assert branch.last_code in (code, XaCode.XA_HEURRB)
+    if code in (XaCode.XA_OK, XaCode.XAER_NOTA):
+        assert branch.status == B.COMMITTED and tx.status == S.COMMITTED
+        assert effects == [sm.Finished(S.COMMITTED)]
+        assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_OK
+    elif code in RETRY_CODES:
+        assert branch.status == B.PREPARED and tx.status == S.COMMITTING and effects == []
+        assert sm.pending_branches(tx) == ("b0",)  # retried, forever: the decision is durable
+    elif code in HEUR_STATUS:
+        assert branch.status == HEUR_STATUS[code] and tx.status == S.HEURISTICALLY_COMPLETED
+        expected = {
+            XaCode.XA_HEURCOM: TxOutcome.TX_OK,
+            XaCode.XA_HEURRB: TxOutcome.TX_MIXED,
+            XaCode.XA_HEURMIX: TxOutcome.TX_MIXED,
+            XaCode.XA_HEURHAZ: TxOutcome.TX_HAZARD,
+        }[code]
+        assert sm.outcome(tx, Phase.COMMIT) == expected
+    elif code in RB_CODES:
+        # A prepared branch rolled back on its own against a commit decision: heuristic.
+        assert branch.status == B.HEURISTICALLY_ROLLEDBACK and tx.status == S.HEURISTICALLY_COMPLETED
+        assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_MIXED
+    else:
+        assert code in (XaCode.XA_RDONLY, XaCode.XA_NOMIGRATE)
+        assert branch.status == B.COMMITTED
+
+
+@pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
+def test_rollback_reading_of_every_code(code: XaCode) -> None:
+    tx = in_status(S.ROLLINGBACK)
+    effects = sm.phase_two_result(tx, "b0", Phase.ROLLBACK, code)
+    branch = tx.branches["b0"]
+    if code in RETRY_CODES:
+        assert branch.status == B.PREPARED and tx.status == S.ROLLINGBACK and effects == []
+    elif code in HEUR_STATUS:
+        assert branch.status == HEUR_STATUS[code] and tx.status == S.HEURISTICALLY_COMPLETED
+        expected = {
+            XaCode.XA_HEURCOM: TxOutcome.TX_COMMITTED,
+            XaCode.XA_HEURRB: TxOutcome.TX_OK,
+            XaCode.XA_HEURMIX: TxOutcome.TX_MIXED,
+            XaCode.XA_HEURHAZ: TxOutcome.TX_HAZARD,
+        }[code]
+        assert sm.outcome(tx, Phase.ROLLBACK) == expected
+    else:
+        # XA_OK, XAER_NOTA (already gone) and XA_RB* all mean the branch is rolled back.
+        assert branch.status == B.ROLLEDBACK and tx.status == S.ROLLEDBACK
+        assert sm.outcome(tx, Phase.ROLLBACK) == TxOutcome.TX_OK
+        assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_ROLLBACK
+
+
+@pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
+def test_one_phase_reading_of_every_code(code: XaCode) -> None:
+    tx = _committing(one_phase=True)
+    sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
+    sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, code)
+    branch = tx.branches["b0"]
+    if code in RETRY_CODES:
+        assert tx.status == S.COMMITTING and branch.status == B.ENLISTED
+    elif code in HEUR_STATUS:
+        assert tx.status == S.HEURISTICALLY_COMPLETED
+    elif code in RB_CODES or code == XaCode.XAER_NOTA:
+        # First attempt: the RM did not commit (voted no, or never knew the branch).
+        assert branch.status == B.ROLLEDBACK and tx.status == S.ROLLEDBACK
+        assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_ROLLBACK
+    else:
+        assert branch.status == B.COMMITTED and tx.status == S.COMMITTED
+
+
+def test_one_phase_nota_after_a_retry_counts_as_done() -> None:
+    tx = _committing(one_phase=True)
+    sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
+    sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XAER_RMFAIL)
+    sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
+    sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XAER_NOTA)
+    assert tx.status == S.COMMITTED
+
+
+def test_single_branch_sends_no_prepare_and_all_readonly_needs_no_decision() -> None:
+    assert sm.request_commit(_tx(1)) == [sm.Send(Phase.ONE_PHASE_COMMIT, ("b0",))]
+    tx = _tx(2)
+    sm.request_commit(tx)
+    sm.prepare_result(tx, "b0", XaCode.XA_RDONLY)
+    assert sm.prepare_result(tx, "b1", XaCode.XA_RDONLY) == [sm.Finished(S.COMMITTED)]
+    assert sm.request_commit(_tx(0)) == [sm.Finished(S.COMMITTED)]
+
+
+def test_late_prepare_yes_after_rollback_is_rolled_back() -> None:
+    tx = in_status(S.PREPARING)
+    sm.request_rollback(tx)
+    assert sm.prepare_result(tx, "b0", XaCode.XA_OK) == [sm.Send(Phase.ROLLBACK, ("b0",))]
+
+
+def test_savepoints() -> None:
+    tx = _tx(1)
+    assert sm.create_savepoint(tx, "s1") == [sm.Send(Phase.SAVEPOINT, ("b0",), "s1")]
+    sm.enlist(tx, "b1", "rm1", "127.0.0.1:2")
+    sm.create_savepoint(tx, "s2")
+    effects = sm.rollback_to_savepoint(tx, "s1")
+    assert effects == [sm.Send(Phase.ROLLBACK, ("b1",)), sm.Send(Phase.ROLLBACK_TO_SAVEPOINT, ("b0",), "s1")]
+    assert list(tx.savepoints) == ["s1"]
+    sm.savepoint_dropped(tx, "b1", XaCode.XA_OK)
+    assert list(tx.branches) == ["b0"]
+    with pytest.raises(XatmError) as err:
+        sm.rollback_to_savepoint(tx, "s2")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_forget_only_heuristic_branches() -> None:
+    tx = in_status(S.HEURISTICALLY_COMPLETED)
+    assert sm.forget(tx) == [sm.Send(Phase.FORGET, ("b1",))]
+
+
+# ------------------------------------------------------------------ random protocol runs
+
+
+class ProtocolRuns(RuleBasedStateMachine):
+    """Random interleavings of answers and requests; the invariants of atomicity must hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tx = _tx(3)
+        self.commit_sent: set[str] = set()
+        self.rollback_sent: set[str] = set()
+
+    def _apply(self, effects: list[sm.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, sm.Send) and effect.phase in (Phase.COMMIT, Phase.ONE_PHASE_COMMIT):
+                self.commit_sent.update(effect.bquals)
+            elif isinstance(effect, sm.Send) and effect.phase == Phase.ROLLBACK:
+                self.rollback_sent.update(effect.bquals)
+            elif isinstance(effect, sm.ForceDecision):
+                assert all(b.status in (B.PREPARED, B.COMMITTED) for b in self.tx.branches.values())
+                self._apply(sm.decision_durable(self.tx))
+
+    @rule()
+    def commit(self) -> None:
+        self._apply(sm.request_commit(self.tx))
+
+    @rule()
+    def rollback(self) -> None:
+        try:
+            self._apply(sm.request_rollback(self.tx))
+        except XatmError:
+            assert self.tx.status not in (S.CREATED, S.PREPARING, S.ROLLINGBACK)
+
+    @rule()
+    def timeout(self) -> None:
+        self._apply(sm.timeout(self.tx))
+
+    @precondition(lambda self: self.tx.awaiting_prepare)
+    @rule(data=st.data(), code=st.sampled_from(ALL_CODES))
+    def prepare_answer(self, data: st.DataObject, code: XaCode) -> None:
+        bqual = data.draw(st.sampled_from(sorted(self.tx.awaiting_prepare)))
+        self._apply(sm.prepare_result(self.tx, bqual, code))
+
+    @precondition(lambda self: sm.pending_branches(self.tx))
+    @rule(data=st.data(), code=st.sampled_from(ALL_CODES))
+    def phase_two_answer(self, data: st.DataObject, code: XaCode) -> None:
+        bqual = data.draw(st.sampled_from(sm.pending_branches(self.tx)))
+        phase = Phase.ROLLBACK if self.tx.status == S.ROLLINGBACK else Phase.COMMIT
+        self._apply(sm.phase_two_result(self.tx, bqual, phase, code))
+
+    @invariant()
+    def never_both_directions(self) -> None:
+        assert not (self.commit_sent and self.rollback_sent)
+
+    @invariant()
+    def final_statuses_are_consistent(self) -> None:
+        statuses = {b.status for b in self.tx.branches.values()}
+        if self.tx.status == S.COMMITTED:
+            assert statuses == {B.COMMITTED}
+        if self.tx.status == S.ROLLEDBACK:
+            assert all(
+                b.status == B.ROLLEDBACK or b.last_code == XaCode.XA_RDONLY for b in self.tx.branches.values()
+            )
+
+
+TestProtocolRuns = ProtocolRuns.TestCase
+TestProtocolRuns.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
