@@ -1,0 +1,48 @@
+"""The transfer initiator: one global transaction that debits one bank and credits another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from examples.bank._proto import bank_pb2, bank_pb2_grpc
+from participant import TransactionError, TransactionManager, intercept_channel
+
+
+@dataclass
+class TransferResult:
+    gtrid: str
+    committed: bool
+    detail: str
+
+
+class Bank:
+    """Clients of the two account services, with the transaction context propagated."""
+
+    def __init__(self, coordinator: str, source: str, target: str):
+        self.tm = TransactionManager(coordinator)
+        self._channels = [grpc.insecure_channel(source), grpc.insecure_channel(target)]
+        self.source = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[0]))
+        self.target = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[1]))
+
+    def transfer(self, src: str, dst: str, amount: int, *, timeout: float | None = None) -> TransferResult:
+        """Move ``amount``; commits in both banks or in neither."""
+        tx = self.tm.begin(timeout=timeout)
+        try:
+            with tx:
+                self.source.Apply(bank_pb2.ApplyRequest(account=src, amount=-amount), timeout=10)
+                self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
+        except TransactionError as err:
+            return TransferResult(tx.gtrid, False, str(err))
+        return TransferResult(tx.gtrid, True, "committed")
+
+    def balances(self, src: str, dst: str) -> tuple[int, int]:
+        a = self.source.Balance(bank_pb2.BalanceRequest(account=src), timeout=10).balance
+        b = self.target.Balance(bank_pb2.BalanceRequest(account=dst), timeout=10).balance
+        return a, b
+
+    def close(self) -> None:
+        self.tm.close()
+        for channel in self._channels:
+            channel.close()

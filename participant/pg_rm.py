@@ -1,0 +1,442 @@
+"""PostgreSQL resource manager: one branch is one session transaction, made durable with PREPARE TRANSACTION.
+
+A branch holds a pooled connection from ``start`` to ``prepare`` (or one-phase commit, or
+rollback); business code runs its SQL on that connection. PREPARE TRANSACTION detaches
+the transaction from the session, so the connection goes back to the pool at once and the
+branch can be committed or rolled back later from any connection, by any process, after
+any restart: the gid alone names it. See docs/postgresql.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool
+
+from .pg_errors import to_xa_error
+from .rm import ResourceManager
+from .xa import XaCode, XaError, XatmError, Xid
+
+__all__ = ["PostgresRM", "PostgresSetupError", "decode_gid", "encode_gid"]
+
+log = logging.getLogger(__name__)
+
+# '/' is outside the gtrid/bqual alphabet, so splitting on it is unambiguous; the formatID is
+# fixed-width hex so every XID has exactly one gid. 4+1+8+1+64+1+64 = 143 < 200 (GIDSIZE).
+_PART = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_GID = re.compile(r"xatm/([0-9a-f]{8})/([A-Za-z0-9._:-]{1,64})/([A-Za-z0-9._:-]{1,64})")
+_MAX_SAVEPOINT_ID = 256
+_MIN_SERVER_VERSION = 130000  # pg_current_xact_id_if_assigned()
+
+
+def encode_gid(xid: Xid) -> str:
+    """The PREPARE TRANSACTION gid of a branch: ``xatm/<formatID as 8 hex digits>/<gtrid>/<bqual>``."""
+    fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
+    if (
+        not isinstance(fid, int)
+        or not 0 <= fid <= 0xFFFFFFFF
+        or not isinstance(gtrid, str)
+        or not _PART.fullmatch(gtrid)
+        or not isinstance(bqual, str)
+        or not _PART.fullmatch(bqual)
+    ):
+        raise XaError(
+            XaCode.XAER_INVAL,
+            f"malformed XID {xid!r}: formatID must be 0..2^32-1, "
+            "gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]",
+        )
+    return f"xatm/{fid:08x}/{gtrid}/{bqual}"
+
+
+def decode_gid(gid: str) -> Xid | None:
+    """The XID behind a gid of ours, or None for any other gid (foreign ones are never touched)."""
+    match = _GID.fullmatch(gid)
+    return Xid(match[2], match[3], int(match[1], 16)) if match else None
+
+
+def _savepoint_name(savepoint_id: str) -> sql.Identifier:
+    """A fixed-length identifier for an opaque id: no quoting surprises, no silent 63-byte truncation."""
+    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
+        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
+    return sql.Identifier("xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32])
+
+
+def _no_vote(error: XaError) -> XaError:
+    """Prepare's answer once PostgreSQL has rolled the branch back: an XA_RB* code with the cause."""
+    if error.code.is_rollback:
+        return error
+    code = XaCode.XA_RBCOMMFAIL if error.code == XaCode.XAER_RMFAIL else XaCode.XA_RBROLLBACK
+    return XaError(code, error.reason)
+
+
+class PostgresSetupError(XatmError):
+    """The server cannot host xatm branches; raised at construction, never in the middle of a commit."""
+
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+@dataclass(eq=False)
+class _Branch:
+    xid: Xid
+    conn: psycopg.Connection[Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one verb at a time per branch
+    savepoints: list[str] = field(default_factory=list)  # ids in the order set, as PostgreSQL stacks them
+    failure: XaError | None = None  # first error that escaped guard(): prepare votes no with it
+    savepoints_at_failure: int = 0  # rolling back to one of these undoes the failure
+    finished: bool = False
+
+    def fail(self, error: XaError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.savepoints_at_failure = len(self.savepoints)
+
+
+class PostgresRM(ResourceManager):
+    """Branches of global transactions in one PostgreSQL database.
+
+    ``pool_size`` bounds the connections held by active branches; phase two and recovery use
+    a separate pair of connections so that commits of prepared branches (which release locks
+    that active branches may be waiting for) never queue behind them. ``lock_timeout_ms``
+    bounds every lock wait of business SQL (0 disables it), so a branch blocked by a
+    prepared-but-undecided branch fails with XA_RBTIMEOUT instead of hanging.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        rm_id: str,
+        *,
+        pool_size: int = 4,
+        lock_timeout_ms: int = 5000,
+        acquire_timeout_s: float = 10.0,
+    ) -> None:
+        if pool_size < 1 or lock_timeout_ms < 0 or acquire_timeout_s <= 0:
+            raise ValueError("pool_size must be >= 1, lock_timeout_ms >= 0 and acquire_timeout_s > 0")
+        self.rm_id = rm_id
+        self.where = _check_server(dsn)
+        self._lock = threading.Lock()
+        self._branches: dict[Xid, _Branch] = {}
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
+
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            timeout=acquire_timeout_s,
+            kwargs={"autocommit": True},
+            configure=configure,
+            check=ConnectionPool.check_connection,
+            name=f"xatm-{rm_id}-branches",
+            open=True,
+        )
+        self._control: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=2,
+            timeout=acquire_timeout_s,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,
+            name=f"xatm-{rm_id}-control",
+            open=True,
+        )
+
+    # -- business API ---------------------------------------------------------------
+
+    def connection(self, xid: Xid) -> psycopg.Connection[Any]:
+        """The branch's connection, for its business SQL, until prepare/commit/rollback returns it.
+
+        Never call commit() or rollback() on it: the transaction belongs to the coordinator
+        (``with conn.transaction():`` is fine, it becomes a savepoint).
+        """
+        return self._active(xid).conn
+
+    @contextmanager
+    def guard(self, xid: Xid) -> Iterator[psycopg.Connection[Any]]:
+        """``with rm.guard(xid) as conn:`` business SQL; a psycopg error leaving the block becomes an
+        XaError with the mapped code and dooms the branch, so its prepare votes that no.
+        """
+        branch = self._active(xid)
+        try:
+            yield branch.conn
+        except psycopg.Error as exc:
+            raise self._fail(branch, exc, "business SQL") from exc
+
+    # -- XA verbs ---------------------------------------------------------------------
+
+    def start(self, xid: Xid) -> None:
+        encode_gid(xid)
+        with self._lock:
+            if xid in self._branches:
+                return  # rejoin: same branch, same connection
+        try:
+            conn = self._pool.getconn()
+        except psycopg.Error as exc:
+            raise to_xa_error(
+                exc, f"start: no connection to {self.where} (pool of {self._pool.max_size})"
+            ) from exc
+        try:
+            conn.execute("BEGIN")
+        except psycopg.Error as exc:
+            self._pool.putconn(conn)
+            raise to_xa_error(exc, "BEGIN", connection_closed=conn.closed) from exc
+        with self._lock:
+            if xid not in self._branches:
+                self._branches[xid] = _Branch(xid, conn)
+                return
+        # Lost a race with a concurrent start of the same xid: that one is the branch.
+        self._release(conn)
+
+    def prepare(self, xid: Xid) -> XaCode:
+        gid = encode_gid(xid)
+        with self._claim(xid) as branch:
+            if branch is None:
+                if self._is_prepared(gid):
+                    return XaCode.XA_OK  # a retried prepare after a lost reply
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            try:
+                return self._prepare(branch, gid)
+            finally:
+                self._finish(branch)
+
+    def commit(self, xid: Xid, one_phase: bool) -> None:
+        gid = encode_gid(xid)
+        with self._claim(xid) as branch:
+            if branch is not None:
+                if not one_phase:
+                    raise XaError(
+                        XaCode.XAER_PROTO,
+                        f"branch {xid} is active, not prepared: prepare it first or commit it one-phase",
+                    )
+                try:
+                    self._commit_one_phase(branch)
+                finally:
+                    self._finish(branch)
+                return
+        # Not active: a prepared branch, also when one_phase is asked for it by mistake.
+        self._end_prepared("COMMIT PREPARED", gid, xid)
+
+    def rollback(self, xid: Xid) -> None:
+        gid = encode_gid(xid)
+        with self._claim(xid) as branch:
+            if branch is not None:
+                self._finish(branch)  # ROLLBACK (or a lost connection, which the server rolls back)
+                return
+        self._end_prepared("ROLLBACK PREPARED", gid, xid)
+
+    def recover(self) -> list[Xid]:
+        try:
+            with self._control.connection() as conn:
+                rows = conn.execute(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared"
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise to_xa_error(exc, f"recover from {self.where}") from exc
+        return [xid for (gid,) in rows if (xid := decode_gid(gid)) is not None]
+
+    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = _savepoint_name(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            try:
+                branch.conn.execute(sql.SQL("SAVEPOINT {}").format(name))
+            except psycopg.Error as exc:
+                raise self._fail(branch, exc, "SAVEPOINT") from exc
+            branch.savepoints.append(savepoint_id)
+
+    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = _savepoint_name(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            if savepoint_id not in branch.savepoints:
+                # Checked here: an unknown name would make PostgreSQL abort the whole transaction.
+                raise XaError(
+                    XaCode.XAER_INVAL,
+                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
+                    "(never set, or undone by rolling back to an earlier one)",
+                )
+            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
+            try:
+                branch.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
+            except psycopg.Error as exc:
+                raise self._fail(branch, exc, "ROLLBACK TO SAVEPOINT") from exc
+            del branch.savepoints[index + 1 :]
+            if branch.failure is not None and index < branch.savepoints_at_failure:
+                branch.failure = None  # the failed work, and PostgreSQL's aborted state, are undone
+
+    def close(self) -> None:
+        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
+        with self._lock:
+            branches = list(self._branches.values())
+        for branch in branches:
+            with branch.lock:
+                if not branch.finished:
+                    self._finish(branch)
+        self._pool.close()
+        self._control.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _active(self, xid: Xid) -> _Branch:
+        with self._lock:
+            branch = self._branches.get(xid)
+        if branch is None:
+            raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+        return branch
+
+    @contextmanager
+    def _claim(self, xid: Xid) -> Iterator[_Branch | None]:
+        """Serialise verbs on one xid: the active branch, locked, or None if there is none."""
+        with self._lock:
+            branch = self._branches.get(xid)
+        if branch is None:
+            yield None
+            return
+        with branch.lock:
+            yield None if branch.finished else branch
+
+    def _fail(self, branch: _Branch, exc: psycopg.Error, doing: str) -> XaError:
+        error = to_xa_error(exc, doing, connection_closed=branch.conn.closed)
+        branch.fail(error)
+        return error
+
+    def _doomed(self, branch: _Branch) -> XaError | None:
+        """Why the branch cannot commit, if it cannot: PostgreSQL has or will roll it back."""
+        status = branch.conn.info.transaction_status
+        if branch.failure is not None:
+            return _no_vote(branch.failure)
+        if branch.conn.closed:
+            return XaError(XaCode.XA_RBCOMMFAIL, f"connection to {self.where} lost; the server rolled back")
+        if status == TransactionStatus.INERROR:
+            return XaError(
+                XaCode.XA_RBROLLBACK,
+                "a statement failed outside rm.guard(); PostgreSQL aborted the transaction",
+            )
+        if status == TransactionStatus.IDLE:
+            return XaError(
+                XaCode.XA_RBPROTO,
+                "the branch's transaction was ended on its connection "
+                "(commit() or rollback() called by business code); its work may be partly committed",
+            )
+        return None
+
+    def _prepare(self, branch: _Branch, gid: str) -> XaCode:
+        if (doomed := self._doomed(branch)) is not None:
+            raise doomed
+        conn = branch.conn
+        try:
+            row = conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()
+            if row is not None and row[0]:  # no transaction id: the branch wrote nothing
+                conn.execute("COMMIT")
+                return XaCode.XA_RDONLY
+        except psycopg.Error as exc:
+            raise _no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
+        try:
+            cur = conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+        except psycopg.Error as exc:
+            error = to_xa_error(exc, "PREPARE TRANSACTION", connection_closed=conn.closed)
+            if error.code == XaCode.XAER_RMFAIL:
+                raise XaError(
+                    XaCode.XAER_RMFAIL,
+                    f"{error.reason}; the branch may or may not be prepared, roll it back by xid",
+                ) from exc
+            raise _no_vote(error) from exc  # a failed PREPARE TRANSACTION is a ROLLBACK
+        if cur.statusmessage != "PREPARE TRANSACTION":
+            raise XaError(XaCode.XA_RBROLLBACK, f"PREPARE TRANSACTION answered {cur.statusmessage!r}")
+        return XaCode.XA_OK
+
+    def _commit_one_phase(self, branch: _Branch) -> None:
+        if (doomed := self._doomed(branch)) is not None:
+            raise doomed
+        try:
+            cur = branch.conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            error = to_xa_error(exc, "COMMIT", connection_closed=branch.conn.closed)
+            if error.code == XaCode.XAER_RMFAIL:
+                # Unlike a lost prepare, nothing is left to retry or roll back: the outcome is unknowable.
+                raise XaError(
+                    XaCode.XA_HEURHAZ,
+                    f"{error.reason}; connection lost during COMMIT, the branch may or may not be committed",
+                ) from exc
+            raise _no_vote(error) from exc  # e.g. a deferred constraint or serialization failure
+        if cur.statusmessage != "COMMIT":
+            raise XaError(XaCode.XA_RBROLLBACK, f"COMMIT answered {cur.statusmessage!r}")
+
+    def _end_prepared(self, verb: str, gid: str, xid: Xid) -> None:
+        try:
+            with self._control.connection() as conn:
+                conn.execute(sql.SQL("{} {}").format(sql.SQL(verb), sql.Literal(gid)))
+        except psycopg.errors.UndefinedObject as exc:
+            raise XaError(XaCode.XAER_NOTA, f"{verb}: no branch {xid} in {self.where}") from exc
+        except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+            raise XaError(XaCode.XA_RETRY, f"{verb}: {exc}") from exc  # another session is finishing it
+        except psycopg.Error as exc:
+            raise to_xa_error(exc, verb) from exc
+
+    def _is_prepared(self, gid: str) -> bool:
+        try:
+            with self._control.connection() as conn:
+                cur = conn.execute(
+                    "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()", (gid,)
+                )
+                return cur.fetchone() is not None
+        except psycopg.Error as exc:
+            raise to_xa_error(exc, f"looking up {gid} in {self.where}") from exc
+
+    def _finish(self, branch: _Branch) -> None:
+        """End the branch's life here (under its lock): roll back whatever is left, return the connection."""
+        branch.finished = True
+        with self._lock:
+            self._branches.pop(branch.xid, None)
+        self._release(branch.conn)
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error as exc:  # the pool discards a broken connection; the server rolls it back
+                log.debug("rollback of a finished branch failed: %s", exc)
+        self._pool.putconn(conn)
+
+
+def _check_server(dsn: str) -> str:
+    """Refuse a server that cannot PREPARE, at start-up; returns ``host:port`` for messages."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed PostgreSQL DSN: {exc}") from exc
+    where = f"{params.get('host') or params.get('hostaddr') or 'localhost'}:{params.get('port') or 5432}"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            where = f"{conn.info.host}:{conn.info.port}"
+            version = conn.info.server_version
+            row = conn.execute("SHOW max_prepared_transactions").fetchone()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise XatmError(
+            grpc.StatusCode.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {first}"
+        ) from exc
+    if version < _MIN_SERVER_VERSION:
+        raise PostgresSetupError(f"PostgreSQL at {where} is version {version}; xatm needs 13 or later")
+    if row is None or int(row[0]) == 0:
+        raise PostgresSetupError(
+            f"PostgreSQL at {where} has max_prepared_transactions = 0; set it > 0 "
+            "(e.g. 100) and restart it to use xatm"
+        )
+    return where

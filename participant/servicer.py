@@ -1,0 +1,234 @@
+"""The Participant gRPC service over a ResourceManager.
+
+One synchronous core does all the work (validation, failpoints, RM call, mapping of the
+result to an XA code, metrics); ``ParticipantServicer`` serves it on a threaded
+``grpc.server`` and ``AsyncParticipantServicer`` on ``grpc.aio`` by running the same core in
+a worker thread, since RMs are blocking. XA outcomes travel in ``XaReply.code``; a gRPC
+error only ever means the call itself was refused (malformed xid, injected fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from . import failpoints
+from ._proto import participant_pb2, participant_pb2_grpc, xa_pb2
+from .metrics import CALL_DURATION, CALLS
+from .rm import ResourceManager
+from .xa import XaCode, XaError, XatmError, Xid, validate_bqual, validate_gtrid
+
+__all__ = ["AsyncParticipantServicer", "ParticipantCore", "ParticipantServicer"]
+
+log = logging.getLogger(__name__)
+
+_SAVEPOINT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _xid(message: xa_pb2.Xid) -> Xid:
+    return Xid(validate_gtrid(message.gtrid), validate_bqual(message.bqual), message.format_id)
+
+
+def _savepoint_id(value: str) -> str:
+    if not _SAVEPOINT_ID.match(value):
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed savepoint id {value[:80]!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
+        )
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class ParticipantCore:
+    """Serves one XA verb at a time over an RM; thread-safe as far as the RM is.
+
+    ``on_complete(xid)`` is told when a branch's business phase is over (prepare, commit,
+    rollback or forget reached it), so the stub can drop what it keeps for the branch.
+    """
+
+    def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
+        self.rm = rm
+        self._on_complete = on_complete
+        self._verbs: dict[str, Callable[[Any], Message]] = {
+            "prepare": self._prepare,
+            "commit": self._commit,
+            "rollback": self._rollback,
+            "forget": self._forget,
+            "recover": self._recover,
+            "savepoint": self._savepoint,
+            "rollback_to_savepoint": self._rollback_to_savepoint,
+        }
+
+    def serve(self, verb: str, request: Message) -> Message:
+        """Answer ``verb``; raises XatmError only when the call must fail as a whole."""
+        started = time.perf_counter()
+        label = "UNKNOWN"
+        try:
+            reply = self._verbs[verb](request)
+            label = XaCode(reply.code).name
+            return reply
+        except XatmError as error:
+            label = error.code.name
+            raise
+        finally:
+            CALLS.labels(verb, label).inc()
+            CALL_DURATION.labels(verb).observe(time.perf_counter() - started)
+
+    # Each verb: validate, pass its failpoint, call the RM, map the result.
+
+    def _call(self, verb: str, xid: Xid, action: Callable[[], XaCode | None]) -> participant_pb2.XaReply:
+        try:
+            result = action()
+            code = XaCode.XA_OK if result is None else XaCode(result)
+        except XaError as error:
+            return participant_pb2.XaReply(code=error.code, reason=error.reason)
+        except Exception as exc:
+            log.exception("%s %s failed in %s", verb, xid, type(self.rm).__name__)
+            return participant_pb2.XaReply(code=XaCode.XAER_RMERR, reason=_reason(exc))
+        return participant_pb2.XaReply(code=code)
+
+    def _completed(self, xid: Xid) -> None:
+        if self._on_complete is not None:
+            self._on_complete(xid)
+
+    def _prepare(self, request: participant_pb2.BranchRequest) -> participant_pb2.XaReply:
+        xid = _xid(request.xid)
+        injected = failpoints.hit("participant.prepare")
+        if injected is not None:
+            return participant_pb2.XaReply(code=injected, reason="failpoint participant.prepare")
+        self._completed(xid)
+        reply = self._call("prepare", xid, lambda: self.rm.prepare(xid))
+        injected = failpoints.hit("participant.after_prepare")
+        if injected is not None:
+            return participant_pb2.XaReply(code=injected, reason="failpoint participant.after_prepare")
+        return reply
+
+    def _commit(self, request: participant_pb2.CommitBranchRequest) -> participant_pb2.XaReply:
+        xid = _xid(request.xid)
+        injected = failpoints.hit("participant.commit")
+        if injected is not None:
+            return participant_pb2.XaReply(code=injected, reason="failpoint participant.commit")
+        self._completed(xid)
+        return self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
+
+    def _rollback(self, request: participant_pb2.BranchRequest) -> participant_pb2.XaReply:
+        xid = _xid(request.xid)
+        injected = failpoints.hit("participant.rollback")
+        if injected is not None:
+            return participant_pb2.XaReply(code=injected, reason="failpoint participant.rollback")
+        self._completed(xid)
+        return self._call("rollback", xid, lambda: self.rm.rollback(xid))
+
+    def _forget(self, request: participant_pb2.BranchRequest) -> participant_pb2.XaReply:
+        xid = _xid(request.xid)
+        self._completed(xid)
+        return self._call("forget", xid, lambda: self.rm.forget(xid))
+
+    def _savepoint(self, request: participant_pb2.SavepointBranchRequest) -> participant_pb2.XaReply:
+        xid, savepoint_id = _xid(request.xid), _savepoint_id(request.savepoint_id)
+        return self._call("savepoint", xid, lambda: self.rm.savepoint(xid, savepoint_id))
+
+    def _rollback_to_savepoint(
+        self, request: participant_pb2.SavepointBranchRequest
+    ) -> participant_pb2.XaReply:
+        xid, savepoint_id = _xid(request.xid), _savepoint_id(request.savepoint_id)
+        undo = self.rm.rollback_to_savepoint
+        return self._call("rollback_to_savepoint", xid, lambda: undo(xid, savepoint_id))
+
+    def _recover(self, request: participant_pb2.RecoverRequest) -> participant_pb2.RecoverReply:
+        rm_id = self.rm.rm_id
+        try:
+            xids = self.rm.recover()
+        except XaError as error:
+            log.warning("recover failed in %s: %s", rm_id, error)
+            return participant_pb2.RecoverReply(code=error.code, rm_id=rm_id)
+        except Exception:
+            log.exception("recover failed in %s", rm_id)
+            return participant_pb2.RecoverReply(code=XaCode.XAER_RMERR, rm_id=rm_id)
+        wanted = request.format_id
+        return participant_pb2.RecoverReply(
+            code=XaCode.XA_OK,
+            rm_id=rm_id,
+            xids=[
+                xa_pb2.Xid(format_id=x.format_id, gtrid=x.gtrid, bqual=x.bqual)
+                for x in xids
+                if wanted == 0 or x.format_id == wanted
+            ],
+        )
+
+
+class _Base(participant_pb2_grpc.ParticipantServicer):
+    def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
+        self.core = ParticipantCore(rm, on_complete=on_complete)
+
+
+class ParticipantServicer(_Base):
+    """The Participant service for a threaded ``grpc.server``."""
+
+    def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.core.serve(verb, request)
+        except XatmError as error:
+            context.abort(error.code, error.message)
+
+    def Prepare(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("prepare", request, context)
+
+    def Commit(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("commit", request, context)
+
+    def Rollback(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("rollback", request, context)
+
+    def Forget(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("forget", request, context)
+
+    def Recover(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("recover", request, context)
+
+    def Savepoint(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("savepoint", request, context)
+
+    def RollbackToSavepoint(self, request, context):  # type: ignore[no-untyped-def]
+        return self._serve("rollback_to_savepoint", request, context)
+
+
+class AsyncParticipantServicer(_Base):
+    """The Participant service for ``grpc.aio.server``: the core runs in a worker thread."""
+
+    async def _serve(self, verb: str, request: Message, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await asyncio.to_thread(self.core.serve, verb, request)
+        except XatmError as error:
+            await context.abort(error.code, error.message)
+
+    async def Prepare(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("prepare", request, context)
+
+    async def Commit(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("commit", request, context)
+
+    async def Rollback(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("rollback", request, context)
+
+    async def Forget(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("forget", request, context)
+
+    async def Recover(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("recover", request, context)
+
+    async def Savepoint(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("savepoint", request, context)
+
+    async def RollbackToSavepoint(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._serve("rollback_to_savepoint", request, context)

@@ -1,0 +1,271 @@
+"""The participant stub a microservice links: its RM's branches in global transactions.
+
+    stub = ParticipantStub(rm, coordinator="127.0.0.1:7070", advertise="127.0.0.1:50051")
+    server = grpc.server(pool, interceptors=[stub.server_interceptor()])
+    stub.add_to_server(server)                      # the Participant service
+    add_BankServicer_to_server(Bank(stub), server)  # business handlers use stub.branch()
+
+Inside a handler called within a global transaction, ``with stub.branch() as xid`` enlists
+this RM once per transaction (the first call) and joins the same branch on later calls;
+outside one it is a local one-phase transaction, so the same handler serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+
+from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc
+from .context import TxContext, current
+from .initiator import auth_metadata, coordinator_channel, to_xatm_error
+from .interceptors import AioServerInterceptor, ServerInterceptor
+from .rm import ResourceManager
+from .servicer import AsyncParticipantServicer, ParticipantServicer
+from .xa import XaCode, XaError, XatmError, Xid, new_bqual
+
+__all__ = ["EnlistError", "ParticipantStub"]
+
+log = logging.getLogger(__name__)
+
+# Above this many remembered branches, those whose transaction deadline passed are dropped
+# (their coordinator has rolled them back, and a late call could not enlist anyway).
+_PRUNE_AT = 10_000
+
+
+class EnlistError(XatmError):
+    """The coordinator did not take this RM's branch into the transaction."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, xa_code: XaCode | None = None):
+        super().__init__(code, message)
+        #: The coordinator's XA answer (e.g. XAER_DUPID), None when the call itself failed.
+        self.xa_code = xa_code
+
+
+@dataclass
+class _Branch:
+    xid: Xid
+    deadline: float | None
+    # Held while the first call enlists, so concurrent first calls enlist once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    enlisted: bool = False
+    # Why the first call could not enlist; the calls that waited for it fail the same way.
+    error: XatmError | None = None
+
+
+class ParticipantStub:
+    """Ties one ResourceManager to the gRPC server of the process that owns it."""
+
+    def __init__(
+        self,
+        rm: ResourceManager,
+        *,
+        coordinator: str | None = None,
+        advertise: str,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        call_timeout: float = 10.0,
+    ):
+        """``coordinator`` is used when a caller's metadata names none; ``advertise`` is the
+        host:port of this process's server, where the coordinator calls the Participant service."""
+        self.rm = rm
+        self.coordinator = coordinator
+        self.advertise = advertise
+        self.call_timeout = call_timeout
+        self._credentials = channel_credentials
+        self._metadata = auth_metadata(token)
+        self._lock = threading.Lock()
+        self._branches: dict[str, _Branch] = {}
+        self._coordinators: dict[str, tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorStub]] = {}
+
+    # ------------------------------------------------------------ server wiring
+
+    def add_to_server(self, server: grpc.Server | grpc.aio.Server) -> None:
+        """Serve the Participant service for this RM on a threaded or grpc.aio server."""
+        kind = AsyncParticipantServicer if isinstance(server, grpc.aio.Server) else ParticipantServicer
+        servicer = kind(self.rm, on_complete=self._completed)
+        participant_pb2_grpc.add_ParticipantServicer_to_server(servicer, server)
+
+    @staticmethod
+    def server_interceptor() -> ServerInterceptor:
+        return ServerInterceptor()
+
+    @staticmethod
+    def aio_server_interceptor() -> AioServerInterceptor:
+        return AioServerInterceptor()
+
+    def active_branches(self) -> int:
+        """Branches remembered for transactions still in their business phase."""
+        return len(self._branches)
+
+    # ------------------------------------------------------------ branch API
+
+    @contextmanager
+    def branch(self) -> Iterator[Xid]:
+        """The RM's branch of the active global transaction, or a local transaction."""
+        tx = current()
+        xid = self._open(tx)
+        try:
+            yield xid
+        except BaseException as exc:
+            self._finish_failed(tx, xid, exc)
+            raise
+        self._finish(tx, xid)
+
+    @asynccontextmanager
+    async def abranch(self) -> AsyncIterator[Xid]:
+        """``branch()`` for asyncio; RM and coordinator calls run in worker threads."""
+        tx = current()
+        xid = await asyncio.to_thread(self._open, tx)
+        try:
+            yield xid
+        except BaseException as exc:
+            await asyncio.to_thread(self._finish_failed, tx, xid, exc)
+            raise
+        await asyncio.to_thread(self._finish, tx, xid)
+
+    def _open(self, tx: TxContext | None) -> Xid:
+        if tx is None:
+            xid = Xid(f"local.{new_bqual()}", new_bqual())
+            self.rm.start(xid)
+            return xid
+        with self._lock:
+            branch = self._branches.get(tx.gtrid)
+            if branch is None:
+                if len(self._branches) >= _PRUNE_AT:
+                    self._prune_locked()
+                branch = self._branches[tx.gtrid] = _Branch(Xid(tx.gtrid, new_bqual()), tx.deadline)
+        with branch.lock:
+            if branch.error is not None:
+                first = branch.error
+                raise EnlistError(first.code, first.message, getattr(first, "xa_code", None))
+            if not branch.enlisted:
+                self._enlist_first(tx, branch)
+                return branch.xid
+        self._start(tx, branch.xid)
+        return branch.xid
+
+    def _enlist_first(self, tx: TxContext, branch: _Branch) -> None:
+        try:
+            self._enlist(tx, branch.xid)
+        except BaseException as error:
+            if not isinstance(error, XatmError):
+                error = XatmError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+            branch.error = error
+            with self._lock:
+                if self._branches.get(tx.gtrid) is branch:
+                    del self._branches[tx.gtrid]
+            raise
+        branch.enlisted = True
+        self._start(tx, branch.xid)
+
+    def _start(self, tx: TxContext, xid: Xid) -> None:
+        try:
+            self.rm.start(xid)
+        except BaseException as error:
+            self._abandon(tx, xid, error)
+            raise
+
+    def _finish(self, tx: TxContext | None, xid: Xid) -> None:
+        """The block succeeded: end the unit of work; a local transaction commits now."""
+        try:
+            self.rm.end(xid)
+            if tx is None:
+                self.rm.commit(xid, one_phase=True)
+        except BaseException as error:
+            self._abandon(tx, xid, error)
+            raise
+
+    def _finish_failed(self, tx: TxContext | None, xid: Xid, failure: BaseException) -> None:
+        try:
+            self.rm.end(xid)
+        except Exception as error:
+            log.warning("end of branch %s failed after %s: %s", xid, type(failure).__name__, error)
+        self._abandon(tx, xid, failure)
+
+    def _abandon(self, tx: TxContext | None, xid: Xid, failure: BaseException) -> None:
+        """The block's work must not commit: roll a local transaction back, doom a global one.
+
+        Best effort: the caller re-raises ``failure``, which is what the business code must
+        see; a global transaction that is not marked still rolls back at its prepare or timeout.
+        """
+        try:
+            if tx is None:
+                if not (isinstance(failure, XaError) and failure.code.is_rollback):
+                    self.rm.rollback(xid)
+            else:
+                self._mark_rollback_only(tx, failure)
+        except Exception as error:
+            log.warning("could not abandon branch %s after %s: %s", xid, type(failure).__name__, error)
+
+    # ------------------------------------------------------------ coordinator calls
+
+    def _coordinator(self, tx: TxContext) -> tuple[str, coordinator_pb2_grpc.CoordinatorStub]:
+        address = tx.coordinator or self.coordinator
+        if not address:
+            raise XatmError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"transaction {tx.gtrid} names no coordinator and the stub was given none",
+            )
+        with self._lock:
+            if address not in self._coordinators:
+                channel = coordinator_channel(address, self._credentials)
+                self._coordinators[address] = (channel, coordinator_pb2_grpc.CoordinatorStub(channel))
+            return address, self._coordinators[address][1]
+
+    def _timeout(self, tx: TxContext) -> float:
+        remaining = tx.remaining()
+        return self.call_timeout if remaining is None else min(self.call_timeout, remaining)
+
+    def _enlist(self, tx: TxContext, xid: Xid) -> None:
+        address, coordinator = self._coordinator(tx)
+        request = coordinator_pb2.EnlistRequest(
+            gtrid=xid.gtrid, bqual=xid.bqual, rm_id=self.rm.rm_id, endpoint=self.advertise
+        )
+        what = f"{self.rm.rm_id} in transaction {xid.gtrid} at coordinator {address}"
+        try:
+            reply = coordinator.Enlist(request, timeout=self._timeout(tx), metadata=self._metadata)
+        except grpc.RpcError as error:
+            failure = to_xatm_error(error)
+            raise EnlistError(failure.code, f"cannot enlist {what}: {failure.message}") from None
+        if reply.code != XaCode.XA_OK:
+            code = XaCode(reply.code)
+            status = grpc.StatusCode.ALREADY_EXISTS if code is XaCode.XAER_DUPID else grpc.StatusCode.ABORTED
+            detail = f": {reply.reason}" if reply.reason else ""
+            raise EnlistError(status, f"coordinator refused to enlist {what}: {code.name}{detail}", code)
+
+    def _mark_rollback_only(self, tx: TxContext, failure: BaseException) -> None:
+        _, coordinator = self._coordinator(tx)
+        reason = f"{self.rm.rm_id}: {type(failure).__name__}: {failure}"[:500]
+        request = coordinator_pb2.MarkRollbackOnlyRequest(gtrid=tx.gtrid, reason=reason)
+        try:
+            coordinator.MarkRollbackOnly(request, timeout=self._timeout(tx), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise to_xatm_error(error) from None
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _completed(self, xid: Xid) -> None:
+        """The coordinator reached the branch (prepare/commit/rollback): stop remembering it."""
+        with self._lock:
+            branch = self._branches.get(xid.gtrid)
+            if branch is not None and branch.xid.bqual == xid.bqual:
+                del self._branches[xid.gtrid]
+
+    def _prune_locked(self) -> None:
+        now = time.time()
+        for gtrid in [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]:
+            del self._branches[gtrid]
+
+    def close(self) -> None:
+        """Close the coordinator channels (the RM is the caller's to close)."""
+        with self._lock:
+            channels, self._coordinators = self._coordinators, {}
+        for channel, _ in channels.values():
+            channel.close()

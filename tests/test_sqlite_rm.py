@@ -1,0 +1,614 @@
+"""SqliteRM: XA verbs and codes, locking, savepoints, durability across kill -9, and a model check."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from participant.sqlite_rm import LOCAL_FORMAT_ID, SqliteRM
+from participant.xa import FORMAT_ID, XaCode, XaError, Xid
+
+CHILD = Path(__file__).with_name("sqlite_crash_child.py")
+
+
+@contextmanager
+def raises(code: XaCode) -> Iterator[None]:
+    with pytest.raises(XaError) as info:
+        yield
+    assert info.value.code == code, info.value
+
+
+@pytest.fixture
+def rm(tmp_path: Path) -> Iterator[SqliteRM]:
+    store = SqliteRM(tmp_path / "store.db", "test", lock_timeout=0.1)
+    yield store
+    store.close()
+
+
+def seed(rm: SqliteRM, **values: int | str) -> None:
+    with rm.local() as xid:
+        for key, value in values.items():
+            rm.put(xid, key, value)
+
+
+def started(rm: SqliteRM, gtrid: str) -> Xid:
+    xid = Xid(gtrid, "b1")
+    rm.start(xid)
+    return xid
+
+
+def assert_unlocked(rm: SqliteRM, *keys: str) -> None:
+    """Another branch can lock every key at once (it would get XA_RBTIMEOUT otherwise)."""
+    with raises(XaCode.XA_RBROLLBACK), rm.local() as xid:
+        for key in keys:
+            rm.put(xid, key, "probe")
+        rm.mark_rollback_only(xid, XaCode.XA_RBROLLBACK, "probe only")
+
+
+# ---- verbs and codes ------------------------------------------------------------------------------
+
+
+def test_two_phase_commit_applies_pending_writes(rm: SqliteRM) -> None:
+    seed(rm, alice=100, bob=50)
+    xid = started(rm, "t1")
+    assert rm.get(xid, "alice") == 100
+    rm.put(xid, "alice", 70)
+    rm.put(xid, "bob", 80)
+    rm.put(xid, "note", "paid")
+    assert rm.get(xid, "alice") == 70, "a branch reads its own pending writes"
+    assert rm.read_committed("alice") == 100
+    assert rm.prepare(xid) == XaCode.XA_OK
+    assert rm.recover() == [xid]
+    assert rm.items() == {"alice": 100, "bob": 50}
+    rm.commit(xid, one_phase=False)
+    assert rm.items() == {"alice": 70, "bob": 80, "note": "paid"}
+    assert rm.recover() == []
+    assert_unlocked(rm, "alice", "bob", "note")
+
+
+def test_one_phase_commit_of_active_branch(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    rm.put(xid, "k", 1)
+    rm.put(xid, "k", 2)
+    rm.commit(xid, one_phase=True)
+    assert rm.items() == {"k": 2}
+    assert rm.recover() == []
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_rollback_discards_branch(rm: SqliteRM, prepared: bool) -> None:
+    seed(rm, k=1)
+    xid = started(rm, "t1")
+    rm.put(xid, "k", 2)
+    if prepared:
+        assert rm.prepare(xid) == XaCode.XA_OK
+    rm.rollback(xid)
+    assert rm.items() == {"k": 1}
+    assert rm.recover() == []
+    assert_unlocked(rm, "k")
+
+
+def test_unknown_xid_is_nota_for_every_verb(rm: SqliteRM) -> None:
+    xid = Xid("nobody", "b1")
+    for call in (
+        lambda: rm.prepare(xid),
+        lambda: rm.commit(xid, one_phase=False),
+        lambda: rm.commit(xid, one_phase=True),
+        lambda: rm.rollback(xid),
+        lambda: rm.forget(xid),
+        lambda: rm.get(xid, "k"),
+        lambda: rm.put(xid, "k", 1),
+        lambda: rm.savepoint(xid, "sp"),
+        lambda: rm.rollback_to_savepoint(xid, "sp"),
+        lambda: rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "x"),
+    ):
+        with raises(XaCode.XAER_NOTA):
+            call()
+
+
+def test_repeated_phase_two_after_lost_reply_is_nota(rm: SqliteRM) -> None:
+    committed, rolled_back = started(rm, "t1"), started(rm, "t2")
+    for xid in (committed, rolled_back):
+        rm.put(xid, xid.gtrid, 1)
+        rm.prepare(xid)
+    rm.commit(committed, one_phase=False)
+    rm.rollback(rolled_back)
+    for xid in (committed, rolled_back):
+        with raises(XaCode.XAER_NOTA):
+            rm.commit(xid, one_phase=False)
+        with raises(XaCode.XAER_NOTA):
+            rm.rollback(xid)
+    assert rm.items() == {"t1": 1}
+
+
+def test_start_rules(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    rm.put(xid, "k", 1)
+    rm.start(xid)  # rejoin keeps the work
+    assert rm.get(xid, "k") == 1
+    rm.end(xid)
+    rm.prepare(xid)
+    with raises(XaCode.XAER_PROTO):
+        rm.start(xid)
+    rm.commit(xid, one_phase=False)
+    with raises(XaCode.XAER_DUPID):
+        rm.start(xid)
+
+
+def test_protocol_errors(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    rm.put(xid, "k", 1)
+    with raises(XaCode.XAER_PROTO):
+        rm.commit(xid, one_phase=False)
+    rm.prepare(xid)
+    for call in (
+        lambda: rm.prepare(xid),
+        lambda: rm.commit(xid, one_phase=True),
+        lambda: rm.get(xid, "k"),
+        lambda: rm.put(xid, "k", 2),
+        lambda: rm.savepoint(xid, "sp"),
+        lambda: rm.forget(xid),
+        lambda: rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "too late"),
+    ):
+        with raises(XaCode.XAER_PROTO):
+            call()
+    rm.commit(xid, one_phase=False)
+    assert rm.items() == {"k": 1}
+
+
+def test_read_only_branch_votes_rdonly_and_keeps_no_locks(rm: SqliteRM) -> None:
+    seed(rm, k=5)
+    xid = started(rm, "t1")
+    assert rm.get(xid, "k") == 5
+    assert rm.get(xid, "absent") is None
+    assert rm.prepare(xid) == XaCode.XA_RDONLY
+    assert rm.recover() == []
+    assert_unlocked(rm, "k", "absent")
+    with raises(XaCode.XAER_NOTA):
+        rm.commit(xid, one_phase=False)
+
+
+def test_prepare_keeps_write_locks_and_releases_read_locks(rm: SqliteRM) -> None:
+    seed(rm, a=1, b=2)
+    xid = started(rm, "t1")
+    rm.put(xid, "b", rm.get(xid, "a") + 1)  # type: ignore[operator]
+    rm.prepare(xid)
+    assert_unlocked(rm, "a")
+    other = started(rm, "t2")
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.get(other, "b")
+    rm.commit(xid, one_phase=False)
+    assert rm.items() == {"a": 1, "b": 2}
+
+
+def test_invalid_arguments(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    for value in (True, 1.5, None, b"x", 2**63):
+        with raises(XaCode.XAER_INVAL):
+            rm.put(xid, "k", value)  # type: ignore[arg-type]
+    with raises(XaCode.XAER_INVAL):
+        rm.get(xid, 7)  # type: ignore[arg-type]
+    rm.put(xid, "k", -(2**63))
+    rm.commit(xid, one_phase=True)
+    assert rm.read_committed("k") == -(2**63)
+
+
+def test_second_owner_is_refused_until_close(tmp_path: Path) -> None:
+    first = SqliteRM(tmp_path / "s.db", "one")
+    with raises(XaCode.XAER_RMFAIL):
+        SqliteRM(tmp_path / "s.db", "two")
+    first.close()
+    with raises(XaCode.XAER_RMFAIL):
+        first.items()
+    SqliteRM(tmp_path / "s.db", "two").close()
+
+
+# ---- savepoints ---------------------------------------------------------------------------------
+
+
+def test_rollback_to_savepoint_restores_earlier_pending_values(rm: SqliteRM) -> None:
+    seed(rm, a=0, b=0)
+    xid = started(rm, "t1")
+    rm.put(xid, "a", 1)
+    rm.savepoint(xid, "sp1")
+    rm.put(xid, "a", 2)
+    rm.put(xid, "b", 5)
+    rm.savepoint(xid, "sp2")
+    rm.put(xid, "a", 3)
+    rm.rollback_to_savepoint(xid, "sp1")
+    assert (rm.get(xid, "a"), rm.get(xid, "b")) == (1, 0)
+    with raises(XaCode.XAER_INVAL):
+        rm.rollback_to_savepoint(xid, "sp2")  # destroyed by rolling back past it
+    with raises(XaCode.XAER_INVAL):
+        rm.rollback_to_savepoint(xid, "never")
+    rm.put(xid, "b", 9)
+    rm.rollback_to_savepoint(xid, "sp1")  # still valid, as in SQL
+    rm.commit(xid, one_phase=True)
+    assert rm.items() == {"a": 1, "b": 0}
+
+
+def test_rollback_to_savepoint_before_any_write_makes_branch_read_only(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    rm.savepoint(xid, "start")
+    rm.put(xid, "k", 1)
+    rm.rollback_to_savepoint(xid, "start")
+    assert rm.get(xid, "k") is None
+    assert rm.prepare(xid) == XaCode.XA_RDONLY
+    assert_unlocked(rm, "k")
+
+
+# ---- rollback-only, local transactions ------------------------------------------------------------
+
+
+def test_mark_rollback_only_makes_prepare_vote_that_code(rm: SqliteRM) -> None:
+    seed(rm, alice=10)
+    xid = started(rm, "t1")
+    rm.put(xid, "alice", -5)
+    rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "balance would go negative")
+    rm.mark_rollback_only(xid, XaCode.XA_RBOTHER, "second mark keeps the first code")
+    assert_unlocked(rm, "alice")
+    with raises(XaCode.XA_RBINTEGRITY):
+        rm.put(xid, "alice", 1)
+    with raises(XaCode.XA_RBINTEGRITY):
+        rm.start(xid)
+    with raises(XaCode.XA_RBINTEGRITY):
+        rm.prepare(xid)
+    with raises(XaCode.XAER_NOTA):
+        rm.rollback(xid)
+    assert rm.items() == {"alice": 10}
+
+
+def test_rollback_only_branch_rolls_back_on_rollback_or_one_phase_commit(rm: SqliteRM) -> None:
+    first, second = started(rm, "t1"), started(rm, "t2")
+    for xid in (first, second):
+        rm.mark_rollback_only(xid, XaCode.XA_RBTRANSIENT, "retry later")
+    rm.rollback(first)
+    with raises(XaCode.XAER_PROTO):
+        rm.commit(second, one_phase=False)
+    with raises(XaCode.XA_RBTRANSIENT):
+        rm.commit(second, one_phase=True)
+    with raises(XaCode.XAER_NOTA):
+        rm.prepare(second)
+
+
+def test_mark_rollback_only_needs_an_rb_code(rm: SqliteRM) -> None:
+    xid = started(rm, "t1")
+    with raises(XaCode.XAER_INVAL):
+        rm.mark_rollback_only(xid, XaCode.XAER_RMERR, "not a rollback code")
+
+
+def test_local_transaction_commits_or_rolls_back(rm: SqliteRM) -> None:
+    with rm.local() as xid:
+        assert xid.format_id == LOCAL_FORMAT_ID != FORMAT_ID
+        rm.put(xid, "k", 1)
+    with pytest.raises(RuntimeError), rm.local() as xid:
+        rm.put(xid, "k", 2)
+        raise RuntimeError("business failure")
+    with raises(XaCode.XA_RBINTEGRITY), rm.local() as xid:
+        rm.put(xid, "k", 3)
+        rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "vetoed")
+    assert rm.items() == {"k": 1}
+    assert_unlocked(rm, "k")
+
+
+# ---- locking -----------------------------------------------------------------------------------
+
+
+def test_lock_conflict_times_out_and_holder_still_commits(tmp_path: Path) -> None:
+    rm = SqliteRM(tmp_path / "s.db", "test", lock_timeout=0.2)
+    seed(rm, a=1, b=1)
+    holder, waiter = started(rm, "holder"), started(rm, "waiter")
+    rm.put(holder, "a", 2)
+    rm.get(waiter, "b")
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.get(waiter, "a")
+    assert_unlocked(rm, "b")  # the waiter was rolled back, its locks released
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.put(waiter, "b", 5)
+    assert rm.prepare(holder) == XaCode.XA_OK
+    rm.commit(holder, one_phase=False)
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.prepare(waiter)
+    assert rm.items() == {"a": 2, "b": 1}
+    rm.close()
+
+
+def test_deadlock_is_detected_and_the_survivor_commits(tmp_path: Path) -> None:
+    rm = SqliteRM(tmp_path / "s.db", "test", lock_timeout=30)  # a timeout would mean detection failed
+    seed(rm, a=0, b=0)
+    first, second = started(rm, "first"), started(rm, "second")
+    rm.get(first, "a")
+    rm.get(second, "b")
+    outcome: dict[Xid, XaCode] = {}
+
+    def take(xid: Xid, key: str) -> None:
+        try:
+            rm.put(xid, key, 1)
+            outcome[xid] = XaCode.XA_OK
+        except XaError as exc:
+            outcome[xid] = exc.code
+
+    threads = [
+        threading.Thread(target=take, args=(first, "b")),
+        threading.Thread(target=take, args=(second, "a")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcome.values()) == [XaCode.XA_OK, XaCode.XA_RBDEADLOCK]
+    survivor, victim = sorted(outcome, key=lambda xid: outcome[xid])
+    with raises(XaCode.XA_RBDEADLOCK):
+        rm.prepare(victim)
+    assert rm.prepare(survivor) == XaCode.XA_OK
+    rm.commit(survivor, one_phase=False)
+    assert rm.items() == {"a": 0, "b": 0, {first: "b", second: "a"}[survivor]: 1}
+    rm.close()
+
+
+def test_concurrent_transfers_lose_no_update(tmp_path: Path) -> None:
+    rm = SqliteRM(tmp_path / "s.db", "test", lock_timeout=10)
+    seed(rm, a=1000, b=1000)
+    moves = [("a", "b"), ("a", "b"), ("a", "b"), ("b", "a")]
+
+    def transfer(source: str, target: str) -> None:
+        for _ in range(20):
+            while True:
+                try:
+                    with rm.local() as xid:
+                        rm.put(xid, source, rm.get(xid, source) - 1)  # type: ignore[operator]
+                        rm.put(xid, target, rm.get(xid, target) + 1)  # type: ignore[operator]
+                    break
+                except XaError as exc:
+                    assert exc.code.is_rollback, exc  # a deadlock victim: try again
+
+    threads = [threading.Thread(target=transfer, args=move) for move in moves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert rm.items() == {"a": 960, "b": 1040}
+    rm.close()
+
+
+# ---- durability across kill -9 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decision", ["commit", "rollback"])
+def test_prepared_branch_survives_kill_9(tmp_path: Path, decision: str) -> None:
+    path = tmp_path / "bank.db"
+    child = subprocess.run(
+        [sys.executable, str(CHILD), str(path), "crash"], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout == "prepared\n"
+
+    rm = SqliteRM(path, "bank", lock_timeout=0.1)
+    xid = Xid("crash", "b1")
+    assert rm.recover() == [xid]
+    assert rm.items() == {"alice": 100, "bob": 50}
+    other = started(rm, "other")
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.get(other, "alice")
+    with raises(XaCode.XA_RBTIMEOUT):
+        rm.prepare(other)
+    unprepared = Xid("crash-active", "b1")
+    with raises(XaCode.XAER_NOTA):  # active work dies with the process...
+        rm.prepare(unprepared)
+    with raises(XaCode.XAER_DUPID):  # ...and its xid cannot be reused for new work
+        rm.start(unprepared)
+    assert_unlocked(rm, "carol")
+
+    if decision == "commit":
+        rm.commit(xid, one_phase=False)
+        assert rm.items() == {"alice": 70, "bob": 80}
+    else:
+        rm.rollback(xid)
+        assert rm.items() == {"alice": 100, "bob": 50}
+    assert rm.recover() == []
+    assert_unlocked(rm, "alice", "bob")
+    rm.close()
+
+    reopened = SqliteRM(path, "bank")
+    assert reopened.recover() == []
+    assert reopened.items()["alice"] == (70 if decision == "commit" else 100)
+    reopened.close()
+
+
+# ---- model check ----------------------------------------------------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c"])
+SLOTS = st.integers(0, 2)
+SAVEPOINTS = st.sampled_from(["s1", "s2"])
+VALUES = st.integers(-1000, 1000) | st.sampled_from(["x", "y"])
+
+
+@dataclass
+class ModelBranch:
+    state: str = "active"
+    code: XaCode | None = None
+    writes: list[tuple[str, int | str]] = field(default_factory=list)
+    locks: set[str] = field(default_factory=set)
+    savepoints: dict[str, int] = field(default_factory=dict)  # name -> len(writes), in creation order
+
+
+class SqliteRMModel(RuleBasedStateMachine):
+    """Random XA traffic on one thread (lock_timeout=0, so a conflict is an immediate XA_RBTIMEOUT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="sqlite-rm-model-")
+        self.rm = self.open()
+        self.committed: dict[str, int | str] = {}
+        self.branches: dict[int, ModelBranch] = {}
+        self.generation = [0, 0, 0]
+
+    def open(self) -> SqliteRM:
+        return SqliteRM(Path(self.dir) / "model.db", "model", lock_timeout=0)
+
+    def teardown(self) -> None:
+        self.rm.close()
+        shutil.rmtree(self.dir)
+
+    def xid(self, slot: int) -> Xid:
+        return Xid(f"g{slot}-{self.generation[slot]}", "b1")
+
+    def expect(self, code: XaCode, call: Callable[[], Any]) -> None:
+        with raises(code):
+            call()
+
+    def work_error(self, slot: int) -> XaCode | None:
+        """Why the branch in ``slot`` cannot take business work, if it cannot."""
+        branch = self.branches.get(slot)
+        if branch is None:
+            return XaCode.XAER_NOTA
+        if branch.state == "prepared":
+            return XaCode.XAER_PROTO
+        return branch.code
+
+    def lock(self, slot: int, key: str) -> bool:
+        """Take the lock in the model; on conflict, expect the timeout that dooms the branch."""
+        if any(key in b.locks for s, b in self.branches.items() if s != slot):
+            branch = self.branches[slot]
+            branch.state, branch.code = "rollback_only", XaCode.XA_RBTIMEOUT
+            branch.writes, branch.locks, branch.savepoints = [], set(), {}
+            return False
+        self.branches[slot].locks.add(key)
+        return True
+
+    @rule(slot=SLOTS)
+    def start(self, slot: int) -> None:
+        branch = self.branches.get(slot)
+        if branch is None:
+            self.generation[slot] += 1
+            self.branches[slot] = ModelBranch()
+            self.rm.start(self.xid(slot))
+        elif error := self.work_error(slot):
+            self.expect(error, lambda: self.rm.start(self.xid(slot)))
+        else:
+            self.rm.start(self.xid(slot))
+
+    @rule(slot=SLOTS, key=KEYS)
+    def get(self, slot: int, key: str) -> None:
+        if error := self.work_error(slot):
+            self.expect(error, lambda: self.rm.get(self.xid(slot), key))
+        elif not self.lock(slot, key):
+            self.expect(XaCode.XA_RBTIMEOUT, lambda: self.rm.get(self.xid(slot), key))
+        else:
+            pending = [value for k, value in self.branches[slot].writes if k == key]
+            assert self.rm.get(self.xid(slot), key) == (pending[-1] if pending else self.committed.get(key))
+
+    @rule(slot=SLOTS, key=KEYS, value=VALUES)
+    def put(self, slot: int, key: str, value: int | str) -> None:
+        if error := self.work_error(slot):
+            self.expect(error, lambda: self.rm.put(self.xid(slot), key, value))
+        elif not self.lock(slot, key):
+            self.expect(XaCode.XA_RBTIMEOUT, lambda: self.rm.put(self.xid(slot), key, value))
+        else:
+            self.branches[slot].writes.append((key, value))
+            self.rm.put(self.xid(slot), key, value)
+
+    @rule(slot=SLOTS, name=SAVEPOINTS)
+    def savepoint(self, slot: int, name: str) -> None:
+        if error := self.work_error(slot):
+            self.expect(error, lambda: self.rm.savepoint(self.xid(slot), name))
+            return
+        branch = self.branches[slot]
+        branch.savepoints.pop(name, None)
+        branch.savepoints[name] = len(branch.writes)
+        self.rm.savepoint(self.xid(slot), name)
+
+    @rule(slot=SLOTS, name=SAVEPOINTS)
+    def rollback_to_savepoint(self, slot: int, name: str) -> None:
+        error = self.work_error(slot)
+        if error is None and name not in self.branches[slot].savepoints:
+            error = XaCode.XAER_INVAL
+        if error:
+            self.expect(error, lambda: self.rm.rollback_to_savepoint(self.xid(slot), name))
+            return
+        branch = self.branches[slot]
+        del branch.writes[branch.savepoints[name] :]
+        names = list(branch.savepoints)
+        for later in names[names.index(name) + 1 :]:
+            del branch.savepoints[later]
+        self.rm.rollback_to_savepoint(self.xid(slot), name)
+
+    @rule(slot=SLOTS)
+    def mark_rollback_only(self, slot: int) -> None:
+        branch = self.branches.get(slot)
+        call = lambda: self.rm.mark_rollback_only(self.xid(slot), XaCode.XA_RBINTEGRITY, "model")  # noqa: E731
+        if branch is None or branch.state == "prepared":
+            self.expect(XaCode.XAER_NOTA if branch is None else XaCode.XAER_PROTO, call)
+            return
+        if branch.state == "active":
+            branch.state, branch.code = "rollback_only", XaCode.XA_RBINTEGRITY
+            branch.writes, branch.locks, branch.savepoints = [], set(), {}
+        call()
+
+    @rule(slot=SLOTS)
+    def prepare(self, slot: int) -> None:
+        branch = self.branches.get(slot)
+        if error := self.work_error(slot):
+            if error.is_rollback:  # voting no ends the branch
+                del self.branches[slot]
+            self.expect(error, lambda: self.rm.prepare(self.xid(slot)))
+        elif branch.writes:
+            assert self.rm.prepare(self.xid(slot)) == XaCode.XA_OK
+            branch.state, branch.savepoints = "prepared", {}
+            branch.locks = {key for key, _ in branch.writes}
+        else:
+            assert self.rm.prepare(self.xid(slot)) == XaCode.XA_RDONLY
+            del self.branches[slot]
+
+    @rule(slot=SLOTS, one_phase=st.booleans())
+    def commit(self, slot: int, one_phase: bool) -> None:
+        branch = self.branches.get(slot)
+        call = lambda: self.rm.commit(self.xid(slot), one_phase)  # noqa: E731
+        if branch is None:
+            self.expect(XaCode.XAER_NOTA, call)
+        elif one_phase and branch.code is not None:
+            del self.branches[slot]
+            self.expect(branch.code, call)
+        elif branch.state != ("active" if one_phase else "prepared"):
+            self.expect(XaCode.XAER_PROTO, call)
+        else:
+            call()
+            self.committed.update(branch.writes)
+            del self.branches[slot]
+
+    @rule(slot=SLOTS)
+    def rollback(self, slot: int) -> None:
+        if self.branches.pop(slot, None) is None:
+            self.expect(XaCode.XAER_NOTA, lambda: self.rm.rollback(self.xid(slot)))
+        else:
+            self.rm.rollback(self.xid(slot))
+
+    @rule()
+    def restart(self) -> None:
+        self.rm.close()
+        self.rm = self.open()
+        self.branches = {s: b for s, b in self.branches.items() if b.state == "prepared"}
+
+    @invariant()
+    def committed_state_matches(self) -> None:
+        assert self.rm.items() == dict(sorted(self.committed.items()))
+        prepared = {self.xid(s) for s, b in self.branches.items() if b.state == "prepared"}
+        assert set(self.rm.recover()) == prepared
+
+
+SqliteRMModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_model = SqliteRMModel.TestCase
