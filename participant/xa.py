@@ -178,7 +178,7 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _validate(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
         raise XatmError(
             grpc.StatusCode.INVALID_ARGUMENT,
