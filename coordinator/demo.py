@@ -91,9 +91,7 @@ def run_demo(data_dir: Path, say: Callable[[str], None] = print) -> int:
         say("xatm demo: a coordinator and two bank services, each a separate process")
         stack.callback(coord.stop)
         coord.start()
-        say(
-            f"   coordinator  {coord.address}  (gRPC; /metrics on http://{coord.http}/metrics)"
-        )
+        say(f"   coordinator  {coord.address}  (gRPC; /metrics on http://{coord.http}/metrics)")
         banks = []
         for name, seed in (("bank-a", f"alice={SEED_A}"), ("bank-b", f"bob={SEED_B}")):
             proc = bank_proc(name, data_dir / f"{name}.db", coord.address, seed, data_dir)

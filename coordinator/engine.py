@@ -481,9 +481,23 @@ class Engine:
         def count(status: TxStatus) -> Callable[[], float]:
             return lambda: sum(1 for tx in self._txs.values() if tx.status == status)
 
+        def overdue(status: TxStatus) -> Callable[[], float]:
+            def measure() -> float:
+                now = time.time()
+                return sum(
+                    1
+                    for tx in self._txs.values()
+                    if tx.status == status and tx.begun_at + tx.timeout_ms / 1000 < now
+                )
+
+            return measure
+
         for status in TxStatus:
-            if not status.is_final:
+            if status not in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK):
+                # HeuristicallyCompleted stays "active" until an operator forgets it.
                 metrics.TRANSACTIONS_ACTIVE.labels(status=status.label).set_function(count(status))
+            if not status.is_final:
+                metrics.TRANSACTIONS_OVERDUE.labels(status=status.label).set_function(overdue(status))
         metrics.IN_DOUBT_BRANCHES.set_function(
             lambda: sum(
                 len(sm.pending_branches(tx))

@@ -35,3 +35,12 @@ WAL_TORN_TAIL = Counter("xatm_wal_torn_tail_total", "Torn or corrupt final WAL r
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])
 RETRIES = Counter("xatm_retries_total", "Phase-two calls retried by the backoff policy", ["phase"])
 ADMIN_ACTIONS = Counter("xatm_admin_actions_total", "Operator actions", ["action", "result"])
+TRANSACTIONS_OVERDUE = Gauge(
+    "xatm_transactions_overdue", "Transactions not yet final and past their timeout, by status", ["status"]
+)
+
+# Create the known label sets up front so rate()/increase() see a zero before the first event.
+for _outcome in ("committed", "rolledback", "heuristic"):
+    TRANSACTIONS_COMPLETED.labels(outcome=_outcome)
+for _action in ("recommit", "rerollback", "presumed_abort", "orphan_rollback", "torn_tail", "failed"):
+    RECOVERY_ACTIONS.labels(action=_action)

@@ -80,6 +80,10 @@ class ParticipantCore:
         except XatmError as error:
             label = error.code.name
             raise
+        except Exception as exc:  # a bug here, not in the RM: still a clean status, never a traceback
+            label = grpc.StatusCode.INTERNAL.name
+            log.exception("participant %s failed", verb)
+            raise XatmError(grpc.StatusCode.INTERNAL, f"participant {verb} failed: {_reason(exc)}") from exc
         finally:
             CALLS.labels(verb, label).inc()
             CALL_DURATION.labels(verb).observe(time.perf_counter() - started)
@@ -147,24 +151,20 @@ class ParticipantCore:
 
     def _recover(self, request: participant_pb2.RecoverRequest) -> participant_pb2.RecoverReply:
         rm_id = self.rm.rm_id
+        wanted = request.format_id
         try:
-            xids = self.rm.recover()
+            xids = [
+                xa_pb2.Xid(format_id=x.format_id, gtrid=x.gtrid, bqual=x.bqual)
+                for x in self.rm.recover()
+                if wanted == 0 or x.format_id == wanted
+            ]
         except XaError as error:
             log.warning("recover failed in %s: %s", rm_id, error)
             return participant_pb2.RecoverReply(code=error.code, rm_id=rm_id)
         except Exception:
             log.exception("recover failed in %s", rm_id)
             return participant_pb2.RecoverReply(code=XaCode.XAER_RMERR, rm_id=rm_id)
-        wanted = request.format_id
-        return participant_pb2.RecoverReply(
-            code=XaCode.XA_OK,
-            rm_id=rm_id,
-            xids=[
-                xa_pb2.Xid(format_id=x.format_id, gtrid=x.gtrid, bqual=x.bqual)
-                for x in xids
-                if wanted == 0 or x.format_id == wanted
-            ],
-        )
+        return participant_pb2.RecoverReply(code=XaCode.XA_OK, rm_id=rm_id, xids=xids)
 
 
 class _Base(participant_pb2_grpc.ParticipantServicer):

@@ -382,7 +382,7 @@ class SqliteRM(ResourceManager):
 
     def _view(self, bid: int, key: str) -> Value | None:
         row = self._db.execute(
-            "SELECT value FROM writes WHERE bid = ? AND key = ? ORDER BY seq DESC LIMIT 1", (bid, key)
+            "SELECT value FROM writes WHERE bid = ? AND key = ? ORDER BY seq ASC LIMIT 1", (bid, key)
         ).fetchone()
         if row is None:
             row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

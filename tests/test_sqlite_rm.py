@@ -8,16 +8,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from participant.sqlite_rm import LOCAL_FORMAT_ID, SqliteRM
 from participant.xa import FORMAT_ID, XaCode, XaError, Xid
@@ -431,9 +430,9 @@ def test_prepared_branch_survives_kill_9(tmp_path: Path, decision: str) -> None:
 
 # ---- model check ----------------------------------------------------------------------------------
 
-KEYS = st.sampled_from(["a", "b", "c"])
+KEYS = st.sampled_from(["a", "b", "c", "d"])
 SLOTS = st.integers(0, 2)
-SAVEPOINTS = st.sampled_from(["s1", "s2"])
+SAVEPOINTS = st.sampled_from(["s1", "s2", "s3"])
 VALUES = st.integers(-1000, 1000) | st.sampled_from(["x", "y"])
 
 
@@ -447,7 +446,11 @@ class ModelBranch:
 
 
 class SqliteRMModel(RuleBasedStateMachine):
-    """Random XA traffic on one thread (lock_timeout=0, so a conflict is an immediate XA_RBTIMEOUT)."""
+    """Random XA traffic on one thread (lock_timeout=0, so a conflict is an immediate XA_RBTIMEOUT).
+
+    Business work is drawn among active branches so that long branches happen; ``misuse`` covers
+    work sent to branches that cannot take it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -467,9 +470,12 @@ class SqliteRMModel(RuleBasedStateMachine):
     def xid(self, slot: int) -> Xid:
         return Xid(f"g{slot}-{self.generation[slot]}", "b1")
 
-    def expect(self, code: XaCode, call: Callable[[], Any]) -> None:
-        with raises(code):
-            call()
+    def active(self) -> list[int]:
+        return sorted(s for s, b in self.branches.items() if b.state == "active")
+
+    def pick_active(self, data: st.DataObject) -> tuple[int, ModelBranch]:
+        slot = data.draw(st.sampled_from(self.active()), label="slot")
+        return slot, self.branches[slot]
 
     def work_error(self, slot: int) -> XaCode | None:
         """Why the branch in ``slot`` cannot take business work, if it cannot."""
@@ -481,66 +487,87 @@ class SqliteRMModel(RuleBasedStateMachine):
         return branch.code
 
     def lock(self, slot: int, key: str) -> bool:
-        """Take the lock in the model; on conflict, expect the timeout that dooms the branch."""
+        """Take the lock in the model; on conflict, the branch is doomed with XA_RBTIMEOUT."""
         if any(key in b.locks for s, b in self.branches.items() if s != slot):
-            branch = self.branches[slot]
-            branch.state, branch.code = "rollback_only", XaCode.XA_RBTIMEOUT
-            branch.writes, branch.locks, branch.savepoints = [], set(), {}
+            self.doom(self.branches[slot], XaCode.XA_RBTIMEOUT)
             return False
         self.branches[slot].locks.add(key)
         return True
 
-    @rule(slot=SLOTS)
-    def start(self, slot: int) -> None:
-        branch = self.branches.get(slot)
-        if branch is None:
-            self.generation[slot] += 1
-            self.branches[slot] = ModelBranch()
-            self.rm.start(self.xid(slot))
-        elif error := self.work_error(slot):
-            self.expect(error, lambda: self.rm.start(self.xid(slot)))
-        else:
-            self.rm.start(self.xid(slot))
+    @staticmethod
+    def doom(branch: ModelBranch, code: XaCode) -> None:
+        branch.state, branch.code = "rollback_only", code
+        branch.writes, branch.locks, branch.savepoints = [], set(), {}
 
-    @rule(slot=SLOTS, key=KEYS)
-    def get(self, slot: int, key: str) -> None:
-        if error := self.work_error(slot):
-            self.expect(error, lambda: self.rm.get(self.xid(slot), key))
-        elif not self.lock(slot, key):
-            self.expect(XaCode.XA_RBTIMEOUT, lambda: self.rm.get(self.xid(slot), key))
-        else:
-            pending = [value for k, value in self.branches[slot].writes if k == key]
-            assert self.rm.get(self.xid(slot), key) == (pending[-1] if pending else self.committed.get(key))
+    @precondition(lambda self: len(self.branches) < 3)
+    @rule(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from([s for s in range(3) if s not in self.branches]), label="slot")
+        self.generation[slot] += 1
+        self.branches[slot] = ModelBranch()
+        self.rm.start(self.xid(slot))
 
-    @rule(slot=SLOTS, key=KEYS, value=VALUES)
-    def put(self, slot: int, key: str, value: int | str) -> None:
-        if error := self.work_error(slot):
-            self.expect(error, lambda: self.rm.put(self.xid(slot), key, value))
-        elif not self.lock(slot, key):
-            self.expect(XaCode.XA_RBTIMEOUT, lambda: self.rm.put(self.xid(slot), key, value))
-        else:
-            self.branches[slot].writes.append((key, value))
-            self.rm.put(self.xid(slot), key, value)
-
-    @rule(slot=SLOTS, name=SAVEPOINTS)
-    def savepoint(self, slot: int, name: str) -> None:
-        if error := self.work_error(slot):
-            self.expect(error, lambda: self.rm.savepoint(self.xid(slot), name))
+    @rule(slot=SLOTS, key=KEYS, name=SAVEPOINTS)
+    def misuse(self, slot: int, key: str, name: str) -> None:
+        xid = self.xid(slot)
+        error = self.work_error(slot)
+        if error is None:
+            self.rm.start(xid)  # rejoining an active branch is fine
             return
-        branch = self.branches[slot]
+        if slot not in self.branches:
+            if self.generation[slot]:  # the slot's last xid finished: it cannot start again
+                with raises(XaCode.XAER_DUPID):
+                    self.rm.start(xid)
+        else:
+            with raises(error):
+                self.rm.start(xid)
+        for call in (
+            lambda: self.rm.get(xid, key),
+            lambda: self.rm.put(xid, key, 1),
+            lambda: self.rm.savepoint(xid, name),
+            lambda: self.rm.rollback_to_savepoint(xid, name),
+        ):
+            with raises(error):
+                call()
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data(), key=KEYS)
+    def get(self, data: st.DataObject, key: str) -> None:
+        slot, branch = self.pick_active(data)
+        if not self.lock(slot, key):
+            with raises(XaCode.XA_RBTIMEOUT):
+                self.rm.get(self.xid(slot), key)
+            return
+        pending = [value for k, value in branch.writes if k == key]
+        assert self.rm.get(self.xid(slot), key) == (pending[-1] if pending else self.committed.get(key))
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data(), key=KEYS, value=VALUES)
+    def put(self, data: st.DataObject, key: str, value: int | str) -> None:
+        slot, branch = self.pick_active(data)
+        if not self.lock(slot, key):
+            with raises(XaCode.XA_RBTIMEOUT):
+                self.rm.put(self.xid(slot), key, value)
+            return
+        branch.writes.append((key, value))
+        self.rm.put(self.xid(slot), key, value)
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data(), name=SAVEPOINTS)
+    def savepoint(self, data: st.DataObject, name: str) -> None:
+        slot, branch = self.pick_active(data)
         branch.savepoints.pop(name, None)
         branch.savepoints[name] = len(branch.writes)
         self.rm.savepoint(self.xid(slot), name)
 
-    @rule(slot=SLOTS, name=SAVEPOINTS)
-    def rollback_to_savepoint(self, slot: int, name: str) -> None:
-        error = self.work_error(slot)
-        if error is None and name not in self.branches[slot].savepoints:
-            error = XaCode.XAER_INVAL
-        if error:
-            self.expect(error, lambda: self.rm.rollback_to_savepoint(self.xid(slot), name))
+    @precondition(lambda self: self.active())
+    @rule(data=st.data(), name=SAVEPOINTS)
+    def rollback_to_savepoint(self, data: st.DataObject, name: str) -> None:
+        slot, branch = self.pick_active(data)
+        if name not in branch.savepoints:
+            with raises(XaCode.XAER_INVAL):
+                self.rm.rollback_to_savepoint(self.xid(slot), name)
             return
-        branch = self.branches[slot]
         del branch.writes[branch.savepoints[name] :]
         names = list(branch.savepoints)
         for later in names[names.index(name) + 1 :]:
@@ -550,50 +577,59 @@ class SqliteRMModel(RuleBasedStateMachine):
     @rule(slot=SLOTS)
     def mark_rollback_only(self, slot: int) -> None:
         branch = self.branches.get(slot)
-        call = lambda: self.rm.mark_rollback_only(self.xid(slot), XaCode.XA_RBINTEGRITY, "model")  # noqa: E731
+        xid = self.xid(slot)
         if branch is None or branch.state == "prepared":
-            self.expect(XaCode.XAER_NOTA if branch is None else XaCode.XAER_PROTO, call)
+            with raises(XaCode.XAER_NOTA if branch is None else XaCode.XAER_PROTO):
+                self.rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "model")
             return
         if branch.state == "active":
-            branch.state, branch.code = "rollback_only", XaCode.XA_RBINTEGRITY
-            branch.writes, branch.locks, branch.savepoints = [], set(), {}
-        call()
+            self.doom(branch, XaCode.XA_RBINTEGRITY)
+        self.rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, "model")
 
     @rule(slot=SLOTS)
     def prepare(self, slot: int) -> None:
-        branch = self.branches.get(slot)
+        xid = self.xid(slot)
         if error := self.work_error(slot):
             if error.is_rollback:  # voting no ends the branch
                 del self.branches[slot]
-            self.expect(error, lambda: self.rm.prepare(self.xid(slot)))
-        elif branch.writes:
-            assert self.rm.prepare(self.xid(slot)) == XaCode.XA_OK
+            with raises(error):
+                self.rm.prepare(xid)
+            return
+        branch = self.branches[slot]
+        if branch.writes:
+            assert self.rm.prepare(xid) == XaCode.XA_OK
             branch.state, branch.savepoints = "prepared", {}
             branch.locks = {key for key, _ in branch.writes}
         else:
-            assert self.rm.prepare(self.xid(slot)) == XaCode.XA_RDONLY
+            assert self.rm.prepare(xid) == XaCode.XA_RDONLY
             del self.branches[slot]
 
     @rule(slot=SLOTS, one_phase=st.booleans())
     def commit(self, slot: int, one_phase: bool) -> None:
         branch = self.branches.get(slot)
-        call = lambda: self.rm.commit(self.xid(slot), one_phase)  # noqa: E731
+        xid = self.xid(slot)
         if branch is None:
-            self.expect(XaCode.XAER_NOTA, call)
+            error: XaCode | None = XaCode.XAER_NOTA
         elif one_phase and branch.code is not None:
+            error = branch.code
             del self.branches[slot]
-            self.expect(branch.code, call)
         elif branch.state != ("active" if one_phase else "prepared"):
-            self.expect(XaCode.XAER_PROTO, call)
+            error = XaCode.XAER_PROTO
         else:
-            call()
+            error = None
             self.committed.update(branch.writes)
             del self.branches[slot]
+        if error is None:
+            self.rm.commit(xid, one_phase)
+        else:
+            with raises(error):
+                self.rm.commit(xid, one_phase)
 
     @rule(slot=SLOTS)
     def rollback(self, slot: int) -> None:
         if self.branches.pop(slot, None) is None:
-            self.expect(XaCode.XAER_NOTA, lambda: self.rm.rollback(self.xid(slot)))
+            with raises(XaCode.XAER_NOTA):
+                self.rm.rollback(self.xid(slot))
         else:
             self.rm.rollback(self.xid(slot))
 
@@ -610,5 +646,5 @@ class SqliteRMModel(RuleBasedStateMachine):
         assert set(self.rm.recover()) == prepared
 
 
-SqliteRMModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+SqliteRMModel.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_model = SqliteRMModel.TestCase

@@ -394,9 +394,7 @@ def test_savepoints_default_to_protocol_error(participant: Client) -> None:
         _xid(bqual="b/1"),
     ],
 )
-def test_malformed_xid_is_invalid_argument(
-    participant: Client, rm: MemoryRM, xid: xa_pb2.Xid
-) -> None:
+def test_malformed_xid_is_invalid_argument(participant: Client, rm: MemoryRM, xid: xa_pb2.Xid) -> None:
     for call in (participant.Prepare, participant.Rollback, participant.Forget):
         with pytest.raises(grpc.RpcError) as caught:
             call(participant_pb2.BranchRequest(xid=xid))
@@ -420,9 +418,7 @@ def test_failpoint_return_answers_without_rm(participant: Client, rm: MemoryRM) 
     assert rm.verbs() == ["prepare"]
 
 
-def test_failpoint_after_prepare_answers_after_rm_prepared(
-    participant: Client, rm: MemoryRM
-) -> None:
+def test_failpoint_after_prepare_answers_after_rm_prepared(participant: Client, rm: MemoryRM) -> None:
     xid = Xid("g.1", "b1")
     rm.start(xid)
     rm.write(xid, "w")
@@ -527,9 +523,7 @@ def _sync_bank(stub: ParticipantStub, rm: MemoryRM, seen: list[TxContext | None]
 
 
 @pytest.fixture
-def bank(
-    rm: MemoryRM, coordinator: Coordinator
-) -> Iterator[Bank]:
+def bank(rm: MemoryRM, coordinator: Coordinator) -> Iterator[Bank]:
     """A threaded business server linking the stub, and an intercepted channel to it."""
     server, address = _server(interceptors=(ServerInterceptor(),))
     stub = ParticipantStub(rm, coordinator=coordinator[1], advertise=address)
@@ -622,9 +616,7 @@ def test_failure_in_branch_marks_rollback_only_and_rolls_back(
     assert stub.active_branches() == 0
 
 
-def test_server_stream_handler_sees_transaction(
-    bank: Bank, coordinator: Coordinator
-) -> None:
+def test_server_stream_handler_sees_transaction(bank: Bank, coordinator: Coordinator) -> None:
     _, channel, _ = bank
     watch = channel.unary_stream(_WATCH)
     with TransactionManager(coordinator[1]) as tm, tm.begin() as tx:
@@ -632,9 +624,7 @@ def test_server_stream_handler_sees_transaction(
     assert list(watch(b"")) == [b"-"] * 2
 
 
-def test_malformed_gtrid_metadata_is_invalid_argument(
-    bank: Bank, rm: MemoryRM
-) -> None:
+def test_malformed_gtrid_metadata_is_invalid_argument(bank: Bank, rm: MemoryRM) -> None:
     _, channel, seen = bank
     deposit = channel.unary_unary(_DEPOSIT)
     for bad in ("", "has space", "x" * 65):
@@ -735,6 +725,7 @@ def test_rollback_failure_keeps_business_exception(coordinator: Coordinator) -> 
 def test_asyncio_service_enlists_once_and_commits(rm: MemoryRM, coordinator: Coordinator) -> None:
     fake, address = coordinator
     seen: list[TxContext | None] = []
+    fake.enlist_delay = 0.05  # concurrent first calls below must still enlist once
 
     async def main() -> None:
         server = grpc.aio.server(interceptors=[AioServerInterceptor()])
@@ -766,10 +757,11 @@ def test_asyncio_service_enlists_once_and_commits(rm: MemoryRM, coordinator: Coo
             ):
                 call = channel.unary_unary(_DEPOSIT)
                 async with tm.begin() as tx:
-                    answers = {await call(f"w{i}".encode()) for i in range(3)}
+                    answers = set(await asyncio.gather(*(call(f"w{i}".encode()) for i in range(3))))
+                    answers.add(await call(b"w3"))
                 assert answers == {tx.gtrid.encode()}
                 assert [e.gtrid for e in fake.requests("Enlist")] == [tx.gtrid]
-                assert rm.committed == ["w0", "w1", "w2"]
+                assert sorted(rm.committed) == ["w0", "w1", "w2", "w3"]
                 assert stub.active_branches() == 0
 
                 local = await call(b"solo")
@@ -793,5 +785,5 @@ def test_asyncio_service_enlists_once_and_commits(rm: MemoryRM, coordinator: Coo
             stub.close()
 
     asyncio.run(main())
-    assert [s.gtrid if s else None for s in seen][3] is None
-    assert rm.committed == ["w0", "w1", "w2", "solo"]
+    assert [s.gtrid if s else None for s in seen][4] is None
+    assert rm.committed[-1] == "solo"

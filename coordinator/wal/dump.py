@@ -44,6 +44,8 @@ def find_wal_dir(path: Path | str) -> Path:
 def read_records(data_dir: Path | str) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
     """Yield (segment path, offset, record) in log order; read-only, no lock, nothing cut.
 
+    Safe beside a running coordinator, whose write in flight may show as a torn tail.
+
     A torn tail is logged as a warning (``open()`` would cut it); damage before the tail
     raises ``TxLogCorrupt`` after the records that precede it.
     """

@@ -105,7 +105,10 @@ class FileWal(TxLog):
 
     @property
     def fsync_count(self) -> int:
-        """fsyncs issued by the writer since ``open()`` (group commit keeps this below the record count)."""
+        """fsyncs the writer issued since ``open()`` (records, new segments, directory entries).
+
+        Group commit keeps this far below the number of forced appends under concurrency.
+        """
         return self._writer.fsync_count if self._writer else 0
 
     async def open(self) -> list[wal_pb2.WalRecord]:
@@ -237,10 +240,8 @@ class FileWal(TxLog):
                     batch += self._queue
                     self._queue = []
                 _settle([op.future for op in batch], exc)
-                try:
+                with contextlib.suppress(OSError):  # the failure above is the one to report
                     self._writer.close()
-                except OSError:
-                    log.warning("write-ahead log: closing the segment after the failure also failed")
                 return
 
     def _process(self, writer: SegmentWriter, batch: list[_Op]) -> bool:

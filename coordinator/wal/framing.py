@@ -33,8 +33,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
-    "FLAG_BASE",
-    "FRAME_HEADER_SIZE",
     "MAX_PAYLOAD",
     "SEGMENT_HEADER_SIZE",
     "FrameError",

@@ -33,7 +33,7 @@ class TornTail:
 
 @dataclass(frozen=True, slots=True)
 class Damage:
-    """The first place the log cannot be trusted, with records after it."""
+    """The first place the log cannot be read past: ``open()`` refuses, ``repair`` cuts here."""
 
     path: Path
     offset: int
@@ -65,14 +65,12 @@ class LogScan:
     def __init__(self, wal_dir: Path) -> None:
         self.wal_dir = wal_dir
         self.stale: list[Path] = []
-        self.live: list[Path] = []
         self.damage: Damage | None = None
         self.torn_tail: TornTail | None = None
         self.tail: Tail | None = None
 
     def __iter__(self) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
         segments = self._live_segments()
-        self.live = [path for _, path in segments]
         prev: Tail | None = None
         for index, (seq, path) in enumerate(segments):
             data = path.read_bytes()

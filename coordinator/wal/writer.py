@@ -63,7 +63,7 @@ class SegmentWriter:
         fsync_dir(self._wal_dir, self._fsync)
 
     def close(self) -> None:
-        self.sync()
+        """Release the segment without syncing: after a failed write, syncing again proves nothing."""
         os.close(self._fd)
 
     def _put(self, data: bytes | bytearray) -> None:

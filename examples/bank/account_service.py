@@ -11,10 +11,12 @@ so the whole transfer rolls back everywhere.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,44 +24,95 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from participant import ParticipantStub
 from participant.sqlite_rm import SqliteRM
-from participant.xa import XaCode
+from participant.xa import XaCode, Xid
 
 log = logging.getLogger("bank")
 
 
+def apply(rm: SqliteRM, xid: Xid, account: str, amount: int) -> int:
+    """The business rule, inside a branch. Amount 0 only reads (and locks): a read-only branch."""
+    balance = int(rm.get(xid, account) or 0)
+    if balance + amount < 0:
+        reason = f"insufficient funds in {account}: balance {balance}, amount {amount}"
+        log.info("%s: %s; vetoing the branch", xid.gtrid, reason)
+        rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, reason)
+        return balance
+    if amount:
+        rm.put(xid, account, balance + amount)
+    return balance + amount
+
+
 class Accounts(bank_pb2_grpc.AccountsServicer):
+    """Handlers for a threaded grpc.server."""
+
     def __init__(self, stub: ParticipantStub, rm: SqliteRM):
         self.stub = stub
         self.rm = rm
 
-    def Apply(self, request: bank_pb2.ApplyRequest, context: grpc.ServicerContext) -> bank_pb2.ApplyResponse:
+    def Apply(self, request: bank_pb2.ApplyRequest, context: grpc.ServicerContext) -> Any:
         if not request.account:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "account is required")
         with self.stub.branch() as xid:
-            balance = int(self.rm.get(xid, request.account) or 0)
-            if balance + request.amount < 0:
-                reason = (
-                    f"insufficient funds in {request.account}: balance {balance}, amount {request.amount}"
-                )
-                log.info("%s: %s; vetoing the branch", xid.gtrid, reason)
-                self.rm.mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, reason)
-                return bank_pb2.ApplyResponse(balance=balance)
-            self.rm.put(xid, request.account, balance + request.amount)
-            return bank_pb2.ApplyResponse(balance=balance + request.amount)
+            return bank_pb2.ApplyResponse(balance=apply(self.rm, xid, request.account, request.amount))
 
-    def Balance(
-        self, request: bank_pb2.BalanceRequest, context: grpc.ServicerContext
-    ) -> bank_pb2.BalanceResponse:
+    def Balance(self, request: bank_pb2.BalanceRequest, context: grpc.ServicerContext) -> Any:
         return bank_pb2.BalanceResponse(balance=int(self.rm.read_committed(request.account) or 0))
 
 
-def serve(name: str, listen: str, db: str, coordinator: str, seed: dict[str, int]) -> None:
+class AsyncAccounts(bank_pb2_grpc.AccountsServicer):
+    """The same handlers for a grpc.aio server; store calls run in worker threads."""
+
+    def __init__(self, stub: ParticipantStub, rm: SqliteRM):
+        self.stub = stub
+        self.rm = rm
+
+    async def Apply(self, request: bank_pb2.ApplyRequest, context: grpc.aio.ServicerContext) -> Any:
+        if not request.account:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "account is required")
+        async with self.stub.abranch() as xid:
+            balance = await asyncio.to_thread(apply, self.rm, xid, request.account, request.amount)
+            return bank_pb2.ApplyResponse(balance=balance)
+
+    async def Balance(self, request: bank_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> Any:
+        balance = await asyncio.to_thread(self.rm.read_committed, request.account)
+        return bank_pb2.BalanceResponse(balance=int(balance or 0))
+
+
+def _open(
+    name: str, db: str, coordinator: str, listen: str, seed: dict[str, int]
+) -> tuple[SqliteRM, ParticipantStub]:
     rm = SqliteRM(db, rm_id=name)
     for account, amount in seed.items():
         if rm.read_committed(account) is None:
             with rm.local() as xid:
                 rm.put(xid, account, amount)
-    stub = ParticipantStub(rm, coordinator=coordinator, advertise=listen)
+    return rm, ParticipantStub(rm, coordinator=coordinator, advertise=listen)
+
+
+async def serve_aio(name: str, listen: str, db: str, coordinator: str, seed: dict[str, int]) -> None:
+    rm, stub = _open(name, db, coordinator, listen, seed)
+    server = grpc.aio.server(interceptors=[stub.aio_server_interceptor()])
+    stub.add_to_server(server)
+    bank_pb2_grpc.add_AccountsServicer_to_server(AsyncAccounts(stub, rm), server)
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    if not server.add_insecure_port(listen):
+        raise SystemExit(f"{name}: cannot listen on {listen}")
+    await server.start()
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving (asyncio) on %s with %s", name, listen, rm.items())
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await server.stop(2)
+    stub.close()
+    rm.close()
+
+
+def serve(name: str, listen: str, db: str, coordinator: str, seed: dict[str, int]) -> None:
+    rm, stub = _open(name, db, coordinator, listen, seed)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[stub.server_interceptor()])
     stub.add_to_server(server)
     bank_pb2_grpc.add_AccountsServicer_to_server(Accounts(stub, rm), server)
@@ -68,9 +121,6 @@ def serve(name: str, listen: str, db: str, coordinator: str, seed: dict[str, int
     if not server.add_insecure_port(listen):
         raise SystemExit(f"{name}: cannot listen on {listen}")
     server.start()
-    recovered = getattr(stub, "recover_in_doubt", None)
-    if recovered is not None:
-        recovered()
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s with %s", name, listen, rm.items())
     done = threading.Event()
@@ -89,10 +139,14 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--seed", action="append", default=[], metavar="ACCOUNT=AMOUNT")
+    parser.add_argument("--aio", action="store_true", help="serve with grpc.aio instead of a thread pool")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     seed = {k: int(v) for k, _, v in (s.partition("=") for s in args.seed)}
-    serve(args.name, args.listen, args.db, args.coordinator, seed)
+    if args.aio:
+        asyncio.run(serve_aio(args.name, args.listen, args.db, args.coordinator, seed))
+    else:
+        serve(args.name, args.listen, args.db, args.coordinator, seed)
 
 
 if __name__ == "__main__":
