@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from participant import failpoints
+from participant._proto import admin_pb2, wal_pb2
 from participant.xa import (
     FORMAT_ID,
     Decision,
@@ -80,6 +81,8 @@ class _Driver:
 
 
 class Engine:
+    AUDIT_KEPT = 10_000
+
     def __init__(self, settings: Settings, txlog: TxLog, node_id: str, peers: Peers | None = None):
         self.settings = settings
         self.node_id = node_id
@@ -96,6 +99,8 @@ class Engine:
         self._sp_counter = 0
         #: Forced (fsync-waiting) writes the engine asked for; tests and the benchmark read it.
         self.forced_writes = 0
+        #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
+        self.audit_log: list[admin_pb2.AuditRecord] = []
         self._register_gauges()
 
     # ----------------------------------------------------------------- lifecycle
@@ -106,6 +111,7 @@ class Engine:
 
         records = await self.log.open()
         self._txs = replay(records)
+        self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
         for tx in self._txs.values():
             self._done[tx.gtrid] = asyncio.Event()
             if tx.status.is_final:
@@ -458,6 +464,15 @@ class Engine:
         self._txs.pop(gtrid, None)
         self._done.pop(gtrid, None)
 
+    async def record_audit(self, record: admin_pb2.AuditRecord) -> None:
+        """Durably log an operator action (forced, like a decision) and keep it listable."""
+        wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
+        wal.audit.CopyFrom(record)
+        self.forced_writes += 1
+        await self.log.append(wal, force=True)
+        self.audit_log.append(record)
+        del self.audit_log[: -self.AUDIT_KEPT]
+
     # ----------------------------------------------------------------- housekeeping
 
     async def checkpoint(self) -> None:
@@ -467,7 +482,12 @@ class Engine:
         for tx in list(self._txs.values()):
             if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK) and (tx.completed_at or now) < horizon:
                 self._drop(tx.gtrid)
-        await self.log.checkpoint([R.snapshot(tx, now) for tx in self._txs.values()])
+        audits = []
+        for record in self.audit_log:
+            wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
+            wal.audit.CopyFrom(record)
+            audits.append(wal)
+        await self.log.checkpoint(audits + [R.snapshot(tx, now) for tx in self._txs.values()])
 
     async def _checkpoint_loop(self) -> None:
         while True:

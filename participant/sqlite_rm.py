@@ -239,7 +239,7 @@ class SqliteRM(ResourceManager):
             with self._tx(durable=True):
                 self._db.execute(
                     "INSERT INTO kv (key, value) SELECT key, value FROM writes"
-                    " WHERE seq IN (SELECT MAX(seq) FROM writes WHERE bid = ? GROUP BY key)"
+                    " WHERE seq IN (SELECT MIN(seq) FROM writes WHERE bid = ? GROUP BY key)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (branch.bid,),
                 )
@@ -382,7 +382,7 @@ class SqliteRM(ResourceManager):
 
     def _view(self, bid: int, key: str) -> Value | None:
         row = self._db.execute(
-            "SELECT value FROM writes WHERE bid = ? AND key = ? ORDER BY seq ASC LIMIT 1", (bid, key)
+            "SELECT value FROM writes WHERE bid = ? AND key = ? ORDER BY seq DESC LIMIT 1", (bid, key)
         ).fetchone()
         if row is None:
             row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

@@ -675,6 +675,7 @@ def test_dump_table_names_codes_and_phases(tmp_path: Path) -> None:
     expected = ("branch_result", "phase=Prepare", "bqual=b1", "code=XA_RBROLLBACK", 'reason="lock wait')
     assert all(part in rolled_back for part in expected)
     assert "code=XA_OK" in lines[-1]
+    assert any(" decision " in line and line.endswith("commit=false") for line in lines)
     assert all(any(f" {r.WhichOneof('body')} " in line for line in lines) for r in records)
 
 

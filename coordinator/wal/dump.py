@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 Output = Literal["table", "json"]
 
-# A zero value is normally "not set" and hidden; an XA code of XA_OK is a result worth showing.
-_ALWAYS_SHOWN = {("xatm.v1.BranchResultRecord", "code")}
+# A zero value is normally "not set" and hidden, except where it is the answer: XA_OK, a rollback decision.
+_ALWAYS_SHOWN = {("xatm.v1.BranchResultRecord", "code"), ("xatm.v1.DecisionRecord", "commit")}
 _PLAIN = re.compile(r"[^\s\"=]+")
 
 
