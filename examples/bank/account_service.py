@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
 
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from participant import ParticipantStub
@@ -140,7 +141,11 @@ def main() -> None:
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--seed", action="append", default=[], metavar="ACCOUNT=AMOUNT")
     parser.add_argument("--aio", action="store_true", help="serve with grpc.aio instead of a thread pool")
+    parser.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="serve /metrics here")
     args = parser.parse_args()
+    if args.metrics_listen:
+        host, _, port = args.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     seed = {k: int(v) for k, _, v in (s.partition("=") for s in args.seed)}
     if args.aio:
