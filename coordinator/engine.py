@@ -45,6 +45,7 @@ from . import metrics
 from . import statemachine as sm
 from .journal import RecordFactory as R
 from .peers import Peers
+from .recovery import RecoveryScanner
 from .settings import Settings
 from .txlog import TxLog
 
@@ -99,9 +100,18 @@ class Engine:
         self._sp_counter = 0
         #: Forced (fsync-waiting) writes the engine asked for; tests and the benchmark read it.
         self.forced_writes = 0
+        #: Participant endpoints ever enlisted (recovered from the log too): what recovery scans.
+        self.endpoints: set[str] = set()
         #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
         self.audit_log: list[admin_pb2.AuditRecord] = []
         self._register_gauges()
+        self.scanner = RecoveryScanner(
+            self,
+            self.peers,
+            interval=settings.recovery_interval,
+            safety=settings.recovery_interval,
+            call_timeout=settings.call_timeout,
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -111,6 +121,7 @@ class Engine:
 
         records = await self.log.open()
         self._txs = replay(records)
+        self.endpoints = {b.endpoint for tx in self._txs.values() for b in tx.branches.values()}
         self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
         for tx in self._txs.values():
             self._done[tx.gtrid] = asyncio.Event()
@@ -127,6 +138,7 @@ class Engine:
             effects = sm.recover(tx)
             await self._after(tx, old, effects)
         self._spawn(self._checkpoint_loop())
+        self._spawn(self.scanner.run())
 
     async def stop(self) -> None:
         self._closing = True
@@ -166,6 +178,19 @@ class Engine:
             for tx in self._txs.values()
             if (not wanted or tx.status in wanted) and (begun_after is None or tx.begun_at >= begun_after)
         ]
+
+    def known(self, gtrid: str) -> sm.Transaction | None:
+        return self._txs.get(gtrid)
+
+    async def log_foreign_result(
+        self, xid: Xid, endpoint: str, phase: Phase, code: XaCode, reason: str
+    ) -> None:
+        """Record what recovery did to a branch the coordinator holds no transaction for."""
+        branch = sm.Branch(
+            xid.bqual, "", endpoint, sm.B.ROLLEDBACK if phase == Phase.ROLLBACK else sm.B.COMMITTED
+        )
+        tx = sm.Transaction(gtrid=xid.gtrid, timeout_ms=0)
+        await self._append(R.branch_result(tx, branch, phase, code, reason, time.time()))
 
     def query_outcome(self, xid: Xid) -> Decision:
         """What a participant holding an in-doubt branch must do (presumed abort)."""
@@ -215,6 +240,7 @@ class Engine:
         tx = self.get(gtrid)
         code = sm.enlist(tx, bqual, rm_id, endpoint)
         if code == XaCode.XA_OK:
+            self.endpoints.add(endpoint)
             await self._append(R.enlist(tx, tx.branches[bqual], time.time()))
         return code
 

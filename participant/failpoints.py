@@ -32,6 +32,7 @@ CATALOGUE: dict[str, str] = {
     "participant.prepare": "participant, on receiving prepare, before the RM prepares",
     "participant.after_prepare": "participant, after the RM prepared, before answering",
     "participant.commit": "participant, on receiving commit, before the RM commits",
+    "participant.after_commit": "participant, after the RM committed, before answering (a lost reply)",
     "participant.rollback": "participant, on receiving rollback, before the RM rolls back",
     "wal.before_fsync": "write-ahead log, before each fsync",
 }

@@ -123,7 +123,11 @@ class ParticipantCore:
         if injected is not None:
             return participant_pb2.XaReply(code=injected, reason="failpoint participant.commit")
         self._completed(xid)
-        return self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
+        reply = self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
+        injected = failpoints.hit("participant.after_commit")
+        if injected is not None:
+            return participant_pb2.XaReply(code=injected, reason="failpoint participant.after_commit")
+        return reply
 
     def _rollback(self, request: participant_pb2.BranchRequest) -> participant_pb2.XaReply:
         xid = _xid(request.xid)

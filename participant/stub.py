@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc
+from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc, xa_pb2
 from .context import TxContext, current
 from .initiator import auth_metadata, coordinator_channel, to_xatm_error
 from .interceptors import AioServerInterceptor, ServerInterceptor
 from .rm import ResourceManager
 from .servicer import AsyncParticipantServicer, ParticipantServicer
-from .xa import XaCode, XaError, XatmError, Xid, new_bqual
+from .xa import FORMAT_ID, Decision, XaCode, XaError, XatmError, Xid, new_bqual
 
 __all__ = ["EnlistError", "ParticipantStub"]
 
@@ -83,6 +83,8 @@ class ParticipantStub:
         self._lock = threading.Lock()
         self._branches: dict[str, _Branch] = {}
         self._coordinators: dict[str, tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorStub]] = {}
+        self._recovery: threading.Thread | None = None
+        self._recovery_stop = threading.Event()
 
     # ------------------------------------------------------------ server wiring
 
@@ -263,8 +265,75 @@ class ParticipantStub:
         for gtrid in [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]:
             del self._branches[gtrid]
 
+    # ------------------------------------------------------------ in-doubt resolution
+
+    def resolve_in_doubt(self) -> dict[str, int]:
+        """Ask the coordinator the outcome of every prepared xatm branch the RM holds, and apply it.
+
+        Run at start-up (a participant that crashed with prepared branches) and periodically
+        (a coordinator that lost an undecided transaction answers rollback: presumed abort).
+        Branches still undecided are left to the coordinator. Returns counts by action.
+        """
+        counts = {"commit": 0, "rollback": 0, "pending": 0, "unreachable": 0, "foreign": 0}
+        if not self.coordinator:
+            return counts
+        for xid in self.rm.recover():
+            if xid.format_id != FORMAT_ID:
+                continue
+            action = self._resolve(xid)
+            counts[action] += 1
+        if counts["commit"] or counts["rollback"]:
+            log.info("resolved in-doubt branches of %s: %s", self.rm.rm_id, counts)
+        return counts
+
+    def _resolve(self, xid: Xid) -> str:
+        _, coordinator = self._coordinator(TxContext(xid.gtrid, self.coordinator or ""))
+        request = coordinator_pb2.QueryOutcomeRequest(
+            xid=xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
+        )
+        try:
+            reply = coordinator.QueryOutcome(request, timeout=self.call_timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+                return "foreign"  # begun by another coordinator: not ours to decide
+            return "unreachable"
+        decision = Decision(reply.decision)
+        if decision == Decision.PENDING:
+            return "pending"
+        try:
+            if decision == Decision.COMMIT:
+                self.rm.commit(xid, one_phase=False)
+            else:
+                self.rm.rollback(xid)
+        except XaError as error:
+            if error.code != XaCode.XAER_NOTA:  # NOTA: the coordinator got there first
+                log.warning("could not apply %s to in-doubt %s: %s", decision.name, xid, error)
+                return "unreachable"
+        return decision.name.lower()
+
+    def start_recovery(self, interval: float = 30.0) -> None:
+        """Resolve in-doubt branches now and then every ``interval`` seconds, in a daemon thread."""
+        if self._recovery is not None:
+            return
+        stop = self._recovery_stop
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.resolve_in_doubt()
+                except Exception:
+                    log.exception("in-doubt resolution of %s failed; will retry", self.rm.rm_id)
+                if stop.wait(interval):
+                    return
+
+        self._recovery = threading.Thread(target=loop, name=f"xatm-recovery-{self.rm.rm_id}", daemon=True)
+        self._recovery.start()
+
     def close(self) -> None:
-        """Close the coordinator channels (the RM is the caller's to close)."""
+        """Stop recovery and close the coordinator channels (the RM is the caller's to close)."""
+        self._recovery_stop.set()
+        if self._recovery is not None:
+            self._recovery.join(timeout=5)
         with self._lock:
             channels, self._coordinators = self._coordinators, {}
         for channel, _ in channels.values():

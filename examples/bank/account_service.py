@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -28,6 +29,8 @@ from participant.sqlite_rm import SqliteRM
 from participant.xa import XaCode, Xid
 
 log = logging.getLogger("bank")
+#: Seconds between in-doubt resolution passes (the first runs at start-up).
+RECOVERY_INTERVAL = float(os.environ.get("XATM_RECOVERY_INTERVAL", "30"))
 
 
 def apply(rm: SqliteRM, xid: Xid, account: str, amount: int) -> int:
@@ -100,6 +103,7 @@ async def serve_aio(name: str, listen: str, db: str, coordinator: str, seed: dic
     if not server.add_insecure_port(listen):
         raise SystemExit(f"{name}: cannot listen on {listen}")
     await server.start()
+    stub.start_recovery(RECOVERY_INTERVAL)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving (asyncio) on %s with %s", name, listen, rm.items())
     done = asyncio.Event()
@@ -122,6 +126,7 @@ def serve(name: str, listen: str, db: str, coordinator: str, seed: dict[str, int
     if not server.add_insecure_port(listen):
         raise SystemExit(f"{name}: cannot listen on {listen}")
     server.start()
+    stub.start_recovery(RECOVERY_INTERVAL)
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s with %s", name, listen, rm.items())
     done = threading.Event()
