@@ -88,3 +88,4 @@ def test_demo_exits_zero(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every outcome was as expected" in done.stdout
     assert "Committed" in done.stdout and "XA_RBINTEGRITY" in done.stdout
+    assert "ok   recovery committed the transfer by itself" in done.stdout

@@ -7,14 +7,19 @@ from dataclasses import dataclass
 import grpc
 
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
-from participant import TransactionError, TransactionManager, intercept_channel
+from participant import TransactionError, TransactionManager, XatmError, intercept_channel
 
 
 @dataclass
 class TransferResult:
     gtrid: str
-    committed: bool
+    #: "committed", "rolledback", or "unknown" when the commit's reply was lost.
+    outcome: str
     detail: str
+
+    @property
+    def committed(self) -> bool:
+        return self.outcome == "committed"
 
 
 class Bank:
@@ -34,8 +39,10 @@ class Bank:
                 self.source.Apply(bank_pb2.ApplyRequest(account=src, amount=-amount), timeout=10)
                 self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
         except TransactionError as err:
-            return TransferResult(tx.gtrid, False, str(err))
-        return TransferResult(tx.gtrid, True, "committed")
+            return TransferResult(tx.gtrid, "rolledback", str(err))
+        except XatmError as err:
+            return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
+        return TransferResult(tx.gtrid, "committed", "committed")
 
     def balances(self, src: str, dst: str) -> tuple[int, int]:
         a = self.source.Balance(bank_pb2.BalanceRequest(account=src), timeout=10).balance
