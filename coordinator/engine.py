@@ -405,6 +405,8 @@ class Engine:
 
     async def _drive(self, tx: sm.Transaction, bqual: str, phase: Phase, driver: _Driver) -> None:
         """Phase two for one branch: retry with capped, jittered backoff until acknowledged."""
+        if phase == Phase.ROLLBACK:
+            await failpoints.ahit("coordinator.before_rollback")
         started = time.perf_counter()
         branch = tx.branches[bqual]
 
