@@ -21,7 +21,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     retry_if_result,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from participant import failpoints
@@ -418,7 +419,9 @@ class Engine:
                 log.error("%s branch %s: %s failed: %r", tx.gtrid, bqual, phase, state.outcome.exception())
 
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=self.settings.retry_initial, max=self.settings.retry_max),
+            # Capped exponential backoff plus jitter, so retries of many branches do not align.
+            wait=wait_exponential(multiplier=self.settings.retry_initial, max=self.settings.retry_max)
+            + wait_random(0, self.settings.retry_initial),
             retry=retry_if_result(bool) | retry_if_exception_type(Exception),
             sleep=driver.sleep,
             before_sleep=before_sleep,

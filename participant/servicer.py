@@ -109,6 +109,9 @@ class ParticipantCore:
         xid = _xid(request.xid)
         injected = failpoints.hit("participant.prepare")
         if injected is not None:
+            if injected.is_rollback:
+                # An XA_RB* vote says the branch is rolled back: make it so, as a real RM would.
+                self._call("rollback", xid, lambda: self.rm.rollback(xid))
             return participant_pb2.XaReply(code=injected, reason="failpoint participant.prepare")
         self._completed(xid)
         reply = self._call("prepare", xid, lambda: self.rm.prepare(xid))
