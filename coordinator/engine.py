@@ -99,6 +99,8 @@ class Engine:
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
         self._sp_counter = 0
+        #: Transactions not yet final (begin refuses past max_open_transactions).
+        self._open = 0
         #: Forced (fsync-waiting) writes the engine asked for; tests and the benchmark read it.
         self.forced_writes = 0
         #: Participant endpoints ever enlisted (recovered from the log too): what recovery scans.
@@ -124,6 +126,7 @@ class Engine:
         self._txs = replay(records)
         self.endpoints = {b.endpoint for tx in self._txs.values() for b in tx.branches.values()}
         self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
+        self._open = sum(1 for tx in self._txs.values() if not tx.status.is_final)
         for tx in self._txs.values():
             self._done[tx.gtrid] = asyncio.Event()
             if tx.status.is_final:
@@ -214,17 +217,17 @@ class Engine:
     async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
         if self._closing:
             raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
-        open_count = sum(1 for tx in self._txs.values() if not tx.status.is_final)
-        if open_count >= self.settings.max_open_transactions:
+        if self._open >= self.settings.max_open_transactions:
             raise XatmError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"{open_count} transactions are open (max_open_transactions); retry later",
+                f"{self._open} transactions are open (max_open_transactions); retry later",
             )
         cap = int(self.settings.max_timeout * 1000)
         timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
         now = time.time()
         tx = sm.Transaction(gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now)
         self._txs[tx.gtrid] = tx
+        self._open += 1
         self._done[tx.gtrid] = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._timers[tx.gtrid] = loop.call_later(timeout_ms / 1000, self._on_timeout, tx.gtrid)
@@ -460,6 +463,7 @@ class Engine:
     async def _finished(self, tx: sm.Transaction) -> None:
         now = time.time()
         tx.completed_at = now
+        self._open -= 1
         timer = self._timers.pop(tx.gtrid, None)
         if timer is not None:
             timer.cancel()
@@ -510,8 +514,10 @@ class Engine:
         """Drop history past retention and rewrite the log as one snapshot per kept transaction."""
         now = time.time()
         horizon = now - self.settings.history_retention
-        for tx in list(self._txs.values()):
-            if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK) and (tx.completed_at or now) < horizon:
+        history = [tx for tx in self._txs.values() if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)]
+        excess = len(history) - self.settings.max_history
+        for i, tx in enumerate(history):  # oldest first: dicts keep begin order
+            if i < excess or (tx.completed_at or now) < horizon:
                 self._drop(tx.gtrid)
         audits = []
         for record in self.audit_log:

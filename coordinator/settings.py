@@ -43,6 +43,7 @@ class Settings:
     history_retention: float = field(
         default=600.0, metadata={"help": "how long completed transactions stay visible (s)"}
     )
+    max_history: int = field(default=100_000, metadata={"help": "completed transactions kept at most"})
     checkpoint_interval: float = field(default=30.0, metadata={"help": "seconds between log checkpoints"})
     recovery_interval: float = field(
         default=30.0, metadata={"help": "seconds between recover scans of known participants"}
