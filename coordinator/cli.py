@@ -85,9 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(coord)
     coord.set_defaults(func=_coordinator)
 
+    from participant.agent import add_parser as add_participant
+
+    add_participant(sub)
+
     from .demo import add_parser as add_demo
 
     add_demo(sub)
+
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 

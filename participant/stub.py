@@ -13,6 +13,7 @@ outside one it is a local one-phase transaction, so the same handler serves both
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -199,7 +200,7 @@ class ParticipantStub:
         """
         try:
             if tx is None:
-                if not (isinstance(failure, XaError) and failure.code.is_rollback):
+                with contextlib.suppress(XaError):  # an RB failure may have rolled it back already
                     self.rm.rollback(xid)
             else:
                 self._mark_rollback_only(tx, failure)

@@ -9,6 +9,7 @@ import pytest
 
 from participant import failpoints
 from tests.bank_system import BankSystem
+from tests.pgcluster import PgCluster
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +24,18 @@ def bank_system(tmp_path: Path) -> Iterator[BankSystem]:
     system = BankSystem(tmp_path).start()
     yield system
     system.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster per session; deadlock_timeout is short so deadlock tests are quick."""
+    cluster = PgCluster({"deadlock_timeout": "100ms"})
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_cluster: PgCluster) -> str:
+    return pg_cluster.create_database("xatm_test")

@@ -1,8 +1,8 @@
 """PostgresRM against a real, throwaway PostgreSQL cluster (tests/pgcluster.py).
 
-The session-scoped fixtures ``pg_cluster`` and ``pg_dsn`` are self-contained so they can move
-to tests/conftest.py unchanged. Every test that touches the database ends by asserting that
-pg_prepared_xacts is empty: a leaked prepared transaction holds locks forever.
+The session-scoped fixtures ``pg_cluster`` and ``pg_dsn`` live in tests/conftest.py. Every test
+that touches the database ends by asserting that pg_prepared_xacts is empty: a leaked prepared
+transaction holds locks forever.
 """
 
 from __future__ import annotations
@@ -25,21 +25,6 @@ from participant.xa import FORMAT_ID, XaCode, XaError, XatmError, Xid, new_bqual
 from tests.pgcluster import PgCluster
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "postgresql.md"
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """One cluster per session; deadlock_timeout is short so the deadlock test is quick."""
-    cluster = PgCluster({"deadlock_timeout": "100ms"})
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
-@pytest.fixture(scope="session")
-def pg_dsn(pg_cluster: PgCluster) -> str:
-    return pg_cluster.create_database("xatm_test")
 
 
 def prepared_gids(cluster: PgCluster) -> list[str]:

@@ -410,12 +410,19 @@ def test_malformed_savepoint_id_is_invalid_argument(participant: Client) -> None
 
 
 def test_failpoint_return_answers_without_rm(participant: Client, rm: MemoryRM) -> None:
-    failpoints.arm("participant.prepare=1*return(XA_RBDEADLOCK);participant.rollback=return(XA_RETRY)")
-    assert participant.Prepare(_branch()).code == XaCode.XA_RBDEADLOCK
+    failpoints.arm("participant.commit=1*return(XA_RETRY);participant.rollback=return(XA_RETRY)")
+    assert participant.Commit(participant_pb2.CommitBranchRequest(xid=_xid())).code == XaCode.XA_RETRY
     assert participant.Rollback(_branch()).code == XaCode.XA_RETRY
     assert rm.calls == []
-    assert participant.Prepare(_branch()).code == XaCode.XAER_NOTA  # 1* fired once; now the RM answers
+    assert participant.Prepare(_branch()).code == XaCode.XAER_NOTA
     assert rm.verbs() == ["prepare"]
+
+
+def test_failpoint_rollback_vote_rolls_the_branch_back(participant: Client, rm: MemoryRM) -> None:
+    """An XA_RB* vote states the branch is rolled back, so the injected vote makes it true."""
+    failpoints.arm("participant.prepare=1*return(XA_RBDEADLOCK)")
+    assert participant.Prepare(_branch()).code == XaCode.XA_RBDEADLOCK
+    assert rm.verbs() == ["rollback"]
 
 
 def test_failpoint_after_prepare_answers_after_rm_prepared(participant: Client, rm: MemoryRM) -> None:
