@@ -109,14 +109,14 @@ class SqliteRM(ResourceManager):
         self._owner_fd = _claim(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._sync = "FULL"
-            self._db.executescript(_SCHEMA)
-            with self._tx(durable=True):
-                self._discard_unprepared()
-        except BaseException:
+        except sqlite3.Error as exc:
             os.close(self._owner_fd)
+            raise XaError(XaCode.XAER_RMFAIL, f"sqlite store {self.path}: {exc}") from exc
+        try:
+            with self._guard():
+                self._open()
+        except BaseException:
+            self.close()
             raise
 
     # ---- business API -------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class SqliteRM(ResourceManager):
             with self._tx(durable=True):
                 self._db.execute(
                     "INSERT INTO kv (key, value) SELECT key, value FROM writes"
-                    " WHERE seq IN (SELECT MIN(seq) FROM writes WHERE bid = ? GROUP BY key)"
+                    " WHERE seq IN (SELECT MAX(seq) FROM writes WHERE bid = ? GROUP BY key)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (branch.bid,),
                 )
@@ -411,16 +411,28 @@ class SqliteRM(ResourceManager):
         )
         self._db.execute("DELETE FROM finished WHERE seq <= ?", (cursor.lastrowid - FINISHED_RETAIN,))
 
+    def _open(self) -> None:
+        (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode != "wal":
+            raise XaError(
+                XaCode.XAER_RMFAIL, f"sqlite store {self.path} cannot use WAL (journal mode {mode})"
+            )
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._sync = "FULL"
+        self._db.executescript(_SCHEMA)
+        with self._tx(durable=True):
+            self._discard_unprepared()
+
     def _discard_unprepared(self) -> None:
         """Crash recovery: work of branches that never prepared is lost, as with any XA RM."""
-        unprepared = "SELECT bid FROM branches WHERE state != 'prepared'"
+        unprepared = "SELECT bid FROM branches WHERE state != 'xprepared'"
         for table in ("writes", "locks", "savepoints"):
             self._db.execute(f"DELETE FROM {table} WHERE bid IN ({unprepared})")
         self._db.execute(
             "INSERT OR IGNORE INTO finished (format_id, gtrid, bqual)"
             " SELECT format_id, gtrid, bqual FROM branches WHERE state != 'prepared'"
         )
-        self._db.execute("DELETE FROM branches WHERE state != 'prepared'")
+        self._db.execute("DELETE FROM branches WHERE state != 'xprepared'")
 
 
 def _claim(path: Path) -> int:

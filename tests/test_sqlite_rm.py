@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from participant.sqlite_rm import LOCAL_FORMAT_ID, SqliteRM
 from participant.xa import FORMAT_ID, XaCode, XaError, Xid
 
 CHILD = Path(__file__).with_name("sqlite_crash_child.py")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
@@ -216,6 +218,14 @@ def test_second_owner_is_refused_until_close(tmp_path: Path) -> None:
     SqliteRM(tmp_path / "s.db", "two").close()
 
 
+def test_file_that_is_not_a_store_is_rmfail(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_text("this is not an SQLite database, only some text " * 4)
+    with raises(XaCode.XAER_RMFAIL):
+        SqliteRM(tmp_path / "junk.db", "junk")
+    with raises(XaCode.XAER_RMFAIL):  # same answer again: the failed open released its owner lock
+        SqliteRM(tmp_path / "junk.db", "junk")
+
+
 # ---- savepoints ---------------------------------------------------------------------------------
 
 
@@ -236,8 +246,12 @@ def test_rollback_to_savepoint_restores_earlier_pending_values(rm: SqliteRM) -> 
         rm.rollback_to_savepoint(xid, "never")
     rm.put(xid, "b", 9)
     rm.rollback_to_savepoint(xid, "sp1")  # still valid, as in SQL
+    rm.put(xid, "a", 4)
+    rm.savepoint(xid, "sp1")  # reusing the id moves the mark
+    rm.put(xid, "a", 5)
+    rm.rollback_to_savepoint(xid, "sp1")
     rm.commit(xid, one_phase=True)
-    assert rm.items() == {"a": 1, "b": 0}
+    assert rm.items() == {"a": 4, "b": 0}
 
 
 def test_rollback_to_savepoint_before_any_write_makes_branch_read_only(rm: SqliteRM) -> None:
@@ -391,7 +405,14 @@ def test_concurrent_transfers_lose_no_update(tmp_path: Path) -> None:
 def test_prepared_branch_survives_kill_9(tmp_path: Path, decision: str) -> None:
     path = tmp_path / "bank.db"
     child = subprocess.run(
-        [sys.executable, str(CHILD), str(path), "crash"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(CHILD), str(path), "crash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout == "prepared\n"
