@@ -425,14 +425,14 @@ class SqliteRM(ResourceManager):
 
     def _discard_unprepared(self) -> None:
         """Crash recovery: work of branches that never prepared is lost, as with any XA RM."""
-        unprepared = "SELECT bid FROM branches WHERE state != 'xprepared'"
+        unprepared = "SELECT bid FROM branches WHERE state != 'prepared'"
         for table in ("writes", "locks", "savepoints"):
             self._db.execute(f"DELETE FROM {table} WHERE bid IN ({unprepared})")
         self._db.execute(
             "INSERT OR IGNORE INTO finished (format_id, gtrid, bqual)"
             " SELECT format_id, gtrid, bqual FROM branches WHERE state != 'prepared'"
         )
-        self._db.execute("DELETE FROM branches WHERE state != 'xprepared'")
+        self._db.execute("DELETE FROM branches WHERE state != 'prepared'")
 
 
 def _claim(path: Path) -> int:
