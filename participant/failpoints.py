@@ -67,6 +67,8 @@ def _parse(spec: str) -> dict[str, _Action]:
                 f"bad action {action!r} for {name}: use crash, sleep(MS), return(XA_CODE), error(CODE)"
             )
         count, kind, arg = match.group(1), match.group(2), match.group(3) or ""
+        if count is not None and int(count) < 1:
+            raise FailpointError(f"bad count in {action!r} for {name}: N* needs N >= 1")
         if kind == "sleep" and not arg.isdigit():
             raise FailpointError(f"sleep needs milliseconds, e.g. sleep(100): {action!r}")
         if kind == "return" and arg not in XaCode.__members__:
@@ -116,10 +118,8 @@ def _fire(name: str, action: _Action) -> XaCode | None:
 
 def hit(name: str) -> XaCode | None:
     """Pass a failpoint from synchronous code; returns an XA code when armed with return()."""
-    if not _armed:
-        return None
-    action = _take(name)
-    if action is None:
+    action = _armed and _take(name)
+    if not action:
         return None
     if action.kind == "sleep":
         time.sleep(int(action.arg) / 1000)
@@ -128,10 +128,8 @@ def hit(name: str) -> XaCode | None:
 
 async def ahit(name: str) -> XaCode | None:
     """Pass a failpoint from asyncio code without blocking the loop on sleep()."""
-    if not _armed:
-        return None
-    action = _take(name)
-    if action is None:
+    action = _armed and _take(name)
+    if not action:
         return None
     if action.kind == "sleep":
         await asyncio.sleep(int(action.arg) / 1000)
