@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
 
     add_bench(sub)
+
+    from .auth import add_parser as add_hash_token
+
+    add_hash_token(sub)
     return parser
 
 

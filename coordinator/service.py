@@ -1,10 +1,12 @@
-"""gRPC servicers of the Coordinator and Admin services: wire <-> engine, errors -> status codes."""
+"""gRPC side of the coordinator: servicers (wire <-> engine, errors -> status codes) and the
+interceptor that authenticates callers."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -12,13 +14,21 @@ import grpc
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from participant.xa import FORMAT_ID, TxStatus, XatmError, Xid
 
-from .engine import Engine, Result
+from .admin import AdminOps, completion
+from .auth import Authenticator, Caller, Permission, bearer_token, trace_id
+from .engine import Engine
 from .journal import to_info
 
-__all__ = ["AdminServicer", "CoordinatorServicer", "completion"]
+__all__ = ["AdminServicer", "CallerInterceptor", "CoordinatorServicer"]
 
 log = logging.getLogger("xatm.coordinator")
 T = TypeVar("T")
+
+_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_ADMIN = "/xatm.v1.Admin/"
+#: The caller of the Admin call being served; set only by CallerInterceptor (no default: an
+#: Admin service served without the interceptor fails closed).
+_CALLER: ContextVar[Caller] = ContextVar("xatm_admin_caller")
 
 
 def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -40,13 +50,6 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         raise AssertionError("unreachable")
 
     return wrapper
-
-
-def completion(result: Result) -> coordinator_pb2.CompletionResponse:
-    info = to_info(result.tx)
-    return coordinator_pb2.CompletionResponse(
-        gtrid=info.gtrid, outcome=int(result.outcome), status=info.status, branches=info.branches
-    )
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -103,10 +106,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    """Operator operations. Force operations obey the same rules as the initiator's."""
+    """The Admin service over AdminOps, which it shares with the REST API."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, ops: AdminOps):
+        self.ops = ops
 
     @rpc
     async def ListTransactions(self, request: admin_pb2.ListTransactionsRequest, context: Any) -> Any:
@@ -117,41 +120,77 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "unknown transaction status in filter"
             ) from None
         after = request.begun_after.ToNanoseconds() / 1e9 if request.HasField("begun_after") else None
-        txs = sorted(self.engine.transactions(statuses, after), key=lambda tx: (tx.begun_at, tx.gtrid))
-        size = min(request.page_size or 100, 1000)
-        start = 0
-        if request.page_token:
-            try:
-                start = int(request.page_token)
-            except ValueError:
-                raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "malformed page_token") from None
-        page = txs[start : start + size]
-        token = str(start + size) if start + size < len(txs) else ""
-        return admin_pb2.ListTransactionsResponse(
-            transactions=[to_info(tx) for tx in page], next_page_token=token
+        return await self.ops.list_transactions(
+            _CALLER.get(), statuses, after, request.page_size, request.page_token
         )
 
     @rpc
     async def GetTransaction(self, request: admin_pb2.GetTransactionRequest, context: Any) -> Any:
-        return to_info(self.engine.get(request.gtrid))
+        return await self.ops.get(_CALLER.get(), request.gtrid)
 
     @rpc
     async def ForceRollback(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
-        return completion(
-            await self.engine.rollback(request.gtrid, request.reason or "forced by an operator")
-        )
+        return await self.ops.force_rollback(_CALLER.get(), request.gtrid, request.reason[:200])
 
     @rpc
     async def ForceCommit(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
-        return completion(await self.engine.force_commit(request.gtrid))
+        return await self.ops.force_commit(_CALLER.get(), request.gtrid, request.reason[:200])
 
     @rpc
     async def Forget(self, request: admin_pb2.ForgetRequest, context: Any) -> Any:
-        results = []
-        for gtrid in request.gtrids:
+        return await self.ops.forget(_CALLER.get(), list(request.gtrids))
+
+    @rpc
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Any) -> Any:
+        return await self.ops.audit(_CALLER.get(), request.page_size, request.page_token)
+
+
+class CallerInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call but health and reflection, and names the caller of Admin calls.
+
+    Coordinator calls need the ``service`` role, checked here; Admin calls are authorized by
+    AdminOps (so that a refused force operation is audited) and get a trace id, sent back in
+    the ``x-trace-id`` response header. With auth off, Coordinator calls pass untouched.
+    """
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        admin = method.startswith(_ADMIN)
+        if handler is None or method.startswith(_OPEN) or not (admin or self.auth.enabled):
+            return handler
+        inner = handler.unary_unary  # every xatm RPC is unary
+        auth = self.auth
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            trace = trace_id(metadata.get("x-trace-id"))
+            if admin:
+                await context.send_initial_metadata((("x-trace-id", trace),))
             try:
-                await self.engine.forget(gtrid)
-                results.append(admin_pb2.ForgetResult(gtrid=gtrid, forgotten=True))
+                principal = auth.authenticate(bearer_token(metadata.get("authorization")))
+                if not admin:
+                    principal.require(Permission.SERVICE)
             except XatmError as err:
-                results.append(admin_pb2.ForgetResult(gtrid=gtrid, forgotten=False, error=err.message))
-        return admin_pb2.ForgetResponse(results=results)
+                log.info("refused %s from %s: %s", method, context.peer(), err.message)
+                await context.abort(err.code, err.message)
+            if not admin:
+                return await inner(request, context)
+            reset = _CALLER.set(Caller(principal, f"grpc {context.peer()}", trace))
+            try:
+                return await inner(request, context)
+            finally:
+                _CALLER.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,15 +1,27 @@
-"""JSON shapes shared by the REST admin API and ``xactl --output json`` (stable field names)."""
+"""JSON shapes (stable field names) and parameter formats shared by the REST admin API and
+``xactl --output json``: a script gets the same fields from either."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from participant._proto import coordinator_pb2, xa_pb2
-from participant.xa import BranchStatus, Decision, Phase, TxOutcome, TxStatus, XaCode
+from participant._proto import admin_pb2, coordinator_pb2, xa_pb2
+from participant.xa import BranchStatus, Decision, Phase, TxOutcome, TxStatus, XaCode, XatmError
 
-__all__ = ["branch_view", "completion_view", "transaction_view"]
+__all__ = [
+    "audit_view",
+    "branch_view",
+    "completion_view",
+    "forget_view",
+    "list_view",
+    "parse_since",
+    "transaction_view",
+]
 
 
 def _time(stamp: Timestamp, present: bool = True) -> str | None:
@@ -38,6 +50,7 @@ def transaction_view(info: xa_pb2.TransactionInfo) -> dict[str, Any]:
         "status": TxStatus(info.status).label,
         "decision": Decision(info.decision).name.lower() if info.decision else None,
         "begunAt": _time(info.begun_at),
+        "ageSeconds": round(max(0.0, time.time() - info.begun_at.ToNanoseconds() / 1e9), 3),
         "deadline": _time(info.deadline),
         "timeoutMs": info.timeout_ms,
         "completedAt": _time(info.completed_at, info.HasField("completed_at")),
@@ -58,3 +71,51 @@ def completion_view(resp: coordinator_pb2.CompletionResponse) -> dict[str, Any]:
         "transactionStatus": TxStatus(resp.status).label,
         "branches": [branch_view(b) for b in resp.branches],
     }
+
+
+def list_view(resp: admin_pb2.ListTransactionsResponse) -> dict[str, Any]:
+    return {
+        "transactions": [transaction_view(t) for t in resp.transactions],
+        "nextPageToken": resp.next_page_token or None,
+    }
+
+
+def forget_view(resp: admin_pb2.ForgetResponse) -> dict[str, Any]:
+    return {
+        "results": [
+            {"txid": r.gtrid, "forgotten": r.forgotten, "error": r.error or None} for r in resp.results
+        ]
+    }
+
+
+def audit_view(resp: admin_pb2.ListAuditResponse) -> dict[str, Any]:
+    return {
+        "records": [
+            {
+                "time": r.time.ToJsonString(),
+                "actor": r.actor,
+                "action": r.action,
+                "txid": r.gtrid or None,
+                "peer": r.peer,
+                "traceId": r.trace_id,
+                "result": r.result,
+                "detail": r.detail or None,
+            }
+            for r in resp.records
+        ],
+        "nextPageToken": resp.next_page_token or None,
+    }
+
+
+def parse_since(text: str) -> float:
+    """A ``begin`` filter: an RFC 3339 time (UTC when it has no offset) or Unix seconds."""
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return float(text)
+        stamp = datetime.fromisoformat(text)
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed time {text[:40]!r}: use RFC 3339 (2024-05-01T12:00:00Z) or Unix seconds",
+        ) from None

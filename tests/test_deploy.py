@@ -642,3 +642,12 @@ def test_label_selectors_use_exported_labels_and_values():
                     if bad:
                         problems.append(f"{name}{{{label}}} in {where}: unknown value(s) {bad}")
     assert not problems, "\n".join(problems)
+
+
+def test_kubernetes_token_file_loads_with_the_coordinator(tmp_path: Path) -> None:
+    from coordinator.auth import Authenticator
+
+    secret = yaml.safe_load((DEPLOY / "kubernetes" / "coordinator-secret.yaml").read_text())
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(secret["stringData"]["tokens.toml"])
+    Authenticator.load(tokens)  # raises AuthFileError on an unknown role or a malformed entry

@@ -214,7 +214,9 @@ def _open(
     ledger = open_ledger(name, store)
     for account, amount in seed.items():
         ledger.seed(account, amount)
-    return ledger, ParticipantStub(ledger.rm, coordinator=coordinator, advertise=listen)
+    # A coordinator with an auth file needs a service-role token (env only: argv is visible in ps).
+    token = os.environ.get("XATM_TOKEN") or None
+    return ledger, ParticipantStub(ledger.rm, coordinator=coordinator, advertise=listen, token=token)
 
 
 async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import grpc
@@ -25,8 +26,9 @@ class TransferResult:
 class Bank:
     """Clients of the two account services, with the transaction context propagated."""
 
-    def __init__(self, coordinator: str, source: str, target: str):
-        self.tm = TransactionManager(coordinator)
+    def __init__(self, coordinator: str, source: str, target: str, *, token: str | None = None):
+        """``token``: a service-role token when the coordinator has an auth file (default $XATM_TOKEN)."""
+        self.tm = TransactionManager(coordinator, token=token or os.environ.get("XATM_TOKEN") or None)
         self._channels = [grpc.insecure_channel(source), grpc.insecure_channel(target)]
         self.source = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[0]))
         self.target = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[1]))

@@ -1,0 +1,106 @@
+"""Clients for the admin tests: the installed ``xactl`` as a subprocess and the REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from participant._proto import admin_pb2, admin_pb2_grpc
+
+#: The console script pip installed next to this interpreter.
+XACTL = Path(sys.executable).with_name("xactl")
+#: Exit codes of DESIGN §5 and the HTTP status of the same condition.
+OK, UNAVAILABLE, INVALID, NOT_FOUND, REFUSED, CREDENTIALS = 0, 1, 2, 3, 4, 5
+
+
+def xactl(
+    coordinator: str, *args: str, token: str | None = None, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``xactl --coordinator COORDINATOR ARGS`` with a clean XATM_* environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XATM_")}
+    if token:
+        env["XATM_TOKEN"] = token
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(
+        [str(XACTL), "--coordinator", coordinator, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        **popen,
+    )
+
+
+def xactl_json(coordinator: str, *args: str, token: str | None = None) -> Any:
+    done = xactl(coordinator, "--output", "json", *args, token=token)
+    assert done.returncode == OK, done.stderr
+    return json.loads(done.stdout)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def rest(
+    base: str,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Reply:
+    """One request to ``base`` (http://host:port); error statuses are returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers or {})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as resp:
+            status, got, raw = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        status, got, raw = err.code, dict(err.headers), err.read()
+    parsed = json.loads(raw) if got.get("Content-Type") == "application/json" else raw.decode()
+    return Reply(status, got, parsed)
+
+
+def audit_records(address: str, token: str | None = None) -> list[admin_pb2.AuditRecord]:
+    """Every audit record the coordinator keeps, through the Admin gRPC service."""
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        reply = admin_pb2_grpc.AdminStub(channel).ListAudit(
+            admin_pb2.ListAuditRequest(page_size=1000), metadata=metadata, timeout=10
+        )
+    return list(reply.records)
+
+
+def admin_actions(http: str, action: str, result: str) -> float:
+    """xatm_admin_actions_total{action,result} of the coordinator whose HTTP port is ``http``."""
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "xatm_admin_actions_total" and sample.labels == {
+                "action": action,
+                "result": result,
+            }:
+                return sample.value
+    return 0.0
