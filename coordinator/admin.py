@@ -139,7 +139,11 @@ class AdminOps:
         results = []
         for gtrid, outcome in zip(unique, outcomes, strict=True):
             if isinstance(outcome, XatmError) and outcome.code not in _WHOLE_REQUEST:
-                results.append(admin_pb2.ForgetResult(gtrid=gtrid, forgotten=False, error=outcome.message))
+                results.append(
+                    admin_pb2.ForgetResult(
+                        gtrid=gtrid, forgotten=False, error=outcome.message, code=outcome.code.name
+                    )
+                )
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:

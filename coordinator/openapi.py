@@ -152,11 +152,14 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["txid", "forgotten", "error"],
+                        "required": ["txid", "forgotten", "error", "code"],
                         "properties": {
                             "txid": string,
                             "forgotten": {"type": "boolean"},
                             "error": _nullable({**string, "description": "Why it was not forgotten."}),
+                            "code": _nullable(
+                                {**string, "description": "gRPC status of the refusal, e.g. NOT_FOUND."}
+                            ),
                         },
                     },
                 },

@@ -83,7 +83,8 @@ def list_view(resp: admin_pb2.ListTransactionsResponse) -> dict[str, Any]:
 def forget_view(resp: admin_pb2.ForgetResponse) -> dict[str, Any]:
     return {
         "results": [
-            {"txid": r.gtrid, "forgotten": r.forgotten, "error": r.error or None} for r in resp.results
+            {"txid": r.gtrid, "forgotten": r.forgotten, "error": r.error or None, "code": r.code or None}
+            for r in resp.results
         ]
     }
 

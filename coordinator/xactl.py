@@ -220,7 +220,8 @@ def cmd_forget(args: argparse.Namespace, client: _Client) -> int:
             f"{r['txid']}: {'forgotten' if r['forgotten'] else r['error']}" for r in v["results"]
         ),
     )
-    return 0 if all(r["forgotten"] for r in view["results"]) else 4
+    refusals = [EXIT.get(grpc.StatusCode[r["code"]], 1) for r in view["results"] if r["code"]]
+    return max(refusals, default=0)
 
 
 def cmd_audit(args: argparse.Namespace, client: _Client) -> int:

@@ -260,12 +260,14 @@ def test_forget_heuristic_transactions_through_cli_and_rest(lab: Lab) -> None:
     assert done.returncode == REFUSED, done.stderr
     results = {r["txid"]: r for r in json.loads(done.stdout)["results"]}
     assert results[first]["forgotten"] and results[first]["error"] is None
-    assert not results[committed]["forgotten"]
+    assert not results[committed]["forgotten"] and results[committed]["code"] == "FAILED_PRECONDITION"
     assert "is Committed; forget is allowed only from HeuristicallyCompleted" in results[committed]["error"]
+    unknown = xactl(target.address, "forget", f"{committed}0")
+    assert unknown.returncode == NOT_FOUND, unknown.stdout + unknown.stderr
 
     reply = rest(base, "POST", "/admin/v1/xa-transaction/bulk", body={"txids": [second]})
     assert reply.status == 200 and reply.body["results"] == [
-        {"txid": second, "forgotten": True, "error": None}
+        {"txid": second, "forgotten": True, "error": None, "code": None}
     ]
     for gtrid in (first, second):
         assert rest(base, "GET", f"/admin/v1/xa-transaction/{gtrid}").status == 404

@@ -105,7 +105,7 @@ def test_wal_dump_shows_rbrollback_and_nota_from_real_scenarios(tmp_path: Path) 
         copy = tmp_path / "copy"
         shutil.copytree(tmp_path / "coordinator", copy, ignore=shutil.ignore_patterns("LOCK"))
         dump = subprocess.run(
-            [str(BIN / "xactl"), "--output", "json", "wal", "dump", str(copy)], capture_output=True, text=True
+            [str(BIN / "xactl"), "wal", "dump", str(copy), "--output", "json"], capture_output=True, text=True
         )
         assert dump.returncode == 0, dump.stderr
         records = [json.loads(line) for line in dump.stdout.splitlines() if line.strip()]

@@ -52,14 +52,16 @@ class ForgetRequest(_message.Message):
     def __init__(self, gtrids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ForgetResult(_message.Message):
-    __slots__ = ("gtrid", "forgotten", "error")
+    __slots__ = ("gtrid", "forgotten", "error", "code")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     forgotten: bool
     error: str
-    def __init__(self, gtrid: _Optional[str] = ..., forgotten: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, gtrid: _Optional[str] = ..., forgotten: _Optional[bool] = ..., error: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class ForgetResponse(_message.Message):
     __slots__ = ("results",)
