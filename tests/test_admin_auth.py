@@ -173,7 +173,9 @@ def test_wrong_verbs_paths_and_bodies(coordinator: Proc) -> None:
     assert rest(base, "GET", f"{COLLECTION}?limit=0", token=OPS).status == 400
     assert rest(base, "POST", f"{COLLECTION}/bulk", token=OPS, body={"txids": [UNKNOWN] * 2}).body[
         "results"
-    ] == [{"txid": UNKNOWN, "forgotten": False, "error": f"unknown transaction {UNKNOWN}"}]
+    ] == [
+        {"txid": UNKNOWN, "forgotten": False, "error": f"unknown transaction {UNKNOWN}", "code": "NOT_FOUND"}
+    ]
     assert rest(base, "POST", f"{COLLECTION}/bulk", token=VIEWER, body={"txids": [UNKNOWN]}).status == 403
     # A refused request with a body leaves its keep-alive connection usable.
     connection = http.client.HTTPConnection(coordinator.http, timeout=10)
