@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -107,6 +108,8 @@ class Engine:
         self.endpoints: set[str] = set()
         #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
         self.audit_log: list[admin_pb2.AuditRecord] = []
+        #: Transactions whose commit decision is in the log's queue but not yet applied here.
+        self._deciding: set[str] = set()
         self._register_gauges()
         self.scanner = RecoveryScanner(
             self,
@@ -400,11 +403,17 @@ class Engine:
         await failpoints.ahit("coordinator.before_decision")
         started = time.perf_counter()
         self.forced_writes += 1
-        await self.log.append(R.decision(tx, time.time()), force=True)
-        metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
-        await failpoints.ahit("coordinator.after_decision")
-        old = tx.status
-        effects = sm.decision_durable(tx)
+        # From here until decision_durable() the log holds a decision that ``tx`` does not show
+        # yet; a checkpoint in between must not replace it by the undecided status.
+        self._deciding.add(tx.gtrid)
+        try:
+            await self.log.append(R.decision(tx, time.time()), force=True)
+            metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
+            await failpoints.ahit("coordinator.after_decision")
+            old = tx.status
+            effects = sm.decision_durable(tx)
+        finally:
+            self._deciding.discard(tx.gtrid)
         await self._after(tx, old, effects)
 
     async def _drive(self, tx: sm.Transaction, bqual: str, phase: Phase, driver: _Driver) -> None:
@@ -504,9 +513,10 @@ class Engine:
         wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
         wal.audit.CopyFrom(record)
         self.forced_writes += 1
-        await self.log.append(wal, force=True)
+        # Listed before the write is awaited: a checkpoint queued meanwhile must carry it along.
         self.audit_log.append(record)
         del self.audit_log[: -self.AUDIT_KEPT]
+        await self.log.append(wal, force=True)
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -524,7 +534,17 @@ class Engine:
             wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
             wal.audit.CopyFrom(record)
             audits.append(wal)
-        await self.log.checkpoint(audits + [R.snapshot(tx, now) for tx in self._txs.values()])
+        await self.log.checkpoint(audits + [self._snapshot(tx, now) for tx in self._txs.values()])
+
+    def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
+        """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
+
+        A commit decision queued before the checkpoint is durable by the time the checkpoint is
+        (the log is written in order), so the snapshot must say Committing already.
+        """
+        if tx.gtrid in self._deciding:
+            tx = dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)
+        return R.snapshot(tx, now)
 
     async def _checkpoint_loop(self) -> None:
         while True:

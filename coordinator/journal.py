@@ -146,9 +146,8 @@ def _from_info(info: xa_pb2.TransactionInfo) -> Transaction:
         begun_at=_seconds(info.begun_at),
         completed_at=_seconds(info.completed_at) if info.HasField("completed_at") else None,
         rollback_reason=info.rollback_reason,
-        rollback_code=XaCode(info.rollback_code)
-        if info.HasField("rollback_code") or info.rollback_code
-        else None,
+        # A proto3 enum has no presence (HasField raises); 0 (XA_OK) is never a rollback code.
+        rollback_code=XaCode(info.rollback_code) if info.rollback_code else None,
         decision=Decision(info.decision) if info.decision else None,
     )
     for b in info.branches:
