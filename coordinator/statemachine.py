@@ -343,15 +343,17 @@ def phase_two_result(
             # A prepared branch the RM rolled back on its own: a heuristic rollback.
             branch.status = B.HEURISTICALLY_ROLLEDBACK
             branch.last_code = XaCode.XA_HEURRB
-    elif (
-        code == XaCode.XAER_NOTA
-        and phase == Phase.ONE_PHASE_COMMIT
-        and branch.attempts <= 1
-        and not tx.recovered
-    ):
-        # The RM never knew the branch (e.g. it expired it): nothing was committed.
-        branch.status = B.ROLLEDBACK
-        tx.rollback_code, tx.rollback_reason = code, reason or "resource manager did not know the branch"
+    elif code == XaCode.XAER_NOTA and phase == Phase.ONE_PHASE_COMMIT:
+        if branch.attempts <= 1 and not tx.recovered:
+            # The RM never knew the branch (e.g. it lost unprepared work): nothing was committed.
+            branch.status = B.ROLLEDBACK
+            tx.rollback_code, tx.rollback_reason = code, reason or "resource manager did not know the branch"
+        else:
+            # An earlier one-phase call may have committed before its reply was lost, or the RM
+            # may have discarded the unprepared work: the outcome is unknown, and said so.
+            branch.status = B.HEURISTICALLY_COMPLETED
+            branch.last_code = XaCode.XA_HEURHAZ
+            branch.last_reason = "one-phase commit outcome unknown: XAER_NOTA after a lost reply"
     else:
         # XA_OK, or XAER_NOTA for a branch that completed before a lost reply.
         branch.status = B.COMMITTED

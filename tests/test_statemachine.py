@@ -304,13 +304,20 @@ def test_one_phase_reading_of_every_code(code: XaCode) -> None:
         assert branch.status == B.COMMITTED and tx.status == S.COMMITTED
 
 
-def test_one_phase_nota_after_a_retry_counts_as_done() -> None:
+@pytest.mark.parametrize("recovered", [False, True])
+def test_one_phase_nota_after_a_lost_reply_is_a_hazard(recovered: bool) -> None:
+    """A one-phase branch is not prepared: NOTA after a lost reply cannot tell commit from loss."""
     tx = _committing(one_phase=True)
     sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
-    sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XAER_RMFAIL)
-    sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
+    if recovered:
+        tx.recovered = True
+    else:
+        sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XAER_RMFAIL)
+        sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
     sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XAER_NOTA)
-    assert tx.status == S.COMMITTED
+    assert tx.status == S.HEURISTICALLY_COMPLETED
+    assert tx.branches["b0"].last_code == XaCode.XA_HEURHAZ
+    assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_HAZARD
 
 
 def test_single_branch_sends_no_prepare_and_all_readonly_needs_no_decision() -> None:

@@ -8,13 +8,19 @@ from dataclasses import dataclass
 import grpc
 
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
-from participant import TransactionError, TransactionManager, XatmError, intercept_channel
+from participant import (
+    TransactionError,
+    TransactionManager,
+    TransactionRolledBack,
+    XatmError,
+    intercept_channel,
+)
 
 
 @dataclass
 class TransferResult:
     gtrid: str
-    #: "committed", "rolledback", or "unknown" when the commit's reply was lost.
+    #: "committed", "rolledback", "heuristic" (mixed or hazard), or "unknown" when the reply was lost.
     outcome: str
     detail: str
 
@@ -40,8 +46,10 @@ class Bank:
             with tx:
                 self.source.Apply(bank_pb2.ApplyRequest(account=src, amount=-amount), timeout=10)
                 self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
-        except TransactionError as err:
+        except TransactionRolledBack as err:
             return TransferResult(tx.gtrid, "rolledback", str(err))
+        except TransactionError as err:  # TX_MIXED / TX_HAZARD: a heuristic outcome
+            return TransferResult(tx.gtrid, "heuristic", str(err))
         except XatmError as err:
             return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
         return TransferResult(tx.gtrid, "committed", "committed")
