@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from participant._proto import participant_pb2, participant_pb2_grpc, xa_pb2
-from participant.xa import Phase, XaCode, Xid
+from participant.xa import RECONNECT_OPTIONS, Phase, XaCode, Xid
 
 __all__ = ["Peers"]
 
@@ -21,6 +21,7 @@ class Peers:
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *RECONNECT_OPTIONS,
         ]
         self._credentials = credentials
         self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}

@@ -201,7 +201,10 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
 
             async def acall(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with use(with_deadline(tx, context.time_remaining())):
-                    return await behavior(request, context)
+                    try:
+                        return await behavior(request, context)
+                    except XatmError as err:  # e.g. EnlistError: keep its status, not UNKNOWN
+                        await context.abort(err.code, err.message)
 
             return acall
         if response_streaming:
@@ -222,7 +225,10 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             with use(with_deadline(tx, context.time_remaining())):
-                return behavior(request, context)
+                try:
+                    return behavior(request, context)
+                except XatmError as err:  # e.g. EnlistError: keep its status, not UNKNOWN
+                    context.abort(err.code, err.message)
 
         return call
 

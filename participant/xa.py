@@ -17,6 +17,7 @@ import grpc
 
 __all__ = [
     "FORMAT_ID",
+    "RECONNECT_OPTIONS",
     "BranchStatus",
     "Decision",
     "Phase",
@@ -185,6 +186,15 @@ def _validate(kind: str, value: str) -> str:
             f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
         )
     return value
+
+
+#: gRPC's default reconnect backoff grows to 120 s: after a peer restarts, calls would fail fast
+#: for minutes. Peers of a transaction manager restart by design, so reconnect within a second.
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 def validate_gtrid(value: str) -> str:

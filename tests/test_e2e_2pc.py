@@ -165,3 +165,14 @@ def test_bad_ids_and_unknown_transactions(bank_system: BankSystem) -> None:
         assert stub.Enlist(enlist, timeout=5).code == XaCode.XA_OK
         assert stub.Enlist(enlist, timeout=5).code == XaCode.XAER_DUPID
         stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=begun.gtrid), timeout=5)
+
+
+def test_an_enlist_refusal_reaches_the_caller_with_its_status(bank_system: BankSystem) -> None:
+    from participant.context import TxContext, use
+
+    fake = TxContext("n0.00000000000000000001", bank_system.coordinator.address)
+    with use(fake), pytest.raises(grpc.RpcError) as err:
+        bank_system.apply("bank-a", "alice", 1)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "cannot enlist" in err.value.details() and "unknown transaction" in err.value.details()
+    assert bank_system.balance("bank-a", "alice") == 1000
