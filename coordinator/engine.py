@@ -497,9 +497,17 @@ class Engine:
             self._spawn(self._after(tx, old, effects))
 
     async def _wait(self, tx: sm.Transaction) -> None:
-        """Wait (bounded) for the final status; phase two goes on in the background after."""
+        """Wait (bounded) for the final status; phase two goes on in the background after.
+
+        The answer must at least carry the decision, so if prepares are still out when
+        commit_wait ends, keep waiting for them: each ends within its per-call deadline.
+        """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done[tx.gtrid].wait(), self.settings.commit_wait)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 2 * self.settings.call_timeout
+        while tx.status in (TxStatus.PREPARING, TxStatus.PREPARED) and loop.time() < give_up:
+            await asyncio.sleep(0.01)
 
     async def _append(self, record: object) -> None:
         await self.log.append(record)  # type: ignore[arg-type]

@@ -176,3 +176,15 @@ def test_an_enlist_refusal_reaches_the_caller_with_its_status(bank_system: BankS
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "cannot enlist" in err.value.details() and "unknown transaction" in err.value.details()
     assert bank_system.balance("bank-a", "alice") == 1000
+
+
+def test_commit_answer_carries_the_decision_even_when_prepare_outlasts_commit_wait(tmp_path: Path) -> None:
+    system = BankSystem(tmp_path, coordinator_env={"XATM_COMMIT_WAIT": "0.2"}).start(
+        bank_env={"bank-b": {"XATM_FAILPOINTS": "participant.prepare=1*sleep(600)"}}
+    )
+    try:
+        result = system.bank.transfer("alice", "bob", 5)
+        assert result.committed, result.detail  # not TX_ROLLBACK for a transaction still preparing
+        system.wait_status(result.gtrid, S.COMMITTED)
+    finally:
+        system.stop()
