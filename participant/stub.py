@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class ParticipantStub:
         self._lock = threading.Lock()
         self._branches: dict[str, _Branch] = {}
         self._coordinators: dict[str, tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorStub]] = {}
+        #: Branches the coordinator already reached (bounded), so a late join cannot reopen one.
+        self._reached: OrderedDict[Xid, None] = OrderedDict()
         self._recovery: threading.Thread | None = None
         self._recovery_stop = threading.Event()
 
@@ -167,6 +170,16 @@ class ParticipantStub:
             raise
         branch.enlisted = True
         self._start(tx, branch.xid)
+        with self._lock:
+            overtaken = branch.xid in self._reached
+        if overtaken:
+            # The coordinator finished the transaction between Enlist and start: the branch the
+            # RM just opened would hold its locks with nobody left to end it.
+            with contextlib.suppress(XaError):
+                self.rm.rollback(branch.xid)
+            raise XatmError(
+                grpc.StatusCode.ABORTED, f"transaction {tx.gtrid} ended while {self.rm.rm_id} was joining it"
+            )
 
     def _start(self, tx: TxContext, xid: Xid) -> None:
         try:
@@ -260,6 +273,9 @@ class ParticipantStub:
             branch = self._branches.get(xid.gtrid)
             if branch is not None and branch.xid.bqual == xid.bqual:
                 del self._branches[xid.gtrid]
+            self._reached[xid] = None
+            while len(self._reached) > _PRUNE_AT:
+                self._reached.popitem(last=False)
 
     def _prune_locked(self) -> None:
         now = time.time()
@@ -283,6 +299,18 @@ class ParticipantStub:
                 continue
             action = self._resolve(xid)
             counts[action] += 1
+        # Active branches past their deadline that the coordinator never reached (it may have
+        # lost the enlistment in a crash): ask, and a rollback answer ends them here.
+        horizon = time.time() - self.call_timeout
+        with self._lock:
+            stale = [
+                b.xid for b in self._branches.values() if b.deadline is not None and b.deadline < horizon
+            ]
+        for xid in stale:
+            action = self._resolve(xid)
+            counts[action] += 1
+            if action == "rollback":
+                self._completed(xid)
         if counts["commit"] or counts["rollback"]:
             log.info("resolved in-doubt branches of %s: %s", self.rm.rm_id, counts)
         return counts

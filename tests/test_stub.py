@@ -794,3 +794,33 @@ def test_asyncio_service_enlists_once_and_commits(rm: MemoryRM, coordinator: Coo
     asyncio.run(main())
     assert [s.gtrid if s else None for s in seen][4] is None
     assert rm.committed[-1] == "solo"
+
+
+def test_a_join_overtaken_by_the_coordinator_leaves_no_active_branch() -> None:
+    rm = MemoryRM()
+    stub = ParticipantStub(rm, coordinator="127.0.0.1:1", advertise="127.0.0.1:2")
+    # The coordinator's rollback reaches the servicer while Enlist is still being answered.
+    stub._enlist = lambda tx, xid: stub._completed(xid)  # type: ignore[method-assign]
+    with use(TxContext("g.overtaken", "127.0.0.1:1")), pytest.raises(XatmError) as err, stub.branch():
+        pytest.fail("the business block must not run on a finished transaction")
+    assert err.value.code == grpc.StatusCode.ABORTED
+    assert rm.verbs() == ["start", "rollback"] and not rm.active
+    assert stub.active_branches() == 0
+
+
+def test_stale_active_branches_are_asked_about_and_rolled_back() -> None:
+    rm = MemoryRM()
+    stub = ParticipantStub(rm, coordinator="127.0.0.1:1", advertise="127.0.0.1:2", call_timeout=0.01)
+    stub._enlist = lambda tx, xid: None  # type: ignore[method-assign]
+    asked: list[Xid] = []
+
+    def resolve(xid: Xid) -> str:  # the coordinator lost the enlistment: presumed abort
+        asked.append(xid)
+        rm.rollback(xid)
+        return "rollback"
+
+    stub._resolve = resolve  # type: ignore[method-assign]
+    with use(TxContext("g.stale", "127.0.0.1:1", deadline=time.time() - 1)), stub.branch() as xid:
+        pass
+    assert stub.resolve_in_doubt()["rollback"] == 1
+    assert asked == [xid] and not rm.active and stub.active_branches() == 0
