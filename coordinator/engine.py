@@ -41,6 +41,7 @@ from participant.xa import (
     node_of,
     validate_bqual,
     validate_gtrid,
+    validate_savepoint_id,
 )
 
 from . import metrics
@@ -308,8 +309,7 @@ class Engine:
 
     async def rollback_to_savepoint(self, gtrid: str, savepoint_id: str) -> sm.Transaction:
         tx = self.get(gtrid)
-        if not savepoint_id or len(savepoint_id) > 64:
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed savepoint id {savepoint_id[:80]!r}")
+        validate_savepoint_id(savepoint_id)
         effects = sm.rollback_to_savepoint(tx, savepoint_id)
         await self._run_savepoint_calls(tx, effects)
         await self._append(R.savepoint(tx, savepoint_id, True, time.time()))

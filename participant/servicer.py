@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,26 +22,15 @@ from . import failpoints
 from ._proto import participant_pb2, participant_pb2_grpc, xa_pb2
 from .metrics import CALL_DURATION, CALLS
 from .rm import ResourceManager
-from .xa import XaCode, XaError, XatmError, Xid, validate_bqual, validate_gtrid
+from .xa import XaCode, XaError, XatmError, Xid, validate_bqual, validate_gtrid, validate_savepoint_id
 
 __all__ = ["AsyncParticipantServicer", "ParticipantCore", "ParticipantServicer"]
 
 log = logging.getLogger(__name__)
 
-_SAVEPOINT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
 
 def _xid(message: xa_pb2.Xid) -> Xid:
     return Xid(validate_gtrid(message.gtrid), validate_bqual(message.bqual), message.format_id)
-
-
-def _savepoint_id(value: str) -> str:
-    if not _SAVEPOINT_ID.match(value):
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"malformed savepoint id {value[:80]!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
-        )
-    return value
 
 
 def _reason(exc: Exception) -> str:
@@ -146,13 +134,13 @@ class ParticipantCore:
         return self._call("forget", xid, lambda: self.rm.forget(xid))
 
     def _savepoint(self, request: participant_pb2.SavepointBranchRequest) -> participant_pb2.XaReply:
-        xid, savepoint_id = _xid(request.xid), _savepoint_id(request.savepoint_id)
+        xid, savepoint_id = _xid(request.xid), validate_savepoint_id(request.savepoint_id)
         return self._call("savepoint", xid, lambda: self.rm.savepoint(xid, savepoint_id))
 
     def _rollback_to_savepoint(
         self, request: participant_pb2.SavepointBranchRequest
     ) -> participant_pb2.XaReply:
-        xid, savepoint_id = _xid(request.xid), _savepoint_id(request.savepoint_id)
+        xid, savepoint_id = _xid(request.xid), validate_savepoint_id(request.savepoint_id)
         undo = self.rm.rollback_to_savepoint
         return self._call("rollback_to_savepoint", xid, lambda: undo(xid, savepoint_id))
 

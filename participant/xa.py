@@ -32,6 +32,7 @@ __all__ = [
     "node_of",
     "validate_bqual",
     "validate_gtrid",
+    "validate_savepoint_id",
 ]
 
 # "xatm" in ASCII: lets recovery tell our XIDs from foreign ones in an RM's list.
@@ -203,6 +204,10 @@ def validate_gtrid(value: str) -> str:
 
 def validate_bqual(value: str) -> str:
     return _validate("bqual", value)
+
+
+def validate_savepoint_id(value: str) -> str:
+    return _validate("savepoint id", value)
 
 
 def new_gtrid(node_id: str) -> str:

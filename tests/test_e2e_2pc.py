@@ -164,6 +164,15 @@ def test_bad_ids_and_unknown_transactions(bank_system: BankSystem) -> None:
         )
         assert stub.Enlist(enlist, timeout=5).code == XaCode.XA_OK
         assert stub.Enlist(enlist, timeout=5).code == XaCode.XAER_DUPID
+        for savepoint, code in (
+            ("bad id", "INVALID_ARGUMENT"),
+            ("", "INVALID_ARGUMENT"),
+            ("sp.nope", "NOT_FOUND"),
+        ):
+            request = coordinator_pb2.RollbackToSavepointRequest(gtrid=begun.gtrid, savepoint_id=savepoint)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RollbackToSavepoint(request, timeout=5)
+            assert err.value.code().name == code
         stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=begun.gtrid), timeout=5)
 
 
