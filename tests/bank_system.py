@@ -1,10 +1,20 @@
-"""A coordinator and bank account services as real processes, for end-to-end tests."""
+"""A coordinator and bank account services as real processes, for end-to-end tests.
+
+Each bank keeps its accounts in a store: an embedded SQLite file (the default) or a database of
+a PostgreSQL cluster. A store object names the store on the bank's command line and reads it
+directly, beside the running bank, for the end-state checks of the kill -9 tests.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +26,7 @@ from examples.bank.transfer import Bank
 from participant import intercept_channel
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from participant.xa import TxStatus
+from tests.pgcluster import PgCluster, pg_url
 
 #: Fast timings so failures and retries show up within a test's patience.
 TEST_COORDINATOR_ENV = {
@@ -28,6 +39,78 @@ TEST_COORDINATOR_ENV = {
 SEEDS = (("bank-a", "alice", 1000), ("bank-b", "bob", 1000))
 
 
+class Store(Protocol):
+    """Where a bank keeps its accounts, read directly (not through the bank) by the checks."""
+
+    def argv(self) -> list[str]:
+        """The account service's flags that name this store."""
+
+    def accounts(self) -> dict[str, int]:
+        """Every committed balance, by account."""
+
+    def leftovers(self) -> dict[str, object]:
+        """Branches and row locks still held in the store; empty once every transaction is final.
+
+        A branch left active would hold its row locks for ever, one left prepared is in doubt.
+        """
+
+
+@dataclass(frozen=True)
+class SqliteStore:
+    """The embedded store (``--db PATH``), opened read-only."""
+
+    path: Path
+
+    def argv(self) -> list[str]:
+        return ["--db", str(self.path)]
+
+    def _read(self, query: str) -> list[tuple[Any, ...]]:
+        uri = f"file:{self.path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as conn:
+            return conn.execute(query).fetchall()
+
+    def accounts(self) -> dict[str, int]:
+        return {key: int(value) for key, value in self._read("SELECT key, value FROM kv")}
+
+    def leftovers(self) -> dict[str, object]:
+        branches = self._read("SELECT gtrid, bqual, state FROM branches ORDER BY bid")
+        ((locks,),) = self._read("SELECT COUNT(*) FROM locks")
+        return {"branches": branches, "locks": locks} if branches or locks else {}
+
+
+@dataclass(frozen=True)
+class PgStore:
+    """A database of a PostgreSQL cluster (``--store postgresql://...``), table ``accounts``."""
+
+    cluster: PgCluster
+    dbname: str
+
+    def argv(self) -> list[str]:
+        return ["--store", pg_url(self.cluster, self.dbname)]
+
+    def accounts(self) -> dict[str, int]:
+        with self.cluster.connect(self.dbname) as conn:
+            return dict(conn.execute("SELECT name, balance FROM accounts").fetchall())
+
+    def leftovers(self) -> dict[str, object]:
+        """Prepared transactions of the database (any gid), sessions inside a transaction, and locks
+        on ``accounts`` (a prepared transaction's have no pid)."""
+        with self.cluster.connect(self.dbname) as conn:
+            prepared = conn.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid"
+            ).fetchall()
+            sessions = conn.execute(
+                "SELECT pid, state, left(query, 100) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+            ).fetchall()
+            locks = conn.execute(
+                "SELECT pid, mode, granted FROM pg_locks WHERE relation = to_regclass('accounts')"
+                " AND pid IS DISTINCT FROM pg_backend_pid()"
+            ).fetchall()
+        found = {"prepared": prepared, "sessions": sessions, "locks": locks}
+        return {what: rows for what, rows in found.items() if rows}
+
+
 class BankSystem:
     def __init__(
         self,
@@ -36,15 +119,22 @@ class BankSystem:
         coordinator_env: dict[str, str] | None = None,
         aio: bool = False,
         seeds: tuple[tuple[str, str, int], ...] = SEEDS,
+        stores: Mapping[str, Store] | None = None,
     ):
+        """``stores``: where each bank keeps its accounts (default: a SQLite file ``root/NAME.db``)."""
         self.root = root
         self.seeds = seeds
         self.coordinator = coordinator_proc(
             root / "coordinator", root, env={**TEST_COORDINATOR_ENV, **(coordinator_env or {})}
         )
         self.banks: dict[str, Proc] = {}
+        self.stores: dict[str, Store] = {}
         for name, account, amount in seeds:
-            proc = bank_proc(name, root / f"{name}.db", self.coordinator.address, f"{account}={amount}", root)
+            db = root / f"{name}.db"
+            store = self.stores[name] = (stores or {}).get(name) or SqliteStore(db)
+            proc = bank_proc(name, db, self.coordinator.address, f"{account}={amount}", root)
+            at = proc.argv.index("--db")
+            proc.argv[at : at + 2] = store.argv()
             if aio:
                 proc.argv.append("--aio")
             self.banks[name] = proc

@@ -7,14 +7,13 @@ coordinator's status of each transaction and the participants' own list of prepa
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import psycopg
 
 from coordinator.procs import Proc
 from participant._proto import (
@@ -155,36 +154,37 @@ def wait_no_prepared(system: BankSystem, timeout: float) -> None:
         raise AssertionError(f"{err}; still prepared: {left}") from None
 
 
-def store_leftovers(db: Path) -> dict[str, object]:
-    """Branches and row locks still in a bank's SQLite store (read-only, beside the running bank).
-
-    Once every transaction is final there must be none: a branch left active would hold its
-    row locks for ever, one left prepared is in doubt.
-    """
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
-        branches = conn.execute("SELECT gtrid, bqual, state FROM branches ORDER BY bid").fetchall()
-        (locks,) = conn.execute("SELECT COUNT(*) FROM locks").fetchone()
-    return {"branches": branches, "locks": locks} if branches or locks else {}
-
-
 def wait_stores_clean(system: BankSystem, timeout: float) -> None:
-    """No bank store holds a branch or a lock any more."""
+    """No bank store holds a branch or a lock any more (each store read directly, beside its bank)."""
 
     def probe() -> bool | None:
         try:
-            return True if not any(store_leftovers(db) for db in bank_stores(system).values()) else None
-        except sqlite3.OperationalError:  # busy for a moment (a bank checkpointing its WAL)
-            return None
+            return True if not any(store.leftovers() for store in system.stores.values()) else None
+        except (sqlite3.OperationalError, psycopg.OperationalError):  # busy (a bank checkpointing its
+            return None  # SQLite WAL) or unreachable for a moment (a PostgreSQL restart)
 
     try:
         eventually("no branch or lock left in the bank stores", probe, timeout, interval=0.2)
     except AssertionError as err:
-        left = {name: store_leftovers(db) for name, db in bank_stores(system).items()}
+        left = {name: store.leftovers() for name, store in system.stores.items()}
         raise AssertionError(f"{err}; left: {left}") from None
 
 
-def bank_stores(system: BankSystem) -> dict[str, Path]:
-    return {name: system.root / f"{name}.db" for name in system.banks}
+def store_accounts(system: BankSystem, timeout: float = 30.0) -> dict[str, dict[str, int]]:
+    """Every committed balance of every bank, read from the stores themselves."""
+
+    def probe() -> dict[str, dict[str, int]] | None:
+        try:
+            return {name: store.accounts() for name, store in system.stores.items()}
+        except (sqlite3.OperationalError, psycopg.OperationalError):  # busy or restarting: not yet
+            return None
+
+    return eventually("the stores to be readable", probe, timeout, interval=0.2)
+
+
+def store_total(system: BankSystem) -> int:
+    """All the money in all the stores."""
+    return sum(sum(accounts.values()) for accounts in store_accounts(system).values())
 
 
 def wait_quiescent(system: BankSystem, timeout: float) -> list[xa_pb2.TransactionInfo]:

@@ -20,7 +20,7 @@ from types import TracebackType
 import psycopg
 from psycopg import sql
 
-__all__ = ["PgCluster", "PgClusterError", "find_bindir"]
+__all__ = ["PgCluster", "PgClusterError", "find_bindir", "pg_url", "prepared"]
 
 _OS_USER = "postgres"  # PostgreSQL refuses to run as root
 
@@ -162,3 +162,15 @@ class PgCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.destroy()
+
+
+def pg_url(cluster: PgCluster, dbname: str) -> str:
+    """A database of a test cluster as a ``postgresql://`` URI (``--resource``, ``--store``)."""
+    return f"postgresql://postgres@127.0.0.1:{cluster.port}/{dbname}?connect_timeout=10"
+
+
+def prepared(cluster: PgCluster, dbname: str | None = None) -> set[str]:
+    """The gids of prepared transactions in the cluster (in one database of it, if named)."""
+    with cluster.connect() as conn:
+        rows = conn.execute("SELECT database, gid FROM pg_prepared_xacts").fetchall()
+    return {gid for database, gid in rows if dbname in (None, database)}

@@ -27,16 +27,11 @@ from participant._proto import agent_pb2, agent_pb2_grpc, coordinator_pb2, coord
 from participant.agent import XA_CODE_KEY, AgentSettings, UsageError, resolve
 from participant.xa import BranchStatus, TxStatus, XaCode
 from tests.bank_system import TEST_COORDINATOR_ENV
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, pg_url
 
 XATM = str(Path(sys.executable).parent / "xatm")
 #: In-doubt resolution every 0.3 s, so the tests see it run against their prepared branches.
 FAST_RECOVERY = {"XATM_RECOVERY_INTERVAL": "0.3"}
-
-
-def pg_url(cluster: PgCluster, dbname: str) -> str:
-    """The ``--resource`` for a database of a test cluster."""
-    return f"postgresql://postgres@127.0.0.1:{cluster.port}/{dbname}?connect_timeout=10"
 
 
 def agent_proc(name: str, coordinator: str, log_dir: Path, env: dict[str, str]) -> Proc:

@@ -9,6 +9,8 @@ into it, and the process is restarted without it. Then, within a bounded wait:
 * no bank holds a prepared branch (the Participant service's Recover answers nothing);
 * both accounts hold exactly the balances of that outcome, so money is conserved;
 * what the initiator was told is true: "committed" is Committed, "rolledback" is rolled back;
+* the stores themselves, read directly beside the running banks, agree: those balances, and all
+  the money in both stores the same as before the case;
 * the accounts are usable again (their locks were released): a follow-up transfer commits,
   and neither store keeps a branch or a row lock once everything is final.
 
@@ -17,6 +19,11 @@ decision and phase two: the checkpoint must keep the decision.
 
 One coordinator and two banks serve the whole matrix (restarting only the process a case
 crashes); each case works on accounts of its own, so no case can see another's money.
+
+Here the banks keep their accounts in SQLite files. tests/test_pg_crash_matrix.py runs the same
+cases (``CASES``, ``run_case``, ``checkpoint_case``) with both banks on PostgreSQL: only the
+function that builds the system differs (``Build``), and each store is read through its
+``tests.bank_system.Store``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from tests.chaos import (
     logs,
     prepared_xids,
     processes,
+    store_accounts,
+    store_total,
     wait_final,
     wait_no_prepared,
     wait_quiescent,
@@ -210,12 +219,21 @@ CASES = [
 
 # ------------------------------------------------------------------ the shared system
 
+#: Builds a system (not started) in a fresh directory, with extra coordinator settings: what
+#: differs between the SQLite and the PostgreSQL matrix is where its banks keep their accounts.
+Build = Callable[[Path, dict[str, str]], BankSystem]
 
-class _Shared:
+
+def sqlite_system(root: Path, coordinator_env: dict[str, str]) -> BankSystem:
+    return BankSystem(root, coordinator_env=coordinator_env)
+
+
+class SharedSystem:
     """One system for the module; replaced by a fresh one after a case fails (no cascades)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, build: Build):
         self.root = root
+        self.build = build
         self.system: BankSystem | None = None
         self.broken = False
         self._generation = itertools.count()
@@ -226,7 +244,7 @@ class _Shared:
         if self.system is None:
             root = self.root / f"system{next(self._generation)}"
             root.mkdir()
-            self.system = fast_recovery(BankSystem(root)).start()
+            self.system = fast_recovery(self.build(root, {})).start()
             self.broken = False
         return self.system
 
@@ -239,8 +257,8 @@ class _Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Shared]:
-    holder = _Shared(tmp_path_factory.mktemp("crash-matrix"))
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSystem]:
+    holder = SharedSystem(tmp_path_factory.mktemp("crash-matrix"), sqlite_system)
     yield holder
     holder.close()
 
@@ -331,29 +349,43 @@ def _follow_up(system: BankSystem, src: str, dst: str) -> None:
 
 
 def _balances(system: BankSystem, src: str, dst: str) -> tuple[int, int]:
-    return system.balance("bank-a", src), system.balance("bank-b", dst)
+    """The balances as the banks answer them; the stores, read directly, must hold the same."""
+    balances = system.balance("bank-a", src), system.balance("bank-b", dst)
+    stored = store_accounts(system)
+    assert (stored["bank-a"].get(src), stored["bank-b"].get(dst)) == balances, (balances, stored)
+    return balances
 
 
 # ------------------------------------------------------------------ the matrix
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_crash(shared: _Shared, case: Case) -> None:
+def test_crash(shared: SharedSystem, case: Case) -> None:
+    run_case(shared, case)
+
+
+#: A look at the system while the crashed process is down, before its restart.
+WhileDown = Callable[[BankSystem, Case], None]
+
+
+def run_case(shared: SharedSystem, case: Case, while_down: WhileDown | None = None) -> None:
+    """One case on the shared system; a failed case makes the next one start a fresh system."""
     system = shared.get()
     try:
-        _run_case(system, case)
+        _run_case(system, case, while_down)
     except BaseException:
         shared.broken = True
         raise
 
 
-def _run_case(system: BankSystem, case: Case) -> None:
+def _run_case(system: BankSystem, case: Case, while_down: WhileDown | None) -> None:
     n = next(_accounts)
     src, dst = f"a{n}", f"b{n}"
     system.apply("bank-a", src, SEED)  # outside a transaction: a local commit opens the account
     system.apply("bank-b", dst, SEED)
     _ready(system)
     before = system.total()
+    money = store_total(system)
 
     # Arm: restart the process with its failpoint set to crash.
     victim = processes(system)[case.process]
@@ -381,6 +413,8 @@ def _run_case(system: BankSystem, case: Case) -> None:
         pytest.fail(f"{case.process} never reached {case.failpoint}; run={run}\n{logs(system)}")
     assert code == CRASH_EXIT, f"{case.process} exited {code}, not by the failpoint\n{victim.tail()}"
     assert f"failpoint {case.failpoint}: crash" in victim.tail(200)
+    if while_down is not None:
+        while_down(system, case)
 
     # Restart without the failpoint and let recovery finish the job.
     victim.start(wait=PATIENCE)
@@ -411,6 +445,7 @@ def _run_case(system: BankSystem, case: Case) -> None:
     expected = (SEED + deltas[0], SEED + deltas[1]) if outcome == C else (SEED, SEED)
     assert _balances(system, src, dst) == expected, f"{outcome}: {run}"
     assert system.total() == before
+    assert store_total(system) == money, "money was created or lost in the stores"
 
     # The accounts are usable again: every lock the branches held was released.
     _follow_up(system, src, dst)
@@ -418,9 +453,14 @@ def _run_case(system: BankSystem, case: Case) -> None:
     wait_quiescent(system, PATIENCE)
     wait_no_prepared(system, PATIENCE)
     wait_stores_clean(system, PATIENCE)  # not a branch, not a row lock left behind
+    assert store_total(system) == money
 
 
 def test_checkpoint_between_decision_and_phase_two_keeps_the_decision(tmp_path: Path) -> None:
+    checkpoint_case(tmp_path, sqlite_system)
+
+
+def checkpoint_case(root: Path, build: Build) -> None:
     """kill -9 after a checkpoint that ran while a durable commit decision was not yet applied.
 
     The coordinator checkpoints every 0.2 s and sleeps at ``coordinator.after_decision``, so
@@ -429,13 +469,14 @@ def test_checkpoint_between_decision_and_phase_two_keeps_the_decision(tmp_path: 
     coordinator presumes abort for a transaction it had decided to commit.
     """
     env = {"XATM_CHECKPOINT_INTERVAL": "0.2"}
-    system = fast_recovery(BankSystem(tmp_path, coordinator_env=env)).start()
+    system = fast_recovery(build(root, env)).start()
     try:
         coordinator = system.coordinator
         coordinator.stop()
         coordinator.start(extra_env={"XATM_FAILPOINTS": "coordinator.after_decision=sleep(120000)"})
         decisions = "xatm_phase_duration_seconds_count"
         before = system.metric(decisions, phase="decision")
+        money = store_total(system)
         run = Run(system, "alice", "bob")
         initiator = threading.Thread(target=transfer, args=(run,), daemon=True)
         initiator.start()
@@ -446,7 +487,7 @@ def test_checkpoint_between_decision_and_phase_two_keeps_the_decision(tmp_path: 
             lambda: True if system.metric(decisions, phase="decision") > before else None,
             PATIENCE,
         )
-        wal = tmp_path / "coordinator" / "wal"
+        wal = root / "coordinator" / "wal"
 
         def newest() -> int:
             return max(int(p.stem) for p in wal.glob("*.wal"))
@@ -465,5 +506,7 @@ def test_checkpoint_between_decision_and_phase_two_keeps_the_decision(tmp_path: 
         assert all(BranchStatus(b.status) == BranchStatus.COMMITTED for b in info.branches), info
         wait_no_prepared(system, PATIENCE)
         assert _balances(system, "alice", "bob") == (SEED - AMOUNT, SEED + AMOUNT)
+        wait_stores_clean(system, PATIENCE)
+        assert store_total(system) == money
     finally:
         system.stop()

@@ -27,9 +27,9 @@ from participant import TransactionRolledBack
 from participant._proto import agent_pb2, agent_pb2_grpc, xa_pb2
 from participant.xa import BranchStatus, XaCode
 from participant.xa import TxStatus as S
-from tests.bank_system import BankSystem
-from tests.pgcluster import PgCluster
-from tests.test_agent import FAST_RECOVERY, agent_client, agent_proc, pg_url
+from tests.bank_system import BankSystem, PgStore
+from tests.pgcluster import PgCluster, pg_url, prepared
+from tests.test_agent import FAST_RECOVERY, agent_client, agent_proc
 
 SEED = 1000
 ACCOUNTS = (("bank-a", "alice"), ("bank-a", "carol"), ("bank-b", "bob"))
@@ -37,13 +37,6 @@ ACCOUNTS = (("bank-a", "alice"), ("bank-a", "carol"), ("bank-b", "bob"))
 
 def codes(info: xa_pb2.TransactionInfo) -> dict[str, XaCode]:
     return {b.rm_id: XaCode(b.last_code) for b in info.branches if b.has_last_code}
-
-
-def prepared(cluster: PgCluster, dbname: str | None = None) -> set[str]:
-    """The gids of prepared transactions in the cluster (in one database of it, if named)."""
-    with cluster.connect() as conn:
-        rows = conn.execute("SELECT database, gid FROM pg_prepared_xacts").fetchall()
-    return {gid for database, gid in rows if dbname in (None, database)}
 
 
 @dataclass(frozen=True)
@@ -77,22 +70,18 @@ class Foreign:
 
 
 def pg_bank_system(
-    root: Path, stores: dict[str, str], coordinator_env: dict[str, str] | None = None
+    root: Path, stores: dict[str, PgStore], coordinator_env: dict[str, str] | None = None
 ) -> BankSystem:
     """BankSystem whose banks keep their accounts in PostgreSQL (``--store``) instead of SQLite."""
-    system = BankSystem(
+    return BankSystem(
         root,
         coordinator_env={**FAST_RECOVERY, **(coordinator_env or {})},
         seeds=(
             ("bank-a", "alice", SEED),
             ("bank-b", "bob", SEED),
         ),
+        stores=stores,
     )
-    for name, store in stores.items():
-        argv = system.banks[name].argv
-        at = argv.index("--db")
-        argv[at : at + 2] = ["--store", store]
-    return system
 
 
 @dataclass
@@ -126,7 +115,7 @@ def pg_bank(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         conn.execute("CREATE TABLE notes (text text PRIMARY KEY)")
     foreign = [Foreign.prepare(pg_cluster, "e2e_bank_a"), Foreign.prepare(pg_cluster, "e2e_bank_b")]
     system = pg_bank_system(
-        root, {"bank-a": pg_url(pg_cluster, "e2e_bank_a"), "bank-b": pg_url(pg_cluster, "e2e_bank_b")}
+        root, {"bank-a": PgStore(pg_cluster, "e2e_bank_a"), "bank-b": PgStore(pg_cluster, "e2e_bank_b")}
     )
     system.banks["bank-a"].argv += ["--seed", f"carol={SEED}"]
     agent = agent_proc(
@@ -307,7 +296,7 @@ def test_pg_outage_in_phase_two(outage: Outage, pg_cluster: PgCluster, tmp_path:
         for name, cluster in clusters.items():
             cluster.create_database(f"outage_{name[-1]}")
             foreign.append(Foreign.prepare(cluster, f"outage_{name[-1]}"))
-        stores = {name: pg_url(cluster, f"outage_{name[-1]}") for name, cluster in clusters.items()}
+        stores = {name: PgStore(cluster, f"outage_{name[-1]}") for name, cluster in clusters.items()}
         system = pg_bank_system(tmp_path, stores, {"XATM_FAILPOINTS": outage.failpoint})
         try:
             system.start(bank_env={name: FAST_RECOVERY for name in system.banks})
