@@ -103,8 +103,6 @@ class Engine:
         self._sp_counter = 0
         #: Transactions not yet final (begin refuses past max_open_transactions).
         self._open = 0
-        #: Forced (fsync-waiting) writes the engine asked for; tests and the benchmark read it.
-        self.forced_writes = 0
         #: Participant endpoints ever enlisted (recovered from the log too): what recovery scans.
         self.endpoints: set[str] = set()
         #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
@@ -260,41 +258,33 @@ class Engine:
         return tx
 
     async def commit(self, gtrid: str) -> Result:
-        tx = self.get(gtrid)
-        old = tx.status
-        effects = sm.request_commit(tx)
-        await self._after(tx, old, effects)
-        await self._wait(tx)
-        return Result(tx, sm.outcome(tx, Phase.COMMIT))
+        return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 
     async def rollback(self, gtrid: str, reason: str = "") -> Result:
-        tx = self.get(gtrid)
-        old = tx.status
-        effects = sm.request_rollback(tx, reason)
-        self._wake_all(tx)
-        await self._after(tx, old, effects)
-        await self._wait(tx)
-        return Result(tx, sm.outcome(tx, Phase.ROLLBACK))
+        return await self._complete(gtrid, lambda tx: sm.request_rollback(tx, reason), Phase.ROLLBACK)
 
     async def force_commit(self, gtrid: str) -> Result:
+        return await self._complete(gtrid, sm.force_commit, Phase.COMMIT)
+
+    async def _complete(
+        self, gtrid: str, event: Callable[[sm.Transaction], list[sm.Effect]], answer: Phase
+    ) -> Result:
+        """Apply a commit or rollback request, wait (bounded) for its end, answer in tx.h terms.
+
+        Re-driving branches already retrying needs nothing extra: ``_send`` wakes their drivers.
+        """
         tx = self.get(gtrid)
         old = tx.status
-        effects = sm.force_commit(tx)
-        self._wake_all(tx)
+        effects = event(tx)
         await self._after(tx, old, effects)
         await self._wait(tx)
-        return Result(tx, sm.outcome(tx, Phase.COMMIT))
+        return Result(tx, sm.outcome(tx, answer))
 
     async def forget(self, gtrid: str) -> None:
         tx = self.get(gtrid)
-        effects = sm.forget(tx)
-        for effect in effects:
+        for effect in sm.forget(tx):
             assert isinstance(effect, sm.Send)
-            results = await asyncio.gather(*(self._call_once(tx, b, effect.phase) for b in effect.bquals))
-            for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
-                await self._append(
-                    R.branch_result(tx, tx.branches[bqual], Phase.FORGET, code, reason, time.time())
-                )
+            await self._call_all(tx, effect)
         await self._append(R.forget(tx, time.time()))
         self._drop(tx.gtrid)
 
@@ -321,15 +311,10 @@ class Engine:
         failures: list[str] = []
         for effect in effects:
             assert isinstance(effect, sm.Send)
-            results = await asyncio.gather(
-                *(self._call_once(tx, b, effect.phase, effect.savepoint_id) for b in effect.bquals)
-            )
-            for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
-                branch = tx.branches[bqual]
+            for bqual, code, reason in await self._call_all(tx, effect):
                 if effect.phase == Phase.ROLLBACK:
                     sm.savepoint_dropped(tx, bqual, code, reason)
-                await self._append(R.branch_result(tx, branch, effect.phase, code, reason, time.time()))
-                if effect.phase != Phase.ROLLBACK and code != XaCode.XA_OK:
+                elif code != XaCode.XA_OK:
                     failures.append(f"{bqual}: {code.name} {reason}".strip())
         if failures:
             await self.mark_rollback_only(tx.gtrid, "savepoint failed: " + "; ".join(failures))
@@ -338,6 +323,18 @@ class Engine:
                 f"savepoint operation failed on {len(failures)} branch(es), transaction {tx.gtrid} "
                 f"is now MarkedRollback: {'; '.join(failures)}",
             )
+
+    async def _call_all(self, tx: sm.Transaction, effect: sm.Send) -> list[tuple[str, XaCode, str]]:
+        """One synchronous round of calls (forget, savepoints), each answer logged."""
+        results = await asyncio.gather(
+            *(self._call_once(tx, b, effect.phase, effect.savepoint_id) for b in effect.bquals)
+        )
+        answers = []
+        for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
+            branch = tx.branches[bqual]
+            await self._append(R.branch_result(tx, branch, effect.phase, code, reason, time.time()))
+            answers.append((bqual, code, reason))
+        return answers
 
     # ----------------------------------------------------------------- effects
 
@@ -364,12 +361,6 @@ class Engine:
                 continue
             driver = self._drivers[(tx.gtrid, bqual)] = _Driver()
             driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))  # type: ignore[assignment]
-
-    def _wake_all(self, tx: sm.Transaction) -> None:
-        for bqual in tx.branches:
-            driver = self._drivers.get((tx.gtrid, bqual))
-            if driver is not None:
-                driver.wake.set()
 
     async def _call_once(
         self, tx: sm.Transaction, bqual: str, phase: Phase, savepoint_id: str = ""
@@ -402,7 +393,6 @@ class Engine:
         await failpoints.ahit("coordinator.after_prepare")
         await failpoints.ahit("coordinator.before_decision")
         started = time.perf_counter()
-        self.forced_writes += 1
         # From here until decision_durable() the log holds a decision that ``tx`` does not show
         # yet; a checkpoint in between must not replace it by the undecided status.
         self._deciding.add(tx.gtrid)
@@ -518,13 +508,10 @@ class Engine:
 
     async def record_audit(self, record: admin_pb2.AuditRecord) -> None:
         """Durably log an operator action (forced, like a decision) and keep it listable."""
-        wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
-        wal.audit.CopyFrom(record)
-        self.forced_writes += 1
         # Listed before the write is awaited: a checkpoint queued meanwhile must carry it along.
         self.audit_log.append(record)
         del self.audit_log[: -self.AUDIT_KEPT]
-        await self.log.append(wal, force=True)
+        await self.log.append(R.audit(record), force=True)
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -537,11 +524,7 @@ class Engine:
         for i, tx in enumerate(history):  # oldest first: dicts keep begin order
             if i < excess or (tx.completed_at or now) < horizon:
                 self._drop(tx.gtrid)
-        audits = []
-        for record in self.audit_log:
-            wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
-            wal.audit.CopyFrom(record)
-            audits.append(wal)
+        audits = [R.audit(record) for record in self.audit_log]
         await self.log.checkpoint(audits + [self._snapshot(tx, now) for tx in self._txs.values()])
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from participant._proto import wal_pb2, xa_pb2
+from participant._proto import admin_pb2, wal_pb2, xa_pb2
 from participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 from .statemachine import Branch, Transaction
@@ -95,6 +95,12 @@ class RecordFactory:
         rec = cls._base(tx.gtrid, now)
         rec.savepoint.CopyFrom(wal_pb2.SavepointRecord(savepoint_id=savepoint_id, rolled_back=rolled_back))
         return rec
+
+    @staticmethod
+    def audit(record: admin_pb2.AuditRecord) -> wal_pb2.WalRecord:
+        wal = wal_pb2.WalRecord(time=record.time, gtrid=record.gtrid)
+        wal.audit.CopyFrom(record)
+        return wal
 
     @classmethod
     def snapshot(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:

@@ -26,8 +26,6 @@ class Peers:
         self._credentials = credentials
         self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
         self._channels: list[grpc.aio.Channel] = []
-        #: RPCs sent per phase name; tests and the benchmark read it.
-        self.sent: dict[str, int] = {}
 
     def _stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
         stub = self._stubs.get(endpoint)
@@ -46,7 +44,6 @@ class Peers:
         """Send one XA verb; never raises for transport problems."""
         stub = self._stub(endpoint)
         wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
-        self.sent[phase.name] = self.sent.get(phase.name, 0) + 1
         try:
             if phase == Phase.PREPARE:
                 reply = await stub.Prepare(participant_pb2.BranchRequest(xid=wire), timeout=timeout)
