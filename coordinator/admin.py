@@ -31,6 +31,8 @@ __all__ = ["ACTIONS", "MAX_PAGE", "AdminOps", "completion"]
 ACTIONS = ("force_rollback", "force_commit", "forget")
 MAX_PAGE = 1000
 MAX_FORGET = 1000
+#: Operator reasons are kept short: they go into the log and every audit listing.
+REASON_MAX = 200
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
 _WHOLE_REQUEST = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
 T = TypeVar("T")
@@ -104,10 +106,11 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Rollingback (the state machine refuses the rest)."""
+        reason = reason[:REASON_MAX]
         why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
 
         async def run() -> coordinator_pb2.CompletionResponse:
-            return completion(await self.engine.rollback(gtrid, why[:500]))
+            return completion(await self.engine.rollback(gtrid, why))
 
         return await self._audited(caller, "force_rollback", gtrid, reason, run)
 
@@ -115,6 +118,7 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Committing (the state machine refuses the rest)."""
+        reason = reason[:REASON_MAX]
 
         async def run() -> coordinator_pb2.CompletionResponse:
             return completion(await self.engine.force_commit(gtrid))

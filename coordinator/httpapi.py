@@ -270,11 +270,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _commit(self, caller: Caller, gtrid: str, query: str, body: bytes) -> dict[str, Any]:
         reason = _single(_params(query, ("reason",)), "reason") or ""
-        return completion_view(self._run(self.server.ops.force_commit(caller, gtrid, reason[:200])))
+        return completion_view(self._run(self.server.ops.force_commit(caller, gtrid, reason)))
 
     def _rollback(self, caller: Caller, gtrid: str, query: str, body: bytes) -> dict[str, Any]:
         reason = _single(_params(query, ("reason",)), "reason") or ""
-        return completion_view(self._run(self.server.ops.force_rollback(caller, gtrid, reason[:200])))
+        return completion_view(self._run(self.server.ops.force_rollback(caller, gtrid, reason)))
 
     def _forget(self, caller: Caller, gtrid: str, query: str, body: bytes) -> dict[str, Any]:
         _params(query, ())

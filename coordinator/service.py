@@ -130,11 +130,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @rpc
     async def ForceRollback(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
-        return await self.ops.force_rollback(_CALLER.get(), request.gtrid, request.reason[:200])
+        return await self.ops.force_rollback(_CALLER.get(), request.gtrid, request.reason)
 
     @rpc
     async def ForceCommit(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
-        return await self.ops.force_commit(_CALLER.get(), request.gtrid, request.reason[:200])
+        return await self.ops.force_commit(_CALLER.get(), request.gtrid, request.reason)
 
     @rpc
     async def Forget(self, request: admin_pb2.ForgetRequest, context: Any) -> Any:
@@ -171,8 +171,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            trace = trace_id(metadata.get("x-trace-id"))
-            if admin:
+            trace = ""
+            if admin:  # trace ids are for operator calls; the Coordinator hot path makes none
+                trace = trace_id(metadata.get("x-trace-id"))
                 await context.send_initial_metadata((("x-trace-id", trace),))
             try:
                 principal = auth.authenticate(bearer_token(metadata.get("authorization")))

@@ -116,7 +116,4 @@ def resolve(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Set
     for name, value in flags.items():
         if name in names and value is not None:
             merged[name] = _convert(name, value, f"--{name.replace('_', '-')}")
-    settings = dataclasses.replace(Settings(), **merged)
-    if settings.default_timeout > settings.max_timeout:
-        settings.default_timeout = settings.max_timeout
-    return settings
+    return dataclasses.replace(Settings(), **merged)

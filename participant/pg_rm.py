@@ -171,6 +171,9 @@ class PostgresRM(ResourceManager):
         XaError with the mapped code and dooms the branch, so its prepare votes that no.
         """
         branch = self._active(xid)
+        doomed = self._doomed(branch)
+        if doomed is not None:  # an earlier failure stands: PostgreSQL takes no more work from it
+            raise doomed
         try:
             yield branch.conn
         except psycopg.Error as exc:
