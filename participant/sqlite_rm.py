@@ -46,12 +46,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .rm import ResourceManager
-from .xa import XaCode, XaError, Xid
+from .xa import LOCAL_FORMAT_ID, XaCode, XaError, Xid
 
 __all__ = ["LOCAL_FORMAT_ID", "SqliteRM", "Value"]
-
-#: formatID of local transactions ("xloc"): never mistaken for a global xatm XID in recover().
-LOCAL_FORMAT_ID = 0x786C6F63
 
 #: How many finished xids are remembered so that starting one again is refused (XAER_DUPID).
 FINISHED_RETAIN = 10_000

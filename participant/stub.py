@@ -30,7 +30,7 @@ from .initiator import auth_metadata, coordinator_channel, to_xatm_error
 from .interceptors import AioServerInterceptor, ServerInterceptor
 from .rm import ResourceManager
 from .servicer import AsyncParticipantServicer, ParticipantServicer
-from .xa import FORMAT_ID, Decision, XaCode, XaError, XatmError, Xid, new_bqual
+from .xa import FORMAT_ID, LOCAL_FORMAT_ID, Decision, XaCode, XaError, XatmError, Xid, new_bqual
 
 __all__ = ["EnlistError", "ParticipantStub"]
 
@@ -138,7 +138,7 @@ class ParticipantStub:
 
     def _open(self, tx: TxContext | None) -> Xid:
         if tx is None:
-            xid = Xid(f"local.{new_bqual()}", new_bqual())
+            xid = Xid(f"local.{new_bqual()}", new_bqual(), LOCAL_FORMAT_ID)
             self.rm.start(xid)
             return xid
         with self._lock:

@@ -17,6 +17,7 @@ import grpc
 
 __all__ = [
     "FORMAT_ID",
+    "LOCAL_FORMAT_ID",
     "RECONNECT_OPTIONS",
     "BranchStatus",
     "Decision",
@@ -37,6 +38,8 @@ __all__ = [
 
 # "xatm" in ASCII: lets recovery tell our XIDs from foreign ones in an RM's list.
 FORMAT_ID = 0x7861746D
+# "xloc": local (non-global) transactions, so recovery never takes one for an xatm branch.
+LOCAL_FORMAT_ID = 0x786C6F63
 
 
 class XaCode(enum.IntEnum):
