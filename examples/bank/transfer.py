@@ -49,8 +49,11 @@ class Bank:
                 self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
         except TransactionRolledBack as err:
             return TransferResult(tx.gtrid, "rolledback", str(err))
-        except TransactionError as err:  # TX_MIXED / TX_HAZARD: a heuristic outcome
-            return TransferResult(tx.gtrid, "heuristic", str(err))
+        except TransactionError as err:
+            if err.status is not None and not err.status.is_final:
+                # TX_HAZARD beside Preparing/Prepared/Committing: not decided or not acknowledged yet.
+                return TransferResult(tx.gtrid, "unknown", str(err))
+            return TransferResult(tx.gtrid, "heuristic", str(err))  # TX_MIXED / TX_HAZARD
         except XatmError as err:
             return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
         return TransferResult(tx.gtrid, "committed", "committed")
