@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from participant._proto import participant_pb2, participant_pb2_grpc, xa_pb2
-from participant.xa import RECONNECT_OPTIONS, Phase, XaCode, XatmError, Xid, validate_bqual, validate_gtrid
+from participant.xa import CHANNEL_OPTIONS, Phase, XaCode, XatmError, Xid, validate_bqual, validate_gtrid
 
 __all__ = ["PeerError", "Peers"]
 
@@ -41,7 +41,7 @@ class Peers:
         self, *, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
     ):
         self._options = [
-            *RECONNECT_OPTIONS,
+            *CHANNEL_OPTIONS,
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]

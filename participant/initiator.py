@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from .context import TxContext, use
-from .xa import RECONNECT_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError
+from .xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError
 
 __all__ = [
     "AsyncTransaction",
@@ -58,8 +58,8 @@ def coordinator_channel(
     """A plain (never intercepted) channel to a coordinator, sync or grpc.aio."""
     module: Any = grpc.aio if aio else grpc
     if credentials is not None:
-        return module.secure_channel(address, credentials, options=RECONNECT_OPTIONS)
-    return module.insecure_channel(address, options=RECONNECT_OPTIONS)
+        return module.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return module.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
