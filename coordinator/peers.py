@@ -13,13 +13,17 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from participant._proto import participant_pb2, participant_pb2_grpc, xa_pb2
+from participant.replies import MalformedReply, checked_reply
 from participant.xa import CHANNEL_OPTIONS, Phase, XaCode, XatmError, Xid, validate_bqual, validate_gtrid
 
 __all__ = ["PeerError", "Peers"]
 
 log = logging.getLogger("xatm.peers")
+
+_SERVICE = participant_pb2.DESCRIPTOR.services_by_name["Participant"]
 
 
 class PeerError(Exception):
@@ -60,23 +64,18 @@ class Peers:
             stub = self._stubs[endpoint] = participant_pb2_grpc.ParticipantStub(channel)
         return stub
 
-    async def _invoke(
-        self, endpoint: str, method: str, request: Any, reply_type: type, timeout: float
-    ) -> Any:
-        """One unary call; returns a reply of ``reply_type`` or raises PeerError, nothing else."""
+    async def _invoke(self, endpoint: str, method: str, request: Message, timeout: float) -> Any:
+        """One unary call; returns a valid reply or raises PeerError, nothing else."""
         try:
             reply = await getattr(self._stub(endpoint), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
         except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
             raise PeerError(f"{method} call failed: {type(err).__name__}: {err}", transport=True) from None
-        if not isinstance(reply, reply_type):
-            # grpc.aio hands back None when the reply bytes do not parse as the message.
-            raise PeerError(
-                f"participant answered {method} with bytes that are not a valid {reply_type.__name__}",
-                transport=False,
-            )
-        return reply
+        try:
+            return checked_reply(reply, _SERVICE, method, "participant")
+        except MalformedReply as err:
+            raise PeerError(err.message, transport=False) from None
 
     async def call(
         self, endpoint: str, phase: Phase, xid: Xid, *, timeout: float, savepoint_id: str = ""
@@ -86,7 +85,7 @@ class Peers:
         Anything that is not a valid answer is ``XAER_RMFAIL`` with the reason saying what came back.
         """
         wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
-        request: Any
+        request: Message
         if phase == Phase.PREPARE:
             method, request = "Prepare", participant_pb2.BranchRequest(xid=wire)
         elif phase in (Phase.COMMIT, Phase.ONE_PHASE_COMMIT):
@@ -100,13 +99,10 @@ class Peers:
             method = "Savepoint" if phase == Phase.SAVEPOINT else "RollbackToSavepoint"
             request = participant_pb2.SavepointBranchRequest(xid=wire, savepoint_id=savepoint_id)
         try:
-            reply = await self._invoke(endpoint, method, request, participant_pb2.XaReply, timeout)
+            reply = await self._invoke(endpoint, method, request, timeout)
         except PeerError as err:
             return XaCode.XAER_RMFAIL, err.reason
-        try:
-            return XaCode(reply.code), reply.reason
-        except ValueError:
-            return XaCode.XAER_RMFAIL, f"participant answered {method} with unknown XA code {reply.code}"
+        return XaCode(reply.code), reply.reason
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:
         """The participant's prepared XIDs and its rm_id; raises PeerError and nothing else.
@@ -115,7 +111,7 @@ class Peers:
         outcome can be looked up for it, and it must not hide the well-formed ones.
         """
         request = participant_pb2.RecoverRequest(format_id=format_id)
-        reply = await self._invoke(endpoint, "Recover", request, participant_pb2.RecoverReply, timeout)
+        reply = await self._invoke(endpoint, "Recover", request, timeout)
         xids = []
         for wire in reply.xids:
             if wire.format_id == format_id:
