@@ -81,13 +81,6 @@ def test_begin_waits_out_a_paused_coordinator(tmp_path: Path) -> None:
         proc.stop()
 
 
-@pytest.fixture
-def banks(tmp_path: Path) -> Iterator[BankSystem]:
-    system = BankSystem(tmp_path).start()
-    yield system
-    system.stop()
-
-
 def _debit_and_credit(bank: Bank, amount: int) -> Transaction:
     """A begun transfer whose branches have done their work; commit is the caller's."""
     tx = bank.tm.begin()
@@ -97,29 +90,29 @@ def _debit_and_credit(bank: Bank, amount: int) -> Transaction:
     return tx
 
 
-def test_a_participant_paused_during_its_first_prepare_still_commits(banks: BankSystem) -> None:
-    assert banks.bank is not None
-    tx = _debit_and_credit(banks.bank, 10)
+def test_a_participant_paused_during_its_first_prepare_still_commits(bank_system: BankSystem) -> None:
+    assert bank_system.bank is not None
+    tx = _debit_and_credit(bank_system.bank, 10)
     # The coordinator has not called bank-b yet: its prepare opens the connection, paused.
-    with paused(_pid(banks.banks["bank-b"]), PAUSE):
+    with paused(_pid(bank_system.banks["bank-b"]), PAUSE):
         tx.commit()
-    assert TxStatus(banks.status(tx.gtrid).status) is TxStatus.COMMITTED
-    assert (banks.balance("bank-a", "alice"), banks.balance("bank-b", "bob")) == (990, 1010)
+    assert TxStatus(bank_system.status(tx.gtrid).status) is TxStatus.COMMITTED
+    assert (bank_system.balance("bank-a", "alice"), bank_system.balance("bank-b", "bob")) == (990, 1010)
 
 
-def test_a_restarted_participant_is_reconnected(banks: BankSystem) -> None:
-    bank = banks.bank
+def test_a_restarted_participant_is_reconnected(bank_system: BankSystem) -> None:
+    bank = bank_system.bank
     assert bank is not None
     assert bank.transfer("alice", "bob", 1).committed  # the coordinator's channel to bank-b is up
     tx = _debit_and_credit(bank, 10)
-    bank_b = banks.banks["bank-b"]
+    bank_b = bank_system.banks["bank-b"]
     bank_b.kill()
     with pytest.raises(TransactionRolledBack):
         tx.commit()
     # Phase two keeps calling the dead peer until it is back, and each failed attempt lets
     # gRPC's reconnect backoff grow; the restarted peer must still be reached by those retries.
-    assert TxStatus(banks.status(tx.gtrid).status) is TxStatus.ROLLINGBACK
+    assert TxStatus(bank_system.status(tx.gtrid).status) is TxStatus.ROLLINGBACK
     bank_b.start()
-    banks.wait_status(tx.gtrid, TxStatus.ROLLEDBACK)
+    bank_system.wait_status(tx.gtrid, TxStatus.ROLLEDBACK)
     assert bank.transfer("alice", "bob", 2).committed
-    assert (banks.balance("bank-a", "alice"), banks.balance("bank-b", "bob")) == (997, 1003)
+    assert (bank_system.balance("bank-a", "alice"), bank_system.balance("bank-b", "bob")) == (997, 1003)

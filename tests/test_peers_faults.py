@@ -13,6 +13,7 @@ one clear error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ from participant._proto import coordinator_pb2, coordinator_pb2_grpc, participan
 from participant.context import TxContext, use
 from participant.initiator import (
     AsyncTransactionManager,
+    Transaction,
     TransactionManager,
     TransactionRolledBack,
     coordinator_channel,
@@ -127,6 +129,18 @@ def _enlist(stub: coordinator_pb2_grpc.CoordinatorStub, gtrid: str, *fakes: Fake
         assert stub.Enlist(request, timeout=5).code == XaCode.XA_OK
 
 
+@contextlib.contextmanager
+def _transaction(
+    coordinator: Proc, *fakes: FakePeer
+) -> Iterator[tuple[coordinator_pb2_grpc.CoordinatorStub, Transaction]]:
+    """A begun transaction (60 s timeout) with one branch at each fake, and a Coordinator stub."""
+    stub = _coordinator_stub(coordinator.address)
+    with TransactionManager(coordinator.address, timeout=60) as tm:
+        tx = tm.begin()
+        _enlist(stub, tx.gtrid, *fakes)
+        yield stub, tx
+
+
 def _results(coordinator: Proc, gtrid: str, bqual: str, phase: Phase) -> list[tuple[XaCode, str]]:
     """Every (code, reason) the coordinator logged for one branch in one phase, read from its log."""
     data_dir = Path(coordinator.argv[coordinator.argv.index("--data-dir") + 1])
@@ -160,13 +174,9 @@ def test_a_bad_prepare_answer_rolls_back_at_once(
 ) -> None:
     good, bad = fakes
     bad.answers["Prepare"] = answer
-    stub = _coordinator_stub(coordinator.address)
-    with TransactionManager(coordinator.address, timeout=60) as tm:
-        tx = tm.begin()
-        _enlist(stub, tx.gtrid, good, bad)
-        # Rolled back now, not when the 60 s transaction timeout fires.
-        with pytest.raises(TransactionRolledBack):
-            tx.commit()
+    # Rolled back now, not when the 60 s transaction timeout fires.
+    with _transaction(coordinator, good, bad) as (stub, tx), pytest.raises(TransactionRolledBack):
+        tx.commit()
     info = stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=tx.gtrid), timeout=5)
     assert TxStatus(info.status) is TxStatus.ROLLEDBACK
     ((code, logged),) = _results(coordinator, tx.gtrid, _branch(info, bad).bqual, Phase.PREPARE)
@@ -178,10 +188,7 @@ def test_a_bad_prepare_answer_rolls_back_at_once(
 def test_a_bad_commit_answer_is_retried_as_rmfail(coordinator: Proc, fakes: list[FakePeer]) -> None:
     good, bad = fakes
     bad.answers["Commit"] = garbage
-    stub = _coordinator_stub(coordinator.address)
-    with TransactionManager(coordinator.address, timeout=60) as tm:
-        tx = tm.begin()
-        _enlist(stub, tx.gtrid, good, bad)
+    with _transaction(coordinator, good, bad) as (stub, tx):
         stub.Commit(coordinator_pb2.CompletionRequest(gtrid=tx.gtrid), timeout=10)
 
         def recorded() -> xa_pb2.BranchInfo | None:
@@ -205,10 +212,7 @@ def test_a_bad_commit_answer_is_retried_as_rmfail(coordinator: Proc, fakes: list
 def test_a_bad_savepoint_answer_is_reported(coordinator: Proc, fakes: list[FakePeer]) -> None:
     good, bad = fakes
     bad.answers["Savepoint"] = garbage
-    stub = _coordinator_stub(coordinator.address)
-    with TransactionManager(coordinator.address, timeout=60) as tm:
-        tx = tm.begin()
-        _enlist(stub, tx.gtrid, good, bad)
+    with _transaction(coordinator, good, bad) as (_, tx):
         with pytest.raises(XatmError) as failed:
             tx.savepoint()
         assert failed.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -222,10 +226,7 @@ def test_a_bad_savepoint_answer_is_reported(coordinator: Proc, fakes: list[FakeP
 def test_one_bad_endpoint_never_stops_the_recovery_scan(coordinator: Proc, fakes: list[FakePeer]) -> None:
     # The scan visits endpoints in sorted order: the bad one comes first.
     bad, good = sorted(fakes, key=lambda fake: fake.endpoint)
-    stub = _coordinator_stub(coordinator.address)
-    with TransactionManager(coordinator.address, timeout=60) as tm:
-        tx = tm.begin()
-        _enlist(stub, tx.gtrid, bad, good)  # the coordinator now knows both endpoints
+    with _transaction(coordinator, bad, good) as (_, tx):  # the coordinator now knows both endpoints
         tx.rollback()
     bad.answers["Recover"] = garbage
     # An orphan of this coordinator (never begun here: presumed abort), after a malformed XID.
