@@ -4,7 +4,7 @@ A transport failure is XAER_RMFAIL with the gRPC status in the reason, and so is
 else that is not a valid answer — an exception the channel raised, bytes that do not decode
 as the reply message, an XA code outside the protocol — with a reason saying what came back.
 The state machine therefore only ever sees XA codes, and no call task dies with an exception.
-Channels are cached per endpoint and bounded in size.
+One channel per endpoint, cached; messages either way are bounded by ``max_message_bytes``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class PeerError(Exception):
 
 
 class Peers:
+    """The coordinator's gRPC client to every participant endpoint (host:port)."""
+
     def __init__(
         self, *, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
     ):

@@ -90,14 +90,19 @@ def _debit_and_credit(bank: Bank, amount: int) -> Transaction:
     return tx
 
 
-def test_a_participant_paused_during_its_first_prepare_still_commits(bank_system: BankSystem) -> None:
-    assert bank_system.bank is not None
-    tx = _debit_and_credit(bank_system.bank, 10)
-    # The coordinator has not called bank-b yet: its prepare opens the connection, paused.
-    with paused(_pid(bank_system.banks["bank-b"]), PAUSE):
-        tx.commit()
-    assert TxStatus(bank_system.status(tx.gtrid).status) is TxStatus.COMMITTED
-    assert (bank_system.balance("bank-a", "alice"), bank_system.balance("bank-b", "bob")) == (990, 1010)
+def test_a_participant_paused_during_its_first_prepare_still_commits(tmp_path: Path) -> None:
+    # A call deadline far above the pause, so only a connect timeout below it could fail the prepare.
+    system = BankSystem(tmp_path, coordinator_env={"XATM_CALL_TIMEOUT": "5"}).start()
+    try:
+        assert system.bank is not None
+        tx = _debit_and_credit(system.bank, 10)
+        # The coordinator has not called bank-b yet: its prepare opens the connection, paused.
+        with paused(_pid(system.banks["bank-b"]), PAUSE):
+            tx.commit()
+        assert TxStatus(system.status(tx.gtrid).status) is TxStatus.COMMITTED
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (990, 1010)
+    finally:
+        system.stop()
 
 
 def test_a_restarted_participant_is_reconnected(bank_system: BankSystem) -> None:
