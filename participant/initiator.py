@@ -60,7 +60,7 @@ def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
 def coordinator_channel(
     address: str, credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
 ) -> Any:
-    """A plain (never intercepted) channel to a coordinator, sync or grpc.aio."""
+    """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio."""
     module: Any = grpc.aio if aio else grpc
     if credentials is not None:
         return module.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
