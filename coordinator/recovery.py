@@ -15,12 +15,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import grpc
-
 from participant.xa import FORMAT_ID, Decision, Phase, XaCode, Xid, node_of
 
 from . import metrics
-from .peers import Peers
+from .peers import PeerError, Peers
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -56,8 +54,12 @@ class RecoveryScanner:
         for endpoint in sorted(self.engine.endpoints):
             try:
                 xids, _ = await self.peers.recover(endpoint, FORMAT_ID, timeout=self.call_timeout)
-            except grpc.aio.AioRpcError as err:
-                log.debug("recover scan: %s unreachable (%s)", endpoint, err.code().name)
+            except PeerError as err:
+                # This endpoint is skipped until the next scan; the others are still scanned.
+                if err.transport:
+                    log.debug("recover scan: %s unreachable (%s)", endpoint, err.reason)
+                else:
+                    log.warning("recover scan: %s answered badly, skipped: %s", endpoint, err.reason)
                 continue
             for xid in xids:
                 if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.engine.node_id:

@@ -15,7 +15,7 @@ from participant import (
     XatmError,
     intercept_channel,
 )
-from participant.xa import RECONNECT_OPTIONS
+from participant.xa import CHANNEL_OPTIONS
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Bank:
     def __init__(self, coordinator: str, source: str, target: str, *, token: str | None = None):
         """``token``: a service-role token when the coordinator has an auth file (default $XATM_TOKEN)."""
         self.tm = TransactionManager(coordinator, token=token or os.environ.get("XATM_TOKEN") or None)
-        self._channels = [grpc.insecure_channel(t, options=RECONNECT_OPTIONS) for t in (source, target)]
+        self._channels = [grpc.insecure_channel(t, options=CHANNEL_OPTIONS) for t in (source, target)]
         self.source = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[0]))
         self.target = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[1]))
 
