@@ -565,7 +565,9 @@ def test_global_transaction_enlists_once_and_commits(
     assert rm.verbs() == ["start", "end"] * 3 + ["commit"]
     assert stub.active_branches() == 0  # forgotten once the coordinator committed it
     assert {s.gtrid for s in seen if s} == {tx.gtrid}
-    assert all(s and s.coordinator == address and s.deadline and s.deadline <= time.monotonic() + 20 for s in seen)
+    assert all(
+        s and s.coordinator == address and s.deadline and s.deadline <= time.monotonic() + 20 for s in seen
+    )
 
 
 def test_concurrent_first_calls_enlist_once(
