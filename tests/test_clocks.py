@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator import recovery
 from coordinator.engine import Engine
 from coordinator.procs import REPO
 from coordinator.settings import Settings
@@ -219,16 +220,20 @@ def test_an_initiator_stepped_forward_keeps_its_transaction_deadline(tmp_path: P
 
 
 class _SteppedTime:
-    """Stands in for the ``time`` module: ``time()`` is stepped by ``offset``, ``monotonic()`` never."""
+    """Stands in for the ``time`` module of the code under test.
+
+    ``offset`` steps the wall clock only; ``elapsed`` lets time pass, on both clocks.
+    """
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.elapsed = 0.0
 
     def time(self) -> float:
-        return time.time() + self.offset
+        return time.time() + self.offset + self.elapsed
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic() + self.elapsed
 
 
 @pytest.fixture
@@ -247,16 +252,14 @@ def stepped(monkeypatch: pytest.MonkeyPatch) -> Callable[[object], _SteppedTime]
 def test_a_step_neither_hastens_nor_holds_off_an_orphan_rollback(
     tmp_path: Path, stepped: Callable[[object], _SteppedTime], step: int
 ) -> None:
-    from coordinator import recovery
-
     clock = stepped(recovery)
 
     async def scenario() -> list[tuple[Phase, Xid]]:
         peers = _FakePeers([Xid("n1.00aa", "b1")])
-        # The engine's own scanner stays asleep; this one's safety interval is short.
+        # The engine's own scanner stays asleep; the test drives one with a 5 s safety interval.
         settings = Settings(data_dir=tmp_path, node_id="n1", recovery_interval=3600)
         engine = Engine(settings, FileWal(tmp_path), "n1", peers=peers)  # type: ignore[arg-type]
-        scanner = recovery.RecoveryScanner(engine, peers, interval=3600, safety=0.2, call_timeout=1)  # type: ignore[arg-type]
+        scanner = recovery.RecoveryScanner(engine, peers, interval=3600, safety=5, call_timeout=1)  # type: ignore[arg-type]
         await engine.start()
         engine.endpoints.add("fake:1")
         try:
@@ -264,8 +267,8 @@ def test_a_step_neither_hastens_nor_holds_off_an_orphan_rollback(
             clock.offset = step
             # Right after a step, before the safety interval: a forward step must not make it due.
             assert (await scanner.scan_once())["orphan_rollback"] == 0
-            await asyncio.sleep(0.3)
-            # The interval passed on the monotonic clock: a backward step must not hold it off.
+            clock.elapsed = 6
+            # The interval has passed: a backward step must not hold the rollback off.
             assert (await scanner.scan_once())["orphan_rollback"] == 1
             return peers.calls
         finally:
@@ -282,11 +285,14 @@ def test_a_participant_stepped_forward_keeps_its_deadlines(stepped: Callable[[ob
     participant._enlist = lambda tx, xid: None  # type: ignore[method-assign]
     asked: list[Xid] = []
     participant._resolve = lambda xid: asked.append(xid) or "rollback"  # type: ignore[method-assign]
-    with use(with_deadline(TxContext("g.live", "127.0.0.1:1"), 30.0)) as tx, participant.branch():
-        for clock in clocks:
-            clock.offset = STEP
-        remaining = tx.remaining() if tx is not None else None
-        assert remaining is not None and remaining > STEP / 2  # about 30 s, not 0
-        resolved = participant.resolve_in_doubt()
+    try:
+        with use(with_deadline(TxContext("g.live", "127.0.0.1:1"), 30.0)) as tx, participant.branch():
+            for clock in clocks:
+                clock.offset = STEP
+            remaining = tx.remaining() if tx is not None else None
+            assert remaining is not None and remaining > STEP / 2  # about 30 s, not 0
+            resolved = participant.resolve_in_doubt()
+    finally:
+        participant.close()
     assert resolved["rollback"] == 0 and asked == []  # not stale: the coordinator was not even asked
     assert "rollback" not in rm.verbs() and participant.active_branches() == 1
