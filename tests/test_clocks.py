@@ -104,18 +104,18 @@ def test_a_forward_step_does_not_expire_a_young_transaction(tmp_path: Path) -> N
 
 
 def test_a_backward_step_neither_holds_off_a_timeout_nor_hides_it_as_overdue(tmp_path: Path) -> None:
-    """Stepped 45 s back, a 2 s transaction still times out, and counts as overdue while stuck."""
+    """Stepped 45 s back, a 3 s transaction still times out, and counts as overdue while stuck."""
     clock = FakeClock(tmp_path)
     system = _system(tmp_path, clock)
     assert system.bank is not None
     bank_a = system.banks["bank-a"].popen
     assert bank_a is not None
     try:
-        tx = system.bank.tm.begin(timeout=2)
+        tx = system.bank.tm.begin(timeout=3)
         with use(tx.context):
             system.bank.source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-5), timeout=10)
-        clock.step(-STEP)
         bank_a.send_signal(signal.SIGSTOP)  # its rollback cannot finish: the transaction is stuck
+        clock.step(-STEP)
         eventually(
             "the timed-out transaction to count as overdue",
             lambda: True if system.metric("xatm_transactions_overdue", status="Rollingback") == 1 else None,
