@@ -35,7 +35,7 @@ class RecoveryScanner:
         self.interval = interval
         self.safety = safety
         self.call_timeout = call_timeout
-        #: Orphan candidates: xid -> (endpoint, first seen).
+        #: Orphan candidates: xid -> (endpoint, first seen on time.monotonic()).
         self._seen: dict[Xid, tuple[str, float]] = {}
 
     async def run(self) -> None:
@@ -48,7 +48,13 @@ class RecoveryScanner:
                 log.exception("recovery scan failed; will try again")
 
     async def scan_once(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
+        """One scan of every known endpoint; ``now`` is a time.monotonic() reading (default: now).
+
+        The safety interval between two sightings is measured on the monotonic clock, so a
+        stepped wall clock can neither hasten an orphan rollback nor hold one off.
+        Returns counts by action: orphan_rollback, reapplied, candidates.
+        """
+        now = time.monotonic() if now is None else now
         counts = {"orphan_rollback": 0, "reapplied": 0, "candidates": 0}
         still_seen: dict[Xid, tuple[str, float]] = {}
         for endpoint in sorted(self.engine.endpoints):

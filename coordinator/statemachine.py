@@ -102,6 +102,16 @@ class Transaction:
     #: Wall-clock bookkeeping for operators; the protocol never reads it.
     begun_at: float = 0.0
     completed_at: float | None = None
+    #: The same two moments on this process's time.monotonic(), which is what the deadline, the
+    #: overdue gauge and history retention measure from (a stepped wall clock moves neither).
+    #: A transaction rebuilt from the log gets the restart's time for both.
+    begun_mono: float = 0.0
+    completed_mono: float | None = None
+
+    @property
+    def deadline_mono(self) -> float:
+        """time.monotonic() after which the transaction is past its timeout."""
+        return self.begun_mono + self.timeout_ms / 1000
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class _TransactionBase:
 
     def _begin_flow(self) -> Flow[None]:
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
-        sent = time.time()
+        sent = time.monotonic()
         reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
         try:
             self._gtrid = validate_gtrid(reply.gtrid)

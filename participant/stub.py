@@ -54,6 +54,7 @@ class EnlistError(XatmError):
 @dataclass
 class _Branch:
     xid: Xid
+    #: The transaction's deadline on this process's time.monotonic(), None when it has none.
     deadline: float | None
     # Held while the first call enlists, so concurrent first calls enlist once.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -284,7 +285,7 @@ class ParticipantStub:
                 self._reached.popitem(last=False)
 
     def _prune_locked(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         for gtrid in [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]:
             del self._branches[gtrid]
 
@@ -307,7 +308,7 @@ class ParticipantStub:
             counts[action] += 1
         # Active branches past their deadline that the coordinator never reached (it may have
         # lost the enlistment in a crash): ask, and a rollback answer ends them here.
-        horizon = time.time() - self.call_timeout
+        horizon = time.monotonic() - self.call_timeout
         with self._lock:
             stale = [
                 b.xid for b in self._branches.values() if b.deadline is not None and b.deadline < horizon
