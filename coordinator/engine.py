@@ -262,6 +262,8 @@ class Engine:
         old = tx.status
         effects = sm.mark_rollback_only(tx, reason[:500])
         await self._after(tx, old, effects)
+        if tx.status != old:  # the first mark only: its reason is the one kept
+            log.info("%s marked rollback-only: %s", tx.gtrid, tx.rollback_reason)
         return tx
 
     async def commit(self, gtrid: str) -> Result:

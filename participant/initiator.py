@@ -5,6 +5,15 @@
             bank.Debit(...); shop.Order(...)
         # committed here; an exception in the block rolls back and propagates
 
+        tx = tm.begin()                 # the same without a block: active from here ...
+        bank.Debit(...)
+        tx.commit()                     # ... until commit() or rollback()
+
+``begin()`` makes the transaction active in the calling thread or asyncio task (a
+contextvar) until it is committed or rolled back, so no intercepted call made in between
+runs outside it. Work handed to a thread pool runs in the pool's threads, which do not
+share that context: submit ``tx.run(fn, ...)`` instead of ``fn``.
+
 The protocol logic (what to send, how to read answers, the MarkedRollback fallback) is
 written once as generators that yield ``(rpc_name, request)`` and receive the answer;
 the sync and asyncio classes only differ in how they drive them.
@@ -14,16 +23,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator
+import warnings
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from .context import TxContext, use
+from .context import Binding, TxContext, bind, current, use
 from .replies import MalformedReply, checked_reply
 from .xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError, validate_gtrid
 
@@ -32,7 +42,10 @@ __all__ = [
     "AsyncTransactionManager",
     "Transaction",
     "TransactionError",
+    "TransactionHeuristicHazard",
+    "TransactionHeuristicMixed",
     "TransactionManager",
+    "TransactionOutcomeUnknown",
     "TransactionRolledBack",
     "coordinator_channel",
     "to_xatm_error",
@@ -43,6 +56,7 @@ log = logging.getLogger(__name__)
 COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # A protocol step: yields (Coordinator rpc name, request), receives the reply or a thrown XatmError.
 Flow = Generator[tuple[str, Message], Any, T]
 
@@ -72,7 +86,11 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 
 class TransactionError(XatmError):
-    """A commit or rollback that the coordinator answered with another outcome than asked."""
+    """A commit or rollback that the coordinator answered with another outcome than asked.
+
+    Raised as one of its subclasses for the outcomes a caller must tell apart; as itself for
+    the rest (TX_COMMITTED to a rollback request, protocol errors).
+    """
 
     def __init__(self, verb: str, reply: coordinator_pb2.CompletionResponse):
         self.gtrid = reply.gtrid
@@ -87,17 +105,69 @@ class TransactionError(XatmError):
         if self.branch_codes:
             codes = ", ".join(f"{bqual}={code.name}" for bqual, code in self.branch_codes.items())
             message += f" (branches {codes})"
-        rolled_back = self.outcome is TxOutcome.TX_ROLLBACK
-        super().__init__(grpc.StatusCode.ABORTED if rolled_back else grpc.StatusCode.UNKNOWN, message)
+        super().__init__(self.grpc_code, message + self._advice())
+
+    #: The gRPC status the error maps to (and from there HTTP and exit codes).
+    grpc_code = grpc.StatusCode.UNKNOWN
+
+    def _advice(self) -> str:
+        return ""
 
     @staticmethod
     def of(verb: str, reply: coordinator_pb2.CompletionResponse) -> TransactionError:
-        cls = TransactionRolledBack if reply.outcome == TxOutcome.TX_ROLLBACK else TransactionError
+        """The exception for a CompletionResponse whose outcome is not the one asked for.
+
+        TX_ROLLBACK: TransactionRolledBack. TX_MIXED: TransactionHeuristicMixed. TX_HAZARD
+        with a status that is not final (still Preparing, Prepared, Committing, ...):
+        TransactionOutcomeUnknown; with a final one (HeuristicallyCompleted) or none:
+        TransactionHeuristicHazard. Anything else: TransactionError.
+        """
+        outcome = reply.outcome
+        cls: type[TransactionError] = TransactionError
+        if outcome == TxOutcome.TX_ROLLBACK:
+            cls = TransactionRolledBack
+        elif outcome == TxOutcome.TX_MIXED:
+            cls = TransactionHeuristicMixed
+        elif outcome == TxOutcome.TX_HAZARD:
+            known = not reply.status or TxStatus(reply.status).is_final
+            cls = TransactionHeuristicHazard if known else TransactionOutcomeUnknown
         return cls(verb, reply)
 
 
 class TransactionRolledBack(TransactionError):
     """Commit was asked but the transaction rolled back (a no vote, rollback-only, timeout)."""
+
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class TransactionHeuristicMixed(TransactionError):
+    """TX_MIXED: some branches committed and some rolled back, by heuristic decisions.
+
+    The data is inconsistent across resource managers; an operator must repair it.
+    ``branch_codes`` says which branch did what.
+    """
+
+
+class TransactionHeuristicHazard(TransactionError):
+    """TX_HAZARD on a completed transaction: a branch's heuristic outcome is not known.
+
+    Some branch may have committed or rolled back on its own; check that resource manager.
+    """
+
+
+class TransactionOutcomeUnknown(TransactionError):
+    """The coordinator has not learnt the outcome yet (TX_HAZARD with a status not final).
+
+    Neither committed nor rolled back as far as anyone knows: a one-phase commit was not
+    acknowledged, or the commit decision is not yet durable. The coordinator keeps driving
+    the transaction to its end; ask it later rather than assume either outcome.
+    """
+
+    def _advice(self) -> str:
+        return (
+            f"; the outcome is not known yet: ask the coordinator later (tx.status(), GetStatus,"
+            f" or xactl show {self.gtrid})"
+        )
 
 
 class _TransactionBase:
@@ -107,7 +177,8 @@ class _TransactionBase:
         self._manager = manager
         self._timeout = manager.timeout if timeout is None else timeout
         self._gtrid: str | None = None
-        self._deadline: float | None = None
+        self._binding: Binding | None = None
+        self._begin_asked = False
         self._done = False
         self._scope: AbstractContextManager[Any] | None = None
 
@@ -120,9 +191,39 @@ class _TransactionBase:
     @property
     def context(self) -> TxContext:
         """What intercepted calls carry while this transaction is active."""
-        return TxContext(self.gtrid, self._manager.coordinator, self._deadline)
+        if self._binding is None:
+            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
+        return self._binding.tx
+
+    @property
+    def active(self) -> bool:
+        """True from begin until commit() or rollback() is asked (whatever its answer)."""
+        return self._binding is not None and self._binding.open
+
+    def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` with this transaction active, in whatever thread runs it.
+
+        For work handed to threads that do not share the initiator's context, such as a
+        ``ThreadPoolExecutor``: ``pool.submit(tx.run, bank.Debit, request)``. Raises
+        XatmError FAILED_PRECONDITION once the transaction was committed or rolled back,
+        rather than letting the call run outside it.
+        """
+        if not self.active:
+            what = "not begun yet" if self._binding is None else "already committed or rolled back"
+            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, f"transaction {self._gtrid or ''} {what}")
+        with use(self._binding):
+            return fn(*args, **kwargs)
 
     def _begin_flow(self) -> Flow[None]:
+        self._begin_asked = True
+        active = current()
+        if active is not None and active.remaining() != 0:
+            # One transaction per thread or task: a call could not tell which one it belongs to.
+            raise XatmError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"transaction {active.gtrid} is still active here: commit or roll it back before"
+                " beginning another (or begin the other in its own thread or task)",
+            )
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
         sent = time.monotonic()
         reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
@@ -132,17 +233,27 @@ class _TransactionBase:
             raise MalformedReply(
                 f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
             ) from None
-        self._deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
+        deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
+        self._binding = Binding(TxContext(self._gtrid, self._manager.coordinator, deadline))
+        # Set in the caller's context: the flow runs in the thread that called begin(), or in
+        # the task that awaited it (awaiting runs in the awaiting task's context).
+        bind(self._binding)
+
+    def _end(self) -> None:
+        """Commit or rollback is under way: from now on calls carry no transaction."""
+        self._done = True
+        if self._binding is not None:
+            self._binding.close()
 
     def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
-        self._done = True
+        self._end()
         reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
         if reply.outcome != TxOutcome.TX_OK:
             raise TransactionError.of("commit", reply)
         return reply
 
     def _rollback_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
-        self._done = True
+        self._end()
         try:
             reply = yield "Rollback", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
         except XatmError as error:
@@ -176,7 +287,8 @@ class _TransactionBase:
         return (yield "RollbackToSavepoint", request)
 
     def _enter(self) -> None:
-        self._scope = use(self.context)
+        # Also active in this context when the block runs elsewhere than begin() did.
+        self._scope = use(self._binding)
         self._scope.__enter__()
 
     def _exit_flow(self, exc: BaseException | None) -> Flow[None]:
@@ -207,10 +319,16 @@ class Transaction(_TransactionBase):
     _manager: TransactionManager
 
     def commit(self) -> coordinator_pb2.CompletionResponse:
-        """Commit; raises TransactionRolledBack (or TransactionError) for any outcome but TX_OK."""
+        """Commit; the transaction stops being active here, whatever the answer.
+
+        Raises TransactionRolledBack, TransactionHeuristicMixed, TransactionHeuristicHazard or
+        TransactionOutcomeUnknown (see ``TransactionError.of``) for any outcome but TX_OK, and
+        XatmError when the coordinator cannot be asked.
+        """
         return self._manager._drive(self._commit_flow())
 
     def rollback(self) -> coordinator_pb2.CompletionResponse:
+        """Roll back; the transaction stops being active here. Errors as for ``commit``."""
         return self._manager._drive(self._rollback_flow())
 
     def status(self) -> xa_pb2.TransactionInfo:
@@ -233,7 +351,12 @@ class Transaction(_TransactionBase):
 
 
 class AsyncTransaction(_TransactionBase):
-    """A global transaction for asyncio: ``async with tm.begin() as tx`` or ``tx = await tm.begin()``."""
+    """A global transaction for asyncio: ``async with tm.begin() as tx`` or ``tx = await tm.begin()``.
+
+    Awaited directly, the transaction is active in the awaiting task (and tasks it creates
+    afterwards) until commit or rollback; begun inside another task (``create_task``,
+    ``gather``), it would be active in that task only.
+    """
 
     _manager: AsyncTransactionManager
 
@@ -259,6 +382,15 @@ class AsyncTransaction(_TransactionBase):
 
     def __await__(self) -> Generator[Any, None, AsyncTransaction]:
         return self._begun().__await__()
+
+    def __del__(self) -> None:
+        # Like a coroutine never awaited: calls the caller thought transactional ran without one.
+        if not getattr(self, "_begin_asked", True):
+            warnings.warn(
+                "AsyncTransaction was never begun: use 'await tm.begin()' or 'async with tm.begin()'",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     async def __aenter__(self) -> AsyncTransaction:
         await self._begun()

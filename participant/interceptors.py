@@ -3,13 +3,17 @@
 Client side: stamp ``xatm-gtrid``/``xatm-coordinator`` on outgoing calls made while a
 transaction is active, and cap the call deadline at the transaction's (the coordinator
 rolls back at that time anyway, so later work is wasted). Server side: read them back and
-make the transaction active while the handler runs, in its thread or task.
+make the transaction active while the handler runs, in its thread or task, and tell the
+participant stub when the handler fails, with the status its caller sees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NamedTuple
 
 import grpc
@@ -17,9 +21,13 @@ import grpc
 from .context import (
     COORDINATOR_KEY,
     GTRID_KEY,
+    Serving,
     TxContext,
+    call_status,
     current,
+    describe_failure,
     from_metadata,
+    serving,
     to_metadata,
     use,
     with_deadline,
@@ -33,6 +41,8 @@ __all__ = [
     "aio_client_interceptors",
     "intercept_channel",
 ]
+
+log = logging.getLogger(__name__)
 
 Behavior = Callable[..., Any]
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -173,64 +183,138 @@ def _replace_behavior(
     )
 
 
+def _report(tx: TxContext, call: Serving, reason: str) -> None:
+    """Tell the hooks registered in the call (a stub that did work in ``tx``) why it failed."""
+    for hook in call.on_failure:
+        try:
+            hook(tx, reason)
+        except Exception as error:  # best effort: the caller still gets the handler's status
+            log.warning("could not report the failure of a call in %s (%s): %s", tx.gtrid, reason, error)
+
+
+@contextmanager
+def _handling(tx: TxContext, call: Serving) -> Iterator[None]:
+    """Run (a step of) a sync handler with ``tx`` active, reporting how it fails."""
+    with use(tx), serving(call):
+        try:
+            yield
+        except Exception as failure:
+            _report(tx, call, describe_failure(failure))
+            if isinstance(failure, XatmError):  # e.g. EnlistError: keep its status, not UNKNOWN
+                call.context.abort(failure.code, failure.message)
+            raise
+
+
+class _DeferredAbort:
+    """A grpc.aio servicer context whose ``abort()`` sends the status only after the handler's
+    failure was reported.
+
+    grpc.aio sends an abort's status at once, while the exception is still on its way out
+    through the stub's branch: the caller's rollback would then race the stub marking the
+    transaction rollback-only, and the reason could be lost. Everything else is the real
+    context's.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self._context = context
+        #: The arguments of the handler's abort(), to replay on the real context.
+        self.aborted: tuple[Any, ...] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self.aborted = (code, details, trailing_metadata)
+        self._context.set_code(code)  # what describe_failure reads meanwhile
+        self._context.set_details(details)
+        raise grpc.aio.AbortError("Locally aborted.")
+
+
+@asynccontextmanager
+async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> AsyncIterator[None]:
+    """``_handling`` for grpc.aio; the hooks block on the coordinator, so in a worker thread."""
+    with use(tx), serving(call):
+        try:
+            yield
+        except Exception as failure:
+            await asyncio.to_thread(_report, tx, call, describe_failure(failure))
+            if isinstance(failure, XatmError):
+                await call.context.abort(failure.code, failure.message)
+            if proxy.aborted is not None:
+                await call.context.abort(*proxy.aborted)
+            raise
+
+
+def _ended(tx: TxContext, call: Serving) -> None:
+    """The handler returned: if it set an error status (set_code, then return), report it."""
+    if call_status(call.context) is not None:
+        with use(tx), serving(call):
+            _report(tx, call, describe_failure())
+
+
 def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
     """Wrap a behavior so ``tx`` is active while it runs (each step, for streamed responses).
 
     Response streams are resumed by the server one item at a time, possibly after other
     work ran in the same thread or task, so the transaction is set around every step
-    rather than once for the generator's lifetime.
+    rather than once for the generator's lifetime. However the handler fails, the hooks
+    registered during the call hear of it (see ``on_call_failure``).
     """
 
     def make(behavior: Behavior, response_streaming: bool) -> Behavior:
         if response_streaming and inspect.isasyncgenfunction(behavior):
 
             async def astream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                bound = with_deadline(tx, context.time_remaining())
-                with use(bound):
-                    items = behavior(request, context)
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                proxy = _DeferredAbort(context)
+                async with _ahandling(bound, call, proxy):
+                    items = behavior(request, proxy)
                 while True:
-                    with use(bound):
+                    async with _ahandling(bound, call, proxy):
                         try:
                             item = await anext(items)
                         except StopAsyncIteration:
-                            return
+                            break
                     yield item
+                await asyncio.to_thread(_ended, bound, call)
 
             return astream
         if inspect.iscoroutinefunction(behavior):
 
             async def acall(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with use(with_deadline(tx, context.time_remaining())):
-                    try:
-                        return await behavior(request, context)
-                    except XatmError as err:  # e.g. EnlistError: keep its status, not UNKNOWN
-                        await context.abort(err.code, err.message)
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                proxy = _DeferredAbort(context)
+                async with _ahandling(bound, call, proxy):
+                    reply = await behavior(request, proxy)
+                await asyncio.to_thread(_ended, bound, call)
+                return reply
 
             return acall
         if response_streaming:
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                bound = with_deadline(tx, context.time_remaining())
-                with use(bound):
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                with _handling(bound, call):
                     items = iter(behavior(request, context))
                 while True:
-                    with use(bound):
+                    with _handling(bound, call):
                         try:
                             item = next(items)
                         except StopIteration:
-                            return
+                            break
                     yield item
+                _ended(bound, call)
 
             return stream
 
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            with use(with_deadline(tx, context.time_remaining())):
-                try:
-                    return behavior(request, context)
-                except XatmError as err:  # e.g. EnlistError: keep its status, not UNKNOWN
-                    context.abort(err.code, err.message)
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+            with _handling(bound, call):
+                reply = behavior(request, context)
+            _ended(bound, call)
+            return reply
 
-        return call
+        return unary
 
     return make
 

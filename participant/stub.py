@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc, xa_pb2
-from .context import TxContext, current
+from .context import TxContext, current, describe_failure, on_call_failure
 from .initiator import COORDINATOR_SERVICE, auth_metadata, coordinator_channel, to_xatm_error
 from .interceptors import AioServerInterceptor, ServerInterceptor
 from .replies import MalformedReply, checked_reply
@@ -61,6 +61,8 @@ class _Branch:
     enlisted: bool = False
     # Why the first call could not enlist; the calls that waited for it fail the same way.
     error: XatmError | None = None
+    # Marked rollback-only already: a second failure need not tell the coordinator again.
+    doomed: bool = False
 
 
 class ParticipantStub:
@@ -143,6 +145,7 @@ class ParticipantStub:
             xid = Xid(f"local.{new_bqual()}", new_bqual(), LOCAL_FORMAT_ID)
             self.rm.start(xid)
             return xid
+        on_call_failure(self._call_failed)
         with self._lock:
             branch = self._branches.get(tx.gtrid)
             if branch is None:
@@ -218,7 +221,7 @@ class ParticipantStub:
                 with contextlib.suppress(XaError):  # an RB failure may have rolled it back already
                     self.rm.rollback(xid)
             else:
-                self._mark_rollback_only(tx, failure)
+                self._doom(tx, describe_failure(failure))
         except Exception as error:
             log.warning("could not abandon branch %s after %s: %s", xid, type(failure).__name__, error)
 
@@ -263,9 +266,27 @@ class ParticipantStub:
             detail = f": {reply.reason}" if reply.reason else ""
             raise EnlistError(status, f"coordinator refused to enlist {what}: {code.name}{detail}", code)
 
-    def _mark_rollback_only(self, tx: TxContext, failure: BaseException) -> None:
+    def _call_failed(self, tx: TxContext, reason: str) -> None:
+        """A handler that opened this RM's branch failed, maybe after its block ended well
+        (``set_code`` and return): the work it did must not commit either."""
+        with self._lock:
+            branch = self._branches.get(tx.gtrid)
+        if branch is not None and branch.enlisted:
+            self._doom(tx, reason)
+
+    def _doom(self, tx: TxContext, reason: str) -> None:
+        """Mark ``tx`` rollback-only (once per branch) because work of this RM in it failed."""
+        with self._lock:
+            branch = self._branches.get(tx.gtrid)
+            if branch is not None:
+                if branch.doomed:
+                    return
+                branch.doomed = True
+        self._mark_rollback_only(tx, reason)
+
+    def _mark_rollback_only(self, tx: TxContext, why: str) -> None:
         _, coordinator = self._coordinator(tx)
-        reason = f"{self.rm.rm_id}: {type(failure).__name__}: {failure}"[:500]
+        reason = f"{self.rm.rm_id}: {why}"[:500]
         request = coordinator_pb2.MarkRollbackOnlyRequest(gtrid=tx.gtrid, reason=reason)
         try:
             coordinator.MarkRollbackOnly(request, timeout=self._timeout(tx), metadata=self._metadata)

@@ -651,6 +651,7 @@ def test_enlist_refused_raises_and_forgets(rm: MemoryRM, coordinator: Coordinato
         tx = tm.begin()
         with use(tx.context), pytest.raises(EnlistError) as caught, stub.branch():
             pytest.fail("the block must not run")
+        tx.rollback()
     assert caught.value.xa_code is XaCode.XAER_DUPID
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert "XAER_DUPID" in caught.value.message and tx.gtrid in caught.value.message
