@@ -1,0 +1,209 @@
+"""The initiator: a held transaction carries every call until it ends, and commit answers map to
+exceptions a caller can tell apart.
+
+End to end on real processes (a coordinator and the shop participant of tests/shop_service.py);
+the outcome mapping is checked for every outcome and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from participant import (
+    AsyncTransactionManager,
+    TransactionError,
+    TransactionHeuristicHazard,
+    TransactionHeuristicMixed,
+    TransactionManager,
+    TransactionOutcomeUnknown,
+    TransactionRolledBack,
+    XatmError,
+    aio_client_interceptors,
+    current,
+)
+from participant._proto import coordinator_pb2
+from participant.xa import TxOutcome, TxStatus
+from tests.shop_service import ORDER
+from tests.test_business_errors import Shop, get_status, start_shop
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    yield from start_shop(tmp_path, aio=False)
+
+
+def _count(shop: Shop) -> int:
+    return int(shop.count(b"", timeout=10))
+
+
+def _branches(shop: Shop, gtrid: str) -> int:
+    return len(get_status(shop.coordinator.address, gtrid).branches)
+
+
+def test_calls_after_begin_without_with_are_rolled_back(shop: Shop) -> None:
+    tx = shop.tm.begin()
+    assert shop.order(b"ok:a", timeout=10) == tx.gtrid.encode()  # the call ran in the branch
+    assert shop.order(b"ok:b", timeout=10) == tx.gtrid.encode()
+    assert tx.rollback().outcome == TxOutcome.TX_OK
+    info = get_status(shop.coordinator.address, tx.gtrid)
+    assert (TxStatus(info.status), len(info.branches)) == (TxStatus.ROLLEDBACK, 1)
+    assert _count(shop) == 0  # nothing either call wrote survived
+
+
+def test_calls_after_commit_carry_no_transaction(shop: Shop) -> None:
+    tx = shop.tm.begin()
+    shop.order(b"ok:in", timeout=10)
+    tx.commit()
+    assert current() is None and not tx.active
+    assert shop.order(b"ok:after", timeout=10).startswith(b"local.")
+    assert _branches(shop, tx.gtrid) == 1
+    assert _count(shop) == 2
+    # The next transaction begins cleanly in the same thread.
+    with shop.tm.begin() as again:
+        assert shop.order(b"ok:again", timeout=10) == again.gtrid.encode()
+    assert _count(shop) == 3
+
+
+def test_a_second_begin_in_the_same_context_is_refused(shop: Shop) -> None:
+    tx = shop.tm.begin()
+    with pytest.raises(XatmError) as caught:
+        shop.tm.begin()
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert tx.gtrid in caught.value.message
+    with pytest.raises(XatmError), shop.tm.begin():
+        pytest.fail("a nested with block must not run")
+    shop.order(b"ok:x", timeout=10)
+    tx.rollback()
+    assert _count(shop) == 0
+
+
+def test_thread_pool_calls_join_through_run(shop: Shop) -> None:
+    tx = shop.tm.begin()
+    with futures.ThreadPoolExecutor(4) as pool:
+        gtrids = list(pool.map(lambda i: tx.run(shop.order, f"ok:p{i}".encode(), timeout=10), range(4)))
+        assert set(gtrids) == {tx.gtrid.encode()}
+        tx.rollback()
+        late = pool.submit(tx.run, shop.order, b"ok:late", timeout=10)
+        with pytest.raises(XatmError) as caught:
+            late.result()
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert _count(shop) == 0 and _branches(shop, tx.gtrid) == 1
+
+
+def test_await_begin_binds_the_awaiting_task(shop: Shop) -> None:
+    async def main() -> None:
+        async with (
+            grpc.aio.insecure_channel(shop.shop.address, interceptors=aio_client_interceptors()) as channel,
+            AsyncTransactionManager(shop.coordinator.address) as tm,
+        ):
+            order = channel.unary_unary(ORDER)
+            tx = await tm.begin()
+            assert await order(b"ok:a1", timeout=10) == tx.gtrid.encode()
+
+            # Tasks made after begin share it, and so do worker threads of asyncio.to_thread.
+            async def in_a_task() -> bytes:
+                return await order(b"ok:a2", timeout=10)
+
+            inner = await asyncio.create_task(in_a_task())
+            threaded = await asyncio.to_thread(shop.order, b"ok:a3", timeout=10)
+            assert inner == threaded == tx.gtrid.encode()
+            with pytest.raises(XatmError):
+                await tm.begin()
+            await tx.rollback()
+            assert (await order(b"ok:a4", timeout=10)).startswith(b"local.")
+
+    asyncio.run(main())
+    assert _count(shop) == 1  # only the call after rollback
+
+
+# ---------------------------------------------------------------- commit answers
+
+
+def _expected(outcome: TxOutcome, status: TxStatus | None) -> type[TransactionError] | None:
+    if outcome == TxOutcome.TX_OK:
+        return None
+    if outcome == TxOutcome.TX_ROLLBACK:
+        return TransactionRolledBack
+    if outcome == TxOutcome.TX_MIXED:
+        return TransactionHeuristicMixed
+    if outcome == TxOutcome.TX_HAZARD:
+        final = status is None or status.is_final
+        return TransactionHeuristicHazard if final else TransactionOutcomeUnknown
+    return TransactionError
+
+
+@pytest.mark.parametrize("status", [None, *TxStatus], ids=lambda s: s.label if s else "unset")
+@pytest.mark.parametrize("outcome", list(TxOutcome), ids=lambda o: o.name)
+def test_every_outcome_and_status_maps_to_its_exception(outcome: TxOutcome, status: TxStatus | None) -> None:
+    reply = coordinator_pb2.CompletionResponse(gtrid="n1.abc", outcome=outcome, status=status or 0)
+    wanted = _expected(outcome, status)
+    if wanted is None:
+        return
+    error = TransactionError.of("commit", reply)
+    assert type(error) is wanted
+    assert (error.gtrid, error.outcome, error.status) == ("n1.abc", outcome, status)
+    assert error.code == (
+        grpc.StatusCode.ABORTED if wanted is TransactionRolledBack else grpc.StatusCode.UNKNOWN
+    )
+    unknown = wanted is TransactionOutcomeUnknown
+    assert ("not known yet" in error.message and "xactl show n1.abc" in error.message) is unknown
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "wanted"),
+    [
+        (TxOutcome.TX_HAZARD, TxStatus.COMMITTING, TransactionOutcomeUnknown),
+        (TxOutcome.TX_HAZARD, TxStatus.PREPARED, TransactionOutcomeUnknown),
+        (TxOutcome.TX_HAZARD, TxStatus.HEURISTICALLY_COMPLETED, TransactionHeuristicHazard),
+        (TxOutcome.TX_MIXED, TxStatus.HEURISTICALLY_COMPLETED, TransactionHeuristicMixed),
+        (TxOutcome.TX_ROLLBACK, TxStatus.ROLLEDBACK, TransactionRolledBack),
+    ],
+)
+def test_sync_and_async_commit_raise_the_mapped_exception(
+    outcome: TxOutcome, status: TxStatus, wanted: type[TransactionError]
+) -> None:
+    """Through a coordinator whose Commit answers ``outcome`` with ``status``."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    answer = coordinator_pb2.CompletionResponse(outcome=outcome, status=status)
+
+    def begin(request: coordinator_pb2.BeginRequest, context: grpc.ServicerContext) -> object:
+        return coordinator_pb2.BeginResponse(gtrid="n1.abc", timeout_ms=60_000)
+
+    def commit(request: coordinator_pb2.CompletionRequest, context: grpc.ServicerContext) -> object:
+        answer.gtrid = request.gtrid
+        return answer
+
+    handlers = {
+        "Begin": grpc.unary_unary_rpc_method_handler(
+            begin, coordinator_pb2.BeginRequest.FromString, coordinator_pb2.BeginResponse.SerializeToString
+        ),
+        "Commit": grpc.unary_unary_rpc_method_handler(
+            commit,
+            coordinator_pb2.CompletionRequest.FromString,
+            coordinator_pb2.CompletionResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("xatm.v1.Coordinator", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        with TransactionManager(address) as tm, pytest.raises(wanted), tm.begin():
+            pass
+        assert current() is None
+
+        async def main() -> None:
+            async with AsyncTransactionManager(address) as tm:
+                tx = await tm.begin()
+                with pytest.raises(wanted):
+                    await tx.commit()
+
+        asyncio.run(main())
+    finally:
+        server.stop(None)
