@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from .xa import XatmError, validate_gtrid
+from .xa import XaError, XatmError, validate_gtrid
 
 __all__ = [
     "COORDINATOR_KEY",
@@ -162,8 +162,6 @@ def call_status(context: Any = None) -> tuple[grpc.StatusCode, str] | None:
     code = code() if callable(code) else None
     if code is None or code == grpc.StatusCode.OK:
         return None
-    if isinstance(code, int):  # grpc.aio keeps the code as its cygrpc integer
-        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
     details = context.details()
     if isinstance(details, bytes):
         details = details.decode("utf-8", "replace")
@@ -175,12 +173,14 @@ def describe_failure(failure: BaseException | None = None) -> str:
 
     The status the handler set (``context.abort``, ``set_code``/``set_details``) wins: the
     exception grpc raises for an abort carries no message. Else an XatmError or a failed
-    downstream call gives its own code; any other exception is UNKNOWN (what grpc answers)
-    followed by its type and message.
+    downstream call gives its own code, an XaError from the resource manager its XA code and
+    reason; any other exception is UNKNOWN (what grpc answers) with its type and message.
     """
     status = call_status()
     if status is not None:
         code, message = status
+    elif isinstance(failure, XaError):
+        return str(failure)
     elif isinstance(failure, XatmError):
         code, message = failure.code, failure.message
     elif isinstance(failure, grpc.RpcError) and callable(getattr(failure, "code", None)):

@@ -41,7 +41,7 @@ import pytest
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from participant import TransactionRolledBack, XatmError, intercept_channel
 from participant.context import use
-from participant.initiator import Transaction, TransactionError
+from participant.initiator import Transaction, TransactionError, TransactionOutcomeUnknown
 from participant.xa import BranchStatus, TxStatus
 from tests.bank_system import BankSystem
 from tests.chaos import (
@@ -104,6 +104,8 @@ class Run:
             self.seen, self.detail = "committed", "committed"
         except TransactionRolledBack as err:
             self.seen, self.detail = "rolledback", str(err)
+        except TransactionOutcomeUnknown as err:
+            self.seen, self.detail = "unknown", str(err)
         except TransactionError as err:
             self.seen, self.detail = f"outcome {err.outcome.name}", str(err)
         except XatmError as err:

@@ -8,6 +8,7 @@ the outcome mapping is checked for every outcome and status.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -120,6 +121,13 @@ def test_await_begin_binds_the_awaiting_task(shop: Shop) -> None:
 
     asyncio.run(main())
     assert _count(shop) == 1  # only the call after rollback
+
+
+def test_an_async_transaction_never_begun_warns() -> None:
+    tm = AsyncTransactionManager("127.0.0.1:1")
+    with pytest.warns(RuntimeWarning, match="never begun"):
+        tm.begin()  # forgot the await: the handle is dropped at once
+        gc.collect()
 
 
 # ---------------------------------------------------------------- commit answers
