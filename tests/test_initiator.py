@@ -30,6 +30,7 @@ from participant import (
 )
 from participant._proto import coordinator_pb2
 from participant.xa import TxOutcome, TxStatus
+from tests.bank_system import BankSystem
 from tests.shop_service import ORDER
 from tests.test_business_errors import Shop, get_status, start_shop
 
@@ -215,3 +216,21 @@ def test_sync_and_async_commit_raise_the_mapped_exception(
         asyncio.run(main())
     finally:
         server.stop(None)
+
+
+def test_an_unacknowledged_one_phase_commit_raises_outcome_unknown(tmp_path: Path) -> None:
+    """A real coordinator whose one branch keeps failing its commit: the answer is not final."""
+    system = BankSystem(tmp_path, coordinator_env={"XATM_COMMIT_WAIT": "1"})
+    system.start({"bank-a": {"XATM_FAILPOINTS": "participant.commit=error(UNAVAILABLE)"}})
+    try:
+        assert system.bank is not None
+        tx = system.bank.tm.begin()
+        system.apply("bank-a", "alice", 50)
+        with pytest.raises(TransactionOutcomeUnknown) as caught:
+            tx.commit()
+        error = caught.value
+        assert (error.outcome, error.status) == (TxOutcome.TX_HAZARD, TxStatus.COMMITTING)
+        assert "not known yet" in error.message and f"xactl show {tx.gtrid}" in error.message
+        assert TxStatus(tx.status().status) == TxStatus.COMMITTING  # what the message advises
+    finally:
+        system.stop()
