@@ -32,6 +32,7 @@ __all__ = [
     "Serving",
     "TxContext",
     "bind",
+    "bound",
     "call_status",
     "current",
     "describe_failure",
@@ -73,19 +74,30 @@ class Binding:
     """A transaction made active in a context, until ``close()`` (from any thread or task)."""
 
     tx: TxContext
+    #: time.monotonic() at which the coordinator times the transaction out; None: not known here.
+    expires: float | None = None
     open: bool = field(default=True)
 
     def close(self) -> None:
         self.open = False
 
+    def expired(self) -> bool:
+        return self.expires is not None and time.monotonic() >= self.expires
+
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar("xatm_tx", default=None)
 
 
+def bound() -> Binding | None:
+    """The binding of the active global transaction, or None outside one."""
+    binding = _current.get()
+    return binding if binding is not None and binding.open else None
+
+
 def current() -> TxContext | None:
     """The active global transaction, or None outside one (or once it was completed)."""
-    binding = _current.get()
-    return binding.tx if binding is not None and binding.open else None
+    binding = bound()
+    return None if binding is None else binding.tx
 
 
 def bind(binding: Binding) -> None:

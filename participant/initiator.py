@@ -33,7 +33,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from .context import Binding, TxContext, bind, current, use
+from .context import Binding, TxContext, bind, bound, use
 from .replies import MalformedReply, checked_reply
 from .xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError, validate_gtrid
 
@@ -216,12 +216,13 @@ class _TransactionBase:
 
     def _begin_flow(self) -> Flow[None]:
         self._begin_asked = True
-        active = current()
-        if active is not None and active.remaining() != 0:
+        active = bound()
+        if active is not None and not active.expired():
             # One transaction per thread or task: a call could not tell which one it belongs to.
+            # One whose timeout passed was rolled back by the coordinator: nothing to tell apart.
             raise XatmError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"transaction {active.gtrid} is still active here: commit or roll it back before"
+                f"transaction {active.tx.gtrid} is still active here: commit or roll it back before"
                 " beginning another (or begin the other in its own thread or task)",
             )
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
@@ -233,8 +234,9 @@ class _TransactionBase:
             raise MalformedReply(
                 f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
             ) from None
-        deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
-        self._binding = Binding(TxContext(self._gtrid, self._manager.coordinator, deadline))
+        timeout = reply.timeout_ms / 1000 if reply.timeout_ms else None
+        tx = TxContext(self._gtrid, self._manager.coordinator, None if timeout is None else sent + timeout)
+        self._binding = Binding(tx, tx.deadline)
         # Set in the caller's context: the flow runs in the thread that called begin(), or in
         # the task that awaited it (awaiting runs in the awaiting task's context).
         bind(self._binding)

@@ -237,7 +237,8 @@ async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> Asy
         try:
             yield
         except Exception as failure:
-            await asyncio.to_thread(_report, tx, call, describe_failure(failure))
+            if call.on_failure:
+                await asyncio.to_thread(_report, tx, call, describe_failure(failure))
             if isinstance(failure, XatmError):
                 await call.context.abort(failure.code, failure.message)
             if proxy.aborted is not None:
@@ -247,9 +248,15 @@ async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> Asy
 
 def _ended(tx: TxContext, call: Serving) -> None:
     """The handler returned: if it set an error status (set_code, then return), report it."""
-    if call_status(call.context) is not None:
+    if call.on_failure and call_status(call.context) is not None:
         with use(tx), serving(call):
             _report(tx, call, describe_failure())
+
+
+async def _aended(tx: TxContext, call: Serving) -> None:
+    """``_ended`` for grpc.aio, off the event loop only when there is something to report."""
+    if call.on_failure and call_status(call.context) is not None:
+        await asyncio.to_thread(_ended, tx, call)
 
 
 def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
@@ -276,7 +283,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
                         except StopAsyncIteration:
                             break
                     yield item
-                await asyncio.to_thread(_ended, bound, call)
+                await _aended(bound, call)
 
             return astream
         if inspect.iscoroutinefunction(behavior):
@@ -286,7 +293,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
                 proxy = _DeferredAbort(context)
                 async with _ahandling(bound, call, proxy):
                     reply = await behavior(request, proxy)
-                await asyncio.to_thread(_ended, bound, call)
+                await _aended(bound, call)
                 return reply
 
             return acall

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -83,6 +84,18 @@ def test_a_second_begin_in_the_same_context_is_refused(shop: Shop) -> None:
     shop.order(b"ok:x", timeout=10)
     tx.rollback()
     assert _count(shop) == 0
+
+
+def test_a_transaction_past_its_timeout_does_not_block_the_next_begin(shop: Shop) -> None:
+    stale = shop.tm.begin(timeout=0.5)
+    shop.order(b"ok:stale", timeout=10)
+    deadline = time.monotonic() + 20
+    while TxStatus(get_status(shop.coordinator.address, stale.gtrid).status) != TxStatus.ROLLEDBACK:
+        assert time.monotonic() < deadline, "the coordinator did not time the transaction out"
+        time.sleep(0.05)
+    with shop.tm.begin() as tx:
+        assert shop.order(b"ok:fresh", timeout=10) == tx.gtrid.encode()
+    assert _count(shop) == 1
 
 
 def test_thread_pool_calls_join_through_run(shop: Shop) -> None:
