@@ -17,14 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+import participant as xatm
 from participant import (
     AsyncTransactionManager,
-    TransactionError,
-    TransactionHeuristicHazard,
-    TransactionHeuristicMixed,
     TransactionManager,
-    TransactionOutcomeUnknown,
-    TransactionRolledBack,
     XatmError,
     aio_client_interceptors,
     current,
@@ -147,17 +143,17 @@ def test_an_async_transaction_never_begun_warns() -> None:
 # ---------------------------------------------------------------- commit answers
 
 
-def _expected(outcome: TxOutcome, status: TxStatus | None) -> type[TransactionError] | None:
+def _expected(outcome: TxOutcome, status: TxStatus | None) -> type[xatm.TransactionError] | None:
     if outcome == TxOutcome.TX_OK:
         return None
     if outcome == TxOutcome.TX_ROLLBACK:
-        return TransactionRolledBack
+        return xatm.TransactionRolledBack
     if outcome == TxOutcome.TX_MIXED:
-        return TransactionHeuristicMixed
+        return xatm.TransactionHeuristicMixed
     if outcome == TxOutcome.TX_HAZARD:
         final = status is None or status.is_final
-        return TransactionHeuristicHazard if final else TransactionOutcomeUnknown
-    return TransactionError
+        return xatm.TransactionHeuristicHazard if final else xatm.TransactionOutcomeUnknown
+    return xatm.TransactionError
 
 
 @pytest.mark.parametrize("status", [None, *TxStatus], ids=lambda s: s.label if s else "unset")
@@ -167,28 +163,28 @@ def test_every_outcome_and_status_maps_to_its_exception(outcome: TxOutcome, stat
     wanted = _expected(outcome, status)
     if wanted is None:
         return
-    error = TransactionError.of("commit", reply)
+    error = xatm.TransactionError.of("commit", reply)
     assert type(error) is wanted
     assert (error.gtrid, error.outcome, error.status) == ("n1.abc", outcome, status)
     assert error.code == (
-        grpc.StatusCode.ABORTED if wanted is TransactionRolledBack else grpc.StatusCode.UNKNOWN
+        grpc.StatusCode.ABORTED if wanted is xatm.TransactionRolledBack else grpc.StatusCode.UNKNOWN
     )
-    unknown = wanted is TransactionOutcomeUnknown
+    unknown = wanted is xatm.TransactionOutcomeUnknown
     assert ("not known yet" in error.message and "xactl show n1.abc" in error.message) is unknown
 
 
 @pytest.mark.parametrize(
     ("outcome", "status", "wanted"),
     [
-        (TxOutcome.TX_HAZARD, TxStatus.COMMITTING, TransactionOutcomeUnknown),
-        (TxOutcome.TX_HAZARD, TxStatus.PREPARED, TransactionOutcomeUnknown),
-        (TxOutcome.TX_HAZARD, TxStatus.HEURISTICALLY_COMPLETED, TransactionHeuristicHazard),
-        (TxOutcome.TX_MIXED, TxStatus.HEURISTICALLY_COMPLETED, TransactionHeuristicMixed),
-        (TxOutcome.TX_ROLLBACK, TxStatus.ROLLEDBACK, TransactionRolledBack),
+        (TxOutcome.TX_HAZARD, TxStatus.COMMITTING, xatm.TransactionOutcomeUnknown),
+        (TxOutcome.TX_HAZARD, TxStatus.PREPARED, xatm.TransactionOutcomeUnknown),
+        (TxOutcome.TX_HAZARD, TxStatus.HEURISTICALLY_COMPLETED, xatm.TransactionHeuristicHazard),
+        (TxOutcome.TX_MIXED, TxStatus.HEURISTICALLY_COMPLETED, xatm.TransactionHeuristicMixed),
+        (TxOutcome.TX_ROLLBACK, TxStatus.ROLLEDBACK, xatm.TransactionRolledBack),
     ],
 )
 def test_sync_and_async_commit_raise_the_mapped_exception(
-    outcome: TxOutcome, status: TxStatus, wanted: type[TransactionError]
+    outcome: TxOutcome, status: TxStatus, wanted: type[xatm.TransactionError]
 ) -> None:
     """Through a coordinator whose Commit answers ``outcome`` with ``status``."""
     server = grpc.server(futures.ThreadPoolExecutor(2))
@@ -239,7 +235,7 @@ def test_an_unacknowledged_one_phase_commit_raises_outcome_unknown(tmp_path: Pat
         assert system.bank is not None
         tx = system.bank.tm.begin()
         system.apply("bank-a", "alice", 50)
-        with pytest.raises(TransactionOutcomeUnknown) as caught:
+        with pytest.raises(xatm.TransactionOutcomeUnknown) as caught:
             tx.commit()
         error = caught.value
         assert (error.outcome, error.status) == (TxOutcome.TX_HAZARD, TxStatus.COMMITTING)
