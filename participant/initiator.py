@@ -444,7 +444,12 @@ class TransactionManager(_ManagerBase):
     """Begins and completes global transactions on one coordinator, synchronously."""
 
     def begin(self, timeout: float | None = None) -> Transaction:
-        """Begin a global transaction (``timeout`` seconds; None: the manager's default)."""
+        """Begin a global transaction (``timeout`` seconds; None: the manager's default).
+
+        The transaction is active in the calling thread until ``commit()`` or ``rollback()``.
+        Raises XatmError: FAILED_PRECONDITION while another one is active here, or the code
+        of the failed Begin call (e.g. UNAVAILABLE).
+        """
         tx = Transaction(self, timeout)
         self._drive(tx._begin_flow())
         return tx
@@ -479,7 +484,10 @@ class AsyncTransactionManager(_ManagerBase):
     """Begins and completes global transactions on one coordinator, for asyncio."""
 
     def begin(self, timeout: float | None = None) -> AsyncTransaction:
-        """A transaction handle, begun by ``async with`` or ``await``."""
+        """A transaction handle, begun by ``async with`` or ``await`` (errors as the sync begin).
+
+        Once begun it is active in the awaiting task until ``commit()`` or ``rollback()``.
+        """
         return AsyncTransaction(self, timeout)
 
     async def _drive(self, flow: Flow[T]) -> T:
