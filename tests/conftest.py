@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from participant import failpoints
+from participant.context import use
 from tests.bank_system import BankSystem
 from tests.pgcluster import PgCluster
 
@@ -16,6 +17,13 @@ from tests.pgcluster import PgCluster
 def _no_failpoints_leak() -> Iterator[None]:
     yield
     failpoints.disarm()
+
+
+@pytest.fixture(autouse=True)
+def _no_transaction_leak() -> Iterator[None]:
+    """A transaction a test began and never completed stays out of the next test's thread."""
+    with use(None):
+        yield
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from coordinator.openapi import OPENAPI_PATH, document
 from coordinator.procs import REPO, Proc, coordinator_proc, free_port
 from participant import TransactionManager
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from participant.context import use
 from participant.xa import TxStatus
 from tests.admin_support import (
     CREDENTIALS,
@@ -64,7 +65,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 
 
 def _begin(coordinator: Proc) -> str:
-    with TransactionManager(coordinator.address, token=SERVICE) as tm:
+    with TransactionManager(coordinator.address, token=SERVICE) as tm, use(None):  # held open, not active
         return tm.begin(timeout=300).gtrid
 
 

@@ -89,7 +89,8 @@ class Lab:
 
     def begin(self, *banks: str, tm: TransactionManager | None = None) -> Transaction:
         assert self.system.bank is not None
-        tx = (tm or self.system.bank.tm).begin(timeout=300)
+        with use(None):  # each held open at once: none is the thread's active one
+            tx = (tm or self.system.bank.tm).begin(timeout=300)
         with use(tx.context):
             for bank in banks:  # a fresh account each time: no lock waits between transactions
                 self.system.apply(bank, f"acct{next(self._accounts)}", 1)
