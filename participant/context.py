@@ -76,7 +76,7 @@ class Binding:
     tx: TxContext
     #: time.monotonic() at which the coordinator times the transaction out; None: not known here.
     expires: float | None = None
-    open: bool = field(default=True)
+    open: bool = True
 
     def close(self) -> None:
         self.open = False
