@@ -14,6 +14,8 @@ both where the work went and what reason reached the coordinator:
     xatm          raise XatmError(RESOURCE_EXHAUSTED, "quota for KEY") inside the branch
     abort_after   the branch block ends well, then context.abort(FAILED_PRECONDITION, ...)
 
+``OrderMany`` streams: it writes KEY=1 in a branch, yields the gtrid, then fails after the
+branch block by MODE ``abort`` or ``raise`` (anything else ends the stream normally).
 ``Count`` (same service) answers how many committed keys the store holds, as ASCII digits.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -33,6 +36,7 @@ from participant.xa import Xid
 
 SERVICE = "test.Shop"
 ORDER = f"/{SERVICE}/Order"
+ORDER_MANY = f"/{SERVICE}/OrderMany"
 COUNT = f"/{SERVICE}/Count"
 REFUSAL = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -68,11 +72,22 @@ def _handlers(rm: SqliteRM, stub: ParticipantStub) -> dict[str, grpc.RpcMethodHa
             context.abort(REFUSAL, f"out of stock: {key}")
         return xid.gtrid.encode()
 
+    def order_many(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        mode, key = _parse(request)
+        with stub.branch() as xid:
+            rm.put(xid, key, 1)
+        yield xid.gtrid.encode()
+        if mode == "abort":
+            context.abort(REFUSAL, f"out of stock: {key}")
+        if mode == "raise":
+            raise ValueError(f"bad {key}")
+
     def count(request: bytes, context: grpc.ServicerContext) -> bytes:
         return str(len(rm.items())).encode()
 
     return {
         "Order": grpc.unary_unary_rpc_method_handler(order),
+        "OrderMany": grpc.unary_stream_rpc_method_handler(order_many),
         "Count": grpc.unary_unary_rpc_method_handler(count),
     }
 
@@ -92,11 +107,22 @@ def _aio_handlers(rm: SqliteRM, stub: ParticipantStub) -> dict[str, grpc.RpcMeth
             await context.abort(REFUSAL, f"out of stock: {key}")
         return xid.gtrid.encode()
 
+    async def order_many(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        mode, key = _parse(request)
+        async with stub.abranch() as xid:
+            await asyncio.to_thread(rm.put, xid, key, 1)
+        yield xid.gtrid.encode()
+        if mode == "abort":
+            await context.abort(REFUSAL, f"out of stock: {key}")
+        if mode == "raise":
+            raise ValueError(f"bad {key}")
+
     async def count(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return str(len(await asyncio.to_thread(rm.items))).encode()
 
     return {
         "Order": grpc.unary_unary_rpc_method_handler(order),
+        "OrderMany": grpc.unary_stream_rpc_method_handler(order_many),
         "Count": grpc.unary_unary_rpc_method_handler(count),
     }
 

@@ -20,7 +20,7 @@ from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from participant.xa import TxStatus
 from tests.admin_support import rest, xactl_json
 from tests.bank_system import TEST_COORDINATOR_ENV
-from tests.shop_service import COUNT, ORDER
+from tests.shop_service import COUNT, ORDER, ORDER_MANY
 
 # mode -> (status the caller sees, rollback reason recorded by the coordinator)
 REFUSALS = {
@@ -38,6 +38,7 @@ class Shop:
     coordinator: Proc
     shop: Proc
     order: grpc.UnaryUnaryMultiCallable
+    order_many: grpc.UnaryStreamMultiCallable
     count: grpc.UnaryUnaryMultiCallable
     tm: TransactionManager
 
@@ -64,7 +65,8 @@ def start_shop(root: Path, *, aio: bool) -> Iterator[Shop]:
             intercept_channel(grpc.insecure_channel(shop.address)) as channel,
             TransactionManager(coordinator.address) as tm,
         ):
-            yield Shop(coordinator, shop, channel.unary_unary(ORDER), channel.unary_unary(COUNT), tm)
+            calls = (channel.unary_unary(ORDER), channel.unary_stream(ORDER_MANY), channel.unary_unary(COUNT))
+            yield Shop(coordinator, shop, *calls, tm)
     finally:
         shop.stop()
         coordinator.stop()
@@ -94,3 +96,17 @@ def test_every_way_a_handler_fails_reaches_the_rollback_reason(system: Shop) -> 
     # Nothing any refused call wrote was committed; a call outside a transaction still commits.
     assert system.order(b"ok:after", timeout=10).startswith(b"local.")
     assert system.count(b"", timeout=10) == b"1"
+
+
+def test_a_streaming_handler_that_fails_after_its_branch_block_dooms_the_transaction(system: Shop) -> None:
+    for mode, (code, reason) in (("abort", REFUSALS["abort"]), ("raise", REFUSALS["raise"])):
+        key = f"s-{mode}"
+        with pytest.raises(grpc.RpcError) as caught, system.tm.begin() as tx:
+            list(system.order_many(f"{mode}:{key}".encode(), timeout=10))
+        assert caught.value.code() == code, mode
+        info = get_status(system.coordinator.address, tx.gtrid)
+        assert (TxStatus(info.status), info.rollback_reason) == (TxStatus.ROLLEDBACK, reason.format(key=key))
+    with system.tm.begin() as tx:
+        items = list(system.order_many(b"ok:s-ok", timeout=10))
+    assert items == [tx.gtrid.encode()]
+    assert system.count(b"", timeout=10) == b"1"  # only the stream that ended well committed
