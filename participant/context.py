@@ -74,15 +74,14 @@ class Binding:
     """A transaction made active in a context, until ``close()`` (from any thread or task)."""
 
     tx: TxContext
-    #: time.monotonic() at which the coordinator times the transaction out; None: not known here.
-    expires: float | None = None
     open: bool = True
 
     def close(self) -> None:
         self.open = False
 
     def expired(self) -> bool:
-        return self.expires is not None and time.monotonic() >= self.expires
+        """The transaction's timeout has passed: the coordinator has rolled it back."""
+        return self.tx.remaining() == 0
 
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar("xatm_tx", default=None)

@@ -234,9 +234,8 @@ class _TransactionBase:
             raise MalformedReply(
                 f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
             ) from None
-        timeout = reply.timeout_ms / 1000 if reply.timeout_ms else None
-        tx = TxContext(self._gtrid, self._manager.coordinator, None if timeout is None else sent + timeout)
-        self._binding = Binding(tx, tx.deadline)
+        deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
+        self._binding = Binding(TxContext(self._gtrid, self._manager.coordinator, deadline))
         # Set in the caller's context: the flow runs in the thread that called begin(), or in
         # the task that awaited it (awaiting runs in the awaiting task's context).
         bind(self._binding)
