@@ -8,19 +8,14 @@ REST and the coordinator's log.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from coordinator.procs import Proc, coordinator_proc, free_port
-from participant import TransactionManager, intercept_channel
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from participant.xa import TxStatus
 from tests.admin_support import rest, xactl_json
-from tests.bank_system import TEST_COORDINATOR_ENV
-from tests.shop_service import COUNT, ORDER, ORDER_MANY
+from tests.shop_system import Shop, start_shop
 
 # mode -> (status the caller sees, rollback reason recorded by the coordinator)
 REFUSALS = {
@@ -31,45 +26,6 @@ REFUSALS = {
     "raise_empty": (grpc.StatusCode.UNKNOWN, "shop: UNKNOWN: ValueError"),
     "xatm": (grpc.StatusCode.RESOURCE_EXHAUSTED, "shop: RESOURCE_EXHAUSTED: quota for {key}"),
 }
-
-
-@dataclass
-class Shop:
-    coordinator: Proc
-    shop: Proc
-    order: grpc.UnaryUnaryMultiCallable
-    order_many: grpc.UnaryStreamMultiCallable
-    count: grpc.UnaryUnaryMultiCallable
-    tm: TransactionManager
-
-
-def get_status(coordinator: str, gtrid: str) -> xa_pb2.TransactionInfo:
-    with grpc.insecure_channel(coordinator) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        return stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), timeout=5)
-
-
-def shop_proc(root: Path, coordinator: str, *, aio: bool) -> Proc:
-    port = free_port()
-    argv = ["-m", "tests.shop_service", "shop", str(root / "shop.db"), coordinator, str(port)]
-    return Proc("shop", argv + (["--aio"] if aio else []), f"127.0.0.1:{port}", root / "shop.log")
-
-
-def start_shop(root: Path, *, aio: bool) -> Iterator[Shop]:
-    """A coordinator and a shop participant, both real processes, and an initiator for them."""
-    coordinator = coordinator_proc(root / "coordinator", root, env=dict(TEST_COORDINATOR_ENV)).start()
-    shop = shop_proc(root, coordinator.address, aio=aio)
-    try:
-        shop.start()
-        with (
-            intercept_channel(grpc.insecure_channel(shop.address)) as channel,
-            TransactionManager(coordinator.address) as tm,
-        ):
-            calls = (channel.unary_unary(ORDER), channel.unary_stream(ORDER_MANY), channel.unary_unary(COUNT))
-            yield Shop(coordinator, shop, *calls, tm)
-    finally:
-        shop.stop()
-        coordinator.stop()
 
 
 @pytest.fixture(params=[False, True], ids=["threaded", "aio"])
@@ -85,7 +41,7 @@ def test_every_way_a_handler_fails_reaches_the_rollback_reason(system: Shop) -> 
         assert caught.value.code() == code, mode
         expected = reason.format(key=key)
 
-        info = get_status(system.coordinator.address, tx.gtrid)
+        info = tx.status()
         assert (TxStatus(info.status), info.rollback_reason) == (TxStatus.ROLLEDBACK, expected), mode
 
         shown = xactl_json(system.coordinator.address, "show", tx.gtrid)
@@ -104,7 +60,7 @@ def test_a_streaming_handler_that_fails_after_its_branch_block_dooms_the_transac
         with pytest.raises(grpc.RpcError) as caught, system.tm.begin() as tx:
             list(system.order_many(f"{mode}:{key}".encode(), timeout=10))
         assert caught.value.code() == code, mode
-        info = get_status(system.coordinator.address, tx.gtrid)
+        info = tx.status()
         assert (TxStatus(info.status), info.rollback_reason) == (TxStatus.ROLLEDBACK, reason.format(key=key))
     with system.tm.begin() as tx:
         items = list(system.order_many(b"ok:s-ok", timeout=10))

@@ -29,7 +29,7 @@ from participant._proto import coordinator_pb2
 from participant.xa import TxOutcome, TxStatus
 from tests.bank_system import BankSystem
 from tests.shop_service import ORDER
-from tests.test_business_errors import Shop, get_status, start_shop
+from tests.shop_system import Shop, start_shop
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def _count(shop: Shop) -> int:
     return int(shop.count(b"", timeout=10))
 
 
-def _branches(shop: Shop, gtrid: str) -> int:
-    return len(get_status(shop.coordinator.address, gtrid).branches)
+def _branches(tx: xatm.Transaction) -> int:
+    return len(tx.status().branches)
 
 
 def test_calls_after_begin_without_with_are_rolled_back(shop: Shop) -> None:
@@ -50,7 +50,7 @@ def test_calls_after_begin_without_with_are_rolled_back(shop: Shop) -> None:
     assert shop.order(b"ok:a", timeout=10) == tx.gtrid.encode()  # the call ran in the branch
     assert shop.order(b"ok:b", timeout=10) == tx.gtrid.encode()
     assert tx.rollback().outcome == TxOutcome.TX_OK
-    info = get_status(shop.coordinator.address, tx.gtrid)
+    info = tx.status()
     assert (TxStatus(info.status), len(info.branches)) == (TxStatus.ROLLEDBACK, 1)
     assert _count(shop) == 0  # nothing either call wrote survived
 
@@ -61,7 +61,7 @@ def test_calls_after_commit_carry_no_transaction(shop: Shop) -> None:
     tx.commit()
     assert current() is None and not tx.active
     assert shop.order(b"ok:after", timeout=10).startswith(b"local.")
-    assert _branches(shop, tx.gtrid) == 1
+    assert _branches(tx) == 1
     assert _count(shop) == 2
     # The next transaction begins cleanly in the same thread.
     with shop.tm.begin() as again:
@@ -86,7 +86,7 @@ def test_a_transaction_past_its_timeout_does_not_block_the_next_begin(shop: Shop
     stale = shop.tm.begin(timeout=0.5)
     shop.order(b"ok:stale", timeout=10)
     deadline = time.monotonic() + 20
-    while TxStatus(get_status(shop.coordinator.address, stale.gtrid).status) != TxStatus.ROLLEDBACK:
+    while TxStatus(stale.status().status) != TxStatus.ROLLEDBACK:
         assert time.monotonic() < deadline, "the coordinator did not time the transaction out"
         time.sleep(0.05)
     with shop.tm.begin() as tx:
@@ -104,7 +104,7 @@ def test_thread_pool_calls_join_through_run(shop: Shop) -> None:
         with pytest.raises(XatmError) as caught:
             late.result()
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert _count(shop) == 0 and _branches(shop, tx.gtrid) == 1
+    assert _count(shop) == 0 and _branches(tx) == 1
 
 
 def test_await_begin_binds_the_awaiting_task(shop: Shop) -> None:
