@@ -11,6 +11,7 @@ from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from participant import (
     TransactionError,
     TransactionManager,
+    TransactionOutcomeUnknown,
     TransactionRolledBack,
     XatmError,
     intercept_channel,
@@ -49,11 +50,10 @@ class Bank:
                 self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
         except TransactionRolledBack as err:
             return TransferResult(tx.gtrid, "rolledback", str(err))
-        except TransactionError as err:
-            if err.status is not None and not err.status.is_final:
-                # TX_HAZARD beside Preparing/Prepared/Committing: not decided or not acknowledged yet.
-                return TransferResult(tx.gtrid, "unknown", str(err))
-            return TransferResult(tx.gtrid, "heuristic", str(err))  # TX_MIXED / TX_HAZARD
+        except TransactionOutcomeUnknown as err:
+            return TransferResult(tx.gtrid, "unknown", str(err))
+        except TransactionError as err:  # heuristic mixed or hazard
+            return TransferResult(tx.gtrid, "heuristic", str(err))
         except XatmError as err:
             return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
         return TransferResult(tx.gtrid, "committed", "committed")
