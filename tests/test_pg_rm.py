@@ -281,7 +281,9 @@ def test_misuse_outside_the_guard_votes_no(rm: PostgresRM, pg_db: str) -> None:
         rm.connection(failed).execute("UPDATE nonsense")
     assert xa_code(lambda: rm.prepare(failed)) == XaCode.XA_RBROLLBACK
     rm.start(ended)
-    rm.connection(ended).commit()  # business code must not do this
+    assert xa_code(lambda: rm.connection(ended).commit()) == XaCode.XAER_PROTO  # refused by the handle
+    rm.connection(ended).execute("COMMIT")  # business code must not do this
+    assert xa_code(lambda: rm.connection(ended).execute("SELECT 1")) == XaCode.XA_RBPROTO  # no autocommit
     assert xa_code(lambda: rm.prepare(ended)) == XaCode.XA_RBPROTO
     assert balances(pg_db) == {1: 100, 2: 100}
 
