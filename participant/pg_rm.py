@@ -112,6 +112,8 @@ class _Branch:
     in_flight: int = 0  # business calls running on conn right now
     open_blocks: int = 0  # with-blocks (transaction, pipeline, copy, cursor) entered via a handle, not left
     dirty: bool = False  # a call or block was open at the end: the session is not fit for another branch
+    # The RM's record of ended xids, which phase two (from any connection) keeps up to date.
+    outcomes: dict[Xid, tuple[str, XaCode]] = field(default_factory=dict)
     handle: BranchConnection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +126,10 @@ class _Branch:
 
     def ended_error(self) -> BranchEnded | None:
         """Why a handle may not be used (the branch ended), or None while it may."""
-        return None if self.ended is None else BranchEnded(self.xid, self.ended, self.ended_code)
+        if self.ended is None:
+            return None
+        how, code = self.outcomes.get(self.xid, (self.ended, self.ended_code))
+        return BranchEnded(self.xid, how, code)
 
     @contextmanager
     def using(self) -> Iterator[psycopg.Connection[Any]]:
@@ -424,7 +429,7 @@ class PostgresRM(ResourceManager):
         with self._lock:
             ended = xid in self._ended
             if not ended and xid not in self._branches:
-                self._branches[xid] = _Branch(xid, conn)
+                self._branches[xid] = _Branch(xid, conn, outcomes=self._ended)
                 return
         # Lost a race with a concurrent start of the same xid: that one is the branch (or has ended).
         self._release(conn)
