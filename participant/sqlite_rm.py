@@ -160,7 +160,7 @@ class SqliteRM(ResourceManager):
         if not XaCode(code).is_rollback:
             raise XaError(XaCode.XAER_INVAL, f"{XaCode(code).name} is not an XA_RB* code")
         with self._guard():
-            branch = self._known(xid)
+            branch = self._known(xid, business=True)
             if branch.state == _PREPARED:
                 raise BranchEnded(xid, PREPARED, XaCode.XAER_PROTO)
             if branch.state == _ACTIVE:
@@ -334,13 +334,15 @@ class SqliteRM(ResourceManager):
         ).fetchone()
         return None if row is None else _Branch(*row)
 
-    def _known(self, xid: Xid) -> _Branch:
-        """The branch; XAER_NOTA if there is none: BranchEnded when it ended here, saying how."""
+    def _known(self, xid: Xid, *, business: bool = False) -> _Branch:
+        """The branch; XAER_NOTA if there is none, saying how it ended if it ended here -- as
+        BranchEnded for ``business`` calls, whose xid is a stale handle."""
         branch = self._branch(xid)
         if branch is None:
-            if (how := self._how_ended(xid)) is not None:
+            how = self._how_ended(xid)
+            if how is not None and business:
                 raise BranchEnded(xid, how)
-            raise XaError(XaCode.XAER_NOTA, f"unknown branch {xid}")
+            raise XaError(XaCode.XAER_NOTA, f"unknown branch {xid}" if how is None else f"branch {xid} {how}")
         return branch
 
     def _how_ended(self, xid: Xid) -> str | None:
@@ -350,7 +352,7 @@ class SqliteRM(ResourceManager):
         return None if row is None else row[0] or "finished before the store was last opened"
 
     def _active(self, xid: Xid) -> int:
-        branch = self._known(xid)
+        branch = self._known(xid, business=True)
         _require_active(xid, branch)
         return branch.bid
 
