@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +44,8 @@ _MIN_SERVER_VERSION = 130000  # pg_current_xact_id_if_assigned()
 #: How many ended xids are remembered, so that a stale handle or a late start is told how its branch
 #: ended (and a start of one is refused) instead of opening a fresh transaction under the old xid.
 ENDED_RETAIN = 10_000
+#: Seconds between cancel requests to a business call still running on a branch being rolled back.
+_CANCEL_AGAIN_S = 1.0
 # What a handle wraps besides the connection: objects bound to it that would reach the session.
 _BOUND = (psycopg.Cursor, psycopg.Transaction, psycopg.Pipeline, psycopg.Copy, Iterator)
 
@@ -111,7 +113,7 @@ class _Branch:
     discarded: bool = False  # ended by a rollback: a call that was running then did work for nothing
     in_flight: int = 0  # business calls running on conn right now
     open_blocks: int = 0  # with-blocks (transaction, pipeline, copy, cursor) entered via a handle, not left
-    dirty: bool = False  # a call or block was open at the end: the session is not fit for another branch
+    dirty: bool = False  # a call cut short or a block open at the end: the session is unfit for reuse
     # The RM's record of ended xids, which phase two (from any connection) keeps up to date.
     outcomes: dict[Xid, tuple[str, XaCode]] = field(default_factory=dict)
     handle: BranchConnection = field(init=False)
@@ -157,10 +159,10 @@ class _Branch:
         if self.discarded and (ended := self.ended_error()) is not None:
             raise ended
 
-    def enter(self, target: Any) -> Any:
-        """``target.__enter__()`` for a handle, counting the open block."""
+    def enter(self, target: Any, opening: Callable[[Any], Any] | None = None) -> Any:
+        """``target.__enter__()`` (or ``opening(target)``, e.g. ``iter``), counting the open block."""
         with self.using():
-            result = target.__enter__()
+            result = target.__enter__() if opening is None else opening(target)
             with self.gate:
                 self.open_blocks += 1
         return result
@@ -234,15 +236,18 @@ class BranchHandle:
 
     def __iter__(self) -> Iterator[Any]:
         branch = self._branch
-        with branch.using():
-            items = iter(self._target)
-        while True:
-            with branch.using():
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
-            yield _bind(branch, item)
+        items = branch.enter(self._target, iter)  # a row stream holds the session until it is done
+        try:
+            while True:
+                with branch.using():
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        return
+                yield _bind(branch, item)
+        finally:
+            with branch.gate:
+                branch.open_blocks -= 1
 
     def __enter__(self) -> Any:
         result = self._branch.enter(self._target)
@@ -445,16 +450,16 @@ class PostgresRM(ResourceManager):
                     return XaCode.XA_OK  # a retried prepare after a lost reply
                 raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
             self._stop(branch, "being prepared", XaCode.XAER_PROTO)
+            how, code = "prepare failed", XaCode.XAER_NOTA
             try:
-                code = self._prepare(branch, gid)
+                vote = self._prepare(branch, gid)
+                how, code = (PREPARED, XaCode.XAER_PROTO) if vote == XaCode.XA_OK else (READ_ONLY, code)
+                return vote
             except XaError as error:
-                self._finish(branch, ended_by("prepare", error.code))
+                how = ended_by("prepare", error.code)
                 raise
-            if code == XaCode.XA_OK:
-                self._finish(branch, PREPARED, XaCode.XAER_PROTO)
-            else:
-                self._finish(branch, READ_ONLY)
-            return code
+            finally:
+                self._finish(branch, how, code)
 
     def commit(self, xid: Xid, one_phase: bool) -> None:
         gid = encode_gid(xid)
@@ -466,12 +471,15 @@ class PostgresRM(ResourceManager):
                         f"branch {xid} is active, not prepared: prepare it first or commit it one-phase",
                     )
                 self._stop(branch, "being committed in one phase")
+                how = "one-phase commit failed"
                 try:
                     self._commit_one_phase(branch)
+                    how = ONE_PHASE
                 except XaError as error:
-                    self._finish(branch, ended_by("one-phase commit", error.code))
+                    how = ended_by("one-phase commit", error.code)
                     raise
-                self._finish(branch, ONE_PHASE)
+                finally:
+                    self._finish(branch, how)
                 return
         # Not active: a prepared branch, also when one_phase is asked for it by mistake.
         self._end_prepared("COMMIT PREPARED", gid, xid)
@@ -481,8 +489,7 @@ class PostgresRM(ResourceManager):
         gid = encode_gid(xid)
         with self._claim(xid) as branch:
             if branch is not None:
-                self._stop(branch, ROLLED_BACK, discard=True)
-                self._finish(branch, ROLLED_BACK)  # ROLLBACK (or a lost connection: the server rolls back)
+                self._discard(branch, ROLLED_BACK)  # ROLLBACK (or a lost connection: the server rolls back)
                 return
         self._end_prepared("ROLLBACK PREPARED", gid, xid)
         self._remember(xid, ROLLED_BACK)
@@ -536,9 +543,7 @@ class PostgresRM(ResourceManager):
         for branch in branches:
             with branch.lock:
                 if not branch.finished:
-                    how = "rolled back: the resource manager was closed"
-                    self._stop(branch, how, discard=True)
-                    self._finish(branch, how)
+                    self._discard(branch, "rolled back: the resource manager was closed")
         self._pool.close()
         self._control.close()
 
@@ -587,6 +592,12 @@ class PostgresRM(ResourceManager):
         status = branch.conn.info.transaction_status
         if branch.failure is not None:
             return _no_vote(branch.failure)
+        if branch.dirty:
+            return XaError(
+                XaCode.XA_RBPROTO,
+                "business code still had a call, block or row stream open on the branch's connection "
+                "when the branch was ended; its work is incomplete",
+            )
         if branch.conn.closed:
             return XaError(XaCode.XA_RBCOMMFAIL, f"connection to {self.where} lost; the server rolled back")
         if status == TransactionStatus.INERROR:
@@ -666,20 +677,30 @@ class PostgresRM(ResourceManager):
 
         No business call starts after this; one already running is waited for -- and, when the
         work is to be discarded, cancelled first, so a timed-out statement cannot hold up the
-        rollback. A call or block still open marks the session dirty: it is closed, not reused.
+        rollback. A call cut short or a block still open marks the session dirty: it is closed,
+        not reused, and a branch being prepared or committed with a block open votes no.
         """
         with branch.gate:
             branch.ended, branch.ended_code, branch.discarded = how, code, discard
-            running = branch.in_flight
-            branch.dirty = bool(running or branch.open_blocks)
-        if running and discard:
+            cut_short = discard and branch.in_flight > 0
+        while cut_short:
+            with branch.gate:
+                if not branch.in_flight:
+                    break
             try:
                 branch.conn.cancel_safe(timeout=5)
-            except psycopg.Error as exc:  # closing the session below rolls it back all the same
+            except psycopg.Error as exc:  # closing the session afterwards rolls it back all the same
                 log.debug("cancel of a call on ended branch %s failed: %s", branch.xid, exc)
+            with branch.gate:  # again if the cancel came before the statement reached the server
+                branch.gate.wait_for(lambda: not branch.in_flight, timeout=_CANCEL_AGAIN_S)
         with branch.gate:
-            while branch.in_flight:
-                branch.gate.wait()
+            branch.gate.wait_for(lambda: not branch.in_flight)
+            branch.dirty = cut_short or branch.open_blocks > 0
+
+    def _discard(self, branch: _Branch, how: str) -> None:
+        """(Under the branch's lock.) Roll an active branch back: its handles first, then its session."""
+        self._stop(branch, how, discard=True)
+        self._finish(branch, how)
 
     def _finish(self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
         """End the branch's life here (under its lock, after ``_stop``): record how it ended,
@@ -693,14 +714,19 @@ class PostgresRM(ResourceManager):
         self._release(branch.conn, dirty=branch.dirty)
 
     def _release(self, conn: psycopg.Connection[Any], *, dirty: bool = False) -> None:
-        """Back to the pool, clean: rolled back, or closed (the pool replaces closed connections)."""
-        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+        """Back to the pool, clean: rolled back, or closed (the pool replaces closed connections).
+
+        A ``dirty`` session is closed without a ROLLBACK, which the server does on disconnect: a
+        suspended row stream may hold it for good, and psycopg's client-side state of an open
+        block would mislead the next branch.
+        """
+        if dirty:
+            conn.close()
+        elif not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
             try:
                 conn.execute("ROLLBACK")
             except psycopg.Error as exc:  # the pool discards a broken connection; the server rolls it back
                 log.debug("rollback of a finished branch failed: %s", exc)
-        if dirty and not conn.closed:
-            conn.close()  # psycopg's client-side block state would mislead the next branch
         self._pool.putconn(conn)
 
 
