@@ -16,7 +16,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +46,9 @@ _MIN_SERVER_VERSION = 130000  # pg_current_xact_id_if_assigned()
 ENDED_RETAIN = 10_000
 #: Seconds between cancel requests to a business call still running on a branch being rolled back.
 _CANCEL_AGAIN_S = 1.0
-# What a handle wraps besides the connection: objects bound to it that would reach the session.
-_BOUND = (psycopg.Cursor, psycopg.Transaction, psycopg.Pipeline, psycopg.Copy, Iterator)
+# What a handle wraps: objects bound to the session -- cursors, blocks (transaction(), pipeline(),
+# copy(): any context manager) and row streams.
+_BOUND = (psycopg.Cursor, AbstractContextManager, Iterator)
 
 
 def encode_gid(xid: Xid) -> str:

@@ -388,6 +388,8 @@ def test_cursors_and_blocks_die_with_their_branch(subject: Subject, system: Syst
         subject.write(conn, key("a"), 1)
         cursor = conn.cursor()
         result = conn.execute("SELECT k, v FROM kv WHERE k = %s", (key("a"),))
+        with cursor.copy("COPY kv (k, v) FROM STDIN") as copy:
+            copy.write_row((key("f"), 6))
         with pytest.raises(BranchEnded), conn.transaction():  # open when the branch ends
             subject.write(conn, key("b"), 2)
             tx.rollback()
@@ -396,6 +398,7 @@ def test_cursors_and_blocks_die_with_their_branch(subject: Subject, system: Syst
             lambda: result.fetchall(),
             lambda: list(result),
             lambda: cursor.connection,
+            lambda: copy.write_row((key("g"), 7)),
             lambda: conn.execute("SELECT 1"),
             lambda: conn.info,
         ):
@@ -404,4 +407,4 @@ def test_cursors_and_blocks_die_with_their_branch(subject: Subject, system: Syst
         subject.write(conn, key("d"), 4)
         with conn.transaction():  # a session that had a block open was not reused as it was
             subject.write(conn, key("e"), 5)
-    assert [subject.committed(key(name)) for name in "abcde"] == [None, None, None, 4, 5]
+    assert [subject.committed(key(name)) for name in "abcdefg"] == [None, None, None, 4, 5, None, None]
