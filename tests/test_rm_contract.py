@@ -12,6 +12,7 @@ pooled connection. The same scenarios run against each subject, with a real coor
 * ``agent``: ``xatm participant`` in front of PostgreSQL with a pool of one, as a real process; the
   handle is the transaction's metadata on Execute calls, sent without the initiator's deadline cap
   (which would otherwise stop a late call before it leaves this process).
+* ``kv_agent``: the same in front of an embedded SQLite store, with Put calls.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -35,7 +37,7 @@ from participant.pg_rm import PostgresRM
 from participant.rm import BranchEnded, ResourceManager
 from participant.sqlite_rm import SqliteRM
 from participant.xa import TxStatus, XaCode, Xid, new_bqual, new_gtrid
-from tests.bank_system import TEST_COORDINATOR_ENV, coordinator_status, wait_status
+from tests.bank_system import TEST_COORDINATOR_ENV, SqliteStore, coordinator_status, wait_status
 from tests.pgcluster import PgCluster, pg_url
 from tests.test_agent import agent_proc, integer, text
 
@@ -184,30 +186,24 @@ class PgSubject:
         return pg_value(self.dsn, key)
 
 
+Metadata = list[tuple[str, str]]
+
+
 class AgentSubject:
+    """An agent process; the handle is the transaction's metadata."""
+
     rm = None
 
-    def __init__(self, agent: agent_pb2_grpc.AgentStub, dsn: str):
+    def __init__(self, agent: agent_pb2_grpc.AgentStub):
         self.agent = agent
-        self.dsn = dsn
 
     @contextlib.contextmanager
-    def branch(self) -> Iterator[list[tuple[str, str]]]:
+    def branch(self) -> Iterator[Metadata]:
         tx = current()
         assert tx is not None
         yield to_metadata(tx)
 
-    def _execute(self, metadata: list[tuple[str, str]], sql: str, key: str, value: int) -> None:
-        request = agent_pb2.ExecuteRequest(sql=sql, params=[text(key), integer(value)])
-        self.agent.Execute(request, metadata=metadata, timeout=30)
-
-    def write(self, handle: list[tuple[str, str]], key: str, value: int) -> None:
-        self._execute(handle, UPSERT, key, value)
-
-    def slow_write(self, handle: list[tuple[str, str]], key: str, value: int) -> None:
-        self._execute(handle, SLOW_UPSERT, key, value)
-
-    def refused(self, handle: list[tuple[str, str]], call: Callable[[], object]) -> str:
+    def refused(self, handle: Metadata, call: Callable[[], object]) -> str:
         with pytest.raises(grpc.RpcError) as caught:
             call()
         error: Any = caught.value
@@ -215,8 +211,50 @@ class AgentSubject:
         assert dict(handle)[GTRID_KEY] in error.details()
         return str(error.details())
 
+
+class PgAgentSubject(AgentSubject):
+    """``Execute`` on an agent in front of PostgreSQL."""
+
+    def __init__(self, agent: agent_pb2_grpc.AgentStub, dsn: str):
+        super().__init__(agent)
+        self.dsn = dsn
+
+    def _execute(self, metadata: Metadata, sql: str, key: str, value: int) -> None:
+        request = agent_pb2.ExecuteRequest(sql=sql, params=[text(key), integer(value)])
+        self.agent.Execute(request, metadata=metadata, timeout=30)
+
+    def write(self, handle: Metadata, key: str, value: int) -> None:
+        self._execute(handle, UPSERT, key, value)
+
+    def slow_write(self, handle: Metadata, key: str, value: int) -> None:
+        self._execute(handle, SLOW_UPSERT, key, value)
+
     def committed(self, key: str) -> int | None:
         return pg_value(self.dsn, key)
+
+
+class KvAgentSubject(AgentSubject):
+    """``Put`` on an agent in front of an embedded SQLite store."""
+
+    def __init__(self, agent: agent_pb2_grpc.AgentStub, store: SqliteStore, tm: TransactionManager):
+        super().__init__(agent)
+        self.store = store
+        self.tm = tm
+
+    def write(self, handle: Metadata, key: str, value: int) -> None:
+        self.agent.Put(agent_pb2.PutRequest(key=key, value=integer(value)), metadata=handle, timeout=30)
+
+    def slow_write(self, handle: Metadata, key: str, value: int) -> None:
+        """Waits for the lock on ``key``, which another transaction holds past the timeout."""
+        holder = self.tm.begin()
+        self.write(to_metadata(holder.context), key, -1)
+        try:
+            self.write(handle, key, value)
+        finally:
+            holder.rollback()
+
+    def committed(self, key: str) -> int | None:
+        return self.store.accounts().get(key)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -254,23 +292,38 @@ def postgresql_subject(system: System, pg_cluster: PgCluster) -> Iterator[PgSubj
     linked.close()
 
 
-@pytest.fixture(scope="module")
-def agent_subject(
-    system: System, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AgentSubject]:
-    dsn = kv_database(pg_cluster, "contract_agent")
-    root = tmp_path_factory.mktemp("contract-agent")
-    env = {"XATM_RESOURCE": pg_url(pg_cluster, "contract_agent"), "XATM_POOL_SIZE": "1"}
-    agent = agent_proc("contract-agent", system.coordinator.address, root, env)
+@contextlib.contextmanager
+def running_agent(system: System, root: Path, resource: str) -> Iterator[agent_pb2_grpc.AgentStub]:
+    """``xatm participant`` with a pool of one in front of ``resource``; a client that is not
+    intercepted (see the module doc)."""
+    env = {"XATM_RESOURCE": resource, "XATM_POOL_SIZE": "1"}
+    agent = agent_proc(f"contract-{root.name}", system.coordinator.address, root, env)
     agent.start()
     try:
-        with grpc.insecure_channel(agent.address) as channel:  # not intercepted: see the module doc
-            yield AgentSubject(agent_pb2_grpc.AgentStub(channel), dsn)
+        with grpc.insecure_channel(agent.address) as channel:
+            yield agent_pb2_grpc.AgentStub(channel)
     finally:
         agent.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "agent"])
+@pytest.fixture(scope="module")
+def agent_subject(
+    system: System, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgAgentSubject]:
+    dsn = kv_database(pg_cluster, "contract_agent")
+    root = tmp_path_factory.mktemp("agent-pg")
+    with running_agent(system, root, pg_url(pg_cluster, "contract_agent")) as agent:
+        yield PgAgentSubject(agent, dsn)
+
+
+@pytest.fixture(scope="module")
+def kv_agent_subject(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvAgentSubject]:
+    root = tmp_path_factory.mktemp("agent-kv")
+    with running_agent(system, root, f"sqlite:{root / 'kv.db'}") as agent:
+        yield KvAgentSubject(agent, SqliteStore(root / "kv.db"), system.tm)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "agent", "kv_agent"])
 def subject(request: pytest.FixtureRequest) -> Subject:
     return request.getfixturevalue(f"{request.param}_subject")
 
