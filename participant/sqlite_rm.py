@@ -26,6 +26,9 @@ How it is built, and why:
   uses NORMAL, because active branches are discarded after a crash anyway and the next FULL commit
   fsyncs the WAL, with everything written before it.
 
+* **Ended branches stay dead**: ``finished`` keeps the recent xids with how each ended, so a business
+  call with a stale xid raises ``BranchEnded`` (see participant/rm.py) and ``start`` refuses it.
+
 Business rules stay in the business code: to veto a branch (e.g. the bank refusing a negative
 balance) call ``mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, reason)``; prepare then raises that code.
 An unknown savepoint id is ``XAER_INVAL`` (the branch exists, the argument is wrong), not ``XAER_NOTA``,
