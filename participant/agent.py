@@ -37,6 +37,7 @@ import grpc
 
 from ._proto import agent_pb2, agent_pb2_grpc
 from .context import current
+from .rm import BranchEnded
 from .xa import XaCode, XaError, XatmError, Xid
 
 if TYPE_CHECKING:
@@ -263,8 +264,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     A call that fails inside the branch dooms the global transaction (the stub marks it
     rollback-only); its status carries the XA code: XA_RB* -> ABORTED, XAER_RMFAIL ->
-    UNAVAILABLE, bad SQL or values -> INVALID_ARGUMENT. Calls refused before the branch is
-    joined (wrong resource kind, transaction control, no transaction) leave it untouched.
+    UNAVAILABLE, bad SQL or values -> INVALID_ARGUMENT. A call for a branch that has ended
+    (committed, rolled back, timed out; also one cut short by that end) runs nothing and answers
+    FAILED_PRECONDITION naming the branch and how it ended -- never autocommit. Calls refused
+    before the branch is joined (wrong resource kind, transaction control, no transaction) leave
+    it untouched.
     """
 
     def __init__(self, stub: ParticipantStub, kind: str):
@@ -294,16 +298,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         rm: Any = self.stub.rm  # a PostgresRM, not imported: a sqlite agent runs without psycopg
 
         def run(xid: Xid) -> agent_pb2.ExecuteResponse:
+            # The branch's connection handle: if the branch ends (its transaction times out, the
+            # coordinator rolls it back) before or while the statement runs, it raises BranchEnded.
             with rm.guard(xid) as conn:
                 cur = conn.execute(request.sql, params or None)
                 rows = cur.fetchmany(MAX_ROWS + 1) if cur.description else []
-            return agent_pb2.ExecuteResponse(
-                columns=[c.name for c in cur.description or ()],
-                rows=[agent_pb2.Row(values=[_to_value(v) for v in row]) for row in rows[:MAX_ROWS]],
-                rowcount=cur.rowcount,
-                status=cur.statusmessage or "",
-                truncated=len(rows) > MAX_ROWS,
-            )
+                return agent_pb2.ExecuteResponse(
+                    columns=[c.name for c in cur.description or ()],
+                    rows=[agent_pb2.Row(values=[_to_value(v) for v in row]) for row in rows[:MAX_ROWS]],
+                    rowcount=cur.rowcount,
+                    status=cur.statusmessage or "",
+                    truncated=len(rows) > MAX_ROWS,
+                )
 
         return self._in_branch(run)
 
@@ -361,12 +367,19 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
 
 class _XaFailure(XatmError):
-    """An XaError inside the branch, as the status the caller gets; the code goes in a trailer."""
+    """An XaError inside the branch, as the status the caller gets; the code goes in a trailer.
+
+    A branch that has already ended (BranchEnded) answers FAILED_PRECONDITION saying how it
+    ended; nothing ran, and the transaction's outcome is whatever it already was.
+    """
 
     def __init__(self, error: XaError, gtrid: str):
-        super().__init__(
-            _status_for(error.code), f"{error.code.name}: {error.reason}; transaction {gtrid} will roll back"
-        )
+        if isinstance(error, BranchEnded):
+            status, message = grpc.StatusCode.FAILED_PRECONDITION, f"transaction {gtrid}: {error.reason}"
+        else:
+            status = _status_for(error.code)
+            message = f"{error.code.name}: {error.reason}; transaction {gtrid} will roll back"
+        super().__init__(status, message)
         self.xa_code = error.code
 
 

@@ -3,6 +3,17 @@
 Methods are synchronous (SQLite and psycopg are); the stub runs them off the event loop
 when it serves asyncio. Success returns normally; any other XA answer is an ``XaError``
 carrying its code, so the mapping to the wire lives in one place (the servicer).
+
+**An ended branch is dead.** Business code reaches a branch through handles the RM gives it:
+the xid itself (``SqliteRM.get/put``), a connection and the cursors made from it
+(``PostgresRM.guard``), a session, a transaction block. Once the branch's business phase is
+over -- prepared, committed (two-phase, one-phase or read-only), or rolled back, whoever did it:
+the coordinator, its transaction timeout, a no vote, ``close()`` -- every such handle raises
+``BranchEnded`` on its next use, including a statement that was running when the branch ended
+and a later ``start`` of the same xid. A handle never runs anything in autocommit, never reaches
+the pooled connection or session once another branch may hold it, and so can neither commit
+work nor leak it into another branch. Every RM meets this rule; tests/test_rm_contract.py holds
+each one to it.
 """
 
 from __future__ import annotations
@@ -11,7 +22,39 @@ import abc
 
 from .xa import XaCode, XaError, Xid
 
-__all__ = ["ResourceManager"]
+__all__ = ["BranchEnded", "ResourceManager"]
+
+
+class BranchEnded(XaError):
+    """A handle on a branch was used after the branch ended; nothing was run.
+
+    ``xid`` is the branch, ``how`` says how it ended (e.g. ``"rolled back"``, ``"committed in
+    one phase"``, ``"prepared"``). The XA code tells the verbs' story: XAER_NOTA once the RM has
+    forgotten the branch (committed or rolled back), XAER_PROTO while it is prepared (it takes
+    no more work, phase two is the coordinator's), XAER_DUPID for ``start`` of an ended xid.
+    """
+
+    def __init__(self, xid: Xid, how: str, code: XaCode = XaCode.XAER_NOTA):
+        super().__init__(
+            code,
+            f"branch {xid} has ended ({how}); its handles are dead and nothing more runs in it: "
+            "do the work in a new transaction",
+        )
+        self.xid = xid
+        self.how = how
+
+
+#: How a branch ended, as BranchEnded tells it; the same words from every RM.
+PREPARED = "prepared; the coordinator decides its outcome"
+READ_ONLY = "committed: it was read-only"
+COMMITTED = "committed"
+ONE_PHASE = "committed in one phase"
+ROLLED_BACK = "rolled back"
+
+
+def ended_by(verb: str, code: XaCode) -> str:
+    """How a branch ended whose ``verb`` (prepare, one-phase commit) answered ``code`` instead."""
+    return f"rolled back: {verb} voted {code.name}" if code.is_rollback else f"{verb} failed with {code.name}"
 
 
 class ResourceManager(abc.ABC):

@@ -26,6 +26,9 @@ How it is built, and why:
   uses NORMAL, because active branches are discarded after a crash anyway and the next FULL commit
   fsyncs the WAL, with everything written before it.
 
+* **Ended branches stay dead**: ``finished`` keeps the recent xids with how each ended, so a business
+  call with a stale xid raises ``BranchEnded`` (see participant/rm.py) and ``start`` refuses it.
+
 Business rules stay in the business code: to veto a branch (e.g. the bank refusing a negative
 balance) call ``mark_rollback_only(xid, XaCode.XA_RBINTEGRITY, reason)``; prepare then raises that code.
 An unknown savepoint id is ``XAER_INVAL`` (the branch exists, the argument is wrong), not ``XAER_NOTA``,
@@ -45,12 +48,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
-from .rm import ResourceManager
+from .rm import COMMITTED, ONE_PHASE, PREPARED, READ_ONLY, ROLLED_BACK, BranchEnded, ResourceManager, ended_by
 from .xa import LOCAL_FORMAT_ID, XaCode, XaError, Xid
 
 __all__ = ["LOCAL_FORMAT_ID", "SqliteRM", "Value"]
 
-#: How many finished xids are remembered so that starting one again is refused (XAER_DUPID).
+#: How many finished xids are remembered (with how they ended), so that starting one again is refused
+#: (XAER_DUPID) and business calls with one raise BranchEnded.
 FINISHED_RETAIN = 10_000
 
 Value = int | str
@@ -75,7 +79,7 @@ CREATE TABLE IF NOT EXISTS savepoints (
     mark INTEGER NOT NULL, UNIQUE (bid, name));
 CREATE TABLE IF NOT EXISTS finished (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    format_id INTEGER NOT NULL, gtrid TEXT NOT NULL, bqual TEXT NOT NULL,
+    format_id INTEGER NOT NULL, gtrid TEXT NOT NULL, bqual TEXT NOT NULL, how TEXT,
     UNIQUE (format_id, gtrid, bqual));
 """
 
@@ -159,9 +163,9 @@ class SqliteRM(ResourceManager):
         if not XaCode(code).is_rollback:
             raise XaError(XaCode.XAER_INVAL, f"{XaCode(code).name} is not an XA_RB* code")
         with self._guard():
-            branch = self._known(xid)
+            branch = self._known(xid, business=True)
             if branch.state == _PREPARED:
-                raise XaError(XaCode.XAER_PROTO, f"branch {xid} is already prepared")
+                raise BranchEnded(xid, PREPARED, XaCode.XAER_PROTO)
             if branch.state == _ACTIVE:
                 self._doom(branch.bid, XaCode(code), reason)
 
@@ -181,14 +185,13 @@ class SqliteRM(ResourceManager):
     # ---- XA verbs -----------------------------------------------------------------------------
 
     def start(self, xid: Xid) -> None:
-        """New branch, or rejoin an active one; a finished xid is XAER_DUPID, a prepared one XAER_PROTO."""
+        """New branch, or rejoin an active one; a finished xid is BranchEnded(XAER_DUPID), a prepared
+        one BranchEnded(XAER_PROTO)."""
         with self._guard():
             branch = self._branch(xid)
             if branch is None:
-                if self._db.execute(
-                    "SELECT 1 FROM finished WHERE format_id = ? AND gtrid = ? AND bqual = ?", _key(xid)
-                ).fetchone():
-                    raise XaError(XaCode.XAER_DUPID, f"branch {xid} already finished")
+                if (how := self._how_ended(xid)) is not None:
+                    raise BranchEnded(xid, how, XaCode.XAER_DUPID)
                 with self._tx():
                     self._db.execute(
                         "INSERT INTO branches (format_id, gtrid, bqual, state) VALUES (?, ?, ?, ?)",
@@ -201,14 +204,15 @@ class SqliteRM(ResourceManager):
         with self._guard():
             branch = self._known(xid)
             if branch.state == _ROLLBACK_ONLY:
+                error = _rollback_error(branch)
                 with self._tx():
-                    self._finish(branch.bid, xid)
-                raise _rollback_error(branch)
+                    self._finish(branch.bid, xid, ended_by("prepare", error.code))
+                raise error
             if branch.state == _PREPARED:
                 raise XaError(XaCode.XAER_PROTO, f"branch {xid} is already prepared")
             if not self._db.execute("SELECT 1 FROM writes WHERE bid = ? LIMIT 1", (branch.bid,)).fetchone():
                 with self._tx():
-                    self._finish(branch.bid, xid)
+                    self._finish(branch.bid, xid, READ_ONLY)
                 return XaCode.XA_RDONLY
             with self._tx(durable=True):
                 self._db.execute(
@@ -224,9 +228,10 @@ class SqliteRM(ResourceManager):
         with self._guard():
             branch = self._known(xid)
             if one_phase and branch.state == _ROLLBACK_ONLY:
+                error = _rollback_error(branch)
                 with self._tx():
-                    self._finish(branch.bid, xid)
-                raise _rollback_error(branch)
+                    self._finish(branch.bid, xid, ended_by("one-phase commit", error.code))
+                raise error
             wanted = _ACTIVE if one_phase else _PREPARED
             if branch.state != wanted:
                 kind = "one-phase" if one_phase else "two-phase"
@@ -240,13 +245,13 @@ class SqliteRM(ResourceManager):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (branch.bid,),
                 )
-                self._finish(branch.bid, xid)
+                self._finish(branch.bid, xid, ONE_PHASE if one_phase else COMMITTED)
 
     def rollback(self, xid: Xid) -> None:
         with self._guard():
             branch = self._known(xid)
             with self._tx(durable=branch.state == _PREPARED):
-                self._finish(branch.bid, xid)
+                self._finish(branch.bid, xid, ROLLED_BACK)
 
     def recover(self) -> list[Xid]:
         with self._guard():
@@ -332,14 +337,25 @@ class SqliteRM(ResourceManager):
         ).fetchone()
         return None if row is None else _Branch(*row)
 
-    def _known(self, xid: Xid) -> _Branch:
+    def _known(self, xid: Xid, *, business: bool = False) -> _Branch:
+        """The branch; XAER_NOTA if there is none, saying how it ended if it ended here -- as
+        BranchEnded for ``business`` calls, whose xid is a stale handle."""
         branch = self._branch(xid)
         if branch is None:
-            raise XaError(XaCode.XAER_NOTA, f"unknown branch {xid}")
+            how = self._how_ended(xid)
+            if how is not None and business:
+                raise BranchEnded(xid, how)
+            raise XaError(XaCode.XAER_NOTA, f"unknown branch {xid}" if how is None else f"branch {xid} {how}")
         return branch
 
+    def _how_ended(self, xid: Xid) -> str | None:
+        row = self._db.execute(
+            "SELECT how FROM finished WHERE format_id = ? AND gtrid = ? AND bqual = ?", _key(xid)
+        ).fetchone()
+        return None if row is None else row[0] or "finished before the store was last opened"
+
     def _active(self, xid: Xid) -> int:
-        branch = self._known(xid)
+        branch = self._known(xid, business=True)
         _require_active(xid, branch)
         return branch.bid
 
@@ -399,12 +415,13 @@ class SqliteRM(ResourceManager):
             self._db.execute(f"DELETE FROM {table} WHERE bid = ?", (bid,))
         self._cond.notify_all()
 
-    def _finish(self, bid: int, xid: Xid) -> None:
-        """Forget the branch, remembering its xid for a while so it cannot be started again."""
+    def _finish(self, bid: int, xid: Xid, how: str) -> None:
+        """Forget the branch, remembering its xid and ``how`` it ended for a while, so it cannot be
+        started again and a stale business call is told why."""
         self._release(bid)
         self._db.execute("DELETE FROM branches WHERE bid = ?", (bid,))
         cursor = self._db.execute(
-            "INSERT INTO finished (format_id, gtrid, bqual) VALUES (?, ?, ?)", _key(xid)
+            "INSERT INTO finished (format_id, gtrid, bqual, how) VALUES (?, ?, ?, ?)", (*_key(xid), how)
         )
         self._db.execute("DELETE FROM finished WHERE seq <= ?", (cursor.lastrowid - FINISHED_RETAIN,))
 
@@ -417,6 +434,8 @@ class SqliteRM(ResourceManager):
         self._db.execute("PRAGMA synchronous=FULL")
         self._sync = "FULL"
         self._db.executescript(_SCHEMA)
+        if "how" not in {column for _, column, *_ in self._db.execute("PRAGMA table_info(finished)")}:
+            self._db.execute("ALTER TABLE finished ADD COLUMN how TEXT")  # a store made before it was kept
         with self._tx(durable=True):
             self._discard_unprepared()
 
@@ -426,8 +445,9 @@ class SqliteRM(ResourceManager):
         for table in ("writes", "locks", "savepoints"):
             self._db.execute(f"DELETE FROM {table} WHERE bid IN ({unprepared})")
         self._db.execute(
-            "INSERT OR IGNORE INTO finished (format_id, gtrid, bqual)"
-            " SELECT format_id, gtrid, bqual FROM branches WHERE state != 'prepared'"
+            "INSERT OR IGNORE INTO finished (format_id, gtrid, bqual, how)"
+            " SELECT format_id, gtrid, bqual, ? FROM branches WHERE state != 'prepared'",
+            (ROLLED_BACK + ": it was still active when the store was reopened",),
         )
         self._db.execute("DELETE FROM branches WHERE state != 'prepared'")
 
@@ -451,7 +471,7 @@ def _require_active(xid: Xid, branch: _Branch) -> None:
     if branch.state == _ROLLBACK_ONLY:
         raise _rollback_error(branch)
     if branch.state == _PREPARED:
-        raise XaError(XaCode.XAER_PROTO, f"branch {xid} is prepared; it takes no more work")
+        raise BranchEnded(xid, PREPARED, XaCode.XAER_PROTO)  # its business phase is over
 
 
 def _rollback_error(branch: _Branch) -> XaError:

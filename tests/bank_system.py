@@ -111,6 +111,25 @@ class PgStore:
         return {what: rows for what, rows in found.items() if rows}
 
 
+def coordinator_status(address: str, gtrid: str) -> xa_pb2.TransactionInfo:
+    """The coordinator's view of a transaction (GetStatus)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        return stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), timeout=5)
+
+
+def wait_status(address: str, gtrid: str, wanted: TxStatus, timeout: float = 20.0) -> xa_pb2.TransactionInfo:
+    """Poll until the transaction has status ``wanted``; AssertionError with its info after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = coordinator_status(address, gtrid)
+        if info.status == wanted:
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{gtrid} is {TxStatus(info.status).label}, not {wanted.label}:\n{info}")
+        time.sleep(0.05)
+
+
 class BankSystem:
     def __init__(
         self,
@@ -178,19 +197,10 @@ class BankSystem:
         return sum(self.balance(name, account) for name, account, _ in self.seeds)
 
     def status(self, gtrid: str) -> xa_pb2.TransactionInfo:
-        with grpc.insecure_channel(self.coordinator.address) as channel:
-            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-            return stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), timeout=5)
+        return coordinator_status(self.coordinator.address, gtrid)
 
     def wait_status(self, gtrid: str, wanted: TxStatus, timeout: float = 20.0) -> xa_pb2.TransactionInfo:
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self.status(gtrid)
-            if info.status == wanted:
-                return info
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{gtrid} is {TxStatus(info.status).label}, not {wanted.label}:\n{info}")
-            time.sleep(0.05)
+        return wait_status(self.coordinator.address, gtrid, wanted, timeout)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of the coordinator's /metrics, keyed by (name, sorted labels)."""

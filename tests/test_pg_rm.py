@@ -11,6 +11,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 from participant.pg_errors import SQLCLASS_TO_XA, SQLSTATE_TO_XA, to_xa_error, xa_code_for
 from participant.pg_rm import PostgresRM, PostgresSetupError, decode_gid, encode_gid
+from participant.rm import BranchEnded
 from participant.xa import FORMAT_ID, XaCode, XaError, XatmError, Xid, new_bqual, new_gtrid
 from tests.pgcluster import PgCluster
 
@@ -281,7 +283,9 @@ def test_misuse_outside_the_guard_votes_no(rm: PostgresRM, pg_db: str) -> None:
         rm.connection(failed).execute("UPDATE nonsense")
     assert xa_code(lambda: rm.prepare(failed)) == XaCode.XA_RBROLLBACK
     rm.start(ended)
-    rm.connection(ended).commit()  # business code must not do this
+    assert xa_code(lambda: rm.connection(ended).commit()) == XaCode.XAER_PROTO  # refused by the handle
+    rm.connection(ended).execute("COMMIT")  # business code must not do this
+    assert xa_code(lambda: rm.connection(ended).execute("SELECT 1")) == XaCode.XA_RBPROTO  # no autocommit
     assert xa_code(lambda: rm.prepare(ended)) == XaCode.XA_RBPROTO
     assert balances(pg_db) == {1: 100, 2: 100}
 
@@ -440,3 +444,56 @@ def test_connection_loss_maps_to_rmfail_and_votes_rbcommfail(rm: PostgresRM, pg_
     transfer(rm, after, 1)
     rm.commit(after, one_phase=True)
     assert balances(pg_db) == {1: 99, 2: 101}
+
+
+def test_open_row_stream_at_the_end_never_blocks_or_reaches_the_next_branch(
+    make_rm: Callable[..., PostgresRM], pg_db: str
+) -> None:
+    """A suspended ``stream()`` holds psycopg's session lock: the end must not wait for it, the
+    session must not be reused, and a branch prepared with one open votes no."""
+    rm = make_rm(pool_size=1)
+    rolled_back, prepared = new_xid(), new_xid()
+    rm.start(rolled_back)
+    transfer(rm, rolled_back, 10)
+    rows = iter(rm.connection(rolled_back).cursor().stream("SELECT id FROM accounts ORDER BY id"))
+    assert next(rows) == (1,)
+    rm.rollback(rolled_back)
+    with pytest.raises(BranchEnded):
+        next(rows)
+    rm.start(prepared)  # the pool's one connection: a fresh one, the streaming session was closed
+    transfer(rm, prepared, 20)
+    with rm.guard(prepared) as conn:
+        rows = iter(conn.execute("SELECT id FROM accounts ORDER BY id"))
+        assert next(rows) == (1,)
+        assert xa_code(lambda: rm.prepare(prepared)) == XaCode.XA_RBPROTO
+    assert balances(pg_db) == {1: 100, 2: 100}
+    after = new_xid()
+    rm.start(after)
+    transfer(rm, after, 1)
+    rm.commit(after, one_phase=True)
+    assert balances(pg_db) == {1: 99, 2: 101}
+
+
+def test_statement_running_when_prepare_comes_is_waited_for_and_prepared(rm: PostgresRM, pg_db: str) -> None:
+    """Only a rollback cuts a running statement short; prepare waits for it and keeps its work."""
+    xid = new_xid()
+    rm.start(xid)
+    conn = rm.connection(xid)
+    pid = conn.info.backend_pid
+    done: list[object] = []
+    slow = "UPDATE accounts SET balance = 0 FROM pg_sleep(1) WHERE id = 1"
+    worker = threading.Thread(target=lambda: done.append(conn.execute(slow)))
+    worker.start()
+    state = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+    with psycopg.connect(pg_db, autocommit=True) as admin:  # until the UPDATE runs on the server
+        while admin.execute(state, (pid,)).fetchone() != ("active",):
+            assert worker.is_alive(), done
+            time.sleep(0.01)
+    assert rm.prepare(xid) == XaCode.XA_OK
+    worker.join(timeout=10)
+    assert len(done) == 1  # the statement returned normally: it ran before the branch was prepared
+    with pytest.raises(BranchEnded) as caught:
+        conn.execute("SELECT 1")
+    assert caught.value.code == XaCode.XAER_PROTO and "prepared" in caught.value.reason
+    rm.commit(xid, one_phase=False)
+    assert balances(pg_db) == {1: 0, 2: 100}

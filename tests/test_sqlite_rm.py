@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from participant import sqlite_rm
+from participant.rm import BranchEnded
 from participant.sqlite_rm import LOCAL_FORMAT_ID, SqliteRM
 from participant.xa import FORMAT_ID, XaCode, XaError, Xid
 
@@ -148,6 +151,44 @@ def test_start_rules(rm: SqliteRM) -> None:
     rm.commit(xid, one_phase=False)
     with raises(XaCode.XAER_DUPID):
         rm.start(xid)
+
+
+def test_ended_branches_say_how_they_ended(rm: SqliteRM) -> None:
+    committed, rolled_back, doomed = started(rm, "t1"), started(rm, "t2"), started(rm, "t3")
+    for xid in (committed, rolled_back):
+        rm.put(xid, xid.gtrid, 1)
+    rm.commit(committed, one_phase=True)
+    rm.rollback(rolled_back)
+    rm.mark_rollback_only(doomed, XaCode.XA_RBINTEGRITY, "overdrawn")
+    with raises(XaCode.XA_RBINTEGRITY):
+        rm.prepare(doomed)
+    for xid, how in (
+        (committed, "committed in one phase"),
+        (rolled_back, "rolled back"),
+        (doomed, "rolled back: prepare voted XA_RBINTEGRITY"),
+    ):
+        with pytest.raises(BranchEnded) as caught:
+            rm.put(xid, "k", 2)
+        assert (caught.value.xid, caught.value.how, caught.value.code) == (xid, how, XaCode.XAER_NOTA)
+    assert rm.items() == {"t1": 1}
+
+
+def test_store_made_before_endings_were_kept_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(sqlite_rm._SCHEMA.replace(", how TEXT", ""))
+        db.execute("INSERT INTO finished (format_id, gtrid, bqual) VALUES (?, 'old', 'b1')", (FORMAT_ID,))
+        db.commit()
+    rm = SqliteRM(path, "test")
+    try:
+        with pytest.raises(BranchEnded) as caught:
+            rm.start(Xid("old", "b1"))
+        assert caught.value.code == XaCode.XAER_DUPID
+        assert caught.value.how == "finished before the store was last opened"
+        seed(rm, k=1)  # new branches record how they end
+        assert rm.items() == {"k": 1}
+    finally:
+        rm.close()
 
 
 def test_protocol_errors(rm: SqliteRM) -> None:
