@@ -279,13 +279,21 @@ class Engine:
         """``query_outcome`` for a participant that may say who it is and where it is served now:
         a branch of that RM held at another endpoint moves there first."""
         decision = self.query_outcome(xid)
+        if rm_id:
+            _check_identity("an outcome query", rm_id, endpoint)
+            await self.follow(xid, rm_id, endpoint)
+        return decision
+
+    async def follow(self, xid: Xid, rm_id: str, endpoint: str) -> bool:
+        """``xid`` is held by resource manager ``rm_id`` served at ``endpoint`` (it said so, or a
+        recovery scan found it there): if that is the branch's own RM, the branch moves there.
+        True when it moved."""
         tx = self._txs.get(xid.gtrid)
         branch = tx.branches.get(xid.bqual) if tx is not None else None
-        if rm_id and branch is not None and branch.rm_id == rm_id:
-            _check_identity("an outcome query", rm_id, endpoint)
-            self._rm_endpoints[rm_id] = endpoint
-            await self._move(tx, xid.bqual, rm_id, endpoint)  # type: ignore[arg-type]
-        return decision
+        if tx is None or branch is None or branch.rm_id != rm_id:
+            return False
+        self._rm_endpoints[rm_id] = endpoint
+        return await self._move(tx, xid.bqual, rm_id, endpoint)
 
     async def _move(self, tx: sm.Transaction, bqual: str, rm_id: str, endpoint: str) -> bool:
         """Point one branch at ``endpoint``; True when it moved (then the move is on disk)."""
