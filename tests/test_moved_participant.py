@@ -15,11 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from coordinator import statemachine as sm
 from coordinator.auth import hash_token
+from coordinator.journal import RecordFactory as R
+from coordinator.journal import replay
 from coordinator.procs import Proc, coordinator_proc, free_port
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from participant.xa import BranchStatus as B
-from participant.xa import Phase, XaCode
+from participant.xa import Decision, Phase, XaCode
 from participant.xa import TxStatus as S
 from tests.admin_support import (
     CREDENTIALS,
@@ -159,6 +162,26 @@ def test_a_new_endpoint_survives_a_coordinator_restart(system: BankSystem) -> No
     _committed_everywhere(system)
 
 
+def test_the_recovery_scan_follows_a_branch_found_at_its_rms_new_endpoint(system: BankSystem) -> None:
+    gtrid = _crashed_in_commit(system)
+    bank_b = system.banks["bank-b"]
+    assert bank_b.wait_exit(10) == CRASH_EXIT
+    # bank-b comes back elsewhere unable to reach the coordinator (it neither registers nor resolves).
+    new = _restart_elsewhere(bank_b, coordinator="127.0.0.1:1")
+    assert system.status(gtrid).status == S.COMMITTING
+    # A later enlistment of bank-b from there puts the new endpoint in the recovery scan, which finds
+    # the in-doubt branch prepared at it.
+    with grpc.insecure_channel(system.coordinator.address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        later = stub.Begin(coordinator_pb2.BeginRequest(timeout_ms=2000), timeout=10).gtrid
+        enlist = coordinator_pb2.EnlistRequest(gtrid=later, bqual="b1", rm_id="bank-b", endpoint=new)
+        assert stub.Enlist(enlist, timeout=10).code == XaCode.XA_OK
+    info = system.wait_status(gtrid, S.COMMITTED, WAIT)
+    assert _branch(info, "bank-b").endpoint == new
+    assert system.metric(IN_DOUBT) == 0
+    _committed_everywhere(system)
+
+
 def test_a_resource_manager_gone_for_good_is_closed_by_the_operator(system: BankSystem) -> None:
     # bank-b answers XAER_RMFAIL to every commit (and does not resolve in-doubt branches itself),
     # then is killed for good: two transactions wait for it in Committing.
@@ -212,6 +235,16 @@ def test_a_resource_manager_gone_for_good_is_closed_by_the_operator(system: Bank
     )
     assert record.time.seconds > 0
 
+    # The heuristic record is in the log: a restarted coordinator shows the same.
+    system.coordinator.kill()
+    system.coordinator.start()
+    restarted = _branch(system.status(first), "bank-b")
+    assert (B(restarted.status), XaCode(restarted.last_code), restarted.last_reason) == (
+        B.HEURISTICALLY_COMPLETED,
+        XaCode.XA_HEURCOM,
+        branch.last_reason,
+    )
+
     # Refusals: the branch owes nothing now, unknown ids, malformed ids, missing arguments.
     again = xactl(address, "resolve", first, bqual, "--outcome", "rolledback", "--reason", "again")
     assert again.returncode == REFUSED
@@ -246,14 +279,10 @@ def test_a_resource_manager_gone_for_good_is_closed_by_the_operator(system: Bank
     view = next(b for b in reply.body["branches"] if b["rmId"] == "bank-b")
     assert (view["status"], view["returnCode"]) == ("HeuristicallyRolledback", "XA_HEURRB")
     assert rest(http, "POST", path, body={"outcome": "rolledback", "reason": "x"}).status == 412
-    assert (
-        rest(
-            http, "POST", path.replace(second, "n1.unknown"), body={"outcome": "rolledback", "reason": "x"}
-        ).status
-        == 404
-    )
+    unknown = path.replace(second, "n1.unknown")
+    assert rest(http, "POST", unknown, body={"outcome": "rolledback", "reason": "x"}).status == 404
     assert system.metric(IN_DOUBT) == 0
-    assert admin_actions(system.coordinator.http, "resolve_branch", "ok") == 2
+    assert admin_actions(system.coordinator.http, "resolve_branch", "ok") == 1  # since the restart
 
     # Closed by hand, both are forgotten as usual (the forget call to bank-b fails: it is gone).
     forgot = xactl_json(address, "forget", first, second)
@@ -331,3 +360,24 @@ def test_the_openapi_document_describes_resolve(secured: Proc) -> None:
     assert set(operation["responses"]) >= {"200", "400", "401", "403", "404", "412", "503"}
     schema = reply.body["components"]["schemas"]["ResolveRequest"]
     assert schema["properties"]["outcome"]["enum"] == ["committed", "rolledback"]
+
+
+def test_a_late_answer_does_not_overwrite_the_record_that_closed_the_branch() -> None:
+    # A phase-two call still out when the branch was closed (by a report or an operator) answers
+    # later; replay must keep the closing result, not the late one.
+    tx = sm.Transaction(gtrid="n1.late", timeout_ms=1000)
+    sm.enlist(tx, "b0", "rm0", "127.0.0.1:1")
+    branch = tx.branches["b0"]
+    records = [R.begin(tx, 1.0), R.enlist(tx, branch, 1.0)]
+    tx.status, tx.decision = S.COMMITTING, Decision.COMMIT
+    branch.status = B.PREPARED
+    records.append(R.decision(tx, 2.0))
+    branch.status = B.HEURISTICALLY_COMPLETED
+    records.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_HEURCOM, "resolved", 3.0))
+    records.append(R.late_result(tx, "b0", Phase.COMMIT, XaCode.XAER_RMFAIL, "UNAVAILABLE", 4.0))
+    replayed = replay(records)["n1.late"].branches["b0"]
+    assert (replayed.status, replayed.last_code, replayed.last_reason) == (
+        B.HEURISTICALLY_COMPLETED,
+        XaCode.XA_HEURCOM,
+        "resolved",
+    )
