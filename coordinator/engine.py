@@ -279,9 +279,14 @@ class Engine:
         """``query_outcome`` for a participant that may say who it is and where it is served now:
         a branch of that RM held at another endpoint moves there first."""
         decision = self.query_outcome(xid)
-        if rm_id:
+        try:
             _check_identity("an outcome query", rm_id, endpoint)
-            await self.follow(xid, rm_id, endpoint)
+        except XatmError as err:
+            # Saying who asks is optional; a malformed identity must not withhold the outcome.
+            if rm_id or endpoint:
+                log.warning("outcome query for %s: %s; the branch stays where it is", xid, err.message)
+            return decision
+        await self.follow(xid, rm_id, endpoint)
         return decision
 
     async def follow(self, xid: Xid, rm_id: str, endpoint: str) -> bool:
@@ -319,16 +324,10 @@ class Engine:
         another RM's), FAILED_PRECONDITION (a phase the decision does not owe)."""
         validate_bqual(xid.bqual)
         tx = self.get(xid.gtrid)
-        branch = tx.branches.get(xid.bqual)
-        if branch is not None and branch.rm_id != rm_id:
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"branch {xid.bqual} of {tx.gtrid} belongs to resource manager {branch.rm_id}, not {rm_id}",
-            )
         owed = xid.bqual in sm.pending_branches(tx)
         old = tx.status
-        reason = f"applied by {rm_id} after asking the outcome" + (f": {reason}" if reason else "")
-        effects = sm.outcome_reported(tx, xid.bqual, phase, code, reason[:500])
+        reason = (f"applied by {rm_id} after asking the outcome" + (f": {reason}" if reason else ""))[:500]
+        effects = sm.outcome_reported(tx, xid.bqual, rm_id, phase, code, reason)
         if owed:
             metrics.BRANCH_RESULTS.labels(phase=str(phase), code=code.name).inc()
             await self._append(R.branch_result(tx, tx.branches[xid.bqual], phase, code, reason, time.time()))

@@ -443,6 +443,17 @@ def _branch(tx: Transaction, bqual: str) -> Branch:
     return branch
 
 
+def _own_branch(tx: Transaction, bqual: str, rm_id: str) -> Branch:
+    """The branch, which a participant speaking for ``rm_id`` claims as its own."""
+    branch = _branch(tx, bqual)
+    if branch.rm_id != rm_id:
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"branch {bqual} of {tx.gtrid} belongs to resource manager {branch.rm_id}, not {rm_id}",
+        )
+    return branch
+
+
 def branch_moved(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> list[Effect]:
     """The branch's resource manager re-registered at ``endpoint``: every later call goes there.
 
@@ -450,12 +461,7 @@ def branch_moved(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> list
     RM. In Committed or Rolledback nothing is called any more, so nothing changes. A branch still
     owed a phase-two call gets it at once: the Send wakes its driver out of its backoff.
     """
-    branch = _branch(tx, bqual)
-    if branch.rm_id != rm_id:
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"branch {bqual} of {tx.gtrid} belongs to resource manager {branch.rm_id}, not {rm_id}",
-        )
+    branch = _own_branch(tx, bqual, rm_id)
     if branch.endpoint == endpoint or tx.status in (S.COMMITTED, S.ROLLEDBACK):
         return []
     branch.endpoint = endpoint
@@ -464,16 +470,17 @@ def branch_moved(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> list
 
 
 def outcome_reported(
-    tx: Transaction, bqual: str, phase: Phase, code: XaCode, reason: str = ""
+    tx: Transaction, bqual: str, rm_id: str, phase: Phase, code: XaCode, reason: str = ""
 ) -> list[Effect]:
     """A participant applied the decision itself (after asking for it) and reports the RM's answer,
     which is read exactly like the answer to the coordinator's own phase-two call.
 
     A report for a branch that owes nothing (acknowledged already, or not decided) changes nothing:
     reports may repeat or race the coordinator's call. A phase other than the one the decision
-    owes is refused with FAILED_PRECONDITION; an unknown bqual with NOT_FOUND.
+    owes is refused with FAILED_PRECONDITION; an unknown bqual with NOT_FOUND, another RM's branch
+    with INVALID_ARGUMENT.
     """
-    _branch(tx, bqual)
+    _own_branch(tx, bqual, rm_id)
     if bqual not in pending_branches(tx):
         return []
     owed = owed_phase(tx)

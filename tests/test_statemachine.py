@@ -499,26 +499,26 @@ def test_outcome_reported_in_every_status(status: S, phase: Phase) -> None:
     refused = {(S.COMMITTING, Phase.ROLLBACK), (S.ROLLINGBACK, Phase.COMMIT)}
     if (status, phase) in refused:
         with pytest.raises(XatmError) as err:
-            sm.outcome_reported(tx, "b0", phase, XaCode.XA_OK, "applied")
+            sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied")
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert status.label in err.value.message
         assert tx == before
     elif (status, phase) in accepted:
-        sm.outcome_reported(tx, "b0", phase, XaCode.XA_OK, "applied")
+        sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied")
         assert tx.status == accepted[(status, phase)]
         branch = tx.branches["b0"]
         assert (branch.last_phase, branch.last_code, branch.last_reason) == (phase, XaCode.XA_OK, "applied")
         assert branch.status == (B.COMMITTED if phase == Phase.COMMIT else B.ROLLEDBACK)
     else:
         # Nothing owed by b0: a repeated or late report changes nothing.
-        assert sm.outcome_reported(tx, "b0", phase, XaCode.XA_OK, "applied") == []
+        assert sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied") == []
         assert tx == before
 
 
 @pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
 def test_outcome_reported_reads_every_code_like_a_phase_two_answer(code: XaCode) -> None:
     reported, answered = in_status(S.COMMITTING), in_status(S.COMMITTING)
-    assert sm.outcome_reported(reported, "b0", Phase.COMMIT, code, "r") == sm.phase_two_result(
+    assert sm.outcome_reported(reported, "b0", "rm0", Phase.COMMIT, code, "r") == sm.phase_two_result(
         answered, "b0", Phase.COMMIT, code, "r"
     )
     assert reported == answered
@@ -527,11 +527,20 @@ def test_outcome_reported_reads_every_code_like_a_phase_two_answer(code: XaCode)
 def test_outcome_reported_finishes_the_transaction() -> None:
     tx = in_status(S.COMMITTING)
     sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
-    assert sm.outcome_reported(tx, "b0", Phase.COMMIT, XaCode.XAER_NOTA) == [sm.Finished(S.COMMITTED)]
+    assert sm.outcome_reported(tx, "b0", "rm0", Phase.COMMIT, XaCode.XAER_NOTA) == [sm.Finished(S.COMMITTED)]
     assert tx.branches["b0"].status == B.COMMITTED and sm.pending_branches(tx) == ()
     with pytest.raises(XatmError) as err:
-        sm.outcome_reported(tx, "nope", Phase.COMMIT, XaCode.XA_OK)
+        sm.outcome_reported(tx, "nope", "rm0", Phase.COMMIT, XaCode.XA_OK)
     assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_outcome_reported_by_another_rm_is_refused() -> None:
+    tx = in_status(S.COMMITTING)
+    before = copy.deepcopy(tx)
+    with pytest.raises(XatmError) as err:
+        sm.outcome_reported(tx, "b0", "rm1", Phase.COMMIT, XaCode.XA_OK)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rm0" in err.value.message
+    assert tx == before
 
 
 # The branch status and recorded (phase, code) of b0 after an operator states its outcome.
