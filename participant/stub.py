@@ -334,6 +334,11 @@ class ParticipantStub:
             )
         except grpc.RpcError as error:
             failure = to_xatm_error(error)
+            if failure.code == grpc.StatusCode.UNIMPLEMENTED:
+                # An older coordinator: asking again on every pass would only repeat the refusal.
+                log.info("coordinator %s does not take registrations", self.coordinator)
+                self._registered = True
+                return False
             log.warning(
                 "could not register %s at %s with coordinator %s: %s",
                 self.rm.rm_id,
