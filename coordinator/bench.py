@@ -35,7 +35,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc
-from participant.xa import TxOutcome, XaCode
+from participant.xa import CHANNEL_OPTIONS, TxOutcome, XaCode
 
 from .procs import Proc, coordinator_proc, free_port
 
@@ -210,7 +210,7 @@ async def _measure(
         return counters, _cpu_seconds(coordinator_pid), sum(map(_cpu_seconds, harness))
 
     endpoints = [p.address for p in participants]
-    async with grpc.aio.insecure_channel(coordinator.address) as channel:
+    async with grpc.aio.insecure_channel(coordinator.address, options=CHANNEL_OPTIONS) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         workers = [asyncio.create_task(_worker(stub, endpoints, window)) for _ in range(args.concurrency)]
         try:

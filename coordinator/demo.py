@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.xa import BranchStatus, TxStatus, XaCode
+from participant.xa import CHANNEL_OPTIONS, BranchStatus, TxStatus, XaCode
 
 from .procs import REPO, Proc, coordinator_proc, free_port
 
@@ -42,7 +42,7 @@ class _Check:
 
 
 def _status(address: str, gtrid: str) -> xa_pb2.TransactionInfo:
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         return stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), timeout=5)
 

@@ -135,7 +135,12 @@ class Engine:
         self._rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
         self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
         self._open = sum(1 for tx in self._txs.values() if not tx.status.is_final)
+        restarted = time.monotonic()
         for tx in self._txs.values():
+            # The log holds wall-clock times only, and a monotonic time does not survive a
+            # restart: deadlines and retention of what the log rebuilt count from now.
+            tx.begun_mono = restarted
+            tx.completed_mono = restarted if tx.completed_at is not None else None
             self._done[tx.gtrid] = asyncio.Event()
             if tx.status.is_final:
                 self._done[tx.gtrid].set()
@@ -238,7 +243,9 @@ class Engine:
         cap = int(self.settings.max_timeout * 1000)
         timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
         now = time.time()
-        tx = sm.Transaction(gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now)
+        tx = sm.Transaction(
+            gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now, begun_mono=time.monotonic()
+        )
         self._txs[tx.gtrid] = tx
         self._open += 1
         self._done[tx.gtrid] = asyncio.Event()
@@ -476,7 +483,7 @@ class Engine:
         sm.begin_attempt(tx, bqual, phase)
         timeout = self.settings.call_timeout
         if phase == Phase.PREPARE:
-            timeout = max(0.001, min(timeout, tx.begun_at + tx.timeout_ms / 1000 - time.time()))
+            timeout = max(0.001, min(timeout, tx.deadline_mono - time.monotonic()))
         code, reason = await self.peers.call(
             branch.endpoint, phase, Xid(tx.gtrid, bqual), timeout=timeout, savepoint_id=savepoint_id
         )
@@ -572,8 +579,8 @@ class Engine:
         return pending
 
     async def _finished(self, tx: sm.Transaction) -> None:
-        now = time.time()
-        tx.completed_at = now
+        now, ended = time.time(), time.monotonic()
+        tx.completed_at, tx.completed_mono = now, ended
         self._open -= 1
         timer = self._timers.pop(tx.gtrid, None)
         if timer is not None:
@@ -583,7 +590,7 @@ class Engine:
         label = _OUTCOME_LABEL[tx.status]
         metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
         if not tx.recovered:
-            metrics.TRANSACTION_DURATION.labels(outcome=label).observe(now - tx.begun_at)
+            metrics.TRANSACTION_DURATION.labels(outcome=label).observe(ended - tx.begun_mono)
         log.info("%s %s", tx.gtrid, tx.status.label)
         self._done[tx.gtrid].set()
 
@@ -630,11 +637,11 @@ class Engine:
     async def checkpoint(self) -> None:
         """Drop history past retention and rewrite the log as one snapshot per kept transaction."""
         now = time.time()
-        horizon = now - self.settings.history_retention
+        horizon = time.monotonic() - self.settings.history_retention
         history = [tx for tx in self._txs.values() if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)]
         excess = len(history) - self.settings.max_history
         for i, tx in enumerate(history):  # oldest first: dicts keep begin order
-            if i < excess or (tx.completed_at or now) < horizon:
+            if i < excess or (tx.completed_mono is not None and tx.completed_mono < horizon):
                 self._drop(tx.gtrid)
         audits = [R.audit(record) for record in self.audit_log]
         await self.log.checkpoint(audits + [self._snapshot(tx, now) for tx in self._txs.values()])
@@ -663,12 +670,8 @@ class Engine:
 
         def overdue(status: TxStatus) -> Callable[[], float]:
             def measure() -> float:
-                now = time.time()
-                return sum(
-                    1
-                    for tx in self._txs.values()
-                    if tx.status == status and tx.begun_at + tx.timeout_ms / 1000 < now
-                )
+                now = time.monotonic()
+                return sum(1 for tx in self._txs.values() if tx.status == status and tx.deadline_mono < now)
 
             return measure
 

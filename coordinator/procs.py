@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from participant.initiator import coordinator_channel
+
 __all__ = ["REPO", "Proc", "coordinator_proc", "free_port", "wait_healthy"]
 
 #: The source checkout (examples/ lives beside the packages there).
@@ -26,10 +28,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(address: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Block until the gRPC health service at ``address`` answers SERVING."""
+def wait_healthy(
+    address: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Block until the gRPC health service at ``address`` answers SERVING (over TLS with ``credentials``)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with coordinator_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if proc is not None and proc.poll() is not None:

@@ -15,12 +15,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import grpc
-
 from participant.xa import FORMAT_ID, Decision, Phase, XaCode, Xid, node_of
 
 from . import metrics
-from .peers import Peers
+from .peers import PeerError, Peers
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -37,7 +35,7 @@ class RecoveryScanner:
         self.interval = interval
         self.safety = safety
         self.call_timeout = call_timeout
-        #: Orphan candidates: xid -> (endpoint, first seen).
+        #: Orphan candidates: xid -> (endpoint, first seen on time.monotonic()).
         self._seen: dict[Xid, tuple[str, float]] = {}
 
     async def run(self) -> None:
@@ -50,14 +48,24 @@ class RecoveryScanner:
                 log.exception("recovery scan failed; will try again")
 
     async def scan_once(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
+        """One scan of every known endpoint; ``now`` is a time.monotonic() reading (default: now).
+
+        The safety interval between two sightings is measured on the monotonic clock, so a
+        stepped wall clock can neither hasten an orphan rollback nor hold one off.
+        Returns counts by action: orphan_rollback, reapplied, candidates.
+        """
+        now = time.monotonic() if now is None else now
         counts = {"orphan_rollback": 0, "reapplied": 0, "candidates": 0}
         still_seen: dict[Xid, tuple[str, float]] = {}
         for endpoint in sorted(self.engine.endpoints):
             try:
                 xids, rm_id = await self.peers.recover(endpoint, FORMAT_ID, timeout=self.call_timeout)
-            except grpc.aio.AioRpcError as err:
-                log.debug("recover scan: %s unreachable (%s)", endpoint, err.code().name)
+            except PeerError as err:
+                # This endpoint is skipped until the next scan; the others are still scanned.
+                if err.transport:
+                    log.debug("recover scan: %s unreachable (%s)", endpoint, err.reason)
+                else:
+                    log.warning("recover scan: %s answered badly, skipped: %s", endpoint, err.reason)
                 continue
             for xid in xids:
                 if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.engine.node_id:

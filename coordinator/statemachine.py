@@ -34,6 +34,7 @@ __all__ = [
     "forget",
     "mark_rollback_only",
     "outcome",
+    "outcome_known",
     "outcome_reported",
     "owed_phase",
     "pending_branches",
@@ -108,6 +109,16 @@ class Transaction:
     #: Wall-clock bookkeeping for operators; the protocol never reads it.
     begun_at: float = 0.0
     completed_at: float | None = None
+    #: The same two moments on this process's time.monotonic(), which is what the deadline, the
+    #: overdue gauge and history retention measure from (a stepped wall clock moves neither).
+    #: A transaction rebuilt from the log gets the restart's time for both.
+    begun_mono: float = 0.0
+    completed_mono: float | None = None
+
+    @property
+    def deadline_mono(self) -> float:
+        """time.monotonic() after which the transaction is past its timeout."""
+        return self.begun_mono + self.timeout_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -338,6 +349,11 @@ def phase_two_result(
     _record(branch, phase, code, reason)
     if code.is_heuristic:
         branch.status = _HEURISTIC_STATUS[code]
+    elif code == XaCode.XAER_RMERR and phase == Phase.ONE_PHASE_COMMIT:
+        # xa_commit with TMONEPHASE answers XAER_RMERR only after rolling the branch's work
+        # back (X/Open XA, xa_commit): nothing was committed.
+        branch.status = B.ROLLEDBACK
+        tx.rollback_code, tx.rollback_reason = code, reason or "one-phase commit failed; work rolled back"
     elif _needs_retry(code):
         return []
     elif phase == Phase.ROLLBACK:
@@ -411,10 +427,27 @@ def savepoint_dropped(tx: Transaction, bqual: str, code: XaCode, reason: str = "
         del tx.branches[bqual]
 
 
+def outcome_known(tx: Transaction) -> bool:
+    """Whether the transaction's outcome is settled, even if phase two is still running.
+
+    A two-phase commit is settled once its decision is durable (Committing); a one-phase commit
+    only once its single branch has answered, because the resource manager, not the
+    coordinator, decides it; Preparing and Prepared are undecided.
+    """
+    if tx.status in (S.PREPARING, S.PREPARED):
+        return False
+    return not (tx.status == S.COMMITTING and tx.one_phase)
+
+
 def outcome(tx: Transaction, requested: Phase) -> TxOutcome:
-    """The tx.h answer to a commit (``Phase.COMMIT``) or rollback (``Phase.ROLLBACK``) request."""
+    """The tx.h answer to a commit (``Phase.COMMIT``) or rollback (``Phase.ROLLBACK``) request.
+
+    Never claims more than is known: while the outcome is not settled (``outcome_known``) the
+    answer is ``TX_HAZARD`` with the non-final status beside it, which clients read as
+    "outcome unknown yet", distinct from a heuristic hazard (status HeuristicallyCompleted).
+    """
     codes = {b.last_code for b in tx.branches.values() if b.status in _HEURISTIC}
-    if XaCode.XA_HEURHAZ in codes:
+    if XaCode.XA_HEURHAZ in codes or not outcome_known(tx):
         return TxOutcome.TX_HAZARD
     committed = tx.decision is Decision.COMMIT
     agreeing = {XaCode.XA_HEURCOM} if committed else {XaCode.XA_HEURRB}
@@ -422,7 +455,7 @@ def outcome(tx: Transaction, requested: Phase) -> TxOutcome:
         if not committed and requested == Phase.ROLLBACK and codes == {XaCode.XA_HEURCOM}:
             return TxOutcome.TX_COMMITTED
         return TxOutcome.TX_MIXED
-    if tx.status in (S.COMMITTED, S.COMMITTING, S.PREPARED) or (codes and committed):
+    if tx.status in (S.COMMITTED, S.COMMITTING) or (codes and committed):
         return TxOutcome.TX_COMMITTED if requested == Phase.ROLLBACK else TxOutcome.TX_OK
     return TxOutcome.TX_OK if requested == Phase.ROLLBACK else TxOutcome.TX_ROLLBACK
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from participant._proto import admin_pb2, admin_pb2_grpc
-from participant.xa import TxStatus, XatmError, validate_bqual, validate_gtrid
+from participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_bqual, validate_gtrid
 
 from . import tls
 from .views import audit_view, completion_view, forget_view, list_view, parse_since, transaction_view
@@ -53,9 +53,9 @@ class _Client:
                 _path(args.tls_cert, "--tls-cert"),
                 _path(args.tls_key, "--tls-key"),
             )
-            self.channel = grpc.secure_channel(self.address, creds)
+            self.channel = grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.insecure_channel(self.address)
+            self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
         self.metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
         self.timeout = args.timeout

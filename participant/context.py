@@ -46,12 +46,13 @@ class TxContext:
     gtrid: str
     #: host:port of the coordinator that began it; participants enlist there.
     coordinator: str
-    #: Absolute time.time() after which the coordinator rolls the transaction back.
+    #: time.monotonic() of this process after which the coordinator rolls the transaction back.
+    #: It never leaves the process: calls carry what remains as their own gRPC deadline.
     deadline: float | None = None
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), None when there is none."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 _current: contextvars.ContextVar[TxContext | None] = contextvars.ContextVar("xatm_tx", default=None)
@@ -113,4 +114,4 @@ def with_deadline(tx: TxContext, time_remaining: float | None) -> TxContext:
     """
     if time_remaining is None or time_remaining >= _NO_DEADLINE:
         return tx
-    return dataclasses.replace(tx, deadline=time.time() + time_remaining)
+    return dataclasses.replace(tx, deadline=time.monotonic() + time_remaining)

@@ -24,7 +24,8 @@ from google.protobuf.message import Message
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from .context import TxContext, use
-from .xa import RECONNECT_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError
+from .replies import MalformedReply, checked_reply
+from .xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, XatmError, validate_gtrid
 
 __all__ = [
     "AsyncTransaction",
@@ -39,13 +40,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
+
 T = TypeVar("T")
 # A protocol step: yields (Coordinator rpc name, request), receives the reply or a thrown XatmError.
 Flow = Generator[tuple[str, Message], Any, T]
 
 
-def to_xatm_error(error: grpc.RpcError) -> XatmError:
+def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
     """The same status code and the server's message, minus gRPC's debug noise."""
+    if isinstance(error, XatmError):
+        return error
     code = error.code() if callable(getattr(error, "code", None)) else None
     details = error.details() if callable(getattr(error, "details", None)) else None
     code = code or grpc.StatusCode.UNKNOWN
@@ -55,11 +60,11 @@ def to_xatm_error(error: grpc.RpcError) -> XatmError:
 def coordinator_channel(
     address: str, credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
 ) -> Any:
-    """A plain (never intercepted) channel to a coordinator, sync or grpc.aio."""
+    """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio."""
     module: Any = grpc.aio if aio else grpc
     if credentials is not None:
-        return module.secure_channel(address, credentials, options=RECONNECT_OPTIONS)
-    return module.insecure_channel(address, options=RECONNECT_OPTIONS)
+        return module.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return module.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -119,9 +124,14 @@ class _TransactionBase:
 
     def _begin_flow(self) -> Flow[None]:
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
-        sent = time.time()
+        sent = time.monotonic()
         reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
-        self._gtrid = reply.gtrid
+        try:
+            self._gtrid = validate_gtrid(reply.gtrid)
+        except XatmError as error:
+            raise MalformedReply(
+                f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
+            ) from None
         self._deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
 
     def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
@@ -291,6 +301,10 @@ class _ManagerBase:
     def _call(self, stub: Any, method: str, request: Message) -> Any:
         return getattr(stub, method)(request, timeout=self.call_timeout, metadata=self._metadata)
 
+    def _checked(self, method: str, reply: Any) -> Any:
+        """``reply`` if it is a valid answer to ``method``; raises MalformedReply otherwise."""
+        return checked_reply(reply, COORDINATOR_SERVICE, method, f"coordinator {self.coordinator}")
+
 
 class TransactionManager(_ManagerBase):
     """Begins and completes global transactions on one coordinator, synchronously."""
@@ -307,8 +321,8 @@ class TransactionManager(_ManagerBase):
             method, request = next(flow)
             while True:
                 try:
-                    reply = self._call(stub, method, request)
-                except grpc.RpcError as error:
+                    reply = self._checked(method, self._call(stub, method, request))
+                except (grpc.RpcError, MalformedReply) as error:
                     method, request = flow.throw(to_xatm_error(error))
                 else:
                     method, request = flow.send(reply)
@@ -340,8 +354,8 @@ class AsyncTransactionManager(_ManagerBase):
             method, request = next(flow)
             while True:
                 try:
-                    reply = await self._call(stub, method, request)
-                except grpc.RpcError as error:
+                    reply = self._checked(method, await self._call(stub, method, request))
+                except (grpc.RpcError, MalformedReply) as error:
                     method, request = flow.throw(to_xatm_error(error))
                 else:
                     method, request = flow.send(reply)

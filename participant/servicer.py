@@ -112,13 +112,36 @@ class ParticipantCore:
         xid = _xid(request.xid)
         injected = failpoints.hit("participant.commit")
         if injected is not None:
-            return participant_pb2.XaReply(code=injected, reason="failpoint participant.commit")
+            reply = participant_pb2.XaReply(code=injected, reason="failpoint participant.commit")
+            return self._one_phase_failed(xid, reply) if request.one_phase else reply
         self._completed(xid)
         reply = self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
+        if request.one_phase:
+            reply = self._one_phase_failed(xid, reply)
         injected = failpoints.hit("participant.after_commit")
         if injected is not None:
             return participant_pb2.XaReply(code=injected, reason="failpoint participant.after_commit")
         return reply
+
+    def _one_phase_failed(self, xid: Xid, reply: participant_pb2.XaReply) -> participant_pb2.XaReply:
+        """Make a failed one-phase commit's answer true.
+
+        XA_RB* and XAER_RMERR from a one-phase commit tell the coordinator that the branch's work
+        was rolled back (X/Open XA, xa_commit), so the branch is rolled back here before it is
+        said; if that cannot be confirmed, the honest answer is XAER_RMFAIL (outcome unknown,
+        the coordinator asks again).
+        """
+        code = XaCode(reply.code)
+        if not (code.is_rollback or code == XaCode.XAER_RMERR):
+            return reply
+        undone = self._call("rollback", xid, lambda: self.rm.rollback(xid))
+        if undone.code in (XaCode.XA_OK, XaCode.XAER_NOTA) or XaCode(undone.code).is_rollback:
+            return reply
+        return participant_pb2.XaReply(
+            code=XaCode.XAER_RMFAIL,
+            reason=f"one-phase commit failed ({code.name} {reply.reason}) and rolling the branch back "
+            f"failed too ({XaCode(undone.code).name} {undone.reason}); outcome unknown",
+        )
 
     def _rollback(self, request: participant_pb2.BranchRequest) -> participant_pb2.XaReply:
         xid = _xid(request.xid)

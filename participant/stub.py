@@ -26,8 +26,9 @@ import grpc
 
 from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc, xa_pb2
 from .context import TxContext, current
-from .initiator import auth_metadata, coordinator_channel, to_xatm_error
+from .initiator import COORDINATOR_SERVICE, auth_metadata, coordinator_channel, to_xatm_error
 from .interceptors import AioServerInterceptor, ServerInterceptor
+from .replies import MalformedReply, checked_reply
 from .rm import ResourceManager
 from .servicer import AsyncParticipantServicer, ParticipantServicer
 from .xa import FORMAT_ID, LOCAL_FORMAT_ID, Decision, XaCode, XaError, XatmError, Xid, new_bqual
@@ -53,6 +54,7 @@ class EnlistError(XatmError):
 @dataclass
 class _Branch:
     xid: Xid
+    #: The transaction's deadline on this process's time.monotonic(), None when it has none.
     deadline: float | None
     # Held while the first call enlists, so concurrent first calls enlist once.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -248,8 +250,13 @@ class ParticipantStub:
         )
         what = f"{self.rm.rm_id} in transaction {xid.gtrid} at coordinator {address}"
         try:
-            reply = coordinator.Enlist(request, timeout=self._timeout(tx), metadata=self._metadata)
-        except grpc.RpcError as error:
+            reply = checked_reply(
+                coordinator.Enlist(request, timeout=self._timeout(tx), metadata=self._metadata),
+                COORDINATOR_SERVICE,
+                "Enlist",
+                f"coordinator {address}",
+            )
+        except (grpc.RpcError, MalformedReply) as error:
             failure = to_xatm_error(error)
             raise EnlistError(failure.code, f"cannot enlist {what}: {failure.message}") from None
         if reply.code != XaCode.XA_OK:
@@ -280,7 +287,7 @@ class ParticipantStub:
                 self._reached.popitem(last=False)
 
     def _prune_locked(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         for gtrid in [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]:
             del self._branches[gtrid]
 
@@ -305,7 +312,7 @@ class ParticipantStub:
             counts[action] += 1
         # Active branches past their deadline that the coordinator never reached (it may have
         # lost the enlistment in a crash): ask, and a rollback answer ends them here.
-        horizon = time.time() - self.call_timeout
+        horizon = time.monotonic() - self.call_timeout
         with self._lock:
             stale = [
                 b.xid for b in self._branches.values() if b.deadline is not None and b.deadline < horizon
@@ -355,15 +362,26 @@ class ParticipantStub:
         return True
 
     def _resolve(self, xid: Xid) -> str:
-        _, coordinator = self._coordinator(TxContext(xid.gtrid, self.coordinator or ""))
+        address, coordinator = self._coordinator(TxContext(xid.gtrid, self.coordinator or ""))
         wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
         # Saying who asks and where it is served lets the coordinator follow a move.
         request = coordinator_pb2.QueryOutcomeRequest(xid=wire, rm_id=self.rm.rm_id, endpoint=self.advertise)
+        peer = f"coordinator {address}"
         try:
-            reply = coordinator.QueryOutcome(request, timeout=self.call_timeout, metadata=self._metadata)
+            reply = checked_reply(
+                coordinator.QueryOutcome(request, timeout=self.call_timeout, metadata=self._metadata),
+                COORDINATOR_SERVICE,
+                "QueryOutcome",
+                peer,
+            )
+            if reply.decision == xa_pb2.DECISION_UNSPECIFIED:
+                raise MalformedReply(f"{peer} answered QueryOutcome without a decision")
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
                 return "foreign"  # begun by another coordinator: not ours to decide
+            return "unreachable"
+        except MalformedReply as error:
+            log.warning("in-doubt %s left as it is: %s", xid, error.message)
             return "unreachable"
         decision = Decision(reply.decision)
         if decision == Decision.PENDING:

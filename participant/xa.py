@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import grpc
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "FORMAT_ID",
     "LOCAL_FORMAT_ID",
-    "RECONNECT_OPTIONS",
     "BranchStatus",
     "Decision",
     "Phase",
@@ -192,12 +192,28 @@ def _validate(kind: str, value: str) -> str:
     return value
 
 
-#: gRPC's default reconnect backoff grows to 120 s: after a peer restarts, calls would fail fast
-#: for minutes. Peers of a transaction manager restart by design, so reconnect within a second.
-RECONNECT_OPTIONS = (
+#: Options of every gRPC channel xatm opens (to a coordinator, a participant, an agent).
+#:
+#: Facts of gRPC core (``ParseArgsForBackoffValues`` and ``StartConnectingLocked`` in
+#: src/core/client_channel/subchannel.cc; doc/connection-backoff.md of grpc/grpc):
+#:
+#: - ``grpc.initial_reconnect_backoff_ms`` (default 1 s) is the wait after the first failed
+#:   connection attempt; each next wait is 1.6 times longer (jitter 0.2), up to
+#:   ``grpc.max_reconnect_backoff_ms`` (default 120 s). gRPC raises any value below 100 ms to 100 ms.
+#: - ``grpc.min_reconnect_backoff_ms`` is not a backoff at all: it is MIN_CONNECT_TIMEOUT
+#:   (default 20 s, raised to at least 100 ms). An attempt's deadline is the later of the next
+#:   backoff time and now + MIN_CONNECT_TIMEOUT, and covers TCP connect, the TLS handshake and
+#:   the server's HTTP/2 SETTINGS frame.
+#:
+#: Peers of a transaction manager restart by design, and with gRPC's default backoff a
+#: restarted peer could stay unreachable for up to two minutes; so the backoff starts at 100 ms
+#: and stops growing at 1 s. The connect timeout keeps gRPC's 20 s: at 100 ms a peer that is
+#: a little slow (a pause, a GC, a far network, a TLS handshake over a few round trips) would
+#: fail every new connection, while a call's own deadline already bounds how long it waits.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 20_000),
 )
 
 

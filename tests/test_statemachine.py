@@ -292,16 +292,51 @@ def test_one_phase_reading_of_every_code(code: XaCode) -> None:
     sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
     sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, code)
     branch = tx.branches["b0"]
-    if code in RETRY_CODES:
+    if code in RETRY_CODES and code != XaCode.XAER_RMERR:
+        # Unknown whether the RM committed: retried, and no answer may claim a commit yet.
         assert tx.status == S.COMMITTING and branch.status == B.ENLISTED
+        assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_HAZARD
     elif code in HEUR_STATUS:
         assert tx.status == S.HEURISTICALLY_COMPLETED
-    elif code in RB_CODES or code == XaCode.XAER_NOTA:
-        # First attempt: the RM did not commit (voted no, or never knew the branch).
+    elif code in RB_CODES or code in (XaCode.XAER_NOTA, XaCode.XAER_RMERR):
+        # First attempt: the RM did not commit (voted no, never knew the branch, or failed and
+        # rolled the work back, which is what XAER_RMERR from a one-phase commit means).
         assert branch.status == B.ROLLEDBACK and tx.status == S.ROLLEDBACK
         assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_ROLLBACK
     else:
         assert branch.status == B.COMMITTED and tx.status == S.COMMITTED
+
+
+#: The tx.h answer to a commit and to a rollback request, by the status the transaction is in
+#: when the answer is given (the two-branch transactions of ``in_status``).
+OUTCOME_TABLE = {
+    S.CREATED: (TxOutcome.TX_ROLLBACK, TxOutcome.TX_OK),
+    S.MARKED_ROLLBACK: (TxOutcome.TX_ROLLBACK, TxOutcome.TX_OK),
+    S.PREPARING: (TxOutcome.TX_HAZARD, TxOutcome.TX_HAZARD),
+    S.PREPARED: (TxOutcome.TX_HAZARD, TxOutcome.TX_HAZARD),
+    S.COMMITTING: (TxOutcome.TX_OK, TxOutcome.TX_COMMITTED),
+    S.COMMITTED: (TxOutcome.TX_OK, TxOutcome.TX_COMMITTED),
+    S.ROLLINGBACK: (TxOutcome.TX_ROLLBACK, TxOutcome.TX_OK),
+    S.ROLLEDBACK: (TxOutcome.TX_ROLLBACK, TxOutcome.TX_OK),
+    S.HEURISTICALLY_COMPLETED: (TxOutcome.TX_MIXED, TxOutcome.TX_MIXED),
+}
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_answers_claim_only_what_is_known(status: S) -> None:
+    """TX_OK for a commit only once the decision is durable; undecided is TX_HAZARD (unknown)."""
+    tx = in_status(status)
+    assert (sm.outcome(tx, Phase.COMMIT), sm.outcome(tx, Phase.ROLLBACK)) == OUTCOME_TABLE[status]
+    assert sm.outcome_known(tx) == (status not in (S.PREPARING, S.PREPARED))
+
+
+def test_one_phase_commit_is_unknown_until_its_branch_answers() -> None:
+    tx = _committing(one_phase=True)
+    assert tx.status == S.COMMITTING and not sm.outcome_known(tx)
+    assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_HAZARD
+    sm.begin_attempt(tx, "b0", Phase.ONE_PHASE_COMMIT)
+    sm.phase_two_result(tx, "b0", Phase.ONE_PHASE_COMMIT, XaCode.XA_OK)
+    assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_OK
 
 
 @pytest.mark.parametrize("recovered", [False, True])

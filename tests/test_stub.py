@@ -565,7 +565,9 @@ def test_global_transaction_enlists_once_and_commits(
     assert rm.verbs() == ["start", "end"] * 3 + ["commit"]
     assert stub.active_branches() == 0  # forgotten once the coordinator committed it
     assert {s.gtrid for s in seen if s} == {tx.gtrid}
-    assert all(s and s.coordinator == address and s.deadline and s.deadline <= time.time() + 20 for s in seen)
+    assert all(
+        s and s.coordinator == address and s.deadline and s.deadline <= time.monotonic() + 20 for s in seen
+    )
 
 
 def test_concurrent_first_calls_enlist_once(
@@ -820,7 +822,7 @@ def test_stale_active_branches_are_asked_about_and_rolled_back() -> None:
         return "rollback"
 
     stub._resolve = resolve  # type: ignore[method-assign]
-    with use(TxContext("g.stale", "127.0.0.1:1", deadline=time.time() - 1)), stub.branch() as xid:
+    with use(TxContext("g.stale", "127.0.0.1:1", deadline=time.monotonic() - 1)), stub.branch() as xid:
         pass
     assert stub.resolve_in_doubt()["rollback"] == 1
     assert asked == [xid] and not rm.active and stub.active_branches() == 0

@@ -15,7 +15,7 @@ from participant import (
     XatmError,
     intercept_channel,
 )
-from participant.xa import RECONNECT_OPTIONS
+from participant.xa import CHANNEL_OPTIONS
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Bank:
     def __init__(self, coordinator: str, source: str, target: str, *, token: str | None = None):
         """``token``: a service-role token when the coordinator has an auth file (default $XATM_TOKEN)."""
         self.tm = TransactionManager(coordinator, token=token or os.environ.get("XATM_TOKEN") or None)
-        self._channels = [grpc.insecure_channel(t, options=RECONNECT_OPTIONS) for t in (source, target)]
+        self._channels = [grpc.insecure_channel(t, options=CHANNEL_OPTIONS) for t in (source, target)]
         self.source = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[0]))
         self.target = bank_pb2_grpc.AccountsStub(intercept_channel(self._channels[1]))
 
@@ -49,8 +49,11 @@ class Bank:
                 self.target.Apply(bank_pb2.ApplyRequest(account=dst, amount=amount), timeout=10)
         except TransactionRolledBack as err:
             return TransferResult(tx.gtrid, "rolledback", str(err))
-        except TransactionError as err:  # TX_MIXED / TX_HAZARD: a heuristic outcome
-            return TransferResult(tx.gtrid, "heuristic", str(err))
+        except TransactionError as err:
+            if err.status is not None and not err.status.is_final:
+                # TX_HAZARD beside Preparing/Prepared/Committing: not decided or not acknowledged yet.
+                return TransferResult(tx.gtrid, "unknown", str(err))
+            return TransferResult(tx.gtrid, "heuristic", str(err))  # TX_MIXED / TX_HAZARD
         except XatmError as err:
             return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
         return TransferResult(tx.gtrid, "committed", "committed")

@@ -1,0 +1,139 @@
+"""A commit answer claims only what is known: real processes, failing participants, a slow decision.
+
+``TX_OK`` means committed (one-phase: the branch said XA_OK; two-phase: the decision is durable).
+A branch that rolled back its work is ``TX_ROLLBACK``. Anything not known when the commit wait
+ends is ``TX_HAZARD`` beside a non-final status (outcome unknown yet), and whatever the system
+later settles on agrees with the data in the stores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from participant import TransactionError
+from participant.xa import TxOutcome, TxStatus, XaCode
+from tests.bank_system import BankSystem
+
+#: A short commit wait so an unknown outcome is answered quickly; call_timeout stays 1 s.
+FAST = {"XATM_COMMIT_WAIT": "1"}
+FINAL = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK, TxStatus.HEURISTICALLY_COMPLETED)
+
+
+@pytest.fixture
+def systems(tmp_path: Path) -> Iterator[list[BankSystem]]:
+    started: list[BankSystem] = []
+    yield started
+    for system in started:
+        system.stop()
+
+
+def _start(systems: list[BankSystem], root: Path, bank_a_failpoints: str = "", **env: str) -> BankSystem:
+    system = BankSystem(root, coordinator_env={**FAST, **env})
+    systems.append(system)
+    bank_env = {"bank-a": {"XATM_FAILPOINTS": bank_a_failpoints}} if bank_a_failpoints else None
+    return system.start(bank_env)
+
+
+def _one_branch_commit(system: BankSystem) -> tuple[str, TransactionError | None]:
+    """alice += 50 on bank-a alone (one-phase), committed by leaving the block."""
+    assert system.bank is not None
+    tm = system.bank.tm
+    gtrid = ""
+    try:
+        with tm.begin() as tx:
+            gtrid = tx.gtrid
+            system.apply("bank-a", "alice", 50)
+    except TransactionError as error:
+        return gtrid, error
+    return gtrid, None
+
+
+def _settled(system: BankSystem, gtrid: str, timeout: float = 30.0) -> TxStatus:
+    """Wait until the transaction is final, then check the store agrees with its status."""
+    deadline = time.monotonic() + timeout
+    while (status := TxStatus(system.status(gtrid).status)) not in FINAL:
+        assert time.monotonic() < deadline, f"{gtrid} still {status.label}"
+        time.sleep(0.1)
+    balance = system.balance("bank-a", "alice")
+    if status == TxStatus.COMMITTED:
+        assert balance == 1050
+    elif status == TxStatus.ROLLEDBACK:
+        assert balance == 1000
+    else:
+        # Only an honest "unknown" may end heuristic here, never a claimed commit.
+        codes = {XaCode(b.last_code) for b in system.status(gtrid).branches}
+        assert codes == {XaCode.XA_HEURHAZ}
+    assert system.stores["bank-a"].leftovers() == {}
+    return status
+
+
+@pytest.mark.parametrize("code", ["XAER_RMERR", "XA_RBROLLBACK"])
+def test_one_phase_failure_that_rolled_back_answers_rollback(
+    systems: list[BankSystem], tmp_path: Path, code: str
+) -> None:
+    system = _start(systems, tmp_path, f"participant.commit=return({code})")
+    gtrid, error = _one_branch_commit(system)
+    assert error is not None and error.outcome == TxOutcome.TX_ROLLBACK
+    info = system.status(gtrid)
+    assert TxStatus(info.status) == TxStatus.ROLLEDBACK
+    assert XaCode(info.rollback_code) == XaCode[code]
+    assert _settled(system, gtrid) == TxStatus.ROLLEDBACK
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "participant.commit=crash",
+        "participant.commit=error(UNAVAILABLE)",
+        "participant.commit=return(XAER_RMFAIL)",
+    ],
+)
+def test_one_phase_commit_not_acknowledged_is_unknown_not_ok(
+    systems: list[BankSystem], tmp_path: Path, failpoint: str
+) -> None:
+    """The participant dies or keeps failing before it commits: the answer must not be TX_OK."""
+    system = _start(systems, tmp_path, failpoint)
+    gtrid, error = _one_branch_commit(system)
+    assert error is not None, "commit claimed TX_OK although the branch never said XA_OK"
+    assert error.outcome == TxOutcome.TX_HAZARD
+    assert error.status == TxStatus.COMMITTING
+    if not failpoint.endswith("crash"):
+        assert system.balance("bank-a", "alice") == 1000  # the failpoint stood before the RM
+    # The participant comes back healthy: the retried one-phase commit settles it truthfully.
+    bank = system.banks["bank-a"]
+    bank.kill()
+    bank.start()
+    _settled(system, gtrid)
+
+
+def test_one_phase_commit_acknowledged_late_is_unknown_then_committed(
+    systems: list[BankSystem], tmp_path: Path
+) -> None:
+    """A participant slower than the call deadline commits after the answer was given."""
+    system = _start(systems, tmp_path, "participant.commit=1*sleep(2500)")
+    gtrid, error = _one_branch_commit(system)
+    assert error is not None and error.outcome == TxOutcome.TX_HAZARD
+    assert _settled(system, gtrid) in FINAL
+
+
+def test_two_phase_answer_before_a_durable_decision_is_unknown(
+    systems: list[BankSystem], tmp_path: Path
+) -> None:
+    """Prepared is not committed: if the coordinator dies now, presumed abort rolls back."""
+    system = _start(systems, tmp_path, XATM_FAILPOINTS="coordinator.before_decision=sleep(8000)")
+    assert system.bank is not None
+    with pytest.raises(TransactionError) as raised, system.bank.tm.begin() as tx:
+        system.apply("bank-a", "alice", -100)
+        system.apply("bank-b", "bob", 100)
+    assert raised.value.outcome == TxOutcome.TX_HAZARD
+    assert raised.value.status in (TxStatus.PREPARING, TxStatus.PREPARED)
+    # The coordinator dies before its decision reached the log: presumed abort, as answered.
+    system.coordinator.kill()
+    system.coordinator.start(extra_env={"XATM_FAILPOINTS": ""})
+    info = system.wait_status(tx.gtrid, TxStatus.ROLLEDBACK)
+    assert info.recovered
+    assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (1000, 1000)
