@@ -18,19 +18,24 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from participant._proto import admin_pb2, coordinator_pb2, xa_pb2
-from participant.xa import TxOutcome, TxStatus, XatmError, validate_gtrid
+from participant.xa import TxOutcome, TxStatus, XatmError, validate_bqual, validate_gtrid
 
 from . import metrics
 from .auth import Caller, Permission
 from .engine import Engine, Result
 from .journal import to_info
 
-__all__ = ["ACTIONS", "MAX_PAGE", "AdminOps", "completion"]
+__all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
 
 #: The audited actions; also the bounded ``action`` label of xatm_admin_actions_total.
-ACTIONS = ("force_rollback", "force_commit", "forget")
+ACTIONS = ("force_rollback", "force_commit", "forget", "resolve_branch")
 MAX_PAGE = 1000
 MAX_FORGET = 1000
+#: The outcomes an operator may state when resolving a branch by hand, by wire value and by name.
+RESOLVED_OUTCOMES = {
+    admin_pb2.RESOLVED_OUTCOME_COMMITTED: "committed",
+    admin_pb2.RESOLVED_OUTCOME_ROLLEDBACK: "rolledback",
+}
 #: Operator reasons are kept short: they go into the log and every audit listing.
 REASON_MAX = 200
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
@@ -125,6 +130,33 @@ class AdminOps:
 
         return await self._audited(caller, "force_commit", gtrid, reason, run)
 
+    async def resolve_branch(
+        self, caller: Caller, gtrid: str, bqual: str, outcome: str | None, reason: str
+    ) -> coordinator_pb2.CompletionResponse:
+        """Close a branch whose resource manager is gone for good, as a heuristic decision.
+
+        ``outcome`` is "committed" or "rolledback" (what happened to the branch at its RM, as the
+        operator knows it); ``reason`` is required. Allowed only for a branch still owed an answer in
+        Committing or Rollingback (FAILED_PRECONDITION otherwise); needs the operator role; audited
+        with the branch and the stated outcome.
+        """
+        validate_bqual(bqual)
+        if outcome not in RESOLVED_OUTCOMES.values():
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "state the outcome: committed or rolledback")
+        reason = reason.strip()[:REASON_MAX]
+        if not reason:
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, "a reason is required to resolve a branch by hand"
+            )
+        why = f"resolved by {caller.principal.name} as {outcome}: {reason}"
+
+        async def run() -> coordinator_pb2.CompletionResponse:
+            return completion(await self.engine.resolve_branch(gtrid, bqual, outcome == "committed", why))
+
+        return await self._audited(
+            caller, "resolve_branch", gtrid, reason, run, what=f"branch {bqual} stated {outcome}"
+        )
+
     async def forget(self, caller: Caller, gtrids: Sequence[str]) -> admin_pb2.ForgetResponse:
         """Forget heuristically completed transactions; one result (and audit record) per id.
 
@@ -155,9 +187,19 @@ class AdminOps:
         return admin_pb2.ForgetResponse(results=results)
 
     async def _audited(
-        self, caller: Caller, action: str, gtrid: str, reason: str, run: Callable[[], Awaitable[T]]
+        self,
+        caller: Caller,
+        action: str,
+        gtrid: str,
+        reason: str,
+        run: Callable[[], Awaitable[T]],
+        *,
+        what: str = "",
     ) -> T:
-        """Authorize, run, then durably record what happened, refusals included."""
+        """Authorize, run, then durably record what happened, refusals included.
+
+        ``what`` says more precisely what was asked (e.g. the branch), at the head of the detail.
+        """
         try:
             validate_gtrid(gtrid)
             if self.engine.closing:
@@ -169,26 +211,30 @@ class AdminOps:
             caller.principal.require(Permission.OPERATE)
             value = await run()
         except XatmError as err:
-            await self._record(caller, action, gtrid, f"refused: {err.code.name}", err.message, reason)
+            await self._record(
+                caller, action, gtrid, f"refused: {err.code.name}", [what, err.message], reason
+            )
             metrics.ADMIN_ACTIONS.labels(action=action, result=err.code.name.lower()).inc()
             raise
         except Exception:
-            await self._record(caller, action, gtrid, "error: INTERNAL", "see the coordinator log", reason)
+            await self._record(
+                caller, action, gtrid, "error: INTERNAL", [what, "see the coordinator log"], reason
+            )
             metrics.ADMIN_ACTIONS.labels(action=action, result="internal").inc()
             raise
         outcome = ""
         if isinstance(value, coordinator_pb2.CompletionResponse):
             outcome = f"{TxOutcome(value.outcome).name}, transaction {TxStatus(value.status)}"
-        await self._record(caller, action, gtrid, "ok", outcome, reason)
+        await self._record(caller, action, gtrid, "ok", [what, outcome], reason)
         metrics.ADMIN_ACTIONS.labels(action=action, result="ok").inc()
         return value
 
     async def _record(
-        self, caller: Caller, action: str, gtrid: str, result: str, detail: str, reason: str
+        self, caller: Caller, action: str, gtrid: str, result: str, detail: list[str], reason: str
     ) -> None:
         stamp = Timestamp()
         stamp.FromNanoseconds(time.time_ns())
-        text = "; ".join(part for part in (detail, f"reason: {reason}" if reason else "") if part)
+        text = "; ".join(part for part in (*detail, f"reason: {reason}" if reason else "") if part)
         await self.engine.record_audit(
             admin_pb2.AuditRecord(
                 time=stamp,

@@ -56,6 +56,9 @@ __all__ = ["Engine", "Result"]
 
 log = logging.getLogger("xatm.coordinator")
 
+#: Nothing is called on a branch of these any more, so a participant's move does not concern them.
+_CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
+
 _OUTCOME_LABEL = {
     TxStatus.COMMITTED: "committed",
     TxStatus.ROLLEDBACK: "rolledback",
@@ -103,8 +106,9 @@ class Engine:
         self._sp_counter = 0
         #: Transactions not yet final (begin refuses past max_open_transactions).
         self._open = 0
-        #: Participant endpoints ever enlisted (recovered from the log too): what recovery scans.
-        self.endpoints: set[str] = set()
+        #: Where each resource manager ever enlisted (recovered from the log too) is served now;
+        #: a participant that re-registers elsewhere replaces its entry.
+        self._rm_endpoints: dict[str, str] = {}
         #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
         self.audit_log: list[admin_pb2.AuditRecord] = []
         #: Transactions whose commit decision is in the log's queue but not yet applied here.
@@ -126,7 +130,9 @@ class Engine:
 
         records = await self.log.open()
         self._txs = replay(records)
-        self.endpoints = {b.endpoint for tx in self._txs.values() for b in tx.branches.values()}
+        # Unfinished transactions last: their endpoints are the newest (a move updates only them).
+        ordered = sorted(self._txs.values(), key=lambda tx: tx.status not in _CLOSED)
+        self._rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
         self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
         self._open = sum(1 for tx in self._txs.values() if not tx.status.is_final)
         restarted = time.monotonic()
@@ -164,6 +170,11 @@ class Engine:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def endpoints(self) -> set[str]:
+        """Where the participants are served now (host:port): what the recovery scanner asks."""
+        return set(self._rm_endpoints.values())
 
     def _spawn(self, coro: object) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -246,16 +257,112 @@ class Engine:
 
     async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str) -> XaCode:
         validate_bqual(bqual)
-        if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT, "enlist needs rm_id and endpoint of 1-256 characters"
-            )
+        _check_identity("enlist", rm_id, endpoint)
         tx = self.get(gtrid)
         code = sm.enlist(tx, bqual, rm_id, endpoint)
         if code == XaCode.XA_OK:
-            self.endpoints.add(endpoint)
+            self._rm_endpoints[rm_id] = endpoint
             await self._append(R.enlist(tx, tx.branches[bqual], time.time()))
         return code
+
+    # ----------------------------------------------------------------- participants that move or report
+
+    async def register_participant(self, rm_id: str, endpoint: str) -> int:
+        """A participant serving ``rm_id`` (re)started at ``endpoint`` (host:port).
+
+        Every branch of that RM that may still be called (its transaction is not Committed or
+        Rolledback) moves there, durably, and one owed a phase-two call gets it at once.
+        Returns how many branches moved; raises INVALID_ARGUMENT for a malformed identity.
+        """
+        _check_identity("register", rm_id, endpoint)
+        self._rm_endpoints[rm_id] = endpoint
+        moved = 0
+        for tx in list(self._txs.values()):
+            for bqual in [b.bqual for b in tx.branches.values() if b.rm_id == rm_id]:
+                moved += await self._move(tx, bqual, rm_id, endpoint)
+        return moved
+
+    async def participant_query(self, xid: Xid, rm_id: str, endpoint: str) -> Decision:
+        """``query_outcome`` for a participant that may say who it is and where it is served now:
+        a branch of that RM held at another endpoint moves there first."""
+        decision = self.query_outcome(xid)
+        try:
+            _check_identity("an outcome query", rm_id, endpoint)
+        except XatmError as err:
+            # Saying who asks is optional; a malformed identity must not withhold the outcome.
+            if rm_id or endpoint:
+                log.warning("outcome query for %s: %s; the branch stays where it is", xid, err.message)
+            return decision
+        await self.follow(xid, rm_id, endpoint)
+        return decision
+
+    async def follow(self, xid: Xid, rm_id: str, endpoint: str) -> bool:
+        """``xid`` is held by resource manager ``rm_id`` served at ``endpoint`` (it said so, or a
+        recovery scan found it there): if that is the branch's own RM, the branch moves there.
+        True when it moved."""
+        tx = self._txs.get(xid.gtrid)
+        branch = tx.branches.get(xid.bqual) if tx is not None else None
+        if tx is None or branch is None or branch.rm_id != rm_id:
+            return False
+        self._rm_endpoints[rm_id] = endpoint
+        return await self._move(tx, xid.bqual, rm_id, endpoint)
+
+    async def _move(self, tx: sm.Transaction, bqual: str, rm_id: str, endpoint: str) -> bool:
+        """Point one branch at ``endpoint``; True when it moved (then the move is on disk)."""
+        branch = tx.branches[bqual]
+        was = branch.endpoint
+        effects = sm.branch_moved(tx, bqual, rm_id, endpoint)
+        if branch.endpoint == was:
+            return False
+        log.warning(
+            "%s branch %s: resource manager %s moved from %s to %s", tx.gtrid, bqual, rm_id, was, endpoint
+        )
+        # Forced: the participant is told its move is known only once a restart cannot lose it.
+        await self.log.append(R.endpoint(tx, branch, time.time()), force=True)
+        await self._after(tx, tx.status, effects)
+        return True
+
+    async def report_outcome(
+        self, xid: Xid, rm_id: str, phase: Phase, code: XaCode, reason: str
+    ) -> sm.Transaction:
+        """A participant applied the decision on its own (after asking for it): take the RM's
+        answer as the branch's phase-two result, log it, and finish the transaction if it was the
+        last one owed. Raises NOT_FOUND (unknown gtrid or bqual), INVALID_ARGUMENT (the branch is
+        another RM's), FAILED_PRECONDITION (a phase the decision does not owe)."""
+        validate_bqual(xid.bqual)
+        tx = self.get(xid.gtrid)
+        owed = xid.bqual in sm.pending_branches(tx)
+        old = tx.status
+        reason = (f"applied by {rm_id} after asking the outcome" + (f": {reason}" if reason else ""))[:500]
+        effects = sm.outcome_reported(tx, xid.bqual, rm_id, phase, code, reason)
+        if owed:
+            metrics.BRANCH_RESULTS.labels(phase=str(phase), code=code.name).inc()
+            await self._append(R.branch_result(tx, tx.branches[xid.bqual], phase, code, reason, time.time()))
+            await self._after(tx, old, effects)
+            self._wake(tx.gtrid, xid.bqual)
+        return tx
+
+    async def resolve_branch(self, gtrid: str, bqual: str, committed: bool, reason: str) -> Result:
+        """An operator's heuristic close of a branch whose RM is gone for good (see
+        ``statemachine.resolve_branch`` for the rule); answered like a force commit/rollback."""
+        validate_bqual(bqual)
+        tx = self.get(gtrid)
+        old = tx.status
+        effects = sm.resolve_branch(tx, bqual, committed, reason)
+        branch = tx.branches[bqual]
+        assert branch.last_phase is not None and branch.last_code is not None
+        await self._append(
+            R.branch_result(tx, branch, branch.last_phase, branch.last_code, reason, time.time())
+        )
+        await self._after(tx, old, effects)
+        self._wake(gtrid, bqual)
+        return Result(tx, sm.outcome(tx, Phase.COMMIT if tx.decision is Decision.COMMIT else Phase.ROLLBACK))
+
+    def _wake(self, gtrid: str, bqual: str) -> None:
+        """Cut a branch driver's backoff short (it ends at once when nothing is owed any more)."""
+        driver = self._drivers.get((gtrid, bqual))
+        if driver is not None:
+            driver.wake.set()
 
     async def mark_rollback_only(self, gtrid: str, reason: str) -> sm.Transaction:
         tx = self.get(gtrid)
@@ -457,6 +564,11 @@ class Engine:
             await failpoints.ahit("coordinator.between_phase_two")
         self._phase_two_calls[tx.gtrid] = self._phase_two_calls.get(tx.gtrid, 0) + 1
         code, reason = await self._call_once(tx, bqual, phase)
+        if bqual not in sm.pending_branches(tx):
+            # Closed while the call was out (its participant reported, or an operator resolved it):
+            # the late answer is logged as one that changed nothing.
+            await self._append(R.late_result(tx, bqual, phase, code, reason, time.time()))
+            return False
         old = tx.status
         effects = sm.phase_two_result(tx, bqual, phase, code, reason)
         await self._append(R.branch_result(tx, tx.branches[bqual], phase, code, reason, time.time()))
@@ -577,4 +689,12 @@ class Engine:
                 for tx in self._txs.values()
                 if tx.decision is not None and tx.status in (TxStatus.COMMITTING, TxStatus.ROLLINGBACK)
             )
+        )
+
+
+def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
+    """A participant names its resource manager and the host:port serving it, 1-256 characters each."""
+    if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{what} needs rm_id and endpoint of 1-256 characters"
         )

@@ -205,6 +205,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == COLLECTION + "/bulk":
             return {"POST": self._forget}, ""
         prefix = COLLECTION + "/"
+        parts = path[len(prefix) :].split("/")
+        if path.startswith(prefix) and len(parts) == 4 and parts[1:4:2] == ["branches", "resolve"]:
+            gtrid, bqual = unquote(parts[0]), unquote(parts[2])
+            return {
+                "POST": lambda caller, _, query, body: self._resolve(caller, gtrid, bqual, query, body)
+            }, gtrid
         if path.startswith(prefix) and "/" not in path[len(prefix) :]:
             return {"GET": self._show, "PUT": self._commit, "DELETE": self._rollback}, unquote(
                 path[len(prefix) :]
@@ -275,6 +281,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _rollback(self, caller: Caller, gtrid: str, query: str, body: bytes) -> dict[str, Any]:
         reason = _single(_params(query, ("reason",)), "reason") or ""
         return completion_view(self._run(self.server.ops.force_rollback(caller, gtrid, reason)))
+
+    def _resolve(self, caller: Caller, gtrid: str, bqual: str, query: str, body: bytes) -> dict[str, Any]:
+        _params(query, ())
+        usage = 'the body must be {"outcome": "committed" or "rolledback", "reason": "..."}'
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _bad(usage) from None
+        if not isinstance(request, dict) or set(request) != {"outcome", "reason"}:
+            raise _bad(usage)
+        outcome, reason = request["outcome"], request["reason"]
+        if not isinstance(outcome, str) or not isinstance(reason, str):
+            raise _bad(usage)
+        coro = self.server.ops.resolve_branch(caller, gtrid, bqual, outcome, reason)
+        return completion_view(self._run(coro))
 
     def _forget(self, caller: Caller, gtrid: str, query: str, body: bytes) -> dict[str, Any]:
         _params(query, ())

@@ -62,6 +62,25 @@ class RecordFactory:
         return rec
 
     @classmethod
+    def late_result(
+        cls, tx: Transaction, bqual: str, phase: Phase, code: XaCode, reason: str, now: float
+    ) -> wal_pb2.WalRecord:
+        """An answer that arrived after its branch was closed: logged, but with no status, so
+        replay leaves the branch as the closing record left it."""
+        rec = cls._base(tx.gtrid, now)
+        rec.branch_result.CopyFrom(
+            wal_pb2.BranchResultRecord(bqual=bqual, phase=int(phase), code=int(code), reason=reason)
+        )
+        return rec
+
+    @classmethod
+    def endpoint(cls, tx: Transaction, branch: Branch, now: float) -> wal_pb2.WalRecord:
+        """The branch's participant is now served at ``branch.endpoint``."""
+        rec = cls._base(tx.gtrid, now)
+        rec.endpoint.CopyFrom(wal_pb2.EndpointRecord(bqual=branch.bqual, endpoint=branch.endpoint))
+        return rec
+
+    @classmethod
     def status(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
         rec = cls._base(tx.gtrid, now)
         rec.status.status = int(tx.status)
@@ -190,14 +209,17 @@ def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
         elif kind == "branch_result":
             r = rec.branch_result
             branch = tx.branches.get(r.bqual)
-            if branch is not None:
+            if branch is not None and r.status:  # no status: a late answer that changed nothing
                 branch.last_phase, branch.last_code, branch.last_reason = (
                     Phase(r.phase),
                     XaCode(r.code),
                     r.reason,
                 )
-                if r.status:
-                    branch.status = BranchStatus(r.status)
+                branch.status = BranchStatus(r.status)
+        elif kind == "endpoint":
+            moved = tx.branches.get(rec.endpoint.bqual)
+            if moved is not None:
+                moved.endpoint = rec.endpoint.endpoint
         elif kind == "status":
             tx.status = TxStatus(rec.status.status)
             if rec.status.rollback_code or rec.status.reason:

@@ -131,6 +131,20 @@ def _schemas() -> dict[str, Any]:
                 "traceId": trace,
             },
         },
+        "ResolveRequest": {
+            "type": "object",
+            "required": ["outcome", "reason"],
+            "additionalProperties": False,
+            "properties": {
+                "outcome": {
+                    "type": "string",
+                    "enum": ["committed", "rolledback"],
+                    "description": "What happened to the branch at its resource manager, as the operator "
+                    "knows it: recorded as XA_HEURCOM or XA_HEURRB.",
+                },
+                "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+        },
         "ForgetRequest": {
             "type": "object",
             "required": ["txids"],
@@ -286,6 +300,35 @@ def document() -> dict[str, Any]:
                     "summary": "Force rollback (only from Created, Preparing, Rollingback); audited",
                     **forced,
                 },
+            },
+            "/admin/v1/xa-transaction/{gtrid}/branches/{bqual}/resolve": {
+                "post": {
+                    "operationId": "resolveBranch",
+                    "summary": "Close a branch whose resource manager is gone for good, stating its outcome "
+                    "(a heuristic decision; only for a branch still owed an answer in Committing or "
+                    "Rollingback); audited",
+                    "parameters": [
+                        gtrid,
+                        {
+                            "name": "bqual",
+                            "in": "path",
+                            "required": True,
+                            "description": "Branch qualifier (branchId), as shown.",
+                            "schema": {"type": "string", "pattern": _ID},
+                        },
+                        trace_header,
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ResolveRequest")}},
+                    },
+                    "responses": {
+                        "200": _ok(
+                            "Completion", "The branch is closed; status is the transaction's outcome."
+                        ),
+                        **_errors("400", "401", "403", "404", "412", "413", "503"),
+                    },
+                }
             },
             "/admin/v1/xa-transaction/bulk": {
                 "post": {

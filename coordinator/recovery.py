@@ -59,7 +59,7 @@ class RecoveryScanner:
         still_seen: dict[Xid, tuple[str, float]] = {}
         for endpoint in sorted(self.engine.endpoints):
             try:
-                xids, _ = await self.peers.recover(endpoint, FORMAT_ID, timeout=self.call_timeout)
+                xids, rm_id = await self.peers.recover(endpoint, FORMAT_ID, timeout=self.call_timeout)
             except PeerError as err:
                 # This endpoint is skipped until the next scan; the others are still scanned.
                 if err.transport:
@@ -75,7 +75,9 @@ class RecoveryScanner:
                     continue
                 tx = self.engine.known(xid.gtrid)
                 if tx is not None and not tx.status.is_final:
-                    continue  # the engine is driving it
+                    # The engine drives it; found at another endpoint than it calls, it follows.
+                    await self.engine.follow(xid, rm_id, endpoint)
+                    continue
                 if tx is not None:
                     # Final here but still prepared there (a reply lost before an RM restart).
                     await self._apply(

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import grpc
 
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.xa import FORMAT_ID, TxStatus, XatmError, Xid
+from participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid
 
-from .admin import AdminOps, completion
+from .admin import RESOLVED_OUTCOMES, AdminOps, completion
 from .auth import Authenticator, Caller, Permission, bearer_token, trace_id
 from .engine import Engine
 from .journal import to_info
@@ -90,7 +90,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @rpc
     async def QueryOutcome(self, request: coordinator_pb2.QueryOutcomeRequest, context: Any) -> Any:
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
-        return coordinator_pb2.QueryOutcomeResponse(decision=int(self.engine.query_outcome(xid)))
+        decision = await self.engine.participant_query(xid, request.rm_id, request.endpoint)
+        return coordinator_pb2.QueryOutcomeResponse(decision=int(decision))
+
+    @rpc
+    async def RegisterParticipant(
+        self, request: coordinator_pb2.RegisterParticipantRequest, context: Any
+    ) -> coordinator_pb2.RegisterParticipantResponse:
+        moved = await self.engine.register_participant(request.rm_id, request.endpoint)
+        return coordinator_pb2.RegisterParticipantResponse(moved=moved)
+
+    @rpc
+    async def ReportOutcome(
+        self, request: coordinator_pb2.ReportOutcomeRequest, context: Any
+    ) -> coordinator_pb2.ReportOutcomeResponse:
+        try:
+            phase, code = Phase(request.phase), XaCode(request.code)
+        except ValueError:
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "unknown phase or XA code in report") from None
+        if phase not in (Phase.COMMIT, Phase.ROLLBACK):
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a participant reports Commit or Rollback, not {phase}"
+            )
+        xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
+        tx = await self.engine.report_outcome(xid, request.rm_id, phase, code, request.reason)
+        return coordinator_pb2.ReportOutcomeResponse(status=int(tx.status))
 
     @rpc
     async def CreateSavepoint(self, request: coordinator_pb2.CreateSavepointRequest, context: Any) -> Any:
@@ -139,6 +163,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def Forget(self, request: admin_pb2.ForgetRequest, context: Any) -> Any:
         return await self.ops.forget(_CALLER.get(), list(request.gtrids))
+
+    @rpc
+    async def ResolveBranch(self, request: admin_pb2.ResolveBranchRequest, context: Any) -> Any:
+        outcome = RESOLVED_OUTCOMES.get(request.outcome)
+        return await self.ops.resolve_branch(
+            _CALLER.get(), request.gtrid, request.bqual, outcome, request.reason
+        )
 
     @rpc
     async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Any) -> Any:

@@ -16,6 +16,7 @@ from participant.xa import BranchStatus, Decision, Phase, TxOutcome, TxStatus, X
 
 __all__ = [
     "COMMIT_ALLOWED",
+    "RESOLVE_ALLOWED",
     "ROLLBACK_ALLOWED",
     "Branch",
     "Effect",
@@ -25,6 +26,7 @@ __all__ = [
     "Send",
     "Transaction",
     "begin_attempt",
+    "branch_moved",
     "create_savepoint",
     "decision_durable",
     "enlist",
@@ -33,12 +35,15 @@ __all__ = [
     "mark_rollback_only",
     "outcome",
     "outcome_known",
+    "outcome_reported",
+    "owed_phase",
     "pending_branches",
     "phase_two_result",
     "prepare_result",
     "recover",
     "request_commit",
     "request_rollback",
+    "resolve_branch",
     "rollback_to_savepoint",
     "savepoint_dropped",
     "timeout",
@@ -51,6 +56,8 @@ B = BranchStatus
 ROLLBACK_ALLOWED = (S.CREATED, S.PREPARING, S.ROLLINGBACK)
 #: Force commit only from these.
 COMMIT_ALLOWED = (S.CREATED, S.PREPARING, S.COMMITTING)
+#: An operator closes a branch by hand only while the decision still waits for its answer.
+RESOLVE_ALLOWED = (S.COMMITTING, S.ROLLINGBACK)
 
 _HEURISTIC = (B.HEURISTICALLY_COMPLETED, B.HEURISTICALLY_ROLLEDBACK)
 _HEURISTIC_STATUS = {
@@ -451,3 +458,92 @@ def outcome(tx: Transaction, requested: Phase) -> TxOutcome:
     if tx.status in (S.COMMITTED, S.COMMITTING) or (codes and committed):
         return TxOutcome.TX_COMMITTED if requested == Phase.ROLLBACK else TxOutcome.TX_OK
     return TxOutcome.TX_OK if requested == Phase.ROLLBACK else TxOutcome.TX_ROLLBACK
+
+
+def owed_phase(tx: Transaction) -> Phase | None:
+    """The phase-two call the current decision sends to its pending branches, or None."""
+    if tx.status == S.COMMITTING:
+        return Phase.ONE_PHASE_COMMIT if tx.one_phase else Phase.COMMIT
+    if tx.status == S.ROLLINGBACK:
+        return Phase.ROLLBACK
+    return None
+
+
+def _branch(tx: Transaction, bqual: str) -> Branch:
+    branch = tx.branches.get(bqual)
+    if branch is None:
+        raise XatmError(grpc.StatusCode.NOT_FOUND, f"transaction {tx.gtrid} has no branch {bqual}")
+    return branch
+
+
+def _own_branch(tx: Transaction, bqual: str, rm_id: str) -> Branch:
+    """The branch, which a participant speaking for ``rm_id`` claims as its own."""
+    branch = _branch(tx, bqual)
+    if branch.rm_id != rm_id:
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"branch {bqual} of {tx.gtrid} belongs to resource manager {branch.rm_id}, not {rm_id}",
+        )
+    return branch
+
+
+def branch_moved(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> list[Effect]:
+    """The branch's resource manager re-registered at ``endpoint``: every later call goes there.
+
+    Raises NOT_FOUND for an unknown bqual and INVALID_ARGUMENT when the branch belongs to another
+    RM. In Committed or Rolledback nothing is called any more, so nothing changes. A branch still
+    owed a phase-two call gets it at once: the Send wakes its driver out of its backoff.
+    """
+    branch = _own_branch(tx, bqual, rm_id)
+    if branch.endpoint == endpoint or tx.status in (S.COMMITTED, S.ROLLEDBACK):
+        return []
+    branch.endpoint = endpoint
+    phase = owed_phase(tx)
+    return [Send(phase, (bqual,))] if phase is not None and bqual in pending_branches(tx) else []
+
+
+def outcome_reported(
+    tx: Transaction, bqual: str, rm_id: str, phase: Phase, code: XaCode, reason: str = ""
+) -> list[Effect]:
+    """A participant applied the decision itself (after asking for it) and reports the RM's answer,
+    which is read exactly like the answer to the coordinator's own phase-two call.
+
+    A report for a branch that owes nothing (acknowledged already, or not decided) changes nothing:
+    reports may repeat or race the coordinator's call. A phase other than the one the decision
+    owes is refused with FAILED_PRECONDITION; an unknown bqual with NOT_FOUND, another RM's branch
+    with INVALID_ARGUMENT.
+    """
+    _own_branch(tx, bqual, rm_id)
+    if bqual not in pending_branches(tx):
+        return []
+    owed = owed_phase(tx)
+    if phase != owed:
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"transaction {tx.gtrid} is {tx.status.label}: branch {bqual} owes {owed}, not {phase}",
+        )
+    return phase_two_result(tx, bqual, phase, code, reason)
+
+
+def resolve_branch(tx: Transaction, bqual: str, committed: bool, reason: str) -> list[Effect]:
+    """An operator closes a branch whose resource manager is gone for good, stating what happened
+    to the branch there: a heuristic decision, recorded as XA_HEURCOM or XA_HEURRB.
+
+    Allowed only for a branch still owed an acknowledgement in Committing or Rollingback; anything
+    else is refused with FAILED_PRECONDITION (NOT_FOUND for an unknown bqual). Once no branch owes
+    an answer the transaction ends HeuristicallyCompleted, to be forgotten like any other.
+    """
+    branch = _branch(tx, bqual)
+    if tx.status not in RESOLVE_ALLOWED:
+        raise _refuse(tx, "resolving a branch by hand", RESOLVE_ALLOWED)
+    phase = owed_phase(tx)
+    if phase is None or bqual not in pending_branches(tx):
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"branch {bqual} of transaction {tx.gtrid} is {branch.status.label} and owes no answer; "
+            "resolving by hand is allowed only for a branch still owed one in Committing or Rollingback",
+        )
+    code = XaCode.XA_HEURCOM if committed else XaCode.XA_HEURRB
+    branch.status = _HEURISTIC_STATUS[code]
+    _record(branch, phase, code, reason)
+    return _finish_if_done(tx)

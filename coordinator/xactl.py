@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from participant._proto import admin_pb2, admin_pb2_grpc
-from participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_gtrid
+from participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_bqual, validate_gtrid
 
 from . import tls
 from .views import audit_view, completion_view, forget_view, list_view, parse_since, transaction_view
@@ -194,18 +194,32 @@ def _force(method: str, verb: str) -> Callable[[argparse.Namespace, _Client], in
             print("xactl: not confirmed; nothing changed", file=sys.stderr)
             return 1
         view = completion_view(client(method, admin_pb2.ForceRequest(gtrid=args.gtrid, reason=args.reason)))
-
-        def text(v: dict[str, Any]) -> str:
-            rows = [
-                [b["branchId"], b["status"] or "", b["returnCode"] or "-", b["url"]] for b in v["branches"]
-            ]
-            summary = f"{v['txid']}: {v['status']} (transaction {v['transactionStatus']})"
-            return summary + ("\n" + _table(rows, ["BRANCH", "STATUS", "CODE", "ENDPOINT"]) if rows else "")
-
-        _emit(args, client, view, text)
+        _emit(args, client, view, _completion_text)
         return 0
 
     return run
+
+
+def _completion_text(view: dict[str, Any]) -> str:
+    rows = [[b["branchId"], b["status"] or "", b["returnCode"] or "-", b["url"]] for b in view["branches"]]
+    summary = f"{view['txid']}: {view['status']} (transaction {view['transactionStatus']})"
+    return summary + ("\n" + _table(rows, ["BRANCH", "STATUS", "CODE", "ENDPOINT"]) if rows else "")
+
+
+def cmd_resolve(args: argparse.Namespace, client: _Client) -> int:
+    validate_gtrid(args.gtrid)
+    validate_bqual(args.bqual)
+    if not args.reason.strip():
+        raise _Usage("resolve needs --reason TEXT: it is kept in the log and the audit record")
+    outcome = {
+        "committed": admin_pb2.RESOLVED_OUTCOME_COMMITTED,
+        "rolledback": admin_pb2.RESOLVED_OUTCOME_ROLLEDBACK,
+    }
+    request = admin_pb2.ResolveBranchRequest(
+        gtrid=args.gtrid, bqual=args.bqual, outcome=outcome[args.outcome], reason=args.reason
+    )
+    _emit(args, client, completion_view(client("ResolveBranch", request)), _completion_text)
+    return 0
 
 
 def cmd_forget(args: argparse.Namespace, client: _Client) -> int:
@@ -331,6 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
         p.add_argument("--reason", default="", help="recorded in the audit log")
         p.set_defaults(func=_force(method, name))
+
+    p = sub.add_parser(
+        "resolve",
+        parents=[common],
+        help="close a branch whose resource manager is gone for good, stating its outcome (a heuristic "
+        "decision; only for a branch still owed an answer in Committing or Rollingback)",
+    )
+    p.add_argument("gtrid")
+    p.add_argument("bqual", help="the branch, as `xactl show` lists it")
+    p.add_argument(
+        "--outcome",
+        required=True,
+        choices=("committed", "rolledback"),
+        help="what happened to the branch at its resource manager",
+    )
+    p.add_argument("--reason", required=True, help="why (kept in the log and the audit record)")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("forget", parents=[common], help="forget heuristically completed transactions")
     p.add_argument("gtrids", nargs="+", metavar="GTRID")

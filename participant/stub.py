@@ -93,6 +93,8 @@ class ParticipantStub:
         self._reached: OrderedDict[Xid, None] = OrderedDict()
         self._recovery: threading.Thread | None = None
         self._recovery_stop = threading.Event()
+        #: Set once the default coordinator knows where this RM is served (see ``register``).
+        self._registered = False
 
     # ------------------------------------------------------------ server wiring
 
@@ -322,6 +324,8 @@ class ParticipantStub:
         counts = {"commit": 0, "rollback": 0, "pending": 0, "unreachable": 0, "foreign": 0}
         if not self.coordinator:
             return counts
+        if not self._registered:
+            self.register()
         for xid in self.rm.recover():
             if xid.format_id != FORMAT_ID:
                 continue
@@ -343,11 +347,46 @@ class ParticipantStub:
             log.info("resolved in-doubt branches of %s: %s", self.rm.rm_id, counts)
         return counts
 
+    def register(self) -> bool:
+        """Tell the default coordinator where this RM is served now, so that branches it still
+        drives at an address this process no longer has (it restarted elsewhere) move here.
+
+        Done by the first in-doubt pass (at start-up) and retried by later passes until the
+        coordinator has answered; True once it has. Never raises: a failure is logged.
+        """
+        _, coordinator = self._coordinator(TxContext("", self.coordinator or ""))
+        request = coordinator_pb2.RegisterParticipantRequest(rm_id=self.rm.rm_id, endpoint=self.advertise)
+        try:
+            reply = coordinator.RegisterParticipant(
+                request, timeout=self.call_timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            failure = to_xatm_error(error)
+            if failure.code == grpc.StatusCode.UNIMPLEMENTED:
+                # An older coordinator: asking again on every pass would only repeat the refusal.
+                log.info("coordinator %s does not take registrations", self.coordinator)
+                self._registered = True
+                return False
+            log.warning(
+                "could not register %s at %s with coordinator %s: %s",
+                self.rm.rm_id,
+                self.advertise,
+                self.coordinator,
+                failure.message,
+            )
+            return False
+        self._registered = True
+        if reply.moved:
+            log.info(
+                "coordinator moved %d branch(es) of %s to %s", reply.moved, self.rm.rm_id, self.advertise
+            )
+        return True
+
     def _resolve(self, xid: Xid) -> str:
         address, coordinator = self._coordinator(TxContext(xid.gtrid, self.coordinator or ""))
-        request = coordinator_pb2.QueryOutcomeRequest(
-            xid=xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
-        )
+        wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
+        # Saying who asks and where it is served lets the coordinator follow a move.
+        request = coordinator_pb2.QueryOutcomeRequest(xid=wire, rm_id=self.rm.rm_id, endpoint=self.advertise)
         peer = f"coordinator {address}"
         try:
             reply = checked_reply(
@@ -368,6 +407,7 @@ class ParticipantStub:
         decision = Decision(reply.decision)
         if decision == Decision.PENDING:
             return "pending"
+        code = XaCode.XA_OK
         try:
             if decision == Decision.COMMIT:
                 self.rm.commit(xid, one_phase=False)
@@ -377,7 +417,32 @@ class ParticipantStub:
             if error.code != XaCode.XAER_NOTA:  # NOTA: the coordinator got there first
                 log.warning("could not apply %s to in-doubt %s: %s", decision.name, xid, error)
                 return "unreachable"
+            code = error.code
+        self._report(coordinator, wire, decision, code)
         return decision.name.lower()
+
+    def _report(
+        self,
+        coordinator: coordinator_pb2_grpc.CoordinatorStub,
+        wire: xa_pb2.Xid,
+        decision: Decision,
+        code: XaCode,
+    ) -> None:
+        """Tell the coordinator what the RM answered to the outcome applied here, so it records the
+        branch as done instead of calling an address this process may no longer have.
+
+        Best effort: if the report is lost, the coordinator's own call gets XAER_NOTA and ends the same.
+        """
+        phase = xa_pb2.PHASE_COMMIT if decision == Decision.COMMIT else xa_pb2.PHASE_ROLLBACK
+        request = coordinator_pb2.ReportOutcomeRequest(
+            xid=wire, rm_id=self.rm.rm_id, phase=phase, code=int(code), reason="in-doubt resolution"
+        )
+        try:
+            coordinator.ReportOutcome(request, timeout=self.call_timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            failure = to_xatm_error(error)
+            if failure.code != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: presumed abort, nothing to tell
+                log.warning("could not report %s of %s: %s", decision.name, wire.gtrid, failure.message)
 
     def start_recovery(self, interval: float = 30.0) -> None:
         """Resolve in-doubt branches now and then every ``interval`` seconds, in a daemon thread."""

@@ -261,7 +261,7 @@ def test_a_step_neither_hastens_nor_holds_off_an_orphan_rollback(
         engine = Engine(settings, FileWal(tmp_path), "n1", peers=peers)  # type: ignore[arg-type]
         scanner = recovery.RecoveryScanner(engine, peers, interval=3600, safety=5, call_timeout=1)  # type: ignore[arg-type]
         await engine.start()
-        engine.endpoints.add("fake:1")
+        await engine.register_participant("rm1", "fake:1")  # what the scan asks
         try:
             assert (await scanner.scan_once())["candidates"] == 1
             clock.offset = step

@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
         "torn_tail",
         "failed",
     },
-    "action@xatm_admin_actions": {"force_rollback", "force_commit", "forget"},
+    "action@xatm_admin_actions": {"force_rollback", "force_commit", "forget", "resolve_branch"},
     # A refused operator action is counted under its gRPC status.
     "result@xatm_admin_actions": {"ok"} | {c.name.lower() for c in grpc.StatusCode},
     "type": {f.name for f in wal_pb2.WalRecord.DESCRIPTOR.oneofs_by_name["body"].fields},

@@ -457,3 +457,177 @@ class ProtocolRuns(RuleBasedStateMachine):
 
 TestProtocolRuns = ProtocolRuns.TestCase
 TestProtocolRuns.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+
+
+# ------------------------------------------------------------------ participants that move, report or vanish
+
+MOVED = "127.0.0.1:9100"
+# What moving b0 to MOVED sends in each status; None: the endpoint is left alone (nothing is called
+# any more in Committed or Rolledback).
+MOVE_SENDS: dict[S, list[sm.Send] | None] = {
+    S.CREATED: [],
+    S.MARKED_ROLLBACK: [],
+    S.PREPARING: [],
+    S.PREPARED: [],
+    S.COMMITTING: [sm.Send(Phase.COMMIT, ("b0",))],
+    S.COMMITTED: None,
+    S.ROLLINGBACK: [sm.Send(Phase.ROLLBACK, ("b0",))],
+    S.ROLLEDBACK: None,
+    S.HEURISTICALLY_COMPLETED: [],
+}
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_branch_moved_in_every_status(status: S) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    effects = sm.branch_moved(tx, "b0", "rm0", MOVED)
+    assert tx.status == status
+    assert tx.branches["b1"] == before.branches["b1"]
+    if MOVE_SENDS[status] is None:
+        assert effects == [] and tx == before
+    else:
+        assert effects == MOVE_SENDS[status]
+        assert tx.branches["b0"].endpoint == MOVED
+        assert sm.branch_moved(tx, "b0", "rm0", MOVED) == [], "the same endpoint again changes nothing"
+
+
+def test_branch_moved_one_phase_redrives_the_one_phase_commit() -> None:
+    tx = _tx(1)
+    sm.request_commit(tx)
+    assert sm.branch_moved(tx, "b0", "rm0", MOVED) == [sm.Send(Phase.ONE_PHASE_COMMIT, ("b0",))]
+
+
+def test_branch_moved_refuses_another_rm_and_unknown_branches() -> None:
+    tx = in_status(S.COMMITTING)
+    before = copy.deepcopy(tx)
+    with pytest.raises(XatmError) as err:
+        sm.branch_moved(tx, "b0", "rm1", MOVED)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rm0" in err.value.message
+    with pytest.raises(XatmError) as err:
+        sm.branch_moved(tx, "nope", "rm0", MOVED)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert tx == before
+
+
+def test_owed_phase_in_every_status() -> None:
+    owed = {status: sm.owed_phase(in_status(status)) for status in S}
+    assert owed == {
+        S.CREATED: None,
+        S.MARKED_ROLLBACK: None,
+        S.PREPARING: None,
+        S.PREPARED: None,
+        S.COMMITTING: Phase.COMMIT,
+        S.COMMITTED: None,
+        S.ROLLINGBACK: Phase.ROLLBACK,
+        S.ROLLEDBACK: None,
+        S.HEURISTICALLY_COMPLETED: None,
+    }
+
+
+@pytest.mark.parametrize("status", list(S))
+@pytest.mark.parametrize("phase", [Phase.COMMIT, Phase.ROLLBACK])
+def test_outcome_reported_in_every_status(status: S, phase: Phase) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    accepted = {(S.COMMITTING, Phase.COMMIT): S.COMMITTING, (S.ROLLINGBACK, Phase.ROLLBACK): S.ROLLEDBACK}
+    refused = {(S.COMMITTING, Phase.ROLLBACK), (S.ROLLINGBACK, Phase.COMMIT)}
+    if (status, phase) in refused:
+        with pytest.raises(XatmError) as err:
+            sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied")
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert status.label in err.value.message
+        assert tx == before
+    elif (status, phase) in accepted:
+        sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied")
+        assert tx.status == accepted[(status, phase)]
+        branch = tx.branches["b0"]
+        assert (branch.last_phase, branch.last_code, branch.last_reason) == (phase, XaCode.XA_OK, "applied")
+        assert branch.status == (B.COMMITTED if phase == Phase.COMMIT else B.ROLLEDBACK)
+    else:
+        # Nothing owed by b0: a repeated or late report changes nothing.
+        assert sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied") == []
+        assert tx == before
+
+
+@pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
+def test_outcome_reported_reads_every_code_like_a_phase_two_answer(code: XaCode) -> None:
+    reported, answered = in_status(S.COMMITTING), in_status(S.COMMITTING)
+    assert sm.outcome_reported(reported, "b0", "rm0", Phase.COMMIT, code, "r") == sm.phase_two_result(
+        answered, "b0", Phase.COMMIT, code, "r"
+    )
+    assert reported == answered
+
+
+def test_outcome_reported_finishes_the_transaction() -> None:
+    tx = in_status(S.COMMITTING)
+    sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
+    assert sm.outcome_reported(tx, "b0", "rm0", Phase.COMMIT, XaCode.XAER_NOTA) == [sm.Finished(S.COMMITTED)]
+    assert tx.branches["b0"].status == B.COMMITTED and sm.pending_branches(tx) == ()
+    with pytest.raises(XatmError) as err:
+        sm.outcome_reported(tx, "nope", "rm0", Phase.COMMIT, XaCode.XA_OK)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_outcome_reported_by_another_rm_is_refused() -> None:
+    tx = in_status(S.COMMITTING)
+    before = copy.deepcopy(tx)
+    with pytest.raises(XatmError) as err:
+        sm.outcome_reported(tx, "b0", "rm1", Phase.COMMIT, XaCode.XA_OK)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rm0" in err.value.message
+    assert tx == before
+
+
+# The branch status and recorded (phase, code) of b0 after an operator states its outcome.
+RESOLVED = {
+    (S.COMMITTING, True): (B.HEURISTICALLY_COMPLETED, Phase.COMMIT, XaCode.XA_HEURCOM),
+    (S.COMMITTING, False): (B.HEURISTICALLY_ROLLEDBACK, Phase.COMMIT, XaCode.XA_HEURRB),
+    (S.ROLLINGBACK, True): (B.HEURISTICALLY_COMPLETED, Phase.ROLLBACK, XaCode.XA_HEURCOM),
+    (S.ROLLINGBACK, False): (B.HEURISTICALLY_ROLLEDBACK, Phase.ROLLBACK, XaCode.XA_HEURRB),
+}
+
+
+@pytest.mark.parametrize("status", list(S))
+@pytest.mark.parametrize("committed", [True, False])
+def test_resolve_branch_in_every_status(status: S, committed: bool) -> None:
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    if (status, committed) not in RESOLVED:
+        with pytest.raises(XatmError) as err:
+            sm.resolve_branch(tx, "b0", committed, "rm gone")
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert status.label in err.value.message and "Committing, Rollingback" in err.value.message
+        assert tx == before
+        return
+    effects = sm.resolve_branch(tx, "b0", committed, "rm gone")
+    branch = tx.branches["b0"]
+    assert (branch.status, branch.last_phase, branch.last_code) == RESOLVED[(status, committed)]
+    assert branch.last_reason == "rm gone"
+    if status == S.COMMITTING:
+        # b1 still owes its commit answer: the transaction waits for it, then ends heuristic.
+        assert effects == [] and tx.status == S.COMMITTING and sm.pending_branches(tx) == ("b1",)
+        effects = sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
+    assert effects == [sm.Finished(S.HEURISTICALLY_COMPLETED)]
+    assert tx.status == S.HEURISTICALLY_COMPLETED
+    assert sm.forget(tx) == [sm.Send(Phase.FORGET, ("b0",))]
+
+
+def test_resolve_branch_refuses_an_acknowledged_or_unknown_branch() -> None:
+    tx = in_status(S.COMMITTING)
+    sm.phase_two_result(tx, "b1", Phase.COMMIT, XaCode.XA_OK)
+    before = copy.deepcopy(tx)
+    with pytest.raises(XatmError) as err:
+        sm.resolve_branch(tx, "b1", True, "x")
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Committed" in err.value.message and "Committing or Rollingback" in err.value.message
+    with pytest.raises(XatmError) as err:
+        sm.resolve_branch(tx, "nope", True, "x")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert tx == before
+
+
+def test_resolve_branch_of_a_one_phase_commit() -> None:
+    tx = _tx(1)
+    sm.request_commit(tx)
+    assert sm.resolve_branch(tx, "b0", True, "rm gone") == [sm.Finished(S.HEURISTICALLY_COMPLETED)]
+    assert tx.branches["b0"].last_phase == Phase.ONE_PHASE_COMMIT

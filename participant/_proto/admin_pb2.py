@@ -27,13 +27,15 @@ from . import coordinator_pb2 as xatm_dot_v1_dot_coordinator__pb2
 from . import xa_pb2 as xatm_dot_v1_dot_xa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xatm/v1/admin.proto\x12\x07xatm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19xatm/v1/coordinator.proto\x1a\x10xatm/v1/xa.proto\"\x9f\x01\n\x17ListTransactionsRequest\x12,\n\x08statuses\x18\x01 \x03(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12/\n\x0b\x62\x65gun_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x18ListTransactionsResponse\x12.\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x18.xatm.v1.TransactionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x15GetTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"-\n\x0c\x46orceRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rForgetRequest\x12\x0e\n\x06gtrids\x18\x01 \x03(\t\"M\n\x0c\x46orgetResult\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x11\n\tforgotten\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"8\n\x0e\x46orgetResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.xatm.v1.ForgetResult\"9\n\x10ListAuditRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa5\x01\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05gtrid\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"S\n\x11ListAuditResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.xatm.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb3\x03\n\x05\x41\x64min\x12W\n\x10ListTransactions\x12 .xatm.v1.ListTransactionsRequest\x1a!.xatm.v1.ListTransactionsResponse\x12J\n\x0eGetTransaction\x12\x1e.xatm.v1.GetTransactionRequest\x1a\x18.xatm.v1.TransactionInfo\x12\x43\n\rForceRollback\x12\x15.xatm.v1.ForceRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x41\n\x0b\x46orceCommit\x12\x15.xatm.v1.ForceRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x39\n\x06\x46orget\x12\x16.xatm.v1.ForgetRequest\x1a\x17.xatm.v1.ForgetResponse\x12\x42\n\tListAudit\x12\x19.xatm.v1.ListAuditRequest\x1a\x1a.xatm.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xatm/v1/admin.proto\x12\x07xatm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19xatm/v1/coordinator.proto\x1a\x10xatm/v1/xa.proto\"\x9f\x01\n\x17ListTransactionsRequest\x12,\n\x08statuses\x18\x01 \x03(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12/\n\x0b\x62\x65gun_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x18ListTransactionsResponse\x12.\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x18.xatm.v1.TransactionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x15GetTransactionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"-\n\x0c\x46orceRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"o\n\x14ResolveBranchRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\r\n\x05\x62qual\x18\x02 \x01(\t\x12)\n\x07outcome\x18\x03 \x01(\x0e\x32\x18.xatm.v1.ResolvedOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x1f\n\rForgetRequest\x12\x0e\n\x06gtrids\x18\x01 \x03(\t\"M\n\x0c\x46orgetResult\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x11\n\tforgotten\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"8\n\x0e\x46orgetResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.xatm.v1.ForgetResult\"9\n\x10ListAuditRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa5\x01\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05gtrid\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"S\n\x11ListAuditResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.xatm.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*t\n\x0fResolvedOutcome\x12 \n\x1cRESOLVED_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESOLVED_OUTCOME_COMMITTED\x10\x01\x12\x1f\n\x1bRESOLVED_OUTCOME_ROLLEDBACK\x10\x02\x32\x80\x04\n\x05\x41\x64min\x12W\n\x10ListTransactions\x12 .xatm.v1.ListTransactionsRequest\x1a!.xatm.v1.ListTransactionsResponse\x12J\n\x0eGetTransaction\x12\x1e.xatm.v1.GetTransactionRequest\x1a\x18.xatm.v1.TransactionInfo\x12\x43\n\rForceRollback\x12\x15.xatm.v1.ForceRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x41\n\x0b\x46orceCommit\x12\x15.xatm.v1.ForceRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x39\n\x06\x46orget\x12\x16.xatm.v1.ForgetRequest\x1a\x17.xatm.v1.ForgetResponse\x12\x42\n\tListAudit\x12\x19.xatm.v1.ListAuditRequest\x1a\x1a.xatm.v1.ListAuditResponse\x12K\n\rResolveBranch\x12\x1d.xatm.v1.ResolveBranchRequest\x1a\x1b.xatm.v1.CompletionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xatm.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RESOLVEDOUTCOME']._serialized_start=1055
+  _globals['_RESOLVEDOUTCOME']._serialized_end=1171
   _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=111
   _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=270
   _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=272
@@ -42,18 +44,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTRANSACTIONREQUEST']._serialized_end=411
   _globals['_FORCEREQUEST']._serialized_start=413
   _globals['_FORCEREQUEST']._serialized_end=458
-  _globals['_FORGETREQUEST']._serialized_start=460
-  _globals['_FORGETREQUEST']._serialized_end=491
-  _globals['_FORGETRESULT']._serialized_start=493
-  _globals['_FORGETRESULT']._serialized_end=570
-  _globals['_FORGETRESPONSE']._serialized_start=572
-  _globals['_FORGETRESPONSE']._serialized_end=628
-  _globals['_LISTAUDITREQUEST']._serialized_start=630
-  _globals['_LISTAUDITREQUEST']._serialized_end=687
-  _globals['_AUDITRECORD']._serialized_start=690
-  _globals['_AUDITRECORD']._serialized_end=855
-  _globals['_LISTAUDITRESPONSE']._serialized_start=857
-  _globals['_LISTAUDITRESPONSE']._serialized_end=940
-  _globals['_ADMIN']._serialized_start=943
-  _globals['_ADMIN']._serialized_end=1378
+  _globals['_RESOLVEBRANCHREQUEST']._serialized_start=460
+  _globals['_RESOLVEBRANCHREQUEST']._serialized_end=571
+  _globals['_FORGETREQUEST']._serialized_start=573
+  _globals['_FORGETREQUEST']._serialized_end=604
+  _globals['_FORGETRESULT']._serialized_start=606
+  _globals['_FORGETRESULT']._serialized_end=683
+  _globals['_FORGETRESPONSE']._serialized_start=685
+  _globals['_FORGETRESPONSE']._serialized_end=741
+  _globals['_LISTAUDITREQUEST']._serialized_start=743
+  _globals['_LISTAUDITREQUEST']._serialized_end=800
+  _globals['_AUDITRECORD']._serialized_start=803
+  _globals['_AUDITRECORD']._serialized_end=968
+  _globals['_LISTAUDITRESPONSE']._serialized_start=970
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1053
+  _globals['_ADMIN']._serialized_start=1174
+  _globals['_ADMIN']._serialized_end=1686
 # @@protoc_insertion_point(module_scope)

@@ -4,12 +4,22 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import coordinator_pb2 as _coordinator_pb2
 from . import xa_pb2 as _xa_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResolvedOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOLVED_OUTCOME_UNSPECIFIED: _ClassVar[ResolvedOutcome]
+    RESOLVED_OUTCOME_COMMITTED: _ClassVar[ResolvedOutcome]
+    RESOLVED_OUTCOME_ROLLEDBACK: _ClassVar[ResolvedOutcome]
+RESOLVED_OUTCOME_UNSPECIFIED: ResolvedOutcome
+RESOLVED_OUTCOME_COMMITTED: ResolvedOutcome
+RESOLVED_OUTCOME_ROLLEDBACK: ResolvedOutcome
 
 class ListTransactionsRequest(_message.Message):
     __slots__ = ("statuses", "begun_after", "page_size", "page_token")
@@ -44,6 +54,18 @@ class ForceRequest(_message.Message):
     gtrid: str
     reason: str
     def __init__(self, gtrid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResolveBranchRequest(_message.Message):
+    __slots__ = ("gtrid", "bqual", "outcome", "reason")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    BQUAL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    bqual: str
+    outcome: ResolvedOutcome
+    reason: str
+    def __init__(self, gtrid: _Optional[str] = ..., bqual: _Optional[str] = ..., outcome: _Optional[_Union[ResolvedOutcome, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ForgetRequest(_message.Message):
     __slots__ = ("gtrids",)

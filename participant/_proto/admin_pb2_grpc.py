@@ -66,6 +66,11 @@ class AdminStub:
                 request_serializer=xatm_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ResolveBranch = channel.unary_unary(
+                '/xatm.v1.Admin/ResolveBranch',
+                request_serializer=xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -107,6 +112,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveBranch(self, request, context):
+        """Close a branch whose resource manager is gone for good, stating what happened to it there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +151,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=xatm_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ResolveBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveBranch,
+                    request_deserializer=xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +320,33 @@ class Admin:
             '/xatm.v1.Admin/ListAudit',
             xatm_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             xatm_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Admin/ResolveBranch',
+            xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.SerializeToString,
+            xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,16 +76,54 @@ class StatusRequest(_message.Message):
     def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
 
 class QueryOutcomeRequest(_message.Message):
-    __slots__ = ("xid",)
+    __slots__ = ("xid", "rm_id", "endpoint")
     XID_FIELD_NUMBER: _ClassVar[int]
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     xid: _xa_pb2.Xid
-    def __init__(self, xid: _Optional[_Union[_xa_pb2.Xid, _Mapping]] = ...) -> None: ...
+    rm_id: str
+    endpoint: str
+    def __init__(self, xid: _Optional[_Union[_xa_pb2.Xid, _Mapping]] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class QueryOutcomeResponse(_message.Message):
     __slots__ = ("decision",)
     DECISION_FIELD_NUMBER: _ClassVar[int]
     decision: _xa_pb2.Decision
     def __init__(self, decision: _Optional[_Union[_xa_pb2.Decision, str]] = ...) -> None: ...
+
+class RegisterParticipantRequest(_message.Message):
+    __slots__ = ("rm_id", "endpoint")
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    rm_id: str
+    endpoint: str
+    def __init__(self, rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class RegisterParticipantResponse(_message.Message):
+    __slots__ = ("moved",)
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    moved: int
+    def __init__(self, moved: _Optional[int] = ...) -> None: ...
+
+class ReportOutcomeRequest(_message.Message):
+    __slots__ = ("xid", "rm_id", "phase", "code", "reason")
+    XID_FIELD_NUMBER: _ClassVar[int]
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    xid: _xa_pb2.Xid
+    rm_id: str
+    phase: _xa_pb2.Phase
+    code: _xa_pb2.XaCode
+    reason: str
+    def __init__(self, xid: _Optional[_Union[_xa_pb2.Xid, _Mapping]] = ..., rm_id: _Optional[str] = ..., phase: _Optional[_Union[_xa_pb2.Phase, str]] = ..., code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportOutcomeResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _xa_pb2.TransactionStatus
+    def __init__(self, status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ...) -> None: ...
 
 class CreateSavepointRequest(_message.Message):
     __slots__ = ("gtrid",)

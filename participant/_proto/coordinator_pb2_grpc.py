@@ -70,6 +70,16 @@ class CoordinatorStub:
                 request_serializer=xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeResponse.FromString,
                 _registered_method=True)
+        self.RegisterParticipant = channel.unary_unary(
+                '/xatm.v1.Coordinator/RegisterParticipant',
+                request_serializer=xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantResponse.FromString,
+                _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/xatm.v1.Coordinator/ReportOutcome',
+                request_serializer=xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeResponse.FromString,
+                _registered_method=True)
         self.CreateSavepoint = channel.unary_unary(
                 '/xatm.v1.Coordinator/CreateSavepoint',
                 request_serializer=xatm_dot_v1_dot_coordinator__pb2.CreateSavepointRequest.SerializeToString,
@@ -127,6 +137,20 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterParticipant(self, request, context):
+        """A participant (re)starting says where its resource manager is now served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportOutcome(self, request, context):
+        """A participant that applied an outcome on its own (after QueryOutcome) reports the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSavepoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -176,6 +200,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.QueryOutcome,
                     request_deserializer=xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeResponse.SerializeToString,
+            ),
+            'RegisterParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterParticipant,
+                    request_deserializer=xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantResponse.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeResponse.SerializeToString,
             ),
             'CreateSavepoint': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSavepoint,
@@ -377,6 +411,60 @@ class Coordinator:
             '/xatm.v1.Coordinator/QueryOutcome',
             xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeRequest.SerializeToString,
             xatm_dot_v1_dot_coordinator__pb2.QueryOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Coordinator/RegisterParticipant',
+            xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantRequest.SerializeToString,
+            xatm_dot_v1_dot_coordinator__pb2.RegisterParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Coordinator/ReportOutcome',
+            xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeRequest.SerializeToString,
+            xatm_dot_v1_dot_coordinator__pb2.ReportOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

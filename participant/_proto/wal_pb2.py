@@ -27,7 +27,7 @@ from . import admin_pb2 as xatm_dot_v1_dot_admin__pb2
 from . import xa_pb2 as xatm_dot_v1_dot_xa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11xatm/v1/wal.proto\x12\x07xatm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13xatm/v1/admin.proto\x1a\x10xatm/v1/xa.proto\"\xf8\x03\n\tWalRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12%\n\x05\x62\x65gin\x18\n \x01(\x0b\x32\x14.xatm.v1.BeginRecordH\x00\x12\'\n\x06\x65nlist\x18\x0b \x01(\x0b\x32\x15.xatm.v1.EnlistRecordH\x00\x12\x34\n\rbranch_result\x18\x0c \x01(\x0b\x32\x1b.xatm.v1.BranchResultRecordH\x00\x12\'\n\x06status\x18\r \x01(\x0b\x32\x15.xatm.v1.StatusRecordH\x00\x12+\n\x08\x64\x65\x63ision\x18\x0e \x01(\x0b\x32\x17.xatm.v1.DecisionRecordH\x00\x12!\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x12.xatm.v1.EndRecordH\x00\x12%\n\x05\x61udit\x18\x10 \x01(\x0b\x32\x14.xatm.v1.AuditRecordH\x00\x12-\n\tsavepoint\x18\x11 \x01(\x0b\x32\x18.xatm.v1.SavepointRecordH\x00\x12\'\n\x06\x66orget\x18\x12 \x01(\x0b\x32\x15.xatm.v1.ForgetRecordH\x00\x12,\n\x08snapshot\x18\x13 \x01(\x0b\x32\x18.xatm.v1.TransactionInfoH\x00\x42\x06\n\x04\x62ody\"!\n\x0b\x42\x65ginRecord\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\">\n\x0c\x45nlistRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x98\x01\n\x12\x42ranchResultRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x1d\n\x05phase\x18\x02 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\"r\n\x0cStatusRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12&\n\rrollback_code\x18\x02 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\" \n\x0e\x44\x65\x63isionRecord\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x08\"7\n\tEndRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"<\n\x0fSavepointRecord\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\x12\x13\n\x0brolled_back\x18\x02 \x01(\x08\"\x0e\n\x0c\x46orgetRecordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11xatm/v1/wal.proto\x12\x07xatm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13xatm/v1/admin.proto\x1a\x10xatm/v1/xa.proto\"\xa5\x04\n\tWalRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12%\n\x05\x62\x65gin\x18\n \x01(\x0b\x32\x14.xatm.v1.BeginRecordH\x00\x12\'\n\x06\x65nlist\x18\x0b \x01(\x0b\x32\x15.xatm.v1.EnlistRecordH\x00\x12\x34\n\rbranch_result\x18\x0c \x01(\x0b\x32\x1b.xatm.v1.BranchResultRecordH\x00\x12\'\n\x06status\x18\r \x01(\x0b\x32\x15.xatm.v1.StatusRecordH\x00\x12+\n\x08\x64\x65\x63ision\x18\x0e \x01(\x0b\x32\x17.xatm.v1.DecisionRecordH\x00\x12!\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x12.xatm.v1.EndRecordH\x00\x12%\n\x05\x61udit\x18\x10 \x01(\x0b\x32\x14.xatm.v1.AuditRecordH\x00\x12-\n\tsavepoint\x18\x11 \x01(\x0b\x32\x18.xatm.v1.SavepointRecordH\x00\x12\'\n\x06\x66orget\x18\x12 \x01(\x0b\x32\x15.xatm.v1.ForgetRecordH\x00\x12,\n\x08snapshot\x18\x13 \x01(\x0b\x32\x18.xatm.v1.TransactionInfoH\x00\x12+\n\x08\x65ndpoint\x18\x14 \x01(\x0b\x32\x17.xatm.v1.EndpointRecordH\x00\x42\x06\n\x04\x62ody\"!\n\x0b\x42\x65ginRecord\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\">\n\x0c\x45nlistRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x98\x01\n\x12\x42ranchResultRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x1d\n\x05phase\x18\x02 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\"r\n\x0cStatusRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12&\n\rrollback_code\x18\x02 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\" \n\x0e\x44\x65\x63isionRecord\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x08\"7\n\tEndRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"<\n\x0fSavepointRecord\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\x12\x13\n\x0brolled_back\x18\x02 \x01(\x08\"\x0e\n\x0c\x46orgetRecord\"1\n\x0e\x45ndpointRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xatm.v1.wal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WALRECORD']._serialized_start=103
-  _globals['_WALRECORD']._serialized_end=607
-  _globals['_BEGINRECORD']._serialized_start=609
-  _globals['_BEGINRECORD']._serialized_end=642
-  _globals['_ENLISTRECORD']._serialized_start=644
-  _globals['_ENLISTRECORD']._serialized_end=706
-  _globals['_BRANCHRESULTRECORD']._serialized_start=709
-  _globals['_BRANCHRESULTRECORD']._serialized_end=861
-  _globals['_STATUSRECORD']._serialized_start=863
-  _globals['_STATUSRECORD']._serialized_end=977
-  _globals['_DECISIONRECORD']._serialized_start=979
-  _globals['_DECISIONRECORD']._serialized_end=1011
-  _globals['_ENDRECORD']._serialized_start=1013
-  _globals['_ENDRECORD']._serialized_end=1068
-  _globals['_SAVEPOINTRECORD']._serialized_start=1070
-  _globals['_SAVEPOINTRECORD']._serialized_end=1130
-  _globals['_FORGETRECORD']._serialized_start=1132
-  _globals['_FORGETRECORD']._serialized_end=1146
+  _globals['_WALRECORD']._serialized_end=652
+  _globals['_BEGINRECORD']._serialized_start=654
+  _globals['_BEGINRECORD']._serialized_end=687
+  _globals['_ENLISTRECORD']._serialized_start=689
+  _globals['_ENLISTRECORD']._serialized_end=751
+  _globals['_BRANCHRESULTRECORD']._serialized_start=754
+  _globals['_BRANCHRESULTRECORD']._serialized_end=906
+  _globals['_STATUSRECORD']._serialized_start=908
+  _globals['_STATUSRECORD']._serialized_end=1022
+  _globals['_DECISIONRECORD']._serialized_start=1024
+  _globals['_DECISIONRECORD']._serialized_end=1056
+  _globals['_ENDRECORD']._serialized_start=1058
+  _globals['_ENDRECORD']._serialized_end=1113
+  _globals['_SAVEPOINTRECORD']._serialized_start=1115
+  _globals['_SAVEPOINTRECORD']._serialized_end=1175
+  _globals['_FORGETRECORD']._serialized_start=1177
+  _globals['_FORGETRECORD']._serialized_end=1191
+  _globals['_ENDPOINTRECORD']._serialized_start=1193
+  _globals['_ENDPOINTRECORD']._serialized_end=1242
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("time", "gtrid", "begin", "enlist", "branch_result", "status", "decision", "end", "audit", "savepoint", "forget", "snapshot")
+    __slots__ = ("time", "gtrid", "begin", "enlist", "branch_result", "status", "decision", "end", "audit", "savepoint", "forget", "snapshot", "endpoint")
     TIME_FIELD_NUMBER: _ClassVar[int]
     GTRID_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class WalRecord(_message.Message):
     SAVEPOINT_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     gtrid: str
     begin: BeginRecord
@@ -36,7 +37,8 @@ class WalRecord(_message.Message):
     savepoint: SavepointRecord
     forget: ForgetRecord
     snapshot: _xa_pb2.TransactionInfo
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gtrid: _Optional[str] = ..., begin: _Optional[_Union[BeginRecord, _Mapping]] = ..., enlist: _Optional[_Union[EnlistRecord, _Mapping]] = ..., branch_result: _Optional[_Union[BranchResultRecord, _Mapping]] = ..., status: _Optional[_Union[StatusRecord, _Mapping]] = ..., decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., end: _Optional[_Union[EndRecord, _Mapping]] = ..., audit: _Optional[_Union[_admin_pb2.AuditRecord, _Mapping]] = ..., savepoint: _Optional[_Union[SavepointRecord, _Mapping]] = ..., forget: _Optional[_Union[ForgetRecord, _Mapping]] = ..., snapshot: _Optional[_Union[_xa_pb2.TransactionInfo, _Mapping]] = ...) -> None: ...
+    endpoint: EndpointRecord
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gtrid: _Optional[str] = ..., begin: _Optional[_Union[BeginRecord, _Mapping]] = ..., enlist: _Optional[_Union[EnlistRecord, _Mapping]] = ..., branch_result: _Optional[_Union[BranchResultRecord, _Mapping]] = ..., status: _Optional[_Union[StatusRecord, _Mapping]] = ..., decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., end: _Optional[_Union[EndRecord, _Mapping]] = ..., audit: _Optional[_Union[_admin_pb2.AuditRecord, _Mapping]] = ..., savepoint: _Optional[_Union[SavepointRecord, _Mapping]] = ..., forget: _Optional[_Union[ForgetRecord, _Mapping]] = ..., snapshot: _Optional[_Union[_xa_pb2.TransactionInfo, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointRecord, _Mapping]] = ...) -> None: ...
 
 class BeginRecord(_message.Message):
     __slots__ = ("timeout_ms",)
@@ -101,3 +103,11 @@ class SavepointRecord(_message.Message):
 class ForgetRecord(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class EndpointRecord(_message.Message):
+    __slots__ = ("bqual", "endpoint")
+    BQUAL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    bqual: str
+    endpoint: str
+    def __init__(self, bqual: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
