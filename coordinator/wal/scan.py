@@ -12,7 +12,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from coordinator.txlog import TxLogCorrupt
+from coordinator.txlog import TxLogCorrupt, TxLogMissing
 from participant._proto import wal_pb2
 
 from .framing import SEGMENT_HEADER_SIZE, FrameError, decode_frame, decode_segment_header, find_frame
@@ -38,9 +38,12 @@ class Damage:
     path: Path
     offset: int
     detail: str
+    #: Whole segments are missing (not bad bytes): restoring them, not cutting, is the way out.
+    missing: bool = False
 
     def error(self) -> TxLogCorrupt:
-        return TxLogCorrupt(str(self.path), self.offset, self.detail)
+        kind = TxLogMissing if self.missing else TxLogCorrupt
+        return kind(str(self.path), self.offset, self.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,9 @@ class LogScan:
                 self.stale = [path for _, path in segments[:index]]
                 return segments[index:]
         if segments:
-            self.damage = Damage(segments[0][1], 0, "no base segment: the beginning of the log is missing")
+            self.damage = Damage(
+                segments[0][1], 0, "no base segment: the beginning of the log is missing", missing=True
+            )
         return []
 
     def _check_header(self, seq: int, path: Path, data: bytes, prev: Tail | None) -> int | None:
@@ -124,7 +129,8 @@ class LogScan:
         if header.seq != seq:
             problem = f"header says segment {header.seq}, file name says {seq}"
         elif prev is not None and seq != prev.seq + 1:
-            problem = f"segments {prev.seq + 1}..{seq - 1} are missing"
+            self.damage = Damage(path, 0, f"segments {prev.seq + 1}..{seq - 1} are missing", missing=True)
+            return None
         elif prev is not None and header.seed != prev.crc:
             problem = (
                 f"checksum chain broken: segment starts from {header.seed:#010x}, "

@@ -14,6 +14,7 @@ from participant import failpoints
 __all__ = [
     "TEMP_SUFFIX",
     "create_segment",
+    "file_vanished",
     "fsync_dir",
     "fsync_fd",
     "list_segments",
@@ -83,3 +84,19 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def file_vanished(fd: int, path: Path) -> str | None:
+    """Why ``path`` no longer names the file open as ``fd`` (deleted, replaced), or None.
+
+    Compares the descriptor's inode with the path's, and its link count with zero: a file
+    unlinked (or its directory removed) while open still takes writes that no one will read.
+    """
+    held = os.fstat(fd)
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} was deleted"
+    if held.st_nlink == 0 or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        return f"{path} was replaced by another file"
+    return None
