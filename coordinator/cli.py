@@ -58,7 +58,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         print(
             f"xatm coordinator: the write-ahead log is missing: {err}. Starting would presume abort for "
             "every decision it held, so nothing was started or changed. Restore the missing files from "
-            "a backup, or see docs/operations.md (\"The log is missing\") for starting over safely.",
+            'a backup, or see docs/operations.md ("The log is missing") for starting over safely.',
             file=sys.stderr,
         )
         return 1

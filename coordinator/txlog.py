@@ -34,6 +34,10 @@ class TxLogMissing(TxLogCorrupt):
     part, so start-up stops; ``offset`` is 0 and ``path`` names the file or directory missing.
     """
 
+    def __init__(self, path: str, offset: int, detail: str):
+        super().__init__(path, offset, detail)
+        self.args = (f"{path}: {detail}",)
+
 
 class TxLogStopped(XatmError, RuntimeError):
     """The log takes no more records: a write or fsync failed (full disk, I/O error) or its
