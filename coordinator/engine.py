@@ -326,7 +326,7 @@ class Engine:
         effects = event(tx)
         await self._after(tx, old, effects)
         await self._wait(tx)
-        if tx.decision is None and not tx.status.is_final:
+        if not sm.outcome_known(tx):
             self._refuse_if_fenced()
         return Result(tx, sm.outcome(tx, answer))
 
