@@ -236,14 +236,34 @@ def _query_outcome(address: str, gtrid: str, bqual: str) -> coordinator_pb2.Quer
         return stub.QueryOutcome(coordinator_pb2.QueryOutcomeRequest(xid=xid), timeout=10)
 
 
-def _refused_start(proc: Proc) -> tuple[int, str]:
-    """Start ``proc`` expecting it to refuse: its exit status and what it printed."""
+def _assert_refused(proc: Proc, *phrases: str) -> None:
+    """Start ``proc``; it must exit 1 with one line, no traceback, holding every phrase."""
     before = proc.log_path.stat().st_size
     proc.start(wait=0)
     code = proc.wait_exit(60)
     with proc.log_path.open("rb") as log:
         log.seek(before)
-        return code, log.read().decode(errors="replace")
+        said = log.read().decode(errors="replace")
+    assert code == 1, said
+    assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
+    for phrase in phrases:
+        assert phrase in said
+
+
+def _without_log(tmp_path: Path, prepared: int) -> tuple[BankSystem, list[tuple[str, str]]]:
+    """A running system with ``prepared`` acknowledged commits pending in bank-b, its log deleted."""
+    system = BankSystem(tmp_path, coordinator_env=QUICK_ANSWER)
+    try:
+        system.start(bank_env=BANK_B_COMMIT_FAILS)
+        pending = _prepared_in_bank_b(system, prepared)
+        data = tmp_path / "coordinator"
+        shutil.copytree(data / "wal", tmp_path / "wal-backup")
+        for segment in _segments(data):
+            segment.unlink()
+    except BaseException:
+        system.stop()
+        raise
+    return system, pending
 
 
 @pytest.fixture
@@ -309,9 +329,7 @@ def test_full_disk_answers_unavailable_goes_not_serving_exits_and_loses_nothing(
         assert text.count("transaction log stopped") == 1, "the cause is logged once"
         assert "internal error" not in text
 
-        code, said = _refused_start(coordinator)  # still full: refuses with one line
-        assert code == 1 and "cannot start" in said and "ENOSPC" in said
-        assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
+        _assert_refused(coordinator, "cannot start", "ENOSPC")  # still full
 
         filler.unlink()
         coordinator.start()
@@ -355,16 +373,9 @@ QUICK_ANSWER = {"XATM_COMMIT_WAIT": "0.3"}
 
 
 def test_log_deleted_while_running_stops_decisions_and_start_refuses(tmp_path: Path) -> None:
-    system = BankSystem(tmp_path, coordinator_env=QUICK_ANSWER).start(bank_env=BANK_B_COMMIT_FAILS)
+    system, pending = _without_log(tmp_path, 3)
     coordinator = system.coordinator
-    data = tmp_path / "coordinator"
     try:
-        pending = _prepared_in_bank_b(system, 3)
-        backup = tmp_path / "wal-backup"
-        shutil.copytree(data / "wal", backup)
-        for segment in _segments(data):
-            segment.unlink()
-
         _wait_health(coordinator.address, NOT_SERVING)  # noticed with nothing written
         status, body = _healthz(coordinator.http)
         assert status == 503 and "was deleted" in body["reason"]
@@ -377,12 +388,11 @@ def test_log_deleted_while_running_stops_decisions_and_start_refuses(tmp_path: P
         assert asked.value.code() == grpc.StatusCode.UNAVAILABLE  # never a presumed abort
         assert coordinator.wait_exit(60) == EXIT_LOG_STOPPED
 
-        code, said = _refused_start(coordinator)
-        assert code == 1 and "write-ahead log is missing" in said and "docs/operations.md" in said
-        assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
+        _assert_refused(coordinator, "write-ahead log is missing", "docs/operations.md")
         assert _bank_b_prepared(system) == {g for g, _ in pending}, "the prepared branches wait"
 
-        shutil.copytree(backup, data / "wal", dirs_exist_ok=True)  # the documented way forward
+        # The documented way forward: put the files back.
+        shutil.copytree(tmp_path / "wal-backup", tmp_path / "coordinator" / "wal", dirs_exist_ok=True)
         coordinator.start()
         system.banks["bank-b"].stop()
         system.banks["bank-b"].start()  # its commits work again
@@ -395,17 +405,10 @@ def test_log_deleted_while_running_stops_decisions_and_start_refuses(tmp_path: P
 
 
 def test_log_deleted_then_kill9_refuses_start_and_never_presumes_abort(tmp_path: Path) -> None:
-    system = BankSystem(tmp_path, coordinator_env=QUICK_ANSWER).start(bank_env=BANK_B_COMMIT_FAILS)
-    coordinator = system.coordinator
-    data = tmp_path / "coordinator"
+    system, pending = _without_log(tmp_path, 2)
     try:
-        pending = _prepared_in_bank_b(system, 2)
-        for segment in _segments(data):
-            segment.unlink()
-        coordinator.kill()
-        code, said = _refused_start(coordinator)
-        assert code == 1 and "write-ahead log is missing" in said
-        assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
+        system.coordinator.kill()
+        _assert_refused(system.coordinator, "write-ahead log is missing")
         assert _bank_b_prepared(system) == {g for g, _ in pending}, "never rolled back"
         assert system.balance("bank-a", "alice") == 1000 - 10 * len(pending)
     finally:
