@@ -30,6 +30,7 @@ from .httpapi import HttpServer
 from .service import AdminServicer, CallerInterceptor, CoordinatorServicer
 from .settings import Settings
 from .txlog import TxLog, TxLogStopped
+from .wal.segment import fsync_dir
 
 __all__ = ["EXIT_LOG_STOPPED", "LOG_CHECK_INTERVAL", "LOG_STOP_GRACE", "Coordinator", "node_id_for", "run"]
 
@@ -69,8 +70,12 @@ def _remember_node(data_dir: Path, node: str) -> None:
     if path.exists():
         return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(node + "\n")
+    with tmp.open("w") as file:
+        file.write(node + "\n")
+        file.flush()
+        os.fsync(file.fileno())  # a node id lost in a crash would orphan the log's in-doubt branches
     os.replace(tmp, path)
+    fsync_dir(data_dir, os.fsync)
 
 
 def _open_log(data_dir: Path) -> TxLog:

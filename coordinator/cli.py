@@ -47,7 +47,11 @@ def _coordinator(args: argparse.Namespace) -> int:
     if args.repair_wal:
         from .wal import repair
 
-        print(repair(settings.data_dir))
+        try:
+            print(repair(settings.data_dir))
+        except (OSError, RuntimeError) as err:  # no log there, the lock held, a failing disk
+            print(f"xatm coordinator: --repair-wal: {err}", file=sys.stderr)
+            return 1
         return 0
     from .app import run
     from .txlog import TxLogCorrupt, TxLogMissing, TxLogStopped

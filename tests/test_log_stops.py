@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -413,3 +414,15 @@ def test_log_deleted_then_kill9_refuses_start_and_never_presumes_abort(tmp_path:
         assert system.balance("bank-a", "alice") == 1000 - 10 * len(pending)
     finally:
         system.stop()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["xatm", "coordinator", "--repair-wal", "--data-dir"], ["xactl", "wal", "dump"]],
+    ids=["repair-wal", "wal-dump"],
+)
+def test_offline_tools_on_a_missing_log_say_so_in_one_line(tmp_path: Path, argv: list[str]) -> None:
+    tool = Path(sys.executable).parent / argv[0]
+    done = subprocess.run([str(tool), *argv[1:], str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "no write-ahead log" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
