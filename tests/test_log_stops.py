@@ -30,7 +30,7 @@ from coordinator.engine import Engine
 from coordinator.procs import Proc
 from coordinator.settings import Settings
 from coordinator.txlog import TxLogMissing, TxLogStopped
-from coordinator.wal import FileWal
+from coordinator.wal import FileWal, read_records, repair
 from participant import failpoints
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, wal_pb2, xa_pb2
 from participant.xa import FORMAT_ID, Phase, XaCode, XatmError, Xid
@@ -125,6 +125,27 @@ def test_a_missing_log_refuses_to_open(tmp_path: Path) -> None:
             await FileWal(tmp_path, must_exist=True).open()
 
     asyncio.run(go())
+
+
+def test_newest_segments_deleted_while_stopped_refuse_to_open_until_repaired(tmp_path: Path) -> None:
+    async def go() -> tuple[list[wal_pb2.WalRecord], list[wal_pb2.WalRecord]]:
+        wal = await _open(tmp_path, n=200, segment_bytes=1024)
+        await wal.close()
+        segments = _segments(tmp_path)
+        kept = [record for path, _, record in read_records(tmp_path) if path in segments[:-2]]
+        for segment in segments[-2:]:
+            segment.unlink()
+        with pytest.raises(TxLogMissing, match=f"the log had reached segment {len(segments)}"):
+            await FileWal(tmp_path).open()
+        report = repair(tmp_path)  # the operator accepts the loss
+        assert f"the log now ends at segment {len(segments) - 2}" in str(report)
+        wal = FileWal(tmp_path)
+        records = await wal.open()
+        await wal.close()
+        return records, kept
+
+    records, kept = asyncio.run(go())
+    assert records == kept
 
 
 @pytest.mark.parametrize("failing", [1, 2, 3, 4])

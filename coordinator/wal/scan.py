@@ -16,7 +16,7 @@ from coordinator.txlog import TxLogCorrupt, TxLogMissing
 from participant._proto import wal_pb2
 
 from .framing import SEGMENT_HEADER_SIZE, FrameError, decode_frame, decode_segment_header, find_frame
-from .segment import list_segments
+from .segment import list_segments, read_head, segment_path
 
 __all__ = ["Damage", "LogScan", "Tail", "TornTail"]
 
@@ -74,6 +74,25 @@ class LogScan:
 
     def __iter__(self) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
         segments = self._live_segments()
+        yield from self._records(segments)
+        if self.damage is None:
+            self._check_head(segments)
+
+    def _check_head(self, segments: list[tuple[int, Path]]) -> None:
+        """Segments deleted from the end leave a log that reads well: HEAD says how far it went."""
+        head = read_head(self.wal_dir)
+        last = segments[-1][0] if segments else 0
+        if head is None or head <= last:
+            return
+        missing = f"segments {last + 1}..{head} are" if head > last + 1 else f"segment {head} is"
+        self.damage = Damage(
+            segment_path(self.wal_dir, last + 1),
+            0,
+            f"{missing} missing: the log had reached segment {head} (as its {self.wal_dir.name}/HEAD says)",
+            missing=True,
+        )
+
+    def _records(self, segments: list[tuple[int, Path]]) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
         prev: Tail | None = None
         for index, (seq, path) in enumerate(segments):
             data = path.read_bytes()
