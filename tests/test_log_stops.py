@@ -351,7 +351,7 @@ def test_full_disk_answers_unavailable_goes_not_serving_exits_and_loses_nothing(
         assert text.count("transaction log stopped") == 1, "the cause is logged once"
         assert "internal error" not in text
 
-        _assert_refused(coordinator, "cannot start", "ENOSPC")  # still full
+        _assert_refused(coordinator, "cannot start: cannot open", "ENOSPC")  # still full
 
         filler.unlink()
         coordinator.start()

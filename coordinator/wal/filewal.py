@@ -216,7 +216,7 @@ class FileWal(TxLog):
         try:
             self._lock.acquire()
         except OSError as exc:
-            raise TxLogStopped(f"cannot lock {self._lock.path}: {describe(exc)}") from exc
+            raise TxLogStopped(f"cannot lock {self._lock.path}: {_describe(exc)}") from exc
         try:
             if self._must_exist and not (self.wal_dir.is_dir() and list_segments(self.wal_dir)):
                 raise TxLogMissing(
@@ -233,7 +233,7 @@ class FileWal(TxLog):
             self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes)
         except OSError as exc:
             self._lock.release()
-            raise TxLogStopped(f"cannot write {self.wal_dir}: {describe(exc)}") from exc
+            raise TxLogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
         except BaseException:
             self._lock.release()
             raise
@@ -304,7 +304,7 @@ class FileWal(TxLog):
         if isinstance(exc, TxLogStopped):
             failure = exc
         elif isinstance(exc, OSError):
-            failure = TxLogStopped(f"write to {self.wal_dir} failed: {describe(exc)}")
+            failure = TxLogStopped(f"write to {self.wal_dir} failed: {_describe(exc)}")
         else:  # not an I/O error: a defect, so keep the traceback for whoever fixes it
             log.exception("write-ahead log: unexpected error in the writer")
             failure = TxLogStopped(f"write to {self.wal_dir} failed: {exc!r}")
@@ -354,7 +354,7 @@ class FileWal(TxLog):
         _settle([op.future for op in group], None)
 
 
-def describe(exc: OSError) -> str:
+def _describe(exc: OSError) -> str:
     """``No space left on device (ENOSPC)``: the text people read and the name they search for."""
     name = errno.errorcode.get(exc.errno or 0)
     text = exc.strerror or str(exc)
