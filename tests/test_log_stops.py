@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -38,7 +38,6 @@ from participant.xa import TxStatus as S
 from tests.bank_system import BankSystem
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def rec(i: int) -> wal_pb2.WalRecord:
@@ -77,7 +76,9 @@ def _replace_segment(data_dir: Path) -> None:
     ],
     ids=["segment-deleted", "segment-replaced", "data-dir-removed", "lock-deleted"],
 )
-def test_a_vanished_log_stops_it_even_while_idle(tmp_path: Path, vanish, said: str) -> None:
+def test_a_vanished_log_stops_it_even_while_idle(
+    tmp_path: Path, vanish: Callable[[Path], object], said: str
+) -> None:
     async def go() -> None:
         wal = await _open(tmp_path)
         vanish(tmp_path)
