@@ -21,6 +21,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     retry_if_result,
     wait_exponential,
     wait_random,
@@ -483,7 +484,9 @@ class Engine:
             # Capped exponential backoff plus jitter, so retries of many branches do not align.
             wait=wait_exponential(multiplier=self.settings.retry_initial, max=self.settings.retry_max)
             + wait_random(0, self.settings.retry_initial),
-            retry=retry_if_result(bool) | retry_if_exception_type(Exception),
+            # A stopped log ends the driver: no answer can be recorded any more (reported once).
+            retry=retry_if_result(bool)
+            | (retry_if_exception_type(Exception) & retry_if_not_exception_type(TxLogStopped)),
             sleep=driver.sleep,
             before_sleep=before_sleep,
             reraise=True,

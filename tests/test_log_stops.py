@@ -221,6 +221,43 @@ def test_a_failed_decision_write_answers_unavailable_not_an_outcome(tmp_path: Pa
     asyncio.run(go())
 
 
+class _CommitFailsPeers(_YesPeers):
+    """Vote yes; every commit of branch b2 fails, so its phase-two driver keeps retrying."""
+
+    async def call(
+        self, endpoint: str, phase: Phase, xid: Xid, *, timeout: float, savepoint_id: str = ""
+    ) -> tuple[XaCode, str]:
+        if phase == Phase.COMMIT and xid.bqual == "b2":
+            return XaCode.XAER_RMFAIL, "down"
+        return XaCode.XA_OK, ""
+
+
+def test_phase_two_drivers_end_when_the_log_stops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        settings = Settings(
+            data_dir=tmp_path, node_id="n1", commit_wait=0.1, retry_initial=0.01, retry_max=0.05
+        )
+        engine = Engine(settings, FileWal(tmp_path), "n1", peers=_CommitFailsPeers())  # type: ignore[arg-type]
+        await engine.start()
+        try:
+            tx = await engine.begin()
+            for bqual in ("b1", "b2"):
+                await engine.enlist(tx.gtrid, bqual, "rm", "fake:1")
+            await engine.commit(tx.gtrid)
+            assert tx.status == S.COMMITTING and engine._drivers  # b2 is being retried
+            _segments(tmp_path)[-1].unlink()  # its next answer cannot be recorded
+            for _ in range(1000):
+                if not engine._drivers:
+                    break
+                await asyncio.sleep(0.01)
+            assert not engine._drivers, "a driver kept retrying on a stopped log"
+        finally:
+            await engine.stop()
+
+    asyncio.run(go())
+    assert sum("transaction log stopped" in r.getMessage() for r in caplog.records) == 0
+
+
 # --- real processes ---
 
 
