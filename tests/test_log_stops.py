@@ -29,6 +29,7 @@ from coordinator.app import EXIT_LOG_STOPPED
 from coordinator.engine import Engine
 from coordinator.procs import Proc
 from coordinator.settings import Settings
+from coordinator.statemachine import Transaction
 from coordinator.txlog import TxLogMissing, TxLogStopped
 from coordinator.wal import FileWal, read_records, repair
 from participant import failpoints
@@ -196,15 +197,21 @@ class _YesPeers:
         pass
 
 
+async def _two_branches(settings: Settings, peers: _YesPeers) -> tuple[Engine, Transaction]:
+    """A started engine on a FileWal in ``settings.data_dir`` and a transaction with branches b1, b2."""
+    engine = Engine(settings, FileWal(settings.data_dir), "n1", peers=peers)  # type: ignore[arg-type]
+    await engine.start()
+    tx = await engine.begin()
+    for bqual in ("b1", "b2"):
+        await engine.enlist(tx.gtrid, bqual, "rm", "fake:1")
+    return engine, tx
+
+
 def test_a_failed_decision_write_answers_unavailable_not_an_outcome(tmp_path: Path) -> None:
     async def go() -> None:
         settings = Settings(data_dir=tmp_path, node_id="n1", commit_wait=30.0, call_timeout=30.0)
-        engine = Engine(settings, FileWal(tmp_path), "n1", peers=_YesPeers())  # type: ignore[arg-type]
-        await engine.start()
+        engine, tx = await _two_branches(settings, _YesPeers())
         try:
-            tx = await engine.begin()
-            for bqual in ("b1", "b2"):
-                await engine.enlist(tx.gtrid, bqual, "rm", "fake:1")
             failpoints.arm("wal.before_fsync=error(DATA_LOSS)")  # the decision's fsync
             with pytest.raises(TxLogStopped, match="transaction log stopped") as err:
                 await asyncio.wait_for(engine.commit(tx.gtrid), 20)
@@ -237,12 +244,8 @@ def test_phase_two_drivers_end_when_the_log_stops(tmp_path: Path, caplog: pytest
         settings = Settings(
             data_dir=tmp_path, node_id="n1", commit_wait=0.1, retry_initial=0.01, retry_max=0.05
         )
-        engine = Engine(settings, FileWal(tmp_path), "n1", peers=_CommitFailsPeers())  # type: ignore[arg-type]
-        await engine.start()
+        engine, tx = await _two_branches(settings, _CommitFailsPeers())
         try:
-            tx = await engine.begin()
-            for bqual in ("b1", "b2"):
-                await engine.enlist(tx.gtrid, bqual, "rm", "fake:1")
             await engine.commit(tx.gtrid)
             assert tx.status == S.COMMITTING and engine._drivers  # b2 is being retried
             _segments(tmp_path)[-1].unlink()  # its next answer cannot be recorded
