@@ -1,9 +1,15 @@
 """Runs a coordinator: the engine, its gRPC server (with health and reflection) and HTTP port,
-both behind the same token file and the same TLS settings."""
+both behind the same token file and the same TLS settings.
+
+When the transaction log stops (full disk, I/O error, its files deleted), the coordinator
+takes no more decisions, reports NOT_SERVING, and exits with ``EXIT_LOG_STOPPED`` after
+``LOG_STOP_GRACE`` seconds so that a supervisor restarts it on the log as it is on disk.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -23,34 +29,59 @@ from .engine import Engine
 from .httpapi import HttpServer
 from .service import AdminServicer, CallerInterceptor, CoordinatorServicer
 from .settings import Settings
-from .txlog import TxLog
+from .txlog import TxLog, TxLogStopped
+from .wal.segment import fsync_dir
 
-__all__ = ["Coordinator", "node_id_for", "run"]
+__all__ = ["EXIT_LOG_STOPPED", "LOG_CHECK_INTERVAL", "LOG_STOP_GRACE", "Coordinator", "node_id_for", "run"]
 
 log = logging.getLogger("xatm.coordinator")
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 
+#: Exit status after the transaction log stopped (EX_TEMPFAIL: a restart may succeed once the
+#: cause is fixed); start-up refusals exit 1, bad configuration 2.
+EXIT_LOG_STOPPED = 75
+#: Seconds between checks that the log's files are still in place while nothing is written.
+LOG_CHECK_INTERVAL = 1.0
+#: Seconds between the log stopping and the exit: NOT_SERVING is visible to probes and
+#: callers get UNAVAILABLE instead of a dropped connection.
+LOG_STOP_GRACE = 5.0
+_NODE_FILE = "NODE_ID"
+
 
 def node_id_for(settings: Settings) -> str:
-    """The configured node id, or one kept in the data dir so it survives restarts."""
+    """The configured node id, or the one kept in the data dir, or a new random one.
+
+    Reads only: ``_remember_node`` writes it once the log exists, so that a data dir holding a
+    node id always held a log too (start-up relies on that to notice a log that vanished).
+    """
     if settings.node_id:
         if not _NODE.match(settings.node_id):
             raise ValueError(f"node_id {settings.node_id!r} must be 1-24 characters of [A-Za-z0-9_-]")
         return settings.node_id
-    path = settings.data_dir / "NODE_ID"
+    path = settings.data_dir / _NODE_FILE
     if path.exists():
         return path.read_text().strip()
-    node = "n" + os.urandom(4).hex()
+    return "n" + os.urandom(4).hex()
+
+
+def _remember_node(data_dir: Path, node: str) -> None:
+    """Write ``NODE_ID`` if absent: the data dir's mark that it holds a log, and this node's id."""
+    path = data_dir / _NODE_FILE
+    if path.exists():
+        return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(node + "\n")
+    with tmp.open("w") as file:
+        file.write(node + "\n")
+        file.flush()
+        os.fsync(file.fileno())  # a node id lost in a crash would orphan the log's in-doubt branches
     os.replace(tmp, path)
-    return node
+    fsync_dir(data_dir, os.fsync)
 
 
 def _open_log(data_dir: Path) -> TxLog:
     from .wal import FileWal
 
-    return FileWal(data_dir)
+    return FileWal(data_dir, must_exist=(data_dir / _NODE_FILE).exists())
 
 
 class Coordinator:
@@ -65,9 +96,14 @@ class Coordinator:
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
         self.grpc_port = 0
+        #: Set once the log has stopped and the coordinator has fenced itself.
+        self.log_stopped = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._services: tuple[str, ...] = ()
 
     async def start(self) -> None:
         await self.engine.start()
+        _remember_node(self.settings.data_dir, self.node_id)
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
@@ -101,9 +137,9 @@ class Coordinator:
             ssl_context=tls.server_ssl_context(self.settings) if self.tls else None,
         )
         self.http.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in names[:2]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._services = names[:2]
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_log())
         if not self.auth.enabled:
             log.warning(
                 "no auth file (--auth-file): every gRPC and HTTP call is accepted without a token, "
@@ -121,23 +157,56 @@ class Coordinator:
             self.settings.data_dir,
         )
 
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", *self._services):
+            await self.health.set(name, status)
+
+    async def _watch_log(self) -> None:
+        """Fence the engine and turn health to NOT_SERVING as soon as the log stops."""
+        stopped = await self.engine.log.watch(LOG_CHECK_INTERVAL)
+        self.engine.fence(stopped)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.critical(
+            "%s. Health is NOT_SERVING; exiting with code %d in %.0fs so that a supervisor restarts "
+            "the coordinator on the log as it is on disk (see docs/operations.md)",
+            stopped.message,
+            EXIT_LOG_STOPPED,
+            LOG_STOP_GRACE,
+        )
+        self.log_stopped.set()
+
     async def stop(self, grace: float = 2.0) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.stop()
         if self.server is not None:
             await self.server.stop(grace)
-        await self.engine.stop()
+        try:
+            await self.engine.stop()
+        except TxLogStopped as err:  # the last flush found the log gone: already reported, or say so now
+            if not self.log_stopped.is_set():
+                log.critical("%s", err.message)
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM."""
+async def run(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM (exit status 0) or until the log stops (``EXIT_LOG_STOPPED``)."""
     coordinator = Coordinator(settings)
     await coordinator.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.ensure_future(event.wait()) for event in (stop, coordinator.log_stopped)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if coordinator.log_stopped.is_set():
+        status = EXIT_LOG_STOPPED
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LOG_STOP_GRACE)
+    for waiting in waits:
+        waiting.cancel()
     log.info("shutting down")
     await coordinator.stop()
+    return status

@@ -47,13 +47,31 @@ def _coordinator(args: argparse.Namespace) -> int:
     if args.repair_wal:
         from .wal import repair
 
-        print(repair(settings.data_dir))
+        try:
+            print(repair(settings.data_dir))
+        except (OSError, RuntimeError) as err:  # no log there, the lock held, a failing disk
+            print(f"xatm coordinator: --repair-wal: {err}", file=sys.stderr)
+            return 1
         return 0
     from .app import run
-    from .txlog import TxLogCorrupt
+    from .txlog import TxLogCorrupt, TxLogMissing, TxLogStopped
 
     try:
-        asyncio.run(run(settings))
+        return asyncio.run(run(settings))
+    except TxLogMissing as err:
+        print(
+            f"xatm coordinator: the write-ahead log is missing: {err}. Starting would presume abort for "
+            "every decision it held, so nothing was started or changed. Restore the missing files from "
+            'a backup, or see docs/operations.md ("The log is missing") for starting over safely.',
+            file=sys.stderr,
+        )
+        return 1
+    except TxLogStopped as err:
+        print(
+            f"xatm coordinator: cannot start: {err.reason}. Free space or fix the disk, then start again.",
+            file=sys.stderr,
+        )
+        return 1
     except TxLogCorrupt as err:
         print(
             f"xatm coordinator: the write-ahead log is damaged before its end: {err}. Nothing was changed. "
@@ -67,7 +85,6 @@ def _coordinator(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     retry_if_result,
     wait_exponential,
     wait_random,
@@ -50,7 +51,7 @@ from .journal import RecordFactory as R
 from .peers import Peers
 from .recovery import RecoveryScanner
 from .settings import Settings
-from .txlog import TxLog
+from .txlog import TxLog, TxLogStopped
 
 __all__ = ["Engine", "Result"]
 
@@ -103,6 +104,9 @@ class Engine:
         self._phase_two_calls: dict[str, int] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
+        #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
+        self.log_stopped: TxLogStopped | None = None
+        self._fenced = asyncio.Event()
         self._sp_counter = 0
         #: Transactions not yet final (begin refuses past max_open_transactions).
         self._open = 0
@@ -176,11 +180,39 @@ class Engine:
         """Where the participants are served now (host:port): what the recovery scanner asks."""
         return set(self._rm_endpoints.values())
 
+    def fence(self, stopped: TxLogStopped) -> None:
+        """Stop taking decisions because the log stopped: nothing more can be made durable.
+
+        Timers, phase-two drivers, checkpoints and recovery scans end; verbs answer UNAVAILABLE
+        with ``stopped``'s message; commit requests waiting for a decision are answered at once.
+        What is in memory stays readable. Only a restart (replaying the log) resumes work.
+        """
+        if self.log_stopped is not None:
+            return
+        self.log_stopped = stopped
+        self._fenced.set()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _refuse_if_fenced(self) -> None:
+        if self.log_stopped is not None:
+            raise TxLogStopped(self.log_stopped.reason)
+
     def _spawn(self, coro: object) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        # A task ended by the stopped log is not reported on its own: the stop is, once.
+        if exc is not None and not isinstance(exc, TxLogStopped):
+            log.error("background task %s failed", task.get_name(), exc_info=exc)
 
     # ----------------------------------------------------------------- queries
 
@@ -216,6 +248,7 @@ class Engine:
 
     def query_outcome(self, xid: Xid) -> Decision:
         """What a participant holding an in-doubt branch must do (presumed abort)."""
+        self._refuse_if_fenced()
         validate_gtrid(xid.gtrid)
         validate_bqual(xid.bqual)
         if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
@@ -233,6 +266,7 @@ class Engine:
     # ----------------------------------------------------------------- initiator verbs
 
     async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
+        self._refuse_if_fenced()
         if self._closing:
             raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
         if self._open >= self.settings.max_open_transactions:
@@ -258,6 +292,7 @@ class Engine:
     async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str) -> XaCode:
         validate_bqual(bqual)
         _check_identity("enlist", rm_id, endpoint)
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         code = sm.enlist(tx, bqual, rm_id, endpoint)
         if code == XaCode.XA_OK:
@@ -275,6 +310,7 @@ class Engine:
         Returns how many branches moved; raises INVALID_ARGUMENT for a malformed identity.
         """
         _check_identity("register", rm_id, endpoint)
+        self._refuse_if_fenced()
         self._rm_endpoints[rm_id] = endpoint
         moved = 0
         for tx in list(self._txs.values()):
@@ -330,6 +366,7 @@ class Engine:
         last one owed. Raises NOT_FOUND (unknown gtrid or bqual), INVALID_ARGUMENT (the branch is
         another RM's), FAILED_PRECONDITION (a phase the decision does not owe)."""
         validate_bqual(xid.bqual)
+        self._refuse_if_fenced()
         tx = self.get(xid.gtrid)
         owed = xid.bqual in sm.pending_branches(tx)
         old = tx.status
@@ -346,6 +383,7 @@ class Engine:
         """An operator's heuristic close of a branch whose RM is gone for good (see
         ``statemachine.resolve_branch`` for the rule); answered like a force commit/rollback."""
         validate_bqual(bqual)
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         old = tx.status
         effects = sm.resolve_branch(tx, bqual, committed, reason)
@@ -365,6 +403,7 @@ class Engine:
             driver.wake.set()
 
     async def mark_rollback_only(self, gtrid: str, reason: str) -> sm.Transaction:
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         old = tx.status
         effects = sm.mark_rollback_only(tx, reason[:500])
@@ -388,15 +427,22 @@ class Engine:
         """Apply a commit or rollback request, wait (bounded) for its end, answer in tx.h terms.
 
         Re-driving branches already retrying needs nothing extra: ``_send`` wakes their drivers.
+        Raises ``TxLogStopped`` when the log stopped before the transaction had a decision:
+        nothing may be claimed about it then (a restart presumes abort unless the decision
+        reached the disk after all).
         """
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         old = tx.status
         effects = event(tx)
         await self._after(tx, old, effects)
         await self._wait(tx)
+        if not sm.outcome_known(tx):
+            self._refuse_if_fenced()
         return Result(tx, sm.outcome(tx, answer))
 
     async def forget(self, gtrid: str) -> None:
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         for effect in sm.forget(tx):
             assert isinstance(effect, sm.Send)
@@ -405,6 +451,7 @@ class Engine:
         self._drop(tx.gtrid)
 
     async def create_savepoint(self, gtrid: str) -> str:
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         self._sp_counter += 1
         savepoint_id = f"sp{self._sp_counter}.{time.time_ns() % 10**9:x}"
@@ -414,6 +461,7 @@ class Engine:
         return savepoint_id
 
     async def rollback_to_savepoint(self, gtrid: str, savepoint_id: str) -> sm.Transaction:
+        self._refuse_if_fenced()
         tx = self.get(gtrid)
         validate_savepoint_id(savepoint_id)
         effects = sm.rollback_to_savepoint(tx, savepoint_id)
@@ -513,7 +561,13 @@ class Engine:
         # yet; a checkpoint in between must not replace it by the undecided status.
         self._deciding.add(tx.gtrid)
         try:
-            await self.log.append(R.decision(tx, time.time()), force=True)
+            try:
+                await self.log.append(R.decision(tx, time.time()), force=True)
+            except TxLogStopped as err:
+                # The decision may or may not be on disk: the transaction stays undecided here,
+                # and its commit request is answered UNAVAILABLE, not with an outcome.
+                self.fence(err)
+                raise
             metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
             await failpoints.ahit("coordinator.after_decision")
             old = tx.status
@@ -540,7 +594,9 @@ class Engine:
             # Capped exponential backoff plus jitter, so retries of many branches do not align.
             wait=wait_exponential(multiplier=self.settings.retry_initial, max=self.settings.retry_max)
             + wait_random(0, self.settings.retry_initial),
-            retry=retry_if_result(bool) | retry_if_exception_type(Exception),
+            # A stopped log ends the driver: no answer can be recorded any more (reported once).
+            retry=retry_if_result(bool)
+            | (retry_if_exception_type(Exception) & retry_if_not_exception_type(TxLogStopped)),
             sleep=driver.sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -613,11 +669,17 @@ class Engine:
         The answer must at least carry the decision, so if prepares are still out when
         commit_wait ends, keep waiting for them: each ends within its per-call deadline.
         """
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done[tx.gtrid].wait(), self.settings.commit_wait)
+        waits = [asyncio.ensure_future(event.wait()) for event in (self._done[tx.gtrid], self._fenced)]
+        await asyncio.wait(waits, timeout=self.settings.commit_wait, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.settings.call_timeout
-        while tx.status in (TxStatus.PREPARING, TxStatus.PREPARED) and loop.time() < give_up:
+        while (
+            tx.status in (TxStatus.PREPARING, TxStatus.PREPARED)
+            and loop.time() < give_up
+            and not self._fenced.is_set()
+        ):
             await asyncio.sleep(0.01)
 
     async def _append(self, record: object) -> None:
@@ -629,6 +691,7 @@ class Engine:
 
     async def record_audit(self, record: admin_pb2.AuditRecord) -> None:
         """Durably log an operator action (forced, like a decision) and keep it listable."""
+        self._refuse_if_fenced()
         # Listed before the write is awaited: a checkpoint queued meanwhile must carry it along.
         self.audit_log.append(record)
         del self.audit_log[: -self.AUDIT_KEPT]
@@ -663,6 +726,8 @@ class Engine:
             await asyncio.sleep(self.settings.checkpoint_interval)
             try:
                 await self.checkpoint()
+            except TxLogStopped:
+                return  # the log keeps what it had or the whole snapshot; the stop is reported once
             except Exception:
                 log.exception("checkpoint failed; will try again")
 

@@ -192,10 +192,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         else:
             engine = self.server.engine
-            status = HTTPStatus.SERVICE_UNAVAILABLE if engine.closing else HTTPStatus.OK
-            self._json(
-                status, {"status": "shutting down" if engine.closing else "ok", "node": engine.node_id}
-            )
+            body = {"status": "ok", "node": engine.node_id}
+            if engine.log_stopped is not None:
+                body.update(status="log stopped", reason=engine.log_stopped.reason)
+            elif engine.closing:
+                body["status"] = "shutting down"
+            self._json(HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE, body)
 
     def _routes(self, path: str) -> tuple[dict[str, Callable[..., Any]], str]:
         if path == OPENAPI_PATH:

@@ -268,6 +268,9 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
     except TxLogCorrupt as err:
         print(f"xactl: damaged log: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # no log in the directory, or it cannot be read
+        print(f"xactl: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

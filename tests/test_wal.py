@@ -23,11 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from coordinator.txlog import TxLogCorrupt
+from coordinator.txlog import TxLogCorrupt, TxLogStopped
 from coordinator.wal import FileWal, dump_text, iter_dump_lines, read_records, repair
 from participant import failpoints
 from participant._proto import wal_pb2, xa_pb2
-from participant.xa import XatmError
 
 WalRecord = wal_pb2.WalRecord
 T = TypeVar("T")
@@ -501,12 +500,12 @@ def test_failed_fsync_stops_the_log(tmp_path: Path) -> None:
         await wal.append(rec(0), force=True)
         failpoints.arm("wal.before_fsync=error(UNAVAILABLE)")
         try:
-            with pytest.raises(XatmError, match="failpoint"):
+            with pytest.raises(TxLogStopped, match="failpoint"):
                 await wal.append(rec(1), force=True)
-            with pytest.raises(RuntimeError, match="stopped after a write failure"):
+            with pytest.raises(TxLogStopped, match="failpoint"):
                 await wal.append(rec(2))
-            with pytest.raises(RuntimeError, match="stopped after a write failure"):
-                await wal.close()
+            assert wal.stopped is not None
+            await wal.close()  # a stopped log is only released
         finally:
             failpoints.disarm()
 

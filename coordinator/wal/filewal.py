@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.metrics import WAL_RECORDS, WAL_TORN_TAIL
-from coordinator.txlog import TxLog
+from coordinator.txlog import TxLog, TxLogMissing, TxLogStopped
 from participant._proto import wal_pb2
 
 from .framing import SEGMENT_HEADER_SIZE, SegmentHeader, check_payload, encode_segment_header
 from .lock import DirLock
 from .scan import LogScan, Tail, TornTail
-from .segment import TEMP_SUFFIX, create_segment, fsync_dir, fsync_fd
+from .segment import TEMP_SUFFIX, create_segment, fsync_dir, fsync_fd, list_segments, write_all
 from .writer import SegmentWriter
 
 __all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_SEGMENT_BYTES", "FileWal"]
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_MAX_QUEUED = 10_000
 MIN_SEGMENT_BYTES = 1024
+#: Written, synced and removed at start-up: a disk that cannot take this much refuses the start
+#: instead of stopping the log at its first few writes.
+PROBE_BYTES = 64 << 10
+PROBE_NAME = "write-probe.tmp"
 
 
 @dataclass(slots=True)
@@ -51,7 +56,12 @@ class _Close:
     future: asyncio.Future[None]
 
 
-_Op = _Append | _Checkpoint | _Close
+@dataclass(slots=True)
+class _Check:
+    """Wakes the writer while idle so it checks that the log's files are still in place."""
+
+
+_Op = _Append | _Checkpoint | _Close | _Check
 
 
 def _body(record: wal_pb2.WalRecord) -> str:
@@ -74,9 +84,14 @@ class FileWal(TxLog):
     rollover or ``close``). It waits for the write only when more than ``max_queued`` records
     are pending, which bounds memory under a slow disk.
 
-    A failed write or fsync stops the log for good (after a failed fsync the page cache can no
-    longer be trusted): waiters get the error, later calls raise ``RuntimeError``, and the
-    coordinator must restart, which replays what reached the disk.
+    The log stops for good (``TxLogStopped``) when a write or fsync fails (after a failed fsync
+    the page cache can no longer be trusted, so it is never retried), or when the open segment or
+    the lock file is no longer the file at its name (deleted, replaced, its directory removed):
+    checked before every batch and, through ``watch``, while idle. Waiters get the error, later
+    calls raise it, and the coordinator must restart, which replays what reached the disk.
+
+    With ``must_exist`` (the data dir shows that a log was created in it), ``open()`` refuses a
+    missing or empty log with ``TxLogMissing`` instead of starting a new one.
     """
 
     def __init__(
@@ -86,6 +101,7 @@ class FileWal(TxLog):
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         node: str = "",
         max_queued: int = DEFAULT_MAX_QUEUED,
+        must_exist: bool = False,
     ) -> None:
         if segment_bytes < MIN_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {segment_bytes}")
@@ -95,11 +111,14 @@ class FileWal(TxLog):
         self.torn_tail: TornTail | None = None
         self._segment_bytes = segment_bytes
         self._max_queued = max_queued
+        self._must_exist = must_exist
         self._lock = DirLock(self.data_dir, node)
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
         self._state = "new"
-        self._failure: Exception | None = None
+        self._failure: TxLogStopped | None = None
+        self._failed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: SegmentWriter | None = None
         self._thread: threading.Thread | None = None
 
@@ -120,6 +139,8 @@ class FileWal(TxLog):
         except BaseException:
             self._state = "new"
             raise
+        self._loop = asyncio.get_running_loop()
+        self._failed = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="xatm-wal-writer", daemon=True)
         self._thread.start()
         self._state = "open"
@@ -142,15 +163,34 @@ class FileWal(TxLog):
         self._submit(_Checkpoint(payloads, [_body(record) for record in snapshot], future))
         await future
 
+    @property
+    def stopped(self) -> TxLogStopped | None:
+        return self._failure
+
+    async def watch(self, interval: float) -> TxLogStopped:
+        if self._failed is None:
+            raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
+        while self._failure is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._failed.wait(), interval)
+            with self._cond:
+                if self._failure is None and self._state == "open" and not self._queue:
+                    self._queue.append(_Check())
+                    self._cond.notify()
+        return self._failure
+
     async def close(self) -> None:
-        """Flush, fsync, stop the writer and release the lock; a second close does nothing."""
+        """Flush, fsync, stop the writer and release the lock; a second close does nothing.
+
+        A stopped log is only released: nothing more can be made durable."""
         if self._state in ("new", "closed"):
             return
         future = asyncio.get_running_loop().create_future()
         try:
-            self._submit(_Close(future))
-            self._state = "closed"
-            await future
+            if self._failure is None:
+                self._submit(_Close(future))
+                self._state = "closed"
+                await future
         finally:
             self._state = "closed"
             if self._thread is not None:
@@ -165,10 +205,7 @@ class FileWal(TxLog):
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise RuntimeError(
-                f"write-ahead log {self.wal_dir} stopped after a write failure ({self._failure}); "
-                "restart the coordinator to recover"
-            ) from self._failure
+            raise TxLogStopped(self._failure.reason)
         if self._state != "open":
             raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
 
@@ -176,20 +213,42 @@ class FileWal(TxLog):
 
     def _open_sync(self) -> list[wal_pb2.WalRecord]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()
         try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise TxLogStopped(f"cannot lock {self._lock.path}: {_describe(exc)}") from exc
+        try:
+            if self._must_exist and not (self.wal_dir.is_dir() and list_segments(self.wal_dir)):
+                raise TxLogMissing(
+                    str(self.wal_dir), 0, "no log segments, although this data dir has held a log"
+                )
             self.wal_dir.mkdir(exist_ok=True)
             scan = LogScan(self.wal_dir)
             records = [record for _, _, record in scan]
             if scan.damage is not None:
                 raise scan.damage.error()
+            self._probe()
             self._tidy(scan)
             tail = scan.tail or self._create_log()
             self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes)
+        except OSError as exc:
+            self._lock.release()
+            raise TxLogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
         except BaseException:
             self._lock.release()
             raise
         return records
+
+    def _probe(self) -> None:
+        """Write and sync ``PROBE_BYTES``, then remove them: a full or read-only disk fails here."""
+        path = self.wal_dir / PROBE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, bytes(PROBE_BYTES), 0)
+            os.fsync(fd)  # not ``fsync_fd``: no log record is synced, so no failpoint or latency sample
+        finally:
+            os.close(fd)
+            path.unlink()
 
     def _tidy(self, scan: LogScan) -> None:
         """Cut a torn tail; delete what a crash left behind (temp files, superseded segments)."""
@@ -231,18 +290,34 @@ class FileWal(TxLog):
                     self._cond.wait()
                 batch, self._queue = self._queue, []
             try:
+                problem = self._writer.vanished() or self._lock.lost()
+                if problem is not None:
+                    raise TxLogStopped(problem)
                 if not self._process(self._writer, batch):
                     return
             except Exception as exc:
-                log.exception("write-ahead log: write failed, the log is stopped until restart")
-                with self._cond:
-                    self._failure = exc
-                    batch += self._queue
-                    self._queue = []
-                _settle([op.future for op in batch], exc)
-                with contextlib.suppress(OSError):  # the failure above is the one to report
-                    self._writer.close()
+                self._stop(batch, exc)
                 return
+
+    def _stop(self, batch: list[_Op], exc: Exception) -> None:
+        """Fail every waiter and every later call with the one ``TxLogStopped`` naming ``exc``."""
+        if isinstance(exc, TxLogStopped):
+            failure = exc
+        elif isinstance(exc, OSError):
+            failure = TxLogStopped(f"write to {self.wal_dir} failed: {_describe(exc)}")
+        else:  # not an I/O error: a defect, so keep the traceback for whoever fixes it
+            log.exception("write-ahead log: unexpected error in the writer")
+            failure = TxLogStopped(f"write to {self.wal_dir} failed: {exc!r}")
+        with self._cond:
+            self._failure = failure
+            batch += self._queue
+            self._queue = []
+        _settle([getattr(op, "future", None) for op in batch], failure)
+        if self._loop is not None and self._failed is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is watching any more
+                self._loop.call_soon_threadsafe(self._failed.set)
+        with contextlib.suppress(OSError):  # the failure above is the one to report
+            self._writer.close()  # type: ignore[union-attr]
 
     def _process(self, writer: SegmentWriter, batch: list[_Op]) -> bool:
         """Handle one drained batch; False once the log is closed."""
@@ -250,6 +325,8 @@ class FileWal(TxLog):
         for op in batch:
             if isinstance(op, _Append):
                 group.append(op)
+                continue
+            if isinstance(op, _Check):
                 continue
             self._commit(writer, group)
             group = []
@@ -275,6 +352,13 @@ class FileWal(TxLog):
             writer.sync()
         _count(op.body for op in group)
         _settle([op.future for op in group], None)
+
+
+def _describe(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the text people read and the name they search for."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
 
 
 def _count(bodies: Iterable[str]) -> None:

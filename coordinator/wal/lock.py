@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from .segment import file_vanished
+
 __all__ = ["DirLock"]
 
 
@@ -31,10 +33,23 @@ class DirLock:
             raise RuntimeError(
                 f"{self.path} is held by another process ({holder}); stop it or use another data directory"
             ) from None
-        os.ftruncate(fd, 0)
         who = f"pid {os.getpid()} on {socket.gethostname()}" + (f", node {self._node}" if self._node else "")
-        os.pwrite(fd, who.encode() + b"\n", 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, who.encode() + b"\n", 0)
+        except OSError:
+            os.close(fd)  # e.g. a full disk: do not keep holding a lock on a log we cannot use
+            raise
         self._fd = fd
+
+    def lost(self) -> str | None:
+        """Why the lock no longer guards ``path`` (the file was deleted or replaced), or None.
+
+        A lost lock file lets a second coordinator lock a new one and write the same log.
+        """
+        if self._fd is None:
+            return None
+        return file_vanished(self._fd, self.path)
 
     def release(self) -> None:
         if self._fd is not None:

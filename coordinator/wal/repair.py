@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .lock import DirLock
 from .scan import LogScan
-from .segment import fsync_dir, fsync_fd, list_segments
+from .segment import HEAD_NAME, fsync_dir, fsync_fd, list_segments, write_head
 
 __all__ = ["RepairReport", "repair"]
 
@@ -29,19 +29,21 @@ class RepairReport:
     #: (segment, new size, bytes cut)
     truncated: list[tuple[Path, int, int]] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    #: The segment the log ends at after the repair (recorded in HEAD); None: no segment left.
+    last_segment: int | None = None
 
     def __str__(self) -> str:
         if self.problem is None:
             return f"{self.wal_dir}: no damage found, {self.kept_records} records, nothing changed"
-        lines = [
-            f"{self.wal_dir}: {self.problem}",
-            f"kept {self.kept_records} records before it",
-            f"backed up the affected segments to {self.backup_dir}",
-        ]
+        lines = [f"{self.wal_dir}: {self.problem}", f"kept {self.kept_records} records before it"]
+        if self.backup_dir is not None:
+            lines.append(f"backed up the affected segments to {self.backup_dir}")
         lines += [
             f"truncated {path.name} to {size} bytes ({cut} bytes cut)" for path, size, cut in self.truncated
         ]
         lines += [f"removed {path.name}" for path in self.removed]
+        end = f"segment {self.last_segment}" if self.last_segment is not None else "no segment (a new log)"
+        lines.append(f"the log now ends at {end}")
         return "\n".join(lines)
 
 
@@ -67,27 +69,40 @@ def repair(data_dir: Path | str) -> RepairReport:
         kind = "damage" if scan.damage else "torn tail"
         report.problem = f"{kind} in {cut.path.name} at offset {cut.offset}: {cut.detail}"
         affected = [path for _, path in list_segments(wal_dir) if path.name >= cut.path.name]
-        report.backup_dir = _backup(wal_dir, affected)
-        first, *later = affected
-        if cut.offset == 0:
-            later.insert(0, first)
+        if affected:  # none when only the newest segments are missing: nothing to cut then
+            _cut(report, cut.offset, affected)
+        # HEAD follows the cut, or the next open would report the removed segments as missing.
+        remaining = list_segments(wal_dir)
+        if remaining:
+            report.last_segment = remaining[-1][0]
+            write_head(wal_dir, report.last_segment)
         else:
-            size = first.stat().st_size
-            fd = os.open(first, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, cut.offset)
-                fsync_fd(fd)
-            finally:
-                os.close(fd)
-            report.truncated.append((first, cut.offset, size - cut.offset))
-        for path in later:
-            path.unlink()
-            report.removed.append(path)
+            (wal_dir / HEAD_NAME).unlink(missing_ok=True)
         fsync_dir(wal_dir)
         log.warning("write-ahead log repaired:\n%s", report)
         return report
     finally:
         lock.release()
+
+
+def _cut(report: RepairReport, offset: int, affected: list[Path]) -> None:
+    """Back up ``affected``, truncate the first at ``offset`` (remove it at 0), remove the rest."""
+    report.backup_dir = _backup(report.wal_dir, affected)
+    first, *later = affected
+    if offset == 0:
+        later.insert(0, first)
+    else:
+        size = first.stat().st_size
+        fd = os.open(first, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, offset)
+            fsync_fd(fd)
+        finally:
+            os.close(fd)
+        report.truncated.append((first, offset, size - offset))
+    for path in later:
+        path.unlink()
+        report.removed.append(path)
 
 
 def _backup(wal_dir: Path, paths: list[Path]) -> Path:

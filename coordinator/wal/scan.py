@@ -12,11 +12,11 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from coordinator.txlog import TxLogCorrupt
+from coordinator.txlog import TxLogCorrupt, TxLogMissing
 from participant._proto import wal_pb2
 
 from .framing import SEGMENT_HEADER_SIZE, FrameError, decode_frame, decode_segment_header, find_frame
-from .segment import list_segments
+from .segment import list_segments, read_head, segment_path
 
 __all__ = ["Damage", "LogScan", "Tail", "TornTail"]
 
@@ -38,9 +38,12 @@ class Damage:
     path: Path
     offset: int
     detail: str
+    #: Whole segments are missing (not bad bytes): restoring them, not cutting, is the way out.
+    missing: bool = False
 
     def error(self) -> TxLogCorrupt:
-        return TxLogCorrupt(str(self.path), self.offset, self.detail)
+        kind = TxLogMissing if self.missing else TxLogCorrupt
+        return kind(str(self.path), self.offset, self.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,25 @@ class LogScan:
 
     def __iter__(self) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
         segments = self._live_segments()
+        yield from self._records(segments)
+        if self.damage is None:
+            self._check_head(segments)
+
+    def _check_head(self, segments: list[tuple[int, Path]]) -> None:
+        """Segments deleted from the end leave a log that reads well: HEAD says how far it went."""
+        head = read_head(self.wal_dir)
+        last = segments[-1][0] if segments else 0
+        if head is None or head <= last:
+            return
+        missing = f"segments {last + 1}..{head} are" if head > last + 1 else f"segment {head} is"
+        self.damage = Damage(
+            segment_path(self.wal_dir, last + 1),
+            0,
+            f"{missing} missing: the log had reached segment {head} (as its {self.wal_dir.name}/HEAD says)",
+            missing=True,
+        )
+
+    def _records(self, segments: list[tuple[int, Path]]) -> Iterator[tuple[Path, int, wal_pb2.WalRecord]]:
         prev: Tail | None = None
         for index, (seq, path) in enumerate(segments):
             data = path.read_bytes()
@@ -110,7 +132,9 @@ class LogScan:
                 self.stale = [path for _, path in segments[:index]]
                 return segments[index:]
         if segments:
-            self.damage = Damage(segments[0][1], 0, "no base segment: the beginning of the log is missing")
+            self.damage = Damage(
+                segments[0][1], 0, "no base segment: the beginning of the log is missing", missing=True
+            )
         return []
 
     def _check_header(self, seq: int, path: Path, data: bytes, prev: Tail | None) -> int | None:
@@ -124,7 +148,8 @@ class LogScan:
         if header.seq != seq:
             problem = f"header says segment {header.seq}, file name says {seq}"
         elif prev is not None and seq != prev.seq + 1:
-            problem = f"segments {prev.seq + 1}..{seq - 1} are missing"
+            self.damage = Damage(path, 0, f"segments {prev.seq + 1}..{seq - 1} are missing", missing=True)
+            return None
         elif prev is not None and header.seed != prev.crc:
             problem = (
                 f"checksum chain broken: segment starts from {header.seed:#010x}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .framing import SEGMENT_HEADER_SIZE, SegmentHeader, encode_frames, encode_segment_header
 from .scan import Tail
-from .segment import create_segment, fsync_dir, fsync_fd, list_segments, write_all
+from .segment import create_segment, file_vanished, fsync_dir, fsync_fd, list_segments, write_all
 
 __all__ = ["SegmentWriter"]
 
@@ -23,6 +23,7 @@ class SegmentWriter:
         self._seq = tail.seq
         self._size = tail.size
         self._crc = tail.crc
+        self._path = tail.path
         self._fd = os.open(tail.path, os.O_WRONLY)
         self._dirty = False
         self.fsync_count = 0
@@ -62,6 +63,13 @@ class SegmentWriter:
                 path.unlink()
         fsync_dir(self._wal_dir, self._fsync)
 
+    def vanished(self) -> str | None:
+        """Why the open segment is no longer the file at its name (deleted, replaced), or None.
+
+        Writes to an unlinked file succeed and are lost, so this is asked before every batch.
+        """
+        return file_vanished(self._fd, self._path)
+
     def close(self) -> None:
         """Release the segment without syncing: after a failed write, syncing again proves nothing."""
         os.close(self._fd)
@@ -81,6 +89,7 @@ class SegmentWriter:
         path = create_segment(self._wal_dir, seq, header + body, self._fsync)
         os.close(self._fd)
         self._fd = os.open(path, os.O_WRONLY)
+        self._path = path
         self._seq, self._size, self._crc = seq, len(header) + len(body), crc
 
     def _fsync(self, fd: int) -> None:
