@@ -25,6 +25,7 @@ from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from examples.bank.transfer import Bank
 from participant import intercept_channel
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from participant.context import use
 from participant.xa import TxStatus
 from tests.pgcluster import PgCluster, pg_url
 
@@ -191,7 +192,9 @@ class BankSystem:
         )
 
     def balance(self, name: str, account: str) -> int:
-        return self.accounts(name).Balance(bank_pb2.BalanceRequest(account=account), timeout=10).balance
+        """The committed balance, read outside any transaction the calling thread may hold."""
+        with use(None):
+            return self.accounts(name).Balance(bank_pb2.BalanceRequest(account=account), timeout=10).balance
 
     def total(self) -> int:
         return sum(self.balance(name, account) for name, account, _ in self.seeds)

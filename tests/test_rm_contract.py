@@ -32,7 +32,7 @@ import pytest
 from coordinator.procs import Proc, coordinator_proc
 from participant import ParticipantStub, TransactionManager, TransactionRolledBack, current
 from participant._proto import agent_pb2, agent_pb2_grpc
-from participant.context import GTRID_KEY, to_metadata
+from participant.context import GTRID_KEY, to_metadata, use
 from participant.pg_rm import PostgresRM
 from participant.rm import BranchEnded, ResourceManager
 from participant.sqlite_rm import SqliteRM
@@ -246,7 +246,8 @@ class KvAgentSubject(AgentSubject):
 
     def slow_write(self, handle: Metadata, key: str, value: int) -> None:
         """Waits for the lock on ``key``, which another transaction holds past the timeout."""
-        holder = self.tm.begin()
+        with use(None):  # a second transaction held open beside the caller's own
+            holder = self.tm.begin()
         self.write(to_metadata(holder.context), key, -1)
         try:
             self.write(handle, key, value)
