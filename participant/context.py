@@ -71,9 +71,14 @@ class TxContext:
 
 @dataclass(eq=False, slots=True)
 class Binding:
-    """A transaction made active in a context, until ``close()`` (from any thread or task)."""
+    """A transaction made active in a context, until ``close()`` (from any thread or task).
 
-    tx: TxContext
+    ``tx`` is None while the transaction is being begun: the binding is claimed in the caller's
+    context before the Begin call, so a Begin run in another task (``asyncio.wait_for``) still
+    makes the transaction active where ``begin()`` was called.
+    """
+
+    tx: TxContext | None
     open: bool = True
 
     def close(self) -> None:
@@ -81,7 +86,7 @@ class Binding:
 
     def expired(self) -> bool:
         """The transaction's timeout has passed: the coordinator has rolled it back."""
-        return self.tx.remaining() == 0
+        return self.tx is not None and self.tx.remaining() == 0
 
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar("xatm_tx", default=None)

@@ -191,7 +191,7 @@ class _TransactionBase:
     @property
     def context(self) -> TxContext:
         """What intercepted calls carry while this transaction is active."""
-        if self._binding is None:
+        if self._binding is None or self._binding.tx is None:
             raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
         return self._binding.tx
 
@@ -214,17 +214,36 @@ class _TransactionBase:
         with use(self._binding):
             return fn(*args, **kwargs)
 
-    def _begin_flow(self) -> Flow[None]:
-        self._begin_asked = True
+    def _claim(self) -> None:
+        """Make this transaction the active one in the calling thread or task, before Begin.
+
+        Raises XatmError FAILED_PRECONDITION while another one is active there.
+        """
         active = bound()
         if active is not None and not active.expired():
             # One transaction per thread or task: a call could not tell which one it belongs to.
             # One whose timeout passed was rolled back by the coordinator: nothing to tell apart.
+            which = f"transaction {active.tx.gtrid}" if active.tx else "a transaction being begun"
+            self._begin_asked = True  # refused, not forgotten: no never-begun warning
             raise XatmError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"transaction {active.tx.gtrid} is still active here: commit or roll it back before"
+                f"{which} is still active here: commit or roll it back before"
                 " beginning another (or begin the other in its own thread or task)",
             )
+        self._binding = Binding(None)
+        bind(self._binding)
+
+    def _begin_flow(self) -> Flow[None]:
+        """Begin at the coordinator; the binding ``_claim`` made carries the transaction from then on."""
+        self._begin_asked = True
+        assert self._binding is not None, "claimed by begin()"
+        try:
+            yield from self._begin_call()
+        except BaseException:
+            self._binding.close()  # never begun: the caller's context is free again
+            raise
+
+    def _begin_call(self) -> Flow[None]:
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
         sent = time.monotonic()
         reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
@@ -235,10 +254,10 @@ class _TransactionBase:
                 f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
             ) from None
         deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
-        self._binding = Binding(TxContext(self._gtrid, self._manager.coordinator, deadline))
-        # Set in the caller's context: the flow runs in the thread that called begin(), or in
-        # the task that awaited it (awaiting runs in the awaiting task's context).
-        bind(self._binding)
+        assert self._binding is not None
+        # Filled in, not bound: it is active in the context that called begin(), even when this
+        # flow runs in another task.
+        self._binding.tx = TxContext(self._gtrid, self._manager.coordinator, deadline)
 
     def _end(self) -> None:
         """Commit or rollback is under way: from now on calls carry no transaction."""
@@ -354,9 +373,9 @@ class Transaction(_TransactionBase):
 class AsyncTransaction(_TransactionBase):
     """A global transaction for asyncio: ``async with tm.begin() as tx`` or ``tx = await tm.begin()``.
 
-    Awaited directly, the transaction is active in the awaiting task (and tasks it creates
-    afterwards) until commit or rollback; begun inside another task (``create_task``,
-    ``gather``), it would be active in that task only.
+    It is active in the task that called ``tm.begin()`` (and tasks it creates afterwards) from
+    that call until commit or rollback, however the Begin is awaited (directly, ``wait_for``,
+    ``gather``); ``tm.begin()`` called inside another task makes it active in that task only.
     """
 
     _manager: AsyncTransactionManager
@@ -387,6 +406,8 @@ class AsyncTransaction(_TransactionBase):
     def __del__(self) -> None:
         # Like a coroutine never awaited: calls the caller thought transactional ran without one.
         if not getattr(self, "_begin_asked", True):
+            if self._binding is not None:
+                self._binding.close()  # frees the caller's task for another begin
             warnings.warn(
                 "AsyncTransaction was never begun: use 'await tm.begin()' or 'async with tm.begin()'",
                 RuntimeWarning,
@@ -450,6 +471,7 @@ class TransactionManager(_ManagerBase):
         of the failed Begin call (e.g. UNAVAILABLE).
         """
         tx = Transaction(self, timeout)
+        tx._claim()
         self._drive(tx._begin_flow())
         return tx
 
@@ -485,9 +507,13 @@ class AsyncTransactionManager(_ManagerBase):
     def begin(self, timeout: float | None = None) -> AsyncTransaction:
         """A transaction handle, begun by ``async with`` or ``await`` (errors as the sync begin).
 
-        Once begun it is active in the awaiting task until ``commit()`` or ``rollback()``.
+        It is active in the calling task from this call until ``commit()`` or ``rollback()``,
+        even when the Begin is awaited in another task (``asyncio.wait_for``). Raises XatmError
+        FAILED_PRECONDITION at once while another transaction is active in this task.
         """
-        return AsyncTransaction(self, timeout)
+        tx = AsyncTransaction(self, timeout)
+        tx._claim()
+        return tx
 
     async def _drive(self, flow: Flow[T]) -> T:
         stub = self._stub or self._connect(aio=True)

@@ -133,6 +133,26 @@ def test_await_begin_binds_the_awaiting_task(shop: Shop) -> None:
     assert _count(shop) == 1  # only the call after rollback
 
 
+def test_begin_awaited_in_another_task_is_active_where_it_was_called(shop: Shop) -> None:
+    """``asyncio.wait_for`` (before Python 3.12) and ``gather`` run the Begin in a task of their own."""
+
+    async def main() -> None:
+        async with (
+            grpc.aio.insecure_channel(shop.shop.address, interceptors=aio_client_interceptors()) as channel,
+            AsyncTransactionManager(shop.coordinator.address) as tm,
+        ):
+            order = channel.unary_unary(ORDER)
+            tx = await asyncio.wait_for(tm.begin(), 10)
+            assert await order(b"ok:w1", timeout=10) == tx.gtrid.encode()
+            await tx.rollback()
+            (again,) = await asyncio.gather(tm.begin())
+            assert await order(b"ok:w2", timeout=10) == again.gtrid.encode()
+            await again.rollback()
+
+    asyncio.run(main())
+    assert _count(shop) == 0
+
+
 def test_an_async_transaction_never_begun_warns() -> None:
     tm = AsyncTransactionManager("127.0.0.1:1")
     with pytest.warns(RuntimeWarning, match="never begun"):
