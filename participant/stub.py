@@ -216,7 +216,8 @@ class ParticipantStub:
         """The block's work must not commit: roll a local transaction back, doom a global one.
 
         Best effort: the caller re-raises ``failure``, which is what the business code must
-        see; a global transaction that is not marked still rolls back at its prepare or timeout.
+        see; a global transaction that cannot be marked loses this RM's branch here, so its
+        prepare votes no.
         """
         try:
             if tx is None:
@@ -284,7 +285,14 @@ class ParticipantStub:
                 if branch.doomed:
                     return
                 branch.doomed = True
-        self._mark_rollback_only(tx, reason)
+        try:
+            self._mark_rollback_only(tx, reason)
+        except Exception:
+            # The coordinator was not told: the branch must vote no by itself, so its work goes now.
+            if branch is not None:
+                with contextlib.suppress(XaError):
+                    self.rm.rollback(branch.xid)
+            raise
 
     def _mark_rollback_only(self, tx: TxContext, why: str) -> None:
         _, coordinator = self._coordinator(tx)

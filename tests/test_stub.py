@@ -49,6 +49,7 @@ from participant._proto import (
     xa_pb2,
 )
 from participant.context import GTRID_KEY, use
+from participant.stub import _Branch
 from participant.xa import FORMAT_ID, TxOutcome, TxStatus
 
 # ---------------------------------------------------------------- fakes
@@ -827,3 +828,16 @@ def test_stale_active_branches_are_asked_about_and_rolled_back() -> None:
         pass
     assert stub.resolve_in_doubt()["rollback"] == 1
     assert asked == [xid] and not rm.active and stub.active_branches() == 0
+
+
+def test_a_rollback_only_mark_that_fails_rolls_the_branch_back_here(rm: MemoryRM) -> None:
+    """A failed handler's work must not commit even when the coordinator cannot be told: the
+    branch goes at once, so its prepare votes no (XAER_NOTA)."""
+    stub = ParticipantStub(rm, coordinator="127.0.0.1:1", advertise="127.0.0.1:2", call_timeout=0.5)
+    xid = Xid("n1.abc", "b1", FORMAT_ID)
+    rm.start(xid)
+    stub._branches[xid.gtrid] = _Branch(xid, None, enlisted=True)
+    with pytest.raises(XatmError):
+        stub._doom(TxContext(xid.gtrid, "127.0.0.1:1"), "handler failed")
+    assert rm.rolled_back == [xid]
+    stub.close()
