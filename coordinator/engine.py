@@ -106,7 +106,6 @@ class Engine:
         self._closing = False
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: TxLogStopped | None = None
-        self._fenced = asyncio.Event()
         self._sp_counter = 0
         #: Transactions not yet final (begin refuses past max_open_transactions).
         self._open = 0
@@ -163,10 +162,7 @@ class Engine:
 
     async def stop(self) -> None:
         self._closing = True
-        for timer in self._timers.values():
-            timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._halt()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peers.close()
         await self.log.close()
@@ -190,7 +186,12 @@ class Engine:
         if self.log_stopped is not None:
             return
         self.log_stopped = stopped
-        self._fenced.set()
+        for waiting in self._done.values():  # commit requests waiting for an end answer now
+            waiting.set()
+        self._halt()
+
+    def _halt(self) -> None:
+        """Cancel every timer and background task (shutdown, or a stopped log)."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -312,11 +313,14 @@ class Engine:
         _check_identity("register", rm_id, endpoint)
         self._refuse_if_fenced()
         self._rm_endpoints[rm_id] = endpoint
-        moved = 0
-        for tx in list(self._txs.values()):
-            for bqual in [b.bqual for b in tx.branches.values() if b.rm_id == rm_id]:
-                moved += await self._move(tx, bqual, rm_id, endpoint)
-        return moved
+        # Together, so their forced records share one group commit.
+        moves = [
+            self._move(tx, b.bqual, rm_id, endpoint)
+            for tx in list(self._txs.values())
+            for b in tx.branches.values()
+            if b.rm_id == rm_id
+        ]
+        return sum(await asyncio.gather(*moves))
 
     async def participant_query(self, xid: Xid, rm_id: str, endpoint: str) -> Decision:
         """``query_outcome`` for a participant that may say who it is and where it is served now:
@@ -345,7 +349,9 @@ class Engine:
 
     async def _move(self, tx: sm.Transaction, bqual: str, rm_id: str, endpoint: str) -> bool:
         """Point one branch at ``endpoint``; True when it moved (then the move is on disk)."""
-        branch = tx.branches[bqual]
+        branch = tx.branches.get(bqual)
+        if branch is None:  # left the transaction meanwhile (rollback to a savepoint)
+            return False
         was = branch.endpoint
         effects = sm.branch_moved(tx, bqual, rm_id, endpoint)
         if branch.endpoint == was:
@@ -669,16 +675,14 @@ class Engine:
         The answer must at least carry the decision, so if prepares are still out when
         commit_wait ends, keep waiting for them: each ends within its per-call deadline.
         """
-        waits = [asyncio.ensure_future(event.wait()) for event in (self._done[tx.gtrid], self._fenced)]
-        await asyncio.wait(waits, timeout=self.settings.commit_wait, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in waits:
-            waiting.cancel()
+        with contextlib.suppress(TimeoutError):  # fence() sets every event too
+            await asyncio.wait_for(self._done[tx.gtrid].wait(), self.settings.commit_wait)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.settings.call_timeout
         while (
             tx.status in (TxStatus.PREPARING, TxStatus.PREPARED)
             and loop.time() < give_up
-            and not self._fenced.is_set()
+            and self.log_stopped is None
         ):
             await asyncio.sleep(0.01)
 
