@@ -39,7 +39,7 @@ __all__ = ["HTTP_STATUS", "HttpServer", "split_hostport"]
 
 log = logging.getLogger("xatm.coordinator")
 
-#: DESIGN §5: gRPC status -> HTTP status.
+#: gRPC status -> HTTP status, as docs/contract.md tabulates.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
     grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the coordinator (DESIGN §7). Labels are bounded enums only."""
+"""Prometheus metrics of the coordinator (docs/contract.md). Labels are bounded enums only."""
 
 from __future__ import annotations
 

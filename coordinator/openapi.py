@@ -223,7 +223,7 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "xatm coordinator admin API",
             "version": _version(),
-            "description": "Inspect and operate XA transactions. Errors map as in DESIGN §5: 400 "
+            "description": "Inspect and operate XA transactions. Errors map as follows: 400 "
             "malformed, 401 no/bad token, 403 role too weak, 404 unknown gtrid, 412 status forbids, "
             "503 unavailable. Roles: viewer reads; operator also forces and forgets.",
         },

@@ -52,7 +52,7 @@ __all__ = [
 S = TxStatus
 B = BranchStatus
 
-#: The rollback rule (DESIGN §2): initiator and operator rollbacks only from these.
+#: The rollback rule (docs/contract.md): initiator and operator rollbacks only from these.
 ROLLBACK_ALLOWED = (S.CREATED, S.PREPARING, S.ROLLINGBACK)
 #: Force commit only from these.
 COMMIT_ALLOWED = (S.CREATED, S.PREPARING, S.COMMITTING)
@@ -291,7 +291,7 @@ def timeout(tx: Transaction) -> list[Effect]:
 
 
 def prepare_result(tx: Transaction, bqual: str, code: XaCode, reason: str = "") -> list[Effect]:
-    """Read one branch's prepare answer (DESIGN §4) and decide once all have answered."""
+    """Read one branch's prepare answer (docs/contract.md) and decide once all have answered."""
     branch = tx.branches.get(bqual)
     if branch is None or bqual not in tx.awaiting_prepare:
         return []
@@ -341,7 +341,7 @@ def _needs_retry(code: XaCode) -> bool:
 def phase_two_result(
     tx: Transaction, bqual: str, phase: Phase, code: XaCode, reason: str = ""
 ) -> list[Effect]:
-    """Read a commit or rollback answer (DESIGN §4). Returns [] for a retry; the engine retries
+    """Read a commit or rollback answer (docs/contract.md). Returns [] for a retry; the engine retries
     while the branch stays in ``pending_branches``."""
     branch = tx.branches.get(bqual)
     if branch is None or bqual not in pending_branches(tx):

@@ -1,4 +1,4 @@
-"""``xactl``: the operator's CLI over the Admin gRPC service. Exit codes follow DESIGN §5."""
+"""``xactl``: the operator's CLI over the Admin gRPC service. Exit codes follow docs/contract.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Named fault-injection points at every protocol boundary (DESIGN §8).
+"""Named fault-injection points at every protocol boundary (docs/contract.md).
 
 Armed with ``XATM_FAILPOINTS="name=action;name=action"`` where an action is
 ``crash``, ``sleep(MS)``, ``return(XA_CODE)`` or ``error(GRPC_CODE)``, optionally

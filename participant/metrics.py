@@ -1,4 +1,4 @@
-"""Prometheus metrics of a participant (stub or agent), DESIGN §7."""
+"""Prometheus metrics of a participant (stub or agent), as docs/contract.md lists."""
 
 from __future__ import annotations
 

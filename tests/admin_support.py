@@ -20,7 +20,7 @@ from participant._proto import admin_pb2, admin_pb2_grpc
 
 #: The console script pip installed next to this interpreter.
 XACTL = Path(sys.executable).with_name("xactl")
-#: Exit codes of DESIGN §5 and the HTTP status of the same condition.
+#: Exit codes of docs/contract.md and the HTTP status of the same condition.
 OK, UNAVAILABLE, INVALID, NOT_FOUND, REFUSED, CREDENTIALS = 0, 1, 2, 3, 4, 5
 
 

@@ -1,4 +1,4 @@
-"""The crash matrix (issue 3): kill -9 at every protocol boundary, restart, and check the outcome.
+"""The crash matrix: kill -9 at every protocol boundary, restart, and check the outcome.
 
 For each failpoint on the commit and rollback paths, the process that owns it is restarted with
 the failpoint armed as ``crash`` (os._exit at once: no cleanup, like kill -9), a transfer runs

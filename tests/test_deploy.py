@@ -1,4 +1,4 @@
-"""Checks of the deployment files under deploy/ (issue 6).
+"""Checks of the deployment files under deploy/.
 
 External tools: ``promtool`` (Debian package ``prometheus``) is required: a missing promtool
 fails these tests, it never skips them. ``systemd-analyze`` is used when present; without it the
@@ -32,7 +32,7 @@ DASHBOARD = DEPLOY / "grafana" / "xatm-dashboard.json"
 COORDINATOR_JOB = "xatm-coordinator"
 PARTICIPANT_JOB = "xatm-participant"
 
-# Label values fixed by DESIGN §2 and §7 (and the issue): selectors in the rules and dashboards may
+# Label values fixed by the contract (docs/contract.md): selectors in the rules and dashboards may
 # only use these.
 TX_STATUSES = {
     "Created",

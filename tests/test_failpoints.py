@@ -1,4 +1,4 @@
-"""The XATM_FAILPOINTS parser and actions (DESIGN §8)."""
+"""The XATM_FAILPOINTS parser and actions (docs/contract.md)."""
 
 from __future__ import annotations
 

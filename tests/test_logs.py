@@ -1,4 +1,4 @@
-"""Coordinator logs (issue 6): one line per event, the gtrid as a field of its own in JSON mode
+"""Coordinator logs: one line per event, the gtrid as a field of its own in JSON mode
 (``--log-json``), never anything resembling a credential.
 
 The end-to-end tests read the log file of a real coordinator after a transfer whose commit a

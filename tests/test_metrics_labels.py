@@ -1,4 +1,4 @@
-"""Label hygiene of the exported metrics (DESIGN §7): bounded label values only, never a
+"""Label hygiene of the exported metrics (docs/contract.md): bounded label values only, never a
 transaction id, and latency histograms that resolve both fsyncs and stuck retries.
 
 A coordinator and two bank services (each serving /metrics) run transactions along every path

@@ -1,4 +1,4 @@
-"""The crash matrix of issue 3 with both banks on PostgreSQL (issue 5).
+"""The crash matrix with both banks on PostgreSQL.
 
 Every case of tests/test_crash_matrix.py — the same failpoints, processes and scenarios, under
 the same ids — runs with bank-a's accounts in a database of the session cluster and bank-b's in

@@ -1,5 +1,5 @@
 """Issue 6 acceptance: a real Prometheus scrapes a coordinator and two bank services while
-transactions run, and its query API tells exactly what happened (DESIGN §7).
+transactions run, and its query API tells exactly what happened (docs/contract.md).
 
 Scenario: a transfer whose commit crashes bank-b (failpoint) stays in doubt until bank-b is
 restarted without the failpoint; then N transfers commit and M are refused by bank-a's

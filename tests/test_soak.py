@@ -1,4 +1,4 @@
-"""Randomized soak (issue 3): concurrent transfers while random processes are killed with SIGKILL.
+"""Randomized soak: concurrent transfers while random processes are killed with SIGKILL.
 
 Several initiator threads move random amounts between accounts of bank-a and bank-b through the
 bank example (some amounts exceed all the money there is, so they must be refused), while a chaos

@@ -1,7 +1,7 @@
 """Exhaustive tests of the pure protocol state machine: every status x event, every XA code x phase.
 
 The expected tables are written out here literally (not imported from the code), so loosening
-the rollback rule or reading any XA code differently from DESIGN §4 fails a test.
+the rollback rule or reading any XA code differently from docs/contract.md fails a test.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def test_duplicate_bqual_answers_dupid() -> None:
     assert tx.branches["b0"].rm_id == "rm0"
 
 
-# ------------------------------------------------------------------ XA codes per phase (DESIGN §4)
+# ------------------------------------------------------------------ XA codes per phase (docs/contract.md)
 
 
 @pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
