@@ -10,6 +10,7 @@ transaction was named) and an unauthenticated call (no one to name) leave no rec
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -18,6 +19,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from participant._proto import admin_pb2, coordinator_pb2, xa_pb2
+from participant.proto_enum import proto_enum
 from participant.xa import TxOutcome, TxStatus, XatmError, validate_bqual, validate_gtrid
 
 from . import metrics
@@ -49,7 +51,10 @@ for _action in ACTIONS:
 def completion(result: Result) -> coordinator_pb2.CompletionResponse:
     info = to_info(result.tx)
     return coordinator_pb2.CompletionResponse(
-        gtrid=info.gtrid, outcome=int(result.outcome), status=info.status, branches=info.branches
+        gtrid=info.gtrid,
+        outcome=proto_enum(result.outcome, xa_pb2.TxOutcome),
+        status=info.status,
+        branches=info.branches,
     )
 
 
@@ -169,7 +174,10 @@ class AdminOps:
             validate_gtrid(gtrid)
         unique = list(dict.fromkeys(gtrids))
         outcomes = await asyncio.gather(
-            *(self._audited(caller, "forget", g, "", lambda g=g: self.engine.forget(g)) for g in unique),
+            *(
+                self._audited(caller, "forget", g, "", functools.partial(self.engine.forget, g))
+                for g in unique
+            ),
             return_exceptions=True,
         )
         results = []

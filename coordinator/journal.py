@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from participant._proto import admin_pb2, wal_pb2, xa_pb2
+from participant.proto_enum import proto_enum
 from participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 from .statemachine import Branch, Transaction
@@ -56,7 +57,11 @@ class RecordFactory:
         rec = cls._base(tx.gtrid, now)
         rec.branch_result.CopyFrom(
             wal_pb2.BranchResultRecord(
-                bqual=branch.bqual, phase=int(phase), code=int(code), reason=reason, status=int(branch.status)
+                bqual=branch.bqual,
+                phase=proto_enum(phase, xa_pb2.Phase),
+                code=proto_enum(code, xa_pb2.XaCode),
+                reason=reason,
+                status=proto_enum(branch.status, xa_pb2.BranchStatus),
             )
         )
         return rec
@@ -69,7 +74,12 @@ class RecordFactory:
         replay leaves the branch as the closing record left it."""
         rec = cls._base(tx.gtrid, now)
         rec.branch_result.CopyFrom(
-            wal_pb2.BranchResultRecord(bqual=bqual, phase=int(phase), code=int(code), reason=reason)
+            wal_pb2.BranchResultRecord(
+                bqual=bqual,
+                phase=proto_enum(phase, xa_pb2.Phase),
+                code=proto_enum(code, xa_pb2.XaCode),
+                reason=reason,
+            )
         )
         return rec
 
@@ -83,9 +93,9 @@ class RecordFactory:
     @classmethod
     def status(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
         rec = cls._base(tx.gtrid, now)
-        rec.status.status = int(tx.status)
+        rec.status.status = proto_enum(tx.status, xa_pb2.TransactionStatus)
         if tx.rollback_code is not None:
-            rec.status.rollback_code = int(tx.rollback_code)
+            rec.status.rollback_code = proto_enum(tx.rollback_code, xa_pb2.XaCode)
             rec.status.reason = tx.rollback_reason
         return rec
 
@@ -98,7 +108,7 @@ class RecordFactory:
     @classmethod
     def end(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
         rec = cls._base(tx.gtrid, now)
-        rec.end.status = int(tx.status)
+        rec.end.status = proto_enum(tx.status, xa_pb2.TransactionStatus)
         return rec
 
     @classmethod
@@ -132,7 +142,7 @@ def to_info(tx: Transaction) -> xa_pb2.TransactionInfo:
     """The wire description of a transaction (also the checkpoint format)."""
     info = xa_pb2.TransactionInfo(
         gtrid=tx.gtrid,
-        status=int(tx.status),
+        status=proto_enum(tx.status, xa_pb2.TransactionStatus),
         timeout_ms=tx.timeout_ms,
         begun_at=_ts(tx.begun_at),
         deadline=_ts(tx.begun_at + tx.timeout_ms / 1000),
@@ -144,17 +154,17 @@ def to_info(tx: Transaction) -> xa_pb2.TransactionInfo:
     if tx.completed_at is not None:
         info.completed_at.CopyFrom(_ts(tx.completed_at))
     if tx.rollback_code is not None:
-        info.rollback_code = int(tx.rollback_code)
+        info.rollback_code = proto_enum(tx.rollback_code, xa_pb2.XaCode)
     if tx.decision is not None:
-        info.decision = int(tx.decision)
+        info.decision = proto_enum(tx.decision, xa_pb2.Decision)
     for b in tx.branches.values():
         binfo = info.branches.add(
             bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status), attempts=b.attempts
         )
         if b.last_code is not None:
             binfo.has_last_code = True
-            binfo.last_code = int(b.last_code)
-            binfo.last_phase = int(b.last_phase or 0)
+            binfo.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
+            binfo.last_phase = proto_enum(b.last_phase or 0, xa_pb2.Phase)
             binfo.last_reason = b.last_reason
         if b.next_retry is not None:
             binfo.next_retry.CopyFrom(_ts(b.next_retry))

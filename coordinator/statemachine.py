@@ -155,6 +155,7 @@ def _refuse(tx: Transaction, action: str, allowed: tuple[TxStatus, ...]) -> Refu
 
 def pending_branches(tx: Transaction) -> tuple[str, ...]:
     """Branches the current decision still needs an acknowledgement from."""
+    wanted: tuple[BranchStatus, ...]
     if tx.status == S.COMMITTING:
         wanted = (B.ENLISTED,) if tx.one_phase else (B.PREPARED,)
     elif tx.status == S.ROLLINGBACK:

@@ -200,7 +200,7 @@ def describe_failure(failure: BaseException | None = None) -> str:
     elif isinstance(failure, XatmError):
         code, message = failure.code, failure.message
     elif isinstance(failure, grpc.RpcError) and callable(getattr(failure, "code", None)):
-        code, message = failure.code(), failure.details() or ""  # type: ignore[attr-defined]
+        code, message = failure.code(), failure.details() or ""
     else:
         text = str(failure) if failure is not None else ""
         kind = type(failure).__name__ if failure is not None else "handler failed"
@@ -233,7 +233,7 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
         raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {GTRID_KEY} metadata: not text")
     validate_gtrid(gtrid)
     coordinator = coordinator or ""
-    if coordinator and not (isinstance(coordinator, str) and _ADDRESS.match(coordinator)):
+    if not isinstance(coordinator, str) or (coordinator and not _ADDRESS.match(coordinator)):
         raise XatmError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port",

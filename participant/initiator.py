@@ -283,7 +283,7 @@ class _TransactionBase:
             info = yield "GetStatus", coordinator_pb2.StatusRequest(gtrid=self.gtrid)
             if info.status == xa_pb2.TRANSACTION_STATUS_ROLLEDBACK:
                 return coordinator_pb2.CompletionResponse(
-                    gtrid=self.gtrid, outcome=TxOutcome.TX_OK, status=info.status, branches=info.branches
+                    gtrid=self.gtrid, outcome=xa_pb2.TX_OK, status=info.status, branches=info.branches
                 )
             if info.status != xa_pb2.TRANSACTION_STATUS_MARKED_ROLLBACK:
                 raise error

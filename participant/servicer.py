@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from . import failpoints
 from ._proto import participant_pb2, participant_pb2_grpc, xa_pb2
 from .metrics import CALL_DURATION, CALLS
+from .proto_enum import proto_enum
 from .rm import ResourceManager
 from .xa import XaCode, XaError, XatmError, Xid, validate_bqual, validate_gtrid, validate_savepoint_id
 
@@ -37,6 +38,14 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _reply(code: XaCode, reason: str = "") -> participant_pb2.XaReply:
+    return participant_pb2.XaReply(code=proto_enum(code, xa_pb2.XaCode), reason=reason)
+
+
+#: What a verb answers: every reply carries the XA code in ``code``.
+Reply = participant_pb2.XaReply | participant_pb2.RecoverReply
+
+
 class ParticipantCore:
     """Serves one XA verb at a time over an RM; thread-safe as far as the RM is.
 
@@ -47,7 +56,7 @@ class ParticipantCore:
     def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
         self.rm = rm
         self._on_complete = on_complete
-        self._verbs: dict[str, Callable[[Any], Message]] = {
+        self._verbs: dict[str, Callable[[Any], Reply]] = {
             "prepare": self._prepare,
             "commit": self._commit,
             "rollback": self._rollback,
@@ -57,7 +66,7 @@ class ParticipantCore:
             "rollback_to_savepoint": self._rollback_to_savepoint,
         }
 
-    def serve(self, verb: str, request: Message) -> Message:
+    def serve(self, verb: str, request: Message) -> Reply:
         """Answer ``verb``; raises XatmError only when the call must fail as a whole."""
         started = time.perf_counter()
         label = "UNKNOWN"
@@ -83,11 +92,11 @@ class ParticipantCore:
             result = action()
             code = XaCode.XA_OK if result is None else XaCode(result)
         except XaError as error:
-            return participant_pb2.XaReply(code=error.code, reason=error.reason)
+            return _reply(error.code, error.reason)
         except Exception as exc:
             log.exception("%s %s failed in %s", verb, xid, type(self.rm).__name__)
-            return participant_pb2.XaReply(code=XaCode.XAER_RMERR, reason=_reason(exc))
-        return participant_pb2.XaReply(code=code)
+            return _reply(XaCode.XAER_RMERR, _reason(exc))
+        return _reply(code)
 
     def _completed(self, xid: Xid) -> None:
         if self._on_complete is not None:
@@ -100,19 +109,19 @@ class ParticipantCore:
             if injected.is_rollback:
                 # An XA_RB* vote says the branch is rolled back: make it so, as a real RM would.
                 self._call("rollback", xid, lambda: self.rm.rollback(xid))
-            return participant_pb2.XaReply(code=injected, reason="failpoint participant.prepare")
+            return _reply(injected, "failpoint participant.prepare")
         self._completed(xid)
         reply = self._call("prepare", xid, lambda: self.rm.prepare(xid))
         injected = failpoints.hit("participant.after_prepare")
         if injected is not None:
-            return participant_pb2.XaReply(code=injected, reason="failpoint participant.after_prepare")
+            return _reply(injected, "failpoint participant.after_prepare")
         return reply
 
     def _commit(self, request: participant_pb2.CommitBranchRequest) -> participant_pb2.XaReply:
         xid = _xid(request.xid)
         injected = failpoints.hit("participant.commit")
         if injected is not None:
-            reply = participant_pb2.XaReply(code=injected, reason="failpoint participant.commit")
+            reply = _reply(injected, "failpoint participant.commit")
             return self._one_phase_failed(xid, reply) if request.one_phase else reply
         self._completed(xid)
         reply = self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
@@ -120,7 +129,7 @@ class ParticipantCore:
             reply = self._one_phase_failed(xid, reply)
         injected = failpoints.hit("participant.after_commit")
         if injected is not None:
-            return participant_pb2.XaReply(code=injected, reason="failpoint participant.after_commit")
+            return _reply(injected, "failpoint participant.after_commit")
         return reply
 
     def _one_phase_failed(self, xid: Xid, reply: participant_pb2.XaReply) -> participant_pb2.XaReply:
@@ -137,9 +146,9 @@ class ParticipantCore:
         undone = self._call("rollback", xid, lambda: self.rm.rollback(xid))
         if undone.code in (XaCode.XA_OK, XaCode.XAER_NOTA) or XaCode(undone.code).is_rollback:
             return reply
-        return participant_pb2.XaReply(
-            code=XaCode.XAER_RMFAIL,
-            reason=f"one-phase commit failed ({code.name} {reply.reason}) and rolling the branch back "
+        return _reply(
+            XaCode.XAER_RMFAIL,
+            f"one-phase commit failed ({code.name} {reply.reason}) and rolling the branch back "
             f"failed too ({XaCode(undone.code).name} {undone.reason}); outcome unknown",
         )
 
@@ -147,7 +156,7 @@ class ParticipantCore:
         xid = _xid(request.xid)
         injected = failpoints.hit("participant.rollback")
         if injected is not None:
-            return participant_pb2.XaReply(code=injected, reason="failpoint participant.rollback")
+            return _reply(injected, "failpoint participant.rollback")
         self._completed(xid)
         return self._call("rollback", xid, lambda: self.rm.rollback(xid))
 
@@ -178,11 +187,15 @@ class ParticipantCore:
             ]
         except XaError as error:
             log.warning("recover failed in %s: %s", rm_id, error)
-            return participant_pb2.RecoverReply(code=error.code, rm_id=rm_id)
+            return participant_pb2.RecoverReply(code=proto_enum(error.code, xa_pb2.XaCode), rm_id=rm_id)
         except Exception:
             log.exception("recover failed in %s", rm_id)
-            return participant_pb2.RecoverReply(code=XaCode.XAER_RMERR, rm_id=rm_id)
-        return participant_pb2.RecoverReply(code=XaCode.XA_OK, rm_id=rm_id, xids=xids)
+            return participant_pb2.RecoverReply(
+                code=proto_enum(XaCode.XAER_RMERR, xa_pb2.XaCode), rm_id=rm_id
+            )
+        return participant_pb2.RecoverReply(
+            code=proto_enum(XaCode.XA_OK, xa_pb2.XaCode), rm_id=rm_id, xids=xids
+        )
 
 
 class _Base(participant_pb2_grpc.ParticipantServicer):
@@ -193,60 +206,78 @@ class _Base(participant_pb2_grpc.ParticipantServicer):
 class ParticipantServicer(_Base):
     """The Participant service for a threaded ``grpc.server``."""
 
-    def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Any:
+    def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Reply:
         try:
             return self.core.serve(verb, request)
         except XatmError as error:
             context.abort(error.code, error.message)
 
-    def Prepare(self, request, context):  # type: ignore[no-untyped-def]
+    def Prepare(self, request: participant_pb2.BranchRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("prepare", request, context)
 
-    def Commit(self, request, context):  # type: ignore[no-untyped-def]
+    def Commit(self, request: participant_pb2.CommitBranchRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("commit", request, context)
 
-    def Rollback(self, request, context):  # type: ignore[no-untyped-def]
+    def Rollback(self, request: participant_pb2.BranchRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("rollback", request, context)
 
-    def Forget(self, request, context):  # type: ignore[no-untyped-def]
+    def Forget(self, request: participant_pb2.BranchRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("forget", request, context)
 
-    def Recover(self, request, context):  # type: ignore[no-untyped-def]
+    def Recover(self, request: participant_pb2.RecoverRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("recover", request, context)
 
-    def Savepoint(self, request, context):  # type: ignore[no-untyped-def]
+    def Savepoint(
+        self, request: participant_pb2.SavepointBranchRequest, context: grpc.ServicerContext
+    ) -> Reply:
         return self._serve("savepoint", request, context)
 
-    def RollbackToSavepoint(self, request, context):  # type: ignore[no-untyped-def]
+    def RollbackToSavepoint(
+        self, request: participant_pb2.SavepointBranchRequest, context: grpc.ServicerContext
+    ) -> Reply:
         return self._serve("rollback_to_savepoint", request, context)
 
 
 class AsyncParticipantServicer(_Base):
     """The Participant service for ``grpc.aio.server``: the core runs in a worker thread."""
 
-    async def _serve(self, verb: str, request: Message, context: grpc.aio.ServicerContext) -> Any:
+    async def _serve(self, verb: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Reply:
         try:
             return await asyncio.to_thread(self.core.serve, verb, request)
         except XatmError as error:
             await context.abort(error.code, error.message)
 
-    async def Prepare(self, request, context):  # type: ignore[no-untyped-def]
+    async def Prepare(
+        self, request: participant_pb2.BranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("prepare", request, context)
 
-    async def Commit(self, request, context):  # type: ignore[no-untyped-def]
+    async def Commit(
+        self, request: participant_pb2.CommitBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("commit", request, context)
 
-    async def Rollback(self, request, context):  # type: ignore[no-untyped-def]
+    async def Rollback(
+        self, request: participant_pb2.BranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("rollback", request, context)
 
-    async def Forget(self, request, context):  # type: ignore[no-untyped-def]
+    async def Forget(
+        self, request: participant_pb2.BranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("forget", request, context)
 
-    async def Recover(self, request, context):  # type: ignore[no-untyped-def]
+    async def Recover(
+        self, request: participant_pb2.RecoverRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("recover", request, context)
 
-    async def Savepoint(self, request, context):  # type: ignore[no-untyped-def]
+    async def Savepoint(
+        self, request: participant_pb2.SavepointBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("savepoint", request, context)
 
-    async def RollbackToSavepoint(self, request, context):  # type: ignore[no-untyped-def]
+    async def RollbackToSavepoint(
+        self, request: participant_pb2.SavepointBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Reply:
         return await self._serve("rollback_to_savepoint", request, context)

@@ -99,6 +99,9 @@ class SqliteRM(ResourceManager):
     runs a transaction of its own.
     """
 
+    #: The connection's ``PRAGMA synchronous`` (set by ``_open``), so ``_tx`` changes it only when needed.
+    _sync: str
+
     def __init__(self, path: str | Path, rm_id: str, *, lock_timeout: float = 2.0) -> None:
         self.path = Path(path)
         self.rm_id = rm_id
@@ -423,7 +426,9 @@ class SqliteRM(ResourceManager):
         cursor = self._db.execute(
             "INSERT INTO finished (format_id, gtrid, bqual, how) VALUES (?, ?, ?, ?)", (*_key(xid), how)
         )
-        self._db.execute("DELETE FROM finished WHERE seq <= ?", (cursor.lastrowid - FINISHED_RETAIN,))
+        seq = cursor.lastrowid
+        assert seq is not None  # set by every INSERT into a rowid table
+        self._db.execute("DELETE FROM finished WHERE seq <= ?", (seq - FINISHED_RETAIN,))
 
     def _open(self) -> None:
         (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()

@@ -28,6 +28,7 @@ from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc,
 from .context import TxContext, current, describe_failure, on_call_failure
 from .initiator import COORDINATOR_SERVICE, auth_metadata, coordinator_channel, to_xatm_error
 from .interceptors import AioServerInterceptor, ServerInterceptor
+from .proto_enum import proto_enum
 from .replies import MalformedReply, checked_reply
 from .rm import ResourceManager
 from .servicer import AsyncParticipantServicer, ParticipantServicer
@@ -406,7 +407,7 @@ class ParticipantStub:
             if reply.decision == xa_pb2.DECISION_UNSPECIFIED:
                 raise MalformedReply(f"{peer} answered QueryOutcome without a decision")
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 return "foreign"  # begun by another coordinator: not ours to decide
             return "unreachable"
         except MalformedReply as error:
@@ -443,7 +444,11 @@ class ParticipantStub:
         """
         phase = xa_pb2.PHASE_COMMIT if decision == Decision.COMMIT else xa_pb2.PHASE_ROLLBACK
         request = coordinator_pb2.ReportOutcomeRequest(
-            xid=wire, rm_id=self.rm.rm_id, phase=phase, code=int(code), reason="in-doubt resolution"
+            xid=wire,
+            rm_id=self.rm.rm_id,
+            phase=phase,
+            code=proto_enum(code, xa_pb2.XaCode),
+            reason="in-doubt resolution",
         )
         try:
             coordinator.ReportOutcome(request, timeout=self.call_timeout, metadata=self._metadata)

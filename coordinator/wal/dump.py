@@ -8,9 +8,9 @@ import re
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,6 +19,13 @@ from participant._proto import wal_pb2
 
 from .scan import LogScan
 from .segment import list_segments
+
+if TYPE_CHECKING:
+    from google._upb import _message as _upb
+
+    # The stubs type a message's descriptors as either backend's (pure Python or upb).
+    _FieldDescriptor = FieldDescriptor | _upb.FieldDescriptor
+    _EnumDescriptor = EnumDescriptor | _upb.EnumDescriptor
 
 __all__ = ["dump_text", "find_wal_dir", "iter_dump_lines", "read_records"]
 
@@ -113,7 +120,7 @@ def _table_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
 
 def _fields(message: Message) -> str:
     """``name=value`` for each field that says something."""
-    descriptor: Descriptor = message.DESCRIPTOR
+    descriptor = message.DESCRIPTOR
     parts = []
     for fd in descriptor.fields:
         value = getattr(message, fd.name)
@@ -131,7 +138,7 @@ def _fields(message: Message) -> str:
     return " ".join(parts)
 
 
-def _value(fd: FieldDescriptor, value: Any) -> str:
+def _value(fd: _FieldDescriptor, value: Any) -> str:
     if fd.enum_type is not None:
         return _enum(fd.enum_type, value)
     if fd.message_type is not None:
@@ -145,7 +152,7 @@ def _value(fd: FieldDescriptor, value: Any) -> str:
     return str(value)
 
 
-def _enum(enum: EnumDescriptor, number: int) -> str:
+def _enum(enum: _EnumDescriptor, number: int) -> str:
     """XA codes keep their xa.h names (XA_RBROLLBACK); prefixed enums read like the contract (Committed)."""
     value = enum.values_by_number.get(number)
     if value is None:

@@ -121,7 +121,7 @@ def _check_header(data: bytes, pos: int) -> int:
         raise FrameError("no frame header here (bad magic)")
     if hcrc != zlib.crc32(header[:12]):
         raise FrameError("frame header checksum mismatch")
-    return length
+    return int(length)
 
 
 def decode_frame(data: bytes, pos: int, crc: int) -> tuple[bytes, int, int]:

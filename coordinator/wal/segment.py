@@ -109,7 +109,7 @@ def read_head(wal_dir: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def write_all(fd: int, data: bytes, offset: int) -> None:
+def write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     """``pwrite`` until everything is written (a short write is legal, e.g. on a signal)."""
     view = memoryview(data)
     while view:
