@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from tenacity import (
@@ -52,6 +53,8 @@ from .peers import Peers
 from .recovery import RecoveryScanner
 from .settings import Settings
 from .txlog import TxLog, TxLogStopped
+
+T = TypeVar("T")
 
 __all__ = ["Engine", "Result"]
 
@@ -102,7 +105,7 @@ class Engine:
         self._drivers: dict[tuple[str, str], _Driver] = {}
         #: Phase-two calls sent per transaction, so a failpoint can sit between two of them.
         self._phase_two_calls: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: TxLogStopped | None = None
@@ -202,13 +205,13 @@ class Engine:
         if self.log_stopped is not None:
             raise TxLogStopped(self.log_stopped.reason)
 
-    def _spawn(self, coro: object) -> asyncio.Task[object]:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task[object]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         exc = None if task.cancelled() else task.exception()
         # A task ended by the stopped log is not reported on its own: the stop is, once.
@@ -530,7 +533,7 @@ class Engine:
                 driver.wake.set()
                 continue
             driver = self._drivers[(tx.gtrid, bqual)] = _Driver()
-            driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))  # type: ignore[assignment]
+            driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))
 
     async def _call_once(
         self, tx: sm.Transaction, bqual: str, phase: Phase, savepoint_id: str = ""
@@ -611,7 +614,8 @@ class Engine:
             async for attempt in retrying:
                 with attempt:
                     pending = await self._phase_two_step(tx, bqual, phase)
-                if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
+                outcome = attempt.retry_state.outcome  # set by the `with attempt` block just ended
+                if outcome is not None and not outcome.failed:
                     attempt.retry_state.set_result(pending)
         finally:
             branch.next_retry = None
@@ -686,8 +690,8 @@ class Engine:
         ):
             await asyncio.sleep(0.01)
 
-    async def _append(self, record: object) -> None:
-        await self.log.append(record)  # type: ignore[arg-type]
+    async def _append(self, record: wal_pb2.WalRecord) -> None:
+        await self.log.append(record)
 
     def _drop(self, gtrid: str) -> None:
         self._txs.pop(gtrid, None)

@@ -42,7 +42,8 @@ def wait_healthy(
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"process for {address} exited with code {proc.returncode}")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                # types-grpcio-health-checking declares HealthStub without its RPC attributes.
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)  # type: ignore[attr-defined]
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

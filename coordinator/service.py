@@ -7,11 +7,12 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from participant.proto_enum import proto_enum
 from participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid
 
 from .admin import RESOLVED_OUTCOMES, AdminOps, completion
@@ -69,7 +70,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.EnlistResponse:
         code = await self.engine.enlist(request.gtrid, request.bqual, request.rm_id, request.endpoint)
         reason = f"bqual {request.bqual} is already enlisted in {request.gtrid}" if code else ""
-        return coordinator_pb2.EnlistResponse(code=int(code), reason=reason)
+        return coordinator_pb2.EnlistResponse(code=proto_enum(code, xa_pb2.XaCode), reason=reason)
 
     @rpc
     async def Commit(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
@@ -91,7 +92,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def QueryOutcome(self, request: coordinator_pb2.QueryOutcomeRequest, context: Any) -> Any:
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
         decision = await self.engine.participant_query(xid, request.rm_id, request.endpoint)
-        return coordinator_pb2.QueryOutcomeResponse(decision=int(decision))
+        return coordinator_pb2.QueryOutcomeResponse(decision=proto_enum(decision, xa_pb2.Decision))
 
     @rpc
     async def RegisterParticipant(
@@ -114,7 +115,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
         tx = await self.engine.report_outcome(xid, request.rm_id, phase, code, request.reason)
-        return coordinator_pb2.ReportOutcomeResponse(status=int(tx.status))
+        return coordinator_pb2.ReportOutcomeResponse(status=proto_enum(tx.status, xa_pb2.TransactionStatus))
 
     @rpc
     async def CreateSavepoint(self, request: coordinator_pb2.CreateSavepointRequest, context: Any) -> Any:
@@ -189,15 +190,17 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         admin = method.startswith(_ADMIN)
         if handler is None or method.startswith(_OPEN) or not (admin or self.auth.enabled):
             return handler
-        inner = handler.unary_unary  # every xatm RPC is unary
+        # Every xatm RPC is unary. On grpc.aio its behaviour is a coroutine function; the stubs
+        # type only the threaded server's (a plain function of a grpc.ServicerContext).
+        inner = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], handler.unary_unary)
         auth = self.auth
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:

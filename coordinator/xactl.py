@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from participant._proto import admin_pb2, admin_pb2_grpc
+from participant._proto import admin_pb2, admin_pb2_grpc, xa_pb2
+from participant.proto_enum import proto_enum
 from participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_bqual, validate_gtrid
 
 from . import tls
@@ -160,7 +161,12 @@ def _confirm(args: argparse.Namespace, client: _Client, verb: str) -> bool:
 
 def cmd_list(args: argparse.Namespace, client: _Client) -> int:
     request = admin_pb2.ListTransactionsRequest(
-        statuses=[int(TxStatus.parse(s)) for v in args.status for s in v.split(",") if s],
+        statuses=[
+            proto_enum(TxStatus.parse(s), xa_pb2.TransactionStatus)
+            for v in args.status
+            for s in v.split(",")
+            if s
+        ],
         page_size=args.limit,
         page_token=args.page_token,
     )
@@ -413,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as err:
         if args.debug:
             raise
-        code = err.code()  # type: ignore[attr-defined]
+        code = err.code()
         assert client is not None
-        print(f"xactl: {_explain(client, code, err.details() or code.name)}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"xactl: {_explain(client, code, err.details() or code.name)}", file=sys.stderr)
         return EXIT.get(code, 1)
     except KeyboardInterrupt:
         return 130

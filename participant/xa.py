@@ -12,6 +12,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import grpc
 
@@ -105,7 +106,7 @@ class _Named(enum.IntEnum):
         return "".join(part.capitalize() for part in self.name.split("_"))
 
     @classmethod
-    def parse(cls, text: str):  # type: ignore[no-untyped-def]
+    def parse(cls, text: str) -> Self:
         """Accept the display name (any case) or the enum name."""
         wanted = text.replace("_", "").lower()
         for member in cls:

@@ -284,7 +284,8 @@ class FileWal(TxLog):
     # --- the writer thread ---
 
     def _run(self) -> None:
-        assert self._writer is not None
+        writer = self._writer
+        assert writer is not None  # opened before the thread starts
         while True:
             with self._cond:
                 while not self._queue:
@@ -293,16 +294,16 @@ class FileWal(TxLog):
             try:
                 # The lock file only matters to the next start, so the idle check's pass suffices.
                 checking = any(isinstance(op, _Check) for op in batch)
-                problem = self._writer.vanished() or (self._lock.lost() if checking else None)
+                problem = writer.vanished() or (self._lock.lost() if checking else None)
                 if problem is not None:
                     raise TxLogStopped(problem)
-                if not self._process(self._writer, batch):
+                if not self._process(writer, batch):
                     return
             except Exception as exc:
-                self._stop(batch, exc)
+                self._stop(writer, batch, exc)
                 return
 
-    def _stop(self, batch: list[_Op], exc: Exception) -> None:
+    def _stop(self, writer: SegmentWriter, batch: list[_Op], exc: Exception) -> None:
         """Fail every waiter and every later call with the one ``TxLogStopped`` naming ``exc``."""
         if isinstance(exc, TxLogStopped):
             failure = exc
@@ -320,7 +321,7 @@ class FileWal(TxLog):
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is watching any more
                 self._loop.call_soon_threadsafe(self._failed.set)
         with contextlib.suppress(OSError):  # the failure above is the one to report
-            self._writer.close()  # type: ignore[union-attr]
+            writer.close()
 
     def _process(self, writer: SegmentWriter, batch: list[_Op]) -> bool:
         """Handle one drained batch; False once the log is closed."""

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 from concurrent import futures
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,7 +47,9 @@ RECOVERY_INTERVAL = float(os.environ.get("XATM_RECOVERY_INTERVAL", "30"))
 class Ledger(Protocol):
     """Where a bank keeps its accounts: all that differs between the SQLite and PostgreSQL banks."""
 
-    rm: ResourceManager
+    @property
+    def rm(self) -> ResourceManager:
+        """The resource manager the stub drives (read-only here, so each ledger may narrow it)."""
 
     def apply(self, xid: Xid, account: str, amount: int) -> int:
         """Add ``amount`` within the branch and return the new balance; amount 0 only reads.
@@ -154,7 +156,8 @@ def open_ledger(name: str, store: str) -> Ledger:
     rm = resource.open(name)
     if isinstance(rm, SqliteRM):
         return SqliteLedger(rm)
-    return PostgresLedger(rm, resource.target)  # type: ignore[arg-type]
+    # The only other kind a resource can be; PostgresRM is imported only where psycopg is.
+    return PostgresLedger(cast("PostgresRM", rm), resource.target)
 
 
 def apply(ledger: Ledger, xid: Xid, account: str, amount: int) -> int:
