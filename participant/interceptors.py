@@ -106,6 +106,7 @@ class ClientInterceptor(
             getattr(details, "compression", None),
         )
 
+    # One interceptor serves every method, so requests and calls are typed Any here.
     def intercept_unary_unary(
         self,
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
@@ -155,7 +156,7 @@ def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDeta
 
 
 # grpc.aio files an interceptor under the first kind it is an instance of, so each kind
-# needs its own class.
+# needs its own class. Each serves every method, so requests and calls are typed Any.
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
