@@ -40,6 +40,18 @@ RESOLVED_OUTCOMES = {
 }
 #: Operator reasons are kept short: they go into the log and every audit listing.
 REASON_MAX = 200
+
+
+def _checked_reason(reason: str) -> str:
+    """An operator's reason, stripped; INVALID_ARGUMENT past REASON_MAX characters rather than
+    an audit record that silently lost the end of the justification."""
+    reason = reason.strip()
+    if len(reason) > REASON_MAX:
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
+        )
+    return reason
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
 _WHOLE_REQUEST = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
 T = TypeVar("T")
@@ -116,7 +128,7 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Rollingback (the state machine refuses the rest)."""
-        reason = reason[:REASON_MAX]
+        reason = _checked_reason(reason)
         why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
 
         async def run() -> coordinator_pb2.CompletionResponse:
@@ -128,7 +140,7 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Committing (the state machine refuses the rest)."""
-        reason = reason[:REASON_MAX]
+        reason = _checked_reason(reason)
 
         async def run() -> coordinator_pb2.CompletionResponse:
             return completion(await self.engine.force_commit(gtrid))
@@ -148,7 +160,7 @@ class AdminOps:
         validate_bqual(bqual)
         if outcome not in RESOLVED_OUTCOMES.values():
             raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "state the outcome: committed or rolledback")
-        reason = reason.strip()[:REASON_MAX]
+        reason = _checked_reason(reason)
         if not reason:
             raise XatmError(
                 grpc.StatusCode.INVALID_ARGUMENT, "a reason is required to resolve a branch by hand"

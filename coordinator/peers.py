@@ -66,10 +66,19 @@ class Peers:
             stub = self._stubs[endpoint] = participant_pb2_grpc.ParticipantStub(channel)
         return stub
 
-    async def _invoke(self, endpoint: str, method: str, request: Message, timeout: float) -> Any:
-        """One unary call; returns a valid reply or raises PeerError, nothing else."""
+    async def _invoke(
+        self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
+    ) -> Any:
+        """One unary call; returns a valid reply or raises PeerError, nothing else.
+
+        ``wait_for_ready``: a channel still in its reconnect backoff after the peer restarted
+        waits for the connection within ``timeout`` instead of failing at once with the last
+        connection error (gRPC's default), so a participant back at its address takes part in
+        the very next prepare.
+        """
         try:
-            reply = await getattr(self._stub(endpoint), method)(request, timeout=timeout)
+            call = getattr(self._stub(endpoint), method)
+            reply = await call(request, timeout=timeout, wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as err:
             raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
         except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
@@ -113,7 +122,7 @@ class Peers:
         outcome can be looked up for it, and it must not hide the well-formed ones.
         """
         request = participant_pb2.RecoverRequest(format_id=format_id)
-        reply = await self._invoke(endpoint, "Recover", request, timeout)
+        reply = await self._invoke(endpoint, "Recover", request, timeout, wait_for_ready=False)
         xids = []
         for wire in reply.xids:
             if wire.format_id == format_id:

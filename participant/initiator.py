@@ -85,6 +85,18 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+#: Failures of a call after which the coordinator may or may not have acted on it.
+_NO_ANSWER = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
 class TransactionError(XatmError):
     """A commit or rollback that the coordinator answered with another outcome than asked.
 
@@ -267,7 +279,17 @@ class _TransactionBase:
 
     def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
         self._end()
-        reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+        try:
+            reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+        except XatmError as error:
+            if error.code not in _NO_ANSWER:
+                raise
+            # The request may have reached the coordinator: say so, and where to look.
+            raise XatmError(
+                error.code,
+                f"{error.message}; the outcome of the commit of {self.gtrid} is unknown here:"
+                f" ask tx.status(), GetStatus or xactl show {self.gtrid}",
+            ) from None
         if reply.outcome != TxOutcome.TX_OK:
             raise TransactionError.of("commit", reply)
         return reply

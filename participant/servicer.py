@@ -121,8 +121,7 @@ class ParticipantCore:
         xid = _xid(request.xid)
         injected = failpoints.hit("participant.commit")
         if injected is not None:
-            reply = _reply(injected, "failpoint participant.commit")
-            return self._one_phase_failed(xid, reply) if request.one_phase else reply
+            return self._injected_commit(xid, injected, request.one_phase)
         self._completed(xid)
         reply = self._call("commit", xid, lambda: self.rm.commit(xid, request.one_phase))
         if request.one_phase:
@@ -130,6 +129,19 @@ class ParticipantCore:
         injected = failpoints.hit("participant.after_commit")
         if injected is not None:
             return _reply(injected, "failpoint participant.after_commit")
+        return reply
+
+    def _injected_commit(self, xid: Xid, code: XaCode, one_phase: bool) -> participant_pb2.XaReply:
+        """A failpoint's answer to a commit, made true at the RM as a real RM answering it would
+        have: a heuristic commit commits, a heuristic rollback rolls back, a failed one-phase
+        commit rolls back; the other codes leave the branch as it was."""
+        reply = _reply(code, "failpoint participant.commit")
+        if code == XaCode.XA_HEURCOM:
+            self._call("commit", xid, lambda: self.rm.commit(xid, one_phase))
+        elif code == XaCode.XA_HEURRB:
+            self._call("rollback", xid, lambda: self.rm.rollback(xid))
+        elif one_phase:
+            return self._one_phase_failed(xid, reply)
         return reply
 
     def _one_phase_failed(self, xid: Xid, reply: participant_pb2.XaReply) -> participant_pb2.XaReply:

@@ -345,3 +345,15 @@ def test_no_token_or_hash_reaches_a_log(coordinator: Proc) -> None:
     for _, token in TOKENS.values():
         for secret in (token, hash_token(token), token[4:20]):  # ...without the secrets
             assert secret not in log
+
+
+def test_an_overlong_reason_is_refused_not_cut(coordinator: Proc) -> None:
+    """The audit keeps an operator's whole justification, or the operation is refused."""
+    gtrid = _begin(coordinator)
+    done = xactl(coordinator.address, "rollback", gtrid, "--yes", "--reason", "r" * 201, token=OPS)
+    assert done.returncode == INVALID and "at most 200" in done.stderr
+    reply = rest(
+        f"http://{coordinator.http}", "DELETE", f"{COLLECTION}/{gtrid}?reason={'r' * 201}", token=OPS
+    )
+    assert reply.status == 400 and "at most 200" in reply.body["error"]
+    assert _status(coordinator, gtrid) is TxStatus.CREATED

@@ -121,3 +121,22 @@ def test_a_restarted_participant_is_reconnected(bank_system: BankSystem) -> None
     bank_system.wait_status(tx.gtrid, TxStatus.ROLLEDBACK)
     assert bank.transfer("alice", "bob", 2).committed
     assert (bank_system.balance("bank-a", "alice"), bank_system.balance("bank-b", "bob")) == (997, 1003)
+
+
+def test_a_participant_restarted_at_its_address_takes_part_in_the_next_prepare(
+    bank_system: BankSystem,
+) -> None:
+    """Right after a restart the coordinator's channel may still sit in its reconnect backoff
+    from the calls that failed while the peer was down: the next prepare waits for the
+    connection within its deadline instead of failing with the stale error."""
+    bank = bank_system.bank
+    assert bank is not None
+    bank_b = bank_system.banks["bank-b"]
+    for _ in range(4):
+        tx = _debit_and_credit(bank, 1)
+        bank_b.kill()
+        with pytest.raises(TransactionRolledBack):
+            tx.commit()  # its rollback keeps calling the dead peer: the channel backs off
+        bank_b.start()
+        result = bank.transfer("alice", "bob", 1)
+        assert result.committed, result.detail

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from participant import TransactionError
+from participant import TransactionError, XatmError
 from participant.xa import TxOutcome, TxStatus, XaCode
 from tests.bank_system import BankSystem
 from tests.chaos import wait_final
@@ -138,3 +139,46 @@ def test_two_phase_answer_before_a_durable_decision_is_unknown(
     info = system.wait_status(tx.gtrid, TxStatus.ROLLEDBACK)
     assert info.recovered
     assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (1000, 1000)
+
+
+def test_a_heuristic_failpoint_is_acted_out_at_the_store(systems: list[BankSystem], tmp_path: Path) -> None:
+    """return(XA_HEURRB) at a two-phase commit rolls bank-a's branch back for real: the answer
+    (TX_MIXED) and the stores agree, and no resolver commits the branch later."""
+    system = _start(systems, tmp_path, "participant.commit=return(XA_HEURRB)")
+    assert system.bank is not None
+    with pytest.raises(TransactionError) as raised, system.bank.tm.begin() as tx:
+        system.apply("bank-a", "alice", -100)
+        system.apply("bank-b", "bob", 100)
+    assert raised.value.outcome == TxOutcome.TX_MIXED
+    info = wait_final(system, tx.gtrid, 30)
+    assert info is not None and TxStatus(info.status) == TxStatus.HEURISTICALLY_COMPLETED
+    assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (1000, 1100)
+    assert system.stores["bank-a"].leftovers() == {}
+
+
+def test_a_one_phase_heuristic_commit_failpoint_commits(systems: list[BankSystem], tmp_path: Path) -> None:
+    system = _start(systems, tmp_path, "participant.commit=return(XA_HEURCOM)")
+    gtrid, error = _one_branch_commit(system)
+    assert error is None  # a heuristic commit agreeing with the commit is TX_OK
+    info = wait_final(system, gtrid, 30)
+    assert info is not None and TxStatus(info.status) == TxStatus.HEURISTICALLY_COMPLETED
+    assert system.balance("bank-a", "alice") == 1050
+    assert system.stores["bank-a"].leftovers() == {}
+
+
+def test_a_commit_whose_reply_is_lost_says_the_outcome_is_unknown(
+    systems: list[BankSystem], tmp_path: Path
+) -> None:
+    """The coordinator dies after its decision is durable: the initiator cannot know, and says so."""
+    system = _start(systems, tmp_path, XATM_FAILPOINTS="coordinator.after_decision=crash")
+    assert system.bank is not None
+    with pytest.raises(XatmError) as raised, system.bank.tm.begin() as tx:
+        system.apply("bank-a", "alice", -100)
+        system.apply("bank-b", "bob", 100)
+    assert not isinstance(raised.value, TransactionError)
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert f"the outcome of the commit of {tx.gtrid} is unknown" in raised.value.message
+    system.coordinator.kill()
+    system.coordinator.start(extra_env={"XATM_FAILPOINTS": ""})
+    system.wait_status(tx.gtrid, TxStatus.COMMITTED)
+    assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (900, 1100)
