@@ -21,7 +21,7 @@ from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
 from coordinator.auth import Authenticator, AuthFileError, Role, add_parser, hash_token
-from coordinator.openapi import OPENAPI_PATH, document
+from coordinator.httpapi import OPENAPI_PATH, document
 from coordinator.procs import REPO, Proc, coordinator_proc, free_port
 from participant import TransactionManager
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
