@@ -26,8 +26,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
-__all__ = ["Health", "Uvicorn", "add_probes", "split_hostport"]
+__all__ = ["Health", "Uvicorn", "add_probes", "probe_app", "split_hostport"]
 
 log = logging.getLogger("xatm.http")
 
@@ -86,6 +87,20 @@ def add_probes(app: FastAPI, health: Health, *, health_model: type | None = None
     async def healthz(request: Request) -> JSONResponse:
         status, body = await health(request)
         return JSONResponse(body, status)
+
+
+async def _refused(request: Request, err: Exception) -> Response:
+    assert isinstance(err, HTTPException)
+    return JSONResponse({"error": str(err.detail).lower()}, err.status_code, err.headers)
+
+
+def probe_app(health: Health) -> FastAPI:
+    """An app with only the probes; any other path is 404 ``{"error": "not found"}``."""
+    app = FastAPI(
+        openapi_url=None, docs_url=None, redoc_url=None, exception_handlers={HTTPException: _refused}
+    )
+    add_probes(app, health)
+    return app
 
 
 class _TlsFirst(asyncio.Protocol):
