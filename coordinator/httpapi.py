@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from participant._proto.coordinator_pb2 import CompletionResponse
 from participant.xa import TxStatus, XatmError
 
 from .admin import MAX_FORGET, MAX_PAGE, AdminOps
@@ -381,6 +382,22 @@ _PERMISSIONS = {
 }
 
 
+def _traced(view: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """An admin answer: the view and the request's trace id."""
+    return {**view, "traceId": caller.trace_id}
+
+
+def _forced(
+    run: Callable[[AdminOps, Caller, str, str], Awaitable[CompletionResponse]],
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The endpoint of a forced commit or rollback: ``run`` is the AdminOps method."""
+
+    async def forced(caller: CallerDep, ops: OpsDep, gtrid: Gtrid, reason: Reason = "") -> dict[str, Any]:
+        return _traced(completion_view(await run(ops, caller, gtrid, reason)), caller)
+
+    return forced
+
+
 def _admin_router() -> APIRouter:
     router = APIRouter(
         route_class=_AdminRoute,
@@ -427,7 +444,7 @@ def _admin_router() -> APIRouter:
         statuses = [TxStatus.parse(s) for value in status or () for s in value.split(",")]
         since = parse_since(begin) if begin is not None else None
         page = await ops.list_transactions(caller, statuses, since, limit, page_token)
-        return {**list_view(page), "traceId": caller.trace_id}
+        return _traced(list_view(page), caller)
 
     @router.get(
         f"{COLLECTION}/{{gtrid:gtrid}}",
@@ -437,37 +454,31 @@ def _admin_router() -> APIRouter:
         responses=_errors(400, 401, 403, 404, 503),
     )
     async def show(caller: CallerDep, ops: OpsDep, gtrid: Gtrid) -> dict[str, Any]:
-        return {**transaction_view(await ops.get(caller, gtrid)), "traceId": caller.trace_id}
+        return _traced(transaction_view(await ops.get(caller, gtrid)), caller)
 
-    forced = {
-        "response_model": Completion,
-        "responses": _errors(400, 401, 403, 404, 412, 503),
-    }
-
-    @router.put(
-        f"{COLLECTION}/{{gtrid:gtrid}}",
-        operation_id="forceCommit",
-        summary="Force commit (only from Created, Preparing, Committing); audited",
-        **forced,
-    )
-    async def force_commit(
-        caller: CallerDep, ops: OpsDep, gtrid: Gtrid, reason: Reason = ""
-    ) -> dict[str, Any]:
-        return {**completion_view(await ops.force_commit(caller, gtrid, reason)), "traceId": caller.trace_id}
-
-    @router.delete(
-        f"{COLLECTION}/{{gtrid:gtrid}}",
-        operation_id="forceRollback",
-        summary="Force rollback (only from Created, Preparing, Rollingback); audited",
-        **forced,
-    )
-    async def force_rollback(
-        caller: CallerDep, ops: OpsDep, gtrid: Gtrid, reason: Reason = ""
-    ) -> dict[str, Any]:
-        return {
-            **completion_view(await ops.force_rollback(caller, gtrid, reason)),
-            "traceId": caller.trace_id,
-        }
+    for verb, name, summary, run in (
+        (
+            "PUT",
+            "forceCommit",
+            "Force commit (only from Created, Preparing, Committing)",
+            AdminOps.force_commit,
+        ),
+        (
+            "DELETE",
+            "forceRollback",
+            "Force rollback (only from Created, Preparing, Rollingback)",
+            AdminOps.force_rollback,
+        ),
+    ):
+        router.add_api_route(
+            f"{COLLECTION}/{{gtrid:gtrid}}",
+            _forced(run),
+            methods=[verb],
+            operation_id=name,
+            summary=f"{summary}; audited",
+            response_model=Completion,
+            responses=_errors(400, 401, 403, 404, 412, 503),
+        )
 
     @router.post(
         f"{COLLECTION}/{{gtrid:gtrid}}/branches/{{bqual}}/resolve",
@@ -485,7 +496,7 @@ def _admin_router() -> APIRouter:
         body: ResolveRequest,
     ) -> dict[str, Any]:
         done = await ops.resolve_branch(caller, gtrid, bqual, body.outcome, body.reason)
-        return {**completion_view(done), "traceId": caller.trace_id}
+        return _traced(completion_view(done), caller)
 
     @router.post(
         f"{COLLECTION}/bulk",
@@ -495,7 +506,7 @@ def _admin_router() -> APIRouter:
         responses=_errors(400, 401, 403, 413, 503),
     )
     async def forget(caller: CallerDep, ops: OpsDep, body: ForgetRequest) -> dict[str, Any]:
-        return {**forget_view(await ops.forget(caller, body.txids)), "traceId": caller.trace_id}
+        return _traced(forget_view(await ops.forget(caller, body.txids)), caller)
 
     @router.get(
         OPENAPI_PATH,
