@@ -158,6 +158,12 @@ def _error(
     return JSONResponse({"error": message, "traceId": request.state.trace}, status, headers)
 
 
+def _path(scope: Scope) -> str:
+    """The request's path as sent (percent-encoded, so it cannot break a log line), shortened."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw.decode("latin-1")[:100]
+
+
 def _bad(message: str) -> XatmError:
     return XatmError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -168,14 +174,14 @@ async def _refused(request: Request, err: Exception) -> Response:
     if err.code != grpc.StatusCode.UNAUTHENTICATED:
         return _error(request, status, err.message)
     client = request.client.host if request.client else "?"
-    log.info("refused %s %s from %s: %s", request.method, request.url.path[:100], client, err.message)
+    log.info("refused %s %s from %s: %s", request.method, _path(request.scope), client, err.message)
     return _error(request, status, err.message, {"WWW-Authenticate": 'Bearer realm="xatm"'})
 
 
 async def _no_route(request: Request, err: Exception) -> Response:
     """404 and 405 from routing; a 405 names every verb the path has, as ``Allow`` does."""
     assert isinstance(err, HTTPException)
-    path = request.url.path[:100]
+    path = _path(request.scope)
     if err.status_code == HTTPStatus.NOT_FOUND:
         return _error(request, err.status_code, f"no resource at {path}; see {OPENAPI_PATH}")
     if err.status_code != HTTPStatus.METHOD_NOT_ALLOWED:
@@ -247,9 +253,7 @@ class _Envelope:
         try:
             await self.app(scope, receive, traced)
         except Exception:
-            log.exception(
-                "internal error serving %s %s (trace %s)", scope["method"], scope["path"][:100], trace
-            )
+            log.exception("internal error serving %s %s (trace %s)", scope["method"], _path(scope), trace)
             if not started:
                 text = f"internal error; see the coordinator log (trace id {trace})"
                 await _send_error(traced, HTTPStatus.INTERNAL_SERVER_ERROR, text, trace)
