@@ -131,12 +131,11 @@ class Coordinator:
         self.http = HttpServer(
             self.settings.http_listen,
             self.engine,
-            asyncio.get_running_loop(),
             ops=ops,
             auth=self.auth,
             ssl_context=tls.server_ssl_context(self.settings) if self.tls else None,
         )
-        self.http.start()
+        await self.http.start()
         self._services = names[:2]
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_log())
@@ -180,7 +179,7 @@ class Coordinator:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
-            self.http.stop()
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace)
         try:

@@ -53,7 +53,7 @@ class Peers:
         ]
         self._credentials = credentials
         self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
         stub = self._stubs.get(endpoint)
@@ -62,9 +62,13 @@ class Peers:
                 channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
             else:
                 channel = grpc.aio.insecure_channel(endpoint, options=self._options)
-            self._channels.append(channel)
+            self._channels[endpoint] = channel
             stub = self._stubs[endpoint] = participant_pb2_grpc.ParticipantStub(channel)
         return stub
+
+    def _unconnected(self, endpoint: str) -> bool:
+        channel = self._channels.get(endpoint)
+        return channel is not None and channel.get_state() != grpc.ChannelConnectivity.READY
 
     async def _invoke(
         self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
@@ -80,6 +84,10 @@ class Peers:
             call = getattr(self._stub(endpoint), method)
             reply = await call(request, timeout=timeout, wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._unconnected(endpoint):
+                # Waiting for a connection that never came: say so, not just "deadline".
+                reason = f"UNAVAILABLE: no connection to {endpoint} within {timeout:g} s (deadline exceeded)"
+                raise PeerError(reason, transport=True) from None
             raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
         except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
             raise PeerError(f"{method} call failed: {type(err).__name__}: {err}", transport=True) from None
@@ -136,7 +144,7 @@ class Peers:
         return xids, reply.rm_id
 
     async def close(self) -> None:
-        for channel in self._channels:
+        for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
         self._stubs.clear()

@@ -28,8 +28,6 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +39,8 @@ from .rm import BranchEnded
 from .xa import XaCode, XaError, XatmError, Xid
 
 if TYPE_CHECKING:
+    from coordinator.asgi import Uvicorn
+
     from .rm import ResourceManager
     from .stub import ParticipantStub
 
@@ -389,47 +389,6 @@ def _key(key: str) -> str:
     return key
 
 
-# ------------------------------------------------------------------ HTTP: /metrics, /healthz
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HttpServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: Prometheus scrapes every few seconds."""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-            status, body, kind = HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST
-        elif path == "/healthz":
-            agent = self.server.agent
-            status = HTTPStatus.SERVICE_UNAVAILABLE if agent.stopping else HTTPStatus.OK
-            state = {"status": "shutting down" if agent.stopping else "ok", "rm_id": agent.rm.rm_id}
-            body, kind = json.dumps({**state, "resource": agent.resource.kind}).encode(), "application/json"
-        else:
-            status, body, kind = HTTPStatus.NOT_FOUND, b'{"error": "not found"}', "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], agent: Agent):
-        host, port = address[0].strip("[]"), address[1]
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), _Handler)
-        self.agent = agent
-
-
 # ------------------------------------------------------------------ the process
 
 
@@ -457,20 +416,21 @@ class Agent:
             futures.ThreadPoolExecutor(max_workers=settings.pool_size + 16),
             interceptors=[ParticipantStub.server_interceptor()],
         )
-        self.http: _HttpServer | None = None
-        self._http_thread: threading.Thread | None = None
+        self.http: Uvicorn | None = None
 
     def start(self) -> None:
         """Bind, serve, resolve in-doubt branches; OSError when a port cannot be bound."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
+        from coordinator.asgi import Uvicorn, probe_app
+
         from ._proto import participant_pb2
         from .stub import ParticipantStub
 
         settings = self.settings
         try:
-            self.http = _HttpServer(_hostport(settings.http_listen, "--http-listen"), self)
+            self.http = Uvicorn(probe_app(self._health), settings.http_listen)
         except OSError as err:
             raise OSError(f"cannot listen on --http-listen {settings.http_listen}: {err.strerror}") from err
         try:
@@ -495,21 +455,24 @@ class Agent:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), self.server)
         self.server.start()
-        self._http_thread = threading.Thread(
-            target=self.http.serve_forever, name="xatm-agent-http", daemon=True
-        )
-        self._http_thread.start()
+        self.http.start_thread("xatm-agent-http")
         self.stub.start_recovery(self.settings.recovery_interval)
         for name in ("", *names):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "participant agent %s (%s) serving gRPC on %s (advertised as %s), HTTP on %s:%d",
+            "participant agent %s (%s) serving gRPC on %s (advertised as %s), HTTP on %s (port %d)",
             self.rm.rm_id,
             self.resource.kind,
             settings.listen,
             self.stub.advertise,
-            *self.http.server_address[:2],
+            settings.http_listen,
+            self.http.port,
         )
+
+    async def _health(self, request: Any) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: 200 while serving, 503 once stopping; names the RM and its kind."""
+        state = {"status": "shutting down" if self.stopping else "ok", "rm_id": self.rm.rm_id}
+        return (503 if self.stopping else 200), {**state, "resource": self.resource.kind}
 
     def _advertise(self, port: int) -> str:
         if self.settings.advertise:
@@ -531,10 +494,8 @@ class Agent:
         self.stopping = True
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self._http_thread is not None:
-            self.http.shutdown()  # type: ignore[union-attr]
         if self.http is not None:
-            self.http.server_close()
+            self.http.stop_thread()
         if self.stub is not None:
             self.stub.close()
         self.rm.close()

@@ -282,8 +282,8 @@ class _TransactionBase:
         try:
             reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
         except XatmError as error:
-            if error.code not in _NO_ANSWER:
-                raise
+            if type(error) is not XatmError or error.code not in _NO_ANSWER:
+                raise  # a refusal, or a typed failure (a malformed reply) that says enough
             # The request may have reached the coordinator: say so, and where to look.
             raise XatmError(
                 error.code,

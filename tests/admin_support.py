@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def xactl_json(coordinator: str, *args: str, token: str | None = None) -> Any:
 @dataclass
 class Reply:
     status: int
-    headers: dict[str, str]
+    headers: Message  # looked up without regard to case, as HTTP header names are
     body: Any
 
 
@@ -75,9 +76,9 @@ def rest(
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as resp:
-            status, got, raw = resp.status, dict(resp.headers), resp.read()
+            status, got, raw = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
-        status, got, raw = err.code, dict(err.headers), err.read()
+        status, got, raw = err.code, err.headers, err.read()
     parsed = json.loads(raw) if got.get("Content-Type") == "application/json" else raw.decode()
     return Reply(status, got, parsed)
 

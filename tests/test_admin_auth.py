@@ -7,7 +7,9 @@ import argparse
 import http.client
 import io
 import json
+import re
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
 from coordinator.auth import Authenticator, AuthFileError, Role, add_parser, hash_token
-from coordinator.openapi import OPENAPI_PATH, document
+from coordinator.httpapi import OPENAPI_PATH, document
 from coordinator.procs import REPO, Proc, coordinator_proc, free_port
 from participant import TransactionManager
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
@@ -332,6 +334,44 @@ def test_a_bad_auth_file_stops_start_up(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 1 and "role must be one of viewer, operator, service" in done.stderr
+
+
+def test_the_role_is_judged_before_the_input_and_malformed_input_is_400(coordinator: Proc) -> None:
+    base = f"http://{coordinator.http}"
+    resolve = f"{COLLECTION}/{UNKNOWN}/branches/b1/resolve"
+    # A viewer learns that it may not, not what is wrong with what it sent.
+    assert rest(base, "POST", resolve, token=VIEWER, body={"outcome": "gone"}).status == 403
+    assert rest(base, "POST", f"{COLLECTION}/bulk", token=VIEWER, body={"ids": []}).status == 403
+    for method, path, body in (
+        ("POST", resolve, {"outcome": "gone", "reason": "x"}),
+        ("POST", resolve, {"outcome": "committed"}),
+        ("POST", resolve, {"outcome": "committed", "reason": "x", "extra": 1}),
+        ("POST", f"{COLLECTION}/bulk", {"txids": "not-a-list"}),
+        ("GET", f"{COLLECTION}?limit=many", None),
+        ("GET", f"{COLLECTION}?limit=1&limit=2", None),
+    ):
+        reply = rest(base, method, path, token=OPS, body=body)
+        assert reply.status == 400, (path, body, reply.body)
+        assert set(reply.body) == {"error", "traceId"} and "\n" not in reply.body["error"]
+    connection = http.client.HTTPConnection(coordinator.http, timeout=10)
+    connection.request("POST", resolve, b"{not json", {"Authorization": f"Bearer {OPS}"})
+    response = connection.getresponse()
+    assert response.status == 400 and set(json.loads(response.read())) == {"error", "traceId"}
+    connection.close()
+
+
+def test_http_events_go_through_the_coordinator_log_one_line_each(coordinator: Proc) -> None:
+    with socket.create_connection(coordinator.http.rsplit(":", 1)) as garbage:  # not HTTP at all
+        garbage.sendall(b"\x00\x01 nonsense\r\n\r\n")
+        assert garbage.recv(1024).startswith(b"HTTP/1.1 400")
+    assert rest(f"http://{coordinator.http}", "GET", "/healthz").status == 200
+    lines = Path(coordinator.log_path).read_text().splitlines()
+    assert any(" uvicorn.access: " in line and "GET /healthz HTTP/1.1" in line for line in lines)
+    assert any(" uvicorn.error: " in line and "Invalid HTTP request" in line for line in lines)
+    assert [
+        line for line in lines if not re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line)
+    ] == []
+    assert "Traceback" not in "\n".join(lines)
 
 
 def test_no_token_or_hash_reaches_a_log(coordinator: Proc) -> None:
