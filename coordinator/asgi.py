@@ -63,7 +63,10 @@ def add_probes(app: FastAPI, health: Health, *, health_model: type | None = None
 
     ``health_model`` documents the ``/healthz`` body in the app's OpenAPI document.
     """
-    documented = {200: {"description": "Serving."}, 503: {"description": "Not serving; see status."}}
+    documented: dict[int, dict[str, Any]] = {
+        200: {"description": "Serving."},
+        503: {"description": "Not serving; see status."},
+    }
     if health_model is not None:
         documented = {code: {**doc, "model": health_model} for code, doc in documented.items()}
 
@@ -139,9 +142,11 @@ class _TlsFirst(asyncio.Protocol):
         # bytes were read here, which are then handed to the TLS layer.
         from asyncio.sslproto import SSLProtocol
 
+        # typeshed types the waiter as required and the timeout as int; CPython takes None
+        # (no one waits for the handshake) and any number of seconds.
         secure = SSLProtocol(
-            self._loop, self._http(), self._context, None, server_side=True,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            self._loop, self._http(), self._context, None, server_side=True,  # type: ignore[arg-type]
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,  # type: ignore[arg-type]
         )  # fmt: skip
         transport.set_protocol(secure)
         secure.connection_made(transport)
