@@ -95,34 +95,45 @@ def _bad_config(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(
-    ("argv", "env", "toml", "message"),
-    [
-        (["--node-id", "a b"], {}, None, "--node-id must be 1-24 characters of [A-Za-z0-9_-], not 'a b'"),
-        (["--node-id", "x" * 25], {}, None, "--node-id must be 1-24 characters"),
-        (
-            [],
-            {"XATM_NODE_ID": "n.1"},
-            None,
-            "XATM_NODE_ID must be 1-24 characters of [A-Za-z0-9_-], not 'n.1'",
-        ),
-        ([], {}, "node_id = 'é'", "node_id must be 1-24 characters of [A-Za-z0-9_-], not 'é'"),
-        (["--call-timeout", "soon"], {}, None, "--call-timeout: invalid value 'soon'"),
-        ([], {"XATM_RETRY_INITIAL": "0"}, None, "XATM_RETRY_INITIAL must be > 0, not 0.0"),
-        ([], {}, "max_history = -5", "max_history must be >= 1, not -5"),
-        (["--listen", "[::1]7070"], {}, None, "--listen '[::1]7070' must be HOST:PORT"),
-        ([], {"XATM_HTTP_LISTEN": "127.0.0.1:99999"}, None, "XATM_HTTP_LISTEN '127.0.0.1:99999' must be"),
-        ([], {}, "listen = 'a b:1'", "listen 'a b:1' must be HOST:PORT (no spaces or control characters"),
-    ],
-)
-def test_a_bad_coordinator_setting_from_any_source_exits_2_naming_it(
-    tmp_path: Path, argv: list[str], env: dict[str, str], toml: str | None, message: str
+C, P = "coordinator", "participant"
+
+
+# fmt: off
+#: (program, flags, env, config file, what the one line says)
+_BAD_SETTINGS = [
+    (C, ["--node-id", "a b"], {}, None, "--node-id must be 1-24 characters of [A-Za-z0-9_-], not 'a b'"),
+    (C, ["--node-id", "x" * 25], {}, None, "--node-id must be 1-24 characters"),
+    (C, [], {"XATM_NODE_ID": "n.1"}, None, "XATM_NODE_ID must be 1-24 characters of [A-Za-z0-9_-]"),
+    (C, [], {}, "node_id = 'é'", "node_id must be 1-24 characters of [A-Za-z0-9_-], not 'é'"),
+    (C, ["--call-timeout", "soon"], {}, None, "--call-timeout: invalid value 'soon'"),
+    (C, [], {"XATM_RETRY_INITIAL": "0"}, None, "XATM_RETRY_INITIAL must be > 0, not 0.0"),
+    (C, [], {}, "max_history = -5", "max_history must be >= 1, not -5"),
+    (C, ["--listen", "[::1]7070"], {}, None, "--listen '[::1]7070' must be HOST:PORT"),
+    (C, [], {"XATM_HTTP_LISTEN": "127.0.0.1:99999"}, None, "XATM_HTTP_LISTEN '127.0.0.1:99999' must be"),
+    (C, [], {}, "listen = 'a b:1'", "listen 'a b:1' must be HOST:PORT (no spaces or control characters"),
+    (P, ["--coordinator", "coord"], {}, None, "--coordinator 'coord' must be HOST:PORT (no port)"),
+    (P, [], {"XATM_ADVERTISE": "agent:0"}, None, "XATM_ADVERTISE 'agent:0' must be HOST:PORT"),
+    (P, [], {"XATM_POOL_SIZE": "many"}, None, "XATM_POOL_SIZE: invalid value 'many'"),
+    (P, [], {}, "[participant]\nlock_timeout_ms = -1", "lock_timeout_ms must be >= 0, not -1"),
+    (P, [], {}, "[participant]\nlisten = '::1:7080'", "listen '::1:7080' must be HOST:PORT (an IPv6"),
+    (P, [], {}, "[participant]\nno_such_key = 1", "unknown key 'no_such_key'"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("program", "argv", "env", "toml", "message"), _BAD_SETTINGS)
+def test_a_bad_setting_from_any_source_exits_2_naming_it(
+    tmp_path: Path, program: str, argv: list[str], env: dict[str, str], toml: str | None, message: str
 ) -> None:
+    if program == "coordinator":
+        argv = ["--data-dir", str(tmp_path / "data"), *argv]
+    else:
+        argv = ["--resource", f"sqlite:{tmp_path / 'kv.db'}", *argv]
     if toml is not None:
         argv = [*argv, "--config", _bad_config(tmp_path, toml)]
         message = f"config file {tmp_path / 'bad.toml'}: {message}"
-    line = _one_line(_xatm("coordinator", "--data-dir", str(tmp_path / "data"), *argv, env=env))
-    assert line.startswith("xatm coordinator: ") and message in line, line
+    line = _one_line(_xatm(program, *argv, env=env))
+    assert line.startswith(f"xatm {program}: ") and message in line, line
 
 
 def test_a_bad_node_id_file_in_the_data_dir_exits_2(tmp_path: Path) -> None:
@@ -140,27 +151,6 @@ def test_a_bad_node_id_file_in_the_data_dir_exits_2(tmp_path: Path) -> None:
     assert sorted(p.name for p in data.iterdir()) == ["NODE_ID"], "a refused start must create no log"
 
 
-@pytest.mark.parametrize(
-    ("argv", "env", "toml", "message"),
-    [
-        (["--coordinator", "coord"], {}, None, "--coordinator 'coord' must be HOST:PORT (no port)"),
-        ([], {"XATM_ADVERTISE": "agent:0"}, None, "XATM_ADVERTISE 'agent:0' must be HOST:PORT"),
-        ([], {"XATM_POOL_SIZE": "many"}, None, "XATM_POOL_SIZE: invalid value 'many'"),
-        ([], {}, "[participant]\nlock_timeout_ms = -1", "lock_timeout_ms must be >= 0, not -1"),
-        ([], {}, "[participant]\nlisten = '::1:7080'", "listen '::1:7080' must be HOST:PORT (an IPv6"),
-        ([], {}, "[participant]\nno_such_key = 1", "unknown key 'no_such_key'"),
-    ],
-)
-def test_a_bad_agent_setting_from_any_source_exits_2_naming_it(
-    tmp_path: Path, argv: list[str], env: dict[str, str], toml: str | None, message: str
-) -> None:
-    if toml is not None:
-        argv = [*argv, "--config", _bad_config(tmp_path, toml)]
-        message = f"config file {tmp_path / 'bad.toml'}: {message}"
-    line = _one_line(_xatm("participant", "--resource", f"sqlite:{tmp_path / 'kv.db'}", *argv, env=env))
-    assert line.startswith("xatm participant: ") and message in line, line
-
-
 def test_xactl_refuses_a_malformed_coordinator_address_as_a_usage_error() -> None:
     for argv, env in ((["--coordinator", "localhost"], {}), ([], {"XATM_COORDINATOR": "h:7070:1"})):
         done = subprocess.run(
@@ -172,6 +162,21 @@ def test_xactl_refuses_a_malformed_coordinator_address_as_a_usage_error() -> Non
         )
         line = _one_line(done)
         assert line.startswith("xactl: --coordinator (or XATM_COORDINATOR) '") and "must be HOST:PORT" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "coordinator.bench_participant", "--listen", "nope", "--rm-id", "b"],
+        ["-m", "examples.bank.account_service", "--name", "a", "--listen", "127.0.0.1:1", "--db", "x.db",
+         "--coordinator", "[::1]"],
+    ],
+    ids=["bench-participant", "bank-account-service"],
+)  # fmt: skip
+def test_the_example_servers_refuse_a_malformed_address_as_a_usage_error(argv: list[str]) -> None:
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "must be HOST:PORT" in done.stderr.strip().splitlines()[-1]
 
 
 # ------------------------------------------------------------------ the address type
