@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-failpoints", action="store_true", help="print every failpoint name and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    coord = sub.add_parser("coordinator", help="run the coordinator", description="Run the xatm coordinator.")
+    coord = sub.add_parser(
+        "coordinator",
+        help="run the coordinator",
+        description="Run the xatm coordinator. Every flag also comes from XATM_<FLAG> or from the "
+        "[coordinator] table (or top level) of the --config file; flags win over env, env over the file.",
+    )
     coord.add_argument("--config", default=None, metavar="FILE", help="TOML config file (env XATM_CONFIG)")
     coord.add_argument(
         "--repair-wal", action="store_true", help="back up and truncate a damaged write-ahead log, then exit"

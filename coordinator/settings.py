@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from participant.config import ListenAddress, PositiveFloat, PositiveInt, UsageError, XatmSettings, load
 
@@ -20,6 +20,10 @@ NODE_FILE = "NODE_ID"
 # The node id starts every gtrid this node begins ("<node>.<28 hex digits>"), so it keeps to
 # the gtrid alphabet without its separator and leaves the gtrid within its 64 characters.
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
+
+
+#: A file setting; "" (an empty TOML string) means none, as an unset one does.
+OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]
 
 
 def check_node_id(value: str) -> str:
@@ -35,37 +39,43 @@ class Settings(XatmSettings):
 
     section = "coordinator"
 
-    listen: ListenAddress = Field("127.0.0.1:7070", description="gRPC listen address")
+    listen: ListenAddress = Field(default="127.0.0.1:7070", description="gRPC listen address")
     http_listen: ListenAddress = Field(
-        "127.0.0.1:7071", description="HTTP address for the REST admin API, /metrics and /healthz"
+        default="127.0.0.1:7071", description="HTTP address for the REST admin API, /metrics and /healthz"
     )
-    data_dir: Path = Field(Path("./xatm-data"), description="directory of the write-ahead log")
-    auth_file: Path | None = Field(None, description="token file (TOML) enabling authentication")
+    data_dir: Path = Field(default=Path("./xatm-data"), description="directory of the write-ahead log")
+    auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
     node_id: Annotated[str, AfterValidator(check_node_id)] = Field(
-        "", description="node id embedded in gtrids (default: kept in the data dir)"
+        default="", description="node id embedded in gtrids (default: kept in the data dir)"
     )
-    default_timeout: PositiveFloat = Field(60.0, description="transaction timeout when begin gives none (s)")
-    max_timeout: PositiveFloat = Field(600.0, description="largest transaction timeout accepted (s)")
-    call_timeout: PositiveFloat = Field(5.0, description="deadline of one call to a participant (s)")
+    default_timeout: PositiveFloat = Field(
+        default=60.0, description="transaction timeout when begin gives none (s)"
+    )
+    max_timeout: PositiveFloat = Field(default=600.0, description="largest transaction timeout accepted (s)")
+    call_timeout: PositiveFloat = Field(default=5.0, description="deadline of one call to a participant (s)")
     commit_wait: PositiveFloat = Field(
-        10.0, description="how long commit/rollback wait for phase two before answering (s)"
+        default=10.0, description="how long commit/rollback wait for phase two before answering (s)"
     )
-    retry_initial: PositiveFloat = Field(0.05, description="first phase-two retry delay (s)")
-    retry_max: PositiveFloat = Field(5.0, description="cap of the phase-two retry delay (s)")
+    retry_initial: PositiveFloat = Field(default=0.05, description="first phase-two retry delay (s)")
+    retry_max: PositiveFloat = Field(default=5.0, description="cap of the phase-two retry delay (s)")
     history_retention: PositiveFloat = Field(
-        600.0, description="how long completed transactions stay visible (s)"
+        default=600.0, description="how long completed transactions stay visible (s)"
     )
-    max_history: PositiveInt = Field(100_000, description="completed transactions kept at most")
-    checkpoint_interval: PositiveFloat = Field(30.0, description="seconds between log checkpoints")
+    max_history: PositiveInt = Field(default=100_000, description="completed transactions kept at most")
+    checkpoint_interval: PositiveFloat = Field(default=30.0, description="seconds between log checkpoints")
     recovery_interval: PositiveFloat = Field(
-        30.0, description="seconds between recover scans of known participants"
+        default=30.0, description="seconds between recover scans of known participants"
     )
-    max_open_transactions: PositiveInt = Field(100_000, description="open transactions before begin refuses")
-    max_message_bytes: PositiveInt = Field(4 * 1024 * 1024, description="largest gRPC message accepted")
-    tls_cert: Path | None = Field(None, description="server certificate (PEM) enabling TLS")
-    tls_key: Path | None = Field(None, description="server private key (PEM)")
-    tls_client_ca: Path | None = Field(None, description="CA (PEM) requiring client certificates")
-    log_json: bool = Field(False, description="log one JSON object per line")
+    max_open_transactions: PositiveInt = Field(
+        default=100_000, description="open transactions before begin refuses"
+    )
+    max_message_bytes: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="largest gRPC message accepted"
+    )
+    tls_cert: OptionalPath = Field(default=None, description="server certificate (PEM) enabling TLS")
+    tls_key: OptionalPath = Field(default=None, description="server private key (PEM)")
+    tls_client_ca: OptionalPath = Field(default=None, description="CA (PEM) requiring client certificates")
+    log_json: bool = Field(default=False, description="log one JSON object per line")
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import grpc
 from pydantic import AfterValidator, Field
+from pydantic.json_schema import JsonDict
 
 from ._proto import agent_pb2, agent_pb2_grpc
 from .address import Address
@@ -78,7 +79,7 @@ MAX_ROWS = 10_000
 _MAX_KEY = 256
 _INT64 = (-(2**63), 2**63 - 1)
 #: Flags that take an address show it in their help.
-_HP = {"metavar": "HOST:PORT"}
+_HP: JsonDict = {"metavar": "HOST:PORT"}
 # Leading comments, then a statement that would end or split the coordinator's transaction.
 _TX_CONTROL = re.compile(
     r"^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
@@ -150,31 +151,35 @@ class AgentSettings(XatmSettings):
 
     section = "participant"
 
-    resource: str = Field("", description="postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH")
-    listen: ListenAddress = Field("127.0.0.1:7080", description="gRPC listen address", json_schema_extra=_HP)
+    resource: str = Field(default="", description="postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH")
+    listen: ListenAddress = Field(
+        default="127.0.0.1:7080", description="gRPC listen address", json_schema_extra=_HP
+    )
     http_listen: ListenAddress = Field(
-        "127.0.0.1:7081", description="HTTP address for /metrics, /healthz", json_schema_extra=_HP
+        default="127.0.0.1:7081", description="HTTP address for /metrics, /healthz", json_schema_extra=_HP
     )
     coordinator: PeerAddress = Field(
-        "127.0.0.1:7070", description="coordinator gRPC address", json_schema_extra=_HP
+        default="127.0.0.1:7070", description="coordinator gRPC address", json_schema_extra=_HP
     )
     advertise: PeerAddress = Field(
-        "",
+        default="",
         description="address the coordinator calls this agent at; default: the listen address",
         json_schema_extra=_HP,
     )
     rm_id: Annotated[str, AfterValidator(_rm_id)] = Field(
-        "", description="resource manager name (default: database or file name)"
+        default="", description="resource manager name (default: database or file name)"
     )
-    token: str = Field("", description="bearer token for the coordinator")
+    token: str = Field(default="", description="bearer token for the coordinator")
     pool_size: Annotated[int, at_least(1)] = Field(
-        8, description="PostgreSQL connections for active branches"
+        default=8, description="PostgreSQL connections for active branches"
     )
     lock_timeout_ms: Annotated[int, at_least(0)] = Field(
-        5000, description="PostgreSQL lock_timeout of business SQL, 0 = none"
+        default=5000, description="PostgreSQL lock_timeout of business SQL, 0 = none"
     )
-    recovery_interval: PositiveFloat = Field(30.0, description="seconds between in-doubt resolution passes")
-    log_json: bool = Field(False, description="log one JSON object per line")
+    recovery_interval: PositiveFloat = Field(
+        default=30.0, description="seconds between in-doubt resolution passes"
+    )
+    log_json: bool = Field(default=False, description="log one JSON object per line")
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentSettings:
@@ -510,7 +515,8 @@ def add_parser(sub: Any) -> None:
         "participant",
         help="run a standalone participant agent in front of one database",
         description="Run a participant agent: the Participant and Agent gRPC services for one "
-        "PostgreSQL database or SQLite store. Every flag also comes from XATM_<FLAG>.",
+        "PostgreSQL database or SQLite store. Every flag also comes from XATM_<FLAG> or from the "
+        "[participant] table of the --config file; flags win over env, env over the file.",
     )
     parser.add_argument(
         "--config",
