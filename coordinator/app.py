@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import signal
 from pathlib import Path
 
 import grpc
@@ -21,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from participant.serving import stop_signals
 
 from . import tls
 from .admin import AdminOps
@@ -28,14 +27,13 @@ from .auth import Authenticator
 from .engine import Engine
 from .httpapi import HttpServer
 from .service import AdminServicer, CallerInterceptor, CoordinatorServicer
-from .settings import Settings
+from .settings import NODE_FILE, Settings, stored_node_id
 from .txlog import TxLog, TxLogStopped
 from .wal.segment import fsync_dir
 
 __all__ = ["EXIT_LOG_STOPPED", "LOG_CHECK_INTERVAL", "LOG_STOP_GRACE", "Coordinator", "node_id_for", "run"]
 
 log = logging.getLogger("xatm.coordinator")
-_NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 
 #: Exit status after the transaction log stopped (EX_TEMPFAIL: a restart may succeed once the
 #: cause is fixed); start-up refusals exit 1, bad configuration 2.
@@ -45,7 +43,6 @@ LOG_CHECK_INTERVAL = 1.0
 #: Seconds between the log stopping and the exit: NOT_SERVING is visible to probes and
 #: callers get UNAVAILABLE instead of a dropped connection.
 LOG_STOP_GRACE = 5.0
-_NODE_FILE = "NODE_ID"
 
 
 def node_id_for(settings: Settings) -> str:
@@ -53,20 +50,16 @@ def node_id_for(settings: Settings) -> str:
 
     Reads only: ``_remember_node`` writes it once the log exists, so that a data dir holding a
     node id always held a log too (start-up relies on that to notice a log that vanished).
+
+    Raises SettingsError when the data dir's ``NODE_ID`` holds no valid node id (the configured
+    one was checked with the other settings).
     """
-    if settings.node_id:
-        if not _NODE.match(settings.node_id):
-            raise ValueError(f"node_id {settings.node_id!r} must be 1-24 characters of [A-Za-z0-9_-]")
-        return settings.node_id
-    path = settings.data_dir / _NODE_FILE
-    if path.exists():
-        return path.read_text().strip()
-    return "n" + os.urandom(4).hex()
+    return settings.node_id or stored_node_id(settings.data_dir) or "n" + os.urandom(4).hex()
 
 
 def _remember_node(data_dir: Path, node: str) -> None:
     """Write ``NODE_ID`` if absent: the data dir's mark that it holds a log, and this node's id."""
-    path = data_dir / _NODE_FILE
+    path = data_dir / NODE_FILE
     if path.exists():
         return
     tmp = path.with_suffix(".tmp")
@@ -81,7 +74,7 @@ def _remember_node(data_dir: Path, node: str) -> None:
 def _open_log(data_dir: Path) -> TxLog:
     from .wal import FileWal
 
-    return FileWal(data_dir, must_exist=(data_dir / _NODE_FILE).exists())
+    return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists())
 
 
 class Coordinator:
@@ -193,19 +186,16 @@ async def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (exit status 0) or until the log stops (``EXIT_LOG_STOPPED``)."""
     coordinator = Coordinator(settings)
     await coordinator.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    waits = [asyncio.ensure_future(event.wait()) for event in (stop, coordinator.log_stopped)]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    status = 0
-    if coordinator.log_stopped.is_set():
-        status = EXIT_LOG_STOPPED
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), LOG_STOP_GRACE)
-    for waiting in waits:
-        waiting.cancel()
-    log.info("shutting down")
-    await coordinator.stop()
+    async with stop_signals() as stop:
+        waits = [asyncio.ensure_future(event.wait()) for event in (stop, coordinator.log_stopped)]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if coordinator.log_stopped.is_set():
+            status = EXIT_LOG_STOPPED
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LOG_STOP_GRACE)
+        for waiting in waits:
+            waiting.cancel()
+        log.info("shutting down")
+        await coordinator.stop()
     return status

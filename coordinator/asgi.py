@@ -28,7 +28,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-__all__ = ["Health", "Uvicorn", "add_probes", "probe_app", "split_hostport"]
+from participant.address import Address
+
+__all__ = ["Health", "Uvicorn", "add_probes", "probe_app"]
 
 log = logging.getLogger("xatm.http")
 
@@ -48,14 +50,6 @@ _NEEDS_TLS = json.dumps(
 
 #: ``/healthz``: the request in, its status code and JSON body out.
 Health = Callable[[Request], Awaitable[tuple[int, dict[str, Any]]]]
-
-
-def split_hostport(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (an IPv6 host may be bracketed) as ``(host, port)``; ValueError if malformed."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"address {address!r} must be HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def add_probes(app: FastAPI, health: Health, *, health_model: type | None = None) -> None:
@@ -162,14 +156,13 @@ class _TlsFirst(asyncio.Protocol):
 class Uvicorn:
     """One ASGI app on one bound port; ``start``/``stop`` on a loop, or ``start_thread``/``stop_thread``.
 
-    Raises OSError (from the constructor) when ``listen`` cannot be bound, ValueError when it is
-    not ``HOST:PORT``.
+    Raises OSError (from the constructor) when ``listen`` cannot be bound, AddressError (a
+    ValueError) when it is not ``HOST:PORT``.
     """
 
     def __init__(self, app: Any, listen: str, *, ssl_context: ssl.SSLContext | None = None):
-        host, port = split_hostport(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.create_server((host, port), family=family)
+        where = Address.parse(listen, listen=True)
+        self._socket = socket.create_server((where.host, where.port), family=where.family)
         self._socket.setblocking(False)
         self.port: int = self._socket.getsockname()[1]
         self._context = ssl_context

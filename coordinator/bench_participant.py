@@ -10,7 +10,6 @@ it) in front of ``MemoryRM``, which keeps prepared branches in a set and never t
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from participant.address import argument
 from participant.rm import ResourceManager
+from participant.serving import until_signalled
 from participant.stub import ParticipantStub
 from participant.xa import XaCode, XaError, Xid
 
@@ -70,21 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_participant", description="Serve the Participant service over an in-memory RM."
     )
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    # Also the address the coordinator calls back, so no port 0.
+    parser.add_argument("--listen", required=True, type=argument(), metavar="HOST:PORT")
     parser.add_argument("--rm-id", required=True)
     args = parser.parse_args(argv)
+    listen = str(args.listen)
 
     server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS))
-    ParticipantStub(MemoryRM(args.rm_id), advertise=args.listen).add_to_server(server)
+    ParticipantStub(MemoryRM(args.rm_id), advertise=listen).add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    if not server.add_insecure_port(args.listen):
-        print(f"bench_participant: cannot listen on {args.listen}", file=sys.stderr)
+    if not server.add_insecure_port(listen):
+        print(f"bench_participant: cannot listen on {listen}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    stop.wait()
+    until_signalled(server.start)
     server.stop(1).wait()
     return 0
 

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from dataclasses import fields
-from typing import Any
 
+from participant.config import add_flags
 from participant.failpoints import CATALOGUE
 
 from . import logs
@@ -17,29 +16,9 @@ from .settings import Settings, SettingsError, resolve
 __all__ = ["main"]
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        env = f"XATM_{f.name.upper()}"
-        default = f.default
-        if "bool" in str(f.type):
-            parser.add_argument(
-                flag, action="store_const", const=True, default=None, help=f"{f.metadata['help']} (env {env})"
-            )
-        else:
-            parser.add_argument(
-                flag,
-                default=None,
-                metavar=f.name.split("_")[-1].upper(),
-                help=f"{f.metadata['help']} (env {env}; default {default})",
-            )
-
-
 def _coordinator(args: argparse.Namespace) -> int:
-    flags: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(Settings)}
-    flags["config"] = args.config
     try:
-        settings = resolve(flags)
+        settings = resolve(vars(args))
     except SettingsError as err:
         print(f"xatm coordinator: {err}", file=sys.stderr)
         return 2
@@ -80,6 +59,9 @@ def _coordinator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    except SettingsError as err:  # found at start-up: the data dir's node id, the TLS files
+        print(f"xatm coordinator: {err}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError, ValueError) as err:
         print(f"xatm coordinator: {err}", file=sys.stderr)
         return 1
@@ -94,12 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-failpoints", action="store_true", help="print every failpoint name and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    coord = sub.add_parser("coordinator", help="run the coordinator", description="Run the xatm coordinator.")
+    coord = sub.add_parser(
+        "coordinator",
+        help="run the coordinator",
+        description="Run the xatm coordinator. Every flag also comes from XATM_<FLAG> or from the "
+        "[coordinator] table (or top level) of the --config file; flags win over env, env over the file.",
+    )
     coord.add_argument("--config", default=None, metavar="FILE", help="TOML config file (env XATM_CONFIG)")
     coord.add_argument(
         "--repair-wal", action="store_true", help="back up and truncate a damaged write-ahead log, then exit"
     )
-    _add_settings_flags(coord)
+    add_flags(coord, Settings)
     coord.set_defaults(func=_coordinator)
 
     from participant.agent import add_parser as add_participant

@@ -38,7 +38,7 @@ from participant._proto.coordinator_pb2 import CompletionResponse
 from participant.xa import TxStatus, XatmError
 
 from .admin import MAX_FORGET, MAX_PAGE, AdminOps
-from .asgi import Uvicorn, add_probes, split_hostport
+from .asgi import Uvicorn, add_probes
 from .auth import Authenticator, Caller, Permission, Principal, bearer_token, trace_id
 from .engine import Engine
 from .views import (
@@ -53,7 +53,7 @@ from .views import (
     transaction_view,
 )
 
-__all__ = ["HTTP_STATUS", "MAX_BODY", "OPENAPI_PATH", "HttpServer", "build_app", "document", "split_hostport"]
+__all__ = ["HTTP_STATUS", "MAX_BODY", "OPENAPI_PATH", "HttpServer", "build_app", "document"]
 
 log = logging.getLogger("xatm.coordinator")
 

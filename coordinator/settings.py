@@ -1,119 +1,102 @@
-"""Coordinator settings: defaults < TOML config file < XATM_* environment < command-line flags."""
+"""Coordinator settings: flags > XATM_* environment > TOML config file ([coordinator]) > defaults."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tomllib
-from dataclasses import dataclass, field, fields
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["Settings", "SettingsError", "resolve"]
+from pydantic import AfterValidator, BeforeValidator, Field
 
+from participant.config import ListenAddress, PositiveFloat, PositiveInt, UsageError, XatmSettings, load
 
-class SettingsError(ValueError):
-    """A bad configuration value; the message names the source and the key."""
+__all__ = ["NODE_FILE", "Settings", "SettingsError", "check_node_id", "resolve", "stored_node_id"]
 
-
-@dataclass
-class Settings:
-    listen: str = field(default="127.0.0.1:7070", metadata={"help": "gRPC listen address"})
-    http_listen: str = field(
-        default="127.0.0.1:7071",
-        metadata={"help": "HTTP address for the REST admin API, /metrics and /healthz"},
-    )
-    data_dir: Path = field(default=Path("./xatm-data"), metadata={"help": "directory of the write-ahead log"})
-    auth_file: Path | None = field(
-        default=None, metadata={"help": "token file (TOML) enabling authentication"}
-    )
-    node_id: str = field(
-        default="", metadata={"help": "node id embedded in gtrids (default: kept in the data dir)"}
-    )
-    default_timeout: float = field(
-        default=60.0, metadata={"help": "transaction timeout when begin gives none (s)"}
-    )
-    max_timeout: float = field(default=600.0, metadata={"help": "largest transaction timeout accepted (s)"})
-    call_timeout: float = field(default=5.0, metadata={"help": "deadline of one call to a participant (s)"})
-    commit_wait: float = field(
-        default=10.0, metadata={"help": "how long commit/rollback wait for phase two before answering (s)"}
-    )
-    retry_initial: float = field(default=0.05, metadata={"help": "first phase-two retry delay (s)"})
-    retry_max: float = field(default=5.0, metadata={"help": "cap of the phase-two retry delay (s)"})
-    history_retention: float = field(
-        default=600.0, metadata={"help": "how long completed transactions stay visible (s)"}
-    )
-    max_history: int = field(default=100_000, metadata={"help": "completed transactions kept at most"})
-    checkpoint_interval: float = field(default=30.0, metadata={"help": "seconds between log checkpoints"})
-    recovery_interval: float = field(
-        default=30.0, metadata={"help": "seconds between recover scans of known participants"}
-    )
-    max_open_transactions: int = field(
-        default=100_000, metadata={"help": "open transactions before begin refuses"}
-    )
-    max_message_bytes: int = field(
-        default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"}
-    )
-    tls_cert: Path | None = field(default=None, metadata={"help": "server certificate (PEM) enabling TLS"})
-    tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM)"})
-    tls_client_ca: Path | None = field(
-        default=None, metadata={"help": "CA (PEM) requiring client certificates"}
-    )
-    log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
+#: A bad configuration value; the message names the setting and its source (exit 2).
+SettingsError = UsageError
+#: The data dir's file holding the node id once a log exists there.
+NODE_FILE = "NODE_ID"
+# The node id starts every gtrid this node begins ("<node>.<28 hex digits>"), so it keeps to
+# the gtrid alphabet without its separator and leaves the gtrid within its 64 characters.
+_NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 
 
-def _convert(name: str, raw: Any, source: str) -> Any:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
+#: A file setting; "" (an empty TOML string) means none, as an unset one does.
+OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]
+
+
+def check_node_id(value: str) -> str:
+    """``value`` if it is a node id (1-24 characters of [A-Za-z0-9_-]) or "" (unset); else ValueError."""
+    if value and not _NODE.match(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise ValueError(f"must be 1-24 characters of [A-Za-z0-9_-], not {shown!r}")
+    return value
+
+
+class Settings(XatmSettings):
+    """Everything ``xatm coordinator`` is configured with; durations are in seconds."""
+
+    section = "coordinator"
+
+    listen: ListenAddress = Field(default="127.0.0.1:7070", description="gRPC listen address")
+    http_listen: ListenAddress = Field(
+        default="127.0.0.1:7071", description="HTTP address for the REST admin API, /metrics and /healthz"
+    )
+    data_dir: Path = Field(default=Path("./xatm-data"), description="directory of the write-ahead log")
+    auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
+    node_id: Annotated[str, AfterValidator(check_node_id)] = Field(
+        default="", description="node id embedded in gtrids (default: kept in the data dir)"
+    )
+    default_timeout: PositiveFloat = Field(
+        default=60.0, description="transaction timeout when begin gives none (s)"
+    )
+    max_timeout: PositiveFloat = Field(default=600.0, description="largest transaction timeout accepted (s)")
+    call_timeout: PositiveFloat = Field(default=5.0, description="deadline of one call to a participant (s)")
+    commit_wait: PositiveFloat = Field(
+        default=10.0, description="how long commit/rollback wait for phase two before answering (s)"
+    )
+    retry_initial: PositiveFloat = Field(default=0.05, description="first phase-two retry delay (s)")
+    retry_max: PositiveFloat = Field(default=5.0, description="cap of the phase-two retry delay (s)")
+    history_retention: PositiveFloat = Field(
+        default=600.0, description="how long completed transactions stay visible (s)"
+    )
+    max_history: PositiveInt = Field(default=100_000, description="completed transactions kept at most")
+    checkpoint_interval: PositiveFloat = Field(default=30.0, description="seconds between log checkpoints")
+    recovery_interval: PositiveFloat = Field(
+        default=30.0, description="seconds between recover scans of known participants"
+    )
+    max_open_transactions: PositiveInt = Field(
+        default=100_000, description="open transactions before begin refuses"
+    )
+    max_message_bytes: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="largest gRPC message accepted"
+    )
+    tls_cert: OptionalPath = Field(default=None, description="server certificate (PEM) enabling TLS")
+    tls_key: OptionalPath = Field(default=None, description="server private key (PEM)")
+    tls_client_ca: OptionalPath = Field(default=None, description="CA (PEM) requiring client certificates")
+    log_json: bool = Field(default=False, description="log one JSON object per line")
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """The coordinator's settings; ``flags`` holds the command line's options (None = not given).
+
+    Raises SettingsError naming the bad setting and its source.
+    """
+    return load(Settings, flags, environ)
+
+
+def stored_node_id(data_dir: Path) -> str | None:
+    """The node id kept in ``data_dir``, or None; SettingsError if the file holds no valid id."""
+    path = data_dir / NODE_FILE
     try:
-        if "bool" in str(kind):
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if "Path" in str(kind):
-            return Path(raw) if raw not in (None, "") else None
-        if "float" in str(kind):
-            value = float(raw)
-            if value <= 0:
-                raise ValueError(raw)
-            return value
-        if "int" in str(kind):
-            value = int(raw)
-            if value <= 0:
-                raise ValueError(raw)
-            return value
-        return str(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{source}: invalid value {raw!r} for {name}") from None
-
-
-def resolve(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
-    """Merge the sources; ``flags`` holds only the options given on the command line."""
-    environ = os.environ if environ is None else environ
-    names = {f.name for f in fields(Settings)}
-    merged: dict[str, Any] = {}
-    config = flags.get("config") or environ.get("XATM_CONFIG")
-    if config:
-        try:
-            data = tomllib.loads(Path(config).read_text())
-        except FileNotFoundError:
-            raise SettingsError(f"config file {config} does not exist") from None
-        except tomllib.TOMLDecodeError as err:
-            raise SettingsError(f"config file {config}: {err}") from None
-        section = data.get("coordinator", data)
-        for key, value in section.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise SettingsError(f"config file {config}: unknown key {key!r}")
-            merged[name] = _convert(name, value, f"config file {config}")
-    for name in names:
-        env = environ.get(f"XATM_{name.upper()}")
-        if env is not None:
-            merged[name] = _convert(name, env, f"XATM_{name.upper()}")
-    for name, value in flags.items():
-        if name in names and value is not None:
-            merged[name] = _convert(name, value, f"--{name.replace('_', '-')}")
-    return dataclasses.replace(Settings(), **merged)
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{path}: cannot be read as a node id: {err}") from None
+    try:
+        check_node_id(text or " ")  # an empty file holds no id either
+    except ValueError as err:
+        raise SettingsError(f"{path}: the node id {err}") from None
+    return text

@@ -14,6 +14,8 @@ from typing import Literal
 
 import grpc
 
+from participant.address import Address
+
 from .settings import Settings, SettingsError
 
 __all__ = ["channel_credentials", "check", "probe", "server_credentials", "server_ssl_context"]
@@ -71,17 +73,17 @@ def probe(address: str, timeout: float = 2.0) -> Literal["tls", "plaintext", "un
 
     Certificates are not checked; this only explains a failed connection to a person.
     """
-    host, _, port = address.rpartition(":")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     try:
-        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        where = Address.parse(address)
+        sock = socket.create_connection((where.host, where.port), timeout=timeout)
     except (OSError, ValueError):
         return "unreachable"
     try:
-        with context.wrap_socket(sock, server_hostname=host.strip("[]") or None):
+        with context.wrap_socket(sock, server_hostname=where.host):
             return "tls"
     except ssl.SSLError as err:
         # A TLS alert (e.g. a client certificate is required) still means the server speaks TLS.

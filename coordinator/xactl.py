@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from participant._proto import admin_pb2, admin_pb2_grpc, xa_pb2
+from participant.address import Address, AddressError
 from participant.proto_enum import proto_enum
 from participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_bqual, validate_gtrid
 
@@ -46,7 +47,10 @@ class _Client:
     """Admin stub with the caller's token; remembers the trace id of the last answer."""
 
     def __init__(self, args: argparse.Namespace):
-        self.address = args.coordinator
+        try:
+            self.address = str(Address.parse(args.coordinator))
+        except AddressError as err:
+            raise _Usage(f"--coordinator (or XATM_COORDINATOR) {err}") from None
         self.secure = bool(args.tls_ca or args.tls_cert)
         if self.secure:
             creds = tls.channel_credentials(

@@ -9,33 +9,44 @@ so branches, enlistment and in-doubt resolution behave exactly as in a linked se
     xatm participant --resource postgresql://orders@db:5432/orders --listen 0.0.0.0:7080 \
         --advertise agent-orders:7080 --http-listen 0.0.0.0:7081 --coordinator coord:7070
 
-Every flag also comes from ``XATM_<FLAG>`` (``XATM_RESOURCE``, ...); flags win. See docs/postgresql.md.
+Every flag also comes from ``XATM_<FLAG>`` (``XATM_RESOURCE``, ...) or from the ``[participant]``
+table of a TOML file (``--config FILE``); flags win over env, env over the file. See docs/postgresql.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import logging
-import os
 import re
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from concurrent import futures
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import grpc
+from pydantic import AfterValidator, Field
+from pydantic.json_schema import JsonDict
 
 from ._proto import agent_pb2, agent_pb2_grpc
+from .address import Address
+from .config import (
+    ListenAddress,
+    PeerAddress,
+    PositiveFloat,
+    UsageError,
+    XatmSettings,
+    add_flags,
+    at_least,
+    load,
+)
 from .context import current
 from .rm import BranchEnded
+from .serving import until_signalled
 from .xa import XaCode, XaError, XatmError, Xid
 
 if TYPE_CHECKING:
@@ -67,8 +78,8 @@ XA_CODE_KEY = "xatm-xa-code"
 MAX_ROWS = 10_000
 _MAX_KEY = 256
 _INT64 = (-(2**63), 2**63 - 1)
-_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
-_HP = "HOST:PORT"
+#: Flags that take an address show it in their help.
+_HP: JsonDict = {"metavar": "HOST:PORT"}
 # Leading comments, then a statement that would end or split the coordinator's transaction.
 _TX_CONTROL = re.compile(
     r"^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
@@ -77,10 +88,6 @@ _TX_CONTROL = re.compile(
 )
 
 T = TypeVar("T")
-
-
-class UsageError(ValueError):
-    """A bad flag or environment value: the command exits 2 with this message."""
 
 
 # ------------------------------------------------------------------ resources
@@ -133,87 +140,54 @@ def parse_resource(spec: str) -> Resource:
 # ------------------------------------------------------------------ settings
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    """Defaults < ``XATM_*`` environment < flags, like the coordinator's settings."""
+def _rm_id(value: str) -> str:
+    if len(value) > 256:
+        raise ValueError("must be at most 256 characters")
+    return value
 
-    resource: str = field(default="", metadata={"help": "postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH"})
-    listen: str = field(default="127.0.0.1:7080", metadata={"help": "gRPC listen address", "metavar": _HP})
-    http_listen: str = field(
-        default="127.0.0.1:7081", metadata={"help": "HTTP address for /metrics, /healthz", "metavar": _HP}
+
+class AgentSettings(XatmSettings):
+    """Flags > ``XATM_*`` environment > config file ([participant]) > defaults, as the coordinator's."""
+
+    section = "participant"
+
+    resource: str = Field(default="", description="postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH")
+    listen: ListenAddress = Field(
+        default="127.0.0.1:7080", description="gRPC listen address", json_schema_extra=_HP
     )
-    coordinator: str = field(
-        default="127.0.0.1:7070", metadata={"help": "coordinator gRPC address", "metavar": _HP}
+    http_listen: ListenAddress = Field(
+        default="127.0.0.1:7081", description="HTTP address for /metrics, /healthz", json_schema_extra=_HP
     )
-    advertise: str = field(
+    coordinator: PeerAddress = Field(
+        default="127.0.0.1:7070", description="coordinator gRPC address", json_schema_extra=_HP
+    )
+    advertise: PeerAddress = Field(
         default="",
-        metadata={
-            "help": "address the coordinator calls this agent at; default: the listen address",
-            "metavar": _HP,
-        },
+        description="address the coordinator calls this agent at; default: the listen address",
+        json_schema_extra=_HP,
     )
-    rm_id: str = field(
-        default="", metadata={"help": "resource manager name (default: database or file name)"}
+    rm_id: Annotated[str, AfterValidator(_rm_id)] = Field(
+        default="", description="resource manager name (default: database or file name)"
     )
-    token: str = field(default="", metadata={"help": "bearer token for the coordinator"})
-    pool_size: int = field(default=8, metadata={"help": "PostgreSQL connections for active branches"})
-    lock_timeout_ms: int = field(
-        default=5000, metadata={"help": "PostgreSQL lock_timeout of business SQL, 0 = none"}
+    token: str = Field(default="", description="bearer token for the coordinator")
+    pool_size: Annotated[int, at_least(1)] = Field(
+        default=8, description="PostgreSQL connections for active branches"
     )
-    recovery_interval: float = field(
-        default=30.0, metadata={"help": "seconds between in-doubt resolution passes"}
+    lock_timeout_ms: Annotated[int, at_least(0)] = Field(
+        default=5000, description="PostgreSQL lock_timeout of business SQL, 0 = none"
     )
-    log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
+    recovery_interval: PositiveFloat = Field(
+        default=30.0, description="seconds between in-doubt resolution passes"
+    )
+    log_json: bool = Field(default=False, description="log one JSON object per line")
 
 
-def _env_name(name: str) -> str:
-    return f"XATM_{name.upper()}"
-
-
-def _hostport(value: str, what: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or int(port) > 65535 or any(c.isspace() for c in value):
-        raise UsageError(f"{what} {value!r} must be HOST:PORT")
-    return host, int(port)
-
-
-def _convert(name: str, kind: str, raw: str, source: str) -> Any:
-    """``kind`` is the field's annotation as text (postponed annotations)."""
-    try:
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind in ("int", "float"):
-            return int(raw) if kind == "int" else float(raw)
-    except ValueError:
-        raise UsageError(f"{source}: invalid value {raw!r} for {name}") from None
-    return raw
-
-
-def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> AgentSettings:
-    """Merge flags (None = not given) over ``XATM_*`` env over defaults, and check the result."""
-    merged: dict[str, Any] = {}
-    for f in fields(AgentSettings):
-        flag, env = flags.get(f.name), environ.get(_env_name(f.name))
-        if flag is not None:
-            merged[f.name] = _convert(f.name, str(f.type), str(flag), "--" + f.name.replace("_", "-"))
-        elif env is not None:
-            merged[f.name] = _convert(f.name, str(f.type), env, _env_name(f.name))
-    settings = dataclasses.replace(AgentSettings(), **merged)
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """The agent's settings from flags (None = not given), env and config file; UsageError if bad."""
+    settings = load(AgentSettings, flags, environ)
     if not settings.resource:
         raise UsageError("--resource (or XATM_RESOURCE) is required")
     parse_resource(settings.resource)
-    for name in ("listen", "http_listen", "coordinator"):
-        _hostport(getattr(settings, name), "--" + name.replace("_", "-"))
-    if settings.advertise:
-        _hostport(settings.advertise, "--advertise")
-    if len(settings.rm_id) > 256:
-        raise UsageError("--rm-id must be at most 256 characters")
-    if settings.pool_size < 1 or settings.lock_timeout_ms < 0 or not settings.recovery_interval > 0:
-        raise UsageError("--pool-size must be >= 1, --lock-timeout-ms >= 0 and --recovery-interval > 0")
     return settings
 
 
@@ -477,17 +451,16 @@ class Agent:
     def _advertise(self, port: int) -> str:
         if self.settings.advertise:
             return self.settings.advertise
-        host = self.settings.listen.rpartition(":")[0]
-        if host in _WILDCARDS:
-            host = socket.getfqdn()
+        listen = Address.parse(self.settings.listen, listen=True)
+        advertise = Address(socket.getfqdn() if listen.is_wildcard else listen.host, port)
+        if listen.is_wildcard:
             log.warning(
-                "--listen %s is a wildcard address: telling the coordinator %s:%d; set --advertise "
+                "--listen %s is a wildcard address: telling the coordinator %s; set --advertise "
                 "(XATM_ADVERTISE) to the address it reaches this agent at",
                 self.settings.listen,
-                host,
-                port,
+                advertise,
             )
-        return f"{host}:{port}"
+        return str(advertise)
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain calls, then close: active branches roll back, prepared ones stay for the coordinator."""
@@ -503,7 +476,7 @@ class Agent:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        settings = resolve(vars(args), os.environ)
+        settings = resolve(vars(args))
     except UsageError as err:
         print(f"xatm participant: {err}", file=sys.stderr)
         return 2
@@ -530,10 +503,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"xatm participant: {err}", file=sys.stderr)
         agent.stop(grace=0)
         return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    until_signalled()
     log.info("shutting down")
     agent.stop()
     return 0
@@ -545,15 +515,14 @@ def add_parser(sub: Any) -> None:
         "participant",
         help="run a standalone participant agent in front of one database",
         description="Run a participant agent: the Participant and Agent gRPC services for one "
-        "PostgreSQL database or SQLite store. Every flag also comes from XATM_<FLAG>.",
+        "PostgreSQL database or SQLite store. Every flag also comes from XATM_<FLAG> or from the "
+        "[participant] table of the --config file; flags win over env, env over the file.",
     )
-    for f in fields(AgentSettings):
-        flag, env = "--" + f.name.replace("_", "-"), _env_name(f.name)
-        default = f"; default {f.default}" if f.default not in ("", False) else ""
-        help_text = f"{f.metadata['help']} (env {env}{default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
-        else:
-            metavar = f.metadata.get("metavar") or f.name.split("_")[-1].upper()
-            parser.add_argument(flag, default=None, metavar=metavar, help=help_text)
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML config file, [participant] table (env XATM_CONFIG)",
+    )
+    add_flags(parser, AgentSettings)
     parser.set_defaults(func=_run)

@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
-import threading
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -31,8 +29,10 @@ from prometheus_client import start_http_server
 
 from examples.bank._proto import bank_pb2, bank_pb2_grpc
 from participant import ParticipantStub
+from participant.address import argument
 from participant.agent import parse_resource
 from participant.rm import ResourceManager
+from participant.serving import stop_signals, until_signalled
 from participant.sqlite_rm import SqliteRM
 from participant.xa import XaCode, XaError, Xid
 
@@ -232,12 +232,9 @@ async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: 
     stub.start_recovery(RECOVERY_INTERVAL)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving (asyncio) on %s with %s", name, listen, ledger.accounts())
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await server.stop(2)
+    async with stop_signals() as stop:
+        await stop.wait()
+        await server.stop(2)
     stub.close()
     ledger.rm.close()
 
@@ -255,10 +252,7 @@ def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, 
     stub.start_recovery(RECOVERY_INTERVAL)
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s with %s", name, listen, ledger.accounts())
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    until_signalled()
     server.stop(2).wait()
     stub.close()
     ledger.rm.close()
@@ -267,27 +261,33 @@ def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description="bank example account service")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--listen", required=True)
+    # Also the address the coordinator calls back, so no port 0.
+    parser.add_argument("--listen", required=True, type=argument(), metavar="HOST:PORT")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", metavar="PATH", help="the accounts in an embedded SQLite store at PATH")
     where.add_argument(
         "--store", metavar="URI", help="postgresql://USER@HOST:PORT/DBNAME (or sqlite:PATH) for the accounts"
     )
-    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--coordinator", required=True, type=argument(), metavar="HOST:PORT")
     parser.add_argument("--seed", action="append", default=[], metavar="ACCOUNT=AMOUNT")
     parser.add_argument("--aio", action="store_true", help="serve with grpc.aio instead of a thread pool")
-    parser.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="serve /metrics here")
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        type=argument(listen=True),
+        metavar="HOST:PORT",
+        help="serve /metrics here",
+    )
     args = parser.parse_args()
     if args.metrics_listen:
-        host, _, port = args.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host)
+        start_http_server(args.metrics_listen.port, addr=args.metrics_listen.host)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     seed = {k: int(v) for k, _, v in (s.partition("=") for s in args.seed)}
     store = args.store or f"sqlite:{args.db}"
     if args.aio:
-        asyncio.run(serve_aio(args.name, args.listen, store, args.coordinator, seed))
+        asyncio.run(serve_aio(args.name, str(args.listen), store, str(args.coordinator), seed))
     else:
-        serve(args.name, args.listen, store, args.coordinator, seed)
+        serve(args.name, str(args.listen), store, str(args.coordinator), seed)
 
 
 if __name__ == "__main__":
