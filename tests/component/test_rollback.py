@@ -82,14 +82,6 @@ async def test_the_transaction_timeout_rolls_back(rig: Rig) -> None:
     assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_ROLLBACK
 
 
-async def test_the_timer_is_cancelled_when_the_transaction_ends(rig: Rig) -> None:
-    engine = await rig.start()
-    tx = await rig.tx("a", "b", timeout_ms=200)
-    await engine.commit(tx.gtrid)
-    await asyncio.sleep(0.3)
-    assert tx.status == S.COMMITTED and rig.peers.sent(Phase.ROLLBACK) == []
-
-
 @with_settings(call_timeout=5.0)
 async def test_a_prepare_past_the_transaction_deadline_votes_no(rig: Rig) -> None:
     engine = await rig.start()
