@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from coordinator.engine import Engine
+from coordinator.engine import Engine, Result
 from coordinator.memlog import MemoryLog
 from coordinator.settings import Settings
 from coordinator.statemachine import Transaction
 from participant._proto import wal_pb2
+from participant.xa import TxStatus as S
 from tests.component.fakes import FakePeers
 
 NODE = "n1"
@@ -101,6 +102,16 @@ class Rig:
         for bqual in bquals:
             await self.engine.enlist(tx.gtrid, bqual, rm_of(bqual), endpoint(bqual))
         return tx
+
+    async def deciding(self) -> tuple[Transaction, asyncio.Future[Result]]:
+        """A commit of branches a and b whose yes votes are in and whose decision is written but
+        held back from durability (``log.hold``); returns the transaction and the pending commit."""
+        assert self.engine is not None
+        tx = await self.tx("a", "b")
+        self.log.hold()
+        commit = asyncio.ensure_future(self.engine.commit(tx.gtrid))
+        await until("both branches prepared", lambda: tx.status == S.PREPARED)
+        return tx, commit
 
     def records(self, gtrid: str, kind: str | None = None) -> list[wal_pb2.WalRecord]:
         """Records appended for ``gtrid`` since the current log opened, of body ``kind`` if given."""

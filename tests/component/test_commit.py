@@ -16,11 +16,8 @@ from tests.component.fakes import Answer
 
 
 async def test_two_phase_commit_logs_the_decision_before_phase_two(rig: Rig) -> None:
-    engine = await rig.start()
-    tx = await rig.tx("a", "b")
-    rig.log.hold()  # the decision cannot become durable yet
-    commit = asyncio.ensure_future(engine.commit(tx.gtrid))
-    await until("both branches prepared", lambda: tx.status == S.PREPARED)
+    await rig.start()
+    tx, commit = await rig.deciding()
     await asyncio.sleep(0.05)
     assert rig.peers.sent(Phase.COMMIT) == []  # no phase two before the decision is on disk
     assert rig.durable(tx.gtrid, "decision") == []

@@ -75,11 +75,8 @@ async def test_a_failed_decision_write_claims_nothing_and_the_restart_reads_the_
 
 
 async def test_a_commit_waiting_on_the_decision_is_answered_when_the_log_stops(rig: Rig) -> None:
-    engine = await rig.start()
-    tx = await rig.tx("a", "b")
-    rig.log.hold()
-    commit = asyncio.ensure_future(engine.commit(tx.gtrid))
-    await until("prepared", lambda: tx.status == S.PREPARED)
+    await rig.start()
+    tx, commit = await rig.deciding()
     rig.log.stop("the log's segment was deleted")
     with pytest.raises(TxLogStopped, match="segment was deleted"):
         await commit

@@ -9,7 +9,6 @@ import pytest
 
 from coordinator.txlog import TxLogStopped
 from participant._proto import wal_pb2
-from participant.xa import BranchStatus as B
 from participant.xa import Decision, Phase, TxOutcome, XaCode, Xid
 from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until, with_settings
@@ -47,57 +46,38 @@ async def test_the_undecided_are_rolled_back_after_a_restart(rig: Rig, status: S
     assert engine.query_outcome(Xid(gtrid, "a")) == Decision.ROLLBACK
 
 
+@pytest.mark.parametrize(
+    ("bquals", "phase", "final"),
+    [
+        (("a", "b"), Phase.COMMIT, S.COMMITTED),
+        (("a",), Phase.ONE_PHASE_COMMIT, S.COMMITTED),
+        (("a", "b"), Phase.ROLLBACK, S.ROLLEDBACK),
+    ],
+    ids=["two-phase", "one-phase", "rollback"],
+)
 @with_settings(commit_wait=0.1)
-async def test_a_decided_commit_is_redriven_to_the_unacknowledged_branch(rig: Rig) -> None:
+async def test_phase_two_in_flight_is_redriven_to_the_unacknowledged_branch(
+    rig: Rig, bquals: tuple[str, ...], phase: Phase, final: S
+) -> None:
     engine = await rig.start()
-    rig.peers.answer(endpoint("b"), Phase.COMMIT, XaCode.XAER_RMFAIL)
-    tx = await rig.tx("a", "b")
-    await engine.commit(tx.gtrid)
-    await engine.checkpoint()  # a's acknowledgement is durable too
-    assert tx.status == S.COMMITTING and tx.branches["a"].status == B.COMMITTED
-    rig.peers.answer(endpoint("b"), Phase.COMMIT, XaCode.XA_OK)
+    late = bquals[-1]
+    rig.peers.answer(endpoint(late), phase, XaCode.XAER_RMFAIL)
+    tx = await rig.tx(*bquals)
+    await (engine.rollback(tx.gtrid) if phase == Phase.ROLLBACK else engine.commit(tx.gtrid))
+    await engine.checkpoint()  # the other branch's acknowledgement is durable too
+    assert tx.status == (S.ROLLINGBACK if phase == Phase.ROLLBACK else S.COMMITTING)
+    rig.peers.answer(endpoint(late), phase, XaCode.XA_OK)
     engine = await rig.restart()
     again = engine.get(tx.gtrid)
-    await until("committed", lambda: again.status == S.COMMITTED)
-    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls] == [("b", Phase.COMMIT)]
-    assert again.recovered and engine.query_outcome(Xid(tx.gtrid, "a")) == Decision.COMMIT
-
-
-@with_settings(commit_wait=0.1)
-async def test_a_one_phase_commit_in_flight_is_redriven_as_one_phase(rig: Rig) -> None:
-    engine = await rig.start()
-    rig.peers.answer(endpoint("a"), Phase.ONE_PHASE_COMMIT, XaCode.XAER_RMFAIL)
-    tx = await rig.tx("a")
-    await engine.commit(tx.gtrid)
-    await engine.checkpoint()
-    rig.peers.answer(endpoint("a"), Phase.ONE_PHASE_COMMIT, XaCode.XA_OK)
-    engine = await rig.restart()
-    again = engine.get(tx.gtrid)
-    await until("committed", lambda: again.status == S.COMMITTED)
-    assert [c.phase for c in rig.peers.calls] == [Phase.ONE_PHASE_COMMIT]
-
-
-@with_settings(commit_wait=0.1)
-async def test_a_rollback_in_flight_is_redriven(rig: Rig) -> None:
-    engine = await rig.start()
-    rig.peers.answer(endpoint("b"), Phase.ROLLBACK, XaCode.XAER_RMFAIL)
-    tx = await rig.tx("a", "b")
-    await engine.rollback(tx.gtrid)
-    await engine.checkpoint()
-    assert tx.status == S.ROLLINGBACK
-    rig.peers.answer(endpoint("b"), Phase.ROLLBACK, XaCode.XA_OK)
-    engine = await rig.restart()
-    again = engine.get(tx.gtrid)
-    await until("rolled back", lambda: again.status == S.ROLLEDBACK)
-    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls] == [("b", Phase.ROLLBACK)]
+    await until(final.label, lambda: again.status == final)
+    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls] == [(late, phase)]
+    decided = Decision.ROLLBACK if phase == Phase.ROLLBACK else Decision.COMMIT
+    assert again.recovered and engine.query_outcome(Xid(tx.gtrid, "a")) == decided
 
 
 async def test_a_decision_checkpointed_while_being_written_survives_as_committing(rig: Rig) -> None:
     engine = await rig.start()
-    tx = await rig.tx("a", "b")
-    rig.log.hold()
-    commit = asyncio.ensure_future(engine.commit(tx.gtrid))
-    await until("prepared", lambda: tx.status == S.PREPARED)
+    tx, commit = await rig.deciding()
     checkpoint = asyncio.ensure_future(engine.checkpoint())  # taken while the decision is written
     await asyncio.sleep(0)
     rig.log.release()

@@ -38,10 +38,7 @@ async def test_rollback_is_retried_until_acknowledged(rig: Rig) -> None:
 
 async def test_the_rollback_rule_refuses_once_decided_and_sends_nothing(rig: Rig) -> None:
     engine = await rig.start()
-    tx = await rig.tx("a", "b")
-    rig.log.hold()
-    commit = asyncio.ensure_future(engine.commit(tx.gtrid))
-    await until("prepared", lambda: tx.status == S.PREPARED)
+    tx, commit = await rig.deciding()
     with pytest.raises(Refused) as err:
         await engine.rollback(tx.gtrid)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "Prepared" in err.value.message
@@ -139,13 +136,22 @@ async def test_force_commit_redrives_a_waiting_branch_at_once(rig: Rig) -> None:
     assert result.outcome == TxOutcome.TX_OK and len(rig.peers.sent(Phase.COMMIT, "b")) == 2
 
 
-async def test_force_commit_is_refused_after_a_rollback(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("first", "refused", "never"),
+    [
+        ("rollback", "force_commit", {Phase.COMMIT, Phase.ONE_PHASE_COMMIT}),
+        ("commit", "forget", {Phase.FORGET}),
+    ],
+)
+async def test_a_verb_refused_in_the_status_reached_sends_nothing(
+    rig: Rig, first: str, refused: str, never: set[Phase]
+) -> None:
     engine = await rig.start()
     tx = await rig.tx("a")
-    await engine.rollback(tx.gtrid)
+    await getattr(engine, first)(tx.gtrid)
     with pytest.raises(Refused):
-        await engine.force_commit(tx.gtrid)
-    assert rig.peers.sent(Phase.COMMIT) == [] and rig.peers.sent(Phase.ONE_PHASE_COMMIT) == []
+        await getattr(engine, refused)(tx.gtrid)
+    assert engine.get(tx.gtrid) is tx and not [c for c in rig.peers.calls if c.phase in never]
 
 
 @pytest.mark.parametrize(
@@ -172,15 +178,6 @@ async def test_a_heuristic_answer_ends_heuristically_completed_until_forgotten(
     with pytest.raises(XatmError) as gone:
         engine.get(tx.gtrid)
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
-
-
-async def test_forget_is_refused_for_a_non_heuristic_outcome(rig: Rig) -> None:
-    engine = await rig.start()
-    tx = await rig.tx("a")
-    await engine.commit(tx.gtrid)
-    with pytest.raises(Refused):
-        await engine.forget(tx.gtrid)
-    assert engine.get(tx.gtrid) is tx and rig.peers.sent(Phase.FORGET) == []
 
 
 async def test_a_savepoint_is_sent_to_the_branches_and_rolled_back_to(rig: Rig) -> None:
