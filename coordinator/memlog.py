@@ -32,7 +32,9 @@ class LogStore:
 def _copy(record: wal_pb2.WalRecord) -> wal_pb2.WalRecord:
     # Through the wire format, as the file WAL does: an unserialisable record fails here too, and
     # a record changed by the caller after the append does not change what was logged.
-    return wal_pb2.WalRecord.FromString(record.SerializeToString())
+    copy = wal_pb2.WalRecord()
+    copy.ParseFromString(record.SerializeToString())
+    return copy
 
 
 class MemoryLog(TxLog):

@@ -23,7 +23,7 @@ Opener = Callable[[], TxLog]
 
 
 def rec(i: int) -> wal_pb2.WalRecord:
-    return wal_pb2.WalRecord(gtrid=f"n1.{i:04x}", status=wal_pb2.StatusRecord(status=1))
+    return wal_pb2.WalRecord(gtrid=f"n1.{i:04x}", forget=wal_pb2.ForgetRecord())
 
 
 @pytest.fixture(params=["file", "memory"])

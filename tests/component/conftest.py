@@ -126,6 +126,10 @@ class Rig:
         results = [r.branch_result for r in self.records(gtrid, "branch_result")]
         return [result for result in results if result.bqual == bqual]
 
+    def ended(self, gtrid: str) -> list[S]:
+        """The final statuses of the end records logged for ``gtrid`` (one once it ended)."""
+        return [S(r.end.status) for r in self.records(gtrid, "end")]
+
     def kinds(self, gtrid: str) -> list[str]:
         """The body kinds of ``records(gtrid)``, in order."""
         return [str(r.WhichOneof("body")) for r in self.records(gtrid)]

@@ -16,7 +16,7 @@ from tests.component.conftest import Rig, endpoint, until
 
 
 def _is_decision(record: wal_pb2.WalRecord) -> bool:
-    return record.WhichOneof("body") == "decision"
+    return bool(record.WhichOneof("body") == "decision")
 
 
 async def test_a_stopped_log_fences_every_verb_and_keeps_state_readable(rig: Rig) -> None:

@@ -87,10 +87,10 @@ async def test_a_reported_outcome_acknowledges_the_branch(rig: Rig) -> None:
         await engine.report_outcome(xid, "rm-a", Phase.COMMIT, XaCode.XA_OK, "")
     assert other.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert tx.status == S.COMMITTING
-    await engine.report_outcome(xid, "rm-b", Phase.COMMIT, XaCode.XA_OK, "done")
-    assert tx.status == S.COMMITTED
+    reported = await engine.report_outcome(xid, "rm-b", Phase.COMMIT, XaCode.XA_OK, "done")
+    assert reported is tx and reported.status == S.COMMITTED
     assert rig.answers(gtrid, "b")[-1].reason == "applied by rm-b after asking the outcome: done"
-    assert rig.records(gtrid, "end")[0].end.status == S.COMMITTED
+    assert rig.ended(gtrid) == [S.COMMITTED]
     # Repeated, it changes nothing and logs nothing.
     before = len(rig.log.appended)
     await engine.report_outcome(xid, "rm-b", Phase.COMMIT, XaCode.XA_OK, "again")

@@ -17,7 +17,7 @@ PRESUMED_ABORT = "coordinator restarted before a decision (presumed abort)"
 
 
 def _is_decision(record: wal_pb2.WalRecord) -> bool:
-    return record.WhichOneof("body") == "decision"
+    return bool(record.WhichOneof("body") == "decision")
 
 
 @pytest.mark.parametrize("status", [S.CREATED, S.MARKED_ROLLBACK, S.PREPARED])

@@ -22,7 +22,7 @@ async def test_rollback_calls_every_branch_and_ends_rolledback(rig: Rig) -> None
     assert (result.outcome, tx.status) == (TxOutcome.TX_OK, S.ROLLEDBACK)
     assert sorted(c.xid.bqual for c in rig.peers.sent(Phase.ROLLBACK)) == ["a", "b"]
     assert rig.peers.sent(Phase.PREPARE) == []
-    assert [r.end.status for r in rig.records(tx.gtrid, "end")] == [S.ROLLEDBACK]
+    assert rig.ended(tx.gtrid) == [S.ROLLEDBACK]
     # A commit after the rollback reads the outcome: rolled back.
     assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_ROLLBACK
 
@@ -171,7 +171,7 @@ async def test_a_heuristic_answer_ends_heuristically_completed_until_forgotten(
     tx = await rig.tx("a", "b")
     result = await engine.commit(tx.gtrid)
     assert (result.outcome, tx.status) == (outcome, S.HEURISTICALLY_COMPLETED)
-    assert rig.records(tx.gtrid, "end")[0].end.status == S.HEURISTICALLY_COMPLETED
+    assert rig.ended(tx.gtrid) == [S.HEURISTICALLY_COMPLETED]
     await engine.forget(tx.gtrid)
     assert [(c.xid.bqual, c.phase) for c in rig.peers.sent(Phase.FORGET)] == [("b", Phase.FORGET)]
     assert rig.kinds(tx.gtrid)[-2:] == ["branch_result", "forget"]
@@ -223,4 +223,4 @@ async def test_resolve_branch_closes_a_branch_by_hand(rig: Rig) -> None:
     assert (result.outcome, tx.status) == (TxOutcome.TX_OK, S.HEURISTICALLY_COMPLETED)
     assert tx.branches["b"].status == B.HEURISTICALLY_COMPLETED
     closing = rig.answers(tx.gtrid, "b")[-1]
-    assert (closing.code, closing.reason) == (XaCode.XA_HEURCOM, "restored from backup")
+    assert (XaCode(closing.code), closing.reason) == (XaCode.XA_HEURCOM, "restored from backup")
