@@ -70,7 +70,6 @@ class FakePeers(Peers):
         self._scripts: dict[tuple[str, Phase], list[Answer]] = {}
         self._down: set[str] = set()
         self._in_doubt: dict[str, tuple[list[Xid], str]] = {}
-        self._sent = asyncio.Event()
 
     def answer(self, endpoint: str, phase: Phase, *answers: XaCode | Answer) -> None:
         """Script the answers of ``endpoint`` to ``phase``: one per call, the last repeating."""
@@ -97,34 +96,16 @@ class FakePeers(Peers):
             if (phase is None or c.phase == phase) and (bqual is None or c.xid.bqual == bqual)
         ]
 
-    async def wait_sent(
-        self, count: int, phase: Phase | None = None, bqual: str | None = None, timeout: float = 5.0
-    ) -> list[Call]:
-        """Wait until ``sent(phase, bqual)`` holds ``count`` calls; AssertionError after ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(found := self.sent(phase, bqual)) < count:
-            self._sent.clear()
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"{len(found)} {phase or 'calls'} to {bqual or 'any'}, wanted {count}")
-            try:
-                await asyncio.wait_for(self._sent.wait(), left)
-            except TimeoutError:
-                continue
-        return found
-
     async def call(
         self, endpoint: str, phase: Phase, xid: Xid, *, timeout: float, savepoint_id: str = ""
     ) -> tuple[XaCode, str]:
         self.calls.append(Call(endpoint, phase, xid, timeout, savepoint_id))
-        self._sent.set()
-        if endpoint in self._down:
-            return XaCode.XAER_RMFAIL, UNREACHABLE_REASON
-        script = self._scripts.get((endpoint, phase))
-        if not script:
-            return XaCode.XA_OK, ""
-        answer = script.pop(0) if len(script) > 1 else script[0]
+        if endpoint in self._down:  # the participant never hears of it: its script stays as it is
+            answer = Answer(XaCode.XAER_RMFAIL, UNREACHABLE_REASON)
+        else:
+            script = self._scripts.get((endpoint, phase)) or [Answer()]
+            answer = script.pop(0) if len(script) > 1 else script[0]
+        # Even an immediate answer yields to the loop once, as a real call does.
         return await answer.give(timeout)
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:

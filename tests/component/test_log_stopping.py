@@ -88,7 +88,7 @@ async def test_phase_two_stops_calling_once_the_log_stops(rig: Rig) -> None:
     rig.peers.answer(endpoint("b"), Phase.COMMIT, XaCode.XAER_RMFAIL)
     tx = await rig.tx("a", "b")
     commit = asyncio.ensure_future(engine.commit(tx.gtrid))
-    await rig.peers.wait_sent(2, Phase.COMMIT, "b")  # b is being retried
+    await until("b's commit retried", lambda: len(rig.peers.sent(Phase.COMMIT, "b")) >= 2)
     rig.log.stop("disk full")
     await until("fenced", lambda: engine.log_stopped is not None)
     sent = len(rig.peers.sent(Phase.COMMIT, "b"))
