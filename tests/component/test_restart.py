@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from coordinator.txlog import TxLogStopped
-from participant._proto import wal_pb2
+from participant._proto import admin_pb2, wal_pb2
 from participant.xa import Decision, Phase, TxOutcome, XaCode, Xid
 from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until, with_settings
@@ -110,3 +110,22 @@ async def test_a_crash_loses_what_was_never_forced(rig: Rig) -> None:
     engine = await rig.restart()
     assert engine.known(tx.gtrid) is None
     assert engine.query_outcome(Xid(tx.gtrid, "a")) == Decision.ROLLBACK  # presumed abort
+
+
+@with_settings(history_retention=0.05)
+async def test_a_checkpoint_keeps_open_transactions_and_audits_and_drops_old_history(rig: Rig) -> None:
+    engine = await rig.start()
+    done, still_open = await rig.tx("a"), await rig.tx("a", "b")
+    await engine.commit(done.gtrid)
+    audit = admin_pb2.AuditRecord(actor="ops", action="force_rollback", gtrid=still_open.gtrid, result="ok")
+    await engine.record_audit(audit)
+    assert audit in [r.audit for r in rig.log.store.records]  # forced: durable at once
+    await asyncio.sleep(0.1)  # past the retention of the committed one
+    await engine.checkpoint()
+    assert engine.known(done.gtrid) is None
+    kept = {(r.gtrid, r.WhichOneof("body")) for r in rig.log.store.records}
+    assert kept == {(still_open.gtrid, "audit"), (still_open.gtrid, "snapshot")}
+    engine = await rig.restart()
+    assert engine.audit_log == [audit]
+    assert engine.known(done.gtrid) is None
+    await until("presumed abort", lambda: engine.get(still_open.gtrid).status == S.ROLLEDBACK)
