@@ -120,6 +120,7 @@ class MemoryLog(TxLog):
         if self._failure is None:
             self._persist()
         self._release()
+        self._flowing.set()  # forced appends still held are durable now: let them return
 
     # ----------------------------------------------------------------- test controls
 
@@ -167,8 +168,9 @@ class MemoryLog(TxLog):
 
     async def _sync(self) -> None:
         await self._flowing.wait()
-        self._check_usable()
-        self._persist()
+        if self._failure is not None:
+            raise TxLogStopped(self._failure.reason)
+        self._persist()  # nothing left to do when ``close`` made it durable meanwhile
 
     def _persist(self) -> None:
         if self._snapshot is not None:

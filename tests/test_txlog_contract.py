@@ -159,6 +159,20 @@ def test_held_durability_waits_for_release_and_a_stop_loses_it() -> None:
     run(scenario)
 
 
+def test_close_makes_held_records_durable_and_lets_their_appends_return() -> None:
+    async def scenario() -> None:
+        log = MemoryLog()
+        await log.open()
+        log.hold()
+        forced = asyncio.ensure_future(log.append(rec(0), force=True))
+        await asyncio.sleep(0)
+        await log.close()
+        await asyncio.wait_for(forced, 5)
+        assert log.store.records == [rec(0)]
+
+    run(scenario)
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_stop_at_stops_exactly_at_the_matching_record(durable: bool) -> None:
     async def scenario() -> None:
