@@ -18,7 +18,7 @@ from tests.component.fakes import Answer
 async def test_two_phase_commit_logs_the_decision_before_phase_two(rig: Rig) -> None:
     await rig.start()
     tx, commit = await rig.deciding()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time in which an engine not waiting for durability would call
     assert rig.peers.sent(Phase.COMMIT) == []  # no phase two before the decision is on disk
     assert rig.durable(tx.gtrid, "decision") == []
     rig.log.release()
