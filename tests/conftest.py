@@ -87,14 +87,17 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_admin_auth.py": frozenset(
         {
             "test_a_bad_auth_file_stops_start_up",
+            "test_an_overlong_reason_is_refused_not_cut",
             "test_audit_names_actor_trace_and_result_and_survives_a_restart",
             "test_cli_and_rest_map_errors_alike",
+            "test_http_events_go_through_the_coordinator_log_one_line_each",
             "test_list_and_audit_pages",
             "test_malformed_ids_are_400_and_exit_2",
             "test_no_token_or_hash_reaches_a_log",
             "test_openapi_document_is_valid_and_served",
             "test_rest_api_never_answers_5xx",
             "test_the_coordinator_service_needs_the_service_role",
+            "test_the_role_is_judged_before_the_input_and_malformed_input_is_400",
             "test_wrong_verbs_paths_and_bodies",
         }
     ),
