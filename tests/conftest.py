@@ -228,6 +228,16 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
             "test_wal_dump_shows_rbrollback_and_nota_from_real_scenarios",
         }
     ),
+    "test_settings.py": frozenset(
+        {
+            "test_a_bad_node_id_file_in_the_data_dir_exits_2",
+            "test_a_bad_setting_from_any_source_exits_2_naming_it",
+            "test_a_signalled_server_stops_gracefully_and_exits_0",
+            "test_servers_exit_0_on_sigterm",
+            "test_the_example_servers_refuse_a_malformed_address_as_a_usage_error",
+            "test_xactl_refuses_a_malformed_coordinator_address_as_a_usage_error",
+        }
+    ),
     "test_sqlite_rm.py": frozenset({"test_prepared_branch_survives_kill_9"}),
     "test_wal.py": frozenset({"test_acknowledged_records_survive_a_crash"}),
 }
