@@ -149,7 +149,8 @@ class Coordinator:
             self.settings.data_dir,
         )
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(self, status: int) -> None:
+        """``status``: a HealthCheckResponse serving status (SERVING, NOT_SERVING)."""
         for name in ("", *self._services):
             await self.health.set(name, status)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -284,7 +284,7 @@ class _AdminRoute(APIRoute):
     parameters the route does not take (or repeats of a single one); and a caller whose role
     cannot use the route is told so (403) rather than what is wrong with its input."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         names = {param.alias for param in self.dependant.query_params}
         lists = {

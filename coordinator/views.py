@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -34,10 +34,21 @@ __all__ = [
     "transaction_view",
 ]
 
-_TX_STATUS = Literal[tuple(s.label for s in TxStatus)]  # type: ignore[valid-type]
-_BRANCH_STATUS = Literal[tuple(s.label for s in BranchStatus)]  # type: ignore[valid-type]
-_XA_CODE = Literal[tuple(c.name for c in XaCode)]  # type: ignore[valid-type]
-_TX_OUTCOME = Literal[tuple(o.name for o in TxOutcome)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # names, to the checker; the enums of the OpenAPI document at run time
+    _TX_STATUS: TypeAlias = str
+    _BRANCH_STATUS: TypeAlias = str
+    _XA_CODE: TypeAlias = str
+    _TX_OUTCOME: TypeAlias = str
+else:
+    _TX_STATUS = Literal[tuple(s.label for s in TxStatus)]
+    _BRANCH_STATUS = Literal[tuple(s.label for s in BranchStatus)]
+    _XA_CODE = Literal[tuple(c.name for c in XaCode)]
+    _TX_OUTCOME = Literal[tuple(o.name for o in TxOutcome)]
+
+_DECISION: dict[Decision, Literal["commit", "rollback"]] = {
+    Decision.COMMIT: "commit",
+    Decision.ROLLBACK: "rollback",
+}
 
 
 class BranchView(BaseModel):
@@ -127,7 +138,7 @@ def _transaction(info: xa_pb2.TransactionInfo) -> TransactionView:
     return TransactionView(
         txid=info.gtrid,
         status=TxStatus(info.status).label,
-        decision=Decision(info.decision).name.lower() if info.decision else None,
+        decision=_DECISION.get(Decision(info.decision)) if info.decision else None,
         begunAt=_time(info.begun_at),
         ageSeconds=round(max(0.0, time.time() - info.begun_at.ToNanoseconds() / 1e9), 3),
         deadline=_time(info.deadline),
