@@ -7,10 +7,10 @@ import asyncio
 import logging
 import sys
 
+from participant import logs
 from participant.config import add_flags
 from participant.failpoints import CATALOGUE
 
-from . import logs
 from .settings import Settings, SettingsError, resolve
 
 __all__ = ["main"]

@@ -35,10 +35,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from participant._proto.coordinator_pb2 import CompletionResponse
+from participant.asgi import Uvicorn, add_probes
 from participant.xa import TxStatus, XatmError
 
 from .admin import MAX_FORGET, MAX_PAGE, AdminOps
-from .asgi import Uvicorn, add_probes
 from .auth import Authenticator, Caller, Permission, Principal, bearer_token, trace_id
 from .engine import Engine
 from .views import (

@@ -27,11 +27,6 @@ TRANSACTION_DURATION = Histogram(
 IN_DOUBT_BRANCHES = Gauge(
     "xatm_in_doubt_branches", "Branches whose phase-two outcome is decided but not yet acknowledged"
 )
-WAL_FSYNC_DURATION = Histogram(
-    "xatm_wal_fsync_duration_seconds", "WAL fsync latency", buckets=LATENCY_BUCKETS
-)
-WAL_RECORDS = Counter("xatm_wal_records_total", "Records appended to the transaction log", ["type"])
-WAL_TORN_TAIL = Counter("xatm_wal_torn_tail_total", "Torn or corrupt final WAL records cut off at start-up")
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])
 RETRIES = Counter("xatm_retries_total", "Phase-two calls retried by the backoff policy", ["phase"])
 ADMIN_ACTIONS = Counter("xatm_admin_actions_total", "Operator actions", ["action", "result"])

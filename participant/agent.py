@@ -50,8 +50,7 @@ from .serving import until_signalled
 from .xa import XaCode, XaError, XatmError, Xid
 
 if TYPE_CHECKING:
-    from coordinator.asgi import Uvicorn
-
+    from .asgi import Uvicorn
     from .rm import ResourceManager
     from .stub import ParticipantStub
 
@@ -397,9 +396,8 @@ class Agent:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
-        from coordinator.asgi import Uvicorn, probe_app
-
         from ._proto import participant_pb2
+        from .asgi import Uvicorn, probe_app
         from .stub import ParticipantStub
 
         settings = self.settings
@@ -480,7 +478,7 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as err:
         print(f"xatm participant: {err}", file=sys.stderr)
         return 2
-    from coordinator import logs
+    from . import logs
 
     logs.setup(json_lines=settings.log_json)
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import logs
+from participant import logs
 from participant.xa import TxStatus, Xid, new_bqual, new_gtrid
 from tests.bank_system import BankSystem
 

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.metrics import WAL_RECORDS, WAL_TORN_TAIL
 from coordinator.txlog import TxLog, TxLogMissing, TxLogStopped
 from participant._proto import wal_pb2
 
 from .framing import SEGMENT_HEADER_SIZE, SegmentHeader, check_payload, encode_segment_header
 from .lock import DirLock
+from .metrics import WAL_RECORDS, WAL_TORN_TAIL
 from .scan import LogScan, Tail, TornTail
 from .segment import TEMP_SUFFIX, create_segment, fsync_dir, fsync_fd, list_segments, write_all
 from .writer import SegmentWriter

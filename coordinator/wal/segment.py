@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.metrics import WAL_FSYNC_DURATION
 from participant import failpoints
+
+from .metrics import WAL_FSYNC_DURATION
 
 __all__ = [
     "HEAD_NAME",

@@ -5,7 +5,7 @@ participant agent's (``/metrics``, ``/healthz``).
 the engine, no thread hop) or on a loop in a thread of its own (the agent, whose gRPC server is
 threaded). The port is bound when the object is made, so a busy address fails start-up with an
 OSError. uvicorn's own records (access lines, refused connections) go to the ``uvicorn.*``
-loggers and so through whatever ``coordinator.logs.setup`` configured: one line per event.
+loggers and so through whatever ``participant.logs.setup`` configured: one line per event.
 
 With TLS, a client that speaks plaintext HTTP to the port gets a one-line 400 telling it to use
 https instead of a dropped connection.
@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from participant.address import Address
+from .address import Address
 
 __all__ = ["Health", "Uvicorn", "add_probes", "probe_app"]
 

@@ -15,7 +15,7 @@ import re
 import sys
 import time
 
-from participant.xa import Xid
+from .xa import Xid
 
 __all__ = ["setup"]
 
