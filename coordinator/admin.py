@@ -67,6 +67,8 @@ def completion(result: Result) -> coordinator_pb2.CompletionResponse:
         outcome=proto_enum(result.outcome, xa_pb2.TxOutcome),
         status=info.status,
         branches=info.branches,
+        rollback_code=info.rollback_code,
+        rollback_reason=info.rollback_reason,
     )
 
 

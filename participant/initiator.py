@@ -111,9 +111,16 @@ class TransactionError(XatmError):
         self.branches = list(reply.branches)
         #: Last XA code of each branch that has one, by bqual.
         self.branch_codes = {b.bqual: XaCode(b.last_code) for b in reply.branches if b.has_last_code}
+        known = bool(reply.rollback_code or reply.rollback_reason)
+        #: Why the transaction rolled back, when it did and the coordinator knows (else None, "").
+        self.rollback_code = XaCode(reply.rollback_code) if known else None
+        self.rollback_reason = reply.rollback_reason
         message = f"{verb} of {reply.gtrid} ended {self.outcome.name}"
         if self.status:
             message += f", status {self.status}"
+        if self.rollback_code is not None:
+            message += f", rolled back for {self.rollback_code.name}"
+            message += f": {self.rollback_reason}" if self.rollback_reason else ""
         if self.branch_codes:
             codes = ", ".join(f"{bqual}={code.name}" for bqual, code in self.branch_codes.items())
             message += f" (branches {codes})"

@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from participant.xa import TxStatus
+from participant import TransactionRolledBack
+from participant.xa import TxStatus, XaCode
 from tests.admin_support import rest, xactl_json
 from tests.shop_system import Shop, start_shop
 
@@ -66,3 +67,14 @@ def test_a_streaming_handler_that_fails_after_its_branch_block_dooms_the_transac
         items = list(system.order_many(b"ok:s-ok", timeout=10))
     assert items == [tx.gtrid.encode()]
     assert system.count(b"", timeout=10) == b"1"  # only the stream that ended well committed
+
+
+def test_the_refusal_reaches_the_initiator_that_commits_anyway(system: Shop) -> None:
+    """A caller that swallows the refusal and commits is told why the transaction rolled back."""
+    key = "k-committed-anyway"
+    with pytest.raises(TransactionRolledBack) as raised, system.tm.begin(), pytest.raises(grpc.RpcError):
+        system.order(f"abort:{key}".encode(), timeout=10)
+    expected = REFUSALS["abort"][1].format(key=key)
+    assert raised.value.rollback_code == XaCode.XA_RBROLLBACK
+    assert raised.value.rollback_reason == expected
+    assert expected in str(raised.value)

@@ -50,16 +50,20 @@ class CompletionRequest(_message.Message):
     def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
 
 class CompletionResponse(_message.Message):
-    __slots__ = ("gtrid", "outcome", "status", "branches")
+    __slots__ = ("gtrid", "outcome", "status", "branches", "rollback_code", "rollback_reason")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_CODE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     outcome: _xa_pb2.TxOutcome
     status: _xa_pb2.TransactionStatus
     branches: _containers.RepeatedCompositeFieldContainer[_xa_pb2.BranchInfo]
-    def __init__(self, gtrid: _Optional[str] = ..., outcome: _Optional[_Union[_xa_pb2.TxOutcome, str]] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchInfo, _Mapping]]] = ...) -> None: ...
+    rollback_code: _xa_pb2.XaCode
+    rollback_reason: str
+    def __init__(self, gtrid: _Optional[str] = ..., outcome: _Optional[_Union[_xa_pb2.TxOutcome, str]] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchInfo, _Mapping]]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ...) -> None: ...
 
 class MarkRollbackOnlyRequest(_message.Message):
     __slots__ = ("gtrid", "reason")
