@@ -250,9 +250,8 @@ class Engine:
         tx = sm.Transaction(gtrid=xid.gtrid, timeout_ms=0)
         await self._append(R.branch_result(tx, branch, phase, code, reason, time.time()))
 
-    def query_outcome(self, xid: Xid) -> Decision:
-        """What a participant holding an in-doubt branch must do (presumed abort)."""
-        self._refuse_if_fenced()
+    def _check_own(self, xid: Xid) -> None:
+        """INVALID_ARGUMENT unless ``xid`` is well-formed and this coordinator's (format, node)."""
         validate_gtrid(xid.gtrid)
         validate_bqual(xid.bqual)
         if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
@@ -260,6 +259,11 @@ class Engine:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"xid {xid} was not begun by this coordinator (node {self.node_id})",
             )
+
+    def query_outcome(self, xid: Xid) -> Decision:
+        """What a participant holding an in-doubt branch must do (presumed abort)."""
+        self._refuse_if_fenced()
+        self._check_own(xid)
         tx = self._txs.get(xid.gtrid)
         if tx is None or xid.bqual not in tx.branches:
             return Decision.ROLLBACK
@@ -372,9 +376,10 @@ class Engine:
     ) -> sm.Transaction:
         """A participant applied the decision on its own (after asking for it): take the RM's
         answer as the branch's phase-two result, log it, and finish the transaction if it was the
-        last one owed. Raises NOT_FOUND (unknown gtrid or bqual), INVALID_ARGUMENT (the branch is
-        another RM's), FAILED_PRECONDITION (a phase the decision does not owe)."""
-        validate_bqual(xid.bqual)
+        last one owed. Raises NOT_FOUND (unknown gtrid or bqual), INVALID_ARGUMENT (not this
+        coordinator's xid, or the branch is another RM's), FAILED_PRECONDITION (a phase the
+        decision does not owe)."""
+        self._check_own(xid)
         self._refuse_if_fenced()
         tx = self.get(xid.gtrid)
         owed = xid.bqual in sm.pending_branches(tx)

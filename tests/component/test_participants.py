@@ -86,6 +86,10 @@ async def test_a_reported_outcome_acknowledges_the_branch(rig: Rig) -> None:
     with pytest.raises(XatmError) as other:
         await engine.report_outcome(xid, "rm-a", Phase.COMMIT, XaCode.XA_OK, "")
     assert other.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    foreign = Xid(gtrid, "b", format_id=FORMAT_ID + 1)  # another transaction manager's branch
+    with pytest.raises(XatmError) as alien:
+        await engine.report_outcome(foreign, "rm-b", Phase.COMMIT, XaCode.XA_OK, "")
+    assert alien.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert tx.status == S.COMMITTING
     reported = await engine.report_outcome(xid, "rm-b", Phase.COMMIT, XaCode.XA_OK, "done")
     assert reported is tx and reported.status == S.COMMITTED
