@@ -21,8 +21,8 @@ from coordinator.journal import RecordFactory as R
 from coordinator.journal import replay
 from coordinator.procs import Proc, coordinator_proc, free_port
 from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from participant.xa import FORMAT_ID, Decision, Phase, XaCode
 from participant.xa import BranchStatus as B
-from participant.xa import Decision, Phase, XaCode
 from participant.xa import TxStatus as S
 from tests.admin_support import (
     CREDENTIALS,
@@ -199,7 +199,7 @@ def test_a_resource_manager_gone_for_good_is_closed_by_the_operator(system: Bank
     # A report that is not bank-b's own, or that contradicts the decision, is refused.
     with grpc.insecure_channel(address) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        xid = xa_pb2.Xid(format_id=1, gtrid=first, bqual=bqual)
+        xid = xa_pb2.Xid(format_id=FORMAT_ID, gtrid=first, bqual=bqual)
         for rm_id, phase, code in (
             ("bank-a", xa_pb2.PHASE_COMMIT, grpc.StatusCode.INVALID_ARGUMENT),
             ("bank-b", xa_pb2.PHASE_ROLLBACK, grpc.StatusCode.FAILED_PRECONDITION),
