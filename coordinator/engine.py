@@ -60,7 +60,8 @@ __all__ = ["Engine", "Result"]
 
 log = logging.getLogger("xatm.coordinator")
 
-#: Nothing is called on a branch of these any more, so a participant's move does not concern them.
+#: Completed without a heuristic: nothing is called on their branches any more (a move does not
+#: concern them), they age out as history, and they are not "active".
 _CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
 
 _OUTCOME_LABEL = {
@@ -716,7 +717,7 @@ class Engine:
         """Drop history past retention and rewrite the log as one snapshot per kept transaction."""
         now = time.time()
         horizon = time.monotonic() - self.settings.history_retention
-        history = [tx for tx in self._txs.values() if tx.status in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)]
+        history = [tx for tx in self._txs.values() if tx.status in _CLOSED]
         excess = len(history) - self.settings.max_history
         for i, tx in enumerate(history):  # oldest first: dicts keep begin order
             if i < excess or (tx.completed_mono is not None and tx.completed_mono < horizon):
@@ -756,7 +757,7 @@ class Engine:
             return measure
 
         for status in TxStatus:
-            if status not in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK):
+            if status not in _CLOSED:
                 # HeuristicallyCompleted stays "active" until an operator forgets it.
                 metrics.TRANSACTIONS_ACTIVE.labels(status=status.label).set_function(count(status))
             if not status.is_final:
