@@ -18,18 +18,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
-from participant.serving import stop_signals
-
-from . import tls
-from .admin import AdminOps
-from .auth import Authenticator
-from .engine import Engine
-from .httpapi import HttpServer
-from .service import AdminServicer, CallerInterceptor, CoordinatorServicer
-from .settings import NODE_FILE, Settings, stored_node_id
-from .txlog import TxLog, TxLogStopped
-from .wal.segment import fsync_dir
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.server import tls
+from xatm.coordinator.server.admin import AdminOps
+from xatm.coordinator.server.auth import Authenticator
+from xatm.coordinator.server.http import HttpServer
+from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
+from xatm.coordinator.settings import NODE_FILE, Settings, stored_node_id
+from xatm.coordinator.txlog.file.segment import fsync_dir
+from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant.runtime.serving import stop_signals
 
 __all__ = ["EXIT_LOG_STOPPED", "LOG_CHECK_INTERVAL", "LOG_STOP_GRACE", "Coordinator", "node_id_for", "run"]
 
@@ -72,7 +71,7 @@ def _remember_node(data_dir: Path, node: str) -> None:
 
 
 def _open_log(data_dir: Path) -> TxLog:
-    from .wal import FileWal
+    from xatm.coordinator.txlog.file import FileWal
 
     return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists())
 

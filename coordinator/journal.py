@@ -10,22 +10,24 @@ from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from participant._proto import admin_pb2, wal_pb2, xa_pb2
-from participant.proto_enum import proto_enum
-from participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
+from xatm.coordinator.protocol import Branch, Transaction
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.api.v1 import admin_pb2, xa_pb2
+from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
-from .statemachine import Branch, Transaction
-
-__all__ = ["RecordFactory", "replay", "to_info"]
+__all__ = ["RecordFactory", "replay", "seconds", "timestamp"]
 
 
-def _ts(seconds: float) -> Timestamp:
+def timestamp(seconds: float) -> Timestamp:
+    """A protobuf Timestamp for ``seconds`` since the epoch."""
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
 
 
-def _seconds(stamp: Timestamp) -> float:
+def seconds(stamp: Timestamp) -> float:
+    """Seconds since the epoch of a protobuf Timestamp."""
     return stamp.ToNanoseconds() / 1e9
 
 
@@ -34,7 +36,7 @@ class RecordFactory:
 
     @staticmethod
     def _base(gtrid: str, now: float) -> wal_pb2.WalRecord:
-        return wal_pb2.WalRecord(time=_ts(now), gtrid=gtrid)
+        return wal_pb2.WalRecord(time=timestamp(now), gtrid=gtrid)
 
     @classmethod
     def begin(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
@@ -134,52 +136,47 @@ class RecordFactory:
     @classmethod
     def snapshot(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
         rec = cls._base(tx.gtrid, now)
-        rec.snapshot.CopyFrom(to_info(tx))
+        rec.snapshot.CopyFrom(_to_snapshot(tx))
         return rec
 
 
-def to_info(tx: Transaction) -> xa_pb2.TransactionInfo:
-    """The wire description of a transaction (also the checkpoint format)."""
-    info = xa_pb2.TransactionInfo(
+def _to_snapshot(tx: Transaction) -> wal_pb2.TransactionSnapshot:
+    """The checkpoint form of a transaction: everything replay needs to rebuild it."""
+    snap = wal_pb2.TransactionSnapshot(
         gtrid=tx.gtrid,
         status=proto_enum(tx.status, xa_pb2.TransactionStatus),
         timeout_ms=tx.timeout_ms,
-        begun_at=_ts(tx.begun_at),
-        deadline=_ts(tx.begun_at + tx.timeout_ms / 1000),
+        begun_at=timestamp(tx.begun_at),
         one_phase=tx.one_phase,
         recovered=tx.recovered,
         savepoints=list(tx.savepoints),
         rollback_reason=tx.rollback_reason,
     )
     if tx.completed_at is not None:
-        info.completed_at.CopyFrom(_ts(tx.completed_at))
+        snap.completed_at.CopyFrom(timestamp(tx.completed_at))
     if tx.rollback_code is not None:
-        info.rollback_code = proto_enum(tx.rollback_code, xa_pb2.XaCode)
+        snap.rollback_code = proto_enum(tx.rollback_code, xa_pb2.XaCode)
     if tx.decision is not None:
-        info.decision = proto_enum(tx.decision, xa_pb2.Decision)
+        snap.decision = proto_enum(tx.decision, xa_pb2.Decision)
     for b in tx.branches.values():
-        binfo = info.branches.add(
-            bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status), attempts=b.attempts
-        )
+        branch = snap.branches.add(bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status))
         if b.last_code is not None:
-            binfo.has_last_code = True
-            binfo.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
-            binfo.last_phase = proto_enum(b.last_phase or 0, xa_pb2.Phase)
-            binfo.last_reason = b.last_reason
-        if b.next_retry is not None:
-            binfo.next_retry.CopyFrom(_ts(b.next_retry))
-    return info
+            branch.has_last_code = True
+            branch.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
+            branch.last_phase = proto_enum(b.last_phase or 0, xa_pb2.Phase)
+            branch.last_reason = b.last_reason
+    return snap
 
 
-def _from_info(info: xa_pb2.TransactionInfo) -> Transaction:
+def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
     tx = Transaction(
         gtrid=info.gtrid,
         timeout_ms=info.timeout_ms,
         status=TxStatus(info.status),
         one_phase=info.one_phase,
         recovered=info.recovered,
-        begun_at=_seconds(info.begun_at),
-        completed_at=_seconds(info.completed_at) if info.HasField("completed_at") else None,
+        begun_at=seconds(info.begun_at),
+        completed_at=seconds(info.completed_at) if info.HasField("completed_at") else None,
         rollback_reason=info.rollback_reason,
         # A proto3 enum has no presence (HasField raises); 0 (XA_OK) is never a rollback code.
         rollback_code=XaCode(info.rollback_code) if info.rollback_code else None,
@@ -203,9 +200,9 @@ def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
     txs: dict[str, Transaction] = {}
     for rec in records:
         kind = rec.WhichOneof("body")
-        now = _seconds(rec.time)
+        now = seconds(rec.time)
         if kind == "snapshot":
-            txs[rec.gtrid] = _from_info(rec.snapshot)
+            txs[rec.gtrid] = _from_snapshot(rec.snapshot)
             continue
         if kind == "begin":
             txs[rec.gtrid] = Transaction(gtrid=rec.gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=now)

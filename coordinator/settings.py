@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from participant.config import ListenAddress, PositiveFloat, PositiveInt, UsageError, XatmSettings, load
+from xatm.participant.runtime.config import (
+    ListenAddress,
+    PositiveFloat,
+    PositiveInt,
+    UsageError,
+    XatmSettings,
+    load,
+)
 
 __all__ = ["NODE_FILE", "Settings", "SettingsError", "check_node_id", "resolve", "stored_node_id"]
 

@@ -1,7 +1,7 @@
 """xatm participant stub: resource managers, the Participant service, context propagation.
 
 The names below are the public API. They load on first use, so a process that only needs
-``participant.xa`` (the coordinator, the CLI) does not pay for gRPC servicers and metrics.
+``xatm.participant.xa`` (the coordinator, the CLI) does not pay for gRPC servicers and metrics.
 """
 
 from __future__ import annotations
@@ -38,36 +38,36 @@ __all__ = [
 ]
 
 _HOME = {
-    "AioServerInterceptor": "interceptors",
+    "AioServerInterceptor": "client.interceptors",
     "AsyncParticipantServicer": "servicer",
-    "AsyncTransaction": "initiator",
-    "AsyncTransactionManager": "initiator",
-    "ClientInterceptor": "interceptors",
+    "AsyncTransaction": "client.initiator",
+    "AsyncTransactionManager": "client.initiator",
+    "ClientInterceptor": "client.interceptors",
     "EnlistError": "stub",
     "ParticipantServicer": "servicer",
     "ParticipantStub": "stub",
-    "ResourceManager": "rm",
-    "ServerInterceptor": "interceptors",
-    "Transaction": "initiator",
-    "TransactionError": "initiator",
-    "TransactionHeuristicHazard": "initiator",
-    "TransactionHeuristicMixed": "initiator",
-    "TransactionManager": "initiator",
-    "TransactionOutcomeUnknown": "initiator",
-    "TransactionRolledBack": "initiator",
-    "TxContext": "context",
+    "ResourceManager": "stores.base",
+    "ServerInterceptor": "client.interceptors",
+    "Transaction": "client.initiator",
+    "TransactionError": "client.initiator",
+    "TransactionHeuristicHazard": "client.initiator",
+    "TransactionHeuristicMixed": "client.initiator",
+    "TransactionManager": "client.initiator",
+    "TransactionOutcomeUnknown": "client.initiator",
+    "TransactionRolledBack": "client.initiator",
+    "TxContext": "client.context",
     "XaCode": "xa",
     "XaError": "xa",
     "XatmError": "xa",
     "Xid": "xa",
-    "aio_client_interceptors": "interceptors",
-    "current": "context",
-    "intercept_channel": "interceptors",
+    "aio_client_interceptors": "client.interceptors",
+    "current": "client.context",
+    "intercept_channel": "client.interceptors",
 }
 
 if TYPE_CHECKING:
-    from .context import TxContext, current
-    from .initiator import (
+    from xatm.participant.client.context import TxContext, current
+    from xatm.participant.client.initiator import (
         AsyncTransaction,
         AsyncTransactionManager,
         Transaction,
@@ -78,17 +78,17 @@ if TYPE_CHECKING:
         TransactionOutcomeUnknown,
         TransactionRolledBack,
     )
-    from .interceptors import (
+    from xatm.participant.client.interceptors import (
         AioServerInterceptor,
         ClientInterceptor,
         ServerInterceptor,
         aio_client_interceptors,
         intercept_channel,
     )
-    from .rm import ResourceManager
-    from .servicer import AsyncParticipantServicer, ParticipantServicer
-    from .stub import EnlistError, ParticipantStub
-    from .xa import XaCode, XaError, XatmError, Xid
+    from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
+    from xatm.participant.stores.base import ResourceManager
+    from xatm.participant.stub import EnlistError, ParticipantStub
+    from xatm.participant.xa import XaCode, XaError, XatmError, Xid
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from .xa import XaCode, XatmError
+from xatm.participant.xa import XaCode, XatmError
 
 __all__ = ["CATALOGUE", "FailpointError", "ahit", "arm", "disarm", "hit"]
 

@@ -18,12 +18,20 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from . import failpoints
-from ._proto import participant_pb2, participant_pb2_grpc, xa_pb2
-from .metrics import CALL_DURATION, CALLS
-from .proto_enum import proto_enum
-from .rm import ResourceManager
-from .xa import XaCode, XaError, XatmError, Xid, validate_bqual, validate_gtrid, validate_savepoint_id
+from xatm.participant import failpoints
+from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
+from xatm.participant.metrics import CALL_DURATION, CALLS
+from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.stores.base import ResourceManager
+from xatm.participant.xa import (
+    XaCode,
+    XaError,
+    XatmError,
+    Xid,
+    validate_bqual,
+    validate_gtrid,
+    validate_savepoint_id,
+)
 
 __all__ = ["AsyncParticipantServicer", "ParticipantCore", "ParticipantServicer"]
 

@@ -24,15 +24,34 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2_grpc, xa_pb2
-from .context import TxContext, current, describe_failure, on_call_failure
-from .initiator import COORDINATOR_SERVICE, auth_metadata, coordinator_channel, to_xatm_error
-from .interceptors import AioServerInterceptor, ServerInterceptor
-from .proto_enum import proto_enum
-from .replies import MalformedReply, checked_reply
-from .rm import ResourceManager
-from .servicer import AsyncParticipantServicer, ParticipantServicer
-from .xa import FORMAT_ID, LOCAL_FORMAT_ID, Decision, XaCode, XaError, XatmError, Xid, new_bqual
+from xatm.participant.api.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    participant_pb2_grpc,
+    xa_pb2,
+)
+from xatm.participant.client.context import TxContext, current, describe_failure, on_call_failure
+from xatm.participant.client.initiator import (
+    COORDINATOR_SERVICE,
+    auth_metadata,
+    coordinator_channel,
+    to_xatm_error,
+)
+from xatm.participant.client.interceptors import AioServerInterceptor, ServerInterceptor
+from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
+from xatm.participant.stores.base import ResourceManager
+from xatm.participant.xa import (
+    FORMAT_ID,
+    LOCAL_FORMAT_ID,
+    Decision,
+    XaCode,
+    XaError,
+    XatmError,
+    Xid,
+    new_bqual,
+)
 
 __all__ = ["EnlistError", "ParticipantStub"]
 

@@ -1,9 +1,11 @@
 """Regenerate the committed protobuf and gRPC code: ``python protos/generate.py``.
 
-Generated modules land in ``participant/_proto`` (and the bank example's in
-``examples/bank``). Imports between generated files are rewritten to relative
-ones so the code lives inside our packages instead of a top-level ``xatm`` module.
-``--out DIR`` writes elsewhere; the staleness test uses it to compare outputs.
+- ``xatm/v1``: the public wire API, into ``participant/api/v1`` (``xatm.participant.api.v1``).
+- ``xatm/internal/v1``: the transaction log's record format, into ``coordinator/txlog/_proto``.
+- ``bank/v1``: the bank example the demo runs, into ``coordinator/tools/bank/_proto``.
+
+protoc names imports after the proto directories (``from xatm.v1 import ...``); they are rewritten
+to the installed packages. ``--out DIR`` writes elsewhere; the staleness test uses it to compare.
 """
 
 from __future__ import annotations
@@ -20,20 +22,27 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 TARGETS = {
     # proto directory (relative to protos/) -> output package directory (relative to repo)
-    "xatm/v1": "participant/_proto",
-    "bank/v1": "examples/bank/_proto",
+    "xatm/v1": "participant/api/v1",
+    "xatm/internal/v1": "coordinator/txlog/_proto",
+    "bank/v1": "coordinator/tools/bank/_proto",
 }
-_IMPORT = re.compile(r"^from (xatm|bank)\.v1 import (\w+_pb2)", re.MULTILINE)
+#: Where each proto directory's generated modules are imported from, once installed.
+PACKAGES = {
+    "xatm.v1": "xatm.participant.api.v1",
+    "xatm.internal.v1": "xatm.coordinator.txlog._proto",
+    "bank.v1": "xatm.coordinator.tools.bank._proto",
+}
+_IMPORT = re.compile(r"^from ((?:xatm|bank)(?:\.internal)?\.v1) import (\w+_pb2)", re.MULTILINE)
 
 
 def _rewrite(text: str, own: str) -> str:
-    """Turn absolute imports of sibling generated modules into package-relative ones."""
+    """Point imports of generated modules at the packages they are installed in."""
 
     def sub(match: re.Match[str]) -> str:
         pkg, module = match.group(1), match.group(2)
         if pkg == own:
             return f"from . import {module}"
-        return f"from participant._proto import {module}"
+        return f"from {PACKAGES[pkg]} import {module}"
 
     return _IMPORT.sub(sub, text)
 
@@ -62,7 +71,7 @@ def generate(out_root: Path) -> list[Path]:
             written.append(out_dir / "__init__.py")
             for gen in sorted((Path(tmp) / src).iterdir()):
                 target = out_dir / gen.name
-                target.write_text(_rewrite(gen.read_text(), src.split("/")[0]))
+                target.write_text(_rewrite(gen.read_text(), src.replace("/", ".")))
                 written.append(target)
     return written
 

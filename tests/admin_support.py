@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from participant._proto import admin_pb2, admin_pb2_grpc
+from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc
 
 #: The console script pip installed next to this interpreter.
 XACTL = Path(sys.executable).with_name("xactl")

@@ -19,15 +19,15 @@ from typing import Any, Protocol
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.demo import bank_proc
-from coordinator.procs import Proc, coordinator_proc
-from examples.bank._proto import bank_pb2, bank_pb2_grpc
-from examples.bank.transfer import Bank
-from participant import intercept_channel
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.context import use
-from participant.xa import TxStatus
 from tests.pgcluster import PgCluster, pg_url
+from xatm.coordinator.tools.bank._proto import bank_pb2, bank_pb2_grpc
+from xatm.coordinator.tools.bank.transfer import Bank
+from xatm.coordinator.tools.demo import bank_proc
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.participant import intercept_channel
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.client.context import use
+from xatm.participant.xa import TxStatus
 
 #: Fast timings so failures and retries show up within a test's patience.
 TEST_COORDINATOR_ENV = {

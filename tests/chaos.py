@@ -15,8 +15,9 @@ from typing import TypeVar
 import grpc
 import psycopg
 
-from coordinator.procs import Proc
-from participant._proto import (
+from tests.bank_system import BankSystem
+from xatm.coordinator.tools.procs import Proc
+from xatm.participant.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     coordinator_pb2,
@@ -25,8 +26,7 @@ from participant._proto import (
     participant_pb2_grpc,
     xa_pb2,
 )
-from participant.xa import TxStatus, XatmError, Xid
-from tests.bank_system import BankSystem
+from xatm.participant.xa import TxStatus, XatmError, Xid
 
 #: The exit code of a failpoint armed with ``crash`` (participant/failpoints.py).
 CRASH_EXIT = 137

@@ -14,6 +14,7 @@ process is stopped at that point with an error saying to list it, so the fast ti
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,15 @@ from typing import Any
 
 import pytest
 
-from participant import failpoints
-from participant.context import use
 from tests.bank_system import BankSystem
 from tests.pgcluster import PgCluster
+from xatm.participant import failpoints
+from xatm.participant.client.context import use
+
+#: The checkout: child processes the tests start import ``tests.*`` service modules (and the
+#: checkout's ``xatm``) from here, whatever directory pytest was started in.
+REPO = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.procs import free_port
+from xatm.coordinator.tools.procs import free_port
 
 __all__ = ["Prometheus", "prometheus_binary"]
 

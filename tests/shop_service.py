@@ -30,9 +30,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from participant import ParticipantStub, XatmError
-from participant.sqlite_rm import SqliteRM
-from participant.xa import Xid
+from xatm.participant import ParticipantStub, XatmError
+from xatm.participant.stores.sqlite import SqliteRM
+from xatm.participant.xa import Xid
 
 SERVICE = "test.Shop"
 ORDER = f"/{SERVICE}/Order"

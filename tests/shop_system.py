@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.procs import Proc, coordinator_proc, free_port
-from participant import TransactionManager, intercept_channel
 from tests.bank_system import TEST_COORDINATOR_ENV
 from tests.shop_service import COUNT, ORDER, ORDER_MANY
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant import TransactionManager, intercept_channel
 
 
 @dataclass

@@ -11,8 +11,8 @@ import os
 import signal
 import sys
 
-from participant.sqlite_rm import SqliteRM
-from participant.xa import Xid
+from xatm.participant.stores.sqlite import SqliteRM
+from xatm.participant.xa import Xid
 
 
 def main(path: str, gtrid: str) -> None:

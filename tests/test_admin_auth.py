@@ -22,13 +22,6 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
-from coordinator.auth import Authenticator, AuthFileError, Role, add_parser, hash_token
-from coordinator.httpapi import OPENAPI_PATH, document
-from coordinator.procs import REPO, Proc, coordinator_proc, free_port
-from participant import TransactionManager
-from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
-from participant.context import use
-from participant.xa import TxStatus
 from tests.admin_support import (
     CREDENTIALS,
     INVALID,
@@ -40,6 +33,14 @@ from tests.admin_support import (
     xactl_json,
 )
 from tests.bank_system import TEST_COORDINATOR_ENV
+from tests.conftest import REPO
+from xatm.coordinator.server.auth import Authenticator, AuthFileError, Role, add_parser, hash_token
+from xatm.coordinator.server.http import OPENAPI_PATH, document
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant import TransactionManager
+from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant.client.context import use
+from xatm.participant.xa import TxStatus
 
 OPS, VIEWER, SERVICE = (f"{who}-{secrets.token_urlsafe(24)}" for who in ("ops", "view", "svc"))
 TOKENS = {"ops": ("operator", OPS), "watcher": ("viewer", VIEWER), "svc": ("service", SERVICE)}
@@ -328,7 +329,7 @@ def test_bad_auth_files_are_refused_with_a_reason(tmp_path: Path, content: str, 
 def test_a_bad_auth_file_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "tokens.toml").write_text('[[tokens]]\nname = "a"\nrole = "root"\nsha256 = "00"\n')
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "coordinator", "--auth-file", str(tmp_path / "tokens.toml"),
+        [sys.executable, "-m", "xatm", "coordinator", "--auth-file", str(tmp_path / "tokens.toml"),
          "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
          "--http-listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,

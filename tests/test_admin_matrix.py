@@ -25,12 +25,6 @@ from typing import Any
 import grpc
 import pytest
 
-from coordinator.procs import Proc, coordinator_proc
-from participant import Transaction, TransactionManager
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.context import use
-from participant.xa import TxStatus as S
-from participant.xa import XatmError
 from tests.admin_support import (
     INVALID,
     NOT_FOUND,
@@ -44,6 +38,12 @@ from tests.admin_support import (
     xactl_json,
 )
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.participant import Transaction, TransactionManager
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.client.context import use
+from xatm.participant.xa import TxStatus as S
+from xatm.participant.xa import XatmError
 
 ROLLBACK_FROM = {S.CREATED, S.PREPARING, S.ROLLINGBACK}
 COMMIT_FROM = {S.CREATED, S.PREPARING, S.COMMITTING}

@@ -13,13 +13,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator import tls
-from coordinator.auth import hash_token
-from coordinator.procs import Proc, coordinator_proc
-from coordinator.settings import Settings, SettingsError
 from tests.admin_support import OK, UNAVAILABLE, rest, xactl
 from tests.bank_system import TEST_COORDINATOR_ENV
 from tests.certs import Certs, make_certs
+from xatm.coordinator.server import tls
+from xatm.coordinator.server.auth import hash_token
+from xatm.coordinator.settings import Settings, SettingsError
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
 
 TOKEN = "tls-viewer-token"
 

@@ -21,13 +21,19 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.procs import Proc, coordinator_proc, free_port
-from participant import TransactionManager, TransactionRolledBack, intercept_channel
-from participant._proto import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.agent import XA_CODE_KEY, AgentSettings, UsageError, resolve
-from participant.xa import BranchStatus, TxStatus, XaCode
 from tests.bank_system import TEST_COORDINATOR_ENV
 from tests.pgcluster import PgCluster, pg_url
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant import TransactionManager, TransactionRolledBack, intercept_channel
+from xatm.participant.agent.server import XA_CODE_KEY, AgentSettings, UsageError, resolve
+from xatm.participant.api.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    xa_pb2,
+)
+from xatm.participant.xa import BranchStatus, TxStatus, XaCode
 
 XATM = str(Path(sys.executable).parent / "xatm")
 #: In-doubt resolution every 0.3 s, so the tests see it run against their prepared branches.
@@ -37,7 +43,7 @@ FAST_RECOVERY = {"XATM_RECOVERY_INTERVAL": "0.3"}
 def agent_proc(name: str, coordinator: str, log_dir: Path, env: dict[str, str]) -> Proc:
     """``xatm participant`` on free ports; the resource and anything else come from ``env``."""
     port, http = free_port(), free_port()
-    argv = ["-m", "coordinator.cli", "participant", "--listen", f"127.0.0.1:{port}"]
+    argv = ["-m", "xatm", "participant", "--listen", f"127.0.0.1:{port}"]
     argv += ["--http-listen", f"127.0.0.1:{http}", "--coordinator", coordinator, "--rm-id", name]
     return Proc(
         name,
@@ -101,7 +107,7 @@ def agents(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     pg = agent_proc("agent-pg", address, root, {"XATM_RESOURCE": pg_url(pg_cluster, dbname)})
     kv = Proc(  # configured through the environment alone
         "agent-kv",
-        ["-m", "coordinator.cli", "participant"],
+        ["-m", "xatm", "participant"],
         f"127.0.0.1:{free_port()}",
         root / "agent-kv.log",
         {"XATM_RESOURCE": f"sqlite:{root / 'kv.db'}", "XATM_COORDINATOR": address, **FAST_RECOVERY},
@@ -299,8 +305,12 @@ def test_settings_flags_win_over_environment() -> None:
 
 def test_every_xatm_command_registers_the_agent_without_loading_it() -> None:
     """The subcommand is registered for `xatm coordinator` too: it must not drag the stub's metrics in."""
-    probe = "import sys, coordinator.cli as c; c.build_parser(); print(sorted(set(sys.modules) & {m}))"
-    heavy = {"participant.metrics", "participant.stub", "participant.pg_rm", "psycopg"}
+    probe = (
+        "import sys, xatm.coordinator.cli.main as c; c.build_parser(); print(sorted(set(sys.modules) & {m}))"
+    )
+    heavy = {
+        "xatm.participant.metrics", "xatm.participant.stub", "xatm.participant.stores.postgresql", "psycopg"
+    }
     done = subprocess.run(
         [sys.executable, "-c", probe.replace("{m}", repr(heavy))], capture_output=True, text=True, timeout=60
     )

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from coordinator import bench as bench_module
-from coordinator.bench import add_parser, render_table
+from xatm.coordinator.tools import bench as bench_module
+from xatm.coordinator.tools.bench import add_parser, render_table
 
 RUN_FIELDS = {
     "config",

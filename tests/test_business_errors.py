@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from participant import TransactionRolledBack
-from participant.xa import TxStatus, XaCode
 from tests.admin_support import rest, xactl_json
 from tests.shop_system import Shop, start_shop
+from xatm.participant import TransactionRolledBack
+from xatm.participant.xa import TxStatus, XaCode
 
 # mode -> (status the caller sees, rollback reason recorded by the coordinator)
 REFUSALS = {

@@ -19,22 +19,23 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import recovery
-from coordinator.engine import Engine
-from coordinator.procs import REPO
-from coordinator.settings import Settings
-from coordinator.txlog import TxLogCorrupt
-from coordinator.wal import FileWal, read_records
-from examples.bank._proto import bank_pb2
-from participant import ParticipantStub, context, stub
-from participant.context import TxContext, use, with_deadline
-from participant.initiator import TransactionRolledBack
-from participant.xa import Phase, TxStatus, XaCode, Xid
 from tests.bank_system import BankSystem
 from tests.chaos import eventually, tx_info, wait_final
+from tests.conftest import REPO
 from tests.faketime import FakeClock
 from tests.test_recovery import _FakePeers
 from tests.test_stub import MemoryRM
+from xatm.coordinator.engine import recovery
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.settings import Settings
+from xatm.coordinator.tools.bank._proto import bank_pb2
+from xatm.coordinator.txlog.file import FileWal, read_records
+from xatm.coordinator.txlog.interface import TxLogCorrupt
+from xatm.participant import ParticipantStub, stub
+from xatm.participant.client import context
+from xatm.participant.client.context import TxContext, use, with_deadline
+from xatm.participant.client.initiator import TransactionRolledBack
+from xatm.participant.xa import Phase, TxStatus, XaCode, Xid
 
 #: How far a test steps a wall clock (s): longer than every timeout and retention in play.
 STEP = 45
@@ -173,8 +174,8 @@ def test_a_forward_step_or_a_restart_does_not_drop_fresh_history(tmp_path: Path)
 
 _CLIENT = """
 import sys
-from examples.bank._proto import bank_pb2
-from examples.bank.transfer import Bank
+from xatm.coordinator.tools.bank._proto import bank_pb2
+from xatm.coordinator.tools.bank.transfer import Bank
 
 bank = Bank(*sys.argv[1:4])
 tx = bank.tm.begin(timeout=30)

@@ -38,11 +38,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from examples.bank._proto import bank_pb2, bank_pb2_grpc
-from participant import TransactionRolledBack, XatmError, intercept_channel
-from participant.context import use
-from participant.initiator import Transaction, TransactionError, TransactionOutcomeUnknown
-from participant.xa import BranchStatus, TxStatus
 from tests.bank_system import BankSystem
 from tests.chaos import (
     CRASH_EXIT,
@@ -58,6 +53,15 @@ from tests.chaos import (
     wait_quiescent,
     wait_stores_clean,
 )
+from xatm.coordinator.tools.bank._proto import bank_pb2, bank_pb2_grpc
+from xatm.participant import TransactionRolledBack, XatmError, intercept_channel
+from xatm.participant.client.context import use
+from xatm.participant.client.initiator import (
+    Transaction,
+    TransactionError,
+    TransactionOutcomeUnknown,
+)
+from xatm.participant.xa import BranchStatus, TxStatus
 
 SEED = 1000
 AMOUNT = 100

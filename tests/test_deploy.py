@@ -576,8 +576,8 @@ def test_hadolint():
 
 def exported_metrics() -> dict[str, tuple[str, set[str]]]:
     """Series names the code exports -> (family name, label names)."""
-    importlib.import_module("coordinator.metrics")
-    importlib.import_module("participant.metrics")
+    importlib.import_module("xatm.coordinator.metrics")
+    importlib.import_module("xatm.participant.metrics")
     from prometheus_client import REGISTRY
 
     collectors = getattr(REGISTRY, "_names_to_collectors", {})
@@ -605,7 +605,7 @@ def deploy_text_files() -> list[Path]:
 
 def test_every_referenced_metric_is_exported():
     exported = exported_metrics()
-    assert "xatm_transactions_started_total" in exported, "coordinator.metrics did not register its metrics"
+    assert "xatm_transactions_started_total" in exported, "the coordinator did not register its metrics"
     unknown: dict[str, set[str]] = {}
     for path in deploy_text_files():
         for name in set(re.findall(r"\bxatm_[a-z_]+[a-z]\b", path.read_text())):
@@ -645,7 +645,7 @@ def test_label_selectors_use_exported_labels_and_values():
 
 
 def test_kubernetes_token_file_loads_with_the_coordinator(tmp_path: Path) -> None:
-    from coordinator.auth import Authenticator
+    from xatm.coordinator.server.auth import Authenticator
 
     secret = yaml.safe_load((DEPLOY / "kubernetes" / "coordinator-secret.yaml").read_text())
     tokens = tmp_path / "tokens.toml"

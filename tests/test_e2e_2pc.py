@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from participant import TransactionRolledBack
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc
-from participant.xa import BranchStatus, XaCode
-from participant.xa import TxStatus as S
 from tests.bank_system import BankSystem
+from xatm.participant import TransactionRolledBack
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant.xa import BranchStatus, XaCode
+from xatm.participant.xa import TxStatus as S
 
 FSYNCS = "xatm_wal_fsync_duration_seconds_count"
 
@@ -177,7 +177,7 @@ def test_bad_ids_and_unknown_transactions(bank_system: BankSystem) -> None:
 
 
 def test_an_enlist_refusal_reaches_the_caller_with_its_status(bank_system: BankSystem) -> None:
-    from participant.context import TxContext, use
+    from xatm.participant.client.context import TxContext, use
 
     fake = TxContext("n0.00000000000000000001", bank_system.coordinator.address)
     with use(fake), pytest.raises(grpc.RpcError) as err:

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from participant import failpoints
-from participant.failpoints import CATALOGUE, FailpointError
-from participant.xa import XaCode, XatmError
+from xatm.participant import failpoints
+from xatm.participant.failpoints import CATALOGUE, FailpointError
+from xatm.participant.xa import XaCode, XatmError
 
 NAMES = sorted(CATALOGUE)
 

@@ -17,19 +17,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-import participant as xatm
-from participant import (
+import xatm.participant as xatm
+from tests.bank_system import BankSystem
+from tests.shop_service import ORDER
+from tests.shop_system import Shop, start_shop
+from xatm.participant import (
     AsyncTransactionManager,
     TransactionManager,
     XatmError,
     aio_client_interceptors,
     current,
 )
-from participant._proto import coordinator_pb2
-from participant.xa import TxOutcome, TxStatus
-from tests.bank_system import BankSystem
-from tests.shop_service import ORDER
-from tests.shop_system import Shop, start_shop
+from xatm.participant.api.v1 import coordinator_pb2
+from xatm.participant.xa import TxOutcome, TxStatus
 
 
 @pytest.fixture

@@ -13,16 +13,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator import tls
-from coordinator.procs import Proc, coordinator_proc, wait_healthy
-from examples.bank._proto import bank_pb2
-from examples.bank.transfer import Bank
-from participant.context import use
-from participant.initiator import Transaction, TransactionManager, TransactionRolledBack
-from participant.xa import TxStatus
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem
 from tests.certs import make_certs
 from tests.latency_proxy import LatencyProxy, paused
+from xatm.coordinator.server import tls
+from xatm.coordinator.tools.bank._proto import bank_pb2
+from xatm.coordinator.tools.bank.transfer import Bank
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, wait_healthy
+from xatm.participant.client.context import use
+from xatm.participant.client.initiator import Transaction, TransactionManager, TransactionRolledBack
+from xatm.participant.xa import TxStatus
 
 #: One-way delay of a coordinator "far away" (a round trip is twice this).
 FAR = 0.040

@@ -25,18 +25,19 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.app import EXIT_LOG_STOPPED
-from coordinator.engine import Engine
-from coordinator.procs import Proc
-from coordinator.settings import Settings
-from coordinator.statemachine import Transaction
-from coordinator.txlog import TxLogMissing, TxLogStopped
-from coordinator.wal import FileWal, read_records, repair
-from participant import failpoints
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, wal_pb2, xa_pb2
-from participant.xa import FORMAT_ID, Phase, XaCode, XatmError, Xid
-from participant.xa import TxStatus as S
 from tests.bank_system import BankSystem
+from xatm.coordinator.app import EXIT_LOG_STOPPED
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.protocol import Transaction
+from xatm.coordinator.settings import Settings
+from xatm.coordinator.tools.procs import Proc
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.file import FileWal, read_records, repair
+from xatm.coordinator.txlog.interface import TxLogMissing, TxLogStopped
+from xatm.participant import failpoints
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.xa import FORMAT_ID, Phase, XaCode, XatmError, Xid
+from xatm.participant.xa import TxStatus as S
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from participant import logs
-from participant.xa import TxStatus, Xid, new_bqual, new_gtrid
 from tests.bank_system import BankSystem
+from xatm.participant.runtime import logs
+from xatm.participant.xa import TxStatus, Xid, new_bqual, new_gtrid
 
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: \S"

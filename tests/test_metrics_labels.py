@@ -18,10 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from coordinator.procs import free_port
-from participant._proto import wal_pb2
-from participant.xa import Phase, TxStatus, XaCode
 from tests.bank_system import BankSystem
+from xatm.coordinator.tools.procs import free_port
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.xa import Phase, TxStatus, XaCode
 
 #: Every label an xatm_ metric may carry, with every value it may take ("label@family" first).
 ALLOWED: dict[str, set[str]] = {

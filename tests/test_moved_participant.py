@@ -15,15 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator import statemachine as sm
-from coordinator.auth import hash_token
-from coordinator.journal import RecordFactory as R
-from coordinator.journal import replay
-from coordinator.procs import Proc, coordinator_proc, free_port
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from participant.xa import FORMAT_ID, Decision, Phase, XaCode
-from participant.xa import BranchStatus as B
-from participant.xa import TxStatus as S
 from tests.admin_support import (
     CREDENTIALS,
     INVALID,
@@ -38,6 +29,15 @@ from tests.admin_support import (
 )
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem
 from tests.chaos import CRASH_EXIT, fast_recovery, logs, store_accounts, wait_no_prepared
+from xatm.coordinator import protocol as sm
+from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import replay
+from xatm.coordinator.server.auth import hash_token
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode
+from xatm.participant.xa import BranchStatus as B
+from xatm.participant.xa import TxStatus as S
 
 IN_DOUBT = "xatm_in_doubt_branches"
 #: The coordinator calls a participant that is not listening yet every retry_max (0.3 s) at most.

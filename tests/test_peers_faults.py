@@ -22,23 +22,23 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from coordinator.procs import Proc, coordinator_proc
-from coordinator.wal import read_records
-from participant._proto import coordinator_pb2, coordinator_pb2_grpc, participant_pb2, xa_pb2
-from participant.context import TxContext, use
-from participant.initiator import (
+from tests.bank_system import TEST_COORDINATOR_ENV
+from tests.chaos import FAST_RECOVERY, eventually
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.coordinator.txlog.file import read_records
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, participant_pb2, xa_pb2
+from xatm.participant.client.context import TxContext, use
+from xatm.participant.client.initiator import (
     AsyncTransactionManager,
     Transaction,
     TransactionManager,
     TransactionRolledBack,
     coordinator_channel,
 )
-from participant.replies import MalformedReply
-from participant.sqlite_rm import SqliteRM
-from participant.stub import EnlistError, ParticipantStub
-from participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid, node_of
-from tests.bank_system import TEST_COORDINATOR_ENV
-from tests.chaos import FAST_RECOVERY, eventually
+from xatm.participant.runtime.replies import MalformedReply
+from xatm.participant.stores.sqlite import SqliteRM
+from xatm.participant.stub import EnlistError, ParticipantStub
+from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid, node_of
 
 #: What the fake answers one call with: raw reply bytes, or it aborts / raises on ``context``.
 Answer = Callable[[bytes, grpc.ServicerContext], bytes]

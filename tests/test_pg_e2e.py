@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from coordinator.procs import Proc
-from participant import TransactionRolledBack
-from participant._proto import agent_pb2, agent_pb2_grpc, xa_pb2
-from participant.xa import BranchStatus, XaCode
-from participant.xa import TxStatus as S
 from tests.bank_system import BankSystem, PgStore
 from tests.pgcluster import PgCluster, pg_url, prepared
 from tests.test_agent import FAST_RECOVERY, agent_client, agent_proc
+from xatm.coordinator.tools.procs import Proc
+from xatm.participant import TransactionRolledBack
+from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc, xa_pb2
+from xatm.participant.xa import BranchStatus, XaCode
+from xatm.participant.xa import TxStatus as S
 
 SEED = 1000
 ACCOUNTS = (("bank-a", "alice"), ("bank-a", "carol"), ("bank-b", "bob"))

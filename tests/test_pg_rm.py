@@ -20,11 +20,21 @@ import grpc
 import psycopg
 import pytest
 
-from participant.pg_errors import SQLCLASS_TO_XA, SQLSTATE_TO_XA, to_xa_error, xa_code_for
-from participant.pg_rm import PostgresRM, PostgresSetupError, decode_gid, encode_gid
-from participant.rm import BranchEnded
-from participant.xa import FORMAT_ID, XaCode, XaError, XatmError, Xid, new_bqual, new_gtrid
 from tests.pgcluster import PgCluster
+from xatm.participant.stores.base import BranchEnded
+from xatm.participant.stores.postgresql import (
+    PostgresRM,
+    PostgresSetupError,
+    decode_gid,
+    encode_gid,
+)
+from xatm.participant.stores.postgresql_errors import (
+    SQLCLASS_TO_XA,
+    SQLSTATE_TO_XA,
+    to_xa_error,
+    xa_code_for,
+)
+from xatm.participant.xa import FORMAT_ID, XaCode, XaError, XatmError, Xid, new_bqual, new_gtrid
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "postgresql.md"
 

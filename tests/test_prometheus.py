@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.procs import free_port
-from participant.xa import TxStatus
 from tests.bank_system import BankSystem
 from tests.prom import Prometheus
+from xatm.coordinator.tools.procs import free_port
+from xatm.participant.xa import TxStatus
 
 N_COMMITS = 4
 M_REFUSALS = 3

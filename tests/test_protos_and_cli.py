@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from participant.failpoints import CATALOGUE
 from tests.bank_system import BankSystem
+from xatm.participant.failpoints import CATALOGUE
 
 REPO = Path(__file__).resolve().parent.parent
 # Version stamps differ between grpcio-tools releases without changing the code's meaning.
@@ -38,7 +38,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         )
     committed_files = {
         p.relative_to(REPO)
-        for d in ("participant/_proto", "examples/bank/_proto")
+        for d in ("participant/api/v1", "coordinator/tools/bank/_proto")
         for p in (REPO / d).glob("*.py*")
     }
     assert committed_files <= set(fresh), f"generated files without a proto: {committed_files - set(fresh)}"

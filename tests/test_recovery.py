@@ -13,16 +13,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.engine import Engine
-from coordinator.settings import Settings
-from coordinator.txlog import TxLogCorrupt
-from coordinator.wal import FileWal, read_records
-from participant import ParticipantStub, TransactionManager
-from participant._proto import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
-from participant.sqlite_rm import SqliteRM
-from participant.xa import FORMAT_ID, BranchStatus, Phase, XaCode, Xid
-from participant.xa import TxStatus as S
 from tests.bank_system import BankSystem
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.settings import Settings
+from xatm.coordinator.txlog.file import FileWal, read_records
+from xatm.coordinator.txlog.interface import TxLogCorrupt
+from xatm.participant import ParticipantStub, TransactionManager
+from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant.stores.sqlite import SqliteRM
+from xatm.participant.xa import FORMAT_ID, BranchStatus, Phase, XaCode, Xid
+from xatm.participant.xa import TxStatus as S
 
 BIN = Path(sys.executable).parent
 

@@ -1,4 +1,4 @@
-"""Every resource manager honours the ended-branch rule of participant/rm.py.
+"""Every resource manager honours the ended-branch rule of participant/stores/base.py.
 
 Once a branch has ended -- its transaction timed out, the coordinator rolled it back, it committed
 in two phases or in one -- every handle business code kept on it fails with a clear error, and
@@ -29,17 +29,17 @@ import grpc
 import psycopg
 import pytest
 
-from coordinator.procs import Proc, coordinator_proc
-from participant import ParticipantStub, TransactionManager, TransactionRolledBack, current
-from participant._proto import agent_pb2, agent_pb2_grpc
-from participant.context import GTRID_KEY, to_metadata, use
-from participant.pg_rm import PostgresRM
-from participant.rm import BranchEnded, ResourceManager
-from participant.sqlite_rm import SqliteRM
-from participant.xa import TxStatus, XaCode, Xid, new_bqual, new_gtrid
 from tests.bank_system import TEST_COORDINATOR_ENV, SqliteStore, coordinator_status, wait_status
 from tests.pgcluster import PgCluster, pg_url
 from tests.test_agent import agent_proc, integer, text
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.participant import ParticipantStub, TransactionManager, TransactionRolledBack, current
+from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc
+from xatm.participant.client.context import GTRID_KEY, to_metadata, use
+from xatm.participant.stores.base import BranchEnded, ResourceManager
+from xatm.participant.stores.postgresql import PostgresRM
+from xatm.participant.stores.sqlite import SqliteRM
+from xatm.participant.xa import TxStatus, XaCode, Xid, new_bqual, new_gtrid
 
 #: Transaction timeout of the scenarios that time out, in seconds.
 TIMEOUT = 1.0

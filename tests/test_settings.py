@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.procs import REPO, Proc, coordinator_proc, free_port
-from coordinator.settings import Settings, SettingsError
-from coordinator.settings import resolve as coordinator_settings
-from participant.address import Address, AddressError
-from participant.agent import resolve as agent_settings
+from tests.conftest import REPO
+from xatm.coordinator.settings import Settings, SettingsError
+from xatm.coordinator.settings import resolve as coordinator_settings
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant.agent.server import resolve as agent_settings
+from xatm.participant.runtime.address import Address, AddressError
 
 BIN = Path(sys.executable).parent
 #: The process environment without any XATM_* variable: each case sets only its own.
@@ -167,9 +168,9 @@ def test_xactl_refuses_a_malformed_coordinator_address_as_a_usage_error() -> Non
 @pytest.mark.parametrize(
     "argv",
     [
-        ["-m", "coordinator.bench_participant", "--listen", "nope", "--rm-id", "b"],
-        ["-m", "examples.bank.account_service", "--name", "a", "--listen", "127.0.0.1:1", "--db", "x.db",
-         "--coordinator", "[::1]"],
+        ["-m", "xatm.coordinator.tools.bench_participant", "--listen", "nope", "--rm-id", "b"],
+        ["-m", "xatm.coordinator.tools.bank.account_service", "--name", "a", "--listen", "127.0.0.1:1",
+         "--db", "x.db", "--coordinator", "[::1]"],
     ],
     ids=["bench-participant", "bank-account-service"],
 )  # fmt: skip
@@ -257,13 +258,13 @@ def test_any_text_parses_or_fails_with_one_line(text: str) -> None:
 # ------------------------------------------------------------------ the stop-signal helper
 
 _THREADED = """
-from participant.serving import until_signalled
+from xatm.participant.runtime.serving import until_signalled
 until_signalled(lambda: print("serving", flush=True))
 print("stopped gracefully", flush=True)
 """
 _ASYNCIO = """
 import asyncio
-from participant.serving import stop_signals
+from xatm.participant.runtime.serving import stop_signals
 
 async def main():
     async with stop_signals() as stop:
@@ -300,14 +301,14 @@ def test_servers_exit_0_on_sigterm(tmp_path: Path) -> None:
         port, http = free_port(), free_port()
         agent = Proc(
             "agent",
-            ["-m", "coordinator.cli", "participant", "--listen", f"127.0.0.1:{port}",
+            ["-m", "xatm", "participant", "--listen", f"127.0.0.1:{port}",
              "--http-listen", f"127.0.0.1:{http}", "--coordinator", coordinator.address],
             f"127.0.0.1:{port}",
             tmp_path / "agent.log",
             {"XATM_RESOURCE": f"sqlite:{tmp_path / 'kv.db'}"},
         ).start()  # fmt: skip
         bench = f"127.0.0.1:{free_port()}"
-        argv = ["-m", "coordinator.bench_participant", "--listen", bench, "--rm-id", "bench-0"]
+        argv = ["-m", "xatm.coordinator.tools.bench_participant", "--listen", bench, "--rm-id", "bench-0"]
         participant = Proc("bench", argv, bench, tmp_path / "bench.log").start()
         assert participant.stop() == 0, participant.tail()
         assert agent.stop() == 0, agent.tail()

@@ -26,9 +26,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from examples.bank.transfer import Bank
-from participant import XatmError
-from participant.xa import BranchStatus, TxStatus
 from tests.bank_system import BankSystem
 from tests.chaos import (
     ensure_running,
@@ -43,6 +40,9 @@ from tests.chaos import (
     wait_quiescent,
     wait_stores_clean,
 )
+from xatm.coordinator.tools.bank.transfer import Bank
+from xatm.participant import XatmError
+from xatm.participant.xa import BranchStatus, TxStatus
 
 SOAK_SECONDS = float(os.environ.get("XATM_SOAK_SECONDS", "90"))
 SOAK_SEED = int(os.environ["XATM_SOAK_SEED"]) if os.environ.get("XATM_SOAK_SEED") else None

@@ -20,10 +20,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from participant import sqlite_rm
-from participant.rm import BranchEnded
-from participant.sqlite_rm import LOCAL_FORMAT_ID, SqliteRM
-from participant.xa import FORMAT_ID, XaCode, XaError, Xid
+from xatm.participant.stores import sqlite as sqlite_rm
+from xatm.participant.stores.base import BranchEnded
+from xatm.participant.stores.sqlite import LOCAL_FORMAT_ID, SqliteRM
+from xatm.participant.xa import FORMAT_ID, XaCode, XaError, Xid
 
 CHILD = Path(__file__).with_name("sqlite_crash_child.py")
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,10 +14,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from coordinator import statemachine as sm
-from participant.xa import BranchStatus as B
-from participant.xa import Decision, Phase, TxOutcome, XaCode, XatmError
-from participant.xa import TxStatus as S
+from xatm.coordinator import protocol as sm
+from xatm.participant.xa import BranchStatus as B
+from xatm.participant.xa import Decision, Phase, TxOutcome, XaCode, XatmError
+from xatm.participant.xa import TxStatus as S
 
 ALL_CODES = list(XaCode)
 RB_CODES = [c for c in XaCode if 100 <= c.value <= 107]

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from participant import (
+from xatm.participant import (
     AioServerInterceptor,
     AsyncParticipantServicer,
     AsyncTransactionManager,
@@ -41,16 +41,16 @@ from participant import (
     failpoints,
     intercept_channel,
 )
-from participant._proto import (
+from xatm.participant.api.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
     participant_pb2,
     participant_pb2_grpc,
     xa_pb2,
 )
-from participant.context import GTRID_KEY, use
-from participant.stub import _Branch
-from participant.xa import FORMAT_ID, TxOutcome, TxStatus
+from xatm.participant.client.context import GTRID_KEY, use
+from xatm.participant.stub import _Branch
+from xatm.participant.xa import FORMAT_ID, TxOutcome, TxStatus
 
 # ---------------------------------------------------------------- fakes
 

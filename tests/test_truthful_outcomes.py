@@ -14,10 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from participant import TransactionError, XatmError
-from participant.xa import TxOutcome, TxStatus, XaCode
 from tests.bank_system import BankSystem
 from tests.chaos import wait_final
+from xatm.participant import TransactionError, XatmError
+from xatm.participant.xa import TxOutcome, TxStatus, XaCode
 
 #: A short commit wait so an unknown outcome is answered quickly; call_timeout stays 1 s.
 FAST = {"XATM_COMMIT_WAIT": "1"}

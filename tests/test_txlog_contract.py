@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.memlog import LogStore, MemoryLog
-from coordinator.txlog import TxLog, TxLogStopped
-from coordinator.wal import FileWal
-from participant import failpoints
-from participant._proto import wal_pb2
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.file import FileWal
+from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.coordinator.txlog.memory import LogStore, MemoryLog
+from xatm.participant import failpoints
 
 #: Makes a log on one storage: each call opens a new log object on the same storage.
 Opener = Callable[[], TxLog]

@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from coordinator.txlog import TxLogCorrupt, TxLogStopped
-from coordinator.wal import FileWal, dump_text, iter_dump_lines, read_records, repair
-from participant import failpoints
-from participant._proto import wal_pb2, xa_pb2
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.file import FileWal, dump_text, iter_dump_lines, read_records, repair
+from xatm.coordinator.txlog.interface import TxLogCorrupt, TxLogStopped
+from xatm.participant import failpoints
+from xatm.participant.api.v1 import xa_pb2
 
 WalRecord = wal_pb2.WalRecord
 T = TypeVar("T")
@@ -139,7 +140,7 @@ def test_empty_log_opens_empty(tmp_path: Path) -> None:
 
 
 def test_oversized_record_is_refused_and_log_stays_usable(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("coordinator.wal.framing.MAX_PAYLOAD", 100)
+    monkeypatch.setattr("xatm.coordinator.txlog.file.framing.MAX_PAYLOAD", 100)
 
     async def go() -> None:
         wal = FileWal(tmp_path)
@@ -516,9 +517,9 @@ def test_failed_fsync_stops_the_log(tmp_path: Path) -> None:
 CRASH_CHILD = """
 import asyncio, sys
 from pathlib import Path
-from coordinator.wal import FileWal
+from xatm.coordinator.txlog.file import FileWal
 from participant import failpoints
-from participant._proto import wal_pb2
+from xatm.participant.api.v1 import wal_pb2
 
 async def main():
     wal = FileWal(Path(sys.argv[1]))

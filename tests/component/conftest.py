@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from coordinator.engine import Engine, Result
-from coordinator.memlog import MemoryLog
-from coordinator.settings import Settings
-from coordinator.statemachine import Transaction
-from participant._proto import wal_pb2
-from participant.xa import TxStatus as S
 from tests.component.fakes import FakePeers
+from xatm.coordinator.engine.core import Engine, Result
+from xatm.coordinator.protocol import Transaction
+from xatm.coordinator.settings import Settings
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.memory import MemoryLog
+from xatm.participant.xa import TxStatus as S
 
 NODE = "n1"
 #: A component test that runs longer than this is stuck, not slow.

@@ -1,6 +1,6 @@
 """Participants in the test's own process, behind the interface the engine calls them through.
 
-``FakePeers`` stands in for ``coordinator.peers.Peers``: each endpoint's answers are scripted per
+``FakePeers`` stands in for ``xatm.coordinator.engine.peers.Peers``: each endpoint's answers are scripted per
 phase (XA codes, reasons, delays, answers held until the test lets them go), an endpoint can be
 unreachable, and every call sent is kept in ``calls`` for the test to check.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from coordinator.peers import PeerError, Peers
-from participant.xa import Phase, XaCode, Xid
+from xatm.coordinator.engine.peers import PeerError, Peers
+from xatm.participant.xa import Phase, XaCode, Xid
 
 __all__ = ["Answer", "Call", "FakePeers"]
 

@@ -8,11 +8,11 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.txlog import TxLogStopped
-from participant._proto import wal_pb2
-from participant.xa import Decision, Phase, XaCode, Xid
-from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.interface import TxLogStopped
+from xatm.participant.xa import Decision, Phase, XaCode, Xid
+from xatm.participant.xa import TxStatus as S
 
 
 def _is_decision(record: wal_pb2.WalRecord) -> bool:

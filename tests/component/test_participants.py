@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from coordinator.statemachine import Refused
-from participant.xa import FORMAT_ID, Decision, Phase, XaCode, XatmError, Xid
-from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until, with_settings
+from xatm.coordinator.protocol import Refused
+from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode, XatmError, Xid
+from xatm.participant.xa import TxStatus as S
 
 #: Phase two of b fails and backs off for a minute: only a move or a report can finish it soon.
 STUCK = {"retry_initial": 60.0, "retry_max": 60.0, "commit_wait": 0.1}

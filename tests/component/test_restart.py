@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 
-from coordinator.txlog import TxLogStopped
-from participant._proto import admin_pb2, wal_pb2
-from participant.xa import Decision, Phase, TxOutcome, XaCode, Xid
-from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until, with_settings
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.interface import TxLogStopped
+from xatm.participant.api.v1 import admin_pb2
+from xatm.participant.xa import Decision, Phase, TxOutcome, XaCode, Xid
+from xatm.participant.xa import TxStatus as S
 
 PRESUMED_ABORT = "coordinator restarted before a decision (presumed abort)"
 

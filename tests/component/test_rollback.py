@@ -7,12 +7,12 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.statemachine import Refused
-from participant.xa import BranchStatus as B
-from participant.xa import Phase, TxOutcome, XaCode, XatmError
-from participant.xa import TxStatus as S
 from tests.component.conftest import Rig, endpoint, until, with_settings
 from tests.component.fakes import DEADLINE_REASON, Answer
+from xatm.coordinator.protocol import Refused
+from xatm.participant.xa import BranchStatus as B
+from xatm.participant.xa import Phase, TxOutcome, XaCode, XatmError
+from xatm.participant.xa import TxStatus as S
 
 
 async def test_rollback_calls_every_branch_and_ends_rolledback(rig: Rig) -> None:

@@ -1,0 +1,1 @@
+"""Command lines: ``xatm`` (coordinator, participant agent, demo, bench) and ``xactl`` (operators)."""

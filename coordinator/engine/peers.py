@@ -1,0 +1,158 @@
+"""Calls from the coordinator to participants, with every failure read as an XA code.
+
+A transport failure is XAER_RMFAIL with the gRPC status in the reason, and so is anything
+else that is not a valid answer — an exception the channel raised, bytes that do not decode
+as the reply message, an XA code outside the protocol — with a reason saying what came back.
+The state machine therefore only ever sees XA codes, and no call task dies with an exception.
+One channel per endpoint, cached; messages either way are bounded by ``max_message_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
+from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.xa import (
+    CHANNEL_OPTIONS,
+    Phase,
+    XaCode,
+    XatmError,
+    Xid,
+    validate_bqual,
+    validate_gtrid,
+)
+
+__all__ = ["PeerError", "Peers"]
+
+log = logging.getLogger("xatm.peers")
+
+_SERVICE = participant_pb2.DESCRIPTOR.services_by_name["Participant"]
+
+
+class PeerError(Exception):
+    """A participant call that produced no valid answer.
+
+    ``reason`` says what happened (gRPC status and details, the exception, or what came back);
+    ``transport`` is True when the call failed in gRPC (unreachable, deadline, a status other
+    than OK) and False when the participant answered something that is not a valid reply.
+    """
+
+    def __init__(self, reason: str, *, transport: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.transport = transport
+
+
+class Peers:
+    """The coordinator's gRPC client to every participant endpoint (host:port)."""
+
+    def __init__(
+        self, *, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
+    ):
+        self._options = [
+            *CHANNEL_OPTIONS,
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._credentials = credentials
+        self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+            self._channels[endpoint] = channel
+            stub = self._stubs[endpoint] = participant_pb2_grpc.ParticipantStub(channel)
+        return stub
+
+    def _unconnected(self, endpoint: str) -> bool:
+        channel = self._channels.get(endpoint)
+        return channel is not None and channel.get_state() != grpc.ChannelConnectivity.READY
+
+    async def _invoke(
+        self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
+    ) -> Any:
+        """One unary call; returns a valid reply or raises PeerError, nothing else.
+
+        ``wait_for_ready``: a channel still in its reconnect backoff after the peer restarted
+        waits for the connection within ``timeout`` instead of failing at once with the last
+        connection error (gRPC's default), so a participant back at its address takes part in
+        the very next prepare.
+        """
+        try:
+            call = getattr(self._stub(endpoint), method)
+            reply = await call(request, timeout=timeout, wait_for_ready=wait_for_ready)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._unconnected(endpoint):
+                # Waiting for a connection that never came: say so, not just "deadline".
+                reason = f"UNAVAILABLE: no connection to {endpoint} within {timeout:g} s (deadline exceeded)"
+                raise PeerError(reason, transport=True) from None
+            raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
+        except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
+            raise PeerError(f"{method} call failed: {type(err).__name__}: {err}", transport=True) from None
+        try:
+            return checked_reply(reply, _SERVICE, method, "participant")
+        except MalformedReply as err:
+            raise PeerError(err.message, transport=False) from None
+
+    async def call(
+        self, endpoint: str, phase: Phase, xid: Xid, *, timeout: float, savepoint_id: str = ""
+    ) -> tuple[XaCode, str]:
+        """Send one XA verb; returns (code, reason) and never raises (but for cancellation).
+
+        Anything that is not a valid answer is ``XAER_RMFAIL`` with the reason saying what came back.
+        """
+        wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
+        request: Message
+        if phase == Phase.PREPARE:
+            method, request = "Prepare", participant_pb2.BranchRequest(xid=wire)
+        elif phase in (Phase.COMMIT, Phase.ONE_PHASE_COMMIT):
+            method = "Commit"
+            request = participant_pb2.CommitBranchRequest(xid=wire, one_phase=phase == Phase.ONE_PHASE_COMMIT)
+        elif phase == Phase.ROLLBACK:
+            method, request = "Rollback", participant_pb2.BranchRequest(xid=wire)
+        elif phase == Phase.FORGET:
+            method, request = "Forget", participant_pb2.BranchRequest(xid=wire)
+        else:
+            method = "Savepoint" if phase == Phase.SAVEPOINT else "RollbackToSavepoint"
+            request = participant_pb2.SavepointBranchRequest(xid=wire, savepoint_id=savepoint_id)
+        try:
+            reply = await self._invoke(endpoint, method, request, timeout)
+        except PeerError as err:
+            return XaCode.XAER_RMFAIL, err.reason
+        return XaCode(reply.code), reply.reason
+
+    async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:
+        """The participant's prepared XIDs and its rm_id; raises PeerError and nothing else.
+
+        An XID of ``format_id`` whose gtrid or bqual is malformed is left out and logged: no
+        outcome can be looked up for it, and it must not hide the well-formed ones.
+        """
+        request = participant_pb2.RecoverRequest(format_id=format_id)
+        reply = await self._invoke(endpoint, "Recover", request, timeout, wait_for_ready=False)
+        xids = []
+        for wire in reply.xids:
+            if wire.format_id == format_id:
+                try:
+                    validate_gtrid(wire.gtrid)
+                    validate_bqual(wire.bqual)
+                except XatmError as err:
+                    log.warning("recover at %s listed a malformed XID, left out: %s", endpoint, err.message)
+                    continue
+            xids.append(Xid(wire.gtrid, wire.bqual, wire.format_id))
+        return xids, reply.rm_id
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

@@ -1,0 +1,270 @@
+"""Operator operations, written once for the Admin gRPC service and the REST admin API.
+
+Both transports authenticate the caller, then call these methods; authorization, the
+force-commit and rollback rules (enforced by the state machine), the audit record and the
+``xatm_admin_actions_total`` count all happen here, so the two APIs cannot drift apart.
+Force operations are audited whether they succeed or are refused; only a malformed id (no
+transaction was named) and an unauthenticated call (no one to name) leave no record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from xatm.coordinator import metrics
+from xatm.coordinator.engine.core import Engine, Result
+from xatm.coordinator.server.auth import Caller, Permission
+from xatm.coordinator.server.wire import to_info
+from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
+from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.xa import TxOutcome, TxStatus, XatmError, validate_bqual, validate_gtrid
+
+__all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
+
+#: The audited actions; also the bounded ``action`` label of xatm_admin_actions_total.
+ACTIONS = ("force_rollback", "force_commit", "forget", "resolve_branch")
+MAX_PAGE = 1000
+MAX_FORGET = 1000
+#: The outcomes an operator may state when resolving a branch by hand, by wire value and by name.
+RESOLVED_OUTCOMES = {
+    admin_pb2.RESOLVED_OUTCOME_COMMITTED: "committed",
+    admin_pb2.RESOLVED_OUTCOME_ROLLEDBACK: "rolledback",
+}
+#: Operator reasons are kept short: they go into the log and every audit listing.
+REASON_MAX = 200
+
+
+def _checked_reason(reason: str) -> str:
+    """An operator's reason, stripped; INVALID_ARGUMENT past REASON_MAX characters rather than
+    an audit record that silently lost the end of the justification."""
+    reason = reason.strip()
+    if len(reason) > REASON_MAX:
+        raise XatmError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
+        )
+    return reason
+#: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
+_WHOLE_REQUEST = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
+T = TypeVar("T")
+
+for _action in ACTIONS:
+    metrics.ADMIN_ACTIONS.labels(action=_action, result="ok")
+
+
+def completion(result: Result) -> coordinator_pb2.CompletionResponse:
+    info = to_info(result.tx)
+    return coordinator_pb2.CompletionResponse(
+        gtrid=info.gtrid,
+        outcome=proto_enum(result.outcome, xa_pb2.TxOutcome),
+        status=info.status,
+        branches=info.branches,
+        rollback_code=info.rollback_code,
+        rollback_reason=info.rollback_reason,
+    )
+
+
+def _page(total: int, page_size: int, page_token: str) -> tuple[int, int]:
+    """Validated (size, offset) of a page request."""
+    size = min(page_size or 100, MAX_PAGE)
+    if not page_token:
+        return size, -1
+    if not page_token.isdigit() or len(page_token) > 12:
+        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed page token {page_token[:20]!r}")
+    return size, min(int(page_token), total)
+
+
+class AdminOps:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # ----------------------------------------------------------------- reads
+
+    async def list_transactions(
+        self,
+        caller: Caller,
+        statuses: Sequence[TxStatus] = (),
+        begun_after: float | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> admin_pb2.ListTransactionsResponse:
+        """Oldest first; the page token is the offset of the next page."""
+        caller.principal.require(Permission.READ)
+        txs = sorted(self.engine.transactions(statuses, begun_after), key=lambda tx: (tx.begun_at, tx.gtrid))
+        size, start = _page(len(txs), page_size, page_token)
+        start = max(start, 0)
+        end = start + size
+        return admin_pb2.ListTransactionsResponse(
+            transactions=[to_info(tx) for tx in txs[start:end]],
+            next_page_token=str(end) if end < len(txs) else "",
+        )
+
+    async def get(self, caller: Caller, gtrid: str) -> xa_pb2.TransactionInfo:
+        caller.principal.require(Permission.READ)
+        return to_info(self.engine.get(gtrid))
+
+    async def audit(
+        self, caller: Caller, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb2.ListAuditResponse:
+        """Newest last. The first page is the most recent records; the token pages back in time."""
+        caller.principal.require(Permission.READ)
+        records = self.engine.audit_log
+        size, end = _page(len(records), page_size, page_token)
+        end = len(records) if end < 0 else end
+        start = max(0, end - size)
+        return admin_pb2.ListAuditResponse(
+            records=records[start:end], next_page_token=str(start) if start > 0 else ""
+        )
+
+    # ----------------------------------------------------------------- forced operations
+
+    async def force_rollback(
+        self, caller: Caller, gtrid: str, reason: str = ""
+    ) -> coordinator_pb2.CompletionResponse:
+        """Allowed only from Created, Preparing, Rollingback (the state machine refuses the rest)."""
+        reason = _checked_reason(reason)
+        why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
+
+        async def run() -> coordinator_pb2.CompletionResponse:
+            return completion(await self.engine.rollback(gtrid, why))
+
+        return await self._audited(caller, "force_rollback", gtrid, reason, run)
+
+    async def force_commit(
+        self, caller: Caller, gtrid: str, reason: str = ""
+    ) -> coordinator_pb2.CompletionResponse:
+        """Allowed only from Created, Preparing, Committing (the state machine refuses the rest)."""
+        reason = _checked_reason(reason)
+
+        async def run() -> coordinator_pb2.CompletionResponse:
+            return completion(await self.engine.force_commit(gtrid))
+
+        return await self._audited(caller, "force_commit", gtrid, reason, run)
+
+    async def resolve_branch(
+        self, caller: Caller, gtrid: str, bqual: str, outcome: str | None, reason: str
+    ) -> coordinator_pb2.CompletionResponse:
+        """Close a branch whose resource manager is gone for good, as a heuristic decision.
+
+        ``outcome`` is "committed" or "rolledback" (what happened to the branch at its RM, as the
+        operator knows it); ``reason`` is required. Allowed only for a branch still owed an answer in
+        Committing or Rollingback (FAILED_PRECONDITION otherwise); needs the operator role; audited
+        with the branch and the stated outcome.
+        """
+        validate_bqual(bqual)
+        if outcome not in RESOLVED_OUTCOMES.values():
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "state the outcome: committed or rolledback")
+        reason = _checked_reason(reason)
+        if not reason:
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, "a reason is required to resolve a branch by hand"
+            )
+        why = f"resolved by {caller.principal.name} as {outcome}: {reason}"
+
+        async def run() -> coordinator_pb2.CompletionResponse:
+            return completion(await self.engine.resolve_branch(gtrid, bqual, outcome == "committed", why))
+
+        return await self._audited(
+            caller, "resolve_branch", gtrid, reason, run, what=f"branch {bqual} stated {outcome}"
+        )
+
+    async def forget(self, caller: Caller, gtrids: Sequence[str]) -> admin_pb2.ForgetResponse:
+        """Forget heuristically completed transactions; one result (and audit record) per id.
+
+        Every id is checked before anything is done; the ids are handled concurrently so their
+        audit records share fsyncs. A caller without the operator role is refused as a whole.
+        """
+        if not 1 <= len(gtrids) <= MAX_FORGET:
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"forget needs 1-{MAX_FORGET} transaction ids")
+        for gtrid in gtrids:
+            validate_gtrid(gtrid)
+        unique = list(dict.fromkeys(gtrids))
+        outcomes = await asyncio.gather(
+            *(
+                self._audited(caller, "forget", g, "", functools.partial(self.engine.forget, g))
+                for g in unique
+            ),
+            return_exceptions=True,
+        )
+        results = []
+        for gtrid, outcome in zip(unique, outcomes, strict=True):
+            if isinstance(outcome, XatmError) and outcome.code not in _WHOLE_REQUEST:
+                results.append(
+                    admin_pb2.ForgetResult(
+                        gtrid=gtrid, forgotten=False, error=outcome.message, code=outcome.code.name
+                    )
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results.append(admin_pb2.ForgetResult(gtrid=gtrid, forgotten=True))
+        return admin_pb2.ForgetResponse(results=results)
+
+    async def _audited(
+        self,
+        caller: Caller,
+        action: str,
+        gtrid: str,
+        reason: str,
+        run: Callable[[], Awaitable[T]],
+        *,
+        what: str = "",
+    ) -> T:
+        """Authorize, run, then durably record what happened, refusals included.
+
+        ``what`` says more precisely what was asked (e.g. the branch), at the head of the detail.
+        """
+        try:
+            validate_gtrid(gtrid)
+            if self.engine.closing:
+                raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; retry later")
+        except XatmError as err:
+            metrics.ADMIN_ACTIONS.labels(action=action, result=err.code.name.lower()).inc()
+            raise
+        try:
+            caller.principal.require(Permission.OPERATE)
+            value = await run()
+        except XatmError as err:
+            await self._record(
+                caller, action, gtrid, f"refused: {err.code.name}", [what, err.message], reason
+            )
+            metrics.ADMIN_ACTIONS.labels(action=action, result=err.code.name.lower()).inc()
+            raise
+        except Exception:
+            await self._record(
+                caller, action, gtrid, "error: INTERNAL", [what, "see the coordinator log"], reason
+            )
+            metrics.ADMIN_ACTIONS.labels(action=action, result="internal").inc()
+            raise
+        outcome = ""
+        if isinstance(value, coordinator_pb2.CompletionResponse):
+            outcome = f"{TxOutcome(value.outcome).name}, transaction {TxStatus(value.status)}"
+        await self._record(caller, action, gtrid, "ok", [what, outcome], reason)
+        metrics.ADMIN_ACTIONS.labels(action=action, result="ok").inc()
+        return value
+
+    async def _record(
+        self, caller: Caller, action: str, gtrid: str, result: str, detail: list[str], reason: str
+    ) -> None:
+        stamp = Timestamp()
+        stamp.FromNanoseconds(time.time_ns())
+        text = "; ".join(part for part in (*detail, f"reason: {reason}" if reason else "") if part)
+        await self.engine.record_audit(
+            admin_pb2.AuditRecord(
+                time=stamp,
+                actor=caller.principal.name,
+                action=action,
+                gtrid=gtrid,
+                peer=caller.peer[:200],
+                trace_id=caller.trace_id,
+                result=result,
+                detail=text[:500],
+            )
+        )

@@ -1,0 +1,236 @@
+"""gRPC side of the coordinator: servicers (wire <-> engine, errors -> status codes) and the
+interceptor that authenticates callers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps, completion
+from xatm.coordinator.server.auth import Authenticator, Caller, Permission, bearer_token, trace_id
+from xatm.coordinator.server.wire import to_info
+from xatm.participant.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    xa_pb2,
+)
+from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid
+
+__all__ = ["AdminServicer", "CallerInterceptor", "CoordinatorServicer"]
+
+log = logging.getLogger("xatm.coordinator")
+T = TypeVar("T")
+
+_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_ADMIN = "/xatm.v1.Admin/"
+#: The caller of the Admin call being served; set only by CallerInterceptor (no default: an
+#: Admin service served without the interceptor fails closed).
+_CALLER: ContextVar[Caller] = ContextVar("xatm_admin_caller")
+
+
+def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn XatmError into its gRPC status; anything unexpected is logged, never leaked."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except XatmError as err:
+            await context.abort(err.code, err.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see coordinator log"
+            )
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @rpc
+    async def Begin(
+        self, request: coordinator_pb2.BeginRequest, context: Any
+    ) -> coordinator_pb2.BeginResponse:
+        tx = await self.engine.begin(request.timeout_ms)
+        return coordinator_pb2.BeginResponse(gtrid=tx.gtrid, format_id=FORMAT_ID, timeout_ms=tx.timeout_ms)
+
+    @rpc
+    async def Enlist(
+        self, request: coordinator_pb2.EnlistRequest, context: Any
+    ) -> coordinator_pb2.EnlistResponse:
+        code = await self.engine.enlist(request.gtrid, request.bqual, request.rm_id, request.endpoint)
+        reason = f"bqual {request.bqual} is already enlisted in {request.gtrid}" if code else ""
+        return coordinator_pb2.EnlistResponse(code=proto_enum(code, xa_pb2.XaCode), reason=reason)
+
+    @rpc
+    async def Commit(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
+        return completion(await self.engine.commit(request.gtrid))
+
+    @rpc
+    async def Rollback(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
+        return completion(await self.engine.rollback(request.gtrid, "rollback requested by the initiator"))
+
+    @rpc
+    async def MarkRollbackOnly(self, request: coordinator_pb2.MarkRollbackOnlyRequest, context: Any) -> Any:
+        return to_info(await self.engine.mark_rollback_only(request.gtrid, request.reason))
+
+    @rpc
+    async def GetStatus(self, request: coordinator_pb2.StatusRequest, context: Any) -> xa_pb2.TransactionInfo:
+        return to_info(self.engine.get(request.gtrid))
+
+    @rpc
+    async def QueryOutcome(self, request: coordinator_pb2.QueryOutcomeRequest, context: Any) -> Any:
+        xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
+        decision = await self.engine.participant_query(xid, request.rm_id, request.endpoint)
+        return coordinator_pb2.QueryOutcomeResponse(decision=proto_enum(decision, xa_pb2.Decision))
+
+    @rpc
+    async def RegisterParticipant(
+        self, request: coordinator_pb2.RegisterParticipantRequest, context: Any
+    ) -> coordinator_pb2.RegisterParticipantResponse:
+        moved = await self.engine.register_participant(request.rm_id, request.endpoint)
+        return coordinator_pb2.RegisterParticipantResponse(moved=moved)
+
+    @rpc
+    async def ReportOutcome(
+        self, request: coordinator_pb2.ReportOutcomeRequest, context: Any
+    ) -> coordinator_pb2.ReportOutcomeResponse:
+        try:
+            phase, code = Phase(request.phase), XaCode(request.code)
+        except ValueError:
+            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "unknown phase or XA code in report") from None
+        if phase not in (Phase.COMMIT, Phase.ROLLBACK):
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a participant reports Commit or Rollback, not {phase}"
+            )
+        xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
+        tx = await self.engine.report_outcome(xid, request.rm_id, phase, code, request.reason)
+        return coordinator_pb2.ReportOutcomeResponse(status=proto_enum(tx.status, xa_pb2.TransactionStatus))
+
+    @rpc
+    async def CreateSavepoint(self, request: coordinator_pb2.CreateSavepointRequest, context: Any) -> Any:
+        return coordinator_pb2.CreateSavepointResponse(
+            savepoint_id=await self.engine.create_savepoint(request.gtrid)
+        )
+
+    @rpc
+    async def RollbackToSavepoint(
+        self, request: coordinator_pb2.RollbackToSavepointRequest, context: Any
+    ) -> Any:
+        return to_info(await self.engine.rollback_to_savepoint(request.gtrid, request.savepoint_id))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    """The Admin service over AdminOps, which it shares with the REST API."""
+
+    def __init__(self, ops: AdminOps):
+        self.ops = ops
+
+    @rpc
+    async def ListTransactions(self, request: admin_pb2.ListTransactionsRequest, context: Any) -> Any:
+        try:
+            statuses = [TxStatus(s) for s in request.statuses]
+        except ValueError:
+            raise XatmError(
+                grpc.StatusCode.INVALID_ARGUMENT, "unknown transaction status in filter"
+            ) from None
+        after = request.begun_after.ToNanoseconds() / 1e9 if request.HasField("begun_after") else None
+        return await self.ops.list_transactions(
+            _CALLER.get(), statuses, after, request.page_size, request.page_token
+        )
+
+    @rpc
+    async def GetTransaction(self, request: admin_pb2.GetTransactionRequest, context: Any) -> Any:
+        return await self.ops.get(_CALLER.get(), request.gtrid)
+
+    @rpc
+    async def ForceRollback(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
+        return await self.ops.force_rollback(_CALLER.get(), request.gtrid, request.reason)
+
+    @rpc
+    async def ForceCommit(self, request: admin_pb2.ForceRequest, context: Any) -> Any:
+        return await self.ops.force_commit(_CALLER.get(), request.gtrid, request.reason)
+
+    @rpc
+    async def Forget(self, request: admin_pb2.ForgetRequest, context: Any) -> Any:
+        return await self.ops.forget(_CALLER.get(), list(request.gtrids))
+
+    @rpc
+    async def ResolveBranch(self, request: admin_pb2.ResolveBranchRequest, context: Any) -> Any:
+        outcome = RESOLVED_OUTCOMES.get(request.outcome)
+        return await self.ops.resolve_branch(
+            _CALLER.get(), request.gtrid, request.bqual, outcome, request.reason
+        )
+
+    @rpc
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Any) -> Any:
+        return await self.ops.audit(_CALLER.get(), request.page_size, request.page_token)
+
+
+class CallerInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call but health and reflection, and names the caller of Admin calls.
+
+    Coordinator calls need the ``service`` role, checked here; Admin calls are authorized by
+    AdminOps (so that a refused force operation is audited) and get a trace id, sent back in
+    the ``x-trace-id`` response header. With auth off, Coordinator calls pass untouched.
+    """
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        admin = method.startswith(_ADMIN)
+        if handler is None or method.startswith(_OPEN) or not (admin or self.auth.enabled):
+            return handler
+        # Every xatm RPC is unary. On grpc.aio its behaviour is a coroutine function; the stubs
+        # type only the threaded server's (a plain function of a grpc.ServicerContext).
+        inner = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], handler.unary_unary)
+        auth = self.auth
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            trace = ""
+            if admin:  # trace ids are for operator calls; the Coordinator hot path makes none
+                trace = trace_id(metadata.get("x-trace-id"))
+                await context.send_initial_metadata((("x-trace-id", trace),))
+            try:
+                principal = auth.authenticate(bearer_token(metadata.get("authorization")))
+                if not admin:
+                    principal.require(Permission.SERVICE)
+            except XatmError as err:
+                log.info("refused %s from %s: %s", method, context.peer(), err.message)
+                await context.abort(err.code, err.message)
+            if not admin:
+                return await inner(request, context)
+            reset = _CALLER.set(Caller(principal, f"grpc {context.peer()}", trace))
+            try:
+                return await inner(request, context)
+            finally:
+                _CALLER.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,406 @@
+"""``FileWal``: the embedded write-ahead log, the default ``TxLog`` backend."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.file.framing import (
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    check_payload,
+    encode_segment_header,
+)
+from xatm.coordinator.txlog.file.lock import DirLock
+from xatm.coordinator.txlog.file.metrics import WAL_RECORDS, WAL_TORN_TAIL
+from xatm.coordinator.txlog.file.scan import LogScan, Tail, TornTail
+from xatm.coordinator.txlog.file.segment import (
+    TEMP_SUFFIX,
+    create_segment,
+    fsync_dir,
+    fsync_fd,
+    list_segments,
+    write_all,
+)
+from xatm.coordinator.txlog.file.writer import SegmentWriter
+from xatm.coordinator.txlog.interface import TxLog, TxLogMissing, TxLogStopped
+
+__all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_SEGMENT_BYTES", "FileWal"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MAX_QUEUED = 10_000
+MIN_SEGMENT_BYTES = 1024
+#: Written, synced and removed at start-up: a disk that cannot take this much refuses the start
+#: instead of stopping the log at its first few writes.
+PROBE_BYTES = 64 << 10
+PROBE_NAME = "write-probe.tmp"
+
+
+@dataclass(slots=True)
+class _Append:
+    payload: bytes
+    body: str
+    force: bool
+    future: asyncio.Future[None] | None
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    payloads: list[bytes]
+    bodies: list[str]
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Close:
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Check:
+    """Wakes the writer while idle so it checks that the log's files are still in place."""
+
+
+_Op = _Append | _Checkpoint | _Close | _Check
+
+
+def _body(record: wal_pb2.WalRecord) -> str:
+    return record.WhichOneof("body") or "none"
+
+
+class FileWal(TxLog):
+    """Segmented append-only files in ``data_dir/wal``, locked by ``data_dir/LOCK``.
+
+    Ordering: every call puts one operation on a FIFO queue that a single writer thread
+    drains, so records land in the order the calls started, and a checkpoint sits exactly
+    where it was called.
+
+    Group commit: the writer takes everything queued, frames it into one write, and if any
+    of it was appended with ``force`` issues one fsync that serves every waiter in the batch;
+    unforced records ride along. While that fsync runs, new calls queue up for the next batch.
+
+    ``append(force=False)`` returns once the record is queued: it reaches the OS within the
+    writer's next pass and the disk with the next fsync (a forced append, a checkpoint, a
+    rollover or ``close``). It waits for the write only when more than ``max_queued`` records
+    are pending, which bounds memory under a slow disk.
+
+    The log stops for good (``TxLogStopped``) when a write or fsync fails (after a failed fsync
+    the page cache can no longer be trusted, so it is never retried), or when the open segment or
+    the lock file is no longer the file at its name (deleted, replaced, its directory removed):
+    checked before every batch and, through ``watch``, while idle. Waiters get the error, later
+    calls raise it, and the coordinator must restart, which replays what reached the disk.
+
+    With ``must_exist`` (the data dir shows that a log was created in it), ``open()`` refuses a
+    missing or empty log with ``TxLogMissing`` instead of starting a new one.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        node: str = "",
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        must_exist: bool = False,
+    ) -> None:
+        if segment_bytes < MIN_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {segment_bytes}")
+        self.data_dir = Path(data_dir)
+        self.wal_dir = self.data_dir / "wal"
+        #: What ``open()`` cut off the end of the log, if anything.
+        self.torn_tail: TornTail | None = None
+        self._segment_bytes = segment_bytes
+        self._max_queued = max_queued
+        self._must_exist = must_exist
+        self._lock = DirLock(self.data_dir, node)
+        self._cond = threading.Condition()
+        self._queue: list[_Op] = []
+        self._state = "new"
+        self._failure: TxLogStopped | None = None
+        self._failed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: SegmentWriter | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def fsync_count(self) -> int:
+        """fsyncs the writer issued since ``open()`` (records, new segments, directory entries).
+
+        Group commit keeps this far below the number of forced appends under concurrency.
+        """
+        return self._writer.fsync_count if self._writer else 0
+
+    async def open(self) -> list[wal_pb2.WalRecord]:
+        if self._state != "new":
+            raise RuntimeError(f"write-ahead log {self.wal_dir} is already {self._state}")
+        self._state = "opening"
+        try:
+            records = await asyncio.to_thread(self._open_sync)
+        except BaseException:
+            self._state = "new"
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._failed = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="xatm-wal-writer", daemon=True)
+        self._thread.start()
+        self._state = "open"
+        return records
+
+    async def append(self, record: wal_pb2.WalRecord, *, force: bool = False) -> None:
+        payload = check_payload(record.SerializeToString())
+        with self._cond:
+            self._check_usable()
+            wait = force or len(self._queue) >= self._max_queued
+            future = asyncio.get_running_loop().create_future() if wait else None
+            self._queue.append(_Append(payload, _body(record), force, future))
+            self._cond.notify()
+        if future is not None:
+            await future
+
+    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+        payloads = [check_payload(record.SerializeToString()) for record in snapshot]
+        future = asyncio.get_running_loop().create_future()
+        self._submit(_Checkpoint(payloads, [_body(record) for record in snapshot], future))
+        await future
+
+    @property
+    def stopped(self) -> TxLogStopped | None:
+        return self._failure
+
+    async def watch(self, interval: float) -> TxLogStopped:
+        if self._failed is None:
+            raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
+        while self._failure is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._failed.wait(), interval)
+            with self._cond:
+                # Queued under load too: the lock file is looked at only on these passes.
+                if self._failure is None and self._state == "open":
+                    self._queue.append(_Check())
+                    self._cond.notify()
+        return self._failure
+
+    async def close(self) -> None:
+        """Flush, fsync, stop the writer and release the lock; a second close does nothing.
+
+        A stopped log is only released: nothing more can be made durable."""
+        if self._state in ("new", "closed"):
+            return
+        future = asyncio.get_running_loop().create_future()
+        try:
+            if self._failure is None:
+                self._submit(_Close(future))
+                self._state = "closed"
+                await future
+        finally:
+            self._state = "closed"
+            if self._thread is not None:
+                await asyncio.to_thread(self._thread.join)
+            self._lock.release()
+
+    def _submit(self, op: _Op) -> None:
+        with self._cond:
+            self._check_usable()
+            self._queue.append(op)
+            self._cond.notify()
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise TxLogStopped(self._failure.reason)
+        if self._state != "open":
+            raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
+
+    # --- start-up (runs in a worker thread: it reads and may truncate files) ---
+
+    def _open_sync(self) -> list[wal_pb2.WalRecord]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise TxLogStopped(f"cannot lock {self._lock.path}: {_describe(exc)}") from exc
+        try:
+            if self._must_exist and not (self.wal_dir.is_dir() and list_segments(self.wal_dir)):
+                raise TxLogMissing(
+                    str(self.wal_dir), 0, "no log segments, although this data dir has held a log"
+                )
+            self.wal_dir.mkdir(exist_ok=True)
+            scan = LogScan(self.wal_dir)
+            records = [record for _, _, record in scan]
+            if scan.damage is not None:
+                raise scan.damage.error()
+            self._probe()
+            self._tidy(scan)
+            tail = scan.tail or self._create_log()
+            self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes)
+        except OSError as exc:
+            self._lock.release()
+            raise TxLogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
+        except BaseException:
+            self._lock.release()
+            raise
+        return records
+
+    def _probe(self) -> None:
+        """Write and sync ``PROBE_BYTES``, then remove them: a full or read-only disk fails here."""
+        path = self.wal_dir / PROBE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, bytes(PROBE_BYTES), 0)
+            os.fsync(fd)  # not ``fsync_fd``: no log record is synced, so no failpoint or latency sample
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    def _tidy(self, scan: LogScan) -> None:
+        """Cut a torn tail; delete what a crash left behind (temp files, superseded segments)."""
+        torn = scan.torn_tail
+        if torn is not None:
+            log.warning(
+                "write-ahead log: cutting torn tail of %s at offset %d (%d bytes: %s)",
+                torn.path,
+                torn.offset,
+                torn.nbytes,
+                torn.detail,
+            )
+            WAL_TORN_TAIL.inc()
+            fd = os.open(torn.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, torn.offset)
+                fsync_fd(fd)
+            finally:
+                os.close(fd)
+            self.torn_tail = torn
+        leftovers = [*self.wal_dir.glob(f"*{TEMP_SUFFIX}"), *scan.stale]
+        for path in leftovers:
+            log.info("write-ahead log: removing %s, left by an interrupted segment switch", path.name)
+            path.unlink()
+        if leftovers:
+            fsync_dir(self.wal_dir)
+
+    def _create_log(self) -> Tail:
+        header = encode_segment_header(SegmentHeader(seq=1, seed=0, base=True))
+        return Tail(1, create_segment(self.wal_dir, 1, header), SEGMENT_HEADER_SIZE, 0)
+
+    # --- the writer thread ---
+
+    def _run(self) -> None:
+        writer = self._writer
+        assert writer is not None  # opened before the thread starts
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+            try:
+                # The lock file only matters to the next start, so the idle check's pass suffices.
+                checking = any(isinstance(op, _Check) for op in batch)
+                problem = writer.vanished() or (self._lock.lost() if checking else None)
+                if problem is not None:
+                    raise TxLogStopped(problem)
+                if not self._process(writer, batch):
+                    return
+            except Exception as exc:
+                self._stop(writer, batch, exc)
+                return
+
+    def _stop(self, writer: SegmentWriter, batch: list[_Op], exc: Exception) -> None:
+        """Fail every waiter and every later call with the one ``TxLogStopped`` naming ``exc``."""
+        if isinstance(exc, TxLogStopped):
+            failure = exc
+        elif isinstance(exc, OSError):
+            failure = TxLogStopped(f"write to {self.wal_dir} failed: {_describe(exc)}")
+        else:  # not an I/O error: a defect, so keep the traceback for whoever fixes it
+            log.exception("write-ahead log: unexpected error in the writer")
+            failure = TxLogStopped(f"write to {self.wal_dir} failed: {exc!r}")
+        with self._cond:
+            self._failure = failure
+            batch += self._queue
+            self._queue = []
+        _settle([getattr(op, "future", None) for op in batch], failure)
+        if self._loop is not None and self._failed is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is watching any more
+                self._loop.call_soon_threadsafe(self._failed.set)
+        with contextlib.suppress(OSError):  # the failure above is the one to report
+            writer.close()
+
+    def _process(self, writer: SegmentWriter, batch: list[_Op]) -> bool:
+        """Handle one drained batch; False once the log is closed."""
+        group: list[_Append] = []
+        for op in batch:
+            if isinstance(op, _Append):
+                group.append(op)
+                continue
+            if isinstance(op, _Check):
+                continue
+            self._commit(writer, group)
+            group = []
+            if isinstance(op, _Checkpoint):
+                writer.checkpoint(op.payloads)
+                _count(op.bodies)
+                _settle([op.future], None)
+            else:
+                writer.sync()
+                writer.close()
+                _settle([op.future], None)
+                return False
+        self._commit(writer, group)
+        return True
+
+    @staticmethod
+    def _commit(writer: SegmentWriter, group: list[_Append]) -> None:
+        """One write for the group, and one fsync if anyone in it needs durability."""
+        if not group:
+            return
+        writer.write([op.payload for op in group])
+        if any(op.force for op in group):
+            writer.sync()
+            # Unlinked between the batch's first look and this fsync, the segment took the records
+            # with it: nobody in the group may be told they are durable.
+            problem = writer.vanished()
+            if problem is not None:
+                raise TxLogStopped(problem)
+        _count(op.body for op in group)
+        _settle([op.future for op in group], None)
+
+
+def _describe(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the text people read and the name they search for."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _count(bodies: Iterable[str]) -> None:
+    for body, n in collections.Counter(bodies).items():
+        WAL_RECORDS.labels(type=body).inc(n)
+
+
+def _settle(futures: Iterable[asyncio.Future[None] | None], exc: Exception | None) -> None:
+    """Complete waiters from the writer thread: one loop wake-up per batch, not per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = collections.defaultdict(list)
+    for future in futures:
+        if future is not None:
+            by_loop[future.get_loop()].append(future)
+    for loop, waiting in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_resolve, waiting, exc)
+
+
+def _resolve(futures: list[asyncio.Future[None]], exc: Exception | None) -> None:
+    for future in futures:
+        if not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)

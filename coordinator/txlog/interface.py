@@ -1,0 +1,103 @@
+"""The transaction-log interface the coordinator writes every decision through.
+
+Backends (the embedded file WAL, a replicated store) implement ``TxLog``. Records are
+``WalRecord`` protobuf messages; framing and durability are the backend's business.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import grpc
+
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.xa import XatmError
+
+__all__ = ["TxLog", "TxLogCorrupt", "TxLogMissing", "TxLogStopped"]
+
+
+class TxLogCorrupt(Exception):
+    """Damage before the tail of the log: start-up must stop and name where."""
+
+    def __init__(self, path: str, offset: int, detail: str):
+        super().__init__(f"{path} at offset {offset}: {detail}")
+        self.path = path
+        self.offset = offset
+        self.detail = detail
+
+
+class TxLogMissing(TxLogCorrupt):
+    """The log, or its beginning, is gone although the data dir shows it existed.
+
+    Starting on what is left would presume abort for every decision that was in the missing
+    part, so start-up stops; ``offset`` is 0 and ``path`` names the file or directory missing.
+    """
+
+    def __init__(self, path: str, offset: int, detail: str):
+        super().__init__(path, offset, detail)
+        self.args = (f"{path}: {detail}",)
+
+
+class TxLogStopped(XatmError, RuntimeError):
+    """The log takes no more records: a write or fsync failed (full disk, I/O error) or its
+    files vanished underneath the process.
+
+    Final for the process: after a failed fsync the page cache can no longer be trusted, and a
+    log whose file was deleted cannot be made durable again, so every later call raises this
+    too. It is an ``XatmError`` with status UNAVAILABLE (HTTP 503), so callers are told to retry
+    elsewhere or later rather than shown an internal error. ``reason`` is the one-line cause.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            f"transaction log stopped: {reason}; no decisions are taken until the coordinator restarts",
+        )
+        self.reason = reason
+
+
+class TxLog(abc.ABC):
+    @abc.abstractmethod
+    async def open(self) -> list[wal_pb2.WalRecord]:
+        """Take ownership of the log and return every surviving record in append order.
+
+        A torn or checksum-failing final record is cut off (and reported); damage before
+        the tail raises ``TxLogCorrupt``, a log missing where one must exist ``TxLogMissing``,
+        storage that cannot be written ``TxLogStopped``. Another process holding the log
+        raises ``RuntimeError`` with a message naming the holder.
+        """
+
+    @abc.abstractmethod
+    async def append(self, record: wal_pb2.WalRecord, *, force: bool = False) -> None:
+        """Append in order. With ``force`` return only once the record is durable;
+        without it the record rides along with the next forced write (group commit).
+
+        Raises ``TxLogStopped`` once the log has stopped (and for a forced record whose
+        write or fsync failed: it may or may not be on disk)."""
+
+    @abc.abstractmethod
+    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+        """Replace everything logged so far by ``snapshot`` (one record per kept transaction),
+        durably; records appended after this call follow the snapshot.
+
+        A checkpoint that fails part way stops the log (``TxLogStopped``) and leaves on
+        storage either the old records or the complete snapshot, never neither."""
+
+    @abc.abstractmethod
+    async def watch(self, interval: float) -> TxLogStopped:
+        """Return the reason once the log has stopped, however that happens.
+
+        Also checks every ``interval`` seconds (monotonic) that the log's storage is still
+        where it was opened, so a log deleted or replaced while nothing is written is noticed
+        too (and stops the log).
+        """
+
+    @property
+    @abc.abstractmethod
+    def stopped(self) -> TxLogStopped | None:
+        """Why the log stopped, or None while it works."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush, release the log; later calls fail. Closing a stopped log only releases it."""

@@ -1,0 +1,1 @@
+"""``xatm participant``: the standalone agent that joins a database to global transactions."""

@@ -1,0 +1,1 @@
+"""The initiator's side: ``TransactionManager``, the transaction context and the gRPC interceptors."""

@@ -1,0 +1,577 @@
+"""The initiator API: begin a global transaction, run business calls in it, commit or roll back.
+
+    with TransactionManager("127.0.0.1:7070") as tm:
+        with tm.begin() as tx:          # intercepted calls in the block carry tx.gtrid
+            bank.Debit(...); shop.Order(...)
+        # committed here; an exception in the block rolls back and propagates
+
+        tx = tm.begin()                 # the same without a block: active from here ...
+        bank.Debit(...)
+        tx.commit()                     # ... until commit() or rollback()
+
+``begin()`` makes the transaction active in the calling thread or asyncio task (a
+contextvar) until it is committed or rolled back, so no intercepted call made in between
+runs outside it. Work handed to a thread pool runs in the pool's threads, which do not
+share that context: submit ``tx.run(fn, ...)`` instead of ``fn``.
+
+The protocol logic (what to send, how to read answers, the MarkedRollback fallback) is
+written once as generators that yield ``(rpc_name, request)`` and receive the answer;
+the sync and asyncio classes only differ in how they drive them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.client.context import Binding, TxContext, bind, bound, use
+from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.xa import (
+    CHANNEL_OPTIONS,
+    TxOutcome,
+    TxStatus,
+    XaCode,
+    XatmError,
+    validate_gtrid,
+)
+
+__all__ = [
+    "AsyncTransaction",
+    "AsyncTransactionManager",
+    "Transaction",
+    "TransactionError",
+    "TransactionHeuristicHazard",
+    "TransactionHeuristicMixed",
+    "TransactionManager",
+    "TransactionOutcomeUnknown",
+    "TransactionRolledBack",
+    "coordinator_channel",
+    "to_xatm_error",
+]
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+# A protocol step: yields (Coordinator rpc name, request), receives the reply or a thrown XatmError.
+Flow = Generator[tuple[str, Message], Any, T]
+
+
+def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
+    """The same status code and the server's message, minus gRPC's debug noise."""
+    if isinstance(error, XatmError):
+        return error
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    details = error.details() if callable(getattr(error, "details", None)) else None
+    code = code or grpc.StatusCode.UNKNOWN
+    return XatmError(code, details or code.name)
+
+
+def coordinator_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
+) -> Any:
+    """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio."""
+    module: Any = grpc.aio if aio else grpc
+    if credentials is not None:
+        return module.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return module.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+#: Failures of a call after which the coordinator may or may not have acted on it.
+_NO_ANSWER = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class TransactionError(XatmError):
+    """A commit or rollback that the coordinator answered with another outcome than asked.
+
+    Raised as one of its subclasses for the outcomes a caller must tell apart; as itself for
+    the rest (TX_COMMITTED to a rollback request, protocol errors).
+    """
+
+    def __init__(self, verb: str, reply: coordinator_pb2.CompletionResponse):
+        self.gtrid = reply.gtrid
+        self.outcome = TxOutcome(reply.outcome)
+        self.status = TxStatus(reply.status) if reply.status else None
+        self.branches = list(reply.branches)
+        #: Last XA code of each branch that has one, by bqual.
+        self.branch_codes = {b.bqual: XaCode(b.last_code) for b in reply.branches if b.has_last_code}
+        known = bool(reply.rollback_code or reply.rollback_reason)
+        #: Why the transaction rolled back, when it did and the coordinator knows (else None, "").
+        self.rollback_code = XaCode(reply.rollback_code) if known else None
+        self.rollback_reason = reply.rollback_reason
+        message = f"{verb} of {reply.gtrid} ended {self.outcome.name}"
+        if self.status:
+            message += f", status {self.status}"
+        if self.rollback_code is not None:
+            message += f", rolled back for {self.rollback_code.name}"
+            message += f": {self.rollback_reason}" if self.rollback_reason else ""
+        if self.branch_codes:
+            codes = ", ".join(f"{bqual}={code.name}" for bqual, code in self.branch_codes.items())
+            message += f" (branches {codes})"
+        super().__init__(self.grpc_code, message + self._advice())
+
+    #: The gRPC status the error maps to (and from there HTTP and exit codes).
+    grpc_code = grpc.StatusCode.UNKNOWN
+
+    def _advice(self) -> str:
+        return ""
+
+    @staticmethod
+    def of(verb: str, reply: coordinator_pb2.CompletionResponse) -> TransactionError:
+        """The exception for a CompletionResponse whose outcome is not the one asked for.
+
+        TX_ROLLBACK: TransactionRolledBack. TX_MIXED: TransactionHeuristicMixed. TX_HAZARD
+        with a status that is not final (still Preparing, Prepared, Committing, ...):
+        TransactionOutcomeUnknown; with a final one (HeuristicallyCompleted) or none:
+        TransactionHeuristicHazard. Anything else: TransactionError.
+        """
+        outcome = reply.outcome
+        cls: type[TransactionError] = TransactionError
+        if outcome == TxOutcome.TX_ROLLBACK:
+            cls = TransactionRolledBack
+        elif outcome == TxOutcome.TX_MIXED:
+            cls = TransactionHeuristicMixed
+        elif outcome == TxOutcome.TX_HAZARD:
+            known = not reply.status or TxStatus(reply.status).is_final
+            cls = TransactionHeuristicHazard if known else TransactionOutcomeUnknown
+        return cls(verb, reply)
+
+
+class TransactionRolledBack(TransactionError):
+    """Commit was asked but the transaction rolled back (a no vote, rollback-only, timeout)."""
+
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class TransactionHeuristicMixed(TransactionError):
+    """TX_MIXED: some branches committed and some rolled back, by heuristic decisions.
+
+    The data is inconsistent across resource managers; an operator must repair it.
+    ``branch_codes`` says which branch did what.
+    """
+
+
+class TransactionHeuristicHazard(TransactionError):
+    """TX_HAZARD on a completed transaction: a branch's heuristic outcome is not known.
+
+    Some branch may have committed or rolled back on its own; check that resource manager.
+    """
+
+
+class TransactionOutcomeUnknown(TransactionError):
+    """The coordinator has not learnt the outcome yet (TX_HAZARD with a status not final).
+
+    Neither committed nor rolled back as far as anyone knows: a one-phase commit was not
+    acknowledged, or the commit decision is not yet durable. The coordinator keeps driving
+    the transaction to its end; ask it later rather than assume either outcome.
+    """
+
+    def _advice(self) -> str:
+        return (
+            f"; the outcome is not known yet: ask the coordinator later (tx.status(), GetStatus,"
+            f" or xactl show {self.gtrid})"
+        )
+
+
+class _TransactionBase:
+    """State and protocol steps shared by the sync and asyncio transaction handles."""
+
+    def __init__(self, manager: _ManagerBase, timeout: float | None):
+        self._manager = manager
+        self._timeout = manager.timeout if timeout is None else timeout
+        self._gtrid: str | None = None
+        self._binding: Binding | None = None
+        self._begin_asked = False
+        self._done = False
+        self._scope: AbstractContextManager[Any] | None = None
+
+    @property
+    def gtrid(self) -> str:
+        if self._gtrid is None:
+            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
+        return self._gtrid
+
+    @property
+    def context(self) -> TxContext:
+        """What intercepted calls carry while this transaction is active."""
+        if self._binding is None or self._binding.tx is None:
+            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
+        return self._binding.tx
+
+    @property
+    def active(self) -> bool:
+        """True from begin until commit() or rollback() is asked (whatever its answer)."""
+        return self._binding is not None and self._binding.open
+
+    def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` with this transaction active, in whatever thread runs it.
+
+        For work handed to threads that do not share the initiator's context, such as a
+        ``ThreadPoolExecutor``: ``pool.submit(tx.run, bank.Debit, request)``. Raises
+        XatmError FAILED_PRECONDITION once the transaction was committed or rolled back,
+        rather than letting the call run outside it.
+        """
+        if not self.active:
+            what = "not begun yet" if self._binding is None else "already committed or rolled back"
+            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, f"transaction {self._gtrid or ''} {what}")
+        with use(self._binding):
+            return fn(*args, **kwargs)
+
+    def _claim(self) -> None:
+        """Make this transaction the active one in the calling thread or task, before Begin.
+
+        Raises XatmError FAILED_PRECONDITION while another one is active there.
+        """
+        active = bound()
+        if active is not None and not active.expired():
+            # One transaction per thread or task: a call could not tell which one it belongs to.
+            # One whose timeout passed was rolled back by the coordinator: nothing to tell apart.
+            which = f"transaction {active.tx.gtrid}" if active.tx else "a transaction being begun"
+            self._begin_asked = True  # refused, not forgotten: no never-begun warning
+            raise XatmError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{which} is still active here: commit or roll it back before"
+                " beginning another (or begin the other in its own thread or task)",
+            )
+        self._binding = Binding(None)
+        bind(self._binding)
+
+    def _begin_flow(self) -> Flow[None]:
+        """Begin at the coordinator; the binding ``_claim`` made carries the transaction from then on."""
+        self._begin_asked = True
+        assert self._binding is not None, "claimed by begin()"
+        try:
+            yield from self._begin_call()
+        except BaseException:
+            self._binding.close()  # never begun: the caller's context is free again
+            raise
+
+    def _begin_call(self) -> Flow[None]:
+        timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
+        sent = time.monotonic()
+        reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
+        try:
+            self._gtrid = validate_gtrid(reply.gtrid)
+        except XatmError as error:
+            raise MalformedReply(
+                f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
+            ) from None
+        deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
+        assert self._binding is not None
+        # Filled in, not bound: it is active in the context that called begin(), even when this
+        # flow runs in another task.
+        self._binding.tx = TxContext(self._gtrid, self._manager.coordinator, deadline)
+
+    def _end(self) -> None:
+        """Commit or rollback is under way: from now on calls carry no transaction."""
+        self._done = True
+        if self._binding is not None:
+            self._binding.close()
+
+    def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
+        self._end()
+        try:
+            reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+        except XatmError as error:
+            if type(error) is not XatmError or error.code not in _NO_ANSWER:
+                raise  # a refusal, or a typed failure (a malformed reply) that says enough
+            # The request may have reached the coordinator: say so, and where to look.
+            raise XatmError(
+                error.code,
+                f"{error.message}; the outcome of the commit of {self.gtrid} is unknown here:"
+                f" ask tx.status(), GetStatus or xactl show {self.gtrid}",
+            ) from None
+        if reply.outcome != TxOutcome.TX_OK:
+            raise TransactionError.of("commit", reply)
+        return reply
+
+    def _rollback_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
+        self._end()
+        try:
+            reply = yield "Rollback", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+        except XatmError as error:
+            if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            # Refused: MarkedRollback only completes through commit, which rolls back (§2).
+            info = yield "GetStatus", coordinator_pb2.StatusRequest(gtrid=self.gtrid)
+            if info.status == xa_pb2.TRANSACTION_STATUS_ROLLEDBACK:
+                return coordinator_pb2.CompletionResponse(
+                    gtrid=self.gtrid, outcome=xa_pb2.TX_OK, status=info.status, branches=info.branches
+                )
+            if info.status != xa_pb2.TRANSACTION_STATUS_MARKED_ROLLBACK:
+                raise error
+            reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+            if reply.outcome != TxOutcome.TX_ROLLBACK:
+                raise TransactionError.of("rollback", reply) from None
+            return reply
+        if reply.outcome != TxOutcome.TX_OK:
+            raise TransactionError.of("rollback", reply)
+        return reply
+
+    def _status_flow(self) -> Flow[xa_pb2.TransactionInfo]:
+        return (yield "GetStatus", coordinator_pb2.StatusRequest(gtrid=self.gtrid))
+
+    def _savepoint_flow(self) -> Flow[str]:
+        reply = yield "CreateSavepoint", coordinator_pb2.CreateSavepointRequest(gtrid=self.gtrid)
+        return reply.savepoint_id
+
+    def _rollback_to_flow(self, savepoint_id: str) -> Flow[xa_pb2.TransactionInfo]:
+        request = coordinator_pb2.RollbackToSavepointRequest(gtrid=self.gtrid, savepoint_id=savepoint_id)
+        return (yield "RollbackToSavepoint", request)
+
+    def _enter(self) -> None:
+        # Also active in this context when the block runs elsewhere than begin() did.
+        self._scope = use(self._binding)
+        self._scope.__enter__()
+
+    def _exit_flow(self, exc: BaseException | None) -> Flow[None]:
+        """Leave the block: commit on success; on an exception roll back and let it propagate."""
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+            self._scope = None
+        if self._done:
+            return
+        if exc is None:
+            yield from self._commit_flow()
+            return
+        try:
+            yield from self._rollback_flow()
+        except XatmError as error:
+            # The block's own exception is what the caller must see; the coordinator times
+            # the transaction out (presumed abort) if this rollback never arrived.
+            log.warning("rollback of %s after %s failed: %s", self._gtrid, type(exc).__name__, error)
+            exc.add_note(f"xatm: rollback of {self._gtrid} failed: {error}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._gtrid or '(not begun)'}>"
+
+
+class Transaction(_TransactionBase):
+    """A global transaction driven synchronously; ``with`` commits or rolls back at the end."""
+
+    _manager: TransactionManager
+
+    def commit(self) -> coordinator_pb2.CompletionResponse:
+        """Commit; the transaction stops being active here, whatever the answer.
+
+        Raises TransactionRolledBack, TransactionHeuristicMixed, TransactionHeuristicHazard or
+        TransactionOutcomeUnknown (see ``TransactionError.of``) for any outcome but TX_OK, and
+        XatmError when the coordinator cannot be asked.
+        """
+        return self._manager._drive(self._commit_flow())
+
+    def rollback(self) -> coordinator_pb2.CompletionResponse:
+        """Roll back; the transaction stops being active here. Errors as for ``commit``."""
+        return self._manager._drive(self._rollback_flow())
+
+    def status(self) -> xa_pb2.TransactionInfo:
+        return self._manager._drive(self._status_flow())
+
+    def savepoint(self) -> str:
+        return self._manager._drive(self._savepoint_flow())
+
+    def rollback_to(self, savepoint_id: str) -> xa_pb2.TransactionInfo:
+        return self._manager._drive(self._rollback_to_flow(savepoint_id))
+
+    def __enter__(self) -> Transaction:
+        self._enter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._manager._drive(self._exit_flow(exc))
+
+
+class AsyncTransaction(_TransactionBase):
+    """A global transaction for asyncio: ``async with tm.begin() as tx`` or ``tx = await tm.begin()``.
+
+    It is active in the task that called ``tm.begin()`` (and tasks it creates afterwards) from
+    that call until commit or rollback, however the Begin is awaited (directly, ``wait_for``,
+    ``gather``); ``tm.begin()`` called inside another task makes it active in that task only.
+    """
+
+    _manager: AsyncTransactionManager
+
+    async def commit(self) -> coordinator_pb2.CompletionResponse:
+        return await self._manager._drive(self._commit_flow())
+
+    async def rollback(self) -> coordinator_pb2.CompletionResponse:
+        return await self._manager._drive(self._rollback_flow())
+
+    async def status(self) -> xa_pb2.TransactionInfo:
+        return await self._manager._drive(self._status_flow())
+
+    async def savepoint(self) -> str:
+        return await self._manager._drive(self._savepoint_flow())
+
+    async def rollback_to(self, savepoint_id: str) -> xa_pb2.TransactionInfo:
+        return await self._manager._drive(self._rollback_to_flow(savepoint_id))
+
+    async def _begun(self) -> AsyncTransaction:
+        if self._gtrid is None:
+            await self._manager._drive(self._begin_flow())
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncTransaction]:
+        return self._begun().__await__()
+
+    def __del__(self) -> None:
+        # Like a coroutine never awaited: calls the caller thought transactional ran without one.
+        if not getattr(self, "_begin_asked", True):
+            if self._binding is not None:
+                self._binding.close()  # frees the caller's task for another begin
+            warnings.warn(
+                "AsyncTransaction was never begun: use 'await tm.begin()' or 'async with tm.begin()'",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+    async def __aenter__(self) -> AsyncTransaction:
+        await self._begun()
+        self._enter()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._manager._drive(self._exit_flow(exc))
+
+
+class _ManagerBase:
+    def __init__(
+        self,
+        coordinator: str,
+        *,
+        timeout: float | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        call_timeout: float | None = 30.0,
+    ):
+        #: host:port of the coordinator; participants enlist there too.
+        self.coordinator = coordinator
+        #: Default transaction timeout in seconds (None: the coordinator's default).
+        self.timeout = timeout
+        #: Deadline of each call to the coordinator, separate from the transaction timeout.
+        self.call_timeout = call_timeout
+        self._credentials = channel_credentials
+        self._metadata = auth_metadata(token)
+        self._channel: Any = None
+        self._stub: Any = None
+
+    def _connect(self, aio: bool) -> Any:
+        # On first use, so a grpc.aio channel binds to the running event loop.
+        self._channel = coordinator_channel(self.coordinator, self._credentials, aio=aio)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        return self._stub
+
+    def _call(self, stub: Any, method: str, request: Message) -> Any:
+        return getattr(stub, method)(request, timeout=self.call_timeout, metadata=self._metadata)
+
+    def _checked(self, method: str, reply: Any) -> Any:
+        """``reply`` if it is a valid answer to ``method``; raises MalformedReply otherwise."""
+        return checked_reply(reply, COORDINATOR_SERVICE, method, f"coordinator {self.coordinator}")
+
+
+class TransactionManager(_ManagerBase):
+    """Begins and completes global transactions on one coordinator, synchronously."""
+
+    def begin(self, timeout: float | None = None) -> Transaction:
+        """Begin a global transaction (``timeout`` seconds; None: the manager's default).
+
+        The transaction is active in the calling thread until ``commit()`` or ``rollback()``.
+        Raises XatmError: FAILED_PRECONDITION while another one is active here, or the code
+        of the failed Begin call (e.g. UNAVAILABLE).
+        """
+        tx = Transaction(self, timeout)
+        tx._claim()
+        self._drive(tx._begin_flow())
+        return tx
+
+    def _drive(self, flow: Flow[T]) -> T:
+        stub = self._stub or self._connect(aio=False)
+        try:
+            method, request = next(flow)
+            while True:
+                try:
+                    reply = self._checked(method, self._call(stub, method, request))
+                except (grpc.RpcError, MalformedReply) as error:
+                    method, request = flow.throw(to_xatm_error(error))
+                else:
+                    method, request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None
+
+    def __enter__(self) -> TransactionManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncTransactionManager(_ManagerBase):
+    """Begins and completes global transactions on one coordinator, for asyncio."""
+
+    def begin(self, timeout: float | None = None) -> AsyncTransaction:
+        """A transaction handle, begun by ``async with`` or ``await`` (errors as the sync begin).
+
+        It is active in the calling task from this call until ``commit()`` or ``rollback()``,
+        even when the Begin is awaited in another task (``asyncio.wait_for``). Raises XatmError
+        FAILED_PRECONDITION at once while another transaction is active in this task.
+        """
+        tx = AsyncTransaction(self, timeout)
+        tx._claim()
+        return tx
+
+    async def _drive(self, flow: Flow[T]) -> T:
+        stub = self._stub or self._connect(aio=True)
+        try:
+            method, request = next(flow)
+            while True:
+                try:
+                    reply = self._checked(method, await self._call(stub, method, request))
+                except (grpc.RpcError, MalformedReply) as error:
+                    method, request = flow.throw(to_xatm_error(error))
+                else:
+                    method, request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    async def __aenter__(self) -> AsyncTransactionManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

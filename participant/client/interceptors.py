@@ -1,0 +1,421 @@
+"""gRPC interceptors that carry the active global transaction from call to call.
+
+Client side: stamp ``xatm-gtrid``/``xatm-coordinator`` on outgoing calls made while a
+transaction is active, and cap the call deadline at the transaction's (the coordinator
+rolls back at that time anyway, so later work is wasted). Server side: read them back and
+make the transaction active while the handler runs, in its thread or task, and tell the
+participant stub when the handler fails, with the status its caller sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, NamedTuple
+
+import grpc
+
+from xatm.participant.client.context import (
+    COORDINATOR_KEY,
+    GTRID_KEY,
+    Serving,
+    TxContext,
+    call_status,
+    current,
+    describe_failure,
+    from_metadata,
+    serving,
+    to_metadata,
+    use,
+    with_deadline,
+)
+from xatm.participant.xa import XatmError
+
+__all__ = [
+    "AioServerInterceptor",
+    "ClientInterceptor",
+    "ServerInterceptor",
+    "aio_client_interceptors",
+    "intercept_channel",
+]
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+# ---------------------------------------------------------------- client side
+
+
+def _stamp(
+    metadata: Metadata | None, timeout: float | None
+) -> tuple[list[tuple[str, Any]], float | None] | None:
+    """Metadata and timeout for a call made now, or None when no transaction is active."""
+    tx = current()
+    if tx is None:
+        return None
+    pairs = [(k, v) for k, v in (metadata or ()) if k not in (GTRID_KEY, COORDINATOR_KEY)]
+    pairs.extend(to_metadata(tx))
+    remaining = tx.remaining()
+    if remaining is not None and (timeout is None or remaining < timeout):
+        timeout = remaining
+    return pairs, timeout
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", bool | None),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    """Concrete ClientCallDetails: grpc only ships the abstract class for sync channels."""
+
+
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Sync channels: ``grpc.intercept_channel(channel, ClientInterceptor())``."""
+
+    @staticmethod
+    def _details(details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        stamped = _stamp(details.metadata, details.timeout)
+        if stamped is None:
+            return details
+        metadata, timeout = stamped
+        return _CallDetails(
+            details.method,
+            timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    # One interceptor serves every method, so requests and calls are typed Any here.
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def intercept_channel(channel: grpc.Channel) -> grpc.Channel:
+    """A sync channel whose calls carry the active transaction."""
+    return grpc.intercept_channel(channel, ClientInterceptor())
+
+
+def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    stamped = _stamp(details.metadata, details.timeout)
+    if stamped is None:
+        return details
+    metadata, timeout = stamped
+    return grpc.aio.ClientCallDetails(
+        details.method, timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio files an interceptor under the first kind it is an instance of, so each kind
+# needs its own class. Each serves every method, so requests and calls are typed Any.
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(_aio_details(client_call_details), request)
+
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(_aio_details(client_call_details), request)
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(_aio_details(client_call_details), request_iterator)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(_aio_details(client_call_details), request_iterator)
+
+
+def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """For ``grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors())``."""
+    return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
+
+
+# ---------------------------------------------------------------- server side
+
+_FACTORIES: dict[tuple[bool, bool], tuple[Callable[..., grpc.RpcMethodHandler], str]] = {
+    (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
+    (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
+    (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
+    (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream"),
+}
+
+
+def _replace_behavior(
+    handler: grpc.RpcMethodHandler, make: Callable[[Behavior, bool], Behavior]
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind whose behavior is ``make(old_behavior, response_streaming)``."""
+    factory, attr = _FACTORIES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return factory(
+        make(getattr(handler, attr), bool(handler.response_streaming)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _report(tx: TxContext, call: Serving, reason: str) -> None:
+    """Tell the hooks registered in the call (a stub that did work in ``tx``) why it failed."""
+    for hook in call.on_failure:
+        try:
+            hook(tx, reason)
+        except Exception as error:  # best effort: the caller still gets the handler's status
+            log.warning("could not report the failure of a call in %s (%s): %s", tx.gtrid, reason, error)
+
+
+@contextmanager
+def _handling(tx: TxContext, call: Serving) -> Iterator[None]:
+    """Run (a step of) a sync handler with ``tx`` active, reporting how it fails."""
+    with use(tx), serving(call):
+        try:
+            yield
+        except Exception as failure:
+            _report(tx, call, describe_failure(failure))
+            if isinstance(failure, XatmError):  # e.g. EnlistError: keep its status, not UNKNOWN
+                call.context.abort(failure.code, failure.message)
+            raise
+
+
+class _DeferredAbort:
+    """A grpc.aio servicer context whose ``abort()`` sends the status only after the handler's
+    failure was reported.
+
+    grpc.aio sends an abort's status at once, while the exception is still on its way out
+    through the stub's branch: the caller's rollback would then race the stub marking the
+    transaction rollback-only, and the reason could be lost. Everything else is the real
+    context's.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self._context = context
+        #: The arguments of the handler's abort(), to replay on the real context.
+        self.aborted: tuple[Any, ...] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self.aborted = (code, details, trailing_metadata)
+        self._context.set_code(code)  # what describe_failure reads meanwhile
+        self._context.set_details(details)
+        raise grpc.aio.AbortError("Locally aborted.")
+
+
+@asynccontextmanager
+async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> AsyncIterator[None]:
+    """``_handling`` for grpc.aio; the hooks block on the coordinator, so in a worker thread."""
+    with use(tx), serving(call):
+        try:
+            yield
+        except Exception as failure:
+            if call.on_failure:
+                await asyncio.to_thread(_report, tx, call, describe_failure(failure))
+            if isinstance(failure, XatmError):
+                await call.context.abort(failure.code, failure.message)
+            if proxy.aborted is not None:
+                await call.context.abort(*proxy.aborted)
+            raise
+
+
+def _ended(tx: TxContext, call: Serving) -> None:
+    """The handler returned: if it set an error status (set_code, then return), report it."""
+    if call.on_failure and call_status(call.context) is not None:
+        with use(tx), serving(call):
+            _report(tx, call, describe_failure())
+
+
+async def _aended(tx: TxContext, call: Serving) -> None:
+    """``_ended`` for grpc.aio, off the event loop only when there is something to report."""
+    if call.on_failure and call_status(call.context) is not None:
+        await asyncio.to_thread(_ended, tx, call)
+
+
+def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
+    """Wrap a behavior so ``tx`` is active while it runs (each step, for streamed responses).
+
+    Response streams are resumed by the server one item at a time, possibly after other
+    work ran in the same thread or task, so the transaction is set around every step
+    rather than once for the generator's lifetime. However the handler fails, the hooks
+    registered during the call hear of it (see ``on_call_failure``).
+    """
+
+    def make(behavior: Behavior, response_streaming: bool) -> Behavior:
+        if response_streaming and inspect.isasyncgenfunction(behavior):
+
+            async def astream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                proxy = _DeferredAbort(context)
+                async with _ahandling(bound, call, proxy):
+                    items = behavior(request, proxy)
+                while True:
+                    async with _ahandling(bound, call, proxy):
+                        try:
+                            item = await anext(items)
+                        except StopAsyncIteration:
+                            break
+                    yield item
+                await _aended(bound, call)
+
+            return astream
+        if inspect.iscoroutinefunction(behavior):
+
+            async def acall(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                proxy = _DeferredAbort(context)
+                async with _ahandling(bound, call, proxy):
+                    reply = await behavior(request, proxy)
+                await _aended(bound, call)
+                return reply
+
+            return acall
+        if response_streaming:
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Any:
+                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                with _handling(bound, call):
+                    items = iter(behavior(request, context))
+                while True:
+                    with _handling(bound, call):
+                        try:
+                            item = next(items)
+                        except StopIteration:
+                            break
+                    yield item
+                _ended(bound, call)
+
+            return stream
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+            with _handling(bound, call):
+                reply = behavior(request, context)
+            _ended(bound, call)
+            return reply
+
+        return unary
+
+    return make
+
+
+def _intercept(
+    handler: grpc.RpcMethodHandler | None,
+    details: grpc.HandlerCallDetails,
+    deny: Callable[[XatmError], Behavior],
+) -> grpc.RpcMethodHandler | None:
+    if handler is None:
+        return None
+    try:
+        tx = from_metadata(details.invocation_metadata)
+    except XatmError as error:
+        refusal = deny(error)
+        return _replace_behavior(handler, lambda _behavior, _streaming: refusal)
+    if tx is None:
+        return handler
+    return _replace_behavior(handler, _bind(tx))
+
+
+def _deny(error: XatmError) -> Behavior:
+    def deny(request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(error.code, error.message)
+
+    return deny
+
+
+def _adeny(error: XatmError) -> Behavior:
+    # A coroutine serves any handler kind on grpc.aio (streams may write via the context).
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(error.code, error.message)
+
+    return deny
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    """Threaded ``grpc.server``: the handler's thread sees the caller's transaction."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        return _intercept(continuation(handler_call_details), handler_call_details, _deny)
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):
+    """``grpc.aio.server``: the handler's task sees the caller's transaction."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        return _intercept(await continuation(handler_call_details), handler_call_details, _adeny)

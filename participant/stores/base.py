@@ -1,0 +1,105 @@
+"""The resource-manager interface: the XA verbs a store implements for the stub.
+
+Methods are synchronous (SQLite and psycopg are); the stub runs them off the event loop
+when it serves asyncio. Success returns normally; any other XA answer is an ``XaError``
+carrying its code, so the mapping to the wire lives in one place (the servicer).
+
+**An ended branch is dead.** Business code reaches a branch through handles the RM gives it:
+the xid itself (``SqliteRM.get/put``), a connection and the cursors made from it
+(``PostgresRM.guard``), a session, a transaction block. Once the branch's business phase is
+over -- prepared, committed (two-phase, one-phase or read-only), or rolled back, whoever did it:
+the coordinator, its transaction timeout, a no vote, ``close()`` -- every such handle raises
+``BranchEnded`` on its next use, including a statement that was running when the branch ended
+and a later ``start`` of the same xid. A handle never runs anything in autocommit, never reaches
+the pooled connection or session once another branch may hold it, and so can neither commit
+work nor leak it into another branch. Every RM meets this rule; tests/test_rm_contract.py holds
+each one to it.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from xatm.participant.xa import XaCode, XaError, Xid
+
+__all__ = ["BranchEnded", "ResourceManager"]
+
+
+class BranchEnded(XaError):
+    """A handle on a branch was used after the branch ended; nothing was run.
+
+    ``xid`` is the branch, ``how`` says how it ended (e.g. ``"rolled back"``, ``"committed in
+    one phase"``, ``"prepared"``). The XA code tells the verbs' story: XAER_NOTA once the RM has
+    forgotten the branch (committed or rolled back), XAER_PROTO while it is prepared (it takes
+    no more work, phase two is the coordinator's), XAER_DUPID for ``start`` of an ended xid.
+    """
+
+    def __init__(self, xid: Xid, how: str, code: XaCode = XaCode.XAER_NOTA):
+        super().__init__(
+            code,
+            f"branch {xid} has ended ({how}); its handles are dead and nothing more runs in it: "
+            "do the work in a new transaction",
+        )
+        self.xid = xid
+        self.how = how
+
+
+#: How a branch ended, as BranchEnded tells it; the same words from every RM.
+PREPARED = "prepared; the coordinator decides its outcome"
+READ_ONLY = "committed: it was read-only"
+COMMITTED = "committed"
+ONE_PHASE = "committed in one phase"
+ROLLED_BACK = "rolled back"
+
+
+def ended_by(verb: str, code: XaCode) -> str:
+    """How a branch ended whose ``verb`` (prepare, one-phase commit) answered ``code`` instead."""
+    return f"rolled back: {verb} voted {code.name}" if code.is_rollback else f"{verb} failed with {code.name}"
+
+
+class ResourceManager(abc.ABC):
+    """One resource (a database) that holds branches of global transactions."""
+
+    #: Stable name of this RM; one branch per RM per transaction.
+    rm_id: str
+
+    @abc.abstractmethod
+    def start(self, xid: Xid) -> None:
+        """Begin work on a branch, or join it again if it is already active."""
+
+    def end(self, xid: Xid) -> None:  # noqa: B027 - optional hook
+        """A unit of business work on the branch finished (xa_end); most stores need nothing."""
+
+    @abc.abstractmethod
+    def prepare(self, xid: Xid) -> XaCode:
+        """Make the branch durable and vote: XA_OK, or XA_RDONLY when it wrote nothing.
+
+        Raise ``XaError(XA_RB*)`` to vote no (the branch is then rolled back), or
+        ``XaError(XAER_*)`` when the verb itself failed.
+        """
+
+    @abc.abstractmethod
+    def commit(self, xid: Xid, one_phase: bool) -> None:
+        """Apply a prepared branch, or (one_phase) an active one; unknown xid -> XaError(XAER_NOTA)."""
+
+    @abc.abstractmethod
+    def rollback(self, xid: Xid) -> None:
+        """Discard an active or prepared branch; unknown xid -> XaError(XAER_NOTA)."""
+
+    @abc.abstractmethod
+    def recover(self) -> list[Xid]:
+        """Every prepared branch this RM holds (all formatIDs; the caller filters)."""
+
+    def forget(self, xid: Xid) -> None:  # noqa: B027 - optional hook
+        """Drop what the RM remembers of a heuristically completed branch."""
+
+    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        """Mark a point the branch can roll back to."""
+        raise XaError(XaCode.XAER_PROTO, f"{type(self).__name__} does not support savepoints")
+
+    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        """Undo the branch's work after the savepoint, keeping what came before."""
+        raise XaError(XaCode.XAER_PROTO, f"{type(self).__name__} does not support savepoints")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
