@@ -26,7 +26,7 @@ from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
 from xatm.coordinator.settings import NODE_FILE, Settings, stored_node_id
 from xatm.coordinator.txlog.file.segment import fsync_dir
-from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 from xatm.participant.runtime.serving import stop_signals
 
@@ -177,7 +177,7 @@ class Coordinator:
             await self.server.stop(grace)
         try:
             await self.engine.stop()
-        except TxLogStopped as err:  # the last flush found the log gone: already reported, or say so now
+        except LogStopped as err:  # the last flush found the log gone: already reported, or say so now
             if not self.log_stopped.is_set():
                 log.critical("%s", err.message)
 

@@ -10,17 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import grpc
-
-from xatm.participant.xa import (
-    BranchStatus,
-    Decision,
-    Phase,
-    TxOutcome,
-    TxStatus,
-    XaCode,
-    XatmError,
-)
+from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from xatm.participant.xa import BranchStatus, Decision, Phase, TxOutcome, TxStatus, XaCode
 
 __all__ = [
     "COMMIT_ALLOWED",
@@ -76,7 +67,7 @@ _HEURISTIC_STATUS = {
 }
 
 
-class Refused(XatmError):
+class Refused(FailedPreconditionError):
     """The event is not allowed in the current status; nothing was changed."""
 
 
@@ -156,7 +147,6 @@ Effect = Send | ForceDecision | Finished
 def _refuse(tx: Transaction, action: str, allowed: tuple[TxStatus, ...]) -> Refused:
     names = ", ".join(s.label for s in allowed)
     return Refused(
-        grpc.StatusCode.FAILED_PRECONDITION,
         f"transaction {tx.gtrid} is {tx.status.label}; {action} is allowed only from {names}",
     )
 
@@ -412,7 +402,7 @@ def rollback_to_savepoint(tx: Transaction, savepoint_id: str) -> list[Effect]:
     if tx.status != S.CREATED:
         raise _refuse(tx, "rollback to a savepoint", (S.CREATED,))
     if savepoint_id not in tx.savepoints:
-        raise XatmError(grpc.StatusCode.NOT_FOUND, f"no savepoint {savepoint_id!r} in transaction {tx.gtrid}")
+        raise NotFoundError(f"no savepoint {savepoint_id!r} in transaction {tx.gtrid}")
     before = tx.savepoints[savepoint_id]
     ids = list(tx.savepoints)
     for later in ids[ids.index(savepoint_id) + 1 :]:
@@ -481,7 +471,7 @@ def owed_phase(tx: Transaction) -> Phase | None:
 def _branch(tx: Transaction, bqual: str) -> Branch:
     branch = tx.branches.get(bqual)
     if branch is None:
-        raise XatmError(grpc.StatusCode.NOT_FOUND, f"transaction {tx.gtrid} has no branch {bqual}")
+        raise NotFoundError(f"transaction {tx.gtrid} has no branch {bqual}")
     return branch
 
 
@@ -489,8 +479,7 @@ def _own_branch(tx: Transaction, bqual: str, rm_id: str) -> Branch:
     """The branch, which a participant speaking for ``rm_id`` claims as its own."""
     branch = _branch(tx, bqual)
     if branch.rm_id != rm_id:
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise InvalidArgumentError(
             f"branch {bqual} of {tx.gtrid} belongs to resource manager {branch.rm_id}, not {rm_id}",
         )
     return branch
@@ -528,7 +517,6 @@ def outcome_reported(
     owed = owed_phase(tx)
     if phase != owed:
         raise Refused(
-            grpc.StatusCode.FAILED_PRECONDITION,
             f"transaction {tx.gtrid} is {tx.status.label}: branch {bqual} owes {owed}, not {phase}",
         )
     return phase_two_result(tx, bqual, phase, code, reason)
@@ -548,7 +536,6 @@ def resolve_branch(tx: Transaction, bqual: str, committed: bool, reason: str) ->
     phase = owed_phase(tx)
     if phase is None or bqual not in pending_branches(tx):
         raise Refused(
-            grpc.StatusCode.FAILED_PRECONDITION,
             f"branch {bqual} of transaction {tx.gtrid} is {branch.status.label} and owes no answer; "
             "resolving by hand is allowed only for a branch still owed one in Committing or Rollingback",
         )

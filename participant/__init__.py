@@ -6,20 +6,32 @@ The names below are the public API. They load on first use, so a process that on
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xatm.participant.runtime.lazy import lazy_attributes
 
 __all__ = [
     "AioServerInterceptor",
     "AsyncParticipantServicer",
     "AsyncTransaction",
     "AsyncTransactionManager",
+    "BranchEnded",
     "ClientInterceptor",
     "EnlistError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "MemoryRM",
+    "NotFoundError",
     "ParticipantServicer",
     "ParticipantStub",
+    "PermissionDeniedError",
+    "PostgresRM",
+    "ResourceExhaustedError",
     "ResourceManager",
     "ServerInterceptor",
+    "SqliteRM",
+    "Status",
     "Transaction",
     "TransactionError",
     "TransactionHeuristicHazard",
@@ -28,6 +40,10 @@ __all__ = [
     "TransactionOutcomeUnknown",
     "TransactionRolledBack",
     "TxContext",
+    "TxOutcome",
+    "TxStatus",
+    "UnauthenticatedError",
+    "UnavailableError",
     "XaCode",
     "XaError",
     "XatmError",
@@ -37,17 +53,29 @@ __all__ = [
     "intercept_channel",
 ]
 
+#: Where each public name lives (``PostgresRM`` needs the ``postgresql`` extra, loaded on first use).
 _HOME = {
     "AioServerInterceptor": "client.interceptors",
     "AsyncParticipantServicer": "servicer",
     "AsyncTransaction": "client.initiator",
     "AsyncTransactionManager": "client.initiator",
+    "BranchEnded": "stores.base",
     "ClientInterceptor": "client.interceptors",
     "EnlistError": "stub",
+    "FailedPreconditionError": "errors",
+    "InternalError": "errors",
+    "InvalidArgumentError": "errors",
+    "MemoryRM": "stores.memory",
+    "NotFoundError": "errors",
     "ParticipantServicer": "servicer",
     "ParticipantStub": "stub",
+    "PermissionDeniedError": "errors",
+    "PostgresRM": "stores.postgresql",
+    "ResourceExhaustedError": "errors",
     "ResourceManager": "stores.base",
     "ServerInterceptor": "client.interceptors",
+    "SqliteRM": "stores.sqlite",
+    "Status": "errors",
     "Transaction": "client.initiator",
     "TransactionError": "client.initiator",
     "TransactionHeuristicHazard": "client.initiator",
@@ -56,9 +84,13 @@ _HOME = {
     "TransactionOutcomeUnknown": "client.initiator",
     "TransactionRolledBack": "client.initiator",
     "TxContext": "client.context",
+    "TxOutcome": "xa",
+    "TxStatus": "xa",
+    "UnauthenticatedError": "errors",
+    "UnavailableError": "errors",
     "XaCode": "xa",
     "XaError": "xa",
-    "XatmError": "xa",
+    "XatmError": "errors",
     "Xid": "xa",
     "aio_client_interceptors": "client.interceptors",
     "current": "client.context",
@@ -85,15 +117,25 @@ if TYPE_CHECKING:
         aio_client_interceptors,
         intercept_channel,
     )
+    from xatm.participant.errors import (
+        FailedPreconditionError,
+        InternalError,
+        InvalidArgumentError,
+        NotFoundError,
+        PermissionDeniedError,
+        ResourceExhaustedError,
+        Status,
+        UnauthenticatedError,
+        UnavailableError,
+        XatmError,
+    )
     from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
-    from xatm.participant.stores.base import ResourceManager
+    from xatm.participant.stores.base import BranchEnded, ResourceManager
+    from xatm.participant.stores.memory import MemoryRM
+    from xatm.participant.stores.postgresql import PostgresRM
+    from xatm.participant.stores.sqlite import SqliteRM
     from xatm.participant.stub import EnlistError, ParticipantStub
-    from xatm.participant.xa import XaCode, XaError, XatmError, Xid
+    from xatm.participant.xa import TxOutcome, TxStatus, XaCode, XaError, Xid
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _HOME, __all__)

@@ -16,9 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import grpc
-
-from xatm.participant.xa import XaCode, XatmError
+from xatm.participant.errors import InvalidArgumentError, Status, error_for
+from xatm.participant.xa import XaCode
 
 __all__ = ["CATALOGUE", "FailpointError", "ahit", "arm", "disarm", "hit"]
 
@@ -38,7 +37,7 @@ CATALOGUE: dict[str, str] = {
 }
 
 
-class FailpointError(ValueError):
+class FailpointError(InvalidArgumentError, ValueError):
     """A malformed XATM_FAILPOINTS specification."""
 
 
@@ -73,7 +72,7 @@ def _parse(spec: str) -> dict[str, _Action]:
             raise FailpointError(f"sleep needs milliseconds, e.g. sleep(100): {action!r}")
         if kind == "return" and arg not in XaCode.__members__:
             raise FailpointError(f"return needs an XA code name, e.g. return(XA_RBROLLBACK): {action!r}")
-        if kind == "error" and arg not in grpc.StatusCode.__members__:
+        if kind == "error" and arg not in Status.__members__:
             raise FailpointError(f"error needs a gRPC status name, e.g. error(UNAVAILABLE): {action!r}")
         actions[name] = _Action(kind, arg, int(count) if count else None)
     return actions
@@ -112,7 +111,7 @@ def _fire(name: str, action: _Action) -> XaCode | None:
     if action.kind == "return":
         return XaCode[action.arg]
     if action.kind == "error":
-        raise XatmError(grpc.StatusCode[action.arg], f"failpoint {name} injected {action.arg}")
+        raise error_for(Status[action.arg], f"failpoint {name} injected {action.arg}")
     return None
 
 

@@ -20,13 +20,14 @@ from google.protobuf.message import Message
 
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
+from xatm.participant.errors import InternalError, Status, XatmError
 from xatm.participant.metrics import CALL_DURATION, CALLS
+from xatm.participant.runtime.grpc_status import abort, abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.stores.base import ResourceManager
 from xatm.participant.xa import (
     XaCode,
     XaError,
-    XatmError,
     Xid,
     validate_bqual,
     validate_gtrid,
@@ -83,12 +84,12 @@ class ParticipantCore:
             label = XaCode(reply.code).name
             return reply
         except XatmError as error:
-            label = error.code.name
+            label = error.status.name
             raise
         except Exception as exc:  # a bug here, not in the RM: still a clean status, never a traceback
-            label = grpc.StatusCode.INTERNAL.name
+            label = Status.INTERNAL.name
             log.exception("participant %s failed", verb)
-            raise XatmError(grpc.StatusCode.INTERNAL, f"participant {verb} failed: {_reason(exc)}") from exc
+            raise InternalError(f"participant {verb} failed: {_reason(exc)}") from exc
         finally:
             CALLS.labels(verb, label).inc()
             CALL_DURATION.labels(verb).observe(time.perf_counter() - started)
@@ -230,7 +231,7 @@ class ParticipantServicer(_Base):
         try:
             return self.core.serve(verb, request)
         except XatmError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
 
     def Prepare(self, request: participant_pb2.BranchRequest, context: grpc.ServicerContext) -> Reply:
         return self._serve("prepare", request, context)
@@ -265,7 +266,7 @@ class AsyncParticipantServicer(_Base):
         try:
             return await asyncio.to_thread(self.core.serve, verb, request)
         except XatmError as error:
-            await context.abort(error.code, error.message)
+            await abort_async(context, error)
 
     async def Prepare(
         self, request: participant_pb2.BranchRequest, context: grpc.aio.ServicerContext[Any, Any]

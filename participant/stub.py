@@ -38,6 +38,7 @@ from xatm.participant.client.initiator import (
     to_xatm_error,
 )
 from xatm.participant.client.interceptors import AioServerInterceptor, ServerInterceptor
+from xatm.participant.errors import FailedPreconditionError, Status, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
@@ -48,7 +49,6 @@ from xatm.participant.xa import (
     Decision,
     XaCode,
     XaError,
-    XatmError,
     Xid,
     new_bqual,
 )
@@ -65,8 +65,8 @@ _PRUNE_AT = 10_000
 class EnlistError(XatmError):
     """The coordinator did not take this RM's branch into the transaction."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, xa_code: XaCode | None = None):
-        super().__init__(code, message)
+    def __init__(self, status: Status, message: str, xa_code: XaCode | None = None):
+        super().__init__(message, status)
         #: The coordinator's XA answer (e.g. XAER_DUPID), None when the call itself failed.
         self.xa_code = xa_code
 
@@ -177,7 +177,7 @@ class ParticipantStub:
         with branch.lock:
             if branch.error is not None:
                 first = branch.error
-                raise EnlistError(first.code, first.message, getattr(first, "xa_code", None))
+                raise EnlistError(first.status, first.message, getattr(first, "xa_code", None))
             if not branch.enlisted:
                 self._enlist_first(tx, branch)
                 return branch.xid
@@ -189,7 +189,7 @@ class ParticipantStub:
             self._enlist(tx, branch.xid)
         except BaseException as error:
             if not isinstance(error, XatmError):
-                error = XatmError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+                error = XatmError(f"{type(error).__name__}: {error}")
             branch.error = error
             with self._lock:
                 if self._branches.get(tx.gtrid) is branch:
@@ -205,7 +205,7 @@ class ParticipantStub:
             with contextlib.suppress(XaError):
                 self.rm.rollback(branch.xid)
             raise XatmError(
-                grpc.StatusCode.ABORTED, f"transaction {tx.gtrid} ended while {self.rm.rm_id} was joining it"
+                f"transaction {tx.gtrid} ended while {self.rm.rm_id} was joining it", Status.ABORTED
             )
 
     def _start(self, tx: TxContext, xid: Xid) -> None:
@@ -253,9 +253,8 @@ class ParticipantStub:
     def _coordinator(self, tx: TxContext) -> tuple[str, coordinator_pb2_grpc.CoordinatorStub]:
         address = tx.coordinator or self.coordinator
         if not address:
-            raise XatmError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"transaction {tx.gtrid} names no coordinator and the stub was given none",
+            raise FailedPreconditionError(
+                f"transaction {tx.gtrid} names no coordinator and the stub was given none"
             )
         with self._lock:
             if address not in self._coordinators:
@@ -282,10 +281,10 @@ class ParticipantStub:
             )
         except (grpc.RpcError, MalformedReply) as error:
             failure = to_xatm_error(error)
-            raise EnlistError(failure.code, f"cannot enlist {what}: {failure.message}") from None
+            raise EnlistError(failure.status, f"cannot enlist {what}: {failure.message}") from None
         if reply.code != XaCode.XA_OK:
             code = XaCode(reply.code)
-            status = grpc.StatusCode.ALREADY_EXISTS if code is XaCode.XAER_DUPID else grpc.StatusCode.ABORTED
+            status = Status.ALREADY_EXISTS if code is XaCode.XAER_DUPID else Status.ABORTED
             detail = f": {reply.reason}" if reply.reason else ""
             raise EnlistError(status, f"coordinator refused to enlist {what}: {code.name}{detail}", code)
 
@@ -390,7 +389,7 @@ class ParticipantStub:
             )
         except grpc.RpcError as error:
             failure = to_xatm_error(error)
-            if failure.code == grpc.StatusCode.UNIMPLEMENTED:
+            if failure.status == Status.UNIMPLEMENTED:
                 # An older coordinator: asking again on every pass would only repeat the refusal.
                 log.info("coordinator %s does not take registrations", self.coordinator)
                 self._registered = True
@@ -473,7 +472,7 @@ class ParticipantStub:
             coordinator.ReportOutcome(request, timeout=self.call_timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             failure = to_xatm_error(error)
-            if failure.code != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: presumed abort, nothing to tell
+            if failure.status != Status.NOT_FOUND:  # NOT_FOUND: presumed abort, nothing to tell
                 log.warning("could not report %s of %s: %s", decision.name, wire.gtrid, failure.message)
 
     def start_recovery(self, interval: float = 30.0) -> None:

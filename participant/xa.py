@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Self
 
-import grpc
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -113,8 +113,7 @@ class _Named(enum.IntEnum):
             if member.label.lower() == wanted:
                 return member
         allowed = ", ".join(m.label for m in cls)
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {text!r}; expected one of {allowed}"
+        raise InvalidArgumentError(f"unknown status {text!r}; expected one of {allowed}"
         )
 
 
@@ -162,17 +161,15 @@ class Decision(enum.IntEnum):
     PENDING = 3
 
 
-class XatmError(Exception):
-    """An error with the gRPC status it maps to (and from there HTTP and exit codes)."""
+class XaError(XatmError):
+    """Raised by a resource manager to answer an XA verb with a code other than XA_OK.
 
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    ``code`` is the XA return code (``XaCode``), ``reason`` the resource manager's own words. It
+    travels in the ``code`` of an ``XaReply``, not as a status; should one escape a service it
+    answers ``INTERNAL``.
+    """
 
-
-class XaError(Exception):
-    """Raised by a resource manager to answer an XA verb with a code other than XA_OK."""
+    status = Status.INTERNAL
 
     def __init__(self, code: XaCode, reason: str = ""):
         super().__init__(f"{code.name}: {reason}" if reason else code.name)
@@ -186,9 +183,7 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def _validate(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
+        raise InvalidArgumentError(f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
         )
     return value
 

@@ -26,7 +26,8 @@ from xatm.participant.api.v1 import (
     participant_pb2_grpc,
     xa_pb2,
 )
-from xatm.participant.xa import TxStatus, XatmError, Xid
+from xatm.participant.errors import XatmError
+from xatm.participant.xa import TxStatus, Xid
 
 #: The exit code of a failpoint armed with ``crash`` (participant/failpoints.py).
 CRASH_EXIT = 137

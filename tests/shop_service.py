@@ -30,7 +30,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from xatm.participant import ParticipantStub, XatmError
+from xatm.participant import ParticipantStub
+from xatm.participant.errors import ResourceExhaustedError
 from xatm.participant.stores.sqlite import SqliteRM
 from xatm.participant.xa import Xid
 
@@ -49,7 +50,7 @@ def _work(rm: SqliteRM, xid: Xid, key: str, mode: str) -> None:
     if mode == "raise_empty":
         raise ValueError()
     if mode == "xatm":
-        raise XatmError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"quota for {key}")
+        raise ResourceExhaustedError(f"quota for {key}")
 
 
 def _parse(request: bytes) -> tuple[str, str]:

@@ -42,8 +42,8 @@ from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.participant import Transaction, TransactionManager
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.client.context import use
+from xatm.participant.errors import XatmError
 from xatm.participant.xa import TxStatus as S
-from xatm.participant.xa import XatmError
 
 ROLLBACK_FROM = {S.CREATED, S.PREPARING, S.ROLLINGBACK}
 COMMIT_FROM = {S.CREATED, S.PREPARING, S.COMMITTING}

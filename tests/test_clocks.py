@@ -30,7 +30,7 @@ from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.tools.bank._proto import bank_pb2
 from xatm.coordinator.txlog.file import FileWal, read_records
-from xatm.coordinator.txlog.interface import TxLogCorrupt
+from xatm.coordinator.txlog.interface import LogCorrupt
 from xatm.participant import ParticipantStub, stub
 from xatm.participant.client import context
 from xatm.participant.client.context import TxContext, use, with_deadline
@@ -136,7 +136,7 @@ def _checkpointed(system: BankSystem, gtrid: str) -> bool | None:
     """True once a checkpoint wrote ``gtrid``'s snapshot: the checkpoint ran after it completed."""
     try:
         records = list(read_records(system.root / "coordinator"))
-    except (FileNotFoundError, TxLogCorrupt):  # a checkpoint swapped segments mid-read
+    except (FileNotFoundError, LogCorrupt):  # a checkpoint swapped segments mid-read
         return None
     snapshots = {r.gtrid for _, _, r in records if r.WhichOneof("body") == "snapshot"}
     return True if gtrid in snapshots else None

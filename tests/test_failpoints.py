@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xatm.participant import failpoints
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.failpoints import CATALOGUE, FailpointError
-from xatm.participant.xa import XaCode, XatmError
+from xatm.participant.xa import XaCode
 
 NAMES = sorted(CATALOGUE)
 
@@ -43,7 +44,7 @@ def test_actions_and_counts() -> None:
     assert failpoints.hit("participant.commit") is None  # 2* fired twice, then disarmed itself
     with pytest.raises(XatmError) as err:
         failpoints.hit("participant.rollback")
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.status == Status.UNAVAILABLE
     assert failpoints.hit("participant.prepare") is None
 
 
@@ -58,7 +59,7 @@ def test_sleep_in_sync_and_async_code() -> None:
 def test_crash_exits_at_once_with_no_cleanup(tmp_path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "cleanup-ran"
     code = (
-        "import atexit, pathlib; from participant import failpoints\n"
+        "import atexit, pathlib; from xatm.participant import failpoints\n"
         f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('x'))\n"
         "failpoints.hit('participant.prepare')\n"
     )

@@ -29,6 +29,7 @@ from xatm.participant import (
     current,
 )
 from xatm.participant.api.v1 import coordinator_pb2
+from xatm.participant.errors import Status
 from xatm.participant.xa import TxOutcome, TxStatus
 
 
@@ -73,7 +74,7 @@ def test_a_second_begin_in_the_same_context_is_refused(shop: Shop) -> None:
     tx = shop.tm.begin()
     with pytest.raises(XatmError) as caught:
         shop.tm.begin()
-    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.status == Status.FAILED_PRECONDITION
     assert tx.gtrid in caught.value.message
     with pytest.raises(XatmError), shop.tm.begin():
         pytest.fail("a nested with block must not run")
@@ -103,7 +104,7 @@ def test_thread_pool_calls_join_through_run(shop: Shop) -> None:
         late = pool.submit(tx.run, shop.order, b"ok:late", timeout=10)
         with pytest.raises(XatmError) as caught:
             late.result()
-    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.status == Status.FAILED_PRECONDITION
     assert _count(shop) == 0 and _branches(tx) == 1
 
 
@@ -185,10 +186,8 @@ def test_every_outcome_and_status_maps_to_its_exception(outcome: TxOutcome, stat
         return
     error = xatm.TransactionError.of("commit", reply)
     assert type(error) is wanted
-    assert (error.gtrid, error.outcome, error.status) == ("n1.abc", outcome, status)
-    assert error.code == (
-        grpc.StatusCode.ABORTED if wanted is xatm.TransactionRolledBack else grpc.StatusCode.UNKNOWN
-    )
+    assert (error.gtrid, error.outcome, error.transaction_status) == ("n1.abc", outcome, status)
+    assert error.status == (Status.ABORTED if wanted is xatm.TransactionRolledBack else Status.UNKNOWN)
     unknown = wanted is xatm.TransactionOutcomeUnknown
     assert ("not known yet" in error.message and "xactl show n1.abc" in error.message) is unknown
 
@@ -258,7 +257,7 @@ def test_an_unacknowledged_one_phase_commit_raises_outcome_unknown(tmp_path: Pat
         with pytest.raises(xatm.TransactionOutcomeUnknown) as caught:
             tx.commit()
         error = caught.value
-        assert (error.outcome, error.status) == (TxOutcome.TX_HAZARD, TxStatus.COMMITTING)
+        assert (error.outcome, error.transaction_status) == (TxOutcome.TX_HAZARD, TxStatus.COMMITTING)
         assert "not known yet" in error.message and f"xactl show {tx.gtrid}" in error.message
         assert TxStatus(tx.status().status) == TxStatus.COMMITTING  # what the message advises
     finally:

@@ -33,10 +33,11 @@ from xatm.coordinator.settings import Settings
 from xatm.coordinator.tools.procs import Proc
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal, read_records, repair
-from xatm.coordinator.txlog.interface import TxLogMissing, TxLogStopped
+from xatm.coordinator.txlog.interface import LogMissing, LogStopped
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from xatm.participant.xa import FORMAT_ID, Phase, XaCode, XatmError, Xid
+from xatm.participant.errors import Status, XatmError
+from xatm.participant.xa import FORMAT_ID, Phase, XaCode, Xid
 from xatm.participant.xa import TxStatus as S
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,9 +86,9 @@ def test_a_vanished_log_stops_it_even_while_idle(
         wal = await _open(tmp_path)
         vanish(tmp_path)
         stopped = await asyncio.wait_for(wal.watch(0.05), 30)  # nothing is written meanwhile
-        assert isinstance(stopped, TxLogStopped) and said in stopped.reason
-        assert stopped.code == grpc.StatusCode.UNAVAILABLE
-        with pytest.raises(TxLogStopped, match=said):
+        assert isinstance(stopped, LogStopped) and said in stopped.reason
+        assert stopped.status == Status.UNAVAILABLE
+        with pytest.raises(LogStopped, match=said):
             await wal.append(rec(9), force=True)
         await wal.close()
 
@@ -98,7 +99,7 @@ def test_a_segment_deleted_under_a_writer_fails_the_next_append(tmp_path: Path) 
     async def go() -> None:
         wal = await _open(tmp_path)
         _segments(tmp_path)[-1].unlink()
-        with pytest.raises(TxLogStopped, match="was deleted"):
+        with pytest.raises(LogStopped, match="was deleted"):
             await wal.append(rec(9), force=True)
         await wal.close()
 
@@ -114,7 +115,7 @@ def test_a_segment_deleted_during_a_forced_write_acknowledges_nothing(tmp_path: 
         pending = asyncio.ensure_future(wal.append(rec(9), force=True))
         await asyncio.sleep(0.15)  # the writer has written the record and sleeps before its fsync
         _segments(tmp_path)[-1].unlink()
-        with pytest.raises(TxLogStopped, match="was deleted"):
+        with pytest.raises(LogStopped, match="was deleted"):
             await pending
         await wal.close()
 
@@ -123,7 +124,7 @@ def test_a_segment_deleted_during_a_forced_write_acknowledges_nothing(tmp_path: 
 
 def test_a_missing_log_refuses_to_open(tmp_path: Path) -> None:
     async def go() -> None:
-        with pytest.raises(TxLogMissing, match="has held a log"):  # the data dir says a log existed
+        with pytest.raises(LogMissing, match="has held a log"):  # the data dir says a log existed
             await FileWal(tmp_path, must_exist=True).open()
         assert not (tmp_path / "wal").exists(), "a refused start changes nothing"
         wal = await _open(tmp_path, segment_bytes=1024)
@@ -133,14 +134,14 @@ def test_a_missing_log_refuses_to_open(tmp_path: Path) -> None:
         segments = _segments(tmp_path)
         assert len(segments) >= 3
         segments[1].unlink()
-        with pytest.raises(TxLogMissing, match="are missing"):
+        with pytest.raises(LogMissing, match="are missing"):
             await FileWal(tmp_path).open()
         segments[0].unlink()
-        with pytest.raises(TxLogMissing, match="beginning of the log is missing"):
+        with pytest.raises(LogMissing, match="beginning of the log is missing"):
             await FileWal(tmp_path).open()
         for segment in segments[2:]:
             segment.unlink()
-        with pytest.raises(TxLogMissing, match="has held a log"):
+        with pytest.raises(LogMissing, match="has held a log"):
             await FileWal(tmp_path, must_exist=True).open()
 
     asyncio.run(go())
@@ -154,7 +155,7 @@ def test_newest_segments_deleted_while_stopped_refuse_to_open_until_repaired(tmp
         kept = [record for path, _, record in read_records(tmp_path) if path in segments[:-2]]
         for segment in segments[-2:]:
             segment.unlink()
-        with pytest.raises(TxLogMissing, match=f"the log had reached segment {len(segments)}"):
+        with pytest.raises(LogMissing, match=f"the log had reached segment {len(segments)}"):
             await FileWal(tmp_path).open()
         report = repair(tmp_path)  # the operator accepts the loss
         assert f"the log now ends at segment {len(segments) - 2}" in str(report)
@@ -185,10 +186,10 @@ def test_a_checkpoint_failing_midway_keeps_every_decision(tmp_path: Path, monkey
         wal = await _open(tmp_path, n=5)
         await wal.append(rec(5))  # unforced: the checkpoint syncs it first
         monkeypatch.setattr(os, "fsync", fsync)
-        with pytest.raises(TxLogStopped, match=r"Input/output error \(EIO\)"):
+        with pytest.raises(LogStopped, match=r"Input/output error \(EIO\)"):
             await wal.checkpoint([rec(i) for i in range(6)])
         monkeypatch.setattr(os, "fsync", real_fsync)
-        with pytest.raises(TxLogStopped, match="EIO"):
+        with pytest.raises(LogStopped, match="EIO"):
             await wal.append(rec(9))
         await wal.close()
 
@@ -230,13 +231,13 @@ def test_a_failed_decision_write_answers_unavailable_not_an_outcome(tmp_path: Pa
         engine, tx = await _two_branches(settings, _YesPeers())
         try:
             failpoints.arm("wal.before_fsync=error(DATA_LOSS)")  # the decision's fsync
-            with pytest.raises(TxLogStopped, match="transaction log stopped") as err:
+            with pytest.raises(LogStopped, match="transaction log stopped") as err:
                 await asyncio.wait_for(engine.commit(tx.gtrid), 20)
-            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+            assert err.value.status == Status.UNAVAILABLE
             assert tx.decision is None and tx.status == S.PREPARED  # claims nothing
-            with pytest.raises(TxLogStopped):
+            with pytest.raises(LogStopped):
                 await engine.begin()
-            with pytest.raises(TxLogStopped):
+            with pytest.raises(LogStopped):
                 engine.query_outcome(Xid(tx.gtrid, "b1"))
         finally:
             failpoints.disarm()

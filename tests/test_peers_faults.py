@@ -35,10 +35,11 @@ from xatm.participant.client.initiator import (
     TransactionRolledBack,
     coordinator_channel,
 )
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.runtime.replies import MalformedReply
 from xatm.participant.stores.sqlite import SqliteRM
 from xatm.participant.stub import EnlistError, ParticipantStub
-from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid, node_of
+from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, Xid, node_of
 
 #: What the fake answers one call with: raw reply bytes, or it aborts / raises on ``context``.
 Answer = Callable[[bytes, grpc.ServicerContext], bytes]
@@ -215,7 +216,7 @@ def test_a_bad_savepoint_answer_is_reported(coordinator: Proc, fakes: list[FakeP
     with _transaction(coordinator, good, bad) as (_, tx):
         with pytest.raises(XatmError) as failed:
             tx.savepoint()
-        assert failed.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert failed.value.status == Status.FAILED_PRECONDITION
         assert "XAER_RMFAIL participant answered Savepoint with bytes that are not a valid XaReply" in str(
             failed.value
         )
@@ -277,7 +278,7 @@ def test_the_async_initiator_reports_a_garbage_answer(fake_coordinator: FakePeer
 
     with pytest.raises(MalformedReply) as failed:
         asyncio.run(begin())
-    assert failed.value.code == grpc.StatusCode.INTERNAL
+    assert failed.value.status == Status.INTERNAL
     expected = "answered Begin with bytes that are not a valid BeginResponse"
     assert failed.value.message == f"coordinator {fake_coordinator.endpoint} {expected}"
 

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 import pytest
 
 from tests.pgcluster import PgCluster
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.postgresql import (
     PostgresRM,
@@ -34,7 +34,7 @@ from xatm.participant.stores.postgresql_errors import (
     to_xa_error,
     xa_code_for,
 )
-from xatm.participant.xa import FORMAT_ID, XaCode, XaError, XatmError, Xid, new_bqual, new_gtrid
+from xatm.participant.xa import FORMAT_ID, XaCode, XaError, Xid, new_bqual, new_gtrid
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "postgresql.md"
 
@@ -397,7 +397,7 @@ def test_rollback_to_savepoint_undoes_a_failure(rm: PostgresRM, pg_db: str) -> N
 def test_server_without_prepared_transactions_is_refused_at_construction() -> None:
     with PgCluster(max_prepared_transactions=0) as cluster, pytest.raises(PostgresSetupError) as caught:
         PostgresRM(cluster.dsn(), "pg-test")
-    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.status == Status.FAILED_PRECONDITION
     assert caught.value.message == (
         f"PostgreSQL at 127.0.0.1:{cluster.port} has max_prepared_transactions = 0; "
         "set it > 0 (e.g. 100) and restart it to use xatm"
@@ -415,11 +415,11 @@ def refused_port() -> Iterator[int]:
 def test_unreachable_server_or_bad_dsn_is_refused_at_construction() -> None:
     with refused_port() as port, pytest.raises(XatmError) as caught:
         PostgresRM(f"host=127.0.0.1 port={port} user=postgres connect_timeout=2", "pg-test")
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.status == Status.UNAVAILABLE
     assert caught.value.message.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{port}: ")
     with pytest.raises(XatmError) as caught:
         PostgresRM("host=127.0.0.1 port", "pg-test")
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.status == Status.INVALID_ARGUMENT
 
 
 def test_prepared_branch_survives_a_server_crash(

@@ -17,7 +17,7 @@ from tests.bank_system import BankSystem
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog.file import FileWal, read_records
-from xatm.coordinator.txlog.interface import TxLogCorrupt
+from xatm.coordinator.txlog.interface import LogCorrupt
 from xatm.participant import ParticipantStub, TransactionManager
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 from xatm.participant.stores.sqlite import SqliteRM
@@ -240,7 +240,7 @@ def test_checkpoint_keeps_the_log_bounded(tmp_path: Path) -> None:
         while True:  # past retention, a checkpoint removes them from memory and from the disk
             try:
                 on_disk = {rec.gtrid for _, _, rec in read_records(data)}
-            except (FileNotFoundError, TxLogCorrupt):  # a checkpoint swapped segments mid-read
+            except (FileNotFoundError, LogCorrupt):  # a checkpoint swapped segments mid-read
                 on_disk = first
             if not first & on_disk:
                 break

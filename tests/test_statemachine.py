@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import copy
 
-import grpc
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from xatm.coordinator import protocol as sm
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.xa import BranchStatus as B
-from xatm.participant.xa import Decision, Phase, TxOutcome, XaCode, XatmError
+from xatm.participant.xa import Decision, Phase, TxOutcome, XaCode
 from xatm.participant.xa import TxStatus as S
 
 ALL_CODES = list(XaCode)
@@ -92,7 +92,7 @@ def test_rollback_rule(status: S) -> None:
     else:
         with pytest.raises(XatmError) as err:
             sm.request_rollback(tx, "operator")
-        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.status == Status.FAILED_PRECONDITION
         assert status.label in err.value.message
         assert "Created, Preparing, Rollingback" in err.value.message
         assert tx == before, "a refused rollback must change nothing"
@@ -111,7 +111,7 @@ def test_force_commit_rule(status: S) -> None:
     else:
         with pytest.raises(XatmError) as err:
             sm.force_commit(tx)
-        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.status == Status.FAILED_PRECONDITION
         assert "Created, Preparing, Committing" in err.value.message
         assert tx == before
 
@@ -160,7 +160,7 @@ def test_every_event_in_every_status(event: str, status: S) -> None:
     if status not in ACCEPTED[event]:
         with pytest.raises(XatmError) as err:
             EVENTS[event](tx)
-        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.status == Status.FAILED_PRECONDITION
         assert tx == before
         return
     EVENTS[event](tx)
@@ -382,7 +382,7 @@ def test_savepoints() -> None:
     assert list(tx.branches) == ["b0"]
     with pytest.raises(XatmError) as err:
         sm.rollback_to_savepoint(tx, "s2")
-    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert err.value.status == Status.NOT_FOUND
 
 
 def test_forget_only_heuristic_branches() -> None:
@@ -503,10 +503,10 @@ def test_branch_moved_refuses_another_rm_and_unknown_branches() -> None:
     before = copy.deepcopy(tx)
     with pytest.raises(XatmError) as err:
         sm.branch_moved(tx, "b0", "rm1", MOVED)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rm0" in err.value.message
+    assert err.value.status == Status.INVALID_ARGUMENT and "rm0" in err.value.message
     with pytest.raises(XatmError) as err:
         sm.branch_moved(tx, "nope", "rm0", MOVED)
-    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert err.value.status == Status.NOT_FOUND
     assert tx == before
 
 
@@ -535,7 +535,7 @@ def test_outcome_reported_in_every_status(status: S, phase: Phase) -> None:
     if (status, phase) in refused:
         with pytest.raises(XatmError) as err:
             sm.outcome_reported(tx, "b0", "rm0", phase, XaCode.XA_OK, "applied")
-        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.status == Status.FAILED_PRECONDITION
         assert status.label in err.value.message
         assert tx == before
     elif (status, phase) in accepted:
@@ -566,7 +566,7 @@ def test_outcome_reported_finishes_the_transaction() -> None:
     assert tx.branches["b0"].status == B.COMMITTED and sm.pending_branches(tx) == ()
     with pytest.raises(XatmError) as err:
         sm.outcome_reported(tx, "nope", "rm0", Phase.COMMIT, XaCode.XA_OK)
-    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert err.value.status == Status.NOT_FOUND
 
 
 def test_outcome_reported_by_another_rm_is_refused() -> None:
@@ -574,7 +574,7 @@ def test_outcome_reported_by_another_rm_is_refused() -> None:
     before = copy.deepcopy(tx)
     with pytest.raises(XatmError) as err:
         sm.outcome_reported(tx, "b0", "rm1", Phase.COMMIT, XaCode.XA_OK)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rm0" in err.value.message
+    assert err.value.status == Status.INVALID_ARGUMENT and "rm0" in err.value.message
     assert tx == before
 
 
@@ -595,7 +595,7 @@ def test_resolve_branch_in_every_status(status: S, committed: bool) -> None:
     if (status, committed) not in RESOLVED:
         with pytest.raises(XatmError) as err:
             sm.resolve_branch(tx, "b0", committed, "rm gone")
-        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.status == Status.FAILED_PRECONDITION
         assert status.label in err.value.message and "Committing, Rollingback" in err.value.message
         assert tx == before
         return
@@ -618,11 +618,11 @@ def test_resolve_branch_refuses_an_acknowledged_or_unknown_branch() -> None:
     before = copy.deepcopy(tx)
     with pytest.raises(XatmError) as err:
         sm.resolve_branch(tx, "b1", True, "x")
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.status == Status.FAILED_PRECONDITION
     assert "Committed" in err.value.message and "Committing or Rollingback" in err.value.message
     with pytest.raises(XatmError) as err:
         sm.resolve_branch(tx, "nope", True, "x")
-    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert err.value.status == Status.NOT_FOUND
     assert tx == before
 
 

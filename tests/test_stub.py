@@ -49,6 +49,7 @@ from xatm.participant.api.v1 import (
     xa_pb2,
 )
 from xatm.participant.client.context import GTRID_KEY, use
+from xatm.participant.errors import Status
 from xatm.participant.stub import _Branch
 from xatm.participant.xa import FORMAT_ID, TxOutcome, TxStatus
 
@@ -654,12 +655,12 @@ def test_enlist_refused_raises_and_forgets(rm: MemoryRM, coordinator: Coordinato
             pytest.fail("the block must not run")
         tx.rollback()
     assert caught.value.xa_code is XaCode.XAER_DUPID
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.status == Status.ALREADY_EXISTS
     assert "XAER_DUPID" in caught.value.message and tx.gtrid in caught.value.message
     assert stub.active_branches() == 0 and rm.calls == []
     with use(TxContext("fake.unknown", address)), pytest.raises(EnlistError) as caught, stub.branch():
         pass
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.status == Status.NOT_FOUND
     stub.close()
 
 
@@ -692,7 +693,7 @@ def test_commit_outcome_other_than_ok_raises(coordinator: Coordinator) -> None:
             tx.commit()
     error = caught.value
     assert (error.outcome, error.gtrid) == (TxOutcome.TX_ROLLBACK, tx.gtrid)
-    assert (error.code, error.status) == (grpc.StatusCode.ABORTED, TxStatus.CREATED)
+    assert (error.status, error.transaction_status) == (Status.ABORTED, TxStatus.CREATED)
     assert error.branch_codes == {"b1": XaCode.XA_RBDEADLOCK}
     assert "TX_ROLLBACK" in error.message and "XA_RBDEADLOCK" in error.message
 
@@ -708,18 +709,18 @@ def test_explicit_completion_and_errors(coordinator: Coordinator) -> None:
         fake.txs[tx.gtrid].status = xa_pb2.TRANSACTION_STATUS_COMMITTED
         with pytest.raises(XatmError) as caught:
             tx.rollback()
-        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.status == Status.FAILED_PRECONDITION
         assert caught.value.message == f"cannot roll back {tx.gtrid}: status is Committed"
         del fake.txs[tx.gtrid]
         with pytest.raises(XatmError) as caught:
             tx.status()
-        assert (caught.value.code, caught.value.message) == (
-            grpc.StatusCode.NOT_FOUND,
+        assert (caught.value.status, caught.value.message) == (
+            Status.NOT_FOUND,
             f"unknown transaction {tx.gtrid}",
         )
     with TransactionManager("127.0.0.1:1", call_timeout=2) as tm, pytest.raises(XatmError) as caught:
         tm.begin()
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.status == Status.UNAVAILABLE
 
 
 def test_rollback_failure_keeps_business_exception(coordinator: Coordinator) -> None:
@@ -807,7 +808,7 @@ def test_a_join_overtaken_by_the_coordinator_leaves_no_active_branch() -> None:
     stub._enlist = lambda tx, xid: stub._completed(xid)  # type: ignore[method-assign]
     with use(TxContext("g.overtaken", "127.0.0.1:1")), pytest.raises(XatmError) as err, stub.branch():
         pytest.fail("the business block must not run on a finished transaction")
-    assert err.value.code == grpc.StatusCode.ABORTED
+    assert err.value.status == Status.ABORTED
     assert rm.verbs() == ["start", "rollback"] and not rm.active
     assert stub.active_branches() == 0
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from tests.bank_system import BankSystem
 from tests.chaos import wait_final
 from xatm.participant import TransactionError, XatmError
+from xatm.participant.errors import Status
 from xatm.participant.xa import TxOutcome, TxStatus, XaCode
 
 #: A short commit wait so an unknown outcome is answered quickly; call_timeout stays 1 s.
@@ -99,7 +99,7 @@ def test_one_phase_commit_not_acknowledged_is_unknown_not_ok(
     gtrid, error = _one_branch_commit(system)
     assert error is not None, "commit claimed TX_OK although the branch never said XA_OK"
     assert error.outcome == TxOutcome.TX_HAZARD
-    assert error.status == TxStatus.COMMITTING
+    assert error.transaction_status == TxStatus.COMMITTING
     if not failpoint.endswith("crash"):
         assert system.balance("bank-a", "alice") == 1000  # the failpoint stood before the RM
     # The participant comes back healthy: the retried one-phase commit settles it truthfully.
@@ -176,7 +176,7 @@ def test_a_commit_whose_reply_is_lost_says_the_outcome_is_unknown(
         system.apply("bank-a", "alice", -100)
         system.apply("bank-b", "bob", 100)
     assert not isinstance(raised.value, TransactionError)
-    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.status == Status.UNAVAILABLE
     assert f"the outcome of the commit of {tx.gtrid} is unknown" in raised.value.message
     system.coordinator.kill()
     system.coordinator.start(extra_env={"XATM_FAILPOINTS": ""})

@@ -14,7 +14,7 @@ import pytest
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal
-from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
 from xatm.coordinator.txlog.memory import LogStore, MemoryLog
 from xatm.participant import failpoints
 
@@ -83,7 +83,7 @@ def test_a_second_open_on_the_same_storage_is_refused_until_closed(opener: Opene
     async def scenario() -> None:
         first, second = opener(), opener()
         await first.open()
-        with pytest.raises(RuntimeError, match="held by another"):
+        with pytest.raises(LogLocked, match="held by another"):
             await second.open()
         await first.append(rec(1))
         await first.close()
@@ -100,12 +100,12 @@ def test_a_stopped_log_refuses_everything_and_says_why(opener: Opener) -> None:
         await log.append(rec(0), force=True)
         assert log.stopped is None
         _break_next_force(log)
-        with pytest.raises(TxLogStopped) as err:
+        with pytest.raises(LogStopped) as err:
             await log.append(rec(1), force=True)
         assert "transaction log stopped" in err.value.message
         assert await asyncio.wait_for(log.watch(0.05), 5) is log.stopped is not None
         for later in (log.append(rec(2)), log.checkpoint([rec(3)])):
-            with pytest.raises(TxLogStopped):
+            with pytest.raises(LogStopped):
                 await later
         await log.close()  # only releases
         failpoints.disarm()
@@ -127,7 +127,7 @@ def test_a_crash_keeps_only_what_was_durable() -> None:
         await log.append(rec(1), force=True)  # rec(0) rides along
         await log.append(rec(2))
         log.crash()
-        with pytest.raises(TxLogStopped, match="crashed"):
+        with pytest.raises(LogStopped, match="crashed"):
             await log.append(rec(3))
         assert [r.gtrid for r in log.appended] == [rec(i).gtrid for i in range(3)]
         assert await MemoryLog(log.store).open() == [rec(0), rec(1)]
@@ -152,7 +152,7 @@ def test_held_durability_waits_for_release_and_a_stop_loses_it() -> None:
         waiting = asyncio.ensure_future(log.append(rec(6), force=True))
         await asyncio.sleep(0)
         log.stop("disk full")
-        with pytest.raises(TxLogStopped, match="disk full"):
+        with pytest.raises(LogStopped, match="disk full"):
             await waiting
         assert log.store.records == [rec(5)]
 
@@ -181,7 +181,7 @@ def test_stop_at_stops_exactly_at_the_matching_record(durable: bool) -> None:
         log.stop_at(lambda record: record.gtrid == rec(2).gtrid, "EIO", durable=durable)
         await log.append(rec(0))
         await log.append(rec(1))
-        with pytest.raises(TxLogStopped, match="EIO"):
+        with pytest.raises(LogStopped, match="EIO"):
             await log.append(rec(2), force=True)
         assert log.store.records == [rec(0), rec(1), *([rec(2)] if durable else [])]
 

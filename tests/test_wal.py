@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal, dump_text, iter_dump_lines, read_records, repair
-from xatm.coordinator.txlog.interface import TxLogCorrupt, TxLogStopped
+from xatm.coordinator.txlog.interface import LogCorrupt, LogLocked, LogStopped
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import xa_pb2
 
@@ -219,12 +219,12 @@ def test_flipped_byte_mid_log_is_corrupt(tmp_path: Path, where: int) -> None:
     path, offset = locations(tmp_path)[2]
     flip(path, offset + where)
     damaged = path.read_bytes()
-    with pytest.raises(TxLogCorrupt) as caught:
+    with pytest.raises(LogCorrupt) as caught:
         reopen(tmp_path)
     assert (caught.value.path, caught.value.offset) == (str(path), offset)
     assert str(path) in str(caught.value) and f"offset {offset}" in str(caught.value)
     assert path.read_bytes() == damaged  # open() changes nothing on damage
-    with pytest.raises(TxLogCorrupt):  # ... and released the lock: the second try fails the same way
+    with pytest.raises(LogCorrupt):  # ... and released the lock: the second try fails the same way
         reopen(tmp_path)
 
 
@@ -233,7 +233,7 @@ def test_bad_final_record_of_an_earlier_segment_is_corrupt(tmp_path: Path) -> No
     first = segments(tmp_path)[0]
     path, offset = [loc for loc in locations(tmp_path) if loc[0] == first][-1]
     flip(path, first.stat().st_size - 1)
-    with pytest.raises(TxLogCorrupt, match="not the last") as caught:
+    with pytest.raises(LogCorrupt, match="not the last") as caught:
         reopen(tmp_path)
     assert (caught.value.path, caught.value.offset) == (str(first), offset)
 
@@ -242,11 +242,11 @@ def test_missing_segments_are_corrupt(tmp_path: Path) -> None:
     run(write(tmp_path, [rec(i) for i in range(60)]))
     files = segments(tmp_path)
     files[2].unlink()
-    with pytest.raises(TxLogCorrupt, match="missing") as caught:
+    with pytest.raises(LogCorrupt, match="missing") as caught:
         reopen(tmp_path)
     assert caught.value.path == str(files[3])
     files[0].unlink()
-    with pytest.raises(TxLogCorrupt, match="no base segment"):
+    with pytest.raises(LogCorrupt, match="no base segment"):
         reopen(tmp_path)
 
 
@@ -255,7 +255,7 @@ def test_segment_from_another_log_breaks_the_chain(tmp_path: Path) -> None:
     run(write(tmp_path / "b", [rec(i + 1000) for i in range(60)]))
     victim = segments(tmp_path / "a")[2]
     shutil.copy(tmp_path / "b" / "wal" / victim.name, victim)
-    with pytest.raises(TxLogCorrupt, match="chain"):
+    with pytest.raises(LogCorrupt, match="chain"):
         reopen(tmp_path / "a")
 
 
@@ -304,7 +304,7 @@ def test_repair_refuses_a_locked_log(tmp_path: Path) -> None:
         wal = FileWal(tmp_path)
         await wal.open()
         try:
-            with pytest.raises(RuntimeError, match=f"pid {os.getpid()}"):
+            with pytest.raises(LogLocked, match=f"pid {os.getpid()}"):
                 repair(tmp_path)
         finally:
             await wal.close()
@@ -312,7 +312,7 @@ def test_repair_refuses_a_locked_log(tmp_path: Path) -> None:
     run(go())
 
 
-# --- random damage never escapes as anything but TxLogCorrupt or a cut tail ---
+# --- random damage never escapes as anything but LogCorrupt or a cut tail ---
 
 
 @functools.cache
@@ -333,7 +333,7 @@ def materialise(root: Path, files: dict[str, bytes]) -> Path:
 def read_all_or_corrupt(data_dir: Path) -> list[WalRecord] | None:
     try:
         return [record for _, _, record in read_records(data_dir)]
-    except TxLogCorrupt:
+    except LogCorrupt:
         return None
 
 
@@ -397,7 +397,7 @@ def test_mutated_log_opens_as_a_prefix_or_corrupt(mutations: list[Mutation]) -> 
         root = materialise(Path(tmp), mutate(files, mutations))
         try:
             got, _ = reopen(root)
-        except TxLogCorrupt:
+        except LogCorrupt:
             return
         assert got == list(records[: len(got)])
         assert [r for _, _, r in read_records(root)] == got  # what open() left is clean
@@ -501,9 +501,9 @@ def test_failed_fsync_stops_the_log(tmp_path: Path) -> None:
         await wal.append(rec(0), force=True)
         failpoints.arm("wal.before_fsync=error(UNAVAILABLE)")
         try:
-            with pytest.raises(TxLogStopped, match="failpoint"):
+            with pytest.raises(LogStopped, match="failpoint"):
                 await wal.append(rec(1), force=True)
-            with pytest.raises(TxLogStopped, match="failpoint"):
+            with pytest.raises(LogStopped, match="failpoint"):
                 await wal.append(rec(2))
             assert wal.stopped is not None
             await wal.close()  # a stopped log is only released
@@ -518,7 +518,7 @@ CRASH_CHILD = """
 import asyncio, sys
 from pathlib import Path
 from xatm.coordinator.txlog.file import FileWal
-from participant import failpoints
+from xatm.participant import failpoints
 from xatm.participant.api.v1 import wal_pb2
 
 async def main():
@@ -612,7 +612,7 @@ def test_second_open_on_a_locked_directory_fails_clearly(tmp_path: Path) -> None
         await first.open()
         second = FileWal(tmp_path)
         holder = rf"LOCK is held by another process \(pid {os.getpid()} .*node1\)"
-        with pytest.raises(RuntimeError, match=holder):
+        with pytest.raises(LogLocked, match=holder):
             await second.open()
         await first.append(rec(1))
         await first.close()
@@ -649,12 +649,12 @@ def test_reader_stops_at_mid_log_damage(tmp_path: Path) -> None:
     path, offset = locations(tmp_path)[3]
     flip(path, offset + 20)
     seen = []
-    with pytest.raises(TxLogCorrupt) as caught:
+    with pytest.raises(LogCorrupt) as caught:
         for _, _, record in read_records(tmp_path):
             seen.append(record)
     assert seen == records[:3] and caught.value.offset == offset
     lines = []
-    with pytest.raises(TxLogCorrupt):
+    with pytest.raises(LogCorrupt):
         lines.extend(iter_dump_lines(tmp_path))
     assert len(lines) == 4  # header + the three good records, printed before the error
 

@@ -24,19 +24,20 @@ def _coordinator(args: argparse.Namespace) -> int:
     logs.setup(json_lines=settings.log_json)
     if args.repair_wal:
         from xatm.coordinator.txlog.file import repair
+        from xatm.coordinator.txlog.interface import LogLocked
 
         try:
             print(repair(settings.data_dir))
-        except (OSError, RuntimeError) as err:  # no log there, the lock held, a failing disk
+        except (OSError, LogLocked) as err:  # no log there, the lock held, a failing disk
             print(f"xatm coordinator: --repair-wal: {err}", file=sys.stderr)
             return 1
         return 0
     from xatm.coordinator.app import run
-    from xatm.coordinator.txlog.interface import TxLogCorrupt, TxLogMissing, TxLogStopped
+    from xatm.coordinator.txlog.interface import LogCorrupt, LogLocked, LogMissing, LogStopped
 
     try:
         return asyncio.run(run(settings))
-    except TxLogMissing as err:
+    except LogMissing as err:
         print(
             f"xatm coordinator: the write-ahead log is missing: {err}. Starting would presume abort for "
             "every decision it held, so nothing was started or changed. Restore the missing files from "
@@ -44,13 +45,13 @@ def _coordinator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except TxLogStopped as err:
+    except LogStopped as err:
         print(
             f"xatm coordinator: cannot start: {err.reason}. Free space or fix the disk, then start again.",
             file=sys.stderr,
         )
         return 1
-    except TxLogCorrupt as err:
+    except LogCorrupt as err:
         print(
             f"xatm coordinator: the write-ahead log is damaged before its end: {err}. Nothing was changed. "
             "Copy the data dir, then run `xatm coordinator --repair-wal` to save the damaged files and "
@@ -61,7 +62,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     except SettingsError as err:  # found at start-up: the data dir's node id, the TLS files
         print(f"xatm coordinator: {err}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, LogLocked, RuntimeError, ValueError) as err:
         print(f"xatm coordinator: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,21 +22,14 @@ from xatm.coordinator.server.views import (
     transaction_view,
 )
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, xa_pb2
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError, surface
 from xatm.participant.runtime.address import Address, AddressError
+from xatm.participant.runtime.grpc_status import status_of
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import CHANNEL_OPTIONS, TxStatus, XatmError, validate_bqual, validate_gtrid
+from xatm.participant.xa import CHANNEL_OPTIONS, TxStatus, validate_bqual, validate_gtrid
 
 __all__ = ["main"]
 
-EXIT = {
-    grpc.StatusCode.OK: 0,
-    grpc.StatusCode.INVALID_ARGUMENT: 2,
-    grpc.StatusCode.UNAUTHENTICATED: 5,
-    grpc.StatusCode.PERMISSION_DENIED: 5,
-    grpc.StatusCode.NOT_FOUND: 3,
-    grpc.StatusCode.FAILED_PRECONDITION: 4,
-    grpc.StatusCode.UNAVAILABLE: 1,
-}
 
 
 def _limit(text: str) -> int:
@@ -45,7 +38,7 @@ def _limit(text: str) -> int:
     return int(text)
 
 
-class _Usage(Exception):
+class _Usage(InvalidArgumentError):
     """A usage error of xactl itself (exit 2)."""
 
 
@@ -105,7 +98,7 @@ def _path(value: str | None, flag: str) -> Path | None:
         return None
     path = Path(value)
     if not path.is_file():
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"{flag}: {value} is not a readable file")
+        raise InvalidArgumentError(f"{flag}: {value} is not a readable file")
     return path
 
 
@@ -250,7 +243,7 @@ def cmd_forget(args: argparse.Namespace, client: _Client) -> int:
             f"{r['txid']}: {'forgotten' if r['forgotten'] else r['error']}" for r in v["results"]
         ),
     )
-    refusals = [EXIT.get(grpc.StatusCode[r["code"]], 1) for r in view["results"] if r["code"]]
+    refusals = [surface(Status[r["code"]]).exit_code for r in view["results"] if r["code"]]
     return max(refusals, default=0)
 
 
@@ -274,14 +267,14 @@ def cmd_audit(args: argparse.Namespace, client: _Client) -> int:
 
 def cmd_wal_dump(args: argparse.Namespace) -> int:
     from xatm.coordinator.txlog.file import dump_text
-    from xatm.coordinator.txlog.interface import TxLogCorrupt
+    from xatm.coordinator.txlog.interface import LogCorrupt
 
     if not Path(args.dir).is_dir():
         print(f"xactl: {args.dir} is not a directory", file=sys.stderr)
         return 2
     try:
         print(dump_text(Path(args.dir), output=args.output))
-    except TxLogCorrupt as err:
+    except LogCorrupt as err:
         print(f"xactl: damaged log: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # no log in the directory, or it cannot be read
@@ -425,14 +418,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except XatmError as err:
         print(f"xactl: {err.message}", file=sys.stderr)
-        return EXIT.get(err.code, 1)
+        return surface(err.status).exit_code
     except grpc.RpcError as err:
         if args.debug:
             raise
         code = err.code()
         assert client is not None
         print(f"xactl: {_explain(client, code, err.details() or code.name)}", file=sys.stderr)
-        return EXIT.get(code, 1)
+        return surface(status_of(code)).exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

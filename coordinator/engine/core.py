@@ -17,7 +17,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,9 +34,16 @@ from xatm.coordinator.engine.recovery import RecoveryScanner
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2
+from xatm.participant.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    XatmError,
+)
 from xatm.participant.xa import (
     FORMAT_ID,
     Decision,
@@ -45,7 +51,6 @@ from xatm.participant.xa import (
     TxOutcome,
     TxStatus,
     XaCode,
-    XatmError,
     Xid,
     new_gtrid,
     node_of,
@@ -109,7 +114,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
-        self.log_stopped: TxLogStopped | None = None
+        self.log_stopped: LogStopped | None = None
         self._sp_counter = 0
         #: Transactions not yet final (begin refuses past max_open_transactions).
         self._open = 0
@@ -180,7 +185,7 @@ class Engine:
         """Where the participants are served now (host:port): what the recovery scanner asks."""
         return set(self._rm_endpoints.values())
 
-    def fence(self, stopped: TxLogStopped) -> None:
+    def fence(self, stopped: LogStopped) -> None:
         """Stop taking decisions because the log stopped: nothing more can be made durable.
 
         Timers, phase-two drivers, checkpoints and recovery scans end; verbs answer UNAVAILABLE
@@ -204,7 +209,7 @@ class Engine:
 
     def _refuse_if_fenced(self) -> None:
         if self.log_stopped is not None:
-            raise TxLogStopped(self.log_stopped.reason)
+            raise LogStopped(self.log_stopped.reason)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -216,7 +221,7 @@ class Engine:
         self._tasks.discard(task)
         exc = None if task.cancelled() else task.exception()
         # A task ended by the stopped log is not reported on its own: the stop is, once.
-        if exc is not None and not isinstance(exc, TxLogStopped):
+        if exc is not None and not isinstance(exc, LogStopped):
             log.error("background task %s failed", task.get_name(), exc_info=exc)
 
     # ----------------------------------------------------------------- queries
@@ -225,7 +230,7 @@ class Engine:
         validate_gtrid(gtrid)
         tx = self._txs.get(gtrid)
         if tx is None:
-            raise XatmError(grpc.StatusCode.NOT_FOUND, f"unknown transaction {gtrid}")
+            raise NotFoundError(f"unknown transaction {gtrid}")
         return tx
 
     def transactions(
@@ -256,9 +261,7 @@ class Engine:
         validate_gtrid(xid.gtrid)
         validate_bqual(xid.bqual)
         if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"xid {xid} was not begun by this coordinator (node {self.node_id})",
+            raise InvalidArgumentError(f"xid {xid} was not begun by this coordinator (node {self.node_id})",
             )
 
     def query_outcome(self, xid: Xid) -> Decision:
@@ -277,11 +280,9 @@ class Engine:
     async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
         self._refuse_if_fenced()
         if self._closing:
-            raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+            raise UnavailableError("coordinator is shutting down")
         if self._open >= self.settings.max_open_transactions:
-            raise XatmError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self._open} transactions are open (max_open_transactions); retry later",
+            raise UnavailableError(f"{self._open} transactions are open (max_open_transactions); retry later",
             )
         cap = int(self.settings.max_timeout * 1000)
         timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
@@ -442,7 +443,7 @@ class Engine:
         """Apply a commit or rollback request, wait (bounded) for its end, answer in tx.h terms.
 
         Re-driving branches already retrying needs nothing extra: ``_send`` wakes their drivers.
-        Raises ``TxLogStopped`` when the log stopped before the transaction had a decision:
+        Raises ``LogStopped`` when the log stopped before the transaction had a decision:
         nothing may be claimed about it then (a restart presumes abort unless the decision
         reached the disk after all).
         """
@@ -497,8 +498,7 @@ class Engine:
                     failures.append(f"{bqual}: {code.name} {reason}".strip())
         if failures:
             await self.mark_rollback_only(tx.gtrid, "savepoint failed: " + "; ".join(failures))
-            raise XatmError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise FailedPreconditionError(
                 f"savepoint operation failed on {len(failures)} branch(es), transaction {tx.gtrid} "
                 f"is now MarkedRollback: {'; '.join(failures)}",
             )
@@ -578,7 +578,7 @@ class Engine:
         try:
             try:
                 await self.log.append(R.decision(tx, time.time()), force=True)
-            except TxLogStopped as err:
+            except LogStopped as err:
                 # The decision may or may not be on disk: the transaction stays undecided here,
                 # and its commit request is answered UNAVAILABLE, not with an outcome.
                 self.fence(err)
@@ -611,7 +611,7 @@ class Engine:
             + wait_random(0, self.settings.retry_initial),
             # A stopped log ends the driver: no answer can be recorded any more (reported once).
             retry=retry_if_result(bool)
-            | (retry_if_exception_type(Exception) & retry_if_not_exception_type(TxLogStopped)),
+            | (retry_if_exception_type(Exception) & retry_if_not_exception_type(LogStopped)),
             sleep=driver.sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -740,7 +740,7 @@ class Engine:
             await asyncio.sleep(self.settings.checkpoint_interval)
             try:
                 await self.checkpoint()
-            except TxLogStopped:
+            except LogStopped:
                 return  # the log keeps what it had or the whole snapshot; the stop is reported once
             except Exception:
                 log.exception("checkpoint failed; will try again")
@@ -774,6 +774,5 @@ class Engine:
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
     """A participant names its resource manager and the host:port serving it, 1-256 characters each."""
     if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{what} needs rm_id and endpoint of 1-256 characters"
+        raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters"
         )

@@ -16,16 +16,9 @@ import grpc
 from google.protobuf.message import Message
 
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
+from xatm.participant.errors import XatmError
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
-from xatm.participant.xa import (
-    CHANNEL_OPTIONS,
-    Phase,
-    XaCode,
-    XatmError,
-    Xid,
-    validate_bqual,
-    validate_gtrid,
-)
+from xatm.participant.xa import CHANNEL_OPTIONS, Phase, XaCode, Xid, validate_bqual, validate_gtrid
 
 __all__ = ["PeerError", "Peers"]
 
@@ -34,7 +27,7 @@ log = logging.getLogger("xatm.peers")
 _SERVICE = participant_pb2.DESCRIPTOR.services_by_name["Participant"]
 
 
-class PeerError(Exception):
+class PeerError(XatmError):
     """A participant call that produced no valid answer.
 
     ``reason`` says what happened (gRPC status and details, the exception, or what came back);

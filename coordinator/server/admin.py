@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator import metrics
@@ -23,8 +22,9 @@ from xatm.coordinator.engine.core import Engine, Result
 from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
+from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import TxOutcome, TxStatus, XatmError, validate_bqual, validate_gtrid
+from xatm.participant.xa import TxOutcome, TxStatus, validate_bqual, validate_gtrid
 
 __all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
 
@@ -46,13 +46,12 @@ def _checked_reason(reason: str) -> str:
     an audit record that silently lost the end of the justification."""
     reason = reason.strip()
     if len(reason) > REASON_MAX:
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise InvalidArgumentError(
             f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
         )
     return reason
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
-_WHOLE_REQUEST = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
+_WHOLE_REQUEST = (Status.PERMISSION_DENIED, Status.UNAVAILABLE)
 T = TypeVar("T")
 
 for _action in ACTIONS:
@@ -77,7 +76,7 @@ def _page(total: int, page_size: int, page_token: str) -> tuple[int, int]:
     if not page_token:
         return size, -1
     if not page_token.isdigit() or len(page_token) > 12:
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed page token {page_token[:20]!r}")
+        raise InvalidArgumentError(f"malformed page token {page_token[:20]!r}")
     return size, min(int(page_token), total)
 
 
@@ -160,11 +159,10 @@ class AdminOps:
         """
         validate_bqual(bqual)
         if outcome not in RESOLVED_OUTCOMES.values():
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "state the outcome: committed or rolledback")
+            raise InvalidArgumentError("state the outcome: committed or rolledback")
         reason = _checked_reason(reason)
         if not reason:
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT, "a reason is required to resolve a branch by hand"
+            raise InvalidArgumentError("a reason is required to resolve a branch by hand"
             )
         why = f"resolved by {caller.principal.name} as {outcome}: {reason}"
 
@@ -182,7 +180,7 @@ class AdminOps:
         audit records share fsyncs. A caller without the operator role is refused as a whole.
         """
         if not 1 <= len(gtrids) <= MAX_FORGET:
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"forget needs 1-{MAX_FORGET} transaction ids")
+            raise InvalidArgumentError(f"forget needs 1-{MAX_FORGET} transaction ids")
         for gtrid in gtrids:
             validate_gtrid(gtrid)
         unique = list(dict.fromkeys(gtrids))
@@ -195,10 +193,10 @@ class AdminOps:
         )
         results = []
         for gtrid, outcome in zip(unique, outcomes, strict=True):
-            if isinstance(outcome, XatmError) and outcome.code not in _WHOLE_REQUEST:
+            if isinstance(outcome, XatmError) and outcome.status not in _WHOLE_REQUEST:
                 results.append(
                     admin_pb2.ForgetResult(
-                        gtrid=gtrid, forgotten=False, error=outcome.message, code=outcome.code.name
+                        gtrid=gtrid, forgotten=False, error=outcome.message, code=outcome.status.name
                     )
                 )
             elif isinstance(outcome, BaseException):
@@ -224,18 +222,18 @@ class AdminOps:
         try:
             validate_gtrid(gtrid)
             if self.engine.closing:
-                raise XatmError(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; retry later")
+                raise UnavailableError("coordinator is shutting down; retry later")
         except XatmError as err:
-            metrics.ADMIN_ACTIONS.labels(action=action, result=err.code.name.lower()).inc()
+            metrics.ADMIN_ACTIONS.labels(action=action, result=err.status.name.lower()).inc()
             raise
         try:
             caller.principal.require(Permission.OPERATE)
             value = await run()
         except XatmError as err:
             await self._record(
-                caller, action, gtrid, f"refused: {err.code.name}", [what, err.message], reason
+                caller, action, gtrid, f"refused: {err.status.name}", [what, err.message], reason
             )
-            metrics.ADMIN_ACTIONS.labels(action=action, result=err.code.name.lower()).inc()
+            metrics.ADMIN_ACTIONS.labels(action=action, result=err.status.name.lower()).inc()
             raise
         except Exception:
             await self._record(

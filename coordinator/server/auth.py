@@ -30,9 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from xatm.participant.xa import XatmError
+from xatm.participant.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
 
 __all__ = [
     "ANONYMOUS",
@@ -49,7 +47,7 @@ __all__ = [
 ]
 
 
-class AuthFileError(ValueError):
+class AuthFileError(InvalidArgumentError, ValueError):
     """The token file is missing or malformed; the message names the file and the entry."""
 
 
@@ -87,8 +85,7 @@ class Principal:
         if self.role is None or permission in self.role.permissions:
             return
         roles = ", ".join(r.value for r in Role if permission in r.permissions)
-        raise XatmError(
-            grpc.StatusCode.PERMISSION_DENIED,
+        raise PermissionDeniedError(
             f"token {self.name!r} has role {self.role.value}; to {permission.value} use a token "
             f"with role {roles}",
         )
@@ -173,9 +170,8 @@ class Authenticator:
         if self._entries is None:
             return ANONYMOUS
         if not token:
-            raise XatmError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this coordinator requires a bearer token (Authorization: Bearer <token>)",
+            raise UnauthenticatedError(
+                "this coordinator requires a bearer token (Authorization: Bearer <token>)"
             )
         presented = hashlib.sha256(token.encode(errors="replace")).digest()
         found: Principal | None = None
@@ -184,7 +180,7 @@ class Authenticator:
             if hmac.compare_digest(digest, presented):
                 found = principal
         if found is None:
-            raise XatmError(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid here")
+            raise UnauthenticatedError("the bearer token is not valid here")
         return found
 
 

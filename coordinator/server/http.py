@@ -22,7 +22,6 @@ from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-import grpc
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -56,22 +55,14 @@ from xatm.coordinator.server.views import (
     transaction_view,
 )
 from xatm.participant.api.v1.coordinator_pb2 import CompletionResponse
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError, surface
 from xatm.participant.runtime.asgi import Uvicorn, add_probes
-from xatm.participant.xa import TxStatus, XatmError
+from xatm.participant.xa import TxStatus
 
-__all__ = ["HTTP_STATUS", "MAX_BODY", "OPENAPI_PATH", "HttpServer", "build_app", "document"]
+__all__ = ["MAX_BODY", "OPENAPI_PATH", "HttpServer", "build_app", "document"]
 
 log = logging.getLogger("xatm.coordinator")
 
-#: gRPC status -> HTTP status, as docs/contract.md tabulates.
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
-    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
-    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.PRECONDITION_FAILED,
-    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-}
 COLLECTION = "/admin/v1/xa-transaction"
 OPENAPI_PATH = "/admin/v1/openapi.json"
 #: Request bodies over this many bytes are refused (413) from their Content-Length alone.
@@ -171,13 +162,13 @@ def _path(scope: Scope) -> str:
 
 
 def _bad(message: str) -> XatmError:
-    return XatmError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return InvalidArgumentError(message)
 
 
 async def _refused(request: Request, err: Exception) -> Response:
     assert isinstance(err, XatmError)
-    status = HTTP_STATUS.get(err.code, HTTPStatus.INTERNAL_SERVER_ERROR)
-    if err.code != grpc.StatusCode.UNAUTHENTICATED:
+    status = HTTPStatus(surface(err.status).http)
+    if err.status != Status.UNAUTHENTICATED:
         return _error(request, status, err.message)
     client = request.client.host if request.client else "?"
     log.info("refused %s %s from %s: %s", request.method, _path(request.scope), client, err.message)
@@ -308,7 +299,7 @@ class _AdminRoute(APIRoute):
                 _check_query(request, names, lists)
                 return await handle(request)
             except (RequestValidationError, XatmError) as err:
-                if isinstance(err, RequestValidationError) or err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                if isinstance(err, RequestValidationError) or err.status == Status.INVALID_ARGUMENT:
                     _require(principal, permission)
                 raise
 

@@ -22,8 +22,10 @@ from xatm.participant.api.v1 import (
     coordinator_pb2_grpc,
     xa_pb2,
 )
+from xatm.participant.errors import InvalidArgumentError, XatmError
+from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, XatmError, Xid
+from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, Xid
 
 __all__ = ["AdminServicer", "CallerInterceptor", "CoordinatorServicer"]
 
@@ -45,7 +47,7 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await fn(self, request, context)
         except XatmError as err:
-            await context.abort(err.code, err.message)
+            await abort_async(context, err)
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -113,10 +115,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             phase, code = Phase(request.phase), XaCode(request.code)
         except ValueError:
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "unknown phase or XA code in report") from None
+            raise InvalidArgumentError("unknown phase or XA code in report") from None
         if phase not in (Phase.COMMIT, Phase.ROLLBACK):
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"a participant reports Commit or Rollback, not {phase}"
+            raise InvalidArgumentError(f"a participant reports Commit or Rollback, not {phase}"
             )
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
         tx = await self.engine.report_outcome(xid, request.rm_id, phase, code, request.reason)
@@ -146,8 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         try:
             statuses = [TxStatus(s) for s in request.statuses]
         except ValueError:
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT, "unknown transaction status in filter"
+            raise InvalidArgumentError("unknown transaction status in filter"
             ) from None
         after = request.begun_after.ToNanoseconds() / 1e9 if request.HasField("begun_after") else None
         return await self.ops.list_transactions(
@@ -220,7 +220,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     principal.require(Permission.SERVICE)
             except XatmError as err:
                 log.info("refused %s from %s: %s", method, context.peer(), err.message)
-                await context.abort(err.code, err.message)
+                await abort_async(context, err)
             if not admin:
                 return await inner(request, context)
             reset = _CALLER.set(Caller(principal, f"grpc {context.peer()}", trace))

@@ -11,20 +11,12 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
-from xatm.participant.xa import (
-    BranchStatus,
-    Decision,
-    Phase,
-    TxOutcome,
-    TxStatus,
-    XaCode,
-    XatmError,
-)
+from xatm.participant.errors import InvalidArgumentError
+from xatm.participant.xa import BranchStatus, Decision, Phase, TxOutcome, TxStatus, XaCode
 
 __all__ = [
     "BranchView",
@@ -220,7 +212,6 @@ def parse_since(text: str) -> float:
         stamp = datetime.fromisoformat(text)
         return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
     except (ValueError, OverflowError):
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise InvalidArgumentError(
             f"malformed time {text[:40]!r}: use RFC 3339 (2024-05-01T12:00:00Z) or Unix seconds",
         ) from None

@@ -6,6 +6,6 @@
 - ``_proto``: the record format (``WalRecord``), internal, apart from the public wire API.
 """
 
-from xatm.coordinator.txlog.interface import TxLog, TxLogCorrupt, TxLogMissing, TxLogStopped
+from xatm.coordinator.txlog.interface import LogCorrupt, LogLocked, LogMissing, LogStopped, TxLog
 
-__all__ = ["TxLog", "TxLogCorrupt", "TxLogMissing", "TxLogStopped"]
+__all__ = ["LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog"]

@@ -9,16 +9,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-import grpc
-
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.participant.xa import XatmError
+from xatm.participant.errors import FailedPreconditionError, Status, UnavailableError, XatmError
 
-__all__ = ["TxLog", "TxLogCorrupt", "TxLogMissing", "TxLogStopped"]
+__all__ = ["LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog"]
 
 
-class TxLogCorrupt(Exception):
-    """Damage before the tail of the log: start-up must stop and name where."""
+class LogCorrupt(XatmError):
+    """Damage before the tail of the log: start-up must stop and name where (status DATA_LOSS).
+
+    ``path`` is the damaged file, ``offset`` the byte offset of the damage, ``detail`` what is wrong.
+    """
+
+    status = Status.DATA_LOSS
 
     def __init__(self, path: str, offset: int, detail: str):
         super().__init__(f"{path} at offset {offset}: {detail}")
@@ -27,7 +30,7 @@ class TxLogCorrupt(Exception):
         self.detail = detail
 
 
-class TxLogMissing(TxLogCorrupt):
+class LogMissing(LogCorrupt):
     """The log, or its beginning, is gone although the data dir shows it existed.
 
     Starting on what is left would presume abort for every decision that was in the missing
@@ -36,23 +39,27 @@ class TxLogMissing(TxLogCorrupt):
 
     def __init__(self, path: str, offset: int, detail: str):
         super().__init__(path, offset, detail)
-        self.args = (f"{path}: {detail}",)
+        self.message = f"{path}: {detail}"
+        self.args = (self.message,)
 
 
-class TxLogStopped(XatmError, RuntimeError):
+class LogLocked(FailedPreconditionError):
+    """Another process (or another open log) holds the log; the message names the holder."""
+
+
+class LogStopped(UnavailableError):
     """The log takes no more records: a write or fsync failed (full disk, I/O error) or its
     files vanished underneath the process.
 
     Final for the process: after a failed fsync the page cache can no longer be trusted, and a
     log whose file was deleted cannot be made durable again, so every later call raises this
-    too. It is an ``XatmError`` with status UNAVAILABLE (HTTP 503), so callers are told to retry
-    elsewhere or later rather than shown an internal error. ``reason`` is the one-line cause.
+    too. Its status is UNAVAILABLE (HTTP 503), so callers are told to retry elsewhere or later
+    rather than shown an internal error. ``reason`` is the one-line cause.
     """
 
     def __init__(self, reason: str):
         super().__init__(
-            grpc.StatusCode.UNAVAILABLE,
-            f"transaction log stopped: {reason}; no decisions are taken until the coordinator restarts",
+            f"transaction log stopped: {reason}; no decisions are taken until the coordinator restarts"
         )
         self.reason = reason
 
@@ -63,9 +70,9 @@ class TxLog(abc.ABC):
         """Take ownership of the log and return every surviving record in append order.
 
         A torn or checksum-failing final record is cut off (and reported); damage before
-        the tail raises ``TxLogCorrupt``, a log missing where one must exist ``TxLogMissing``,
-        storage that cannot be written ``TxLogStopped``. Another process holding the log
-        raises ``RuntimeError`` with a message naming the holder.
+        the tail raises ``LogCorrupt``, a log missing where one must exist ``LogMissing``,
+        storage that cannot be written ``LogStopped``. Another process holding the log
+        raises ``LogLocked`` with a message naming the holder.
         """
 
     @abc.abstractmethod
@@ -73,7 +80,7 @@ class TxLog(abc.ABC):
         """Append in order. With ``force`` return only once the record is durable;
         without it the record rides along with the next forced write (group commit).
 
-        Raises ``TxLogStopped`` once the log has stopped (and for a forced record whose
+        Raises ``LogStopped`` once the log has stopped (and for a forced record whose
         write or fsync failed: it may or may not be on disk)."""
 
     @abc.abstractmethod
@@ -81,11 +88,11 @@ class TxLog(abc.ABC):
         """Replace everything logged so far by ``snapshot`` (one record per kept transaction),
         durably; records appended after this call follow the snapshot.
 
-        A checkpoint that fails part way stops the log (``TxLogStopped``) and leaves on
+        A checkpoint that fails part way stops the log (``LogStopped``) and leaves on
         storage either the old records or the complete snapshot, never neither."""
 
     @abc.abstractmethod
-    async def watch(self, interval: float) -> TxLogStopped:
+    async def watch(self, interval: float) -> LogStopped:
         """Return the reason once the log has stopped, however that happens.
 
         Also checks every ``interval`` seconds (monotonic) that the log's storage is still
@@ -95,7 +102,7 @@ class TxLog(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def stopped(self) -> TxLogStopped | None:
+    def stopped(self) -> LogStopped | None:
         """Why the log stopped, or None while it works."""
 
     @abc.abstractmethod

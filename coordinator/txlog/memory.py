@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import TxLog, TxLogStopped
+from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
 
 __all__ = ["LogStore", "MemoryLog"]
 
@@ -55,7 +55,7 @@ class MemoryLog(TxLog):
         self._snapshot: list[wal_pb2.WalRecord] | None = None
         self._tail: list[wal_pb2.WalRecord] = []
         self._state = "new"
-        self._failure: TxLogStopped | None = None
+        self._failure: LogStopped | None = None
         self._stopped_event = asyncio.Event()
         #: Set while durability is not held back; also set by a stop, so waiters wake and fail.
         self._flowing = asyncio.Event()
@@ -65,12 +65,12 @@ class MemoryLog(TxLog):
     # ----------------------------------------------------------------- the TxLog contract
 
     async def open(self) -> list[wal_pb2.WalRecord]:
-        """The store's durable records; RuntimeError when already opened, or when another open
-        log holds the store (what the file WAL's lock reports)."""
+        """The store's durable records; RuntimeError when already opened, LogLocked when another
+        open log holds the store (what the file WAL's lock reports)."""
         if self._state != "new":
             raise RuntimeError(f"memory log is already {self._state}")
         if self.store.holder is not None:
-            raise RuntimeError("memory log store is held by another open log")
+            raise LogLocked("memory log store is held by another open log")
         self.store.holder = self
         self._state = "open"
         return [_copy(record) for record in self.store.records]
@@ -99,7 +99,7 @@ class MemoryLog(TxLog):
         await self._sync()
         self.checkpoints += 1
 
-    async def watch(self, interval: float) -> TxLogStopped:
+    async def watch(self, interval: float) -> LogStopped:
         """Wait until the log stops and return why; ``interval`` is unused (memory cannot vanish)."""
         if self._state == "new":
             raise RuntimeError("memory log is new, not open")
@@ -108,7 +108,7 @@ class MemoryLog(TxLog):
         return self._failure
 
     @property
-    def stopped(self) -> TxLogStopped | None:
+    def stopped(self) -> LogStopped | None:
         return self._failure
 
     async def close(self) -> None:
@@ -133,7 +133,7 @@ class MemoryLog(TxLog):
         self._flowing.set()
 
     def stop(self, reason: str, *, durable: bool = False) -> None:
-        """Stop the log for good with ``TxLogStopped(reason)``: waiters and later calls raise it.
+        """Stop the log for good with ``LogStopped(reason)``: waiters and later calls raise it.
 
         ``durable`` says whether what was written but not yet synced reached the disk anyway
         (a failed fsync leaves that unknown, so tests cover both); by default it is lost.
@@ -144,7 +144,7 @@ class MemoryLog(TxLog):
             self._persist()
         else:
             self._snapshot, self._tail = None, []
-        self._failure = TxLogStopped(reason)
+        self._failure = LogStopped(reason)
         self._stopped_event.set()
         self._flowing.set()
 
@@ -152,14 +152,14 @@ class MemoryLog(TxLog):
         self, match: Callable[[wal_pb2.WalRecord], bool], reason: str, *, durable: bool = False
     ) -> None:
         """Stop the log exactly at the first record ``match`` accepts: its append raises
-        ``TxLogStopped(reason)``, everything written before it is durable, and the record itself
+        ``LogStopped(reason)``, everything written before it is durable, and the record itself
         is durable only with ``durable`` (an fsync that failed having written it)."""
         self._trap = (match, reason, durable)
 
     def crash(self) -> None:
         """The process dies with the machine: only the durable records stay in the store (what
         was written but not synced is lost, the worst case), the store is released, and this log
-        answers nothing more (``TxLogStopped``), so a new log can open the store."""
+        answers nothing more (``LogStopped``), so a new log can open the store."""
         self.stop("the process crashed")
         self._release()
 
@@ -168,7 +168,7 @@ class MemoryLog(TxLog):
     async def _sync(self) -> None:
         await self._flowing.wait()
         if self._failure is not None:
-            raise TxLogStopped(self._failure.reason)
+            raise LogStopped(self._failure.reason)
         self._persist()  # nothing left to do when ``close`` made it durable meanwhile
 
     def _persist(self) -> None:
@@ -180,7 +180,7 @@ class MemoryLog(TxLog):
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise TxLogStopped(self._failure.reason)
+            raise LogStopped(self._failure.reason)
         if self._state != "open":
             raise RuntimeError(f"memory log is {self._state}, not open")
 

@@ -34,6 +34,7 @@ from pydantic.json_schema import JsonDict
 
 from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc
 from xatm.participant.client.context import current
+from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, Status, XatmError
 from xatm.participant.runtime.address import Address
 from xatm.participant.runtime.config import (
     ListenAddress,
@@ -45,9 +46,10 @@ from xatm.participant.runtime.config import (
     at_least,
     load,
 )
+from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.stores.base import BranchEnded
-from xatm.participant.xa import XaCode, XaError, XatmError, Xid
+from xatm.participant.xa import XaCode, XaError, Xid
 
 if TYPE_CHECKING:
     from xatm.participant.runtime.asgi import Uvicorn
@@ -219,14 +221,14 @@ def _to_value(item: Any) -> agent_pb2.Value:
     return agent_pb2.Value(text_value=str(item))
 
 
-def _status_for(code: XaCode) -> grpc.StatusCode:
+def _status_for(code: XaCode) -> Status:
     if code.is_rollback:
-        return grpc.StatusCode.ABORTED
+        return Status.ABORTED
     if code == XaCode.XAER_RMFAIL:
-        return grpc.StatusCode.UNAVAILABLE
+        return Status.UNAVAILABLE
     if code in (XaCode.XAER_RMERR, XaCode.XAER_INVAL):  # bad SQL, bad key or value
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.FAILED_PRECONDITION
+        return Status.INVALID_ARGUMENT
+    return Status.FAILED_PRECONDITION
 
 
 # ------------------------------------------------------------------ the Agent service
@@ -260,11 +262,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def _execute(self, request: agent_pb2.ExecuteRequest) -> agent_pb2.ExecuteResponse:
         self._require("postgresql", "Execute", "use Get and Put")
         if not request.sql.strip():
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "sql is required")
+            raise InvalidArgumentError("sql is required")
         if match := _TX_CONTROL.match(request.sql):
-            raise XatmError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{match[1].upper()} refused: the coordinator owns the transaction "
+            raise InvalidArgumentError(f"{match[1].upper()} refused: the coordinator owns the transaction "
                 "(use the initiator's commit, rollback and savepoints)",
             )
         params = [_from_value(v) for v in request.params]
@@ -296,7 +296,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self._require("sqlite", "Put", "use Execute with SQL")
         key, rm = _key(request.key), self.stub.rm
         if request.value.WhichOneof("kind") not in ("int_value", "text_value"):
-            raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, "value must be an int_value or a text_value")
+            raise InvalidArgumentError("value must be an int_value or a text_value")
         value = _from_value(request.value)
         self._in_branch(lambda xid: rm.put(xid, key, value))  # type: ignore[attr-defined]
         return agent_pb2.PutResponse()
@@ -304,8 +304,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def _require(self, kind: str, verb: str, instead: str) -> None:
         if self.kind != kind:
             raise XatmError(
-                grpc.StatusCode.UNIMPLEMENTED,
                 f"{verb} serves {kind} resources; this agent's resource is {self.kind}: {instead}",
+                Status.UNIMPLEMENTED,
             )
 
     def _in_branch(self, work: Callable[[Xid], T]) -> T:
@@ -316,8 +316,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """
         tx = current()
         if tx is None:
-            raise XatmError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise FailedPreconditionError(
                 "no global transaction: send the xatm-gtrid and xatm-coordinator metadata of a "
                 "transaction begun at the coordinator",
             )
@@ -334,9 +333,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return handler(request)
         except _XaFailure as failure:
             context.set_trailing_metadata(((XA_CODE_KEY, failure.xa_code.name),))
-            context.abort(failure.code, failure.message)
+            abort(context, failure)
         except XatmError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
 
 
 class _XaFailure(XatmError):
@@ -348,17 +347,17 @@ class _XaFailure(XatmError):
 
     def __init__(self, error: XaError, gtrid: str):
         if isinstance(error, BranchEnded):
-            status, message = grpc.StatusCode.FAILED_PRECONDITION, f"transaction {gtrid}: {error.reason}"
+            status, message = Status.FAILED_PRECONDITION, f"transaction {gtrid}: {error.reason}"
         else:
             status = _status_for(error.code)
             message = f"{error.code.name}: {error.reason}; transaction {gtrid} will roll back"
-        super().__init__(status, message)
+        super().__init__(message, status)
         self.xa_code = error.code
 
 
 def _key(key: str) -> str:
     if not 0 < len(key) <= _MAX_KEY:
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"key must be 1-{_MAX_KEY} characters")
+        raise InvalidArgumentError(f"key must be 1-{_MAX_KEY} characters")
     return key
 
 
@@ -486,12 +485,12 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as err:
         print(f"xatm participant: {err}", file=sys.stderr)
         return 2
-    except XatmError as err:
-        print(f"xatm participant: {err.message}", file=sys.stderr)
-        return 2 if err.code == grpc.StatusCode.INVALID_ARGUMENT else 1
     except XaError as err:  # a SQLite store already open in another process
         print(f"xatm participant: {err.reason or err.code.name}", file=sys.stderr)
         return 1
+    except XatmError as err:
+        print(f"xatm participant: {err.message}", file=sys.stderr)
+        return 2 if err.status == Status.INVALID_ARGUMENT else 1
     except OSError as err:
         print(f"xatm participant: cannot open {settings.resource}: {err}", file=sys.stderr)
         return 1

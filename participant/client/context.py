@@ -22,7 +22,8 @@ from typing import Any
 
 import grpc
 
-from xatm.participant.xa import XaError, XatmError, validate_gtrid
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError
+from xatm.participant.xa import XaError, validate_gtrid
 
 __all__ = [
     "COORDINATOR_KEY",
@@ -194,18 +195,18 @@ def describe_failure(failure: BaseException | None = None) -> str:
     """
     status = call_status()
     if status is not None:
-        code, message = status
+        name, message = status[0].name, status[1]
     elif isinstance(failure, XaError):
         return str(failure)
     elif isinstance(failure, XatmError):
-        code, message = failure.code, failure.message
+        name, message = failure.status.name, failure.message
     elif isinstance(failure, grpc.RpcError) and callable(getattr(failure, "code", None)):
-        code, message = failure.code(), failure.details() or ""
+        name, message = failure.code().name, failure.details() or ""
     else:
         text = str(failure) if failure is not None else ""
         kind = type(failure).__name__ if failure is not None else "handler failed"
-        code, message = grpc.StatusCode.UNKNOWN, f"{kind}: {text}" if text else kind
-    return f"{code.name}: {message}" if message else code.name
+        name, message = Status.UNKNOWN.name, f"{kind}: {text}" if text else kind
+    return f"{name}: {message}" if message else name
 
 
 def to_metadata(tx: TxContext) -> list[tuple[str, str]]:
@@ -230,12 +231,11 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
     if gtrid is None:
         return None
     if not isinstance(gtrid, str):
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {GTRID_KEY} metadata: not text")
+        raise InvalidArgumentError(f"malformed {GTRID_KEY} metadata: not text")
     validate_gtrid(gtrid)
     coordinator = coordinator or ""
     if not isinstance(coordinator, str) or (coordinator and not _ADDRESS.match(coordinator)):
-        raise XatmError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise InvalidArgumentError(
             f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port",
         )
     return TxContext(gtrid, coordinator)

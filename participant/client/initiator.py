@@ -34,15 +34,10 @@ from google.protobuf.message import Message
 
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.client.context import Binding, TxContext, bind, bound, use
+from xatm.participant.errors import FailedPreconditionError, Status, XatmError, error_for
+from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
-from xatm.participant.xa import (
-    CHANNEL_OPTIONS,
-    TxOutcome,
-    TxStatus,
-    XaCode,
-    XatmError,
-    validate_gtrid,
-)
+from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, validate_gtrid
 
 __all__ = [
     "AsyncTransaction",
@@ -69,13 +64,10 @@ Flow = Generator[tuple[str, Message], Any, T]
 
 
 def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
-    """The same status code and the server's message, minus gRPC's debug noise."""
+    """The hierarchy's error for the same status, with the server's message minus gRPC's debug noise."""
     if isinstance(error, XatmError):
         return error
-    code = error.code() if callable(getattr(error, "code", None)) else None
-    details = error.details() if callable(getattr(error, "details", None)) else None
-    code = code or grpc.StatusCode.UNKNOWN
-    return XatmError(code, details or code.name)
+    return from_rpc_error(error)
 
 
 def coordinator_channel(
@@ -94,13 +86,7 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 #: Failures of a call after which the coordinator may or may not have acted on it.
 _NO_ANSWER = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.CANCELLED,
-    }
+    {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.UNKNOWN, Status.INTERNAL, Status.CANCELLED}
 )
 
 
@@ -114,7 +100,8 @@ class TransactionError(XatmError):
     def __init__(self, verb: str, reply: coordinator_pb2.CompletionResponse):
         self.gtrid = reply.gtrid
         self.outcome = TxOutcome(reply.outcome)
-        self.status = TxStatus(reply.status) if reply.status else None
+        #: The transaction's status in the answer (None when the answer gave none).
+        self.transaction_status = TxStatus(reply.status) if reply.status else None
         self.branches = list(reply.branches)
         #: Last XA code of each branch that has one, by bqual.
         self.branch_codes = {b.bqual: XaCode(b.last_code) for b in reply.branches if b.has_last_code}
@@ -123,18 +110,15 @@ class TransactionError(XatmError):
         self.rollback_code = XaCode(reply.rollback_code) if known else None
         self.rollback_reason = reply.rollback_reason
         message = f"{verb} of {reply.gtrid} ended {self.outcome.name}"
-        if self.status:
-            message += f", status {self.status}"
+        if self.transaction_status:
+            message += f", status {self.transaction_status}"
         if self.rollback_code is not None:
             message += f", rolled back for {self.rollback_code.name}"
             message += f": {self.rollback_reason}" if self.rollback_reason else ""
         if self.branch_codes:
             codes = ", ".join(f"{bqual}={code.name}" for bqual, code in self.branch_codes.items())
             message += f" (branches {codes})"
-        super().__init__(self.grpc_code, message + self._advice())
-
-    #: The gRPC status the error maps to (and from there HTTP and exit codes).
-    grpc_code = grpc.StatusCode.UNKNOWN
+        super().__init__(message + self._advice())
 
     def _advice(self) -> str:
         return ""
@@ -163,7 +147,7 @@ class TransactionError(XatmError):
 class TransactionRolledBack(TransactionError):
     """Commit was asked but the transaction rolled back (a no vote, rollback-only, timeout)."""
 
-    grpc_code = grpc.StatusCode.ABORTED
+    status = Status.ABORTED
 
 
 class TransactionHeuristicMixed(TransactionError):
@@ -211,14 +195,14 @@ class _TransactionBase:
     @property
     def gtrid(self) -> str:
         if self._gtrid is None:
-            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
+            raise FailedPreconditionError("transaction not begun yet")
         return self._gtrid
 
     @property
     def context(self) -> TxContext:
         """What intercepted calls carry while this transaction is active."""
         if self._binding is None or self._binding.tx is None:
-            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, "transaction not begun yet")
+            raise FailedPreconditionError("transaction not begun yet")
         return self._binding.tx
 
     @property
@@ -236,7 +220,7 @@ class _TransactionBase:
         """
         if not self.active:
             what = "not begun yet" if self._binding is None else "already committed or rolled back"
-            raise XatmError(grpc.StatusCode.FAILED_PRECONDITION, f"transaction {self._gtrid or ''} {what}")
+            raise FailedPreconditionError(f"transaction {self._gtrid or ''} {what}")
         with use(self._binding):
             return fn(*args, **kwargs)
 
@@ -251,9 +235,7 @@ class _TransactionBase:
             # One whose timeout passed was rolled back by the coordinator: nothing to tell apart.
             which = f"transaction {active.tx.gtrid}" if active.tx else "a transaction being begun"
             self._begin_asked = True  # refused, not forgotten: no never-begun warning
-            raise XatmError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"{which} is still active here: commit or roll it back before"
+            raise FailedPreconditionError(f"{which} is still active here: commit or roll it back before"
                 " beginning another (or begin the other in its own thread or task)",
             )
         self._binding = Binding(None)
@@ -296,11 +278,11 @@ class _TransactionBase:
         try:
             reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
         except XatmError as error:
-            if type(error) is not XatmError or error.code not in _NO_ANSWER:
+            if isinstance(error, MalformedReply) or error.status not in _NO_ANSWER:
                 raise  # a refusal, or a typed failure (a malformed reply) that says enough
             # The request may have reached the coordinator: say so, and where to look.
-            raise XatmError(
-                error.code,
+            raise error_for(
+                error.status,
                 f"{error.message}; the outcome of the commit of {self.gtrid} is unknown here:"
                 f" ask tx.status(), GetStatus or xactl show {self.gtrid}",
             ) from None
@@ -313,9 +295,9 @@ class _TransactionBase:
         try:
             reply = yield "Rollback", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
         except XatmError as error:
-            if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+            if error.status != Status.FAILED_PRECONDITION:
                 raise
-            # Refused: MarkedRollback only completes through commit, which rolls back (§2).
+            # Refused: MarkedRollback only completes through commit, which rolls back.
             info = yield "GetStatus", coordinator_pb2.StatusRequest(gtrid=self.gtrid)
             if info.status == xa_pb2.TRANSACTION_STATUS_ROLLEDBACK:
                 return coordinator_pb2.CompletionResponse(

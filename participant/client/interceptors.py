@@ -32,7 +32,8 @@ from xatm.participant.client.context import (
     use,
     with_deadline,
 )
-from xatm.participant.xa import XatmError
+from xatm.participant.errors import XatmError
+from xatm.participant.runtime.grpc_status import abort, abort_async
 
 __all__ = [
     "AioServerInterceptor",
@@ -242,7 +243,7 @@ def _handling(tx: TxContext, call: Serving) -> Iterator[None]:
         except Exception as failure:
             _report(tx, call, describe_failure(failure))
             if isinstance(failure, XatmError):  # e.g. EnlistError: keep its status, not UNKNOWN
-                call.context.abort(failure.code, failure.message)
+                abort(call.context, failure)
             raise
 
 
@@ -281,7 +282,7 @@ async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> Asy
             if call.on_failure:
                 await asyncio.to_thread(_report, tx, call, describe_failure(failure))
             if isinstance(failure, XatmError):
-                await call.context.abort(failure.code, failure.message)
+                await abort_async(call.context, failure)
             if proxy.aborted is not None:
                 await call.context.abort(*proxy.aborted)
             raise
@@ -386,7 +387,7 @@ def _intercept(
 
 def _deny(error: XatmError) -> Behavior:
     def deny(request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(error.code, error.message)
+        abort(context, error)
 
     return deny
 
@@ -394,7 +395,7 @@ def _deny(error: XatmError) -> Behavior:
 def _adeny(error: XatmError) -> Behavior:
     # A coroutine serves any handler kind on grpc.aio (streams may write via the context).
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(error.code, error.message)
+        await abort_async(context, error)
 
     return deny
 

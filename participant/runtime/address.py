@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xatm.participant.errors import InvalidArgumentError
+
 __all__ = ["Address", "AddressError", "argument"]
 
 # Letters, digits, '-', '_' and dots: DNS names (and the names of containers and Kubernetes services).
@@ -21,7 +23,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
-class AddressError(ValueError):
+class AddressError(InvalidArgumentError, ValueError):
     """A malformed address; the message reads ``'<text>' must be HOST:PORT (<why>)``."""
 
 

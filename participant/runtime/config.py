@@ -34,6 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.address import Address
 
 __all__ = [
@@ -58,7 +59,7 @@ SECTIONS = ("coordinator", "participant")
 S = TypeVar("S", bound="XatmSettings")
 
 
-class UsageError(ValueError):
+class UsageError(InvalidArgumentError, ValueError):
     """A bad flag, environment variable or config value: the command exits 2 with this one line."""
 
 

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from xatm.participant.xa import XatmError
+from xatm.participant.errors import InternalError
 
 __all__ = ["MalformedReply", "checked_reply"]
 
 
-class MalformedReply(XatmError):
-    """A peer answered something that is not a valid reply (gRPC status INTERNAL)."""
-
-    def __init__(self, message: str):
-        super().__init__(grpc.StatusCode.INTERNAL, message)
+class MalformedReply(InternalError):
+    """A peer answered something that is not a valid reply (status INTERNAL)."""
 
 
 def checked_reply(reply: Any, service: ServiceDescriptor, method: str, peer: str) -> Any:

@@ -20,13 +20,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
+from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from xatm.participant.stores.base import (
     COMMITTED,
     ONE_PHASE,
@@ -38,7 +38,7 @@ from xatm.participant.stores.base import (
     ended_by,
 )
 from xatm.participant.stores.postgresql_errors import to_xa_error
-from xatm.participant.xa import XaCode, XaError, XatmError, Xid
+from xatm.participant.xa import XaCode, XaError, Xid
 
 __all__ = ["BranchConnection", "BranchHandle", "PostgresRM", "PostgresSetupError", "decode_gid", "encode_gid"]
 
@@ -100,11 +100,11 @@ def _no_vote(error: XaError) -> XaError:
     return XaError(code, error.reason)
 
 
-class PostgresSetupError(XatmError):
+class PostgresSetupError(FailedPreconditionError):
     """The server cannot host xatm branches; raised at construction, never in the middle of a commit."""
 
     def __init__(self, message: str):
-        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
+        super().__init__(message)
 
 
 @dataclass(eq=False)
@@ -745,7 +745,7 @@ def _check_server(dsn: str) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise XatmError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed PostgreSQL DSN: {exc}") from exc
+        raise InvalidArgumentError(f"malformed PostgreSQL DSN: {exc}") from exc
     where = f"{params.get('host') or params.get('hostaddr') or 'localhost'}:{params.get('port') or 5432}"
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -754,8 +754,7 @@ def _check_server(dsn: str) -> str:
             row = conn.execute("SHOW max_prepared_transactions").fetchone()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise XatmError(
-            grpc.StatusCode.UNAVAILABLE, f"cannot connect to PostgreSQL at {where}: {first}"
+        raise UnavailableError(f"cannot connect to PostgreSQL at {where}: {first}"
         ) from exc
     if version < _MIN_SERVER_VERSION:
         raise PostgresSetupError(f"PostgreSQL at {where} is version {version}; xatm needs 13 or later")

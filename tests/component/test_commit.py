@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
 from tests.component.conftest import Rig, endpoint, until, with_settings
 from tests.component.fakes import Answer
 from xatm.coordinator.protocol import Refused
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.xa import BranchStatus as B
-from xatm.participant.xa import Phase, TxOutcome, XaCode, XatmError
+from xatm.participant.xa import Phase, TxOutcome, XaCode
 from xatm.participant.xa import TxStatus as S
 
 
@@ -131,10 +131,10 @@ async def test_enlist_rules(rig: Rig) -> None:
     assert len(rig.records(tx.gtrid, "enlist")) == 1
     with pytest.raises(XatmError) as bad:
         await engine.enlist(tx.gtrid, "no spaces", "rm-x", endpoint("x"))
-    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad.value.status == Status.INVALID_ARGUMENT
     with pytest.raises(XatmError) as unknown:
         await engine.enlist("n1.0000", "x", "rm-x", endpoint("x"))
-    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+    assert unknown.value.status == Status.NOT_FOUND
     await engine.commit(tx.gtrid)
     with pytest.raises(Refused):
         await engine.enlist(tx.gtrid, "late", "rm-late", endpoint("late"))
@@ -147,7 +147,7 @@ async def test_begin_refuses_past_max_open_transactions(rig: Rig) -> None:
     first, _ = await rig.tx(), await rig.tx()
     with pytest.raises(XatmError) as err:
         await engine.begin()
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "max_open_transactions" in err.value.message
+    assert err.value.status == Status.UNAVAILABLE and "max_open_transactions" in err.value.message
     await engine.commit(first.gtrid)
     await engine.begin()  # a final transaction frees its place
 

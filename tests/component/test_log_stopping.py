@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
 from tests.component.conftest import Rig, endpoint, until
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import TxLogStopped
+from xatm.coordinator.txlog.interface import LogStopped
+from xatm.participant.errors import Status
 from xatm.participant.xa import Decision, Phase, XaCode, Xid
 from xatm.participant.xa import TxStatus as S
 
@@ -42,11 +42,11 @@ async def test_a_stopped_log_fences_every_verb_and_keeps_state_readable(rig: Rig
         "forget": engine.forget(done.gtrid),
     }
     for name, verb in verbs.items():
-        with pytest.raises(TxLogStopped) as err:
+        with pytest.raises(LogStopped) as err:
             await verb
-        assert err.value.code == grpc.StatusCode.UNAVAILABLE, name
+        assert err.value.status == Status.UNAVAILABLE, name
         assert "ENOSPC" in err.value.message, name
-    with pytest.raises(TxLogStopped):
+    with pytest.raises(LogStopped):
         engine.query_outcome(xid)
     assert engine.get(open_tx.gtrid).status == S.CREATED and engine.get(done.gtrid).status == S.COMMITTED
     assert rig.peers.calls == [c for c in rig.peers.calls if c.xid.gtrid == done.gtrid]  # nothing sent
@@ -59,9 +59,9 @@ async def test_a_failed_decision_write_claims_nothing_and_the_restart_reads_the_
     engine = await rig.start()
     rig.log.stop_at(_is_decision, "fsync failed: Input/output error (EIO)", durable=reached_disk)
     tx = await rig.tx("a", "b")
-    with pytest.raises(TxLogStopped) as err:
+    with pytest.raises(LogStopped) as err:
         await engine.commit(tx.gtrid)
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.status == Status.UNAVAILABLE
     assert (tx.status, tx.decision) == (S.PREPARED, None)  # no outcome claimed either way
     assert rig.peers.sent(Phase.COMMIT) == [] and rig.peers.sent(Phase.ROLLBACK) == []
     engine = await rig.restart()
@@ -78,7 +78,7 @@ async def test_a_commit_waiting_on_the_decision_is_answered_when_the_log_stops(r
     await rig.start()
     tx, commit = await rig.deciding()
     rig.log.stop("the log's segment was deleted")
-    with pytest.raises(TxLogStopped, match="segment was deleted"):
+    with pytest.raises(LogStopped, match="segment was deleted"):
         await commit
     assert tx.decision is None and rig.peers.sent(Phase.COMMIT) == []
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from tests.component.conftest import Rig, endpoint, until, with_settings
 from xatm.coordinator.protocol import Refused
-from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode, XatmError, Xid
+from xatm.participant.errors import Status, XatmError
+from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode, Xid
 from xatm.participant.xa import TxStatus as S
 
 #: Phase two of b fails and backs off for a minute: only a move or a report can finish it soon.
@@ -37,7 +37,7 @@ async def test_query_outcome_answers_by_presumed_abort(rig: Rig) -> None:
     for foreign in (Xid("n2.00ff", "a"), Xid(tx.gtrid, "a", format_id=FORMAT_ID + 1)):
         with pytest.raises(XatmError) as err:
             engine.query_outcome(foreign)
-        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.status == Status.INVALID_ARGUMENT
 
 
 @with_settings(**STUCK)
@@ -60,7 +60,7 @@ async def test_register_refuses_a_malformed_identity(rig: Rig) -> None:
     engine = await rig.start()
     with pytest.raises(XatmError) as err:
         await engine.register_participant("", "x.test:1")
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.status == Status.INVALID_ARGUMENT
 
 
 @with_settings(**STUCK)
@@ -85,11 +85,11 @@ async def test_a_reported_outcome_acknowledges_the_branch(rig: Rig) -> None:
         await engine.report_outcome(xid, "rm-b", Phase.ROLLBACK, XaCode.XA_OK, "")  # not what is owed
     with pytest.raises(XatmError) as other:
         await engine.report_outcome(xid, "rm-a", Phase.COMMIT, XaCode.XA_OK, "")
-    assert other.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert other.value.status == Status.INVALID_ARGUMENT
     foreign = Xid(gtrid, "b", format_id=FORMAT_ID + 1)  # another transaction manager's branch
     with pytest.raises(XatmError) as alien:
         await engine.report_outcome(foreign, "rm-b", Phase.COMMIT, XaCode.XA_OK, "")
-    assert alien.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert alien.value.status == Status.INVALID_ARGUMENT
     assert tx.status == S.COMMITTING
     reported = await engine.report_outcome(xid, "rm-b", Phase.COMMIT, XaCode.XA_OK, "done")
     assert reported is tx and reported.status == S.COMMITTED

@@ -9,7 +9,7 @@ import pytest
 
 from tests.component.conftest import Rig, endpoint, until, with_settings
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import TxLogStopped
+from xatm.coordinator.txlog.interface import LogStopped
 from xatm.participant.api.v1 import admin_pb2
 from xatm.participant.xa import Decision, Phase, TxOutcome, XaCode, Xid
 from xatm.participant.xa import TxStatus as S
@@ -28,7 +28,7 @@ async def test_the_undecided_are_rolled_back_after_a_restart(rig: Rig, status: S
         # The log stops at the decision: everything before it is on disk, the decision is not.
         rig.log.stop_at(_is_decision, "disk full")
         gtrid = (await rig.tx("a", "b")).gtrid
-        with pytest.raises(TxLogStopped):
+        with pytest.raises(LogStopped):
             await engine.commit(gtrid)
     else:
         gtrid = (await rig.tx("a", "b")).gtrid

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
 from tests.component.conftest import Rig, endpoint, until, with_settings
 from tests.component.fakes import DEADLINE_REASON, Answer
 from xatm.coordinator.protocol import Refused
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.xa import BranchStatus as B
-from xatm.participant.xa import Phase, TxOutcome, XaCode, XatmError
+from xatm.participant.xa import Phase, TxOutcome, XaCode
 from xatm.participant.xa import TxStatus as S
 
 
@@ -41,7 +41,7 @@ async def test_the_rollback_rule_refuses_once_decided_and_sends_nothing(rig: Rig
     tx, commit = await rig.deciding()
     with pytest.raises(Refused) as err:
         await engine.rollback(tx.gtrid)
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "Prepared" in err.value.message
+    assert err.value.status == Status.FAILED_PRECONDITION and "Prepared" in err.value.message
     rig.log.release()
     await commit
     for status_now in (S.COMMITTED,):
@@ -177,7 +177,7 @@ async def test_a_heuristic_answer_ends_heuristically_completed_until_forgotten(
     assert rig.kinds(tx.gtrid)[-2:] == ["branch_result", "forget"]
     with pytest.raises(XatmError) as gone:
         engine.get(tx.gtrid)
-    assert gone.value.code == grpc.StatusCode.NOT_FOUND
+    assert gone.value.status == Status.NOT_FOUND
 
 
 async def test_a_savepoint_is_sent_to_the_branches_and_rolled_back_to(rig: Rig) -> None:
@@ -203,7 +203,7 @@ async def test_a_failed_savepoint_marks_the_transaction_rollback_only(rig: Rig) 
     tx = await rig.tx("a", "b")
     with pytest.raises(XatmError) as err:
         await engine.create_savepoint(tx.gtrid)
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no savepoints here" in err.value.message
+    assert err.value.status == Status.FAILED_PRECONDITION and "no savepoints here" in err.value.message
     assert tx.status == S.MARKED_ROLLBACK
     assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_ROLLBACK
 

@@ -55,7 +55,7 @@ class Bank:
         except TransactionError as err:  # heuristic mixed or hazard
             return TransferResult(tx.gtrid, "heuristic", str(err))
         except XatmError as err:
-            return TransferResult(tx.gtrid, "unknown", f"{err.code.name}: {err.message}")
+            return TransferResult(tx.gtrid, "unknown", f"{err.status.name}: {err.message}")
         return TransferResult(tx.gtrid, "committed", "committed")
 
     def balances(self, src: str, dst: str) -> tuple[int, int]:

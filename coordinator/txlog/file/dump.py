@@ -56,7 +56,7 @@ def read_records(data_dir: Path | str) -> Iterator[tuple[Path, int, wal_pb2.WalR
     Safe beside a running coordinator, whose write in flight may show as a torn tail.
 
     A torn tail is logged as a warning (``open()`` would cut it); damage before the tail
-    raises ``TxLogCorrupt`` after the records that precede it.
+    raises ``LogCorrupt`` after the records that precede it.
     """
     scan = LogScan(find_wal_dir(data_dir))
     yield from scan
@@ -79,7 +79,7 @@ def iter_dump_lines(data_dir: Path | str, output: Output = "table") -> Iterator[
     ``table``: a header, then per record time, gtrid, type, segment:offset and the body's fields
     with enums by name. ``json``: one object per record (protobuf JSON mapping, enums by name)
     plus ``segment`` and ``offset``. A torn tail ends either with a line describing it (an
-    object with a single ``tornTail`` key in JSON); mid-log damage raises ``TxLogCorrupt``.
+    object with a single ``tornTail`` key in JSON); mid-log damage raises ``LogCorrupt``.
     """
     if output not in ("table", "json"):
         raise ValueError(f"output must be 'table' or 'json', not {output!r}")
@@ -103,7 +103,7 @@ def iter_dump_lines(data_dir: Path | str, output: Output = "table") -> Iterator[
 
 
 def dump_text(data_dir: Path | str, output: Output = "table") -> str:
-    """Every record of the log as text; raises ``TxLogCorrupt`` on mid-log damage."""
+    """Every record of the log as text; raises ``LogCorrupt`` on mid-log damage."""
     return "\n".join(iter_dump_lines(data_dir, output))
 
 

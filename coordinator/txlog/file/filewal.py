@@ -32,7 +32,7 @@ from xatm.coordinator.txlog.file.segment import (
     write_all,
 )
 from xatm.coordinator.txlog.file.writer import SegmentWriter
-from xatm.coordinator.txlog.interface import TxLog, TxLogMissing, TxLogStopped
+from xatm.coordinator.txlog.interface import LogMissing, LogStopped, TxLog
 
 __all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_SEGMENT_BYTES", "FileWal"]
 
@@ -95,14 +95,14 @@ class FileWal(TxLog):
     rollover or ``close``). It waits for the write only when more than ``max_queued`` records
     are pending, which bounds memory under a slow disk.
 
-    The log stops for good (``TxLogStopped``) when a write or fsync fails (after a failed fsync
+    The log stops for good (``LogStopped``) when a write or fsync fails (after a failed fsync
     the page cache can no longer be trusted, so it is never retried), or when the open segment or
     the lock file is no longer the file at its name (deleted, replaced, its directory removed):
     checked before every batch and, through ``watch``, while idle. Waiters get the error, later
     calls raise it, and the coordinator must restart, which replays what reached the disk.
 
     With ``must_exist`` (the data dir shows that a log was created in it), ``open()`` refuses a
-    missing or empty log with ``TxLogMissing`` instead of starting a new one.
+    missing or empty log with ``LogMissing`` instead of starting a new one.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class FileWal(TxLog):
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
         self._state = "new"
-        self._failure: TxLogStopped | None = None
+        self._failure: LogStopped | None = None
         self._failed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: SegmentWriter | None = None
@@ -175,10 +175,10 @@ class FileWal(TxLog):
         await future
 
     @property
-    def stopped(self) -> TxLogStopped | None:
+    def stopped(self) -> LogStopped | None:
         return self._failure
 
-    async def watch(self, interval: float) -> TxLogStopped:
+    async def watch(self, interval: float) -> LogStopped:
         if self._failed is None:
             raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
         while self._failure is None:
@@ -217,7 +217,7 @@ class FileWal(TxLog):
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise TxLogStopped(self._failure.reason)
+            raise LogStopped(self._failure.reason)
         if self._state != "open":
             raise RuntimeError(f"write-ahead log {self.wal_dir} is {self._state}, not open")
 
@@ -228,10 +228,10 @@ class FileWal(TxLog):
         try:
             self._lock.acquire()
         except OSError as exc:
-            raise TxLogStopped(f"cannot lock {self._lock.path}: {_describe(exc)}") from exc
+            raise LogStopped(f"cannot lock {self._lock.path}: {_describe(exc)}") from exc
         try:
             if self._must_exist and not (self.wal_dir.is_dir() and list_segments(self.wal_dir)):
-                raise TxLogMissing(
+                raise LogMissing(
                     str(self.wal_dir), 0, "no log segments, although this data dir has held a log"
                 )
             self.wal_dir.mkdir(exist_ok=True)
@@ -245,7 +245,7 @@ class FileWal(TxLog):
             self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes)
         except OSError as exc:
             self._lock.release()
-            raise TxLogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
+            raise LogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
         except BaseException:
             self._lock.release()
             raise
@@ -307,7 +307,7 @@ class FileWal(TxLog):
                 checking = any(isinstance(op, _Check) for op in batch)
                 problem = writer.vanished() or (self._lock.lost() if checking else None)
                 if problem is not None:
-                    raise TxLogStopped(problem)
+                    raise LogStopped(problem)
                 if not self._process(writer, batch):
                     return
             except Exception as exc:
@@ -315,14 +315,14 @@ class FileWal(TxLog):
                 return
 
     def _stop(self, writer: SegmentWriter, batch: list[_Op], exc: Exception) -> None:
-        """Fail every waiter and every later call with the one ``TxLogStopped`` naming ``exc``."""
-        if isinstance(exc, TxLogStopped):
+        """Fail every waiter and every later call with the one ``LogStopped`` naming ``exc``."""
+        if isinstance(exc, LogStopped):
             failure = exc
         elif isinstance(exc, OSError):
-            failure = TxLogStopped(f"write to {self.wal_dir} failed: {_describe(exc)}")
+            failure = LogStopped(f"write to {self.wal_dir} failed: {_describe(exc)}")
         else:  # not an I/O error: a defect, so keep the traceback for whoever fixes it
             log.exception("write-ahead log: unexpected error in the writer")
-            failure = TxLogStopped(f"write to {self.wal_dir} failed: {exc!r}")
+            failure = LogStopped(f"write to {self.wal_dir} failed: {exc!r}")
         with self._cond:
             self._failure = failure
             batch += self._queue
@@ -369,7 +369,7 @@ class FileWal(TxLog):
             # with it: nobody in the group may be told they are durable.
             problem = writer.vanished()
             if problem is not None:
-                raise TxLogStopped(problem)
+                raise LogStopped(problem)
         _count(op.body for op in group)
         _settle([op.future for op in group], None)
 

@@ -32,6 +32,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from xatm.participant.errors import XatmError
+
 __all__ = [
     "MAX_PAYLOAD",
     "SEGMENT_HEADER_SIZE",
@@ -60,7 +62,7 @@ FRAME_HEADER_SIZE = _FRAME.size
 _ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
 
 
-class FrameError(ValueError):
+class FrameError(XatmError, ValueError):
     """Bytes that are not a valid header or frame; the message says what is wrong."""
 
 

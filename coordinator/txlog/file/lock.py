@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from xatm.coordinator.txlog.file.segment import file_vanished
+from xatm.coordinator.txlog.interface import LogLocked
 
 __all__ = ["DirLock"]
 
@@ -30,7 +31,7 @@ class DirLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "holder did not say who it is"
             os.close(fd)
-            raise RuntimeError(
+            raise LogLocked(
                 f"{self.path} is held by another process ({holder}); stop it or use another data directory"
             ) from None
         who = f"pid {os.getpid()} on {socket.gethostname()}" + (f", node {self._node}" if self._node else "")

@@ -21,7 +21,7 @@ from xatm.coordinator.txlog.file.framing import (
     find_frame,
 )
 from xatm.coordinator.txlog.file.segment import list_segments, read_head, segment_path
-from xatm.coordinator.txlog.interface import TxLogCorrupt, TxLogMissing
+from xatm.coordinator.txlog.interface import LogCorrupt, LogMissing
 
 __all__ = ["Damage", "LogScan", "Tail", "TornTail"]
 
@@ -46,8 +46,8 @@ class Damage:
     #: Whole segments are missing (not bad bytes): restoring them, not cutting, is the way out.
     missing: bool = False
 
-    def error(self) -> TxLogCorrupt:
-        kind = TxLogMissing if self.missing else TxLogCorrupt
+    def error(self) -> LogCorrupt:
+        kind = LogMissing if self.missing else LogCorrupt
         return kind(str(self.path), self.offset, self.detail)
 
 
