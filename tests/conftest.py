@@ -85,6 +85,7 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_e2e_2pc.py": EVERY_TEST,
     "test_latency.py": EVERY_TEST,
     "test_metrics_labels.py": EVERY_TEST,
+    "test_packaging.py": EVERY_TEST,
     "test_pg_e2e.py": EVERY_TEST,
     "test_prometheus.py": EVERY_TEST,
     "test_protos_and_cli.py": EVERY_TEST,
