@@ -22,7 +22,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tree = out / "src"
     ignore = ("build", ".venv", "*.egg-info", "__pycache__", ".git", ".pytest_cache", ".mypy_cache")
     shutil.copytree(REPO, tree, symlinks=True, ignore=shutil.ignore_patterns(*ignore))
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
     done = subprocess.run(
         [*build, "-w", str(out), str(tree)],
         capture_output=True,
