@@ -181,6 +181,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Any) -> Any:
         return await self.ops.audit(_CALLER.get(), request.page_size, request.page_token)
 
+    @rpc
+    async def ListApprovals(self, request: admin_pb2.ListApprovalsRequest, context: Any) -> Any:
+        found = await self.ops.approvals.list(self.ops, _CALLER.get(), request.all)
+        return admin_pb2.ListApprovalsResponse(approvals=found)
+
+    @rpc
+    async def Approve(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
+        _, decision = await self.ops.approvals.approve(self.ops, _CALLER.get(), request.id, request.reason)
+        return decision
+
+    @rpc
+    async def Reject(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
+        approval = await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
+        return admin_pb2.ApprovalDecision(approval=approval)
+
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection, and names the caller of Admin calls.
