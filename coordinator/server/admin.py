@@ -24,6 +24,7 @@ from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import TxOutcome, TxStatus, validate_bqual, validate_gtrid
 
@@ -241,7 +242,8 @@ class AdminOps:
             raise
         try:
             caller.principal.require(Permission.OPERATE)
-            value = await run()
+            with tracing.span(f"xatm.admin.{action}", gtrid=gtrid, operator_trace_id=caller.trace_id):
+                value = await run()
         except XatmError as err:
             await self._record(
                 caller, action, gtrid, f"refused: {err.status.name}", [what, err.message], reason

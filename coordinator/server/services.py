@@ -23,6 +23,7 @@ from xatm.participant.api.v1 import (
     xa_pb2,
 )
 from xatm.participant.errors import InvalidArgumentError, XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, Xid
@@ -45,7 +46,10 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            return await fn(self, request, context)
+            with tracing.served(f"xatm.coordinator.{fn.__name__}", context, request) as span:
+                reply = await fn(self, request, context)
+                span.note(gtrid=getattr(reply, "gtrid", None))  # Begin's: the new transaction
+                return reply
         except XatmError as err:
             await abort_async(context, err)
         except grpc.aio.AbortError:
