@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.admin_support import audit_records, rest
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem
-from tests.browser import chromium, sign_in, wait_for
+from tests.browser import PATIENCE, chromium, sign_in, wait_for
 from tests.certs import make_certs
 from xatm.coordinator.server.auth import hash_token
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
@@ -211,12 +212,19 @@ def test_the_charts_draw_the_coordinators_metrics(lab: Lab) -> None:
         sign_in(driver, lab.base, VIEWER)
         wait_for(driver, "page-transactions")
         driver.find_element(By.ID, "nav-charts").click()
-        wait_for(driver, "page-charts")
         for chart in ("chart-throughput", "chart-outcomes", "chart-in-doubt", "chart-latency"):
-            wait_for(driver, chart, text=" ")  # a legend is drawn once two samples exist
-        in_doubt = driver.find_element(By.ID, "chart-in-doubt").text
-        assert "branches" in in_doubt
-        assert driver.find_elements(By.CSS_SELECTOR, "#chart-throughput polyline")
+            wait_for(driver, chart, text="0")  # axes and legends drawn from the first samples
+        assert "branches" in driver.find_element(By.ID, "chart-in-doubt").text
+        for _ in range(5):
+            lab.begin()
+        # Some sample of the throughput line now rises above its baseline (y = 146).
+        WebDriverWait(driver, PATIENCE).until(
+            lambda d: d.execute_script(
+                "const line = document.querySelector('#chart-throughput polyline');"
+                "return line && line.getAttribute('points').split(' ')"
+                ".some(p => Number(p.split(',')[1]) < 145);"
+            )
+        )
         lab.shot(driver, "charts")
 
 

@@ -398,7 +398,8 @@ function push(list, value) {
 function draw(svg, lines) {
   const width = 400, height = 160, left = 34, bottom = 14;
   const values = Object.values(lines).flat().filter(Number.isFinite);
-  const top = Math.max(1e-9, ...values, 0) * 1.1 || 1;
+  const peak = Math.max(0, ...values);
+  const top = peak > 0 ? peak * 1.1 : 1;
   const nodes = [];
   nodes.push(el("line", null, { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: "#bbb" }));
   nodes.push(el("text", top.toPrecision(3), { x: 2, y: 10 }), el("text", "0", { x: 2, y: height - bottom }));
