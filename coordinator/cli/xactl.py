@@ -285,7 +285,7 @@ def cmd_approvals(args: argparse.Namespace, client: _Client) -> int:
         return 0
     method = "Approve" if args.approvals_command == "approve" else "Reject"
     done = client(method, admin_pb2.DecideApprovalRequest(id=args.id, reason=args.reason))
-    view = decision_view(done.approval, done)
+    view = decision_view(done)
 
     def decided(v: dict[str, Any]) -> str:
         a = v["approval"]

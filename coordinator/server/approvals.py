@@ -112,11 +112,11 @@ def approval_view(a: admin_pb2.Approval) -> dict[str, Any]:
     ).model_dump()
 
 
-def decision_view(approval: admin_pb2.Approval, done: admin_pb2.ApprovalDecision) -> dict[str, Any]:
+def decision_view(done: admin_pb2.ApprovalDecision) -> dict[str, Any]:
     """The JSON shape of an approval decision (REST and ``xactl --output json``)."""
     which = done.WhichOneof("done")
     return {
-        "approval": approval_view(approval),
+        "approval": approval_view(done.approval),
         "completion": completion_view(done.completion) if which == "completion" else None,
         "forget": forget_view(done.forget) if which == "forget" else None,
     }
@@ -201,7 +201,9 @@ class Approvals:
             if everything or e.approval.state == "pending"
         ]
 
-    async def reject(self, ops: AdminOps, caller: Caller, request_id: str, reason: str) -> admin_pb2.Approval:
+    async def reject(
+        self, ops: AdminOps, caller: Caller, request_id: str, reason: str
+    ) -> admin_pb2.ApprovalDecision:
         """Close a pending request unexecuted. Any operator may reject, the requester included
         (withdrawing it)."""
         entry = await self._pending(ops, caller, request_id)
@@ -210,11 +212,11 @@ class Approvals:
         approval.result = f"rejected: {reason}" if reason else "rejected"
         detail = f"requested by {approval.requested_by}, rejected by {caller.principal.name}"
         await self._audit(ops, caller, approval, "reject", "ok", detail, reason)
-        return copy.deepcopy(approval)
+        return admin_pb2.ApprovalDecision(approval=approval)
 
     async def approve(
         self, ops: AdminOps, caller: Caller, request_id: str, reason: str
-    ) -> tuple[admin_pb2.Approval, admin_pb2.ApprovalDecision]:
+    ) -> admin_pb2.ApprovalDecision:
         """Carry a pending request out as ``caller``, who must not be its requester.
 
         Raises PERMISSION_DENIED for the requester, NOT_FOUND for an unknown id,
@@ -249,7 +251,7 @@ class Approvals:
         approval.result = "carried out"
         await self._audit(ops, caller, approval, "approve", "ok", names, reason)
         decision.approval.CopyFrom(approval)
-        return copy.deepcopy(approval), decision
+        return decision
 
     # ----------------------------------------------------------------- internals
 

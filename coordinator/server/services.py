@@ -192,13 +192,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @rpc
     async def Approve(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
-        _, decision = await self.ops.approvals.approve(self.ops, _CALLER.get(), request.id, request.reason)
-        return decision
+        return await self.ops.approvals.approve(self.ops, _CALLER.get(), request.id, request.reason)
 
     @rpc
     async def Reject(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
-        approval = await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
-        return admin_pb2.ApprovalDecision(approval=approval)
+        return await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
 
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):

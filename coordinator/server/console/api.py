@@ -8,6 +8,7 @@ the OpenAPI document; ``add_routes`` adds them to the admin router.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -28,7 +29,6 @@ from xatm.coordinator.server.http import (
     _traced,
 )
 from xatm.coordinator.server.views import CompletionView, ForgetView, audit_view
-from xatm.participant.api.v1 import admin_pb2
 from xatm.participant.xa import TxStatus
 
 __all__ = ["APPROVALS", "AUDIT", "add_routes"]
@@ -180,29 +180,28 @@ def add_routes(router: APIRouter) -> None:
         found = await ops.approvals.list(ops, caller, everything)
         return _traced({"approvals": [approval_view(a) for a in found]}, caller)
 
-    @router.post(
-        f"{APPROVALS}/{{request_id}}/approve",
-        operation_id="approve",
-        summary="Approve a request (not your own) and carry it out; the status rule is checked again; "
-        "audited",
-        response_model=Decision,
-        responses=_errors(400, 401, 403, 404, 412, 413, 503),
-    )
-    async def approve(
-        caller: CallerDep, ops: OpsDep, request_id: RequestId, body: DecideRequest
-    ) -> dict[str, Any]:
-        approval, done = await ops.approvals.approve(ops, caller, request_id, body.reason)
-        return _traced(decision_view(approval, done), caller)
+    for verb, summary in (
+        ("approve", "Approve a request (not your own) and carry it out; the status rule is checked again"),
+        ("reject", "Reject a pending request (the requester may withdraw it)"),
+    ):
+        router.add_api_route(
+            f"{APPROVALS}/{{request_id}}/{verb}",
+            _decide(verb),
+            methods=["POST"],
+            operation_id=verb,
+            summary=f"{summary}; audited",
+            response_model=Decision,
+            responses=_errors(400, 401, 403, 404, 412, 413, 503),
+        )
 
-    @router.post(
-        f"{APPROVALS}/{{request_id}}/reject",
-        operation_id="reject",
-        summary="Reject a pending request (the requester may withdraw it); audited",
-        response_model=Decision,
-        responses=_errors(400, 401, 403, 404, 412, 413, 503),
-    )
-    async def reject(
+
+def _decide(verb: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The endpoint approving or rejecting a request."""
+
+    async def decide(
         caller: CallerDep, ops: OpsDep, request_id: RequestId, body: DecideRequest
     ) -> dict[str, Any]:
-        approval = await ops.approvals.reject(ops, caller, request_id, body.reason)
-        return _traced(decision_view(approval, admin_pb2.ApprovalDecision()), caller)
+        run = ops.approvals.approve if verb == "approve" else ops.approvals.reject
+        return _traced(decision_view(await run(ops, caller, request_id, body.reason)), caller)
+
+    return decide
