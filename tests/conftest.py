@@ -79,6 +79,8 @@ EVERY_TEST = "*"
 #: or the names of those that do (a parametrized test by its function name).
 SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_admin_matrix.py": EVERY_TEST,
+    "test_console.py": EVERY_TEST,
+    "test_approvals.py": EVERY_TEST,
     "test_architecture.py": EVERY_TEST,
     "test_business_errors.py": EVERY_TEST,
     "test_crash_matrix.py": EVERY_TEST,
