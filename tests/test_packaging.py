@@ -46,6 +46,7 @@ def test_the_wheel_holds_one_root_package_with_its_data(wheel: Path) -> None:
         "xatm/coordinator/txlog/_proto/wal_pb2.pyi",
         "xatm/coordinator/tools/bank/account_service.py",
         "xatm/coordinator/tools/bank/_proto/bank_pb2.py",
+        "xatm/coordinator/server/console/static/index.html",
     ):
         assert needed in names, needed
 
