@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xatm.coordinator import cluster
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
@@ -70,9 +71,14 @@ def _remember_node(data_dir: Path, node: str) -> None:
     fsync_dir(data_dir, os.fsync)
 
 
-def _open_log(data_dir: Path) -> TxLog:
+def _open_log(settings: Settings, node: str) -> TxLog:
+    if settings.store != "file":
+        from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
+
+        return EtcdLog(parse_store_url(settings.store), node, lease_ttl=settings.lease_ttl)
     from xatm.coordinator.txlog.file import FileWal
 
+    data_dir = settings.data_dir
     return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists())
 
 
@@ -83,7 +89,7 @@ class Coordinator:
         self.auth = Authenticator.load(settings.auth_file)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id_for(settings)
-        self.engine = Engine(settings, txlog or _open_log(settings.data_dir), self.node_id)
+        self.engine = Engine(settings, txlog or _open_log(settings, self.node_id), self.node_id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
@@ -92,10 +98,12 @@ class Coordinator:
         self.log_stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._services: tuple[str, ...] = ()
+        self._takeover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.engine.start()
         _remember_node(self.settings.data_dir, self.node_id)
+        self._takeover = cluster.attach(self.engine)
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
@@ -168,8 +176,9 @@ class Coordinator:
         self.log_stopped.set()
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._takeover):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()
