@@ -84,6 +84,7 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_crash_matrix.py": EVERY_TEST,
     "test_e2e_2pc.py": EVERY_TEST,
     "test_etcd_txlog.py": EVERY_TEST,
+    "test_replicas.py": EVERY_TEST,
     "test_latency.py": EVERY_TEST,
     "test_metrics_labels.py": EVERY_TEST,
     "test_pg_e2e.py": EVERY_TEST,

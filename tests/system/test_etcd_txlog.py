@@ -114,6 +114,7 @@ def test_decisions_waiting_together_share_one_etcd_transaction(etcd_single: Etcd
         await log.open()
         for i in range(40):
             await log.append(begin(f"n1.{i:02x}"))
+        await log.append(begin("n1.ff"), force=True)
         before = (await log.client.get_prefix(prefix.encode())).header.revision
         await asyncio.gather(*(log.append(decide(f"n1.{i:02x}"), force=True) for i in range(40)))
         after = (await log.client.get_prefix(prefix.encode())).header.revision

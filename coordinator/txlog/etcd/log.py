@@ -10,7 +10,8 @@ fsync, and the coordinator exits to be restarted.
 
 Group commit: appends queue; a forced append writes everything queued in as few etcd
 transactions as etcd's per-transaction operation limit allows, and forced appends arriving while
-a write is in flight share the next one.
+a write is in flight share the next one. Unforced records are written behind, right after the
+append, so other replicas know a transaction (to take it over) well before its decision.
 
 While etcd cannot answer (no quorum, every member unreachable) forced writes retry until it
 answers again, so nothing decided is lost and phase two resumes by itself; new transactions are
@@ -118,6 +119,7 @@ class EtcdLog(TxLog):
         #: False from a failed etcd call until the next successful one.
         self._available = True
         self._keepalive: asyncio.Task[None] | None = None
+        self._behind: asyncio.Task[None] | None = None
 
     @property
     def where(self) -> str:
@@ -183,6 +185,8 @@ class EtcdLog(TxLog):
             self._dirty.add(record.gtrid)
         if force:
             await self._flush(seq)
+        elif self._behind is None:
+            self._behind = asyncio.get_running_loop().create_task(self._write_behind())
 
     async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
         """Replace this replica's records by ``snapshot``: each transaction written since the last
@@ -267,8 +271,9 @@ class EtcdLog(TxLog):
                     raise
                 log.warning("etcd log of %s closed without a final write: %s", self.replica, err)
         self._state = "closed"
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        for task in (self._keepalive, self._behind):
+            if task is not None:
+                task.cancel()
         await self.client.close()
 
     # ----------------------------------------------------------------- takeover
@@ -383,6 +388,19 @@ class EtcdLog(TxLog):
                 ops.append(self._op("put", key, value))
         step = MAX_OPS // 2
         return [_Group("", ops[i : i + step], fenced=False) for i in range(0, len(ops), step)]
+
+    async def _write_behind(self) -> None:
+        """Write unforced records soon after they were appended, so that other replicas see a
+        transaction (and can take it over) before its decision; a forced append that comes
+        first takes them along instead."""
+        try:
+            while self._queue and self._failure is None and self._state == "open":
+                await asyncio.sleep(0)  # the appends of this moment join the write
+                await self._flush(self._last_seq())
+        except (LogStopped, RuntimeError):
+            pass  # the stop is reported by ``watch``; a closed log wrote its queue at close
+        finally:
+            self._behind = None
 
     def _last_seq(self) -> int:
         return self._queue[-1].seq if self._queue else self._durable

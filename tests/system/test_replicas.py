@@ -1,0 +1,257 @@
+"""Coordinator replicas on a real three-member etcd cluster, as real processes.
+
+Three coordinators (r0, r1, r2) share the etcd store; the banks and the initiator talk to r0.
+The tests kill r0 (SIGKILL), pause it past its lease (SIGSTOP/SIGCONT), and kill etcd members,
+then check outcomes: final statuses where the store says, balances, no prepared branch left,
+and what etcd holds. How long a takeover took is printed (``-s`` shows it), not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem, coordinator_status
+from tests.chaos import eventually, logs, prepared_xids, wait_no_prepared, wait_quiescent
+from tests.etcdcluster import EtcdCluster
+from tests.system.test_etcd_txlog import etcd_call
+from xatm.coordinator.app import EXIT_LOG_STOPPED
+from xatm.coordinator.tools.bank.transfer import TransferResult
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.errors import UnavailableError
+from xatm.participant.xa import TxStatus
+
+LEASE_TTL = 2
+PATIENCE = 60.0
+
+
+class Replicas:
+    """A bank system whose coordinator is replica r0, and replicas r1, r2 beside it."""
+
+    def __init__(self, cluster: EtcdCluster, root: Path, r0_env: dict[str, str] | None = None):
+        self.cluster = cluster
+
+        def env(node: str) -> dict[str, str]:
+            return {
+                **TEST_COORDINATOR_ENV,
+                "XATM_STORE": cluster.url,
+                "XATM_LEASE_TTL": str(LEASE_TTL),
+                "XATM_NODE_ID": node,
+            }
+
+        self.system = BankSystem(root, coordinator_env={**env("r0"), **(r0_env or {})})
+        self.others: list[Proc] = []
+        for node in ("r1", "r2"):
+            (root / node).mkdir()
+            self.others.append(coordinator_proc(root / node, root / node, env=env(node)))
+
+    @property
+    def r0(self) -> Proc:
+        return self.system.coordinator
+
+    def start(self) -> Replicas:
+        for proc in self.others:
+            proc.start()
+        self.system.start()
+        return self
+
+    def stop(self) -> None:
+        self.system.stop()
+        for proc in self.others:
+            proc.stop()
+
+    def status_anywhere(self, gtrid: str) -> tuple[str, TxStatus] | None:
+        """(replica, status) of ``gtrid`` at whichever live replica r1/r2 holds it, or None."""
+        for node, proc in zip(("r1", "r2"), self.others, strict=True):
+            try:
+                info = coordinator_status(proc.address, gtrid)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                raise
+            return node, TxStatus(info.status)
+        return None
+
+    def logs(self) -> str:
+        return logs(self.system) + "".join(f"\n----- {p.log_path} -----\n{p.tail()}" for p in self.others)
+
+
+@pytest.fixture
+def etcd(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
+    """The session's cluster, every member running and nothing left of earlier tests' replicas."""
+    for member in etcd_cluster.members:
+        if not member.running:
+            member.restart()
+    etcd_cluster.wait_healthy()
+    asyncio.run(etcd_call(etcd_cluster, lambda c: c.delete_prefix(b"/xatm/")))
+    yield etcd_cluster
+
+
+def records_in_etcd(cluster: EtcdCluster, gtrid: str) -> list[wal_pb2.WalRecord]:
+    kvs = asyncio.run(etcd_call(cluster, lambda c: c.get_prefix(f"/xatm/tx/{gtrid}/".encode())))
+    out = []
+    for kv in kvs:
+        record = wal_pb2.WalRecord()
+        record.ParseFromString(kv.value)
+        out.append(record)
+    return out
+
+
+def transfer_in_background(system: BankSystem, amount: int) -> tuple[threading.Thread, list[TransferResult]]:
+    results: list[TransferResult] = []
+    assert system.bank is not None
+    bank = system.bank
+    worker = threading.Thread(target=lambda: results.append(bank.transfer("alice", "bob", amount)))
+    worker.start()
+    return worker, results
+
+
+def prepared_gtrid(system: BankSystem) -> str:
+    """The gtrid prepared in both banks (waits for it)."""
+
+    def probe() -> str | None:
+        found = [{x.gtrid for x in prepared_xids(p.address)} for p in system.banks.values()]
+        both = set.intersection(*found)
+        return next(iter(both)) if both else None
+
+    return eventually("a transfer prepared in both banks", probe, PATIENCE)
+
+
+def test_a_replica_killed_after_its_commit_decision_is_finished_by_another(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    replicas = Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": "coordinator.after_decision=crash"}).start()
+    try:
+        system = replicas.system
+        worker, results = transfer_in_background(system, 100)
+        gtrid = prepared_gtrid(system)
+        replicas.r0.wait_exit(PATIENCE)
+        died = time.monotonic()
+        owner = eventually(
+            "another replica to commit the transfer",
+            lambda: (lambda s: s if s is not None and s[1] == TxStatus.COMMITTED else None)(
+                replicas.status_anywhere(gtrid)
+            ),
+            PATIENCE,
+            interval=0.05,
+        )
+        took = time.monotonic() - died
+        print(f"\ntakeover: {owner[0]} committed {gtrid} {took:.2f}s after r0 died (lease TTL {LEASE_TTL}s)")
+        worker.join(PATIENCE)
+        wait_no_prepared(system, PATIENCE)
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (900, 1100)
+        assert results and results[0].gtrid == gtrid
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
+
+
+def test_a_paused_replica_does_not_act_on_what_was_taken_over(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """r0 is paused before writing its commit decision until another replica has presumed abort;
+    resumed, its decision write is refused and it exits: etcd holds no commit decision, no money moved."""
+    replicas = Replicas(
+        etcd, tmp_path, {"XATM_FAILPOINTS": "coordinator.before_decision=sleep(1500)"}
+    ).start()
+    try:
+        system = replicas.system
+        worker, _ = transfer_in_background(system, 100)
+        gtrid = prepared_gtrid(system)
+        assert replicas.r0.popen is not None
+        replicas.r0.popen.send_signal(19)  # SIGSTOP while it sleeps before its decision
+        owner = eventually(
+            "another replica to roll the paused replica's transfer back",
+            lambda: (lambda s: s if s is not None and s[1] == TxStatus.ROLLEDBACK else None)(
+                replicas.status_anywhere(gtrid)
+            ),
+            PATIENCE,
+        )
+        replicas.r0.popen.send_signal(18)  # SIGCONT: it wakes up wanting to commit
+        assert replicas.r0.wait_exit(PATIENCE) == EXIT_LOG_STOPPED
+        assert "no longer owns" in replicas.r0.tail(200) or "lease of replica r0 expired" in replicas.r0.tail(
+            200
+        )
+        worker.join(PATIENCE)
+        decisions = [r for r in records_in_etcd(etcd, gtrid) if r.WhichOneof("body") == "decision"]
+        assert decisions == [], f"{owner[0]} took over, yet a decision was logged: {decisions}"
+        assert replicas.status_anywhere(gtrid) == (owner[0], TxStatus.ROLLEDBACK)
+        wait_no_prepared(system, PATIENCE)
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (1000, 1000)
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
+
+
+def test_one_etcd_member_down_changes_nothing(etcd: EtcdCluster, tmp_path: Path) -> None:
+    replicas = Replicas(etcd, tmp_path).start()
+    try:
+        system = replicas.system
+        assert system.bank is not None
+        etcd.members[0].kill()
+        outcomes = [system.bank.transfer("alice", "bob", 10).outcome for _ in range(10)]
+        assert outcomes == ["committed"] * 10
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (900, 1100)
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
+
+
+def test_quorum_lost_refuses_new_work_then_recovers_with_nothing_lost(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    replicas = Replicas(etcd, tmp_path).start()
+    try:
+        system = replicas.system
+        assert system.bank is not None
+        bank = system.bank
+        assert bank.transfer("alice", "bob", 10).outcome == "committed"
+        etcd.members[0].kill()
+        etcd.members[1].kill()
+        tried: list[TransferResult] = []
+
+        def refused() -> str | None:
+            try:
+                tried.append(bank.transfer("alice", "bob", 10, timeout=5))
+            except UnavailableError as err:  # begin refused
+                return err.message
+            return None
+
+        message = eventually("a transfer refused for want of quorum", refused, PATIENCE, interval=0.2)
+        assert "has no quorum or cannot be reached: new transactions are refused" in message
+        etcd.members[0].restart()
+        etcd.members[1].restart()
+        etcd.wait_healthy()
+        eventually(
+            "a transfer to commit once quorum is back",
+            lambda: True if bank.transfer("alice", "bob", 10).outcome == "committed" else None,
+            PATIENCE,
+            interval=0.5,
+        )
+        assert replicas.r0.alive
+        wait_quiescent(system, PATIENCE)
+        wait_no_prepared(system, PATIENCE)
+        alice, bob = system.balance("bank-a", "alice"), system.balance("bank-b", "bob")
+        assert alice + bob == 2000
+        for attempt in tried:  # what the initiator was told committed is committed
+            if attempt.outcome == "committed":
+                assert (
+                    TxStatus(coordinator_status(replicas.r0.address, attempt.gtrid).status)
+                    == TxStatus.COMMITTED
+                )
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
