@@ -18,14 +18,15 @@ import grpc
 import pytest
 
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem, coordinator_status
-from tests.chaos import eventually, logs, prepared_xids, wait_no_prepared, wait_quiescent
+from tests.chaos import CRASH_EXIT, eventually, logs, prepared_xids, wait_no_prepared, wait_quiescent
 from tests.etcdcluster import EtcdCluster
 from tests.system.test_etcd_txlog import etcd_call
 from xatm.coordinator.app import EXIT_LOG_STOPPED
+from xatm.coordinator.tools.bank._proto import bank_pb2
 from xatm.coordinator.tools.bank.transfer import TransferResult
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.participant.errors import UnavailableError
+from xatm.participant.errors import UnavailableError, XatmError
 from xatm.participant.xa import TxStatus
 
 LEASE_TTL = 2
@@ -124,30 +125,76 @@ def prepared_gtrid(system: BankSystem) -> str:
     return eventually("a transfer prepared in both banks", probe, PATIENCE)
 
 
-def test_a_replica_killed_after_its_commit_decision_is_finished_by_another(
-    etcd: EtcdCluster, tmp_path: Path
+#: (failpoint where r0 dies, the path it dies on, the status the durable log then dictates).
+KILL_CASES = [
+    ("coordinator.before_prepare", "commit", TxStatus.ROLLEDBACK),
+    ("coordinator.after_prepare", "commit", TxStatus.ROLLEDBACK),
+    ("coordinator.before_decision", "commit", TxStatus.ROLLEDBACK),
+    ("coordinator.after_decision", "commit", TxStatus.COMMITTED),
+    ("coordinator.between_phase_two", "commit", TxStatus.COMMITTED),
+    ("coordinator.before_rollback", "rollback", TxStatus.ROLLEDBACK),
+]
+
+
+class _Abandon(Exception):
+    """Raised inside a transaction to make the initiator roll it back."""
+
+
+def rollback_transfer(system: BankSystem, amount: int) -> str:
+    """Apply ``amount`` in both banks, then roll back (the initiator's rollback path); the gtrid."""
+    assert system.bank is not None
+    bank = system.bank
+    tx = bank.tm.begin()
+    try:
+        with tx:
+            bank.source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-amount), timeout=10)
+            bank.target.Apply(bank_pb2.ApplyRequest(account="bob", amount=amount), timeout=10)
+            raise _Abandon
+    except (_Abandon, XatmError, grpc.RpcError):
+        pass  # the coordinator died in the rollback: its takeover is what the test is about
+    return tx.gtrid
+
+
+@pytest.mark.parametrize(
+    ("failpoint", "path", "outcome"), KILL_CASES, ids=[c[0].split(".")[1] for c in KILL_CASES]
+)
+def test_a_replica_killed_mid_transaction_is_finished_by_another(
+    etcd: EtcdCluster, tmp_path: Path, failpoint: str, path: str, outcome: TxStatus
 ) -> None:
-    replicas = Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": "coordinator.after_decision=crash"}).start()
+    """kill -9 of the owner (a crash failpoint: os._exit at once) -> another replica claims the
+    transaction once the lease expires and finishes it as the durable log says."""
+    replicas = Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": f"{failpoint}=crash"}).start()
     try:
         system = replicas.system
-        worker, results = transfer_in_background(system, 100)
-        gtrid = prepared_gtrid(system)
-        replicas.r0.wait_exit(PATIENCE)
+        results: list[str] = []
+        if path == "commit":
+            assert system.bank is not None
+            bank = system.bank
+            worker = threading.Thread(target=lambda: results.append(bank.transfer("alice", "bob", 100).gtrid))
+        else:
+            worker = threading.Thread(target=lambda: results.append(rollback_transfer(system, 100)))
+        worker.start()
+        assert replicas.r0.wait_exit(PATIENCE) == CRASH_EXIT
         died = time.monotonic()
+        worker.join(PATIENCE)
+        gtrid = results[0]
+        assert records_in_etcd(etcd, gtrid), "the transaction never reached etcd"
         owner = eventually(
-            "another replica to commit the transfer",
-            lambda: (lambda s: s if s is not None and s[1] == TxStatus.COMMITTED else None)(
+            f"another replica to finish {gtrid}",
+            lambda: (lambda s: s if s is not None and s[1].is_final else None)(
                 replicas.status_anywhere(gtrid)
             ),
             PATIENCE,
             interval=0.05,
         )
         took = time.monotonic() - died
-        print(f"\ntakeover: {owner[0]} committed {gtrid} {took:.2f}s after r0 died (lease TTL {LEASE_TTL}s)")
-        worker.join(PATIENCE)
+        print(
+            f"\ntakeover at {failpoint}: {owner[0]} made {gtrid} {owner[1].label} {took:.2f}s after r0 died"
+        )
+        assert owner[1] == outcome
         wait_no_prepared(system, PATIENCE)
-        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (900, 1100)
-        assert results and results[0].gtrid == gtrid
+        moved = (900, 1100) if outcome == TxStatus.COMMITTED else (1000, 1000)
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == moved
     except AssertionError:
         print(replicas.logs())
         raise
