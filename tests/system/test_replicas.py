@@ -302,3 +302,31 @@ def test_quorum_lost_refuses_new_work_then_recovers_with_nothing_lost(
         raise
     finally:
         replicas.stop()
+
+
+def test_the_whole_etcd_cluster_restarted_keeps_every_decision(etcd: EtcdCluster, tmp_path: Path) -> None:
+    replicas = Replicas(etcd, tmp_path).start()
+    try:
+        system = replicas.system
+        assert system.bank is not None
+        bank = system.bank
+        committed = [bank.transfer("alice", "bob", 10) for _ in range(5)]
+        assert [r.outcome for r in committed] == ["committed"] * 5
+        etcd.restart_all()
+        eventually(
+            "a transfer to commit after the restart",
+            lambda: True if bank.transfer("alice", "bob", 10).outcome == "committed" else None,
+            PATIENCE,
+            interval=0.5,
+        )
+        assert replicas.r0.alive  # its lease outlived the restart
+        for result in committed:
+            records = records_in_etcd(etcd, result.gtrid)
+            assert any(r.WhichOneof("body") == "decision" and r.decision.commit for r in records)
+            assert TxStatus(coordinator_status(replicas.r0.address, result.gtrid).status) == TxStatus.COMMITTED
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (940, 1060)
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
