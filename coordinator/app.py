@@ -75,7 +75,8 @@ def _open_log(settings: Settings, node: str) -> TxLog:
     if settings.store != "file":
         from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
 
-        return EtcdLog(parse_store_url(settings.store), node, lease_ttl=settings.lease_ttl)
+        ttl = settings.lease_ttl
+        return EtcdLog(parse_store_url(settings.store), node, lease_ttl=ttl, wait_for_holder=ttl + 1.0)
     from xatm.coordinator.txlog.file import FileWal
 
     data_dir = settings.data_dir

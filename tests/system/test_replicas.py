@@ -9,6 +9,8 @@ and what etcd holds. How long a takeover took is printed (``-s`` shows it), not 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from tests.system.test_etcd_txlog import etcd_call
 from xatm.coordinator.app import EXIT_LOG_STOPPED
 from xatm.coordinator.tools.bank._proto import bank_pb2
 from xatm.coordinator.tools.bank.transfer import TransferResult
-from xatm.coordinator.tools.procs import Proc, coordinator_proc
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.participant.errors import UnavailableError, XatmError
 from xatm.participant.xa import TxStatus
@@ -323,10 +325,26 @@ def test_the_whole_etcd_cluster_restarted_keeps_every_decision(etcd: EtcdCluster
         for result in committed:
             records = records_in_etcd(etcd, result.gtrid)
             assert any(r.WhichOneof("body") == "decision" and r.decision.commit for r in records)
-            assert TxStatus(coordinator_status(replicas.r0.address, result.gtrid).status) == TxStatus.COMMITTED
+            assert (
+                TxStatus(coordinator_status(replicas.r0.address, result.gtrid).status) == TxStatus.COMMITTED
+            )
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (940, 1060)
     except AssertionError:
         print(replicas.logs())
         raise
     finally:
         replicas.stop()
+
+
+def test_an_unreachable_etcd_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    argv = ["coordinator", "--store", f"etcd://127.0.0.1:{port}", "--data-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "xatm", *argv, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert f"etcd at 127.0.0.1:{port} cannot be reached" in done.stderr

@@ -42,7 +42,7 @@ def _target(endpoints: list[tuple[str, int]]) -> str:
         try:
             infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
         except OSError as err:
-            raise InvalidArgumentError(f"etcd endpoint {host}:{port} does not resolve: {err}") from None
+            raise ConnectionError(f"etcd endpoint {host}:{port} does not resolve: {err}") from None
         for info in infos:
             address = f"{info[4][0]}:{port}"
             if address not in addresses:
@@ -53,12 +53,13 @@ def _target(endpoints: list[tuple[str, int]]) -> str:
 def connect(endpoints: list[tuple[str, int]], timeout: float) -> Any:
     """An ``aetcd.Client`` over every endpoint; each call gives up after ``timeout`` seconds.
 
-    Raises InvalidArgumentError when the extra is not installed or an endpoint does not resolve.
+    Raises RuntimeError when the extra is not installed, ConnectionError when an endpoint does
+    not resolve.
     """
     try:
         import aetcd
     except ImportError:
-        raise InvalidArgumentError("the etcd store needs the etcd extra: pip install 'xatm[etcd]'") from None
+        raise RuntimeError("the etcd store needs the etcd extra: pip install 'xatm[etcd]'") from None
     # aetcd joins host and port as "host:port"; the last address's port goes in ``port``.
     host, _, port = _target(endpoints).rpartition(":")
     return aetcd.Client(host, int(port), timeout=timeout)

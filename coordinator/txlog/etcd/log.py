@@ -83,7 +83,9 @@ class EtcdLog(TxLog):
 
     ``lease_ttl`` (s) is how long the replica stays owner of its transactions after its last
     keep-alive (another replica takes them over after that); ``timeout`` (s) bounds each etcd
-    call. ``prefix`` separates coordinator clusters sharing one etcd.
+    call. ``prefix`` separates coordinator clusters sharing one etcd. ``wait_for_holder`` (s) is
+    how long ``open`` waits for another holder of the replica id to go (a process of the same
+    replica killed less than a TTL ago still holds it).
     """
 
     def __init__(
@@ -94,12 +96,14 @@ class EtcdLog(TxLog):
         prefix: str = "/xatm/",
         lease_ttl: int = 5,
         timeout: float = 2.0,
+        wait_for_holder: float = 0.0,
     ):
         self.endpoints = endpoints
         self.replica = replica
         self.keys = Keys(prefix, replica)
         self.lease_ttl = lease_ttl
         self.timeout = timeout
+        self.wait_for_holder = wait_for_holder
         self.client: Any = None
         self._lease: Any = None
         self._tag = b""
@@ -141,21 +145,29 @@ class EtcdLog(TxLog):
         """Register this replica under a new lease and return the records of the transactions
         it owns, and its audit records, in write order.
 
-        Raises LogLocked when a live process holds this replica id, LogStopped when etcd cannot
-        be reached within ``timeout``.
+        Raises LogLocked when a live process holds this replica id (after ``wait_for_holder``),
+        ConnectionError when etcd cannot be reached within ``timeout``.
         """
         if self._state != "new":
             raise RuntimeError(f"etcd log is already {self._state}")
         self.client = connect(self.endpoints, self.timeout)
+        give_up = time.monotonic() + self.wait_for_holder
         try:
-            records = await self._register()
+            while True:
+                try:
+                    records = await self._register()
+                    break
+                except LogLocked:
+                    if time.monotonic() >= give_up:
+                        raise
+                    await asyncio.sleep(RETRY_DELAY)
         except LogLocked:
             await self.client.close()
             raise
         except Exception as err:
             await self.client.close()
             if is_outage(err):
-                raise LogStopped(f"etcd at {self.where} cannot be reached: {err}") from None
+                raise ConnectionError(f"etcd at {self.where} cannot be reached: {err}") from None
             raise
         self._state = "open"
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
