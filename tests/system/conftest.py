@@ -1,5 +1,5 @@
 """Fixtures of the system tests that need etcd: one three-member cluster and one single member
-per session (each test uses its own key prefix)."""
+per session (each test uses its own key prefix or clears the one it uses)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ import pytest
 from tests.etcdcluster import EtcdCluster
 
 
-@pytest.fixture(scope="session")
-def etcd_cluster() -> Iterator[EtcdCluster]:
-    """Three members on loopback, shared by the session: tests that kill members restart them."""
-    cluster = EtcdCluster(3)
+def _session_cluster(size: int) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(size)
     try:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """Three members on loopback, shared by the session: tests that kill members restart them."""
+    yield from _session_cluster(3)
 
 
 @pytest.fixture(scope="session")
 def etcd_single() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(1)
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
+    yield from _session_cluster(1)

@@ -9,6 +9,7 @@ and what etcd holds. How long a takeover took is printed (``-s`` shows it), not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from tests.etcdcluster import EtcdCluster
 from tests.system.test_etcd_txlog import etcd_call
 from xatm.coordinator.app import EXIT_LOG_STOPPED
 from xatm.coordinator.tools.bank._proto import bank_pb2
-from xatm.coordinator.tools.bank.transfer import TransferResult
+from xatm.coordinator.tools.bank.transfer import Bank, TransferResult
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.participant.errors import UnavailableError, XatmError
@@ -86,6 +87,19 @@ class Replicas:
         return logs(self.system) + "".join(f"\n----- {p.log_path} -----\n{p.tail()}" for p in self.others)
 
 
+@contextlib.contextmanager
+def running(replicas: Replicas) -> Iterator[Replicas]:
+    """Start the replicas and banks; on a failed assertion print every log; stop them all."""
+    replicas.start()
+    try:
+        yield replicas
+    except AssertionError:
+        print(replicas.logs())
+        raise
+    finally:
+        replicas.stop()
+
+
 @pytest.fixture
 def etcd(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
     """The session's cluster, every member running and nothing left of earlier tests' replicas."""
@@ -114,6 +128,16 @@ def transfer_in_background(system: BankSystem, amount: int) -> tuple[threading.T
     worker = threading.Thread(target=lambda: results.append(bank.transfer("alice", "bob", amount)))
     worker.start()
     return worker, results
+
+
+def commits_again(bank: Bank, when: str) -> None:
+    """Wait until a transfer of 10 commits (etcd may need a moment to elect a leader)."""
+    eventually(
+        f"a transfer to commit {when}",
+        lambda: True if bank.transfer("alice", "bob", 10).outcome == "committed" else None,
+        PATIENCE,
+        interval=0.5,
+    )
 
 
 def prepared_gtrid(system: BankSystem) -> str:
@@ -165,8 +189,7 @@ def test_a_replica_killed_mid_transaction_is_finished_by_another(
 ) -> None:
     """kill -9 of the owner (a crash failpoint: os._exit at once) -> another replica claims the
     transaction once the lease expires and finishes it as the durable log says."""
-    replicas = Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": f"{failpoint}=crash"}).start()
-    try:
+    with running(Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": f"{failpoint}=crash"})) as replicas:
         system = replicas.system
         results: list[str] = []
         if path == "commit":
@@ -197,20 +220,14 @@ def test_a_replica_killed_mid_transaction_is_finished_by_another(
         wait_no_prepared(system, PATIENCE)
         moved = (900, 1100) if outcome == TxStatus.COMMITTED else (1000, 1000)
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == moved
-    except AssertionError:
-        print(replicas.logs())
-        raise
-    finally:
-        replicas.stop()
 
 
 def test_a_paused_replica_does_not_act_on_what_was_taken_over(etcd: EtcdCluster, tmp_path: Path) -> None:
     """r0 is paused before writing its commit decision until another replica has presumed abort;
     resumed, its decision write is refused and it exits: etcd holds no commit decision, no money moved."""
-    replicas = Replicas(
-        etcd, tmp_path, {"XATM_FAILPOINTS": "coordinator.before_decision=sleep(1500)"}
-    ).start()
-    try:
+    with running(
+        Replicas(etcd, tmp_path, {"XATM_FAILPOINTS": "coordinator.before_decision=sleep(1500)"})
+    ) as replicas:
         system = replicas.system
         worker, _ = transfer_in_background(system, 100)
         gtrid = prepared_gtrid(system)
@@ -234,34 +251,22 @@ def test_a_paused_replica_does_not_act_on_what_was_taken_over(etcd: EtcdCluster,
         assert replicas.status_anywhere(gtrid) == (owner[0], TxStatus.ROLLEDBACK)
         wait_no_prepared(system, PATIENCE)
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (1000, 1000)
-    except AssertionError:
-        print(replicas.logs())
-        raise
-    finally:
-        replicas.stop()
 
 
 def test_one_etcd_member_down_changes_nothing(etcd: EtcdCluster, tmp_path: Path) -> None:
-    replicas = Replicas(etcd, tmp_path).start()
-    try:
+    with running(Replicas(etcd, tmp_path)) as replicas:
         system = replicas.system
         assert system.bank is not None
         etcd.members[0].kill()
         outcomes = [system.bank.transfer("alice", "bob", 10).outcome for _ in range(10)]
         assert outcomes == ["committed"] * 10
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (900, 1100)
-    except AssertionError:
-        print(replicas.logs())
-        raise
-    finally:
-        replicas.stop()
 
 
 def test_quorum_lost_refuses_new_work_then_recovers_with_nothing_lost(
     etcd: EtcdCluster, tmp_path: Path
 ) -> None:
-    replicas = Replicas(etcd, tmp_path).start()
-    try:
+    with running(Replicas(etcd, tmp_path)) as replicas:
         system = replicas.system
         assert system.bank is not None
         bank = system.bank
@@ -282,12 +287,7 @@ def test_quorum_lost_refuses_new_work_then_recovers_with_nothing_lost(
         etcd.members[0].restart()
         etcd.members[1].restart()
         etcd.wait_healthy()
-        eventually(
-            "a transfer to commit once quorum is back",
-            lambda: True if bank.transfer("alice", "bob", 10).outcome == "committed" else None,
-            PATIENCE,
-            interval=0.5,
-        )
+        commits_again(bank, "once quorum is back")
         assert replicas.r0.alive
         wait_quiescent(system, PATIENCE)
         wait_no_prepared(system, PATIENCE)
@@ -299,28 +299,17 @@ def test_quorum_lost_refuses_new_work_then_recovers_with_nothing_lost(
                     TxStatus(coordinator_status(replicas.r0.address, attempt.gtrid).status)
                     == TxStatus.COMMITTED
                 )
-    except AssertionError:
-        print(replicas.logs())
-        raise
-    finally:
-        replicas.stop()
 
 
 def test_the_whole_etcd_cluster_restarted_keeps_every_decision(etcd: EtcdCluster, tmp_path: Path) -> None:
-    replicas = Replicas(etcd, tmp_path).start()
-    try:
+    with running(Replicas(etcd, tmp_path)) as replicas:
         system = replicas.system
         assert system.bank is not None
         bank = system.bank
         committed = [bank.transfer("alice", "bob", 10) for _ in range(5)]
         assert [r.outcome for r in committed] == ["committed"] * 5
         etcd.restart_all()
-        eventually(
-            "a transfer to commit after the restart",
-            lambda: True if bank.transfer("alice", "bob", 10).outcome == "committed" else None,
-            PATIENCE,
-            interval=0.5,
-        )
+        commits_again(bank, "after the restart")
         assert replicas.r0.alive  # its lease outlived the restart
         for result in committed:
             records = records_in_etcd(etcd, result.gtrid)
@@ -329,11 +318,6 @@ def test_the_whole_etcd_cluster_restarted_keeps_every_decision(etcd: EtcdCluster
                 TxStatus(coordinator_status(replicas.r0.address, result.gtrid).status) == TxStatus.COMMITTED
             )
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (940, 1060)
-    except AssertionError:
-        print(replicas.logs())
-        raise
-    finally:
-        replicas.stop()
 
 
 def test_an_unreachable_etcd_stops_start_up_in_one_line(tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ class EtcdLog(TxLog):
         self._tag = b""
         self._state = "new"
         self._failure: LogStopped | None = None
-        self._stopped_event = asyncio.Event()
+        #: Resolved with the reason once the log stops (made at open, inside the event loop).
+        self._stopped: asyncio.Future[LogStopped] = asyncio.Future()
         self._seq = itertools.count(1)
         self._queue: list[_Queued] = []
         self._durable = 0
@@ -150,6 +151,7 @@ class EtcdLog(TxLog):
         """
         if self._state != "new":
             raise RuntimeError(f"etcd log is already {self._state}")
+        self._stopped = asyncio.get_running_loop().create_future()
         self.client = connect(self.endpoints, self.timeout)
         give_up = time.monotonic() + self.wait_for_holder
         try:
@@ -259,9 +261,7 @@ class EtcdLog(TxLog):
         return why; ``interval`` is unused: the lease keep-alive notices a vanished replica key."""
         if self._state == "new":
             raise RuntimeError("etcd log is new, not open")
-        await self._stopped_event.wait()
-        assert self._failure is not None
-        return self._failure
+        return await self._stopped
 
     @property
     def stopped(self) -> LogStopped | None:
@@ -514,7 +514,7 @@ class EtcdLog(TxLog):
     def _stop(self, reason: str) -> None:
         if self._failure is None:
             self._failure = LogStopped(reason)
-            self._stopped_event.set()
+            self._stopped.set_result(self._failure)
 
     def _check_usable(self) -> None:
         if self._failure is not None:
