@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from xatm.coordinator.cluster.metrics import TAKEOVERS
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.txlog.etcd import EtcdLog
 from xatm.coordinator.txlog.etcd.client import is_outage
@@ -47,6 +48,7 @@ class Takeover:
                 adopted = await self.engine.adopt(records)
                 if adopted:
                     tx = self.engine.get(gtrid)
+                    TAKEOVERS.labels(status=tx.status.label).inc()
                     log.warning(
                         "took over %s (%s) from replica %s, whose lease expired",
                         gtrid,

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem, coordinator_status
 from tests.chaos import CRASH_EXIT, eventually, logs, prepared_xids, wait_no_prepared, wait_quiescent
@@ -82,6 +84,18 @@ class Replicas:
                 raise
             return node, TxStatus(info.status)
         return None
+
+    def metric(self, node: str, name: str) -> float:
+        """The sum of every sample of ``name`` on replica ``node``'s /metrics."""
+        proc = self.others[int(node[1:]) - 1]
+        with urllib.request.urlopen(f"http://{proc.http}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
 
     def logs(self) -> str:
         return logs(self.system) + "".join(f"\n----- {p.log_path} -----\n{p.tail()}" for p in self.others)
@@ -217,6 +231,8 @@ def test_a_replica_killed_mid_transaction_is_finished_by_another(
             f"\ntakeover at {failpoint}: {owner[0]} made {gtrid} {owner[1].label} {took:.2f}s after r0 died"
         )
         assert owner[1] == outcome
+        assert replicas.metric(owner[0], "xatm_takeovers_total") >= 1
+        assert replicas.metric(owner[0], "xatm_etcd_lease_renewals_total") >= 1
         wait_no_prepared(system, PATIENCE)
         moved = (900, 1100) if outcome == TxStatus.COMMITTED else (1000, 1000)
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == moved

@@ -32,6 +32,7 @@ from typing import Any
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.etcd.client import connect, is_outage
 from xatm.coordinator.txlog.etcd.keys import Keys
+from xatm.coordinator.txlog.etcd.metrics import ETCD_CAS_CONFLICTS, ETCD_LEASE_RENEWALS, ETCD_WRITE_DURATION
 from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
 from xatm.participant.errors import UnavailableError
 
@@ -337,6 +338,7 @@ class EtcdLog(TxLog):
                 failure=[],
             )
             if not ok:
+                ETCD_CAS_CONFLICTS.labels(op="claim").inc()
                 return None
             self._owned.add(gtrid)
         kvs = [kv for _, kv in replies[2]]
@@ -464,6 +466,7 @@ class EtcdLog(TxLog):
         compare = [t.value(self.keys.live()) == self._tag]
         compare += [t.version(self.keys.owner(group.gtrid)) > 0 for group in chunk if group.fenced]
         success = [op for group in chunk for op in group.ops]
+        started = time.monotonic()
         while True:
             self._check_usable()
             try:
@@ -475,7 +478,9 @@ class EtcdLog(TxLog):
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             self._set_available(True)
+            ETCD_WRITE_DURATION.observe(time.monotonic() - started)
             if not ok:
+                ETCD_CAS_CONFLICTS.labels(op="write").inc()
                 self._stop(
                     f"replica {self.replica} no longer owns its transactions in etcd (its lease "
                     "expired or another replica took them over); it acts on none of them any more"
@@ -493,8 +498,10 @@ class EtcdLog(TxLog):
             except Exception as err:
                 if not is_outage(err):
                     log.exception("etcd lease keep-alive of %s failed", self.replica)
+                ETCD_LEASE_RENEWALS.labels(result="failed").inc()
                 self._set_available(False, err)
                 continue
+            ETCD_LEASE_RENEWALS.labels(result="ok" if reply is None or reply.TTL > 0 else "expired").inc()
             self._set_available(True)
             if reply is not None and reply.TTL <= 0:
                 self._stop(
