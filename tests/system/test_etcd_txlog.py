@@ -138,3 +138,29 @@ def test_history_past_retention_leaves_etcd_at_a_checkpoint(etcd_single: EtcdClu
         await log.close()
 
     run(scenario)
+
+
+def test_a_record_appended_while_a_checkpoint_waits_is_kept_after_it(
+    etcd_single: EtcdCluster, prefix: str
+) -> None:
+    """The snapshot covers what was appended before the checkpoint call; a record appended while
+    the checkpoint waits for a write in flight must land after the snapshot, not vanish in it."""
+
+    async def scenario() -> None:
+        log = opener_for(etcd_single, prefix)()
+        await log.open()
+        await log.append(begin("n1.01"), force=True)
+        await log.append(begin("n1.02"))
+        in_flight = asyncio.ensure_future(log.append(decide("n1.02"), force=True))
+        await asyncio.sleep(0)  # its etcd write is under way
+        snapshot = [begin("n1.01"), begin("n1.02"), decide("n1.02")]
+        checkpoint = asyncio.ensure_future(log.checkpoint(snapshot))
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(log.append(decide("n1.01"), force=True))
+        await asyncio.gather(in_flight, checkpoint, late)
+        await log.close()
+        again = opener_for(etcd_single, prefix)()
+        assert await again.open() == [*snapshot, decide("n1.01")]
+        await again.close()
+
+    run(scenario)

@@ -126,6 +126,9 @@ class EtcdLog(TxLog):
         self._available = True
         self._keepalive: asyncio.Task[None] | None = None
         self._behind: asyncio.Task[None] | None = None
+        #: Set while a checkpoint is being written: flushes wait, so that no record appended
+        #: after the snapshot was taken reaches etcd before it (it would be overwritten).
+        self._barrier: asyncio.Future[None] | None = None
 
     @property
     def where(self) -> str:
@@ -213,49 +216,75 @@ class EtcdLog(TxLog):
         transaction either as it was or as the snapshot says.
         """
         self._check_usable()
-        async with self._write_lock:
-            self._check_usable()
-            superseded, self._queue = self._queue, []
-            by_gtrid: dict[str, list[wal_pb2.WalRecord]] = {}
-            audits: list[bytes] = []
-            for record in snapshot:
-                if record.WhichOneof("body") == "audit":
-                    audits.append(record.SerializeToString())
-                else:
-                    by_gtrid.setdefault(record.gtrid, []).append(record)
-            groups: list[_Group] = []
-            for gtrid, records in by_gtrid.items():
-                if gtrid in self._owned and gtrid not in self._dirty:
-                    continue  # what etcd holds for it replays to this snapshot already
-                # etcd refuses a put inside a range deleted in the same transaction: the logged
-                # records ("r...") go, the snapshot ("s0000"...) overwrites the previous one.
-                ops = [
-                    self._op("delete", self.keys.record(gtrid, "r"), end=self.keys.record(gtrid, "s")),
-                    self._op(
-                        "delete",
-                        self.keys.record(gtrid, f"s{len(records):04d}"),
-                        end=self.keys.record(gtrid, "t"),
-                    ),
-                ]
-                for i, record in enumerate(records):
-                    ops.append(
-                        self._op("put", self.keys.record(gtrid, f"s{i:04d}"), record.SerializeToString())
-                    )
-                if gtrid not in self._owned:
-                    ops.append(self._op("put", self.keys.owner(gtrid), b""))
-                groups.append(_Group(gtrid, ops, fenced=gtrid in self._owned))
-            for gtrid in self._owned - by_gtrid.keys():
-                gone = [
-                    self._op("delete", self.keys.records(gtrid), end=_range_end(self.keys.records(gtrid))),
-                    self._op("delete", self.keys.owner(gtrid)),
-                ]
-                groups.append(_Group(gtrid, gone, fenced=True))
-            groups += self._audit_groups(audits)
-            await self._write_groups(groups)
-            self._owned = set(by_gtrid)
-            self._dirty.clear()
+        # What the snapshot covers is fixed now, before any wait: the records queued so far, the
+        # transactions written since the last checkpoint, those owned. Records appended from here
+        # on are written after the snapshot (the barrier holds flushes back), so none is lost.
+        superseded, self._queue = self._queue, []
+        dirty, self._dirty = self._dirty, set()
+        owned = set(self._owned)
+        previous, self._barrier = self._barrier, asyncio.get_running_loop().create_future()
+        barrier = self._barrier
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            async with self._write_lock:
+                self._check_usable()
+                await self._write_snapshot(snapshot, dirty, owned)
+        except LogStopped:
+            raise
+        except BaseException:
+            # Not written: what the snapshot was to replace is written as logged instead.
+            self._queue = superseded + self._queue
+            self._dirty |= dirty
+            raise
+        else:
             if superseded:
                 self._durable = max(self._durable, superseded[-1].seq)
+        finally:
+            if self._barrier is barrier:
+                self._barrier = None
+            barrier.set_result(None)
+
+    async def _write_snapshot(
+        self, snapshot: Sequence[wal_pb2.WalRecord], dirty: set[str], owned: set[str]
+    ) -> None:
+        by_gtrid: dict[str, list[wal_pb2.WalRecord]] = {}
+        audits: list[bytes] = []
+        for record in snapshot:
+            if record.WhichOneof("body") == "audit":
+                audits.append(record.SerializeToString())
+            else:
+                by_gtrid.setdefault(record.gtrid, []).append(record)
+        groups: list[_Group] = []
+        for gtrid, records in by_gtrid.items():
+            if gtrid in owned and gtrid not in dirty:
+                continue  # what etcd holds for it replays to this snapshot already
+            # etcd refuses a put inside a range deleted in the same transaction: the logged
+            # records ("r...") go, the snapshot ("s0000"...) overwrites the previous one.
+            ops = [
+                self._op("delete", self.keys.record(gtrid, "r"), end=self.keys.record(gtrid, "s")),
+                self._op(
+                    "delete",
+                    self.keys.record(gtrid, f"s{len(records):04d}"),
+                    end=self.keys.record(gtrid, "t"),
+                ),
+            ]
+            for i, record in enumerate(records):
+                ops.append(self._op("put", self.keys.record(gtrid, f"s{i:04d}"), record.SerializeToString()))
+            if gtrid not in owned:
+                ops.append(self._op("put", self.keys.owner(gtrid), b""))
+            groups.append(_Group(gtrid, ops, fenced=gtrid in owned))
+        gone = owned - by_gtrid.keys()
+        for gtrid in gone:
+            records_prefix = self.keys.records(gtrid)
+            ops = [
+                self._op("delete", records_prefix, end=_range_end(records_prefix)),
+                self._op("delete", self.keys.owner(gtrid)),
+            ]
+            groups.append(_Group(gtrid, ops, fenced=True))
+        groups += self._audit_groups(audits)
+        await self._write_groups(groups)
+        self._owned = (self._owned - gone) | by_gtrid.keys()
 
     async def watch(self, interval: float) -> LogStopped:
         """Wait until the log stops (lease lost, ownership taken, closed under a writer) and
@@ -423,10 +452,15 @@ class EtcdLog(TxLog):
         """Return once every record up to ``seq`` is in etcd (group commit: one writer at a time
         takes everything queued)."""
         while self._durable < seq:
+            if self._barrier is not None:  # a checkpoint writes first: wait for it
+                await asyncio.shield(self._barrier)
+                continue
             async with self._write_lock:
                 self._check_usable()
-                if self._durable >= seq:
-                    return
+                if self._durable >= seq or self._barrier is not None:
+                    continue  # done, or wait for the checkpoint at the top
+                if not self._queue:
+                    raise RuntimeError(f"etcd log: record {seq} is neither queued nor written")
                 batch, self._queue = self._queue, []
                 groups: dict[str, _Group] = {}
                 for item in batch:
