@@ -9,7 +9,9 @@ and what etcd holds. How long a takeover took is printed (``-s`` shows it), not 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import random
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem, coordinator_status
 from tests.chaos import CRASH_EXIT, eventually, logs, prepared_xids, wait_no_prepared, wait_quiescent
-from tests.etcdcluster import EtcdCluster
+from tests.etcdcluster import EtcdCluster, EtcdMember
 from tests.system.test_etcd_txlog import etcd_call
 from xatm.coordinator.app import EXIT_LOG_STOPPED
 from xatm.coordinator.tools.bank._proto import bank_pb2
@@ -73,9 +75,10 @@ class Replicas:
         for proc in self.others:
             proc.stop()
 
-    def status_anywhere(self, gtrid: str) -> tuple[str, TxStatus] | None:
-        """(replica, status) of ``gtrid`` at whichever live replica r1/r2 holds it, or None."""
-        for node, proc in zip(("r1", "r2"), self.others, strict=True):
+    def status_anywhere(self, gtrid: str, *, r0_too: bool = False) -> tuple[str, TxStatus] | None:
+        """(replica, status) of ``gtrid`` at whichever replica r1/r2 (or r0 too) holds it, or None."""
+        procs = {"r1": self.others[0], "r2": self.others[1], **({"r0": self.r0} if r0_too else {})}
+        for node, proc in procs.items():
             try:
                 info = coordinator_status(proc.address, gtrid)
             except grpc.RpcError as err:
@@ -348,3 +351,84 @@ def test_an_unreachable_etcd_stops_start_up_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert f"etcd at 127.0.0.1:{port} cannot be reached" in done.stderr
+
+
+SOAK_SECONDS = 45.0
+
+
+def settled(replicas: Replicas, gtrid: str) -> tuple[str, TxStatus] | None:
+    """(replica, final status) of ``gtrid``; ("nowhere", Rolledback) when no replica knows it
+    (presumed abort); None while it is not final."""
+    found = replicas.status_anywhere(gtrid, r0_too=True)
+    if found is None:
+        return "nowhere", TxStatus.ROLLEDBACK
+    return found if found[1].is_final else None
+
+
+def test_soak_with_replicas_and_etcd_members_killed_at_random(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """Transfers run while replicas (the one the clients use included) and etcd members are
+    killed with SIGKILL and restarted at random, one at a time. Afterwards money is conserved,
+    no branch is left prepared, every transfer has one outcome everywhere, and every commit the
+    initiator saw is Committed."""
+    rng = random.Random(20261204)
+    with running(Replicas(etcd, tmp_path)) as replicas:
+        system = replicas.system
+        assert system.bank is not None
+        bank = system.bank
+        results: list[tuple[TransferResult, int]] = []
+        refused = 0
+        stop = threading.Event()
+
+        def transfers() -> None:
+            nonlocal refused
+            while not stop.is_set():
+                # From alice (bank-a) to bob (bank-b), or back as a negative amount.
+                amount = rng.choice((-1, 1)) * rng.randint(1, 20)
+                try:
+                    results.append((bank.transfer("alice", "bob", amount, timeout=5), amount))
+                except (XatmError, grpc.RpcError):
+                    refused += 1  # begin refused or the replica down: nothing began
+                    time.sleep(0.1)
+
+        worker = threading.Thread(target=transfers)
+        worker.start()
+        victims: list[Proc | EtcdMember] = [replicas.r0, *replicas.others, *etcd.members]
+        kills = 0
+        ends = time.monotonic() + SOAK_SECONDS
+        try:
+            while time.monotonic() < ends:
+                time.sleep(rng.uniform(1.0, 4.0))
+                victim = rng.choice(victims)
+                if isinstance(victim, Proc):
+                    victim.kill()
+                    time.sleep(rng.uniform(0.0, LEASE_TTL + 1.0))
+                    victim.start(wait=PATIENCE)
+                else:
+                    victim.kill()
+                    time.sleep(rng.uniform(0.0, 2.0))
+                    victim.restart()
+                    etcd.wait_healthy()
+                kills += 1
+        finally:
+            stop.set()
+            worker.join(PATIENCE)
+        wait_quiescent(system, PATIENCE)
+        wait_no_prepared(system, PATIENCE)
+        moved = 0
+        outcomes = {"committed": 0, "rolledback": 0, "unknown": 0}
+        for result, amount in results:
+            final = eventually(
+                f"{result.gtrid} to be final", lambda g=result.gtrid: settled(replicas, g), PATIENCE
+            )
+            assert final[1] in (TxStatus.COMMITTED, TxStatus.ROLLEDBACK), (result, final)
+            if result.outcome == "committed":
+                assert final[1] == TxStatus.COMMITTED, (result, final)
+            if result.outcome == "rolledback":
+                assert final[1] == TxStatus.ROLLEDBACK, (result, final)
+            outcomes[result.outcome if result.outcome in outcomes else "unknown"] += 1
+            moved += amount if final[1] == TxStatus.COMMITTED else 0
+        alice, bob = system.balance("bank-a", "alice"), system.balance("bank-b", "bob")
+        print(f"\nsoak: {kills} kills, {len(results)} transfers {outcomes}, {refused} refused, moved {moved}")
+        assert (alice, bob) == (1000 - moved, 1000 + moved)
+        reasons = collections.Counter(r.detail[-90:] for r, _ in results if r.outcome == "rolledback")
+        assert outcomes["committed"] > outcomes["rolledback"], reasons.most_common(5)
