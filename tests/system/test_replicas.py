@@ -107,9 +107,8 @@ class Replicas:
 @contextlib.contextmanager
 def running(replicas: Replicas) -> Iterator[Replicas]:
     """Start the replicas and banks; on a failed assertion print every log; stop them all."""
-    replicas.start()
     try:
-        yield replicas
+        yield replicas.start()
     except AssertionError:
         print(replicas.logs())
         raise
