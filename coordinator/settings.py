@@ -78,7 +78,7 @@ class Settings(XatmSettings):
         description="transaction log: file (the WAL in data_dir) or etcd://h1:2379,h2:2379 (replicas)",
     )
     lease_ttl: Annotated[int, Field(ge=2, le=300)] = Field(
-        default=5, description="etcd store: seconds a dead replica keeps its transactions (s)"
+        default=5, description="etcd store: how long a dead replica keeps its transactions (s)"
     )
     auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
     node_id: Annotated[str, AfterValidator(check_node_id)] = Field(
