@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xatm.coordinator import cluster
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
@@ -72,9 +73,15 @@ def _remember_node(data_dir: Path, node: str) -> None:
     fsync_dir(data_dir, os.fsync)
 
 
-def _open_log(data_dir: Path) -> TxLog:
+def _open_log(settings: Settings, node: str) -> TxLog:
+    if settings.store != "file":
+        from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
+
+        ttl = settings.lease_ttl
+        return EtcdLog(parse_store_url(settings.store), node, lease_ttl=ttl, wait_for_holder=ttl + 1.0)
     from xatm.coordinator.txlog.file import FileWal
 
+    data_dir = settings.data_dir
     return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists())
 
 
@@ -89,7 +96,8 @@ class Coordinator:
         if self.approvals.required and not self.auth.enabled:
             raise SettingsError("--require-approval needs --auth-file: without tokens all operators are one")
         # BranchHistory: every XA code a branch answered, for the console and the REST API.
-        self.engine = Engine(settings, BranchHistory(txlog or _open_log(settings.data_dir)), self.node_id)
+        history = BranchHistory(txlog or _open_log(settings, self.node_id))
+        self.engine = Engine(settings, history, self.node_id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
@@ -98,10 +106,12 @@ class Coordinator:
         self.log_stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._services: tuple[str, ...] = ()
+        self._takeover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.engine.start()
         _remember_node(self.settings.data_dir, self.node_id)
+        self._takeover = cluster.attach(self.engine)
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
@@ -174,8 +184,9 @@ class Coordinator:
         self.log_stopped.set()
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._takeover):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()

@@ -85,6 +85,8 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_business_errors.py": EVERY_TEST,
     "test_crash_matrix.py": EVERY_TEST,
     "test_e2e_2pc.py": EVERY_TEST,
+    "test_etcd_txlog.py": EVERY_TEST,
+    "test_replicas.py": EVERY_TEST,
     "test_latency.py": EVERY_TEST,
     "test_metrics_labels.py": EVERY_TEST,
     "test_packaging.py": EVERY_TEST,

@@ -147,8 +147,34 @@ class Engine:
         self._rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
         self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
         self._open = sum(1 for tx in self._txs.values() if not tx.status.is_final)
+        await self._resume(list(self._txs.values()))
+        self._spawn(self._checkpoint_loop())
+        self._spawn(self.scanner.run())
+
+    async def adopt(self, records: Iterable[wal_pb2.WalRecord]) -> list[str]:
+        """Take over transactions another coordinator logged (a replica whose lease expired):
+        rebuild them from ``records`` (their log records in order) and finish them as start-up
+        recovery does: re-drive Committing and Rollingback, presume abort for the undecided.
+
+        Returns the gtrids adopted; a transaction already known here is left as it is.
+        Raises LogStopped once the log stopped.
+        """
+        from xatm.coordinator.journal import replay
+
+        self._refuse_if_fenced()
+        txs = [tx for gtrid, tx in replay(records).items() if gtrid not in self._txs]
+        for tx in txs:
+            self._txs[tx.gtrid] = tx
+            if not tx.status.is_final:
+                self._open += 1
+                self._rm_endpoints.update({b.rm_id: b.endpoint for b in tx.branches.values()})
+        await self._resume(txs)
+        return [tx.gtrid for tx in txs]
+
+    async def _resume(self, txs: list[sm.Transaction]) -> None:
+        """Finish ``txs`` rebuilt from a log: recovery actions for the unfinished ones."""
         restarted = time.monotonic()
-        for tx in self._txs.values():
+        for tx in txs:
             # The log holds wall-clock times only, and a monotonic time does not survive a
             # restart: deadlines and retention of what the log rebuilt count from now.
             tx.begun_mono = restarted
@@ -166,8 +192,6 @@ class Engine:
             old = tx.status
             effects = sm.recover(tx)
             await self._after(tx, old, effects)
-        self._spawn(self._checkpoint_loop())
-        self._spawn(self.scanner.run())
 
     async def stop(self) -> None:
         self._closing = True
