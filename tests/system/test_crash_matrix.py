@@ -340,7 +340,7 @@ def _follow_up(system: BankSystem, src: str, dst: str) -> None:
             time.sleep(0.3)
             continue
         except XatmError as err:  # begin failed: nothing was begun
-            attempts.append(f"begin: {err.code.name}: {err.message}")
+            attempts.append(f"begin: {err.status.name}: {err.message}")
             time.sleep(0.3)
             continue
         attempts.append(f"{result.outcome}: {result.detail[:200]}")
