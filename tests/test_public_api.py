@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 PARTICIPANT = {
     "AioServerInterceptor", "AsyncParticipantServicer", "AsyncTransaction", "AsyncTransactionManager",
     "BranchEnded", "ClientInterceptor", "EnlistError", "FailedPreconditionError", "InternalError",
-    "InvalidArgumentError", "MemoryRM", "NotFoundError", "ParticipantServicer", "ParticipantStub",
+    "InvalidArgumentError", "MariaRM", "MemoryRM", "NotFoundError", "ParticipantServicer", "ParticipantStub",
     "PermissionDeniedError", "PostgresRM", "ResourceExhaustedError", "ResourceManager",
-    "ServerInterceptor", "SqliteRM", "Status", "Transaction", "TransactionError",
+    "ServerInterceptor", "SqlAlchemyRM", "SqliteRM", "Status", "Transaction", "TransactionError",
     "TransactionHeuristicHazard", "TransactionHeuristicMixed", "TransactionManager",
     "TransactionOutcomeUnknown", "TransactionRolledBack", "TxContext", "TxOutcome", "TxStatus",
     "UnauthenticatedError", "UnavailableError", "XaCode", "XaError", "XatmError", "Xid",
