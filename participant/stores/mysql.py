@@ -18,7 +18,6 @@ import queue
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,16 +28,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
-from xatm.participant.stores.base import (
-    COMMITTED,
-    ONE_PHASE,
-    PREPARED,
-    READ_ONLY,
-    ROLLED_BACK,
-    BranchEnded,
-    ResourceManager,
-    ended_by,
-)
+from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
     SESSION_GONE,
@@ -63,9 +53,6 @@ log = logging.getLogger(__name__)
 
 _XA_VERB = re.compile(r"\s*(XA|BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SET\s+AUTOCOMMIT)\b", re.IGNORECASE)
 _MAX_SAVEPOINT_ID = 256
-#: How many ended xids are remembered (see PostgresRM): a stale handle or a late start is told how
-#: its branch ended instead of opening a fresh XA transaction under the old xid.
-ENDED_RETAIN = 10_000
 #: How long prepare waits for the server to drop the preparing session before it answers.
 _DETACH_TIMEOUT_S = 10.0
 
@@ -75,14 +62,6 @@ def _savepoint_name(savepoint_id: str) -> str:
     if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
         raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
     return "xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32]
-
-
-def _no_vote(error: XaError) -> XaError:
-    """Prepare's answer once the branch is lost: an XA_RB* code with the cause."""
-    if error.code.is_rollback:
-        return error
-    code = XaCode.XA_RBCOMMFAIL if error.code == XaCode.XAER_RMFAIL else XaCode.XA_RBROLLBACK
-    return XaError(code, error.reason)
 
 
 @dataclass(frozen=True)
@@ -203,24 +182,14 @@ def _close_quietly(conn: Connection) -> None:
         conn.close()
 
 
-@dataclass(eq=False)
-class _Branch:
-    xid: Xid
+@dataclass(eq=False, kw_only=True)
+class _Branch(SessionBranch):
     sql_xid: str
     conn: Connection
     thread_id: int  # the server's id of the session, for KILL QUERY and to see it gone after prepare
     writes_at_start: int
-    outcomes: dict[Xid, tuple[str, XaCode]]
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one verb at a time per branch
     savepoints: list[str] = field(default_factory=list)
-    failure: XaError | None = None  # first error that escaped guard(): prepare votes no with it
     savepoints_at_failure: int = 0
-    finished: bool = False
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    ended: str | None = None
-    ended_code: XaCode = XaCode.XAER_NOTA
-    discarded: bool = False
-    in_flight: int = 0
     xa_open: bool = True  # an XA transaction of ours may still be on the session (for the clean-up)
     handle: MariaConnection = field(init=False)
 
@@ -232,20 +201,11 @@ class _Branch:
             self.failure = error
             self.savepoints_at_failure = len(self.savepoints)
 
-    def ended_error(self) -> BranchEnded | None:
-        if self.ended is None:
-            return None
-        how, code = self.outcomes.get(self.xid, (self.ended, self.ended_code))
-        return BranchEnded(self.xid, how, code)
-
     @contextmanager
     def using(self) -> Iterator[Connection]:
         """One business call on the session: refused once the branch ended, waited for by its end;
         a call cut short by a rollback (KILL QUERY) raises BranchEnded, not the driver's error."""
-        with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
-            self.in_flight += 1
+        self.enter()
         try:
             yield self.conn
         except pymysql.err.Error as exc:
@@ -253,9 +213,7 @@ class _Branch:
                 raise ended from exc
             raise
         finally:
-            with self.gate:
-                self.in_flight -= 1
-                self.gate.notify_all()
+            self.leave()
         if self.discarded and (ended := self.ended_error()) is not None:
             raise ended
 
@@ -378,7 +336,7 @@ _OWNED = (
 )
 
 
-class MariaRM(ResourceManager):
+class MariaRM(SessionRM[_Branch]):
     """Branches of global transactions in one MySQL/MariaDB database, as the server's XA transactions.
 
     ``url``: ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``. ``pool_size`` bounds the sessions held
@@ -400,13 +358,11 @@ class MariaRM(ResourceManager):
     ) -> None:
         if pool_size < 1 or lock_wait_timeout_s < 1 or acquire_timeout_s <= 0:
             raise ValueError("pool_size and lock_wait_timeout_s must be >= 1 and acquire_timeout_s > 0")
+        super().__init__()
         self.rm_id = rm_id
         self.params = parse_mysql_url(url)
         self.where = self.params.where
         self.server_version = _check_server(self.params)
-        self._lock = threading.Lock()
-        self._branches: dict[Xid, _Branch] = {}
-        self._ended: OrderedDict[Xid, tuple[str, XaCode]] = OrderedDict()
         self._pool = _Pool(
             self.params,
             pool_size,
@@ -433,7 +389,7 @@ class MariaRM(ResourceManager):
             if (ended := branch.ended_error()) is not None:
                 raise ended
         if branch.failure is not None:  # an earlier failure stands: the branch cannot commit
-            raise _no_vote(branch.failure)
+            raise no_vote(branch.failure)
         try:
             yield branch.handle
         except pymysql.err.Error as exc:
@@ -443,11 +399,9 @@ class MariaRM(ResourceManager):
 
     def start(self, xid: Xid) -> None:
         """``XA START`` on a pooled session, or rejoin an active branch; an ended xid is BranchEnded."""
+        if self._joined(xid):
+            return  # rejoin: same branch, same session
         sql_xid = xid_sql(xid)
-        with self._lock:
-            if xid in self._branches:
-                return
-            self._refuse_ended(xid)
         conn = self._pool.get()
         try:
             with conn.cursor() as cur:
@@ -457,67 +411,15 @@ class MariaRM(ResourceManager):
         except pymysql.err.Error as exc:
             self._pool.put(conn, close=True)
             raise to_xa_error(exc, "XA START", connection_closed=not conn.open) from exc
-        branch = _Branch(xid, sql_xid, conn, int(thread_id), int(writes), self._ended)
-        with self._lock:
-            ended = xid in self._ended
-            if not ended and xid not in self._branches:
-                self._branches[xid] = branch
-                return
-        self._release(branch)  # lost a race with a concurrent start of the same xid
-        if ended:
-            with self._lock:
-                self._refuse_ended(xid)
-
-    def prepare(self, xid: Xid) -> XaCode:
-        sql_xid = xid_sql(xid)
-        with self._claim(xid) as branch:
-            if branch is None:
-                if self._is_prepared(xid):
-                    return XaCode.XA_OK  # a retried prepare after a lost reply
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            self._stop(branch, "being prepared", XaCode.XAER_PROTO)
-            how, code = "prepare failed", XaCode.XAER_NOTA
-            try:
-                vote = self._prepare(branch, sql_xid)
-                how, code = (PREPARED, XaCode.XAER_PROTO) if vote == XaCode.XA_OK else (READ_ONLY, code)
-                return vote
-            except XaError as error:
-                how = ended_by("prepare", error.code)
-                raise
-            finally:
-                self._finish(branch, how, code)
-
-    def commit(self, xid: Xid, one_phase: bool) -> None:
-        sql_xid = xid_sql(xid)
-        with self._claim(xid) as branch:
-            if branch is not None:
-                if not one_phase:
-                    raise XaError(
-                        XaCode.XAER_PROTO,
-                        f"branch {xid} is active, not prepared: prepare it first or commit it one-phase",
-                    )
-                self._stop(branch, "being committed in one phase")
-                how = "one-phase commit failed"
-                try:
-                    self._commit_one_phase(branch)
-                    how = ONE_PHASE
-                except XaError as error:
-                    how = ended_by("one-phase commit", error.code)
-                    raise
-                finally:
-                    self._finish(branch, how)
-                return
-        self._end_prepared("XA COMMIT", sql_xid, xid)
-        self._remember(xid, COMMITTED)
-
-    def rollback(self, xid: Xid) -> None:
-        sql_xid = xid_sql(xid)
-        with self._claim(xid) as branch:
-            if branch is not None:
-                self._discard(branch, ROLLED_BACK)
-                return
-        self._end_prepared("XA ROLLBACK", sql_xid, xid)
-        self._remember(xid, ROLLED_BACK)
+        branch = _Branch(
+            xid=xid,
+            outcomes=self._ended,
+            sql_xid=sql_xid,
+            conn=conn,
+            thread_id=int(thread_id),
+            writes_at_start=int(writes),
+        )
+        self._register(branch)
 
     def recover(self) -> list[Xid]:
         """``XA RECOVER``: every prepared XA branch of the server whose gtrid and bqual have xatm's
@@ -551,48 +453,14 @@ class MariaRM(ResourceManager):
 
     def close(self) -> None:
         """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
-        with self._lock:
-            branches = list(self._branches.values())
-        for branch in branches:
-            with branch.lock:
-                if not branch.finished:
-                    self._discard(branch, "rolled back: the resource manager was closed")
+        super().close()
         self._pool.close()
         self._control.close()
 
     # -- internals --------------------------------------------------------------------
 
-    def _active(self, xid: Xid) -> _Branch:
-        with self._lock:
-            branch = self._branches.get(xid)
-            if branch is None and xid in self._ended:
-                raise BranchEnded(xid, *self._ended[xid])
-        if branch is None:
-            raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-        return branch
-
-    def _refuse_ended(self, xid: Xid) -> None:
-        """(Under self._lock.) Raise BranchEnded if ``xid`` ended here: it may not start again."""
-        if xid in self._ended:
-            how, code = self._ended[xid]
-            raise BranchEnded(xid, how, XaCode.XAER_PROTO if code == XaCode.XAER_PROTO else XaCode.XAER_DUPID)
-
-    def _remember(self, xid: Xid, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        with self._lock:
-            self._ended[xid] = (how, code)
-            self._ended.move_to_end(xid)
-            while len(self._ended) > ENDED_RETAIN:
-                self._ended.popitem(last=False)
-
-    @contextmanager
-    def _claim(self, xid: Xid) -> Iterator[_Branch | None]:
-        with self._lock:
-            branch = self._branches.get(xid)
-        if branch is None:
-            yield None
-            return
-        with branch.lock:
-            yield None if branch.finished else branch
+    def _validate(self, xid: Xid) -> None:
+        xid_sql(xid)
 
     def _fail(self, branch: _Branch, exc: pymysql.err.Error, doing: str) -> XaError:
         error = to_xa_error(exc, doing, connection_closed=not branch.conn.open)
@@ -609,7 +477,7 @@ class MariaRM(ResourceManager):
 
     def _doomed(self, branch: _Branch) -> XaError | None:
         if branch.failure is not None:
-            return _no_vote(branch.failure)
+            return no_vote(branch.failure)
         if not branch.conn.open:
             return XaError(XaCode.XA_RBCOMMFAIL, f"connection to {self.where} lost; the server rolled back")
         return None
@@ -631,10 +499,11 @@ class MariaRM(ResourceManager):
                 raise XaError(
                     XaCode.XA_RBPROTO, f"{error.reason}; the branch was ended outside xatm"
                 ) from exc
-            raise _no_vote(error) from exc
+            raise no_vote(error) from exc
         return int(writes)
 
-    def _prepare(self, branch: _Branch, sql_xid: str) -> XaCode:
+    def _prepare(self, branch: _Branch) -> XaCode:
+        sql_xid = branch.sql_xid
         if (doomed := self._doomed(branch)) is not None:
             raise doomed
         conn = branch.conn
@@ -650,7 +519,7 @@ class MariaRM(ResourceManager):
                     XaCode.XAER_RMFAIL,
                     f"{error.reason}; the branch may or may not be prepared, roll it back by xid",
                 ) from exc
-            raise _no_vote(error) from exc
+            raise no_vote(error) from exc
         branch.xa_open = False
         if read_only:
             return XaCode.XA_RDONLY
@@ -691,7 +560,7 @@ class MariaRM(ResourceManager):
                     f"{error.reason}; connection lost during XA COMMIT ONE PHASE, "
                     "the branch may or may not be committed",
                 ) from exc
-            raise _no_vote(error) from exc
+            raise no_vote(error) from exc
 
     def _xa_recover(self) -> list[tuple[int, int, int, bytes | str]]:
         try:
@@ -701,18 +570,16 @@ class MariaRM(ResourceManager):
         except pymysql.err.Error as exc:
             raise to_xa_error(exc, f"XA RECOVER on {self.where}") from exc
 
-    def _is_prepared(self, xid: Xid) -> bool:
-        return xid in self.recover()
-
-    def _end_prepared(self, verb: str, sql_xid: str, xid: Xid) -> None:
+    def _end_prepared(self, xid: Xid, *, commit: bool) -> None:
+        verb = "XA COMMIT" if commit else "XA ROLLBACK"
         try:
             with self._control.connection() as conn, conn.cursor() as cur:
-                cur.execute(f"{verb} {sql_xid}")
+                cur.execute(f"{verb} {xid_sql(xid)}")
         except pymysql.err.Error as exc:
             error = to_xa_error(exc, verb)
             if error.code != XaCode.XAER_NOTA:
                 raise error from exc
-            if self._is_prepared(xid):
+            if xid in self.recover():
                 # Listed but unknown to this session: still attached to the session that prepared it.
                 raise XaError(
                     XaCode.XA_RETRY,
@@ -720,36 +587,13 @@ class MariaRM(ResourceManager):
                 ) from exc
             raise XaError(XaCode.XAER_NOTA, f"{verb}: no branch {xid} in {self.where}") from exc
 
-    def _stop(
-        self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA, *, discard: bool = False
-    ) -> None:
-        """(Under the branch's lock.) Kill the handles before the verb touches the session: no call
-        starts after this, a running one is waited for -- and, when the work is to be discarded,
-        interrupted first with KILL QUERY from another session."""
-        with branch.gate:
-            branch.ended, branch.ended_code, branch.discarded = how, code, discard
-            running = discard and branch.in_flight > 0
-        if running:
-            try:
-                with self._control.connection() as conn, conn.cursor() as cur:
-                    cur.execute(f"KILL QUERY {branch.thread_id}")
-            except pymysql.err.Error as exc:
-                log.debug("KILL QUERY of a call on ended branch %s failed: %s", branch.xid, exc)
-        with branch.gate:
-            branch.gate.wait_for(lambda: not branch.in_flight)
-
-    def _discard(self, branch: _Branch, how: str) -> None:
-        self._stop(branch, how, discard=True)
-        self._finish(branch, how)
-
-    def _finish(self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        with branch.gate:
-            branch.ended, branch.ended_code = how, code
-        branch.finished = True
-        self._remember(branch.xid, how, code)
-        with self._lock:
-            self._branches.pop(branch.xid, None)
-        self._release(branch)
+    def _cancel(self, branch: _Branch) -> None:
+        """KILL QUERY from another session: the statement fails, the branch stays (then rolled back)."""
+        try:
+            with self._control.connection() as conn, conn.cursor() as cur:
+                cur.execute(f"KILL QUERY {branch.thread_id}")
+        except (XaError, pymysql.err.Error) as exc:
+            log.debug("KILL QUERY of a call on ended branch %s failed: %s", branch.xid, exc)
 
     def _release(self, branch: _Branch) -> None:
         """Back to the pool with no XA transaction on it, or closed (the server then rolls back

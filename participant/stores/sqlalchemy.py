@@ -19,10 +19,7 @@ PostgreSQL cluster, while phase two must run in the database that prepared. See 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,22 +31,11 @@ from sqlalchemy.orm import Session
 
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from xatm.participant.stores import mysql_errors, mysql_xa
-from xatm.participant.stores.base import (
-    COMMITTED,
-    ONE_PHASE,
-    PREPARED,
-    READ_ONLY,
-    ROLLED_BACK,
-    BranchEnded,
-    ResourceManager,
-    ended_by,
-)
+from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
 from xatm.participant.xa import XaCode, XaError, Xid
 
 __all__ = ["BranchSession", "SqlAlchemyRM"]
 
-#: Ended xids remembered, as by the other RMs.
-ENDED_RETAIN = 10_000
 _BRANCH = "xatm_branch"  # key in Connection.info (the pooled DBAPI connection's) while a branch holds it
 _VERB = "xatm_verb"  # execution option marking the RM's own statements, which pass the gate
 #: Codes after which the server has rolled the whole branch back, whatever business code does next.
@@ -57,46 +43,15 @@ _LOST = frozenset({XaCode.XA_RBDEADLOCK, XaCode.XA_RBTRANSIENT, XaCode.XAER_RMFA
 _DETACH_TIMEOUT_S = 10.0
 
 
-@dataclass(eq=False)
-class _Branch:
-    xid: Xid
+@dataclass(eq=False, kw_only=True)
+class _Branch(SessionBranch):
     conn: Connection
     tx: RootTransaction
-    outcomes: dict[Xid, tuple[str, XaCode]]
     to_xa_error: Callable[..., XaError]  # the RM's error table for its dialect
     session_id: int = 0  # MySQL: CONNECTION_ID(), for KILL QUERY and to see the session gone
     writes_at_start: int = 0  # MySQL: the write counter at XA START
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    ended: str | None = None
-    ended_code: XaCode = XaCode.XAER_NOTA
-    discarded: bool = False
-    in_flight: int = 0
-    failure: XaError | None = None  # the server lost the branch (deadlock victim, connection gone)
-    finished: bool = False
-    sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
-
-    def ended_error(self) -> BranchEnded | None:
-        if self.ended is None:
-            return None
-        how, code = self.outcomes.get(self.xid, (self.ended, self.ended_code))
-        return BranchEnded(self.xid, how, code)
-
-    def check(self) -> None:
-        with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
-
-    def enter(self) -> None:
-        with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
-            self.in_flight += 1
-
-    def leave(self) -> None:
-        with self.gate:
-            self.in_flight -= 1
-            self.gate.notify_all()
+    # Held, not weakly: a session the business code let go of may still hold unflushed changes.
+    sessions: list[Session] = field(default_factory=list)
 
 
 class BranchSession(Session):
@@ -157,7 +112,7 @@ def _watch(engine: Engine) -> None:
         event.listen(engine, "handle_error", _error)
 
 
-class SqlAlchemyRM(ResourceManager):
+class SqlAlchemyRM(SessionRM[_Branch]):
     """Branches of global transactions on an SQLAlchemy ``Engine`` (postgresql or mysql/mariadb).
 
     ``rm.session(xid)`` gives an ORM session inside the branch. The engine's pool serves both the
@@ -173,12 +128,10 @@ class SqlAlchemyRM(ResourceManager):
             raise InvalidArgumentError(
                 f"SqlAlchemyRM serves postgresql and mysql/mariadb engines, not {name}"
             )
+        super().__init__()
         self.engine, self.rm_id = engine, rm_id
         self.mysql = name != "postgresql"
         self.where = f"{engine.url.host or 'localhost'}:{engine.url.port or (3306 if self.mysql else 5432)}"
-        self._lock = threading.Lock()
-        self._branches: dict[Xid, _Branch] = {}
-        self._ended: OrderedDict[Xid, tuple[str, XaCode]] = OrderedDict()
         self._check_server()
         _watch(engine)
 
@@ -192,24 +145,21 @@ class SqlAlchemyRM(ResourceManager):
         """
         branch = self._active(xid)
         session = BranchSession(branch, **options)
-        branch.sessions.add(session)
+        branch.sessions.append(session)
         return session
 
     # -- XA verbs ---------------------------------------------------------------------
 
     def start(self, xid: Xid) -> None:
-        self._xid_literal(xid)
-        with self._lock:
-            if xid in self._branches:
-                return
-            self._refuse_ended(xid)
+        if self._joined(xid):
+            return
         try:
             conn = self.engine.connect()
         except DBAPIError as exc:
             raise self.to_xa_error(exc.orig, f"start: no connection to {self.where}", closed=True) from exc
         try:
             tx = conn.begin()
-            branch = _Branch(xid, conn, tx, self._ended, self.to_xa_error)
+            branch = _Branch(xid=xid, outcomes=self._ended, conn=conn, tx=tx, to_xa_error=self.to_xa_error)
             if self.mysql:
                 row = self._verb(conn, mysql_xa.WRITES).one()
                 branch.session_id, branch.writes_at_start = int(row[0]), int(row[1])
@@ -218,62 +168,8 @@ class SqlAlchemyRM(ResourceManager):
             conn.invalidate()
             conn.close()
             raise self.to_xa_error(exc.orig, "start", closed=exc.connection_invalidated) from exc
-        with self._lock:
-            if xid not in self._ended and xid not in self._branches:
-                conn.info[_BRANCH] = branch
-                self._branches[xid] = branch
-                return
-        self._release(branch, lost=False)  # a concurrent start of the same xid won
-        with self._lock:
-            self._refuse_ended(xid)
-
-    def prepare(self, xid: Xid) -> XaCode:
-        with self._claim(xid) as branch:
-            if branch is None:
-                if xid in self.recover():
-                    return XaCode.XA_OK
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            how, code = "prepare failed", XaCode.XAER_NOTA
-            try:
-                self._flush(branch)
-                self._stop(branch, "being prepared", XaCode.XAER_PROTO)
-                vote = self._prepare(branch)
-                how, code = (PREPARED, XaCode.XAER_PROTO) if vote == XaCode.XA_OK else (READ_ONLY, code)
-                return vote
-            except XaError as error:
-                how = ended_by("prepare", error.code)
-                raise
-            finally:
-                self._finish(branch, how, code)
-
-    def commit(self, xid: Xid, one_phase: bool) -> None:
-        with self._claim(xid) as branch:
-            if branch is not None:
-                if not one_phase:
-                    raise XaError(XaCode.XAER_PROTO, f"branch {xid} is active, not prepared")
-                how = "one-phase commit failed"
-                try:
-                    self._flush(branch)
-                    self._stop(branch, "being committed in one phase")
-                    self._commit_one_phase(branch)
-                    how = ONE_PHASE
-                except XaError as error:
-                    how = ended_by("one-phase commit", error.code)
-                    raise
-                finally:
-                    self._finish(branch, how)
-                return
-        self._end_prepared("COMMIT", xid)
-        self._remember(xid, COMMITTED)
-
-    def rollback(self, xid: Xid) -> None:
-        with self._claim(xid) as branch:
-            if branch is not None:
-                self._stop(branch, ROLLED_BACK, discard=True)
-                self._finish(branch, ROLLED_BACK)
-                return
-        self._end_prepared("ROLLBACK", xid)
-        self._remember(xid, ROLLED_BACK)
+        conn.info[_BRANCH] = branch
+        self._register(branch)
 
     def recover(self) -> list[Xid]:
         with self._control() as conn:
@@ -287,17 +183,6 @@ class SqlAlchemyRM(ResourceManager):
                 "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared",
             ).scalars()
             return [xid for gid in gids if (xid := decode_gid(gid)) is not None]
-
-    def close(self) -> None:
-        """Roll back active branches (prepared ones stay for the coordinator); the engine is the caller's."""
-        with self._lock:
-            branches = list(self._branches.values())
-        for branch in branches:
-            with branch.lock:
-                if not branch.finished:
-                    how = "rolled back: the resource manager was closed"
-                    self._stop(branch, how, discard=True)
-                    self._finish(branch, how)
 
     # -- errors -----------------------------------------------------------------------
 
@@ -316,6 +201,9 @@ class SqlAlchemyRM(ResourceManager):
     @staticmethod
     def _verb(conn: Connection, statement: str) -> Any:
         return conn.exec_driver_sql(statement, execution_options={_VERB: True})
+
+    def _validate(self, xid: Xid) -> None:
+        self._xid_literal(xid)
 
     def _xid_literal(self, xid: Xid) -> str:
         if self.mysql:
@@ -354,62 +242,20 @@ class SqlAlchemyRM(ResourceManager):
                 "(e.g. 100) and restart it to use xatm"
             )
 
-    def _active(self, xid: Xid) -> _Branch:
-        with self._lock:
-            branch = self._branches.get(xid)
-            if branch is None and xid in self._ended:
-                raise BranchEnded(xid, *self._ended[xid])
-        if branch is None:
-            raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-        return branch
-
-    def _refuse_ended(self, xid: Xid) -> None:
-        if xid in self._ended:
-            how, code = self._ended[xid]
-            raise BranchEnded(xid, how, XaCode.XAER_PROTO if code == XaCode.XAER_PROTO else XaCode.XAER_DUPID)
-
-    def _remember(self, xid: Xid, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        with self._lock:
-            self._ended[xid] = (how, code)
-            self._ended.move_to_end(xid)
-            while len(self._ended) > ENDED_RETAIN:
-                self._ended.popitem(last=False)
-
-    @contextlib.contextmanager
-    def _claim(self, xid: Xid) -> Iterator[_Branch | None]:
-        self._xid_literal(xid)
-        with self._lock:
-            branch = self._branches.get(xid)
-        if branch is None:
-            yield None
-            return
-        with branch.lock:
-            yield None if branch.finished else branch
-
-    def _flush(self, branch: _Branch) -> None:
+    def _before_vote(self, branch: _Branch) -> None:
         """Send what the branch's sessions hold before it votes; a failed flush is a no vote."""
-        for session in list(branch.sessions):
+        for session in branch.sessions:
             try:
                 session.flush()
             except DBAPIError as exc:
                 error = self.to_xa_error(exc.orig, "flush before prepare", closed=exc.connection_invalidated)
-                raise _no_vote(error) from exc
-
-    def _stop(
-        self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA, *, discard: bool = False
-    ) -> None:
-        """No statement starts on the branch after this; a running one is waited for, and
-        cancelled first when the work is discarded."""
-        with branch.gate:
-            branch.ended, branch.ended_code, branch.discarded = how, code, discard
-            running = discard and branch.in_flight > 0
-        if running:
-            with contextlib.suppress(XaError, DBAPIError):
-                self._cancel(branch)
-        with branch.gate:
-            branch.gate.wait_for(lambda: not branch.in_flight)
+                raise no_vote(error) from exc
 
     def _cancel(self, branch: _Branch) -> None:
+        with contextlib.suppress(XaError, DBAPIError):
+            self._interrupt(branch)
+
+    def _interrupt(self, branch: _Branch) -> None:
         if self.mysql:
             with self._control() as conn:
                 self._verb(conn, f"KILL QUERY {branch.session_id}")
@@ -421,7 +267,7 @@ class SqlAlchemyRM(ResourceManager):
 
     def _doomed(self, branch: _Branch) -> XaError | None:
         if branch.failure is not None:
-            return _no_vote(branch.failure)
+            return no_vote(branch.failure)
         if branch.conn.invalidated or branch.conn.closed:
             return XaError(XaCode.XA_RBCOMMFAIL, f"connection to {self.where} lost; the server rolled back")
         return None
@@ -444,7 +290,7 @@ class SqlAlchemyRM(ResourceManager):
                 raise XaError(
                     XaCode.XA_RBROLLBACK, f"{error.reason}; the server rolled the branch back"
                 ) from error
-            raise _no_vote(error) from error
+            raise no_vote(error) from error
         return writes == branch.writes_at_start
 
     def _prepare(self, branch: _Branch) -> XaCode:
@@ -476,7 +322,7 @@ class SqlAlchemyRM(ResourceManager):
                     XaCode.XAER_RMFAIL,
                     f"{error.reason}; the branch may or may not be prepared, roll it back by xid",
                 ) from error
-            raise _no_vote(error) from error
+            raise no_vote(error) from error
 
     def _wait_detached(self, branch: _Branch) -> None:
         deadline = time.monotonic() + _DETACH_TIMEOUT_S
@@ -501,9 +347,10 @@ class SqlAlchemyRM(ResourceManager):
                 raise XaError(
                     XaCode.XA_HEURHAZ, f"{error.reason}; the branch may or may not be committed"
                 ) from error
-            raise _no_vote(error) from error
+            raise no_vote(error) from error
 
-    def _end_prepared(self, verb: str, xid: Xid) -> None:
+    def _end_prepared(self, xid: Xid, *, commit: bool) -> None:
+        verb = "COMMIT" if commit else "ROLLBACK"
         literal = self._xid_literal(xid)
         statement = f"XA {verb} {literal}" if self.mysql else f"{verb} PREPARED {literal}"
         try:
@@ -521,19 +368,11 @@ class SqlAlchemyRM(ResourceManager):
                 ) from error
             raise XaError(XaCode.XAER_NOTA, f"{verb}: no branch {xid} in {self.where}") from error
 
-    def _finish(self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        with branch.gate:
-            branch.ended, branch.ended_code = how, code
-        branch.finished = True
-        self._remember(branch.xid, how, code)
-        with self._lock:
-            self._branches.pop(branch.xid, None)
-        self._release(branch, lost=branch.conn.invalidated)
-
-    def _release(self, branch: _Branch, *, lost: bool) -> None:
+    def _release(self, branch: _Branch) -> None:
         """Back to the pool with nothing of the branch on it, or invalidated (the server then
         rolls back whatever is not prepared)."""
         conn = branch.conn
+        lost = conn.invalidated
         if not lost:
             conn.info.pop(_BRANCH, None)
         if not lost and self.mysql:
@@ -554,10 +393,3 @@ class SqlAlchemyRM(ResourceManager):
         with contextlib.suppress(DBAPIError):
             branch.tx.rollback()  # PostgreSQL: ROLLBACK of an active branch; otherwise nothing is open
         conn.close()
-
-
-def _no_vote(error: XaError) -> XaError:
-    if error.code.is_rollback:
-        return error
-    code = XaCode.XA_RBCOMMFAIL if error.code == XaCode.XAER_RMFAIL else XaCode.XA_RBROLLBACK
-    return XaError(code, error.reason)

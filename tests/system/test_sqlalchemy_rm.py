@@ -7,6 +7,7 @@ drive two-phase commit across both; the verb tests drive the RM directly.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def work(one: Linked, *, debit: int, new: str | None = None, autoflush: bool = T
         alice.balance -= debit
         if new is not None:
             session.add(Account(name=new, balance=debit))
+    del session, alice
+    gc.collect()  # the service has let go of its session: the RM still flushes it before the vote
 
 
 def test_orm_sessions_on_both_databases_commit_together(
