@@ -13,6 +13,7 @@ from xatm.participant.runtime.lazy import lazy_attributes
 __all__ = [
     "AioServerInterceptor",
     "AsyncParticipantServicer",
+    "AsyncSqlAlchemyRM",
     "AsyncTransaction",
     "AsyncTransactionManager",
     "BranchEnded",
@@ -55,11 +56,12 @@ __all__ = [
     "intercept_channel",
 ]
 
-#: Where each public name lives (``PostgresRM``, ``MariaRM`` and ``SqlAlchemyRM`` need the
+#: Where each public name lives (``PostgresRM``, ``MariaRM`` and ``[Async]SqlAlchemyRM`` need the
 #: ``postgresql``, ``mysql`` and ``sqlalchemy`` extras; each is loaded on first use).
 _HOME = {
     "AioServerInterceptor": "client.interceptors",
     "AsyncParticipantServicer": "servicer",
+    "AsyncSqlAlchemyRM": "stores.sqlalchemy_async",
     "AsyncTransaction": "client.initiator",
     "AsyncTransactionManager": "client.initiator",
     "BranchEnded": "stores.base",
@@ -140,6 +142,7 @@ if TYPE_CHECKING:
     from xatm.participant.stores.mysql import MariaRM
     from xatm.participant.stores.postgresql import PostgresRM
     from xatm.participant.stores.sqlalchemy import SqlAlchemyRM
+    from xatm.participant.stores.sqlalchemy_async import AsyncSqlAlchemyRM
     from xatm.participant.stores.sqlite import SqliteRM
     from xatm.participant.stub import EnlistError, ParticipantStub
     from xatm.participant.xa import TxOutcome, TxStatus, XaCode, XaError, Xid

@@ -16,7 +16,8 @@ import xatm.participant
 REPO = Path(__file__).resolve().parent.parent
 
 PARTICIPANT = {
-    "AioServerInterceptor", "AsyncParticipantServicer", "AsyncTransaction", "AsyncTransactionManager",
+    "AioServerInterceptor", "AsyncParticipantServicer", "AsyncSqlAlchemyRM", "AsyncTransaction",
+    "AsyncTransactionManager",
     "BranchEnded", "ClientInterceptor", "EnlistError", "FailedPreconditionError", "InternalError",
     "InvalidArgumentError", "MariaRM", "MemoryRM", "NotFoundError", "ParticipantServicer", "ParticipantStub",
     "PermissionDeniedError", "PostgresRM", "ResourceExhaustedError", "ResourceManager",

@@ -264,6 +264,10 @@ class SessionRM(ResourceManager, Generic[B]):
             running = discard and branch.in_flight > 0
         if running:
             self._cancel(branch)
+        self._wait_idle(branch)
+
+    def _wait_idle(self, branch: B) -> None:
+        """Until no business call runs on the branch (they all run in other threads)."""
         with branch.gate:
             branch.gate.wait_for(lambda: not branch.in_flight)
 

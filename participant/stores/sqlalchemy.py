@@ -58,7 +58,8 @@ class BranchSession(Session):
     """An ORM ``Session`` inside a branch. Statements and flushes raise ``BranchEnded`` once the
     branch has ended; ``commit()``/``rollback()`` release or roll back a savepoint of the branch."""
 
-    def __init__(self, branch: _Branch, **options: Any):
+    def __init__(self, branch: _Branch, *, bind: Any = None, **options: Any):
+        # ``bind`` is what an AsyncSession passes on: the same connection, taken from the branch.
         self._xatm_branch = branch
         super().__init__(bind=branch.conn, join_transaction_mode="create_savepoint", **options)
 
@@ -330,7 +331,11 @@ class SqlAlchemyRM(SessionRM[_Branch]):
             while time.monotonic() < deadline:
                 if self._verb(conn, mysql_xa.SESSION_GONE % branch.session_id).scalar_one():
                     return
-                time.sleep(0.005)
+                self._pause(0.005)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait a moment between look-ups (the asyncio RM yields to its event loop instead)."""
+        time.sleep(seconds)
 
     def _commit_one_phase(self, branch: _Branch) -> None:
         if (doomed := self._doomed(branch)) is not None:

@@ -7,12 +7,14 @@ drive two-phase commit across both; the verb tests drive the RM directly.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import CheckConstraint, Engine, String, create_engine, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tests.bank_system import TEST_COORDINATOR_ENV
@@ -20,10 +22,11 @@ from tests.mariadb import MariaDB, xa_prepared
 from tests.pgcluster import PgCluster
 from tests.test_rm_contract import Linked
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
-from xatm.participant import TransactionManager, TransactionRolledBack
+from xatm.participant import AsyncTransactionManager, TransactionManager, TransactionRolledBack
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.sqlalchemy import SqlAlchemyRM
+from xatm.participant.stores.sqlalchemy_async import AsyncSqlAlchemyRM
 from xatm.participant.xa import XaCode, XaError, Xid, new_bqual, new_gtrid
 
 
@@ -199,3 +202,57 @@ def test_read_only_one_phase_and_rollback(fresh: dict[str, Engine], dialect: str
 def test_other_dialects_are_refused() -> None:
     with pytest.raises(InvalidArgumentError):
         SqlAlchemyRM(create_engine("sqlite://"), "x")
+
+
+def test_asyncio_orm_sessions_commit_and_roll_back_with_the_transaction(
+    fresh: dict[str, Engine], coordinator: Proc, pg_cluster: PgCluster, mariadb: MariaDB
+) -> None:
+    urls = {
+        "postgresql": f"postgresql+psycopg_async://postgres@127.0.0.1:{pg_cluster.port}/orm_test",
+        "mariadb": f"mysql+aiomysql://root@127.0.0.1:{mariadb.port}/orm_test",
+    }
+
+    async def debit(one: Linked, amount: int, new: str) -> None:
+        rm = one.rm
+        assert isinstance(rm, AsyncSqlAlchemyRM)
+        async with one.stub.abranch() as xid:
+            session = rm.session(xid)
+            alice = await session.get(Account, "alice")
+            assert alice is not None
+            alice.balance -= amount
+            session.add(Account(name=new, balance=amount))  # sent by the flush before the vote
+
+    async def service() -> list[BaseException]:
+        engines = {name: create_async_engine(url) for name, url in urls.items()}
+        linked = {
+            name: Linked.serve(await AsyncSqlAlchemyRM.open(engine, f"aorm-{name}"), coordinator.address)
+            for name, engine in engines.items()
+        }
+        misuse: list[BaseException] = []
+        try:
+            async with AsyncTransactionManager(coordinator.address) as tm:
+                async with tm.begin():
+                    for one in linked.values():
+                        await debit(one, 10, "frank")
+                try:
+                    async with tm.begin():
+                        for one in linked.values():
+                            await debit(one, 50, "grace")
+                        raise RuntimeError("the initiator gives up")
+                except RuntimeError:
+                    pass
+            try:
+                linked["mariadb"].rm.recover()  # a verb called on the loop itself
+            except XaError as exc:
+                misuse.append(exc)
+        finally:
+            for one in linked.values():
+                await asyncio.to_thread(one.close)
+            for engine in engines.values():
+                await engine.dispose()
+        return misuse
+
+    misuse = asyncio.run(service())
+    assert [e.code for e in misuse if isinstance(e, XaError)] == [XaCode.XAER_PROTO]
+    for engine in fresh.values():
+        assert committed(engine) == {"alice": 90, "frank": 10}
