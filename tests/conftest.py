@@ -84,6 +84,7 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_crash_matrix.py": EVERY_TEST,
     "test_e2e_2pc.py": EVERY_TEST,
     "test_latency.py": EVERY_TEST,
+    "test_mariadb_contract.py": EVERY_TEST,
     "test_mariadb_rm.py": EVERY_TEST,
     "test_mixed_crash_matrix.py": EVERY_TEST,
     "test_mixed_e2e.py": EVERY_TEST,
