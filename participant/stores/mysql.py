@@ -51,7 +51,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_XA_VERB = re.compile(r"\s*(XA|BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SET\s+AUTOCOMMIT)\b", re.IGNORECASE)
+#: Transaction control a handle refuses: after blanks and comments (``--``, ``#``, ``/* */``), the
+#: statement's first words.
+_XA_VERB = re.compile(
+    r"(?:\s|--[^\n]*(?:\n|$)|#[^\n]*(?:\n|$)|/\*.*?\*/)*"
+    r"(XA|BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SET\s+AUTOCOMMIT)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 _MAX_SAVEPOINT_ID = 256
 #: How long prepare waits for the server to drop the preparing session before it answers.
 _DETACH_TIMEOUT_S = 10.0
@@ -71,8 +77,8 @@ class MysqlParams:
     host: str
     port: int
     user: str
-    password: str
-    database: str
+    password: str = field(repr=False)  # never in a log line
+    database: str = ""
 
     @property
     def where(self) -> str:

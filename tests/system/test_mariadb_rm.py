@@ -110,6 +110,7 @@ def test_urls() -> None:
         "bank_a",
     )
     assert parse_mysql_url("mariadb://u@h/d").port == 3306
+    assert "s@cret" not in repr(params)
     for bad in ["mysql://h/d", "mysql://u@h/", "postgresql://u@h/d", "mysql://u@h:notaport/d"]:
         with pytest.raises(InvalidArgumentError):
             parse_mysql_url(bad)
@@ -347,7 +348,15 @@ def test_ended_handles_refuse_everything_and_control_sql_is_refused(rm: MariaRM,
     rm.start(xid)
     conn = rm.connection(xid)
     cursor = conn.execute("SELECT balance FROM accounts WHERE id = 1")
-    for control in ["XA END X'01',X'02',1", "COMMIT", " rollback", "SET autocommit = 1", "START TRANSACTION"]:
+    for control in [
+        "XA END X'01',X'02',1",
+        "COMMIT",
+        " rollback",
+        "SET autocommit = 1",
+        "START TRANSACTION",
+        "/* hidden */ XA COMMIT X'01',X'02',1 ONE PHASE",
+        "-- note\nCOMMIT",
+    ]:
         assert xa_code(lambda control=control: conn.execute(control)) == XaCode.XAER_PROTO
     assert xa_code(conn.commit) == XaCode.XAER_PROTO
     conn.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
