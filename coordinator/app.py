@@ -21,10 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
+from xatm.coordinator.server.approvals import Approvals, parse_required
 from xatm.coordinator.server.auth import Authenticator
+from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
-from xatm.coordinator.settings import NODE_FILE, Settings, stored_node_id
+from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, stored_node_id
 from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
@@ -83,7 +85,11 @@ class Coordinator:
         self.auth = Authenticator.load(settings.auth_file)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id_for(settings)
-        self.engine = Engine(settings, txlog or _open_log(settings.data_dir), self.node_id)
+        self.approvals = Approvals(parse_required(settings.require_approval), settings.approval_ttl)
+        if self.approvals.required and not self.auth.enabled:
+            raise SettingsError("--require-approval needs --auth-file: without tokens all operators are one")
+        # BranchHistory: every XA code a branch answered, for the console and the REST API.
+        self.engine = Engine(settings, BranchHistory(txlog or _open_log(settings.data_dir)), self.node_id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
@@ -101,7 +107,7 @@ class Coordinator:
             interceptors=[CallerInterceptor(self.auth)],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
-        ops = AdminOps(self.engine)
+        ops = AdminOps(self.engine, self.approvals)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.engine), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ops), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

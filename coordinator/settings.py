@@ -41,6 +41,13 @@ def check_node_id(value: str) -> str:
     return value
 
 
+def _approvable(value: str) -> str:
+    from xatm.coordinator.server.approvals import parse_required
+
+    parse_required(value)
+    return value
+
+
 class Settings(XatmSettings):
     """Everything ``xatm coordinator`` is configured with; durations are in seconds."""
 
@@ -83,6 +90,12 @@ class Settings(XatmSettings):
     tls_key: OptionalPath = Field(default=None, description="server private key (PEM)")
     tls_client_ca: OptionalPath = Field(default=None, description="CA (PEM) requiring client certificates")
     log_json: bool = Field(default=False, description="log one JSON object per line")
+    require_approval: Annotated[str, AfterValidator(_approvable)] = Field(
+        default="",
+        description="forced operations a second operator must approve: any of force-rollback, "
+        "force-commit, forget (comma-separated; needs --auth-file)",
+    )
+    approval_ttl: PositiveFloat = Field(default=900.0, description="how long an approval request waits (s)")
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

@@ -79,6 +79,8 @@ EVERY_TEST = "*"
 #: or the names of those that do (a parametrized test by its function name).
 SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_admin_matrix.py": EVERY_TEST,
+    "test_console.py": EVERY_TEST,
+    "test_approvals.py": EVERY_TEST,
     "test_architecture.py": EVERY_TEST,
     "test_business_errors.py": EVERY_TEST,
     "test_crash_matrix.py": EVERY_TEST,
@@ -90,6 +92,7 @@ SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_mixed_e2e.py": EVERY_TEST,
     "test_sqlalchemy_rm.py": EVERY_TEST,
     "test_metrics_labels.py": EVERY_TEST,
+    "test_packaging.py": EVERY_TEST,
     "test_pg_e2e.py": EVERY_TEST,
     "test_prometheus.py": EVERY_TEST,
     "test_protos_and_cli.py": EVERY_TEST,
