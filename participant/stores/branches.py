@@ -176,16 +176,29 @@ class SessionRM(ResourceManager, Generic[B]):
                     self._finish(branch, how)
                 return
         # Not active: a prepared branch, also when one_phase is asked for it by mistake.
-        self._end_prepared(xid, commit=True)
-        self._remember(xid, COMMITTED)
+        self._phase_two(xid, commit=True)
 
     def rollback(self, xid: Xid) -> None:
         with self._claim(xid) as branch:
             if branch is not None:
                 self._discard(branch, ROLLED_BACK)
                 return
-        self._end_prepared(xid, commit=False)
-        self._remember(xid, ROLLED_BACK)
+        self._phase_two(xid, commit=False)
+
+    def _phase_two(self, xid: Xid, *, commit: bool) -> None:
+        """Finish a prepared branch and record how. XAER_NOTA for a branch prepared here means
+        another call finished it first (a retry after a slow reply): it ended as this one asks,
+        and its stale handles say so before the answer goes out."""
+        how = COMMITTED if commit else ROLLED_BACK
+        try:
+            self._end_prepared(xid, commit=commit)
+        except XaError as error:
+            with self._lock:
+                prepared_here = self._ended.get(xid, ("", XaCode.XA_OK))[1] == XaCode.XAER_PROTO
+            if error.code == XaCode.XAER_NOTA and prepared_here:
+                self._remember(xid, how)
+            raise
+        self._remember(xid, how)
 
     def close(self) -> None:
         """Roll back active branches; prepared ones stay for the coordinator."""

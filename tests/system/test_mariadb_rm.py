@@ -173,6 +173,11 @@ def test_commit_from_another_connection_after_the_preparing_one_is_gone(
     with pytest.raises(BranchEnded) as caught:
         handle.execute("UPDATE accounts SET balance = 0")
     assert caught.value.code == XaCode.XAER_PROTO  # this RM still thinks it prepared; it cannot know more
+    # A late phase two here (the coordinator's retry) finds it finished: the handle now says committed.
+    assert xa_code(lambda: rm.commit(xid, one_phase=False)) == XaCode.XAER_NOTA
+    with pytest.raises(BranchEnded) as caught:
+        handle.execute("UPDATE accounts SET balance = 0")
+    assert (caught.value.code, caught.value.how) == (XaCode.XAER_NOTA, "committed")
     assert balances(db) == {1: 70, 2: 130}
 
 
