@@ -269,8 +269,9 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     ("args", "message"),
     [
         ((), "--resource (or XATM_RESOURCE) is required"),
-        (("--resource", "mysql://db/x"), "unsupported resource 'mysql://db/x'"),
-        (("--resource", "sqlite:"), "expected postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH"),
+        (("--resource", "oracle://db/x"), "unsupported resource 'oracle://db/x'"),
+        (("--resource", "mysql://db/x"), "malformed MySQL URL: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
+        (("--resource", "sqlite:"), "mysql://USER[:PASSWORD]@HOST[:PORT]/DBNAME or sqlite:PATH"),
         (("--resource", "postgresql://h/db?nosuch=1"), "malformed PostgreSQL URI in --resource: invalid URI"),
         (("--resource", "sqlite:x.db", "--listen", "no-port"), "--listen 'no-port' must be HOST:PORT"),
         (("--resource", "sqlite:x.db", "--pool-size", "0"), "--pool-size must be >= 1"),

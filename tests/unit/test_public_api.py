@@ -14,11 +14,12 @@ import xatm.participant
 from tests.conftest import REPO
 
 PARTICIPANT = {
-    "AioServerInterceptor", "AsyncParticipantServicer", "AsyncTransaction", "AsyncTransactionManager",
+    "AioServerInterceptor", "AsyncParticipantServicer", "AsyncSqlAlchemyRM", "AsyncTransaction",
+    "AsyncTransactionManager",
     "BranchEnded", "ClientInterceptor", "EnlistError", "FailedPreconditionError", "InternalError",
-    "InvalidArgumentError", "MemoryRM", "NotFoundError", "ParticipantServicer", "ParticipantStub",
+    "InvalidArgumentError", "MariaRM", "MemoryRM", "NotFoundError", "ParticipantServicer", "ParticipantStub",
     "PermissionDeniedError", "PostgresRM", "ResourceExhaustedError", "ResourceManager",
-    "ServerInterceptor", "SqliteRM", "Status", "Transaction", "TransactionError",
+    "ServerInterceptor", "SqlAlchemyRM", "SqliteRM", "Status", "Transaction", "TransactionError",
     "TransactionHeuristicHazard", "TransactionHeuristicMixed", "TransactionManager",
     "TransactionOutcomeUnknown", "TransactionRolledBack", "TxContext", "TxOutcome", "TxStatus",
     "UnauthenticatedError", "UnavailableError", "XaCode", "XaError", "XatmError", "Xid",
