@@ -96,8 +96,9 @@ class Coordinator:
         if self.approvals.required and not self.auth.enabled:
             raise SettingsError("--require-approval needs --auth-file: without tokens all operators are one")
         # BranchHistory: every XA code a branch answered, for the console and the REST API.
-        history = BranchHistory(txlog or _open_log(settings, self.node_id))
-        self.engine = Engine(settings, history, self.node_id)
+        #: The log itself, under the history wrapper: the takeover loop needs to see an etcd log.
+        self.txlog = txlog or _open_log(settings, self.node_id)
+        self.engine = Engine(settings, BranchHistory(self.txlog), self.node_id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
@@ -111,7 +112,7 @@ class Coordinator:
     async def start(self) -> None:
         await self.engine.start()
         _remember_node(self.settings.data_dir, self.node_id)
-        self._takeover = cluster.attach(self.engine)
+        self._takeover = cluster.attach(self.engine, self.txlog)
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],

@@ -8,6 +8,7 @@ import asyncio
 from xatm.coordinator.cluster.takeover import Takeover
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.txlog.etcd import EtcdLog
+from xatm.coordinator.txlog.interface import TxLog
 
 __all__ = ["TAKEOVER_INTERVAL", "Takeover", "attach"]
 
@@ -15,9 +16,9 @@ __all__ = ["TAKEOVER_INTERVAL", "Takeover", "attach"]
 TAKEOVER_INTERVAL = 1.0
 
 
-def attach(engine: Engine, interval: float = TAKEOVER_INTERVAL) -> asyncio.Task[None] | None:
-    """Start the takeover loop of a started ``engine`` whose log is in etcd (None otherwise);
-    cancel the task returned to stop it."""
-    if not isinstance(engine.log, EtcdLog):
+def attach(engine: Engine, txlog: TxLog, interval: float = TAKEOVER_INTERVAL) -> asyncio.Task[None] | None:
+    """Start the takeover loop of a started ``engine`` when ``txlog`` (the log under any wrapper
+    the engine writes through) is in etcd; None otherwise. Cancel the task returned to stop it."""
+    if not isinstance(txlog, EtcdLog):
         return None
-    return asyncio.get_running_loop().create_task(Takeover(engine, engine.log, interval).run())
+    return asyncio.get_running_loop().create_task(Takeover(engine, txlog, interval).run())

@@ -37,7 +37,7 @@ def test_the_tree_keeps_every_contract() -> None:
         ("coordinator/protocol.py", "import grpc", "The protocol is pure"),
         ("coordinator/protocol.py", "import asyncio", "The protocol is pure"),
         ("participant/stub.py", "import xatm.coordinator.engine", "The participant SDK never imports"),
-        ("coordinator/txlog/file/writer.py", "import xatm.coordinator.engine", "The file WAL needs nothing"),
+        ("coordinator/txlog/file/writer.py", "import xatm.coordinator.engine", "The log backends need"),
         ("coordinator/engine/core.py", "import xatm.participant.stub", "The coordinator server uses only"),
         ("coordinator/server/http.py", "import participant.xa", "Nothing imports the source folders"),
     ],
