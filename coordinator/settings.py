@@ -83,6 +83,20 @@ class Settings(XatmSettings):
     tls_key: OptionalPath = Field(default=None, description="server private key (PEM)")
     tls_client_ca: OptionalPath = Field(default=None, description="CA (PEM) requiring client certificates")
     log_json: bool = Field(default=False, description="log one JSON object per line")
+    # Bounds that keep one huge transaction or one dead participant from costing everyone else.
+    max_branches: PositiveInt = Field(default=1000, description="branches one transaction may enlist")
+    max_calls_in_flight: PositiveInt = Field(
+        default=256, description="participant calls out at once, all participants together"
+    )
+    max_calls_per_participant: PositiveInt = Field(
+        default=32, description="calls out at once to one participant endpoint"
+    )
+    max_calls_per_transaction: PositiveInt = Field(
+        default=16, description="calls out at once for one transaction (its fan-out window)"
+    )
+    unreachable_summary_interval: PositiveFloat = Field(
+        default=60.0, description="seconds between log summaries of participants still not answering"
+    )
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
