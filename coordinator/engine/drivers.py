@@ -11,7 +11,6 @@ periodic summary (``report_loop``) says which participants still owe how much.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.decisions import DecisionLog
 from xatm.coordinator.engine.fanout import FanOut
 from xatm.coordinator.engine.peers import Peers
-from xatm.coordinator.engine.reachability import Reachability, backoff_delay
+from xatm.coordinator.engine.reachability import Reachability, Waiter, backoff_delay
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog.interface import LogStopped
@@ -39,18 +38,14 @@ After = Callable[[sm.Transaction, TxStatus, list[sm.Effect]], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 
-class Driver:
+class Driver(Waiter):
     """One branch's phase-two retry loop; ``wake`` cuts a backoff short (operator re-drive)."""
 
     def __init__(self) -> None:
-        self.wake = asyncio.Event()
+        super().__init__()
         self.task: asyncio.Task[None] | None = None
         #: Where the branch is called (it follows a move between tries).
         self.endpoint = ""
-
-    async def sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
 
 
 class PhaseTwo:
@@ -118,7 +113,7 @@ class PhaseTwo:
         for bqual in effect.bquals:
             driver = self.drivers.get((tx.gtrid, bqual))
             if driver is not None and driver.task is not None and not driver.task.done():
-                driver.wake.set()
+                driver.wake()
                 continue
             driver = self.drivers[(tx.gtrid, bqual)] = Driver()
             driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))
@@ -127,7 +122,7 @@ class PhaseTwo:
         """Cut a branch driver's backoff short (it ends at once when nothing is owed any more)."""
         driver = self.drivers.get((gtrid, bqual))
         if driver is not None:
-            driver.wake.set()
+            driver.wake()
 
     def forget(self, gtrid: str) -> None:
         """``gtrid`` ended: its per-transaction bookkeeping goes."""
@@ -161,8 +156,8 @@ class PhaseTwo:
         try:
             while True:
                 endpoint = driver.endpoint = branch.endpoint  # a move points the next try elsewhere
-                await self.reachability.turn(endpoint, driver, driver.wake)
-                driver.wake.clear()
+                await self.reachability.turn(endpoint, driver)
+                driver.settle()
                 try:
                     pending = await self._step(tx, bqual, phase, warn=tries == 0)
                 except LogStopped:

@@ -18,13 +18,36 @@ from dataclasses import dataclass, field
 
 from xatm.participant.xa import XaCode
 
-__all__ = ["Reachability", "Unreachable", "backoff_delay"]
+__all__ = ["Reachability", "Unreachable", "Waiter", "backoff_delay"]
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
     """Seconds before retry number ``failures`` (1 = the first): doubling from ``initial``,
     capped at ``cap``, plus up to ``initial`` of jitter so that retries do not align."""
     return min(initial * 2 ** min(failures - 1, 62), cap) + random.uniform(0, initial)
+
+
+class Waiter:
+    """Somebody that calls endpoints: ``signal`` is set whenever it should look again, and
+    ``woken`` says it was asked to call now whatever the endpoint's backoff."""
+
+    def __init__(self) -> None:
+        self.signal = asyncio.Event()
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+        self.signal.set()
+
+    def settle(self) -> None:
+        """Called before acting on what woke it: later signals count again."""
+        self.woken = False
+        self.signal.clear()
+
+    async def sleep(self, seconds: float) -> None:
+        """``seconds``, or less when signalled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.signal.wait(), seconds)
 
 
 @dataclass
@@ -38,8 +61,9 @@ class Unreachable:
     retry_at: float = 0.0
     #: When the last failure was counted: failures of calls sent before it do not count again.
     counted_at: float = 0.0
-    probing: object | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    probing: Waiter | None = None
+    #: Branches waiting for their turn: told when the endpoint answers or a probe ends.
+    waiting: set[Waiter] = field(default_factory=set)
 
 
 class Reachability:
@@ -56,7 +80,7 @@ class Reachability:
         if code != XaCode.XAER_RMFAIL:
             if state is not None:  # it answers again: everything waiting for it may go
                 del self.down[endpoint]
-                state.changed.set()
+                self._wake(state)
             return
         now = time.monotonic()
         if state is None:
@@ -70,7 +94,7 @@ class Reachability:
         state.probing = None
         self._wake(state)
 
-    def release(self, endpoint: str, caller: object) -> None:
+    def release(self, endpoint: str, caller: Waiter) -> None:
         """``caller`` will not report its probe (it was cancelled): let another branch probe."""
         state = self.down.get(endpoint)
         if state is not None and state.probing is caller:
@@ -82,29 +106,28 @@ class Reachability:
         state = self.down.get(endpoint)
         return None if state is None else state.retry_at
 
-    async def turn(self, endpoint: str, caller: object, woken: asyncio.Event) -> None:
+    async def turn(self, endpoint: str, caller: Waiter) -> None:
         """Return when ``caller`` may call ``endpoint``: at once when it is not backing off;
-        otherwise as the probe once its delay ended, or when ``woken`` is set (an operator or
+        otherwise as the probe once its delay ended, or when ``caller`` is woken (an operator or
         the participant itself asked for the branch to be driven now)."""
         while True:
             state = self.down.get(endpoint)
-            if state is None or woken.is_set():
+            if state is None or caller.woken:
                 return
             now = time.monotonic()
             if state.probing is None and now >= state.retry_at:
                 state.probing = caller
                 return
             wait = state.retry_at - now if state.probing is None else self._cap
-            waiters = [asyncio.ensure_future(state.changed.wait()), asyncio.ensure_future(woken.wait())]
+            state.waiting.add(caller)
             try:
-                await asyncio.wait(waiters, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED)
+                await caller.sleep(wait)
             finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.gather(*waiters, return_exceptions=True)
+                state.waiting.discard(caller)
+            if not caller.woken:
+                caller.signal.clear()
 
     @staticmethod
     def _wake(state: Unreachable) -> None:
-        state.changed.set()
-        state.changed = asyncio.Event()
+        for waiter in state.waiting:
+            waiter.signal.set()
