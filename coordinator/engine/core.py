@@ -101,7 +101,7 @@ class Engine:
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: LogStopped | None = None
         self._sp_counter = 0
-        gauges.register(self.registry, self.phase_two.drivers, self.phase_two.reachability.down)
+        gauges.register(self.registry, lambda: self.phase_two.in_doubt, self.phase_two.reachability.down)
         self.scanner = RecoveryScanner(
             self,
             self.peers,
@@ -367,7 +367,7 @@ class Engine:
                 R.branch_result(tx, tx.branches[xid.bqual], phase, code, reason, time.time())
             )
             await self._after(tx, old, effects)
-            self.phase_two.wake(tx.gtrid, xid.bqual)
+            self.phase_two.wake(tx, xid.bqual)
         return tx
 
     async def resolve_branch(self, gtrid: str, bqual: str, committed: bool, reason: str) -> Result:
@@ -384,7 +384,7 @@ class Engine:
             R.branch_result(tx, branch, branch.last_phase, branch.last_code, reason, time.time())
         )
         await self._after(tx, old, effects)
-        self.phase_two.wake(gtrid, bqual)
+        self.phase_two.wake(tx, bqual)
         return Result(tx, sm.outcome(tx, Phase.COMMIT if tx.decision is Decision.COMMIT else Phase.ROLLBACK))
 
     async def mark_rollback_only(self, gtrid: str, reason: str) -> sm.Transaction:

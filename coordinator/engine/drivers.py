@@ -65,8 +65,13 @@ class PhaseTwo:
             per_transaction=settings.max_calls_per_transaction,
         )
         self.reachability = Reachability(initial=settings.retry_initial, cap=settings.retry_max)
-        #: Live drivers by (gtrid, bqual); their number is the in-doubt gauge.
+        #: Live drivers by (gtrid, bqual).
         self.drivers: dict[tuple[str, str], Driver] = {}
+        #: Branches owing an acknowledgement of a decision, by gtrid, and how many in all (the
+        #: in-doubt gauge). A driver's call may still be out after its branch was closed by an
+        #: operator or by the participant's report: the branch is no longer in doubt then.
+        self._owed: dict[str, set[str]] = {}
+        self.in_doubt = 0
         #: Phase-two calls sent per transaction, so a failpoint can sit between two of them.
         self._calls_sent: dict[str, int] = {}
 
@@ -116,17 +121,35 @@ class PhaseTwo:
                 driver.wake()
                 continue
             driver = self.drivers[(tx.gtrid, bqual)] = Driver()
+            self._owe(tx.gtrid, bqual)
             driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))
 
-    def wake(self, gtrid: str, bqual: str) -> None:
+    def wake(self, tx: sm.Transaction, bqual: str) -> None:
         """Cut a branch driver's backoff short (it ends at once when nothing is owed any more)."""
-        driver = self.drivers.get((gtrid, bqual))
+        if not sm.is_pending(tx, bqual):
+            self._settle(tx.gtrid, bqual)
+        driver = self.drivers.get((tx.gtrid, bqual))
         if driver is not None:
             driver.wake()
 
     def forget(self, gtrid: str) -> None:
         """``gtrid`` ended: its per-transaction bookkeeping goes."""
         self._calls_sent.pop(gtrid, None)
+        self.in_doubt -= len(self._owed.pop(gtrid, ()))
+
+    def _owe(self, gtrid: str, bqual: str) -> None:
+        owed = self._owed.setdefault(gtrid, set())
+        if bqual not in owed:
+            owed.add(bqual)
+            self.in_doubt += 1
+
+    def _settle(self, gtrid: str, bqual: str) -> None:
+        owed = self._owed.get(gtrid)
+        if owed is not None and bqual in owed:
+            owed.discard(bqual)
+            self.in_doubt -= 1
+            if not owed:
+                del self._owed[gtrid]
 
     async def _prepare_all(self, tx: sm.Transaction, bquals: tuple[str, ...]) -> None:
         await failpoints.ahit("coordinator.before_prepare")
@@ -179,6 +202,7 @@ class PhaseTwo:
         finally:
             branch.next_retry = None
             self.drivers.pop((tx.gtrid, bqual), None)
+            self._settle(tx.gtrid, bqual)
             metrics.PHASE_DURATION.labels(phase=str(phase)).observe(time.perf_counter() - started)
 
     async def _step(self, tx: sm.Transaction, bqual: str, phase: Phase, *, warn: bool) -> bool:

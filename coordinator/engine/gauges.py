@@ -17,9 +17,9 @@ from xatm.participant.xa import TxStatus
 __all__ = ["register"]
 
 
-def register(registry: Registry, drivers: Sized, unreachable: Sized) -> None:
-    """Point the gauges at ``registry``'s counts, the live phase-two ``drivers`` (one per branch
-    owing an acknowledgement of a decision) and the ``unreachable`` endpoints in backoff."""
+def register(registry: Registry, in_doubt: Callable[[], int], unreachable: Sized) -> None:
+    """Point the gauges at ``registry``'s counts, ``in_doubt()`` (branches owing an
+    acknowledgement of a decision, a count kept on the loop) and the ``unreachable`` endpoints."""
 
     def count(status: TxStatus, overdue: bool | None = None) -> Callable[[], float]:
         return lambda: registry.count(status, overdue=overdue)
@@ -30,5 +30,5 @@ def register(registry: Registry, drivers: Sized, unreachable: Sized) -> None:
             metrics.TRANSACTIONS_ACTIVE.labels(status=status.label).set_function(count(status))
         if not status.is_final:
             metrics.TRANSACTIONS_OVERDUE.labels(status=status.label).set_function(count(status, True))
-    metrics.IN_DOUBT_BRANCHES.set_function(lambda: len(drivers))
+    metrics.IN_DOUBT_BRANCHES.set_function(in_doubt)
     metrics.UNREACHABLE_PARTICIPANTS.set_function(lambda: len(unreachable))

@@ -206,3 +206,17 @@ async def test_the_gauges_match_the_table_after_every_kind_of_change(rig: Rig) -
     await engine.checkpoint()  # drops history past max_history
     check()
     assert engine.known(committed[0].gtrid) is None
+
+
+@with_settings(call_timeout=30.0, commit_wait=0.1)
+async def test_a_branch_closed_by_the_operator_leaves_the_in_doubt_count_while_its_call_is_out(
+    rig: Rig,
+) -> None:
+    engine = await rig.start()
+    rig.peers.answer(DEAD, Phase.COMMIT, Answer(XaCode.XAER_RMFAIL, UNREACHABLE_REASON), Answer(delay=30))
+    tx = await rig.tx("a", "b")
+    await engine.commit(tx.gtrid)
+    await until("the retry is out", lambda: len(rig.peers.sent(Phase.COMMIT, "b")) == 2)
+    assert _gauge("xatm_in_doubt_branches") == 1
+    await engine.resolve_branch(tx.gtrid, "b", True, "the resource manager is gone for good")
+    assert _gauge("xatm_in_doubt_branches") == 0
