@@ -18,13 +18,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xatm.coordinator import cluster
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
+from xatm.coordinator.server.approvals import Approvals, parse_required
 from xatm.coordinator.server.auth import Authenticator
+from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
-from xatm.coordinator.settings import NODE_FILE, Settings, stored_node_id
+from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, stored_node_id
 from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
@@ -71,9 +74,15 @@ def _remember_node(data_dir: Path, node: str) -> None:
     fsync_dir(data_dir, os.fsync)
 
 
-def _open_log(data_dir: Path) -> TxLog:
+def _open_log(settings: Settings, node: str) -> TxLog:
+    if settings.store != "file":
+        from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
+
+        ttl = settings.lease_ttl
+        return EtcdLog(parse_store_url(settings.store), node, lease_ttl=ttl, wait_for_holder=ttl + 1.0)
     from xatm.coordinator.txlog.file import FileWal
 
+    data_dir = settings.data_dir
     return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists(), failpoint=failpoints.hit)
 
 
@@ -84,7 +93,12 @@ class Coordinator:
         self.auth = Authenticator.load(settings.auth_file)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id_for(settings)
-        self.engine = Engine(settings, txlog or _open_log(settings.data_dir), self.node_id)
+        self.approvals = Approvals(parse_required(settings.require_approval), settings.approval_ttl)
+        if self.approvals.required and not self.auth.enabled:
+            raise SettingsError("--require-approval needs --auth-file: without tokens all operators are one")
+        # BranchHistory: every XA code a branch answered, for the console and the REST API.
+        history = BranchHistory(txlog or _open_log(settings, self.node_id))
+        self.engine = Engine(settings, history, self.node_id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
@@ -93,16 +107,18 @@ class Coordinator:
         self.log_stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._services: tuple[str, ...] = ()
+        self._takeover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.engine.start()
         _remember_node(self.settings.data_dir, self.node_id)
+        self._takeover = cluster.attach(self.engine)
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
-        ops = AdminOps(self.engine)
+        ops = AdminOps(self.engine, self.approvals)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.engine), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ops), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -169,8 +185,9 @@ class Coordinator:
         self.log_stopped.set()
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._takeover):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()

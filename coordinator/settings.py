@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from xatm.coordinator.txlog.etcd.client import STORE_SCHEME, parse_store_url
+from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.config import (
     ListenAddress,
     PositiveFloat,
@@ -18,7 +20,15 @@ from xatm.participant.runtime.config import (
     load,
 )
 
-__all__ = ["NODE_FILE", "Settings", "SettingsError", "check_node_id", "resolve", "stored_node_id"]
+__all__ = [
+    "NODE_FILE",
+    "Settings",
+    "SettingsError",
+    "check_node_id",
+    "check_store",
+    "resolve",
+    "stored_node_id",
+]
 
 #: A bad configuration value; the message names the setting and its source (exit 2).
 SettingsError = UsageError
@@ -41,6 +51,25 @@ def check_node_id(value: str) -> str:
     return value
 
 
+def _approvable(value: str) -> str:
+    from xatm.coordinator.server.approvals import parse_required
+
+    parse_required(value)
+    return value
+
+
+def check_store(value: str) -> str:
+    """``value`` if it is "file" or an etcd:// address list; else ValueError saying why."""
+    if value != "file":
+        if not value.startswith(STORE_SCHEME):
+            raise ValueError(f"must be file or {STORE_SCHEME}host:port[,host:port...], not {value!r}")
+        try:
+            parse_store_url(value)
+        except InvalidArgumentError as err:
+            raise ValueError(err.message) from None
+    return value
+
+
 class Settings(XatmSettings):
     """Everything ``xatm coordinator`` is configured with; durations are in seconds."""
 
@@ -51,6 +80,13 @@ class Settings(XatmSettings):
         default="127.0.0.1:7071", description="HTTP address for the REST admin API, /metrics and /healthz"
     )
     data_dir: Path = Field(default=Path("./xatm-data"), description="directory of the write-ahead log")
+    store: Annotated[str, AfterValidator(check_store)] = Field(
+        default="file",
+        description="transaction log: file (the WAL in data_dir) or etcd://h1:2379,h2:2379 (replicas)",
+    )
+    lease_ttl: Annotated[int, Field(ge=2, le=300)] = Field(
+        default=5, description="etcd store: how long a dead replica keeps its transactions (s)"
+    )
     auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
     node_id: Annotated[str, AfterValidator(check_node_id)] = Field(
         default="", description="node id embedded in gtrids (default: kept in the data dir)"
@@ -83,6 +119,12 @@ class Settings(XatmSettings):
     tls_key: OptionalPath = Field(default=None, description="server private key (PEM)")
     tls_client_ca: OptionalPath = Field(default=None, description="CA (PEM) requiring client certificates")
     log_json: bool = Field(default=False, description="log one JSON object per line")
+    require_approval: Annotated[str, AfterValidator(_approvable)] = Field(
+        default="",
+        description="forced operations a second operator must approve: any of force-rollback, "
+        "force-commit, forget (comma-separated; needs --auth-file)",
+    )
+    approval_ttl: PositiveFloat = Field(default=900.0, description="how long an approval request waits (s)")
     # Bounds that keep one huge transaction or one dead participant from costing everyone else.
     max_branches: PositiveInt = Field(default=1000, description="branches one transaction may enlist")
     max_calls_in_flight: PositiveInt = Field(

@@ -22,6 +22,7 @@ from xatm.participant import failpoints
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
 from xatm.participant.errors import InternalError, Status, XatmError
 from xatm.participant.metrics import CALL_DURATION, CALLS
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort, abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.stores.base import ResourceManager
@@ -229,7 +230,10 @@ class ParticipantServicer(_Base):
 
     def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Reply:
         try:
-            return self.core.serve(verb, request)
+            with tracing.served(f"xatm.participant.{verb}", context, request) as span:
+                reply = self.core.serve(verb, request)
+                span.note(xa_code=XaCode(reply.code).name)
+                return reply
         except XatmError as error:
             abort(context, error)
 
@@ -264,7 +268,10 @@ class AsyncParticipantServicer(_Base):
 
     async def _serve(self, verb: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Reply:
         try:
-            return await asyncio.to_thread(self.core.serve, verb, request)
+            with tracing.served(f"xatm.participant.{verb}", context, request) as span:
+                reply = await asyncio.to_thread(self.core.serve, verb, request)
+                span.note(xa_code=XaCode(reply.code).name)
+                return reply
         except XatmError as error:
             await abort_async(context, error)
 

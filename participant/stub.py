@@ -39,6 +39,7 @@ from xatm.participant.client.initiator import (
 )
 from xatm.participant.client.interceptors import AioServerInterceptor, ServerInterceptor
 from xatm.participant.errors import FailedPreconditionError, Status, XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
@@ -272,9 +273,14 @@ class ParticipantStub:
             gtrid=xid.gtrid, bqual=xid.bqual, rm_id=self.rm.rm_id, endpoint=self.advertise
         )
         what = f"{self.rm.rm_id} in transaction {xid.gtrid} at coordinator {address}"
+        span = tracing.span("xatm.stub.enlist", gtrid=xid.gtrid, bqual=xid.bqual, rm_id=self.rm.rm_id)
         try:
+            with span:
+                call = coordinator.Enlist(
+                    request, timeout=self._timeout(tx), metadata=(*self._metadata, *tracing.inject())
+                )
             reply = checked_reply(
-                coordinator.Enlist(request, timeout=self._timeout(tx), metadata=self._metadata),
+                call,
                 COORDINATOR_SERVICE,
                 "Enlist",
                 f"coordinator {address}",

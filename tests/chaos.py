@@ -75,7 +75,7 @@ def eventually(what: str, probe: Callable[[], T | None], timeout: float, interva
         except grpc.RpcError as err:
             last = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
         except XatmError as err:  # the same, through the initiator API
-            last = f"{err.code.name}: {err.message}"
+            last = f"{err.status.name}: {err.message}"
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what} (last error: {last})")
         time.sleep(interval)

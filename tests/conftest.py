@@ -79,12 +79,17 @@ EVERY_TEST = "*"
 #: or the names of those that do (a parametrized test by its function name).
 SYSTEM_TESTS: dict[str, str | frozenset[str]] = {
     "test_admin_matrix.py": EVERY_TEST,
+    "test_console.py": EVERY_TEST,
+    "test_approvals.py": EVERY_TEST,
     "test_architecture.py": EVERY_TEST,
     "test_business_errors.py": EVERY_TEST,
     "test_crash_matrix.py": EVERY_TEST,
     "test_e2e_2pc.py": EVERY_TEST,
+    "test_etcd_txlog.py": EVERY_TEST,
+    "test_replicas.py": EVERY_TEST,
     "test_latency.py": EVERY_TEST,
     "test_metrics_labels.py": EVERY_TEST,
+    "test_packaging.py": EVERY_TEST,
     "test_pg_e2e.py": EVERY_TEST,
     "test_prometheus.py": EVERY_TEST,
     "test_protos_and_cli.py": EVERY_TEST,

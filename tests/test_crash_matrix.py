@@ -113,14 +113,14 @@ class Run:
         except TransactionError as err:
             self.seen, self.detail = f"outcome {err.outcome.name}", str(err)
         except XatmError as err:
-            self.seen, self.detail = "unknown", f"{err.code.name}: {err.message}"
+            self.seen, self.detail = "unknown", f"{err.status.name}: {err.message}"
 
     def rollback(self, tx: Transaction) -> None:
         try:
             tx.rollback()
             self.seen, self.detail = "rolledback", "rolled back by the initiator"
         except XatmError as err:
-            self.seen, self.detail = "unknown", f"{err.code.name}: {err.message}"
+            self.seen, self.detail = "unknown", f"{err.status.name}: {err.message}"
 
 
 def transfer(run: Run) -> None:

@@ -392,7 +392,7 @@ def test_full_disk_answers_unavailable_goes_not_serving_exits_and_loses_nothing(
             try:
                 result = system.bank.transfer("alice", "bob", 1)
             except XatmError as err:  # Begin refused: the log stopped on an earlier record
-                message = f"{err.code.name}: {err.message}"
+                message = f"{err.status.name}: {err.message}"
                 break
             if result.outcome != "committed":
                 assert result.outcome == "unknown", result

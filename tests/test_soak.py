@@ -106,7 +106,7 @@ class Initiator(threading.Thread):
         try:
             result = clients[(src_bank, dst_bank)].transfer(src, dst, amount, timeout=TX_TIMEOUT)
         except XatmError as err:  # begin failed: the coordinator is down or restarting
-            attempt.seen, attempt.detail = "not begun", f"{err.code.name}: {err.message}"
+            attempt.seen, attempt.detail = "not begun", f"{err.status.name}: {err.message}"
         except grpc.RpcError as err:  # Apply failed; the block rolled back, commit was never asked
             attempt.seen = "aborted"
             attempt.detail = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]

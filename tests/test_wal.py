@@ -519,7 +519,7 @@ import asyncio, sys
 from pathlib import Path
 from xatm.coordinator.txlog.file import FileWal
 from xatm.participant import failpoints
-from xatm.participant.api.v1 import wal_pb2
+from xatm.coordinator.txlog._proto import wal_pb2
 
 async def main():
     wal = FileWal(Path(sys.argv[1]), failpoint=failpoints.hit)

@@ -265,6 +265,37 @@ def cmd_audit(args: argparse.Namespace, client: _Client) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace, client: _Client) -> int:
+    """``approvals list|approve|reject``: requests of forced operations awaiting a second operator."""
+    from xatm.coordinator.server.approvals import approval_view, decision_view
+
+    if args.approvals_command == "list":
+        found = client("ListApprovals", admin_pb2.ListApprovalsRequest(all=args.all)).approvals
+        view: dict[str, Any] = {"approvals": [approval_view(a) for a in found]}
+
+        def text(v: dict[str, Any]) -> str:
+            rows = [
+                [a["id"], a["action"], " ".join(a["txids"]), a["requestedBy"], a["state"], a["expiresAt"]]
+                for a in v["approvals"]
+            ]
+            headers = ["ID", "ACTION", "TXIDS", "REQUESTED BY", "STATE", "EXPIRES"]
+            return _table(rows, headers) if rows else "no approval requests"
+
+        _emit(args, client, view, text)
+        return 0
+    method = "Approve" if args.approvals_command == "approve" else "Reject"
+    done = client(method, admin_pb2.DecideApprovalRequest(id=args.id, reason=args.reason))
+    view = decision_view(done)
+
+    def decided(v: dict[str, Any]) -> str:
+        a = v["approval"]
+        head = f"{a['id']}: {a['state']} by {a['decidedBy']} (requested by {a['requestedBy']})"
+        return head + (f"\n{_completion_text(v['completion'])}" if v["completion"] else "")
+
+    _emit(args, client, view, decided)
+    return 0
+
+
 def cmd_wal_dump(args: argparse.Namespace) -> int:
     from xatm.coordinator.txlog.file import dump_text
     from xatm.coordinator.txlog.interface import LogCorrupt
@@ -383,6 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_limit, default=100, help="the newest this many (at most 1000)")
     p.add_argument("--page-token", default="", help="older records, as printed by the previous page")
     p.set_defaults(func=cmd_audit)
+
+    approvals = sub.add_parser(
+        "approvals", help="forced operations awaiting a second operator (coordinator --require-approval)"
+    ).add_subparsers(dest="approvals_command", required=True)
+    p = approvals.add_parser("list", parents=[common], help="list pending requests")
+    p.add_argument("--all", action="store_true", help="also decided and expired ones")
+    p.set_defaults(func=cmd_approvals)
+    for name, what in (("approve", "approve (not your own) and carry out"), ("reject", "reject")):
+        p = approvals.add_parser(name, parents=[common], help=f"{what} a pending request; audited")
+        p.add_argument("id", help="the request id, as `xactl approvals list` shows it")
+        p.add_argument("--reason", default="", help="recorded in the audit log")
+        p.set_defaults(func=cmd_approvals)
 
     wal = sub.add_parser("wal", help="write-ahead log tools").add_subparsers(
         dest="wal_command", required=True

@@ -31,6 +31,7 @@ from xatm.coordinator.engine.registry import Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.journal import replay
 from xatm.coordinator.settings import Settings
+from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2
@@ -115,16 +116,37 @@ class Engine:
     async def start(self) -> None:
         """Open the log, rebuild transactions and resume whatever was in flight."""
         records = await self.log.open()
-        txs = replay(records)
-        restarted = time.monotonic()
-        for tx in txs.values():
-            # The log holds wall-clock times only, and a monotonic time does not survive a
-            # restart: deadlines and retention of what the log rebuilt count from now.
-            tx.begun_mono = restarted
-            tx.completed_mono = restarted if tx.completed_at is not None else None
+        txs = list(replay(records).values())
+        _count_from_now(txs)
         self.registry.load(txs)
         self.audit.restore(records)
-        for tx in txs.values():
+        await self._resume(txs)
+        self._spawn(self._checkpoint_loop())
+        self._spawn(self.scanner.run())
+        self._spawn(self.phase_two.report_loop())
+
+    async def adopt(self, records: Iterable[wal_pb2.WalRecord]) -> list[str]:
+        """Take over transactions another coordinator logged (a replica whose lease expired):
+        rebuild them from ``records`` (their log records in order) and finish them as start-up
+        recovery does: re-drive Committing and Rollingback, presume abort for the undecided.
+
+        Returns the gtrids adopted; a transaction already known here is left as it is.
+        Raises LogStopped once the log stopped.
+        """
+        self._refuse_if_fenced()
+        txs = [tx for gtrid, tx in replay(records).items() if self.registry.known(gtrid) is None]
+        _count_from_now(txs)
+        for tx in txs:
+            self.registry.add(tx)
+            if not tx.status.is_final:
+                for branch in tx.branches.values():
+                    self.registry.enlisted(branch.rm_id, branch.endpoint)
+        await self._resume(txs)
+        return [tx.gtrid for tx in txs]
+
+    async def _resume(self, txs: list[sm.Transaction]) -> None:
+        """Finish ``txs`` rebuilt from a log: recovery actions for the unfinished ones."""
+        for tx in txs:
             if tx.status.is_final:
                 continue
             action = {
@@ -136,9 +158,6 @@ class Engine:
             old = tx.status
             effects = sm.recover(tx)
             await self._after(tx, old, effects)
-        self._spawn(self._checkpoint_loop())
-        self._spawn(self.scanner.run())
-        self._spawn(self.phase_two.report_loop())
 
     async def stop(self) -> None:
         self._closing = True
@@ -563,6 +582,15 @@ class Engine:
                 return  # the log keeps what it had or the whole snapshot; the stop is reported once
             except Exception:
                 log.exception("checkpoint failed; will try again")
+
+
+def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
+    """The log holds wall-clock times only, and a monotonic time does not survive a restart:
+    deadlines and retention of transactions rebuilt from a log count from now."""
+    now = time.monotonic()
+    for tx in txs:
+        tx.begun_mono = now
+        tx.completed_mono = now if tx.completed_at is not None else None
 
 
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:

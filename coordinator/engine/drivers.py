@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
@@ -24,18 +24,29 @@ from xatm.coordinator.engine.fanout import FanOut
 from xatm.coordinator.engine.peers import Peers
 from xatm.coordinator.engine.reachability import Reachability, Waiter, backoff_delay
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog.interface import LogStopped
 from xatm.participant import failpoints
 from xatm.participant.xa import Phase, TxStatus, XaCode, Xid
 
-__all__ = ["After", "Driver", "PhaseTwo"]
+__all__ = ["After", "Driver", "PhaseTwo", "Tuning"]
 
 log = logging.getLogger("xatm.coordinator")
 
 #: Carries out a status change's effects: (transaction, status before, effects).
 After = Callable[[sm.Transaction, TxStatus, list[sm.Effect]], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+
+class Tuning(Protocol):
+    """The settings the drivers read (the coordinator's ``Settings`` has them); seconds and counts."""
+
+    call_timeout: float
+    retry_initial: float
+    retry_max: float
+    max_calls_in_flight: int
+    max_calls_per_participant: int
+    max_calls_per_transaction: int
+    unreachable_summary_interval: float
 
 
 class Driver(Waiter):
@@ -52,7 +63,7 @@ class PhaseTwo:
     """Sends the calls the protocol's ``Send`` effects ask for."""
 
     def __init__(
-        self, settings: Settings, peers: Peers, decisions: DecisionLog, *, after: After, spawn: Spawn
+        self, settings: Tuning, peers: Peers, decisions: DecisionLog, *, after: After, spawn: Spawn
     ) -> None:
         self.settings = settings
         self.peers = peers

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from xatm.coordinator import metrics
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
 from xatm.participant.errors import XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.xa import CHANNEL_OPTIONS, Phase, XaCode, Xid, validate_bqual, validate_gtrid
 
@@ -121,7 +122,9 @@ class Peers:
         self._calls_out[endpoint] = self._calls_out.get(endpoint, 0) + 1
         try:
             call = getattr(self._stub(endpoint), method)
-            reply = await call(request, timeout=timeout, wait_for_ready=wait_for_ready)
+            reply = await call(
+                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=tracing.inject() or None
+            )
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._unconnected(endpoint):
                 # Waiting for a connection that never came: say so, not just "deadline".
@@ -160,10 +163,13 @@ class Peers:
         else:
             method = "Savepoint" if phase == Phase.SAVEPOINT else "RollbackToSavepoint"
             request = participant_pb2.SavepointBranchRequest(xid=wire, savepoint_id=savepoint_id)
-        try:
-            reply = await self._invoke(endpoint, method, request, timeout)
-        except PeerError as err:
-            return XaCode.XAER_RMFAIL, err.reason
+        with tracing.span(f"xatm.coordinator.{phase}", gtrid=xid.gtrid, bqual=xid.bqual) as span:
+            try:
+                reply = await self._invoke(endpoint, method, request, timeout)
+            except PeerError as err:
+                span.note(xa_code=XaCode.XAER_RMFAIL.name)
+                return XaCode.XAER_RMFAIL, err.reason
+            span.note(xa_code=XaCode(reply.code).name)
         return XaCode(reply.code), reply.reason
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:

@@ -88,12 +88,12 @@ class Registry:
 
     # ----------------------------------------------------------------- changing
 
-    def load(self, txs: dict[str, sm.Transaction]) -> None:
+    def load(self, txs: list[sm.Transaction]) -> None:
         """Take the transactions rebuilt from the log (before anything else is added)."""
         # Unfinished transactions last: their endpoints are the newest (a move updates only them).
-        ordered = sorted(txs.values(), key=lambda tx: tx.status not in CLOSED)
+        ordered = sorted(txs, key=lambda tx: tx.status not in CLOSED)
         self.rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
-        for tx in txs.values():
+        for tx in txs:
             self.add(tx)
 
     def add(self, tx: sm.Transaction) -> None:

@@ -19,10 +19,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator import metrics
 from xatm.coordinator.engine.core import Engine, Result
+from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import TxOutcome, TxStatus, validate_bqual, validate_gtrid
 
@@ -81,8 +83,10 @@ def _page(total: int, page_size: int, page_token: str) -> tuple[int, int]:
 
 
 class AdminOps:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, approvals: Approvals | None = None):
         self.engine = engine
+        #: Which forced operations need a second operator (none by default).
+        self.approvals = approvals or Approvals()
 
     # ----------------------------------------------------------------- reads
 
@@ -129,6 +133,7 @@ class AdminOps:
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Rollingback (the state machine refuses the rest)."""
         reason = _checked_reason(reason)
+        await self._gate(caller, "force_rollback", [gtrid], reason)
         why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
 
         async def run() -> coordinator_pb2.CompletionResponse:
@@ -141,6 +146,7 @@ class AdminOps:
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Committing (the state machine refuses the rest)."""
         reason = _checked_reason(reason)
+        await self._gate(caller, "force_commit", [gtrid], reason)
 
         async def run() -> coordinator_pb2.CompletionResponse:
             return completion(await self.engine.force_commit(gtrid))
@@ -184,6 +190,7 @@ class AdminOps:
         for gtrid in gtrids:
             validate_gtrid(gtrid)
         unique = list(dict.fromkeys(gtrids))
+        await self._gate(caller, "forget", unique, "")
         outcomes = await asyncio.gather(
             *(
                 self._audited(caller, "forget", g, "", functools.partial(self.engine.forget, g))
@@ -204,6 +211,13 @@ class AdminOps:
             else:
                 results.append(admin_pb2.ForgetResult(gtrid=gtrid, forgotten=True))
         return admin_pb2.ForgetResponse(results=results)
+
+    async def _gate(self, caller: Caller, action: str, gtrids: list[str], reason: str) -> None:
+        """Raise ApprovalPending, having filed a request, when ``action`` needs a second operator."""
+        if self.approvals.needed(caller, action):
+            for gtrid in gtrids:
+                validate_gtrid(gtrid)
+            raise await self.approvals.file(self, caller, action, gtrids, reason)
 
     async def _audited(
         self,
@@ -228,7 +242,8 @@ class AdminOps:
             raise
         try:
             caller.principal.require(Permission.OPERATE)
-            value = await run()
+            with tracing.span(f"xatm.admin.{action}", gtrid=gtrid, operator_trace_id=caller.trace_id):
+                value = await run()
         except XatmError as err:
             await self._record(
                 caller, action, gtrid, f"refused: {err.status.name}", [what, err.message], reason

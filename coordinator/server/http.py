@@ -1,4 +1,4 @@
-"""The coordinator's HTTP port: the REST admin API, ``/metrics`` and ``/healthz``.
+"""The coordinator's HTTP port: the REST admin API, the console, ``/metrics`` and ``/healthz``.
 
 A FastAPI app served by uvicorn on the coordinator's own asyncio loop, so handlers call the
 engine directly. The admin routes are a thin JSON skin over AdminOps, which the Admin gRPC
@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server.admin import MAX_FORGET, MAX_PAGE, AdminOps
+from xatm.coordinator.server.approvals import ApprovalPending, approval_view
 from xatm.coordinator.server.auth import (
     Authenticator,
     Caller,
@@ -43,6 +44,7 @@ from xatm.coordinator.server.auth import (
     bearer_token,
     trace_id,
 )
+from xatm.coordinator.server.console import mount_console
 from xatm.coordinator.server.views import (
     CompletionView,
     ForgetView,
@@ -146,6 +148,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Error, "description": _ERRORS[code]} for code in codes}
 
 
+#: A forced operation that needs a second operator's approval (coordinator --require-approval).
+_FILED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Filed as an approval request (message, approval, traceId); not carried out yet."}
+}
+
+
 # ------------------------------------------------------------------ refusals
 
 
@@ -167,6 +175,9 @@ def _bad(message: str) -> XatmError:
 
 async def _refused(request: Request, err: Exception) -> Response:
     assert isinstance(err, XatmError)
+    if isinstance(err, ApprovalPending):  # filed, not refused: 202 and the request
+        filed = approval_view(err.request)
+        return JSONResponse({"message": err.message, "approval": filed, "traceId": request.state.trace}, 202)
     status = HTTPStatus(surface(err.status).http)
     if err.status != Status.UNAUTHENTICATED:
         return _error(request, status, err.message)
@@ -380,6 +391,12 @@ _PERMISSIONS = {
     "forceRollback": Permission.OPERATE,
     "resolveBranch": Permission.OPERATE,
     "forget": Permission.OPERATE,
+    # The console's resources (server/console/api.py).
+    "listAudit": Permission.READ,
+    "getHistory": Permission.READ,
+    "listApprovals": Permission.READ,
+    "approve": Permission.OPERATE,
+    "reject": Permission.OPERATE,
 }
 
 
@@ -478,7 +495,7 @@ def _admin_router() -> APIRouter:
             operation_id=name,
             summary=f"{summary}; audited",
             response_model=Completion,
-            responses=_errors(400, 401, 403, 404, 412, 503),
+            responses={**_FILED, **_errors(400, 401, 403, 404, 412, 503)},
         )
 
     @router.post(
@@ -504,7 +521,7 @@ def _admin_router() -> APIRouter:
         operation_id="forget",
         summary="Forget heuristically completed transactions; audited",
         response_model=ForgetResponse,
-        responses=_errors(400, 401, 403, 413, 503),
+        responses={**_FILED, **_errors(400, 401, 403, 413, 503)},
     )
     async def forget(caller: CallerDep, ops: OpsDep, body: ForgetRequest) -> dict[str, Any]:
         return _traced(forget_view(await ops.forget(caller, body.txids)), caller)
@@ -518,6 +535,9 @@ def _admin_router() -> APIRouter:
     async def openapi(request: Request) -> dict[str, Any]:
         return request.app.openapi()
 
+    from xatm.coordinator.server.console.api import add_routes  # which imports this module's parts
+
+    add_routes(router)
     return router
 
 
@@ -588,6 +608,7 @@ def build_app(
     # Every route by itself, in order, for the Allow header of a 405.
     app.state.routes = [r for r in (*app.router.routes, *admin.routes) if isinstance(r, APIRoute)]
     app.openapi = _openapi(app)  # type: ignore[method-assign]
+    mount_console(app)
     app.add_middleware(_Envelope)
     return app
 

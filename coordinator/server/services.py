@@ -23,6 +23,7 @@ from xatm.participant.api.v1 import (
     xa_pb2,
 )
 from xatm.participant.errors import InvalidArgumentError, XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, Xid
@@ -45,7 +46,10 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            return await fn(self, request, context)
+            with tracing.served(f"xatm.coordinator.{fn.__name__}", context, request) as span:
+                reply = await fn(self, request, context)
+                span.note(gtrid=getattr(reply, "gtrid", None))  # Begin's: the new transaction
+                return reply
         except XatmError as err:
             await abort_async(context, err)
         except grpc.aio.AbortError:
@@ -180,6 +184,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: Any) -> Any:
         return await self.ops.audit(_CALLER.get(), request.page_size, request.page_token)
+
+    @rpc
+    async def ListApprovals(self, request: admin_pb2.ListApprovalsRequest, context: Any) -> Any:
+        found = await self.ops.approvals.list(self.ops, _CALLER.get(), request.all)
+        return admin_pb2.ListApprovalsResponse(approvals=found)
+
+    @rpc
+    async def Approve(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
+        return await self.ops.approvals.approve(self.ops, _CALLER.get(), request.id, request.reason)
+
+    @rpc
+    async def Reject(self, request: admin_pb2.DecideApprovalRequest, context: Any) -> Any:
+        return await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
 
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):

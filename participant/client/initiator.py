@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.client.context import Binding, TxContext, bind, bound, use
 from xatm.participant.errors import FailedPreconditionError, Status, XatmError, error_for
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, validate_gtrid
@@ -471,7 +472,8 @@ class _ManagerBase:
         return self._stub
 
     def _call(self, stub: Any, method: str, request: Message) -> Any:
-        return getattr(stub, method)(request, timeout=self.call_timeout, metadata=self._metadata)
+        metadata = (*self._metadata, *tracing.inject())  # the caller's trace, when tracing is on
+        return getattr(stub, method)(request, timeout=self.call_timeout, metadata=metadata)
 
     def _checked(self, method: str, reply: Any) -> Any:
         """``reply`` if it is a valid answer to ``method``; raises MalformedReply otherwise."""

@@ -33,6 +33,7 @@ from xatm.participant.client.context import (
     with_deadline,
 )
 from xatm.participant.errors import XatmError
+from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort, abort_async
 
 __all__ = [
@@ -61,6 +62,7 @@ def _stamp(
         return None
     pairs = [(k, v) for k, v in (metadata or ()) if k not in (GTRID_KEY, COORDINATOR_KEY)]
     pairs.extend(to_metadata(tx))
+    pairs.extend(tracing.inject())
     remaining = tx.remaining()
     if remaining is not None and (timeout is None or remaining < timeout):
         timeout = remaining
@@ -333,8 +335,9 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
             async def acall(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
                 proxy = _DeferredAbort(context)
-                async with _ahandling(bound, call, proxy):
-                    reply = await behavior(request, proxy)
+                with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid):
+                    async with _ahandling(bound, call, proxy):
+                        reply = await behavior(request, proxy)
                 await _aended(bound, call)
                 return reply
 
@@ -358,7 +361,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
-            with _handling(bound, call):
+            with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid), _handling(bound, call):
                 reply = behavior(request, context)
             _ended(bound, call)
             return reply

@@ -71,6 +71,21 @@ class AdminStub:
                 request_serializer=xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/xatm.v1.Admin/ListApprovals',
+                request_serializer=xatm_dot_v1_dot_admin__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_admin__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/xatm.v1.Admin/Approve',
+                request_serializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
+                _registered_method=True)
+        self.Reject = channel.unary_unary(
+                '/xatm.v1.Admin/Reject',
+                request_serializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -119,6 +134,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """With approval required for an operation (coordinator --require-approval), the forced call
+        files a request and answers FAILED_PRECONDITION naming it; a different operator decides it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Carries the request out (its status rule is checked again) as the approving operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +192,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResolveBranch,
                     request_deserializer=xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=xatm_dot_v1_dot_admin__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_admin__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.SerializeToString,
+            ),
+            'Reject': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reject,
+                    request_deserializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +398,87 @@ class Admin:
             '/xatm.v1.Admin/ResolveBranch',
             xatm_dot_v1_dot_admin__pb2.ResolveBranchRequest.SerializeToString,
             xatm_dot_v1_dot_coordinator__pb2.CompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Admin/ListApprovals',
+            xatm_dot_v1_dot_admin__pb2.ListApprovalsRequest.SerializeToString,
+            xatm_dot_v1_dot_admin__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Admin/Approve',
+            xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+            xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Admin/Reject',
+            xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+            xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
             options,
             channel_credentials,
             insecure,

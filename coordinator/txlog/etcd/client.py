@@ -1,0 +1,77 @@
+"""The etcd connection: parsing a store address, reaching any member, telling outages apart.
+
+``aetcd`` (the ``etcd`` extra) talks to one gRPC target; gRPC's ``ipv4:`` target takes several
+addresses and moves to the next one when a member stops answering, so a killed member costs
+one reconnect, not an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from xatm.participant.errors import InvalidArgumentError
+
+__all__ = ["STORE_SCHEME", "connect", "is_outage", "parse_store_url"]
+
+STORE_SCHEME = "etcd://"
+
+
+def parse_store_url(url: str) -> list[tuple[str, int]]:
+    """``etcd://h1:2379,h2:2379`` -> [("h1", 2379), ("h2", 2379)]; a missing port is 2379.
+
+    Raises InvalidArgumentError naming what is wrong.
+    """
+    if not url.startswith(STORE_SCHEME):
+        raise InvalidArgumentError(f"store {url!r} is not an etcd:// address")
+    endpoints = []
+    for part in url[len(STORE_SCHEME) :].rstrip("/").split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "2379")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgumentError(f"store {url!r}: {part!r} is not host:port")
+        endpoints.append((host, int(port)))
+    return endpoints
+
+
+def _target(endpoints: list[tuple[str, int]]) -> str:
+    """One gRPC ``ipv4:`` target over every address the endpoints resolve to (a DNS name may
+    resolve to several members)."""
+    addresses: list[str] = []
+    for host, port in endpoints:
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:
+            raise ConnectionError(f"etcd endpoint {host}:{port} does not resolve: {err}") from None
+        for info in infos:
+            address = f"{info[4][0]}:{port}"
+            if address not in addresses:
+                addresses.append(address)
+    return "ipv4:" + ",".join(addresses)
+
+
+def connect(endpoints: list[tuple[str, int]], timeout: float) -> Any:
+    """An ``aetcd.Client`` over every endpoint; each call gives up after ``timeout`` seconds.
+
+    Raises RuntimeError when the extra is not installed, ConnectionError when an endpoint does
+    not resolve.
+    """
+    try:
+        import aetcd
+    except ImportError:
+        raise RuntimeError("the etcd store needs the etcd extra: pip install 'xatm[etcd]'") from None
+    # aetcd joins host and port as "host:port"; the last address's port goes in ``port``.
+    host, _, port = _target(endpoints).rpartition(":")
+    return aetcd.Client(host, int(port), timeout=timeout)
+
+
+def is_outage(err: BaseException) -> bool:
+    """True when ``err`` says etcd cannot answer now (no quorum, member gone, deadline passed),
+    so the call may be retried, rather than that the request itself is wrong."""
+    import aetcd.exceptions as errors
+
+    if isinstance(err, asyncio.TimeoutError | errors.ConnectionFailedError | errors.ConnectionTimeoutError):
+        return True
+    return isinstance(err, errors.ClientError) and not isinstance(
+        err, errors.InvalidArgumentError | errors.PreconditionFailedError | errors.UnauthenticatedError
+    )
