@@ -13,6 +13,7 @@ from xatm.participant.runtime.lazy import lazy_attributes
 __all__ = [
     "AioServerInterceptor",
     "AsyncParticipantServicer",
+    "AsyncSqlAlchemyRM",
     "AsyncTransaction",
     "AsyncTransactionManager",
     "BranchEnded",
@@ -21,6 +22,7 @@ __all__ = [
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
+    "MariaRM",
     "MemoryRM",
     "NotFoundError",
     "ParticipantServicer",
@@ -30,6 +32,7 @@ __all__ = [
     "ResourceExhaustedError",
     "ResourceManager",
     "ServerInterceptor",
+    "SqlAlchemyRM",
     "SqliteRM",
     "Status",
     "Transaction",
@@ -53,10 +56,12 @@ __all__ = [
     "intercept_channel",
 ]
 
-#: Where each public name lives (``PostgresRM`` needs the ``postgresql`` extra, loaded on first use).
+#: Where each public name lives (``PostgresRM``, ``MariaRM`` and ``[Async]SqlAlchemyRM`` need the
+#: ``postgresql``, ``mysql`` and ``sqlalchemy`` extras; each is loaded on first use).
 _HOME = {
     "AioServerInterceptor": "client.interceptors",
     "AsyncParticipantServicer": "servicer",
+    "AsyncSqlAlchemyRM": "stores.sqlalchemy_async",
     "AsyncTransaction": "client.initiator",
     "AsyncTransactionManager": "client.initiator",
     "BranchEnded": "stores.base",
@@ -65,6 +70,7 @@ _HOME = {
     "FailedPreconditionError": "errors",
     "InternalError": "errors",
     "InvalidArgumentError": "errors",
+    "MariaRM": "stores.mysql",
     "MemoryRM": "stores.memory",
     "NotFoundError": "errors",
     "ParticipantServicer": "servicer",
@@ -74,6 +80,7 @@ _HOME = {
     "ResourceExhaustedError": "errors",
     "ResourceManager": "stores.base",
     "ServerInterceptor": "client.interceptors",
+    "SqlAlchemyRM": "stores.sqlalchemy",
     "SqliteRM": "stores.sqlite",
     "Status": "errors",
     "Transaction": "client.initiator",
@@ -132,7 +139,10 @@ if TYPE_CHECKING:
     from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
     from xatm.participant.stores.base import BranchEnded, ResourceManager
     from xatm.participant.stores.memory import MemoryRM
+    from xatm.participant.stores.mysql import MariaRM
     from xatm.participant.stores.postgresql import PostgresRM
+    from xatm.participant.stores.sqlalchemy import SqlAlchemyRM
+    from xatm.participant.stores.sqlalchemy_async import AsyncSqlAlchemyRM
     from xatm.participant.stores.sqlite import SqliteRM
     from xatm.participant.stub import EnlistError, ParticipantStub
     from xatm.participant.xa import TxOutcome, TxStatus, XaCode, XaError, Xid

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["FakeClock", "library"]
+__all__ = ["STEP", "FakeClock", "library"]
+
+#: How far a test steps a wall clock (s): longer than every timeout and retention in play.
+STEP = 45
 
 
 def library() -> Path:

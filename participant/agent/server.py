@@ -93,18 +93,28 @@ T = TypeVar("T")
 
 # ------------------------------------------------------------------ resources
 
+#: Resources with SQL, served by Execute.
+_SQL_KINDS = ("postgresql", "mysql")
+
+
+def _column_name(column: Any) -> str:
+    """A result column's name: psycopg describes columns by objects, PyMySQL by tuples."""
+    return str(column[0] if isinstance(column, tuple) else column.name)
+
 
 @dataclass(frozen=True)
 class Resource:
-    """A parsed ``--resource``: ``postgresql://...`` (a libpq URI) or ``sqlite:PATH``."""
+    """A parsed ``--resource``: ``postgresql://...`` (a libpq URI), ``mysql://...`` or ``sqlite:PATH``."""
 
-    kind: str  # "postgresql" or "sqlite"
+    kind: str  # "postgresql", "mysql" or "sqlite"
     target: str  # the URI, or the store's path
 
     def default_rm_id(self) -> str:
         """The database name, or the store file's stem: stable across restarts."""
         if self.kind == "sqlite":
             return Path(self.target).stem or "sqlite"
+        if self.kind == "mysql":
+            return _mysql_params(self.target).database
         from psycopg.conninfo import conninfo_to_dict
 
         try:
@@ -123,18 +133,37 @@ class Resource:
             from xatm.participant.stores.sqlite import SqliteRM
 
             return SqliteRM(self.target, rm_id)
+        if self.kind == "mysql":
+            from xatm.participant.stores.mysql import MariaRM
+
+            # innodb_lock_wait_timeout counts whole seconds, and has no "none": 0 becomes its maximum.
+            wait_s = -(-lock_timeout_ms // 1000) if lock_timeout_ms else 1_073_741_824
+            return MariaRM(self.target, rm_id, pool_size=pool_size, lock_wait_timeout_s=wait_s)
         from xatm.participant.stores.postgresql import PostgresRM
 
         return PostgresRM(self.target, rm_id, pool_size=pool_size, lock_timeout_ms=lock_timeout_ms)
 
 
+def _mysql_params(url: str) -> Any:
+    from xatm.participant.stores.mysql import parse_mysql_url
+
+    try:
+        return parse_mysql_url(url)
+    except XatmError as exc:
+        raise UsageError(f"{exc.message} in --resource") from None
+
+
 def parse_resource(spec: str) -> Resource:
     if spec.startswith(("postgresql://", "postgres://")):
         return Resource("postgresql", spec)
+    if spec.startswith(("mysql://", "mariadb://")):
+        _mysql_params(spec)
+        return Resource("mysql", spec)
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return Resource("sqlite", spec[len("sqlite:") :])
     raise UsageError(
-        f"unsupported resource {spec[:80]!r}: expected postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH"
+        f"unsupported resource {spec[:80]!r}: expected postgresql://USER@HOST:PORT/DBNAME, "
+        "mysql://USER[:PASSWORD]@HOST[:PORT]/DBNAME or sqlite:PATH"
     )
 
 
@@ -152,7 +181,10 @@ class AgentSettings(XatmSettings):
 
     section = "participant"
 
-    resource: str = Field(default="", description="postgresql://USER@HOST:PORT/DBNAME or sqlite:PATH")
+    resource: str = Field(
+        default="",
+        description="postgresql://USER@HOST:PORT/DBNAME, mysql://USER@HOST:PORT/DBNAME or sqlite:PATH",
+    )
     listen: ListenAddress = Field(
         default="127.0.0.1:7080", description="gRPC listen address", json_schema_extra=_HP
     )
@@ -172,10 +204,11 @@ class AgentSettings(XatmSettings):
     )
     token: str = Field(default="", description="bearer token for the coordinator")
     pool_size: Annotated[int, at_least(1)] = Field(
-        default=8, description="PostgreSQL connections for active branches"
+        default=8, description="database connections for active branches"
     )
     lock_timeout_ms: Annotated[int, at_least(0)] = Field(
-        default=5000, description="PostgreSQL lock_timeout of business SQL, 0 = none"
+        default=5000,
+        description="lock wait bound of business SQL, 0 = none (MySQL: rounded up to whole seconds)",
     )
     recovery_interval: PositiveFloat = Field(
         default=30.0, description="seconds between in-doubt resolution passes"
@@ -260,7 +293,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return self._serve(self._put, request, context)
 
     def _execute(self, request: agent_pb2.ExecuteRequest) -> agent_pb2.ExecuteResponse:
-        self._require("postgresql", "Execute", "use Get and Put")
+        self._require(_SQL_KINDS, "Execute", "use Get and Put")
         if not request.sql.strip():
             raise InvalidArgumentError("sql is required")
         if match := _TX_CONTROL.match(request.sql):
@@ -268,7 +301,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 "(use the initiator's commit, rollback and savepoints)",
             )
         params = [_from_value(v) for v in request.params]
-        rm: Any = self.stub.rm  # a PostgresRM, not imported: a sqlite agent runs without psycopg
+        rm: Any = self.stub.rm  # a PostgresRM or MariaRM, not imported: an agent loads only its own driver
 
         def run(xid: Xid) -> agent_pb2.ExecuteResponse:
             # The branch's connection handle: if the branch ends (its transaction times out, the
@@ -277,23 +310,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 cur = conn.execute(request.sql, params or None)
                 rows = cur.fetchmany(MAX_ROWS + 1) if cur.description else []
                 return agent_pb2.ExecuteResponse(
-                    columns=[c.name for c in cur.description or ()],
+                    columns=[_column_name(c) for c in cur.description or ()],
                     rows=[agent_pb2.Row(values=[_to_value(v) for v in row]) for row in rows[:MAX_ROWS]],
                     rowcount=cur.rowcount,
-                    status=cur.statusmessage or "",
+                    status=getattr(cur, "statusmessage", None) or "",
                     truncated=len(rows) > MAX_ROWS,
                 )
 
         return self._in_branch(run)
 
     def _get(self, request: agent_pb2.GetRequest) -> agent_pb2.GetResponse:
-        self._require("sqlite", "Get", "use Execute with SQL")
+        self._require(("sqlite",), "Get", "use Execute with SQL")
         key, rm = _key(request.key), self.stub.rm
         value = self._in_branch(lambda xid: rm.get(xid, key))  # type: ignore[attr-defined]
         return agent_pb2.GetResponse() if value is None else agent_pb2.GetResponse(value=_to_value(value))
 
     def _put(self, request: agent_pb2.PutRequest) -> agent_pb2.PutResponse:
-        self._require("sqlite", "Put", "use Execute with SQL")
+        self._require(("sqlite",), "Put", "use Execute with SQL")
         key, rm = _key(request.key), self.stub.rm
         if request.value.WhichOneof("kind") not in ("int_value", "text_value"):
             raise InvalidArgumentError("value must be an int_value or a text_value")
@@ -301,10 +334,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self._in_branch(lambda xid: rm.put(xid, key, value))  # type: ignore[attr-defined]
         return agent_pb2.PutResponse()
 
-    def _require(self, kind: str, verb: str, instead: str) -> None:
-        if self.kind != kind:
+    def _require(self, kinds: tuple[str, ...], verb: str, instead: str) -> None:
+        if self.kind not in kinds:
             raise XatmError(
-                f"{verb} serves {kind} resources; this agent's resource is {self.kind}: {instead}",
+                f"{verb} serves {' and '.join(kinds)} resources; "
+                f"this agent's resource is {self.kind}: {instead}",
                 Status.UNIMPLEMENTED,
             )
 

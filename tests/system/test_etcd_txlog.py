@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests import test_txlog_contract as contract
 from tests.etcdcluster import EtcdCluster
+from tests.unit import test_txlog_contract as contract
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
 from xatm.coordinator.txlog.etcd.client import connect

@@ -4,10 +4,12 @@
         --db /tmp/bank-a.db --coordinator 127.0.0.1:7070 --seed alice=100
     python -m xatm.coordinator.tools.bank.account_service --name bank-a --listen 127.0.0.1:7101 \
         --store postgresql://bank@db:5432/bank_a --coordinator 127.0.0.1:7070 --seed alice=100
+    python -m xatm.coordinator.tools.bank.account_service --name bank-b --listen 127.0.0.1:7102 \
+        --store mysql://bank@db:3306/bank_b --coordinator 127.0.0.1:7070 --seed bob=100
 
 The accounts live in a ledger: keys of the embedded SQLite store (``--db``), or the table
-``accounts(name text primary key, balance bigint not null check (balance >= 0))`` of a
-PostgreSQL database (``--store``). ``Apply`` adds an amount to an account. A change the store
+``accounts(name primary key, balance bigint not null check (balance >= 0))`` of a
+PostgreSQL or MySQL/MariaDB database (``--store``). ``Apply`` adds an amount to an account. A change the store
 refuses (a debit below zero, a deadlock victim) does not fail the call: like a deferred SQL
 constraint, the branch is vetoed and votes that reason at prepare (XA_RBINTEGRITY for
 insufficient funds), so the whole transfer rolls back everywhere. Savepoints of the
@@ -37,6 +39,7 @@ from xatm.participant.stores.sqlite import SqliteRM
 from xatm.participant.xa import XaCode, XaError, Xid
 
 if TYPE_CHECKING:
+    from xatm.participant.stores.mysql import MariaRM
     from xatm.participant.stores.postgresql import PostgresRM
 
 log = logging.getLogger("bank")
@@ -150,13 +153,60 @@ class PostgresLedger:
             return cur.fetchall() if cur.description else []
 
 
+class MariaLedger:
+    """Accounts as rows of an InnoDB table; as for PostgreSQL, the CHECK constraint enforces the
+    rule inside ``rm.guard``, which maps its violation (error 4025) to XA_RBINTEGRITY."""
+
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS accounts (name varchar(255) PRIMARY KEY,"
+        " balance bigint NOT NULL CHECK (balance >= 0)) ENGINE=InnoDB"
+    )
+
+    def __init__(self, rm: MariaRM):
+        self.rm = rm
+        self._autocommit(self.SCHEMA)
+
+    def apply(self, xid: Xid, account: str, amount: int) -> int:
+        with self.rm.guard(xid) as conn:
+            if amount and not conn.execute(
+                "UPDATE accounts SET balance = balance + %s WHERE name = %s", (amount, account)
+            ).rowcount:
+                conn.execute("INSERT INTO accounts (name, balance) VALUES (%s, %s)", (account, amount))
+            # A plain read for amount 0 takes no lock and writes nothing: the branch stays read-only.
+            row = conn.execute("SELECT balance FROM accounts WHERE name = %s", (account,)).fetchone()
+            return int(row[0]) if row else 0
+
+    def balance(self, account: str) -> int:
+        rows = self._autocommit("SELECT balance FROM accounts WHERE name = %s", account)
+        return int(rows[0][0]) if rows else 0
+
+    def seed(self, account: str, amount: int) -> None:
+        self._autocommit("INSERT IGNORE INTO accounts VALUES (%s, %s)", account, amount)
+
+    def accounts(self) -> dict[str, int]:
+        rows = self._autocommit("SELECT name, balance FROM accounts")
+        return {str(name): int(balance) for name, balance in rows}
+
+    def _autocommit(self, query: str, *params: object) -> list[tuple[Any, ...]]:
+        """One autocommit statement on a connection of its own (committed state, no branch)."""
+        conn = self.rm.params.connect(autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params or None)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+
 def open_ledger(name: str, store: str) -> Ledger:
-    """``sqlite:PATH`` or ``postgresql://...``, as ``xatm participant --resource`` takes them."""
+    """``sqlite:PATH``, ``postgresql://...`` or ``mysql://...``, as ``xatm participant --resource``."""
     resource = parse_resource(store)
     rm = resource.open(name)
     if isinstance(rm, SqliteRM):
         return SqliteLedger(rm)
-    # The only other kind a resource can be; PostgresRM is imported only where psycopg is.
+    # The SQL RMs are imported only where their drivers are.
+    if resource.kind == "mysql":
+        return MariaLedger(cast("MariaRM", rm))
     return PostgresLedger(cast("PostgresRM", rm), resource.target)
 
 
@@ -266,7 +316,10 @@ def main() -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", metavar="PATH", help="the accounts in an embedded SQLite store at PATH")
     where.add_argument(
-        "--store", metavar="URI", help="postgresql://USER@HOST:PORT/DBNAME (or sqlite:PATH) for the accounts"
+        "--store",
+        metavar="URI",
+        help="postgresql://USER@HOST:PORT/DBNAME, mysql://USER[:PASSWORD]@HOST:PORT/DBNAME "
+        "(or sqlite:PATH) for the accounts",
     )
     parser.add_argument("--coordinator", required=True, type=argument(), metavar="HOST:PORT")
     parser.add_argument("--seed", action="append", default=[], metavar="ACCOUNT=AMOUNT")
