@@ -129,7 +129,7 @@ class Settings(XatmSettings):
     max_branches: PositiveInt = Field(default=1000, description="branches one transaction may enlist")
     max_calls_in_flight: PositiveInt = Field(default=256, description="participant calls out at once, in all")
     max_calls_per_participant: PositiveInt = Field(default=32, description="calls out at once to an endpoint")
-    max_calls_per_transaction: PositiveInt = Field(default=16, description="calls out at once per transaction")
+    max_calls_per_transaction: PositiveInt = Field(default=16, description="calls of one tx out at once")
     unreachable_summary_interval: PositiveFloat = Field(
         default=60.0, description="seconds between log summaries of participants that do not answer"
     )
