@@ -104,6 +104,7 @@ async def test_a_dead_participant_costs_one_warning_per_branch_and_one_backoff(
     before = len(rig.peers.sent(Phase.COMMIT, "b"))
     await asyncio.sleep(1.0)
     calls = len(rig.peers.sent(Phase.COMMIT, "b")) - before
+    print(f"40 branches at a dead participant: {calls} calls in one second")
     # One probe per endpoint backoff (at most retry_max = 0.05 s apart, jitter aside), not one
     # per branch: 40 branches retrying each on its own would send hundreds.
     assert calls <= 40, f"{calls} calls to a dead participant in one second"
