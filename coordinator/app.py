@@ -30,6 +30,7 @@ from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, C
 from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, stored_node_id
 from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
+from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 from xatm.participant.runtime.serving import stop_signals
 
@@ -82,7 +83,7 @@ def _open_log(settings: Settings, node: str) -> TxLog:
     from xatm.coordinator.txlog.file import FileWal
 
     data_dir = settings.data_dir
-    return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists())
+    return FileWal(data_dir, must_exist=(data_dir / NODE_FILE).exists(), failpoint=failpoints.hit)
 
 
 class Coordinator:

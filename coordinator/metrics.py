@@ -27,6 +27,13 @@ TRANSACTION_DURATION = Histogram(
 IN_DOUBT_BRANCHES = Gauge(
     "xatm_in_doubt_branches", "Branches whose phase-two outcome is decided but not yet acknowledged"
 )
+UNREACHABLE_PARTICIPANTS = Gauge(
+    "xatm_unreachable_participants",
+    "Participant endpoints whose calls fail (XAER_RMFAIL) and that the engine backs off from",
+)
+PARTICIPANT_CHANNELS = Gauge(
+    "xatm_participant_channels", "gRPC channels to participant endpoints open now (bounded, idle ones closed)"
+)
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])
 RETRIES = Counter("xatm_retries_total", "Phase-two calls retried by the backoff policy", ["phase"])
 ADMIN_ACTIONS = Counter("xatm_admin_actions_total", "Operator actions", ["action", "result"])

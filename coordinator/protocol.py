@@ -31,6 +31,7 @@ __all__ = [
     "enlist",
     "force_commit",
     "forget",
+    "is_pending",
     "mark_rollback_only",
     "outcome",
     "outcome_known",
@@ -151,16 +152,35 @@ def _refuse(tx: Transaction, action: str, allowed: tuple[TxStatus, ...]) -> Refu
     )
 
 
+def _owing(tx: Transaction) -> tuple[BranchStatus, ...]:
+    """The branch statuses that still owe the current decision an acknowledgement."""
+    if tx.status == S.COMMITTING:
+        return (B.ENLISTED,) if tx.one_phase else (B.PREPARED,)
+    if tx.status == S.ROLLINGBACK:
+        return (B.ENLISTED, B.PREPARED)
+    return ()
+
+
 def pending_branches(tx: Transaction) -> tuple[str, ...]:
     """Branches the current decision still needs an acknowledgement from."""
-    wanted: tuple[BranchStatus, ...]
-    if tx.status == S.COMMITTING:
-        wanted = (B.ENLISTED,) if tx.one_phase else (B.PREPARED,)
-    elif tx.status == S.ROLLINGBACK:
-        wanted = (B.ENLISTED, B.PREPARED)
-    else:
+    wanted = _owing(tx)
+    if not wanted:
         return ()
     return tuple(b.bqual for b in tx.branches.values() if b.status in wanted)
+
+
+def _any_pending(tx: Transaction) -> bool:
+    """Whether any branch is pending. Scanned newest first: answers arrive roughly in enlistment
+    order, so a pending branch is found at once and a transaction of n branches costs O(n) in
+    all rather than O(n) per answer."""
+    wanted = _owing(tx)
+    return bool(wanted) and any(b.status in wanted for b in reversed(tx.branches.values()))
+
+
+def is_pending(tx: Transaction, bqual: str) -> bool:
+    """Whether branch ``bqual`` is among ``pending_branches(tx)``, at the cost of one lookup."""
+    branch = tx.branches.get(bqual)
+    return branch is not None and branch.status in _owing(tx)
 
 
 def begin_attempt(tx: Transaction, bqual: str, phase: Phase) -> int:
@@ -177,7 +197,7 @@ def _record(branch: Branch, phase: Phase, code: XaCode, reason: str) -> None:
 
 
 def _finish_if_done(tx: Transaction) -> list[Effect]:
-    if tx.status not in (S.COMMITTING, S.ROLLINGBACK) or pending_branches(tx) or tx.awaiting_prepare:
+    if tx.status not in (S.COMMITTING, S.ROLLINGBACK) or _any_pending(tx) or tx.awaiting_prepare:
         return []
     if tx.status == S.COMMITTING and not any(b.status != B.ROLLEDBACK for b in tx.branches.values()):
         # The one-phase branch rolled back instead of committing.
@@ -343,7 +363,7 @@ def phase_two_result(
     """Read a commit or rollback answer (docs/contract.md). Returns [] for a retry; the engine retries
     while the branch stays in ``pending_branches``."""
     branch = tx.branches.get(bqual)
-    if branch is None or bqual not in pending_branches(tx):
+    if branch is None or not is_pending(tx, bqual):
         return []
     _record(branch, phase, code, reason)
     if code.is_heuristic:
@@ -497,7 +517,7 @@ def branch_moved(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> list
         return []
     branch.endpoint = endpoint
     phase = owed_phase(tx)
-    return [Send(phase, (bqual,))] if phase is not None and bqual in pending_branches(tx) else []
+    return [Send(phase, (bqual,))] if phase is not None and is_pending(tx, bqual) else []
 
 
 def outcome_reported(
@@ -512,7 +532,7 @@ def outcome_reported(
     with INVALID_ARGUMENT.
     """
     _own_branch(tx, bqual, rm_id)
-    if bqual not in pending_branches(tx):
+    if not is_pending(tx, bqual):
         return []
     owed = owed_phase(tx)
     if phase != owed:
@@ -534,7 +554,7 @@ def resolve_branch(tx: Transaction, bqual: str, committed: bool, reason: str) ->
     if tx.status not in RESOLVE_ALLOWED:
         raise _refuse(tx, "resolving a branch by hand", RESOLVE_ALLOWED)
     phase = owed_phase(tx)
-    if phase is None or bqual not in pending_branches(tx):
+    if phase is None or not is_pending(tx, bqual):
         raise Refused(
             f"branch {bqual} of transaction {tx.gtrid} is {branch.status.label} and owes no answer; "
             "resolving by hand is allowed only for a branch still owed one in Committing or Rollingback",

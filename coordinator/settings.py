@@ -125,6 +125,14 @@ class Settings(XatmSettings):
         "force-commit, forget (comma-separated; needs --auth-file)",
     )
     approval_ttl: PositiveFloat = Field(default=900.0, description="how long an approval request waits (s)")
+    # Bounds that keep one huge transaction or one dead participant from costing everyone else.
+    max_branches: PositiveInt = Field(default=1000, description="branches one transaction may enlist")
+    max_calls_in_flight: PositiveInt = Field(default=256, description="participant calls out at once, in all")
+    max_calls_per_participant: PositiveInt = Field(default=32, description="calls out at once to an endpoint")
+    max_calls_per_transaction: PositiveInt = Field(default=16, description="calls of one tx out at once")
+    unreachable_summary_interval: PositiveFloat = Field(
+        default=60.0, description="seconds between log summaries of participants that do not answer"
+    )
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

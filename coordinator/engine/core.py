@@ -2,36 +2,34 @@
 
 Everything runs on one asyncio loop. State transitions are synchronous calls into the pure
 state machine, so operations on one gtrid are serialised by construction while different
-gtrids never wait on each other; only participant calls and the forced decision write await.
-Phase-two calls are tenacity retry loops that never give up once a decision is taken.
+gtrids never wait on each other; only participant calls and log writes await.
+
+``Engine`` is the one object the servers call. It holds the verbs and the lifecycle and hands
+the rest to its parts: ``registry`` (the transactions and their counts), ``decisions`` (what
+is written to the log), ``audit`` (operator actions), ``phase_two`` (participant calls and the
+retry drivers), ``scanner`` (in-doubt branches nobody drives), and the gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    retry_if_not_exception_type,
-    retry_if_result,
-    wait_exponential,
-    wait_random,
-)
-
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
+from xatm.coordinator.engine import gauges
+from xatm.coordinator.engine.audit import AuditTrail
+from xatm.coordinator.engine.decisions import DecisionLog
+from xatm.coordinator.engine.drivers import PhaseTwo
 from xatm.coordinator.engine.peers import Peers
 from xatm.coordinator.engine.recovery import RecoveryScanner
+from xatm.coordinator.engine.registry import Registry
 from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import replay
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
@@ -40,7 +38,7 @@ from xatm.participant.api.v1 import admin_pb2
 from xatm.participant.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
     XatmError,
 )
@@ -65,10 +63,6 @@ __all__ = ["Engine", "Result"]
 
 log = logging.getLogger("xatm.coordinator")
 
-#: Completed without a heuristic: nothing is called on their branches any more (a move does not
-#: concern them), they age out as history, and they are not "active".
-_CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
-
 _OUTCOME_LABEL = {
     TxStatus.COMMITTED: "committed",
     TxStatus.ROLLEDBACK: "rolledback",
@@ -84,20 +78,13 @@ class Result:
     outcome: TxOutcome
 
 
-class _Driver:
-    """One branch's phase-two retry loop; ``wake`` cuts a backoff short (operator re-drive)."""
-
-    def __init__(self) -> None:
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
-        self.wake.clear()
-
-
 class Engine:
+    """The coordinator's transactions, driven by the protocol, logged before they act.
+
+    Verbs raise the ``XatmError`` subclasses their docstrings name, and ``LogStopped`` once the
+    log stopped (``fence``).
+    """
+
     AUDIT_KEPT = 10_000
 
     def __init__(self, settings: Settings, txlog: TxLog, node_id: str, peers: Peers | None = None):
@@ -105,27 +92,17 @@ class Engine:
         self.node_id = node_id
         self.log = txlog
         self.peers = peers or Peers(max_message_bytes=settings.max_message_bytes)
-        self._txs: dict[str, sm.Transaction] = {}
-        self._done: dict[str, asyncio.Event] = {}
+        self.registry = Registry()
+        self.audit = AuditTrail(txlog, self.AUDIT_KEPT)
+        self.decisions = DecisionLog(txlog, self.registry, self.audit)
+        self.phase_two = PhaseTwo(settings, self.peers, self.decisions, after=self._after, spawn=self._spawn)
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._drivers: dict[tuple[str, str], _Driver] = {}
-        #: Phase-two calls sent per transaction, so a failpoint can sit between two of them.
-        self._phase_two_calls: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: LogStopped | None = None
         self._sp_counter = 0
-        #: Transactions not yet final (begin refuses past max_open_transactions).
-        self._open = 0
-        #: Where each resource manager ever enlisted (recovered from the log too) is served now;
-        #: a participant that re-registers elsewhere replaces its entry.
-        self._rm_endpoints: dict[str, str] = {}
-        #: Audited operator actions, oldest first (the newest AUDIT_KEPT survive checkpoints).
-        self.audit_log: list[admin_pb2.AuditRecord] = []
-        #: Transactions whose commit decision is in the log's queue but not yet applied here.
-        self._deciding: set[str] = set()
-        self._register_gauges()
+        gauges.register(self.registry, lambda: self.phase_two.in_doubt, self.phase_two.reachability.down)
         self.scanner = RecoveryScanner(
             self,
             self.peers,
@@ -138,18 +115,15 @@ class Engine:
 
     async def start(self) -> None:
         """Open the log, rebuild transactions and resume whatever was in flight."""
-        from xatm.coordinator.journal import replay
-
         records = await self.log.open()
-        self._txs = replay(records)
-        # Unfinished transactions last: their endpoints are the newest (a move updates only them).
-        ordered = sorted(self._txs.values(), key=lambda tx: tx.status not in _CLOSED)
-        self._rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
-        self.audit_log = [r.audit for r in records if r.WhichOneof("body") == "audit"][-self.AUDIT_KEPT :]
-        self._open = sum(1 for tx in self._txs.values() if not tx.status.is_final)
-        await self._resume(list(self._txs.values()))
+        txs = list(replay(records).values())
+        _count_from_now(txs)
+        self.registry.load(txs)
+        self.audit.restore(records)
+        await self._resume(txs)
         self._spawn(self._checkpoint_loop())
         self._spawn(self.scanner.run())
+        self._spawn(self.phase_two.report_loop())
 
     async def adopt(self, records: Iterable[wal_pb2.WalRecord]) -> list[str]:
         """Take over transactions another coordinator logged (a replica whose lease expired):
@@ -159,29 +133,21 @@ class Engine:
         Returns the gtrids adopted; a transaction already known here is left as it is.
         Raises LogStopped once the log stopped.
         """
-        from xatm.coordinator.journal import replay
-
         self._refuse_if_fenced()
-        txs = [tx for gtrid, tx in replay(records).items() if gtrid not in self._txs]
+        txs = [tx for gtrid, tx in replay(records).items() if self.registry.known(gtrid) is None]
+        _count_from_now(txs)
         for tx in txs:
-            self._txs[tx.gtrid] = tx
+            self.registry.add(tx)
             if not tx.status.is_final:
-                self._open += 1
-                self._rm_endpoints.update({b.rm_id: b.endpoint for b in tx.branches.values()})
+                for branch in tx.branches.values():
+                    self.registry.enlisted(branch.rm_id, branch.endpoint)
         await self._resume(txs)
         return [tx.gtrid for tx in txs]
 
     async def _resume(self, txs: list[sm.Transaction]) -> None:
         """Finish ``txs`` rebuilt from a log: recovery actions for the unfinished ones."""
-        restarted = time.monotonic()
         for tx in txs:
-            # The log holds wall-clock times only, and a monotonic time does not survive a
-            # restart: deadlines and retention of what the log rebuilt count from now.
-            tx.begun_mono = restarted
-            tx.completed_mono = restarted if tx.completed_at is not None else None
-            self._done[tx.gtrid] = asyncio.Event()
             if tx.status.is_final:
-                self._done[tx.gtrid].set()
                 continue
             action = {
                 TxStatus.COMMITTING: "recommit",
@@ -207,7 +173,17 @@ class Engine:
     @property
     def endpoints(self) -> set[str]:
         """Where the participants are served now (host:port): what the recovery scanner asks."""
-        return set(self._rm_endpoints.values())
+        return self.registry.endpoints
+
+    @property
+    def audit_log(self) -> list[admin_pb2.AuditRecord]:
+        """Audited operator actions, oldest first (the newest ``AUDIT_KEPT``)."""
+        return self.audit.records
+
+    @property
+    def _drivers(self) -> dict[tuple[str, str], Any]:
+        """The live phase-two drivers by (gtrid, bqual)."""
+        return self.phase_two.drivers
 
     def fence(self, stopped: LogStopped) -> None:
         """Stop taking decisions because the log stopped: nothing more can be made durable.
@@ -219,8 +195,7 @@ class Engine:
         if self.log_stopped is not None:
             return
         self.log_stopped = stopped
-        for waiting in self._done.values():  # commit requests waiting for an end answer now
-            waiting.set()
+        self.registry.release_all()  # commit requests waiting for an end answer now
         self._halt()
 
     def _halt(self) -> None:
@@ -251,48 +226,35 @@ class Engine:
     # ----------------------------------------------------------------- queries
 
     def get(self, gtrid: str) -> sm.Transaction:
-        validate_gtrid(gtrid)
-        tx = self._txs.get(gtrid)
-        if tx is None:
-            raise NotFoundError(f"unknown transaction {gtrid}")
-        return tx
+        """The transaction; INVALID_ARGUMENT for a malformed gtrid, NOT_FOUND for an unknown one."""
+        return self.registry.get(gtrid)
 
     def transactions(
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
     ) -> list[sm.Transaction]:
-        wanted = set(statuses)
-        return [
-            tx
-            for tx in self._txs.values()
-            if (not wanted or tx.status in wanted) and (begun_after is None or tx.begun_at >= begun_after)
-        ]
+        return self.registry.transactions(statuses, begun_after)
 
     def known(self, gtrid: str) -> sm.Transaction | None:
-        return self._txs.get(gtrid)
+        return self.registry.known(gtrid)
 
     async def log_foreign_result(
         self, xid: Xid, endpoint: str, phase: Phase, code: XaCode, reason: str
     ) -> None:
         """Record what recovery did to a branch the coordinator holds no transaction for."""
-        branch = sm.Branch(
-            xid.bqual, "", endpoint, sm.B.ROLLEDBACK if phase == Phase.ROLLBACK else sm.B.COMMITTED
-        )
-        tx = sm.Transaction(gtrid=xid.gtrid, timeout_ms=0)
-        await self._append(R.branch_result(tx, branch, phase, code, reason, time.time()))
+        await self.decisions.foreign_result(xid, endpoint, phase, code, reason)
 
     def _check_own(self, xid: Xid) -> None:
         """INVALID_ARGUMENT unless ``xid`` is well-formed and this coordinator's (format, node)."""
         validate_gtrid(xid.gtrid)
         validate_bqual(xid.bqual)
         if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
-            raise InvalidArgumentError(f"xid {xid} was not begun by this coordinator (node {self.node_id})",
-            )
+            raise InvalidArgumentError(f"xid {xid} was not begun by this coordinator (node {self.node_id})")
 
     def query_outcome(self, xid: Xid) -> Decision:
         """What a participant holding an in-doubt branch must do (presumed abort)."""
         self._refuse_if_fenced()
         self._check_own(xid)
-        tx = self._txs.get(xid.gtrid)
+        tx = self.registry.known(xid.gtrid)
         if tx is None or xid.bqual not in tx.branches:
             return Decision.ROLLBACK
         if tx.decision is not None:
@@ -302,11 +264,13 @@ class Engine:
     # ----------------------------------------------------------------- initiator verbs
 
     async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
+        """A new transaction; UNAVAILABLE while shutting down or at ``max_open_transactions``."""
         self._refuse_if_fenced()
         if self._closing:
             raise UnavailableError("coordinator is shutting down")
-        if self._open >= self.settings.max_open_transactions:
-            raise UnavailableError(f"{self._open} transactions are open (max_open_transactions); retry later",
+        if self.registry.open >= self.settings.max_open_transactions:
+            raise UnavailableError(
+                f"{self.registry.open} transactions are open (max_open_transactions); retry later"
             )
         cap = int(self.settings.max_timeout * 1000)
         timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
@@ -314,24 +278,28 @@ class Engine:
         tx = sm.Transaction(
             gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now, begun_mono=time.monotonic()
         )
-        self._txs[tx.gtrid] = tx
-        self._open += 1
-        self._done[tx.gtrid] = asyncio.Event()
+        self.registry.add(tx)
         loop = asyncio.get_running_loop()
         self._timers[tx.gtrid] = loop.call_later(timeout_ms / 1000, self._on_timeout, tx.gtrid)
         metrics.TRANSACTIONS_STARTED.inc()
-        await self._append(R.begin(tx, now))
+        await self.decisions.append(R.begin(tx, now))
         return tx
 
     async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str) -> XaCode:
+        """Add a branch; RESOURCE_EXHAUSTED past ``max_branches`` branches in one transaction."""
         validate_bqual(bqual)
         _check_identity("enlist", rm_id, endpoint)
         self._refuse_if_fenced()
         tx = self.get(gtrid)
+        limit = self.settings.max_branches
+        if len(tx.branches) >= limit and bqual not in tx.branches and tx.status == TxStatus.CREATED:
+            raise ResourceExhaustedError(
+                f"transaction {gtrid} already has {len(tx.branches)} branches (max_branches is {limit})"
+            )
         code = sm.enlist(tx, bqual, rm_id, endpoint)
         if code == XaCode.XA_OK:
-            self._rm_endpoints[rm_id] = endpoint
-            await self._append(R.enlist(tx, tx.branches[bqual], time.time()))
+            self.registry.enlisted(rm_id, endpoint)
+            await self.decisions.append(R.enlist(tx, tx.branches[bqual], time.time()))
         return code
 
     # ----------------------------------------------------------------- participants that move or report
@@ -345,11 +313,11 @@ class Engine:
         """
         _check_identity("register", rm_id, endpoint)
         self._refuse_if_fenced()
-        self._rm_endpoints[rm_id] = endpoint
+        self.registry.enlisted(rm_id, endpoint)
         # Together, so their forced records share one group commit.
         moves = [
             self._move(tx, b.bqual, rm_id, endpoint)
-            for tx in list(self._txs.values())
+            for tx in self.registry.all()
             for b in tx.branches.values()
             if b.rm_id == rm_id
         ]
@@ -373,11 +341,11 @@ class Engine:
         """``xid`` is held by resource manager ``rm_id`` served at ``endpoint`` (it said so, or a
         recovery scan found it there): if that is the branch's own RM, the branch moves there.
         True when it moved."""
-        tx = self._txs.get(xid.gtrid)
+        tx = self.registry.known(xid.gtrid)
         branch = tx.branches.get(xid.bqual) if tx is not None else None
         if tx is None or branch is None or branch.rm_id != rm_id:
             return False
-        self._rm_endpoints[rm_id] = endpoint
+        self.registry.enlisted(rm_id, endpoint)
         return await self._move(tx, xid.bqual, rm_id, endpoint)
 
     async def _move(self, tx: sm.Transaction, bqual: str, rm_id: str, endpoint: str) -> bool:
@@ -393,7 +361,7 @@ class Engine:
             "%s branch %s: resource manager %s moved from %s to %s", tx.gtrid, bqual, rm_id, was, endpoint
         )
         # Forced: the participant is told its move is known only once a restart cannot lose it.
-        await self.log.append(R.endpoint(tx, branch, time.time()), force=True)
+        await self.decisions.forced(R.endpoint(tx, branch, time.time()))
         await self._after(tx, tx.status, effects)
         return True
 
@@ -408,20 +376,22 @@ class Engine:
         self._check_own(xid)
         self._refuse_if_fenced()
         tx = self.get(xid.gtrid)
-        owed = xid.bqual in sm.pending_branches(tx)
+        owed = sm.is_pending(tx, xid.bqual)
         old = tx.status
         reason = (f"applied by {rm_id} after asking the outcome" + (f": {reason}" if reason else ""))[:500]
         effects = sm.outcome_reported(tx, xid.bqual, rm_id, phase, code, reason)
         if owed:
             metrics.BRANCH_RESULTS.labels(phase=str(phase), code=code.name).inc()
-            await self._append(R.branch_result(tx, tx.branches[xid.bqual], phase, code, reason, time.time()))
+            await self.decisions.append(
+                R.branch_result(tx, tx.branches[xid.bqual], phase, code, reason, time.time())
+            )
             await self._after(tx, old, effects)
-            self._wake(tx.gtrid, xid.bqual)
+            self.phase_two.wake(tx, xid.bqual)
         return tx
 
     async def resolve_branch(self, gtrid: str, bqual: str, committed: bool, reason: str) -> Result:
         """An operator's heuristic close of a branch whose RM is gone for good (see
-        ``statemachine.resolve_branch`` for the rule); answered like a force commit/rollback."""
+        ``protocol.resolve_branch`` for the rule); answered like a force commit/rollback."""
         validate_bqual(bqual)
         self._refuse_if_fenced()
         tx = self.get(gtrid)
@@ -429,18 +399,12 @@ class Engine:
         effects = sm.resolve_branch(tx, bqual, committed, reason)
         branch = tx.branches[bqual]
         assert branch.last_phase is not None and branch.last_code is not None
-        await self._append(
+        await self.decisions.append(
             R.branch_result(tx, branch, branch.last_phase, branch.last_code, reason, time.time())
         )
         await self._after(tx, old, effects)
-        self._wake(gtrid, bqual)
+        self.phase_two.wake(tx, bqual)
         return Result(tx, sm.outcome(tx, Phase.COMMIT if tx.decision is Decision.COMMIT else Phase.ROLLBACK))
-
-    def _wake(self, gtrid: str, bqual: str) -> None:
-        """Cut a branch driver's backoff short (it ends at once when nothing is owed any more)."""
-        driver = self._drivers.get((gtrid, bqual))
-        if driver is not None:
-            driver.wake.set()
 
     async def mark_rollback_only(self, gtrid: str, reason: str) -> sm.Transaction:
         self._refuse_if_fenced()
@@ -466,7 +430,7 @@ class Engine:
     ) -> Result:
         """Apply a commit or rollback request, wait (bounded) for its end, answer in tx.h terms.
 
-        Re-driving branches already retrying needs nothing extra: ``_send`` wakes their drivers.
+        Re-driving branches already retrying needs nothing extra: ``send`` wakes their drivers.
         Raises ``LogStopped`` when the log stopped before the transaction had a decision:
         nothing may be claimed about it then (a restart presumes abort unless the decision
         reached the disk after all).
@@ -486,9 +450,9 @@ class Engine:
         tx = self.get(gtrid)
         for effect in sm.forget(tx):
             assert isinstance(effect, sm.Send)
-            await self._call_all(tx, effect)
-        await self._append(R.forget(tx, time.time()))
-        self._drop(tx.gtrid)
+            await self.phase_two.call_all(tx, effect)
+        await self.decisions.append(R.forget(tx, time.time()))
+        self.registry.drop(tx.gtrid)
 
     async def create_savepoint(self, gtrid: str) -> str:
         self._refuse_if_fenced()
@@ -497,7 +461,7 @@ class Engine:
         savepoint_id = f"sp{self._sp_counter}.{time.time_ns() % 10**9:x}"
         effects = sm.create_savepoint(tx, savepoint_id)
         await self._run_savepoint_calls(tx, effects)
-        await self._append(R.savepoint(tx, savepoint_id, False, time.time()))
+        await self.decisions.append(R.savepoint(tx, savepoint_id, False, time.time()))
         return savepoint_id
 
     async def rollback_to_savepoint(self, gtrid: str, savepoint_id: str) -> sm.Transaction:
@@ -506,7 +470,7 @@ class Engine:
         validate_savepoint_id(savepoint_id)
         effects = sm.rollback_to_savepoint(tx, savepoint_id)
         await self._run_savepoint_calls(tx, effects)
-        await self._append(R.savepoint(tx, savepoint_id, True, time.time()))
+        await self.decisions.append(R.savepoint(tx, savepoint_id, True, time.time()))
         return tx
 
     async def _run_savepoint_calls(self, tx: sm.Transaction, effects: list[sm.Effect]) -> None:
@@ -515,7 +479,7 @@ class Engine:
         failures: list[str] = []
         for effect in effects:
             assert isinstance(effect, sm.Send)
-            for bqual, code, reason in await self._call_all(tx, effect):
+            for bqual, code, reason in await self.phase_two.call_all(tx, effect):
                 if effect.phase == Phase.ROLLBACK:
                     sm.savepoint_dropped(tx, bqual, code, reason)
                 elif code != XaCode.XA_OK:
@@ -527,174 +491,57 @@ class Engine:
                 f"is now MarkedRollback: {'; '.join(failures)}",
             )
 
-    async def _call_all(self, tx: sm.Transaction, effect: sm.Send) -> list[tuple[str, XaCode, str]]:
-        """One synchronous round of calls (forget, savepoints), each answer logged."""
-        results = await asyncio.gather(
-            *(self._call_once(tx, b, effect.phase, effect.savepoint_id) for b in effect.bquals)
-        )
-        answers = []
-        for bqual, (code, reason) in zip(effect.bquals, results, strict=True):
-            branch = tx.branches[bqual]
-            await self._append(R.branch_result(tx, branch, effect.phase, code, reason, time.time()))
-            answers.append((bqual, code, reason))
-        return answers
-
     # ----------------------------------------------------------------- effects
 
     async def _after(self, tx: sm.Transaction, old: TxStatus, effects: list[sm.Effect]) -> None:
         """Log a status change, then carry out the effects."""
+        self.registry.observe(tx)
         if tx.status != old:
-            await self._append(R.status(tx, time.time()))
+            await self.decisions.append(R.status(tx, time.time()))
         for effect in effects:
             if isinstance(effect, sm.Send):
-                self._send(tx, effect)
+                self.phase_two.send(tx, effect)
             elif isinstance(effect, sm.ForceDecision):
                 self._spawn(self._decide(tx))
             else:
                 await self._finished(tx)
 
-    def _send(self, tx: sm.Transaction, effect: sm.Send) -> None:
-        if effect.phase == Phase.PREPARE:
-            self._spawn(self._prepare_all(tx, effect.bquals))
-            return
-        for bqual in effect.bquals:
-            driver = self._drivers.get((tx.gtrid, bqual))
-            if driver is not None and driver.task is not None and not driver.task.done():
-                driver.wake.set()
-                continue
-            driver = self._drivers[(tx.gtrid, bqual)] = _Driver()
-            driver.task = self._spawn(self._drive(tx, bqual, effect.phase, driver))
-
-    async def _call_once(
-        self, tx: sm.Transaction, bqual: str, phase: Phase, savepoint_id: str = ""
-    ) -> tuple[XaCode, str]:
-        branch = tx.branches[bqual]
-        sm.begin_attempt(tx, bqual, phase)
-        timeout = self.settings.call_timeout
-        if phase == Phase.PREPARE:
-            timeout = max(0.001, min(timeout, tx.deadline_mono - time.monotonic()))
-        code, reason = await self.peers.call(
-            branch.endpoint, phase, Xid(tx.gtrid, bqual), timeout=timeout, savepoint_id=savepoint_id
-        )
-        metrics.BRANCH_RESULTS.labels(phase=str(phase), code=code.name).inc()
-        return code, reason
-
-    async def _prepare_all(self, tx: sm.Transaction, bquals: tuple[str, ...]) -> None:
-        await failpoints.ahit("coordinator.before_prepare")
-        started = time.perf_counter()
-        await asyncio.gather(*(self._prepare_one(tx, b) for b in bquals))
-        metrics.PHASE_DURATION.labels(phase="prepare").observe(time.perf_counter() - started)
-
-    async def _prepare_one(self, tx: sm.Transaction, bqual: str) -> None:
-        code, reason = await self._call_once(tx, bqual, Phase.PREPARE)
-        old = tx.status
-        effects = sm.prepare_result(tx, bqual, code, reason)
-        await self._append(R.branch_result(tx, tx.branches[bqual], Phase.PREPARE, code, reason, time.time()))
-        await self._after(tx, old, effects)
-
     async def _decide(self, tx: sm.Transaction) -> None:
         await failpoints.ahit("coordinator.after_prepare")
         await failpoints.ahit("coordinator.before_decision")
-        started = time.perf_counter()
-        # From here until decision_durable() the log holds a decision that ``tx`` does not show
-        # yet; a checkpoint in between must not replace it by the undecided status.
-        self._deciding.add(tx.gtrid)
         try:
-            try:
-                await self.log.append(R.decision(tx, time.time()), force=True)
-            except LogStopped as err:
-                # The decision may or may not be on disk: the transaction stays undecided here,
-                # and its commit request is answered UNAVAILABLE, not with an outcome.
-                self.fence(err)
-                raise
-            metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
+            await self.decisions.decide(tx)
+        except LogStopped as err:
+            # The decision may or may not be on disk: the transaction stays undecided here,
+            # and its commit request is answered UNAVAILABLE, not with an outcome.
+            self.fence(err)
+            raise
+        try:
             await failpoints.ahit("coordinator.after_decision")
             old = tx.status
             effects = sm.decision_durable(tx)
         finally:
-            self._deciding.discard(tx.gtrid)
+            self.decisions.applied(tx)
         await self._after(tx, old, effects)
-
-    async def _drive(self, tx: sm.Transaction, bqual: str, phase: Phase, driver: _Driver) -> None:
-        """Phase two for one branch: retry with capped, jittered backoff until acknowledged."""
-        if phase == Phase.ROLLBACK:
-            await failpoints.ahit("coordinator.before_rollback")
-        started = time.perf_counter()
-        branch = tx.branches[bqual]
-
-        def before_sleep(state: RetryCallState) -> None:
-            delay = state.next_action.sleep if state.next_action else 0.0
-            branch.next_retry = time.time() + delay
-            metrics.RETRIES.labels(phase=str(phase)).inc()
-            if state.outcome is not None and state.outcome.failed:
-                log.error("%s branch %s: %s failed: %r", tx.gtrid, bqual, phase, state.outcome.exception())
-
-        retrying = AsyncRetrying(
-            # Capped exponential backoff plus jitter, so retries of many branches do not align.
-            wait=wait_exponential(multiplier=self.settings.retry_initial, max=self.settings.retry_max)
-            + wait_random(0, self.settings.retry_initial),
-            # A stopped log ends the driver: no answer can be recorded any more (reported once).
-            retry=retry_if_result(bool)
-            | (retry_if_exception_type(Exception) & retry_if_not_exception_type(LogStopped)),
-            sleep=driver.sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    pending = await self._phase_two_step(tx, bqual, phase)
-                outcome = attempt.retry_state.outcome  # set by the `with attempt` block just ended
-                if outcome is not None and not outcome.failed:
-                    attempt.retry_state.set_result(pending)
-        finally:
-            branch.next_retry = None
-            self._drivers.pop((tx.gtrid, bqual), None)
-            metrics.PHASE_DURATION.labels(phase=str(phase)).observe(time.perf_counter() - started)
-
-    async def _phase_two_step(self, tx: sm.Transaction, bqual: str, phase: Phase) -> bool:
-        """One call; True while the branch still owes an acknowledgement."""
-        if bqual not in sm.pending_branches(tx):
-            return False
-        if self._phase_two_calls.get(tx.gtrid):
-            await failpoints.ahit("coordinator.between_phase_two")
-        self._phase_two_calls[tx.gtrid] = self._phase_two_calls.get(tx.gtrid, 0) + 1
-        code, reason = await self._call_once(tx, bqual, phase)
-        if bqual not in sm.pending_branches(tx):
-            # Closed while the call was out (its participant reported, or an operator resolved it):
-            # the late answer is logged as one that changed nothing.
-            await self._append(R.late_result(tx, bqual, phase, code, reason, time.time()))
-            return False
-        old = tx.status
-        effects = sm.phase_two_result(tx, bqual, phase, code, reason)
-        await self._append(R.branch_result(tx, tx.branches[bqual], phase, code, reason, time.time()))
-        await self._after(tx, old, effects)
-        pending = bqual in sm.pending_branches(tx)
-        if pending:
-            log.warning(
-                "%s branch %s: %s answered %s %s; will retry", tx.gtrid, bqual, phase, code.name, reason
-            )
-        return pending
 
     async def _finished(self, tx: sm.Transaction) -> None:
         now, ended = time.time(), time.monotonic()
         tx.completed_at, tx.completed_mono = now, ended
-        self._open -= 1
         timer = self._timers.pop(tx.gtrid, None)
         if timer is not None:
             timer.cancel()
-        await self._append(R.end(tx, now))
-        self._phase_two_calls.pop(tx.gtrid, None)
+        self.registry.finished(tx)
+        await self.decisions.append(R.end(tx, now))
+        self.phase_two.forget(tx.gtrid)
         label = _OUTCOME_LABEL[tx.status]
         metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
         if not tx.recovered:
             metrics.TRANSACTION_DURATION.labels(outcome=label).observe(ended - tx.begun_mono)
         log.info("%s %s", tx.gtrid, tx.status.label)
-        self._done[tx.gtrid].set()
 
     def _on_timeout(self, gtrid: str) -> None:
         self._timers.pop(gtrid, None)
-        tx = self._txs.get(gtrid)
+        tx = self.registry.known(gtrid)
         if tx is None:
             return
         old = tx.status
@@ -709,55 +556,22 @@ class Engine:
         The answer must at least carry the decision, so if prepares are still out when
         commit_wait ends, keep waiting for them: each ends within its per-call deadline.
         """
-        with contextlib.suppress(TimeoutError):  # fence() sets every event too
-            await asyncio.wait_for(self._done[tx.gtrid].wait(), self.settings.commit_wait)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + 2 * self.settings.call_timeout
-        while (
-            tx.status in (TxStatus.PREPARING, TxStatus.PREPARED)
-            and loop.time() < give_up
-            and self.log_stopped is None
-        ):
-            await asyncio.sleep(0.01)
-
-    async def _append(self, record: wal_pb2.WalRecord) -> None:
-        await self.log.append(record)
-
-    def _drop(self, gtrid: str) -> None:
-        self._txs.pop(gtrid, None)
-        self._done.pop(gtrid, None)
+        await self.registry.wait_done(tx.gtrid, self.settings.commit_wait)  # fence() ends it too
+        give_up = asyncio.get_running_loop().time() + 2 * self.settings.call_timeout
+        await self.registry.wait_decided(tx, give_up, lambda: self.log_stopped is not None)
 
     async def record_audit(self, record: admin_pb2.AuditRecord) -> None:
         """Durably log an operator action (forced, like a decision) and keep it listable."""
         self._refuse_if_fenced()
-        # Listed before the write is awaited: a checkpoint queued meanwhile must carry it along.
-        self.audit_log.append(record)
-        del self.audit_log[: -self.AUDIT_KEPT]
-        await self.log.append(R.audit(record), force=True)
+        await self.audit.record(record)
 
     # ----------------------------------------------------------------- housekeeping
 
     async def checkpoint(self) -> None:
         """Drop history past retention and rewrite the log as one snapshot per kept transaction."""
-        now = time.time()
-        horizon = time.monotonic() - self.settings.history_retention
-        history = [tx for tx in self._txs.values() if tx.status in _CLOSED]
-        excess = len(history) - self.settings.max_history
-        for i, tx in enumerate(history):  # oldest first: dicts keep begin order
-            if i < excess or (tx.completed_mono is not None and tx.completed_mono < horizon):
-                self._drop(tx.gtrid)
-        audits = [R.audit(record) for record in self.audit_log]
-        await self.log.checkpoint(audits + [self._snapshot(tx, now) for tx in self._txs.values()])
-
-    def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
-        """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
-
-        A commit decision queued before the checkpoint is durable by the time the checkpoint is
-        (the log is written in order), so the snapshot must say Committing already.
-        """
-        if tx.gtrid in self._deciding:
-            tx = dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)
-        return R.snapshot(tx, now)
+        await self.decisions.checkpoint(
+            retention=self.settings.history_retention, keep=self.settings.max_history
+        )
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -769,34 +583,17 @@ class Engine:
             except Exception:
                 log.exception("checkpoint failed; will try again")
 
-    def _register_gauges(self) -> None:
-        def count(status: TxStatus) -> Callable[[], float]:
-            return lambda: sum(1 for tx in self._txs.values() if tx.status == status)
 
-        def overdue(status: TxStatus) -> Callable[[], float]:
-            def measure() -> float:
-                now = time.monotonic()
-                return sum(1 for tx in self._txs.values() if tx.status == status and tx.deadline_mono < now)
-
-            return measure
-
-        for status in TxStatus:
-            if status not in _CLOSED:
-                # HeuristicallyCompleted stays "active" until an operator forgets it.
-                metrics.TRANSACTIONS_ACTIVE.labels(status=status.label).set_function(count(status))
-            if not status.is_final:
-                metrics.TRANSACTIONS_OVERDUE.labels(status=status.label).set_function(overdue(status))
-        metrics.IN_DOUBT_BRANCHES.set_function(
-            lambda: sum(
-                len(sm.pending_branches(tx))
-                for tx in self._txs.values()
-                if tx.decision is not None and tx.status in (TxStatus.COMMITTING, TxStatus.ROLLINGBACK)
-            )
-        )
+def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
+    """The log holds wall-clock times only, and a monotonic time does not survive a restart:
+    deadlines and retention of transactions rebuilt from a log count from now."""
+    now = time.monotonic()
+    for tx in txs:
+        tx.begun_mono = now
+        tx.completed_mono = now if tx.completed_at is not None else None
 
 
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
     """A participant names its resource manager and the host:port serving it, 1-256 characters each."""
     if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
-        raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters"
-        )
+        raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters")

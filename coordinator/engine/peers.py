@@ -4,17 +4,23 @@ A transport failure is XAER_RMFAIL with the gRPC status in the reason, and so is
 else that is not a valid answer — an exception the channel raised, bytes that do not decode
 as the reply message, an XA code outside the protocol — with a reason saying what came back.
 The state machine therefore only ever sees XA codes, and no call task dies with an exception.
-One channel per endpoint, cached; messages either way are bounded by ``max_message_bytes``.
+One channel per endpoint, cached and bounded: at most ``max_channels`` are kept, and one unused
+for ``idle_after`` seconds is closed (the least recently used first, never one with a call out);
+messages either way are bounded by ``max_message_bytes``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
+from xatm.coordinator import metrics
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
@@ -46,7 +52,12 @@ class Peers:
     """The coordinator's gRPC client to every participant endpoint (host:port)."""
 
     def __init__(
-        self, *, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
+        self,
+        *,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_channels: int = 256,
+        idle_after: float = 300.0,
     ):
         self._options = [
             *CHANNEL_OPTIONS,
@@ -54,23 +65,49 @@ class Peers:
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
         self._credentials = credentials
-        self._stubs: dict[str, participant_pb2_grpc.ParticipantStub] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._max_channels = max_channels
+        self._idle_after = idle_after
+        #: endpoint -> (channel, stub, time.monotonic() of its last use), least recently used first.
+        self._channels: OrderedDict[str, tuple[grpc.aio.Channel, participant_pb2_grpc.ParticipantStub, float]]
+        self._channels = OrderedDict()
+        self._calls_out: dict[str, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def channel_count(self) -> int:
+        """Channels open now (at most ``max_channels``)."""
+        return len(self._channels)
 
     def _stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
-        stub = self._stubs.get(endpoint)
-        if stub is None:
+        now = time.monotonic()
+        entry = self._channels.pop(endpoint, None)
+        if entry is None:
             if self._credentials is not None:
                 channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
             else:
                 channel = grpc.aio.insecure_channel(endpoint, options=self._options)
-            self._channels[endpoint] = channel
-            stub = self._stubs[endpoint] = participant_pb2_grpc.ParticipantStub(channel)
-        return stub
+            entry = (channel, participant_pb2_grpc.ParticipantStub(channel), now)
+        self._channels[endpoint] = (entry[0], entry[1], now)
+        self._evict(now)
+        return entry[1]
+
+    def _evict(self, now: float) -> None:
+        """Close idle channels and, past ``max_channels``, the least recently used ones."""
+        for endpoint, (channel, _, used) in list(self._channels.items()):
+            over = len(self._channels) > self._max_channels
+            if not over and now - used < self._idle_after:
+                break  # the rest were used more recently still
+            if self._calls_out.get(endpoint):
+                continue  # a call is out on it: closing would cancel that call
+            del self._channels[endpoint]
+            task = asyncio.get_running_loop().create_task(channel.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        metrics.PARTICIPANT_CHANNELS.set(len(self._channels))
 
     def _unconnected(self, endpoint: str) -> bool:
-        channel = self._channels.get(endpoint)
-        return channel is not None and channel.get_state() != grpc.ChannelConnectivity.READY
+        entry = self._channels.get(endpoint)
+        return entry is not None and entry[0].get_state() != grpc.ChannelConnectivity.READY
 
     async def _invoke(
         self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
@@ -82,6 +119,7 @@ class Peers:
         connection error (gRPC's default), so a participant back at its address takes part in
         the very next prepare.
         """
+        self._calls_out[endpoint] = self._calls_out.get(endpoint, 0) + 1
         try:
             call = getattr(self._stub(endpoint), method)
             reply = await call(
@@ -95,6 +133,10 @@ class Peers:
             raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
         except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
             raise PeerError(f"{method} call failed: {type(err).__name__}: {err}", transport=True) from None
+        finally:
+            left = self._calls_out.pop(endpoint) - 1
+            if left:
+                self._calls_out[endpoint] = left
         try:
             return checked_reply(reply, _SERVICE, method, "participant")
         except MalformedReply as err:
@@ -151,7 +193,8 @@ class Peers:
         return xids, reply.rm_id
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel, _, _ in self._channels.values():
             await channel.close()
         self._channels.clear()
-        self._stubs.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        metrics.PARTICIPANT_CHANNELS.set(0)

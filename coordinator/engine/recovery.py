@@ -13,22 +13,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from xatm.coordinator import metrics
+from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.peers import PeerError, Peers
 from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode, Xid, node_of
 
-if TYPE_CHECKING:
-    from xatm.coordinator.engine.core import Engine
-
-__all__ = ["RecoveryScanner"]
+__all__ = ["RecoveryHost", "RecoveryScanner"]
 
 log = logging.getLogger("xatm.recovery")
 
 
+class RecoveryHost(Protocol):
+    """What the scanner needs of the engine (which implements it), so neither imports the other."""
+
+    node_id: str
+
+    @property
+    def endpoints(self) -> set[str]: ...
+
+    def query_outcome(self, xid: Xid) -> Decision: ...
+
+    def known(self, gtrid: str) -> sm.Transaction | None: ...
+
+    async def follow(self, xid: Xid, rm_id: str, endpoint: str) -> bool: ...
+
+    async def log_foreign_result(
+        self, xid: Xid, endpoint: str, phase: Phase, code: XaCode, reason: str
+    ) -> None: ...
+
+
 class RecoveryScanner:
-    def __init__(self, engine: Engine, peers: Peers, *, interval: float, safety: float, call_timeout: float):
+    def __init__(
+        self, engine: RecoveryHost, peers: Peers, *, interval: float, safety: float, call_timeout: float
+    ):
         self.engine = engine
         self.peers = peers
         self.interval = interval

@@ -16,7 +16,7 @@ from xatm.participant import failpoints
 from xatm.coordinator.txlog._proto import wal_pb2
 
 async def main():
-    wal = FileWal(Path(sys.argv[1]))
+    wal = FileWal(Path(sys.argv[1]), failpoint=failpoints.hit)
     await wal.open()
     for i in range(20):
         await wal.append(wal_pb2.WalRecord(gtrid=f"acked.{i}"), force=True)

@@ -39,7 +39,7 @@ def rec(i: int) -> wal_pb2.WalRecord:
 
 
 async def _open(data_dir: Path, n: int = 3, **kwargs: object) -> FileWal:
-    wal = FileWal(data_dir, **kwargs)  # type: ignore[arg-type]
+    wal = FileWal(data_dir, failpoint=failpoints.hit, **kwargs)  # type: ignore[arg-type]
     await wal.open()
     for i in range(n):
         await wal.append(rec(i), force=True)
@@ -201,7 +201,7 @@ class _YesPeers:
 
 async def _two_branches(settings: Settings, peers: _YesPeers) -> tuple[Engine, Transaction]:
     """A started engine on a FileWal in ``settings.data_dir`` and a transaction with branches b1, b2."""
-    engine = Engine(settings, FileWal(settings.data_dir), "n1", peers=peers)  # type: ignore[arg-type]
+    engine = Engine(settings, FileWal(settings.data_dir, failpoint=failpoints.hit), "n1", peers=peers)  # type: ignore[arg-type]
     await engine.start()
     tx = await engine.begin()
     for bqual in ("b1", "b2"):

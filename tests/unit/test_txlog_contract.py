@@ -29,7 +29,7 @@ def rec(i: int) -> wal_pb2.WalRecord:
 @pytest.fixture(params=["file", "memory"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     if request.param == "file":
-        return lambda: FileWal(tmp_path)
+        return lambda: FileWal(tmp_path, failpoint=failpoints.hit)
     store = LogStore()
     return lambda: MemoryLog(store)
 

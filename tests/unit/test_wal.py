@@ -57,7 +57,7 @@ def one_of_each() -> list[WalRecord]:
 
 
 async def write(data_dir: Path, records: Sequence[WalRecord], *, segment_bytes: int = SMALL) -> None:
-    wal = FileWal(data_dir, segment_bytes=segment_bytes)
+    wal = FileWal(data_dir, segment_bytes=segment_bytes, failpoint=failpoints.hit)
     await wal.open()
     for i, record in enumerate(records):
         await wal.append(record, force=i % 7 == 0)
@@ -475,7 +475,7 @@ def test_slow_disk_failpoint_runs_in_the_writer(tmp_path: Path, monkeypatch) -> 
 
 def test_failed_fsync_stops_the_log(tmp_path: Path) -> None:
     async def go() -> None:
-        wal = FileWal(tmp_path)
+        wal = FileWal(tmp_path, failpoint=failpoints.hit)
         await wal.open()
         await wal.append(rec(0), force=True)
         failpoints.arm("wal.before_fsync=error(UNAVAILABLE)")

@@ -25,6 +25,7 @@ from xatm.coordinator.txlog.file.metrics import WAL_RECORDS, WAL_TORN_TAIL
 from xatm.coordinator.txlog.file.scan import LogScan, Tail, TornTail
 from xatm.coordinator.txlog.file.segment import (
     TEMP_SUFFIX,
+    Hook,
     create_segment,
     fsync_dir,
     fsync_fd,
@@ -101,6 +102,9 @@ class FileWal(TxLog):
     checked before every batch and, through ``watch``, while idle. Waiters get the error, later
     calls raise it, and the coordinator must restart, which replays what reached the disk.
 
+    ``failpoint``, when given, is called with a failpoint's name where the log may be made to fail
+    or stall (``wal.before_fsync``, before each fsync); the coordinator passes its failpoints.
+
     With ``must_exist`` (the data dir shows that a log was created in it), ``open()`` refuses a
     missing or empty log with ``LogMissing`` instead of starting a new one.
     """
@@ -113,6 +117,7 @@ class FileWal(TxLog):
         node: str = "",
         max_queued: int = DEFAULT_MAX_QUEUED,
         must_exist: bool = False,
+        failpoint: Hook | None = None,
     ) -> None:
         if segment_bytes < MIN_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {segment_bytes}")
@@ -123,6 +128,7 @@ class FileWal(TxLog):
         self._segment_bytes = segment_bytes
         self._max_queued = max_queued
         self._must_exist = must_exist
+        self._hook = failpoint
         self._lock = DirLock(self.data_dir, node)
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
@@ -242,7 +248,7 @@ class FileWal(TxLog):
             self._probe()
             self._tidy(scan)
             tail = scan.tail or self._create_log()
-            self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes)
+            self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes, self._hook)
         except OSError as exc:
             self._lock.release()
             raise LogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
@@ -277,7 +283,7 @@ class FileWal(TxLog):
             fd = os.open(torn.path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, torn.offset)
-                fsync_fd(fd)
+                fsync_fd(fd, self._hook)
             finally:
                 os.close(fd)
             self.torn_tail = torn

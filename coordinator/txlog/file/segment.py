@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xatm.coordinator.txlog.file.metrics import WAL_FSYNC_DURATION
-from xatm.participant import failpoints
 
 __all__ = [
     "HEAD_NAME",
     "TEMP_SUFFIX",
+    "Hook",
     "create_segment",
     "file_vanished",
     "fsync_dir",
@@ -47,9 +47,15 @@ def list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def fsync_fd(fd: int) -> None:
-    """The one place the log waits for the disk: failpoint first, latency into the histogram."""
-    failpoints.hit("wal.before_fsync")
+#: Called with a failpoint's name where the log could fail or stall (tests, chaos drills).
+Hook = Callable[[str], object]
+
+
+def fsync_fd(fd: int, hook: Hook | None = None) -> None:
+    """The one place the log waits for the disk: ``hook("wal.before_fsync")`` first (when
+    given), the latency into the histogram."""
+    if hook is not None:
+        hook("wal.before_fsync")
     started = time.perf_counter()
     os.fsync(fd)
     WAL_FSYNC_DURATION.observe(time.perf_counter() - started)

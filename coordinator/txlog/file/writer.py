@@ -14,6 +14,7 @@ from xatm.coordinator.txlog.file.framing import (
 )
 from xatm.coordinator.txlog.file.scan import Tail
 from xatm.coordinator.txlog.file.segment import (
+    Hook,
     create_segment,
     file_vanished,
     fsync_dir,
@@ -29,8 +30,9 @@ class SegmentWriter:
     """The synchronous half of the log: frames, writes, fsyncs. It never decides *when* to sync;
     the group-commit loop in ``FileWal`` does, so one fsync can serve many callers."""
 
-    def __init__(self, wal_dir: Path, tail: Tail, segment_bytes: int) -> None:
+    def __init__(self, wal_dir: Path, tail: Tail, segment_bytes: int, hook: Hook | None = None) -> None:
         self._wal_dir = wal_dir
+        self._hook = hook
         self._segment_bytes = segment_bytes
         self._seq = tail.seq
         self._size = tail.size
@@ -105,5 +107,5 @@ class SegmentWriter:
         self._seq, self._size, self._crc = seq, len(header) + len(body), crc
 
     def _fsync(self, fd: int) -> None:
-        fsync_fd(fd)
+        fsync_fd(fd, self._hook)
         self.fsync_count += 1

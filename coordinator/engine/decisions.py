@@ -1,0 +1,83 @@
+"""The engine's writes to the transaction log: records as they happen, the forced commit
+decision, and checkpoints that rewrite the log as one snapshot per kept transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from xatm.coordinator import metrics
+from xatm.coordinator import protocol as sm
+from xatm.coordinator.engine.audit import AuditTrail
+from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.interface import TxLog
+from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
+
+__all__ = ["DecisionLog"]
+
+
+class DecisionLog:
+    """What the engine makes durable, on ``log``; every method may raise ``LogStopped``."""
+
+    def __init__(self, log: TxLog, registry: Registry, audit: AuditTrail) -> None:
+        self.log = log
+        self._registry = registry
+        self._audit = audit
+        #: Transactions whose commit decision is in the log's queue but not yet applied here.
+        self._deciding: set[str] = set()
+
+    async def append(self, record: wal_pb2.WalRecord) -> None:
+        """Queue a record (durable with the next forced write)."""
+        await self.log.append(record)
+
+    async def forced(self, record: wal_pb2.WalRecord) -> None:
+        """Write a record and wait until it is on disk."""
+        await self.log.append(record, force=True)
+
+    async def decide(self, tx: sm.Transaction) -> None:
+        """Force the commit decision of a prepared ``tx`` to disk.
+
+        From the write until the caller applies it (``protocol.decision_durable``), the log holds a
+        decision that ``tx`` does not show yet; a checkpoint meanwhile snapshots it as decided.
+        The caller applies it right after this returns, without awaiting in between.
+        """
+        started = time.perf_counter()
+        self._deciding.add(tx.gtrid)
+        try:
+            await self.log.append(R.decision(tx, time.time()), force=True)
+        except BaseException:
+            self._deciding.discard(tx.gtrid)
+            raise
+        metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
+
+    def applied(self, tx: sm.Transaction) -> None:
+        """The decision written by ``decide`` is now what ``tx`` says (or was abandoned)."""
+        self._deciding.discard(tx.gtrid)
+
+    async def foreign_result(self, xid: Xid, endpoint: str, phase: Phase, code: XaCode, reason: str) -> None:
+        """Record what recovery did to a branch the coordinator holds no transaction for."""
+        branch = sm.Branch(
+            xid.bqual, "", endpoint, sm.B.ROLLEDBACK if phase == Phase.ROLLBACK else sm.B.COMMITTED
+        )
+        tx = sm.Transaction(gtrid=xid.gtrid, timeout_ms=0)
+        await self.append(R.branch_result(tx, branch, phase, code, reason, time.time()))
+
+    async def checkpoint(self, *, retention: float, keep: int) -> None:
+        """Drop history past ``retention`` seconds (and beyond ``keep`` transactions), then rewrite
+        the log as the audit records plus one snapshot per kept transaction."""
+        now = time.time()
+        self._registry.prune(retention=retention, keep=keep)
+        snapshots = [self._snapshot(tx, now) for tx in self._registry.all()]
+        await self.log.checkpoint(self._audit.as_records() + snapshots)
+
+    def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
+        """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
+
+        A commit decision queued before the checkpoint is durable by the time the checkpoint is
+        (the log is written in order), so the snapshot must say Committing already.
+        """
+        if tx.gtrid in self._deciding:
+            tx = dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)
+        return R.snapshot(tx, now)
