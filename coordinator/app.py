@@ -22,12 +22,12 @@ from xatm.coordinator import cluster
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
-from xatm.coordinator.server.approvals import Approvals, parse_required
+from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Authenticator
 from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
-from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, stored_node_id
+from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, parse_required, stored_node_id
 from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints

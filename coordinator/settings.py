@@ -21,11 +21,13 @@ from xatm.participant.runtime.config import (
 )
 
 __all__ = [
+    "APPROVABLE",
     "NODE_FILE",
     "Settings",
     "SettingsError",
     "check_node_id",
     "check_store",
+    "parse_required",
     "resolve",
     "stored_node_id",
 ]
@@ -51,9 +53,21 @@ def check_node_id(value: str) -> str:
     return value
 
 
-def _approvable(value: str) -> str:
-    from xatm.coordinator.server.approvals import parse_required
+#: Operation names as ``--require-approval`` spells them -> the audited action.
+APPROVABLE = {"force-rollback": "force_rollback", "force-commit": "force_commit", "forget": "forget"}
 
+
+def parse_required(text: str) -> frozenset[str]:
+    """The audited actions named by a ``--require-approval`` value (comma-separated flag names);
+    ValueError naming the accepted ones for anything else."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in APPROVABLE]
+    if unknown:
+        raise ValueError(f"unknown operation {unknown[0]!r}; expected some of {', '.join(APPROVABLE)}")
+    return frozenset(APPROVABLE[name] for name in names)
+
+
+def _approvable(value: str) -> str:
     parse_required(value)
     return value
 

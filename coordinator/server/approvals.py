@@ -40,33 +40,19 @@ if TYPE_CHECKING:
     from xatm.coordinator.server.admin import AdminOps
 
 __all__ = [
-    "APPROVABLE",
     "DEFAULT_TTL",
     "ApprovalPending",
     "Approvals",
     "ApprovedCaller",
-    "parse_required",
     "refusal",
 ]
 
-#: Operation names as the flag spells them -> the audited action.
-APPROVABLE = {"force-rollback": "force_rollback", "force-commit": "force_commit", "forget": "forget"}
 #: Seconds a request waits for its second operator.
 DEFAULT_TTL = 900.0
 #: Requests kept for listing (pending ones are never dropped for room).
 KEPT = 1000
 _EXPIRY = Principal("coordinator", None)
 _RULES = {"force_rollback": sm.request_rollback, "force_commit": sm.force_commit, "forget": sm.forget}
-
-
-def parse_required(text: str) -> frozenset[str]:
-    """The audited actions named by a ``--require-approval`` value (comma-separated flag names);
-    ValueError naming the accepted ones for anything else."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in APPROVABLE]
-    if unknown:
-        raise ValueError(f"unknown operation {unknown[0]!r}; expected some of {', '.join(APPROVABLE)}")
-    return frozenset(APPROVABLE[name] for name in names)
 
 
 def refusal(tx: sm.Transaction, action: str) -> str | None:
