@@ -140,7 +140,9 @@ def test_a_route_without_a_body_never_reads_one(
 
 
 @pytest.mark.parametrize(("method", "path", "viewer_may"), ROUTES, ids=_ids(ROUTES))
-def test_a_body_over_the_bound_is_413_on_every_route(app: Any, method: str, path: str, viewer_may: bool) -> None:
+def test_a_body_over_the_bound_is_413_on_every_route(
+    app: Any, method: str, path: str, viewer_may: bool
+) -> None:
     status, answer = _call(app, method, path, b"", length=MAX_BODY + 1)
     assert status == 413 and set(answer) == {"error", "traceId"}
 
