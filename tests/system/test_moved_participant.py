@@ -129,7 +129,7 @@ def test_a_participant_that_resolves_its_branch_itself_reports_it(system: BankSy
         if "applied by bank-b" in str(r.get("branchResult", {}).get("reason"))
     ]
     assert [(r["phase"], r["code"], r["status"]) for r in reported] == [
-        ("PHASE_COMMIT", "XA_OK", "BRANCH_STATUS_COMMITTED")
+        ("commit", "XA_OK", "Committed")
     ]
 
 
