@@ -25,6 +25,18 @@ XACTL = Path(sys.executable).with_name("xactl")
 OK, UNAVAILABLE, INVALID, NOT_FOUND, REFUSED, CREDENTIALS = 0, 1, 2, 3, 4, 5
 
 
+def write_auth_file(path: Path, entries: dict[str, tuple[str, str, int | None]]) -> Path:
+    """An auth file at ``path``: name -> (role, token, max_open or None)."""
+    from xatm.coordinator.server.auth import hash_token
+
+    text = ""
+    for name, (role, token, max_open) in entries.items():
+        text += f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+        text += f"max_open = {max_open}\n\n" if max_open else "\n"
+    path.write_text(text)
+    return path
+
+
 def xactl(
     coordinator: str, *args: str, token: str | None = None, **popen: Any
 ) -> subprocess.CompletedProcess[str]:

@@ -24,9 +24,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.admin_support import rest
+from tests.admin_support import rest, write_auth_file
 from tests.bank_system import TEST_COORDINATOR_ENV
-from xatm.coordinator.server.auth import hash_token
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.xa import TxStatus, new_gtrid, validate_gtrid
@@ -57,17 +56,8 @@ BAD_ENDPOINTS = [
 UNDECODABLE = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x08"]
 
 
-def _write_tokens(path: Path, entries: dict[str, tuple[str, str, int | None]]) -> Path:
-    text = ""
-    for name, (role, token, max_open) in entries.items():
-        text += f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
-        text += f"max_open = {max_open}\n\n" if max_open else "\n"
-    path.write_text(text)
-    return path
-
-
 def _start(root: Path, *extra: str) -> Proc:
-    env = {**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(_write_tokens(root / "tokens.toml", ENTRIES))}
+    env = {**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(write_auth_file(root / "tokens.toml", ENTRIES))}
     return coordinator_proc(root / "data", root, env=env, extra=["--log-json", *extra]).start()
 
 
@@ -283,7 +273,7 @@ def test_a_revoked_token_stops_working_at_once_and_the_reload_is_audited(tmp_pat
     proc = _start(tmp_path)
     try:
         assert _begin(proc, SERVICE)
-        _write_tokens(tmp_path / "tokens.toml", {k: v for k, v in ENTRIES.items() if k != "svc"})
+        write_auth_file(tmp_path / "tokens.toml", {k: v for k, v in ENTRIES.items() if k != "svc"})
         if how == "SIGHUP":
             assert proc.popen is not None
             proc.popen.send_signal(signal.SIGHUP)

@@ -14,9 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.admin_support import CREDENTIALS, INVALID, NOT_FOUND, UNAVAILABLE, XACTL, xactl
+from tests.admin_support import CREDENTIALS, INVALID, NOT_FOUND, UNAVAILABLE, XACTL, write_auth_file, xactl
 from tests.bank_system import TEST_COORDINATOR_ENV
-from xatm.coordinator.server.auth import hash_token
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -30,16 +29,8 @@ COMMITTED = ["--outcome", "committed", "--reason"]
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     root = tmp_path_factory.mktemp("xactl-errors")
     tokens = root / "tokens.toml"
-    tokens.write_text(
-        "".join(
-            f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n\n'
-            for name, role, token in (
-                ("ops", "operator", OPS),
-                ("w", "viewer", VIEWER),
-                ("s", "service", SERVICE),
-            )
-        )
-    )
+    entries = {"ops": ("operator", OPS, None), "w": ("viewer", VIEWER, None), "s": ("service", SERVICE, None)}
+    write_auth_file(tokens, entries)
     proc = coordinator_proc(root / "data", root, env={**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(tokens)})
     proc.start()
     yield proc

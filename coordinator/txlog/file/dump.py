@@ -128,20 +128,15 @@ def _json_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
 
 
 def _json_fields(message: Message) -> dict[str, Any]:
-    """The fields that say something (as in the table), by their JSON names, in the operator
-    vocabulary of ``xactl show`` and the REST API."""
-    fields: dict[str, Any] = {}
-    for fd in message.DESCRIPTOR.fields:
-        value = getattr(message, fd.name)
-        if fd.is_repeated:
-            if value:
-                fields[fd.json_name] = [_json_value(fd, item) for item in value]
-        elif _shown(message, fd, value):
-            fields[fd.json_name] = _json_value(fd, value)
-    return fields
+    """The fields that say something, by their JSON names."""
+    return {
+        fd.json_name: [_json_value(fd, item) for item in value] if fd.is_repeated else _json_value(fd, value)
+        for fd, value in _said(message)
+    }
 
 
 def _json_value(fd: _FieldDescriptor, value: Any) -> Any:
+    """A field's value in the operator vocabulary: enums in words, times in RFC 3339."""
     if fd.enum_type is not None:
         return _enum(fd.enum_type, value)
     if fd.message_type is not None:
@@ -162,17 +157,20 @@ def _table_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
 def _fields(message: Message) -> str:
     """``name=value`` for each field that says something."""
     parts = []
+    for fd, value in _said(message):
+        if fd.is_repeated:
+            parts.append(f"{fd.name}=[" + ", ".join(_value(fd, item) for item in value) + "]")
+        else:
+            parts.append(f"{fd.name}={_value(fd, value)}")
+    return " ".join(parts)
+
+
+def _said(message: Message) -> Iterator[tuple[_FieldDescriptor, Any]]:
+    """(field, value) of each field of ``message`` that says something, in field order."""
     for fd in message.DESCRIPTOR.fields:
         value = getattr(message, fd.name)
-        if fd.is_repeated:
-            shown = bool(value)
-            text = "[" + ", ".join(_value(fd, item) for item in value) + "]"
-        else:
-            shown = _shown(message, fd, value)
-            text = _value(fd, value)
-        if shown:
-            parts.append(f"{fd.name}={text}")
-    return " ".join(parts)
+        if bool(value) if fd.is_repeated else _shown(message, fd, value):
+            yield fd, value
 
 
 def _shown(message: Message, fd: _FieldDescriptor, value: Any) -> bool:
@@ -189,17 +187,16 @@ def _shown(message: Message, fd: _FieldDescriptor, value: Any) -> bool:
 
 
 def _value(fd: _FieldDescriptor, value: Any) -> str:
-    if fd.enum_type is not None:
-        return _enum(fd.enum_type, value)
-    if fd.message_type is not None:
-        if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
-            return _time(value)
+    """A field's value in the table: as in JSON, a message as ``{name=value ...}``, text quoted
+    when it holds spaces, quotes or ``=``."""
+    if fd.message_type is not None and fd.message_type.full_name != Timestamp.DESCRIPTOR.full_name:
         return f"{{{_fields(value)}}}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value if _PLAIN.fullmatch(value) else json.dumps(value)
-    return str(value)
+    shown = _json_value(fd, value)
+    if isinstance(shown, bool):
+        return "true" if shown else "false"
+    if isinstance(shown, str):
+        return shown if _PLAIN.fullmatch(shown) else json.dumps(shown)
+    return str(shown)
 
 
 def _enum(enum: _EnumDescriptor, number: int) -> str:
