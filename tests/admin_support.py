@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -25,7 +26,7 @@ XACTL = Path(sys.executable).with_name("xactl")
 OK, UNAVAILABLE, INVALID, NOT_FOUND, REFUSED, CREDENTIALS = 0, 1, 2, 3, 4, 5
 
 
-def write_auth_file(path: Path, entries: dict[str, tuple[str, str, int | None]]) -> Path:
+def write_auth_file(path: Path, entries: Mapping[str, tuple[str, str, int | None]]) -> Path:
     """An auth file at ``path``: name -> (role, token, max_open or None)."""
     from xatm.coordinator.server.auth import hash_token
 

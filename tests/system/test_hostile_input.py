@@ -167,8 +167,10 @@ METHODS = [
 
 def _raw(proc: Proc, method: str, payload: bytes, token: str | None) -> grpc.StatusCode:
     with grpc.insecure_channel(proc.address) as channel:
-        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        return _code(lambda: call(payload, metadata=_auth(token), timeout=30))
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            method, request_serializer=None, response_deserializer=None
+        )
+        return _code(lambda: call(payload, metadata=tuple(_auth(token)), timeout=30))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -273,18 +275,20 @@ def test_a_revoked_token_stops_working_at_once_and_the_reload_is_audited(tmp_pat
     proc = _start(tmp_path)
     try:
         assert _begin(proc, SERVICE)
-        write_auth_file(tmp_path / "tokens.toml", {k: v for k, v in ENTRIES.items() if k != "svc"})
+        kept = {name: entry for name, entry in ENTRIES.items() if name not in ("svc", "watcher")}
+        write_auth_file(tmp_path / "tokens.toml", kept)
         if how == "SIGHUP":
             assert proc.popen is not None
             proc.popen.send_signal(signal.SIGHUP)
         records = _until(lambda: _reload_records(proc), "an audited reload")
-        assert records == [{"peer": how, "result": "ok", "detail": "removed or changed: svc"}]
+        assert records == [{"peer": how, "result": "ok", "detail": "removed or changed: svc, watcher"}]
         channel, stub = _coordinator_stub(proc)
         with channel:
             begin = coordinator_pb2.BeginRequest()
             assert (
                 _code(lambda: stub.Begin(begin, metadata=_auth(SERVICE))) == grpc.StatusCode.UNAUTHENTICATED
             )
+        assert rest(f"http://{proc.http}", "GET", "/admin/v1/xa-transaction", token=VIEWER).status == 401
         assert _begin(proc, CAPPED)  # the tokens still listed work on
         # A file that no longer loads keeps the tokens in force, and says so.
         (tmp_path / "tokens.toml").write_text("[[tokens]]\nname = 1\n")
