@@ -17,28 +17,32 @@ from typing import Any
 import pytest
 
 from xatm.coordinator.server.admin import AdminOps
-from xatm.coordinator.server.auth import Authenticator, Principal, Role
-from xatm.coordinator.server.http import MAX_BODY, build_app
+from xatm.coordinator.server.auth import Authenticator, Permission, Principal, Role
+from xatm.coordinator.server.http import _PERMISSIONS, MAX_BODY, build_app
 from xatm.coordinator.server.json_limits import MAX_DEPTH, json_depth
 from xatm.participant.errors import NotFoundError
 
 UNKNOWN = "n0.0000000000000000000000000000"
 COLLECTION = "/admin/v1/xa-transaction"
-#: Every REST route: its verb and path, and whether a viewer may use it.
-BODY_ROUTES = [
-    ("POST", f"{COLLECTION}/{UNKNOWN}/branches/b1/resolve", False),
-    ("POST", f"{COLLECTION}/bulk", False),
-]
-PLAIN_ROUTES = [
-    ("GET", COLLECTION, True),
-    ("GET", f"{COLLECTION}/{UNKNOWN}", True),
-    ("PUT", f"{COLLECTION}/{UNKNOWN}", False),
-    ("DELETE", f"{COLLECTION}/{UNKNOWN}", False),
-    ("GET", "/admin/v1/openapi.json", True),
-    ("GET", "/metrics", True),
-    ("GET", "/healthz", True),
-]
-ROUTES = BODY_ROUTES + PLAIN_ROUTES
+_PARAMETERS = {"{gtrid:gtrid}": UNKNOWN, "{bqual}": "b1", "{request_id}": "r1"}
+
+
+def _routes(takes_body: bool) -> list[tuple[str, str, bool]]:
+    """Every REST route of the app (verb, path with its parameters filled in, whether a viewer may
+    use it) that takes a body, or that takes none: a route added later is tested too."""
+    routes = []
+    for route in _app().state.routes:
+        if (route.body_field is not None) != takes_body:
+            continue
+        path = route.path
+        for parameter, value in _PARAMETERS.items():
+            path = path.replace(parameter, value)
+        assert "{" not in path, f"give {path} a value in _PARAMETERS"
+        viewer_may = _PERMISSIONS.get(route.operation_id or "") in (None, Permission.READ)
+        routes += [(method, path, viewer_may) for method in sorted(route.methods)]
+    return routes
+
+
 DEEP = b"[" * 100_000 + b"]" * 100_000
 BODIES = {
     "deep-array": DEEP,
@@ -103,6 +107,11 @@ def _call(app: Any, method: str, path: str, body: bytes = b"", token: str = "ope
         return status, json.loads(raw)
     except ValueError:
         return status, {"text": raw[:60]}
+
+
+BODY_ROUTES = _routes(takes_body=True)
+PLAIN_ROUTES = _routes(takes_body=False)
+ROUTES = BODY_ROUTES + PLAIN_ROUTES
 
 
 @pytest.fixture(scope="module")
