@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,9 @@ from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Authenticator
+from xatm.coordinator.server.auth_reload import AuthFileWatcher
 from xatm.coordinator.server.console.history import BranchHistory
+from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
 from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, parse_required, stored_node_id
@@ -107,6 +110,9 @@ class Coordinator:
         #: Set once the log has stopped and the coordinator has fenced itself.
         self.log_stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        #: Reloads the token file on SIGHUP (see ``run``) and when it changes; None without one.
+        self.auth_file: AuthFileWatcher | None = None
+        self._auth_poll: asyncio.Task[None] | None = None
         self._services: tuple[str, ...] = ()
         self._takeover: asyncio.Task[None] | None = None
 
@@ -120,7 +126,10 @@ class Coordinator:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         ops = AdminOps(self.engine, self.approvals)
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.engine), self.server)
+        endpoints = EndpointPolicy.from_setting(self.settings.allow_participants)
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(self.engine, endpoints), self.server
+        )
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ops), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
@@ -149,6 +158,9 @@ class Coordinator:
         self._services = names[:2]
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_log())
+        if self.settings.auth_file is not None:
+            self.auth_file = AuthFileWatcher(self.auth, self.settings.auth_file, self.engine)
+            self._auth_poll = asyncio.get_running_loop().create_task(self.auth_file.watch())
         if not self.auth.enabled:
             log.warning(
                 "no auth file (--auth-file): every gRPC and HTTP call is accepted without a token, "
@@ -186,7 +198,7 @@ class Coordinator:
         self.log_stopped.set()
 
     async def stop(self, grace: float = 2.0) -> None:
-        for task in (self._watcher, self._takeover):
+        for task in (self._watcher, self._takeover, self._auth_poll):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()
@@ -202,9 +214,22 @@ class Coordinator:
 
 
 async def run(settings: Settings) -> int:
-    """Serve until SIGINT/SIGTERM (exit status 0) or until the log stops (``EXIT_LOG_STOPPED``)."""
+    """Serve until SIGINT/SIGTERM (exit status 0) or until the log stops (``EXIT_LOG_STOPPED``);
+    SIGHUP reloads the token file."""
     coordinator = Coordinator(settings)
     await coordinator.start()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        if coordinator.auth_file is None:  # not a reason to exit, SIGHUP's default
+            log.info("SIGHUP: no auth file (--auth-file) to reload")
+            return
+        task = loop.create_task(coordinator.auth_file.reload("SIGHUP"))
+        reloads.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     async with stop_signals() as stop:
         waits = [asyncio.ensure_future(event.wait()) for event in (stop, coordinator.log_stopped)]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from xatm.coordinator.server.endpoints import parse_allow_list
 from xatm.coordinator.txlog.etcd.client import STORE_SCHEME, parse_store_url
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.config import (
@@ -39,6 +40,16 @@ NODE_FILE = "NODE_ID"
 # The node id starts every gtrid this node begins ("<node>.<28 hex digits>"), so it keeps to
 # the gtrid alphabet without its separator and leaves the gtrid within its 64 characters.
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
+
+
+def _allow_list(value: Any) -> Any:
+    """A TOML list of entries is kept as the comma-separated text a flag or variable gives."""
+    return ",".join(str(item) for item in value) if isinstance(value, list) else value
+
+
+def _check_allow_list(value: str) -> str:
+    parse_allow_list(value)  # ValueError names the bad entry
+    return value
 
 
 #: A file setting; "" (an empty TOML string) means none, as an unset one does.
@@ -84,6 +95,10 @@ def check_store(value: str) -> str:
     return value
 
 
+#: Comma-separated networks and host names (a TOML list of them is accepted too).
+AllowList = Annotated[str, BeforeValidator(_allow_list), AfterValidator(_check_allow_list)]
+
+
 class Settings(XatmSettings):
     """Everything ``xatm coordinator`` is configured with; durations are in seconds."""
 
@@ -102,6 +117,12 @@ class Settings(XatmSettings):
         default=5, description="etcd store: how long a dead replica keeps its transactions (s)"
     )
     auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
+    allow_participants: AllowList = Field(
+        default="",
+        description="participant endpoints the coordinator may call: comma-separated CIDRs, IP addresses "
+        "and host names (default: any)",
+        json_schema_extra={"metavar": "LIST"},
+    )
     node_id: Annotated[str, AfterValidator(check_node_id)] = Field(
         default="", description="node id embedded in gtrids (default: kept in the data dir)"
     )

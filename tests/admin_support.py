@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -23,6 +24,18 @@ from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc
 XACTL = Path(sys.executable).with_name("xactl")
 #: Exit codes of docs/contract.md and the HTTP status of the same condition.
 OK, UNAVAILABLE, INVALID, NOT_FOUND, REFUSED, CREDENTIALS = 0, 1, 2, 3, 4, 5
+
+
+def write_auth_file(path: Path, entries: Mapping[str, tuple[str, str, int | None]]) -> Path:
+    """An auth file at ``path``: name -> (role, token, max_open or None)."""
+    from xatm.coordinator.server.auth import hash_token
+
+    text = ""
+    for name, (role, token, max_open) in entries.items():
+        text += f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+        text += f"max_open = {max_open}\n\n" if max_open else "\n"
+    path.write_text(text)
+    return path
 
 
 def xactl(

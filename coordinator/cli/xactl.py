@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -40,6 +40,13 @@ def _limit(text: str) -> int:
 
 class _Usage(InvalidArgumentError):
     """A usage error of xactl itself (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
 class _Client:
@@ -235,16 +242,16 @@ def cmd_forget(args: argparse.Namespace, client: _Client) -> int:
     for gtrid in args.gtrids:
         validate_gtrid(gtrid)
     view = forget_view(client("Forget", admin_pb2.ForgetRequest(gtrids=args.gtrids)))
-    _emit(
-        args,
-        client,
-        view,
-        lambda v: "\n".join(
-            f"{r['txid']}: {'forgotten' if r['forgotten'] else r['error']}" for r in v["results"]
-        ),
-    )
-    refusals = [surface(Status[r["code"]]).exit_code for r in view["results"] if r["code"]]
-    return max(refusals, default=0)
+    refused = [r for r in view["results"] if not r["forgotten"]]
+    if args.output == "json":
+        _emit(args, client, view, str)
+    else:  # what was done on stdout, each refusal one line on stderr
+        done = [f"{r['txid']}: forgotten" for r in view["results"] if r["forgotten"]]
+        if done:
+            print("\n".join(done))
+        for r in refused:
+            print(f"xactl: {r['txid']}: {r['error']}", file=sys.stderr)
+    return max((surface(Status[r["code"]]).exit_code for r in refused if r["code"]), default=0)
 
 
 def cmd_audit(args: argparse.Namespace, client: _Client) -> int:
@@ -297,20 +304,24 @@ def cmd_approvals(args: argparse.Namespace, client: _Client) -> int:
 
 
 def cmd_wal_dump(args: argparse.Namespace) -> int:
-    from xatm.coordinator.txlog.file import dump_text
+    from xatm.coordinator.txlog.file import dump_text, find_wal_dir
     from xatm.coordinator.txlog.interface import LogCorrupt
 
     if not Path(args.dir).is_dir():
-        print(f"xactl: {args.dir} is not a directory", file=sys.stderr)
-        return 2
+        raise _Usage(f"{args.dir} is not a directory")
     try:
-        print(dump_text(Path(args.dir), output=args.output))
+        wal = find_wal_dir(args.dir)
+    except FileNotFoundError as err:  # the wrong directory: a usage error, like a bad id
+        raise _Usage(str(err)) from None
+    try:
+        text = dump_text(wal, output=args.output)
     except LogCorrupt as err:
         print(f"xactl: damaged log: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # no log in the directory, or it cannot be read
-        print(f"xactl: {err}", file=sys.stderr)
+    except OSError as err:  # a log that cannot be read
+        print(f"xactl: {args.dir}: {err.strerror or err}", file=sys.stderr)
         return 1
+    print(text)
     return 0
 
 
@@ -351,18 +362,20 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="client private key for mutual TLS (env XATM_CLIENT_KEY)",
     )
     parser.add_argument("--timeout", type=float, default=default(60.0), help="seconds to wait for an answer")
-    parser.add_argument("--output", choices=("table", "json"), default=default("table"), help="output format")
+    parser.add_argument(
+        "--output", "-o", choices=("table", "json"), default=default("table"), help="output format"
+    )
     parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xactl",
         description="Inspect and operate xatm transactions. Exit codes: 0 ok, 1 unavailable, 2 usage or "
         "malformed argument, 3 unknown transaction, 4 status forbids it, 5 credentials.",
     )
     _global_options(parser, defaults=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

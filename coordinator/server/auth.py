@@ -6,11 +6,16 @@ The token file (``--auth-file``, TOML) names each token and stores only its SHA-
     name = "ops"            # recorded in the audit log; 1-64 characters of [A-Za-z0-9._@-]
     role = "operator"       # viewer | operator | service
     sha256 = "5e88...d1a"   # hex SHA-256 of the token's UTF-8 bytes (`xatm hash-token`)
+    max_open = 100          # optional, service tokens: transactions it may have open at once
 
 Roles: ``viewer`` reads (list, show, audit); ``operator`` also forces commit and rollback and
 forgets; ``service`` calls the Coordinator service (initiators and participants). A presented
 token is hashed and compared in constant time with every stored hash, so neither the file nor
 a timing side channel gives a token away. Tokens and hashes are never logged.
+
+``Authenticator.reload`` reads the file again (the coordinator does on SIGHUP and when the file
+changes): the new entries replace the old at once, so a removed token is refused from its next
+call; a file that no longer loads leaves the previous entries in force.
 
 The coordinator's own calls to participants carry no token, and participants check none:
 keep that hop on a trusted network.
@@ -80,6 +85,8 @@ class Principal:
 
     name: str
     role: Role | None  # None: no auth file, everything is allowed
+    #: Transactions this token may have open at once (begun, not yet Committed or Rolledback).
+    max_open: int | None = None
 
     def require(self, permission: Permission) -> None:
         if self.role is None or permission in self.role.permissions:
@@ -106,6 +113,7 @@ class Caller:
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TRACE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_KEYS = frozenset({"name", "role", "sha256", "max_open"})
 
 
 def hash_token(token: str) -> str:
@@ -133,6 +141,21 @@ class Authenticator:
         self._entries = entries
         self.enabled = entries is not None
 
+    def reload(self, path: Path) -> list[str]:
+        """Replace the entries with ``path``'s, at once; returns the names of the entries that
+        were removed or changed (their old token or role no longer works).
+
+        Raises AuthFileError, the entries unchanged, when the file does not load or auth is off.
+        """
+        if self._entries is None:
+            raise AuthFileError("authentication is off (no --auth-file): nothing to reload")
+        fresh = Authenticator.load(path)._entries
+        assert fresh is not None
+        kept = {(digest, principal) for digest, principal in fresh}
+        changed = sorted({p.name for digest, p in self._entries if (digest, p) not in kept})
+        self._entries = fresh
+        return changed
+
     @classmethod
     def load(cls, path: Path | None) -> Authenticator:
         if path is None:
@@ -151,9 +174,12 @@ class Authenticator:
         roles = ", ".join(r.value for r in Role)
         for i, entry in enumerate(tokens, 1):
             where = f"auth file {path}: [[tokens]] entry {i}"
-            if not isinstance(entry, dict) or set(entry) != {"name", "role", "sha256"}:
-                raise AuthFileError(f"{where} must have exactly the keys name, role and sha256")
+            if not isinstance(entry, dict) or not {"name", "role", "sha256"} <= set(entry) <= _KEYS:
+                raise AuthFileError(
+                    f"{where} must have exactly the keys name, role and sha256 (and optionally max_open)"
+                )
             name, role, digest = entry["name"], entry["role"], entry["sha256"]
+            max_open = entry.get("max_open")
             if not isinstance(name, str) or not _NAME.match(name) or name in names:
                 raise AuthFileError(f"{where}: name must be unique, 1-64 characters of [A-Za-z0-9._@-]")
             if role not in {r.value for r in Role}:
@@ -162,8 +188,12 @@ class Authenticator:
                 raise AuthFileError(
                     f"{where} ({name}): sha256 must be 64 lowercase hex digits (see `xatm hash-token`)"
                 )
+            if max_open is not None and (
+                role != Role.SERVICE.value or type(max_open) is not int or not 1 <= max_open <= 10**9
+            ):
+                raise AuthFileError(f"{where} ({name}): max_open is a whole number >= 1, for a service token")
             names.add(name)
-            entries.append((bytes.fromhex(digest), Principal(name, Role(role))))
+            entries.append((bytes.fromhex(digest), Principal(name, Role(role), max_open)))
         return cls(entries)
 
     def authenticate(self, token: str | None) -> Principal:

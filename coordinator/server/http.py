@@ -45,6 +45,7 @@ from xatm.coordinator.server.auth import (
     trace_id,
 )
 from xatm.coordinator.server.console import mount_console
+from xatm.coordinator.server.json_limits import check_json_body
 from xatm.coordinator.server.views import (
     CompletionView,
     ForgetView,
@@ -299,6 +300,7 @@ class _AdminRoute(APIRoute):
             param.alias for param in self.dependant.query_params if _repeatable(param.field_info.annotation)
         }
         permission = _PERMISSIONS.get(self.operation_id or "")
+        takes_body = self.body_field is not None
 
         async def authenticated(request: Request) -> Response:
             auth: Authenticator = request.app.state.auth
@@ -308,13 +310,24 @@ class _AdminRoute(APIRoute):
             request.state.caller = Caller(principal, peer, request.state.trace)
             try:
                 _check_query(request, names, lists)
+                if takes_body:  # bounded before the framework's parser sees it
+                    check_json_body(await request.body())
                 return await handle(request)
-            except (RequestValidationError, XatmError) as err:
-                if isinstance(err, RequestValidationError) or err.status == Status.INVALID_ARGUMENT:
+            except (RequestValidationError, XatmError, HTTPException) as err:
+                if _malformed_input(err):
                     _require(principal, permission)
                 raise
 
         return authenticated
+
+
+def _malformed_input(err: Exception) -> bool:
+    """A refusal of the request's input: the framework's validation or body parsing, or ours."""
+    if isinstance(err, XatmError):
+        return err.status == Status.INVALID_ARGUMENT
+    if isinstance(err, HTTPException):
+        return err.status_code == HTTPStatus.BAD_REQUEST
+    return True
 
 
 def _repeatable(annotation: Any) -> bool:

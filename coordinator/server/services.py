@@ -7,13 +7,23 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps, completion
-from xatm.coordinator.server.auth import Authenticator, Caller, Permission, bearer_token, trace_id
+from xatm.coordinator.server.auth import (
+    ANONYMOUS,
+    Authenticator,
+    Caller,
+    Permission,
+    bearer_token,
+    trace_id,
+)
+from xatm.coordinator.server.endpoints import EndpointPolicy
+from xatm.coordinator.server.quota import OpenQuota
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import (
     admin_pb2,
@@ -22,7 +32,7 @@ from xatm.participant.api.v1 import (
     coordinator_pb2_grpc,
     xa_pb2,
 )
-from xatm.participant.errors import InvalidArgumentError, XatmError
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
@@ -35,9 +45,11 @@ T = TypeVar("T")
 
 _OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _ADMIN = "/xatm.v1.Admin/"
-#: The caller of the Admin call being served; set only by CallerInterceptor (no default: an
-#: Admin service served without the interceptor fails closed).
+#: The caller of the call being served; set only by CallerInterceptor (no default: an Admin
+#: service served without the interceptor fails closed).
 _CALLER: ContextVar[Caller] = ContextVar("xatm_admin_caller")
+#: A Coordinator service served without the interceptor: no token, so no per-token bound.
+_NOBODY = Caller(ANONYMOUS, "", "")
 
 
 def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -65,21 +77,29 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, engine: Engine):
+    """The Coordinator service over the engine. Participant endpoints are checked here, where they
+    enter, against ``endpoints`` (well-formed by default, plus the allow-list when one is set)."""
+
+    def __init__(self, engine: Engine, endpoints: EndpointPolicy | None = None):
         self.engine = engine
+        self.endpoints = endpoints or EndpointPolicy()
+        self.quota = OpenQuota(engine)
 
     @rpc
     async def Begin(
         self, request: coordinator_pb2.BeginRequest, context: Any
     ) -> coordinator_pb2.BeginResponse:
-        tx = await self.engine.begin(request.timeout_ms)
+        with self.quota.admit(_CALLER.get(_NOBODY).principal) as opened:
+            tx = await self.engine.begin(request.timeout_ms)
+            opened(tx.gtrid)
         return coordinator_pb2.BeginResponse(gtrid=tx.gtrid, format_id=FORMAT_ID, timeout_ms=tx.timeout_ms)
 
     @rpc
     async def Enlist(
         self, request: coordinator_pb2.EnlistRequest, context: Any
     ) -> coordinator_pb2.EnlistResponse:
-        code = await self.engine.enlist(request.gtrid, request.bqual, request.rm_id, request.endpoint)
+        endpoint = self.endpoints.check(request.endpoint)
+        code = await self.engine.enlist(request.gtrid, request.bqual, request.rm_id, endpoint)
         reason = f"bqual {request.bqual} is already enlisted in {request.gtrid}" if code else ""
         return coordinator_pb2.EnlistResponse(code=proto_enum(code, xa_pb2.XaCode), reason=reason)
 
@@ -102,14 +122,24 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @rpc
     async def QueryOutcome(self, request: coordinator_pb2.QueryOutcomeRequest, context: Any) -> Any:
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
-        decision = await self.engine.participant_query(xid, request.rm_id, request.endpoint)
+        rm_id, endpoint = request.rm_id, request.endpoint
+        if endpoint:
+            try:
+                self.endpoints.check(endpoint)
+            except XatmError as err:
+                # Saying where it is served is optional: a bad endpoint must not withhold the
+                # outcome, it only keeps the branch where it is.
+                log.warning("outcome query for %s: %s; the branch stays where it is", xid, err.message)
+                rm_id = endpoint = ""
+        decision = await self.engine.participant_query(xid, rm_id, endpoint)
         return coordinator_pb2.QueryOutcomeResponse(decision=proto_enum(decision, xa_pb2.Decision))
 
     @rpc
     async def RegisterParticipant(
         self, request: coordinator_pb2.RegisterParticipantRequest, context: Any
     ) -> coordinator_pb2.RegisterParticipantResponse:
-        moved = await self.engine.register_participant(request.rm_id, request.endpoint)
+        endpoint = self.endpoints.check(request.endpoint)
+        moved = await self.engine.register_participant(request.rm_id, endpoint)
         return coordinator_pb2.RegisterParticipantResponse(moved=moved)
 
     @rpc
@@ -121,8 +151,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except ValueError:
             raise InvalidArgumentError("unknown phase or XA code in report") from None
         if phase not in (Phase.COMMIT, Phase.ROLLBACK):
-            raise InvalidArgumentError(f"a participant reports Commit or Rollback, not {phase}"
-            )
+            raise InvalidArgumentError(f"a participant reports Commit or Rollback, not {phase}")
         xid = Xid(request.xid.gtrid, request.xid.bqual, request.xid.format_id)
         tx = await self.engine.report_outcome(xid, request.rm_id, phase, code, request.reason)
         return coordinator_pb2.ReportOutcomeResponse(status=proto_enum(tx.status, xa_pb2.TransactionStatus))
@@ -151,8 +180,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         try:
             statuses = [TxStatus(s) for s in request.statuses]
         except ValueError:
-            raise InvalidArgumentError("unknown transaction status in filter"
-            ) from None
+            raise InvalidArgumentError("unknown transaction status in filter") from None
         after = request.begun_after.ToNanoseconds() / 1e9 if request.HasField("begun_after") else None
         return await self.ops.list_transactions(
             _CALLER.get(), statuses, after, request.page_size, request.page_token
@@ -199,12 +227,34 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request whose bytes are not its message decodes to: refused once the caller is known."""
+
+    size: int
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """``deserialize``, but bytes that do not decode give an ``_Undecodable`` instead of raising,
+    which grpc would answer with UNKNOWN and log with a traceback, before authentication."""
+    assert deserialize is not None  # every xatm method has its request message's parser
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # the protobuf runtime's DecodeError, or whatever a backend raises
+            return _Undecodable(len(data))
+
+    return parse
+
+
 class CallerInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call but health and reflection, and names the caller of Admin calls.
+    """Authenticates every call but health and reflection, names the caller of every call, and
+    refuses a request whose bytes do not decode (INVALID_ARGUMENT, after authentication).
 
     Coordinator calls need the ``service`` role, checked here; Admin calls are authorized by
     AdminOps (so that a refused force operation is audited) and get a trace id, sent back in
-    the ``x-trace-id`` response header. With auth off, Coordinator calls pass untouched.
+    the ``x-trace-id`` response header. With auth off, every caller is anonymous.
     """
 
     def __init__(self, auth: Authenticator):
@@ -217,9 +267,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        admin = method.startswith(_ADMIN)
-        if handler is None or method.startswith(_OPEN) or not (admin or self.auth.enabled):
+        if handler is None or method.startswith(_OPEN):
             return handler
+        admin = method.startswith(_ADMIN)
         # Every xatm RPC is unary. On grpc.aio its behaviour is a coroutine function; the stubs
         # type only the threaded server's (a plain function of a grpc.ServicerContext).
         inner = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], handler.unary_unary)
@@ -235,11 +285,19 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 principal = auth.authenticate(bearer_token(metadata.get("authorization")))
                 if not admin:
                     principal.require(Permission.SERVICE)
+                if isinstance(request, _Undecodable):
+                    log.info(
+                        "refused %s from %s: %d bytes that are not its request message",
+                        method,
+                        context.peer(),
+                        request.size,
+                    )
+                    name = method.rsplit("/", 1)[-1]
+                    raise InvalidArgumentError(f"the request is not a {name} request message")
             except XatmError as err:
-                log.info("refused %s from %s: %s", method, context.peer(), err.message)
+                if err.status != Status.INVALID_ARGUMENT:
+                    log.info("refused %s from %s: %s", method, context.peer(), err.message)
                 await abort_async(context, err)
-            if not admin:
-                return await inner(request, context)
             reset = _CALLER.set(Caller(principal, f"grpc {context.peer()}", trace))
             try:
                 return await inner(request, context)
@@ -248,6 +306,6 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -21,6 +21,9 @@ __all__ = ["Address", "AddressError", "argument"]
 # Letters, digits, '-', '_' and dots: DNS names (and the names of containers and Kubernetes services).
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
+# gRPC reads ``<scheme>:<rest>`` as a URI when the scheme names one of its resolvers, so
+# ``unix:7070`` would dial the Unix socket "7070", not a host called "unix".
+_GRPC_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p"})
 
 
 class AddressError(InvalidArgumentError, ValueError):
@@ -39,7 +42,8 @@ class Address:
         """Parse ``HOST:PORT``; port 1-65535, or 0 (any free port) when ``listen`` is true.
 
         Raises AddressError: no port, a port out of range or not decimal, an IPv6 address
-        without brackets, whitespace or control characters, an empty or malformed host.
+        without brackets, whitespace or control characters, an empty or malformed host, a host
+        that gRPC would read as a URI scheme (``unix:``, ``dns:``...).
         """
         if not isinstance(text, str):
             raise AddressError(f"{text!r} must be HOST:PORT (not a string)")
@@ -60,6 +64,8 @@ class Address:
             raise cls._bad(text, "an IPv6 address goes in brackets, as [::1]:7070")
         elif not _HOSTNAME.match(host):
             raise cls._bad(text, "no host" if not host else "malformed host")
+        elif host.lower() in _GRPC_SCHEMES:
+            raise cls._bad(text, f"{host}: is a gRPC target scheme, not a host")
         lowest = 0 if listen else 1
         if not (port.isascii() and port.isdigit()) or not lowest <= int(port) <= 65535:
             raise cls._bad(text, f"port must be a number from {lowest} to 65535")

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from xatm.participant.runtime import logs
 from xatm.participant.runtime.address import Address
 
 __all__ = ["Health", "Uvicorn", "add_probes", "probe_app"]
@@ -198,6 +199,7 @@ class Uvicorn:
         config.load()
         server.lifespan = config.lifespan_class(config)
         loop = asyncio.get_running_loop()
+        logs.quiet_disconnects(loop)  # a client's reset is a debug line, never raw stderr
         listening = await loop.create_server(self._protocol(), sock=self._socket, backlog=config.backlog)
         server.servers = [listening]
         server.started = True

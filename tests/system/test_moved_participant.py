@@ -128,9 +128,7 @@ def test_a_participant_that_resolves_its_branch_itself_reports_it(system: BankSy
         for r in _wal_records(system, gtrid)
         if "applied by bank-b" in str(r.get("branchResult", {}).get("reason"))
     ]
-    assert [(r["phase"], r["code"], r["status"]) for r in reported] == [
-        ("PHASE_COMMIT", "XA_OK", "BRANCH_STATUS_COMMITTED")
-    ]
+    assert [(r["phase"], r["code"], r["status"]) for r in reported] == [("commit", "XA_OK", "Committed")]
 
 
 def test_a_new_endpoint_survives_a_coordinator_restart(system: BankSystem) -> None:

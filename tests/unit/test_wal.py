@@ -619,7 +619,7 @@ def test_dump_table_names_codes_and_phases(tmp_path: Path) -> None:
     assert len(lines) == len(records) + 1
     rolled_back = lines[-2]
     assert rolled_back.startswith("2023-11-14T22:13:21.000Z  node1.00000001")
-    expected = ("branch_result", "phase=Prepare", "bqual=b1", "code=XA_RBROLLBACK", 'reason="lock wait')
+    expected = ("branch_result", "phase=prepare", "bqual=b1", "code=XA_RBROLLBACK", 'reason="lock wait')
     assert all(part in rolled_back for part in expected)
     assert "code=XA_OK" in lines[-1]
     assert any(" decision " in line and line.endswith("commit=false") for line in lines)
@@ -634,7 +634,7 @@ def test_dump_json_lines_are_protobuf_json_with_location(tmp_path: Path) -> None
     assert [row["gtrid"] for row in rows] == [r.gtrid for r in records]
     assert rows[-1]["branchResult"] | {"status": None} == {
         "bqual": "b1",
-        "phase": "PHASE_PREPARE",
+        "phase": "prepare",
         "code": "XA_RBROLLBACK",
         "reason": "reason 1",
         "status": None,

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file.scan import LogScan
 from xatm.coordinator.txlog.file.segment import list_segments
+from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 if TYPE_CHECKING:
     from google._upb import _message as _upb
@@ -36,6 +36,21 @@ Output = Literal["table", "json"]
 _ALWAYS_SHOWN = {
     (wal_pb2.BranchResultRecord.DESCRIPTOR.full_name, "code"),
     (wal_pb2.DecisionRecord.DESCRIPTOR.full_name, "commit"),
+}
+#: A zero value shown only when another field says it was set (XA_OK is 0).
+_SET_BY = {
+    (wal_pb2.BranchSnapshot.DESCRIPTOR.full_name, "last_code"): "has_last_code",
+    (wal_pb2.BranchSnapshot.DESCRIPTOR.full_name, "last_phase"): "has_last_code",
+}
+#: Bookkeeping of the record format, not part of what happened.
+_HIDDEN = {(wal_pb2.BranchSnapshot.DESCRIPTOR.full_name, "has_last_code")}
+#: Each enum of the record format, by its full name, in the operator vocabulary.
+_WORDS: dict[str, Callable[[int], str]] = {
+    "xatm.v1.XaCode": lambda n: XaCode(n).name,
+    "xatm.v1.TransactionStatus": lambda n: TxStatus(n).label,
+    "xatm.v1.BranchStatus": lambda n: BranchStatus(n).label,
+    "xatm.v1.Phase": lambda n: str(Phase(n)),
+    "xatm.v1.Decision": lambda n: Decision(n).name.lower(),
 }
 _PLAIN = re.compile(r"[^\s\"=]+")
 
@@ -76,9 +91,10 @@ def read_records(data_dir: Path | str) -> Iterator[tuple[Path, int, wal_pb2.WalR
 def iter_dump_lines(data_dir: Path | str, output: Output = "table") -> Iterator[str]:
     """The lines of ``dump_text``, as they are read, so a CLI can print them before an error.
 
-    ``table``: a header, then per record time, gtrid, type, segment:offset and the body's fields
-    with enums by name. ``json``: one object per record (protobuf JSON mapping, enums by name)
-    plus ``segment`` and ``offset``. A torn tail ends either with a line describing it (an
+    ``table``: a header, then per record time, gtrid, type, segment:offset and the body's fields.
+    ``json``: one object per record (the fields' JSON names) plus ``segment`` and ``offset``.
+    Both show only the fields that say something, in the words of ``xactl show`` and the REST
+    API (``Preparing``, ``commit``, ``XA_RBROLLBACK``). A torn tail ends either with a line describing it (an
     object with a single ``tornTail`` key in JSON); mid-log damage raises ``LogCorrupt``.
     """
     if output not in ("table", "json"):
@@ -108,8 +124,26 @@ def dump_text(data_dir: Path | str, output: Output = "table") -> str:
 
 
 def _json_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
-    fields = MessageToDict(record, always_print_fields_with_no_presence=True)
-    return json.dumps({"segment": path.name, "offset": offset, **fields})
+    return json.dumps({"segment": path.name, "offset": offset, **_json_fields(record)})
+
+
+def _json_fields(message: Message) -> dict[str, Any]:
+    """The fields that say something, by their JSON names."""
+    return {
+        fd.json_name: [_json_value(fd, item) for item in value] if fd.is_repeated else _json_value(fd, value)
+        for fd, value in _said(message)
+    }
+
+
+def _json_value(fd: _FieldDescriptor, value: Any) -> Any:
+    """A field's value in the operator vocabulary: enums in words, times in RFC 3339."""
+    if fd.enum_type is not None:
+        return _enum(fd.enum_type, value)
+    if fd.message_type is not None:
+        if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
+            return _time(value)
+        return _json_fields(value)
+    return value
 
 
 def _table_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
@@ -122,47 +156,58 @@ def _table_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
 
 def _fields(message: Message) -> str:
     """``name=value`` for each field that says something."""
-    descriptor = message.DESCRIPTOR
     parts = []
-    for fd in descriptor.fields:
-        value = getattr(message, fd.name)
+    for fd, value in _said(message):
         if fd.is_repeated:
-            shown = bool(value)
-            text = "[" + ", ".join(_value(fd, item) for item in value) + "]"
+            parts.append(f"{fd.name}=[" + ", ".join(_value(fd, item) for item in value) + "]")
         else:
-            if fd.message_type is not None:
-                shown = message.HasField(fd.name)
-            else:
-                shown = bool(value) or (descriptor.full_name, fd.name) in _ALWAYS_SHOWN
-            text = _value(fd, value)
-        if shown:
-            parts.append(f"{fd.name}={text}")
+            parts.append(f"{fd.name}={_value(fd, value)}")
     return " ".join(parts)
 
 
-def _value(fd: _FieldDescriptor, value: Any) -> str:
-    if fd.enum_type is not None:
-        return _enum(fd.enum_type, value)
+def _said(message: Message) -> Iterator[tuple[_FieldDescriptor, Any]]:
+    """(field, value) of each field of ``message`` that says something, in field order."""
+    for fd in message.DESCRIPTOR.fields:
+        value = getattr(message, fd.name)
+        if bool(value) if fd.is_repeated else _shown(message, fd, value):
+            yield fd, value
+
+
+def _shown(message: Message, fd: _FieldDescriptor, value: Any) -> bool:
+    """Whether a singular field says something: a set message, a value other than zero, or a
+    zero that is the answer (XA_OK of a branch result, a rollback decision, a code marked set)."""
+    where = (message.DESCRIPTOR.full_name, fd.name)
+    if where in _HIDDEN:
+        return False
+    if where in _SET_BY:
+        return bool(getattr(message, _SET_BY[where]))
     if fd.message_type is not None:
-        if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
-            return _time(value)
+        return message.HasField(fd.name)
+    return bool(value) or where in _ALWAYS_SHOWN
+
+
+def _value(fd: _FieldDescriptor, value: Any) -> str:
+    """A field's value in the table: as in JSON, a message as ``{name=value ...}``, text quoted
+    when it holds spaces, quotes or ``=``."""
+    if fd.message_type is not None and fd.message_type.full_name != Timestamp.DESCRIPTOR.full_name:
         return f"{{{_fields(value)}}}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value if _PLAIN.fullmatch(value) else json.dumps(value)
-    return str(value)
+    shown = _json_value(fd, value)
+    if isinstance(shown, bool):
+        return "true" if shown else "false"
+    if isinstance(shown, str):
+        return shown if _PLAIN.fullmatch(shown) else json.dumps(shown)
+    return str(shown)
 
 
 def _enum(enum: _EnumDescriptor, number: int) -> str:
-    """XA codes keep their xa.h names (XA_RBROLLBACK); prefixed enums read like the contract (Committed)."""
-    value = enum.values_by_number.get(number)
-    if value is None:
+    """The words of ``xactl show`` and the REST API: XA codes by their xa.h names (XA_RBROLLBACK),
+    statuses as the contract writes them (Preparing, Committed), phases and decisions in lower
+    case (commit); a number no release defined stays a number."""
+    name = _WORDS.get(enum.full_name)
+    try:
+        return name(number) if name is not None else enum.values_by_number[number].name
+    except (ValueError, KeyError):
         return str(number)
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
-    if not value.name.startswith(prefix):
-        return value.name
-    return "".join(part.capitalize() for part in value.name[len(prefix) :].split("_"))
 
 
 def _time(stamp: Timestamp) -> str:

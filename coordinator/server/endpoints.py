@@ -1,0 +1,92 @@
+"""Which participant endpoints the coordinator agrees to dial.
+
+A participant names the ``HOST:PORT`` of its Participant service when it enlists a branch,
+registers after a move or asks for an outcome; the coordinator then calls that address until
+the branch is done. So the address is checked where it enters, at the RPC edge: it must be
+``HOST:PORT`` as every xatm program parses it (port 1-65535, no control characters, no gRPC
+URI scheme such as ``unix:``, not a wildcard), and, when ``--allow-participants`` is set, lie
+in one of the allowed networks or be one of the allowed host names.
+
+Host names are matched by name and never resolved here: resolving on every enlist would be slow,
+and the answer could change before the coordinator dials. An IP address matches a network entry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from xatm.participant.errors import InvalidArgumentError, PermissionDeniedError
+from xatm.participant.runtime.address import Address, AddressError
+
+__all__ = ["EndpointPolicy", "parse_allow_list"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NOT_AN_ENTRY = "not a network (CIDR), an IP address or a host name"
+
+
+def parse_allow_list(text: str) -> tuple[tuple[Network, ...], frozenset[str]]:
+    """``text``: comma-separated CIDRs, IP addresses and host names -> (networks, host names).
+
+    Raises ValueError naming the first entry that is none of these.
+    """
+    networks: list[Network] = []
+    hosts: set[str] = set()
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            Address.parse(f"{entry}:1")
+        except AddressError:
+            raise ValueError(f"{entry[:60]!r} is {_NOT_AN_ENTRY}") from None
+        hosts.add(entry.lower())
+    return tuple(networks), frozenset(hosts)
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """The rule for participant endpoints; without networks or hosts, any well-formed one passes."""
+
+    networks: tuple[Network, ...] = ()
+    hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_setting(cls, allow: str) -> EndpointPolicy:
+        """From ``--allow-participants`` (already checked by the settings)."""
+        networks, hosts = parse_allow_list(allow)
+        return cls(networks, hosts)
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.networks or self.hosts)
+
+    def check(self, endpoint: str, what: str = "endpoint") -> str:
+        """``endpoint`` unchanged if the coordinator may dial it.
+
+        Raises InvalidArgumentError when it is not a callable ``HOST:PORT``, PermissionDeniedError
+        when it lies outside the allow-list.
+        """
+        try:
+            address = Address.parse(endpoint)
+        except AddressError as err:
+            raise InvalidArgumentError(f"{what} {err}") from None
+        if address.is_wildcard:
+            raise InvalidArgumentError(f"{what} {endpoint!r} is a wildcard address, which cannot be dialled")
+        if self.restricted and not self._allowed(address.host):
+            raise PermissionDeniedError(
+                f"{what} {endpoint!r} is not among the participants this coordinator may call "
+                "(--allow-participants)"
+            )
+        return endpoint
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host.lower() in self.hosts
+        return any(ip in network for network in self.networks)

@@ -1,0 +1,163 @@
+"""Every ``xactl`` subcommand against bad input, on a real coordinator with tokens: the exit code
+of the contract's table, exactly one line on stderr, nothing on stdout. Also ``-o`` and the
+vocabulary of ``wal dump --output json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.admin_support import CREDENTIALS, INVALID, NOT_FOUND, UNAVAILABLE, XACTL, write_auth_file, xactl
+from tests.bank_system import TEST_COORDINATOR_ENV
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+OPS, VIEWER, SERVICE = (f"{who}-{os.urandom(12).hex()}" for who in ("ops", "view", "svc"))
+UNKNOWN = "n0.0000000000000000000000000000"
+BAD_ID = "not/an id"
+COMMITTED = ["--outcome", "committed", "--reason"]
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    root = tmp_path_factory.mktemp("xactl-errors")
+    tokens = root / "tokens.toml"
+    entries = {"ops": ("operator", OPS, None), "w": ("viewer", VIEWER, None), "s": ("service", SERVICE, None)}
+    write_auth_file(tokens, entries)
+    proc = coordinator_proc(root / "data", root, env={**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(tokens)})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def logs(coordinator: Proc, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Directories for ``wal dump``: none, empty, a log with records, a log damaged mid-way."""
+    root = tmp_path_factory.mktemp("logs")
+    (root / "empty").mkdir()
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        auth = [("authorization", f"Bearer {SERVICE}")]
+        for _ in range(40):
+            gtrid = stub.Begin(coordinator_pb2.BeginRequest(), metadata=auth).gtrid
+            stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=gtrid), metadata=auth)
+    data = Path(coordinator.argv[coordinator.argv.index("--data-dir") + 1])
+    damaged = root / "damaged" / "wal"
+    damaged.mkdir(parents=True)
+    for segment in (data / "wal").iterdir():
+        damaged.joinpath(segment.name).write_bytes(segment.read_bytes())
+    first = sorted(damaged.glob("*.wal"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\xde\xad\xbe\xef" * 2
+    first.write_bytes(bytes(raw))
+    return {"missing": root / "missing", "empty": root / "empty", "damaged": root / "damaged", "good": data}
+
+
+CASES: list[tuple[str, list[str], str | None, int]] = [
+    # command line, token, exit code
+    ("list-status", ["list", "--status", "Bogus"], VIEWER, INVALID),
+    ("list-limit", ["list", "--limit", "0"], VIEWER, INVALID),
+    ("list-since", ["list", "--since", "yesterday"], VIEWER, INVALID),
+    ("list-page", ["list", "--page-token", "abc"], VIEWER, INVALID),
+    ("list-no-token", ["list"], None, CREDENTIALS),
+    ("list-service-role", ["list"], SERVICE, CREDENTIALS),
+    ("show-bad-id", ["show", BAD_ID], VIEWER, INVALID),
+    ("show-unknown", ["show", UNKNOWN], VIEWER, NOT_FOUND),
+    ("show-unknown-o-json", ["show", UNKNOWN, "-o", "json"], VIEWER, NOT_FOUND),
+    ("show-no-id", ["show"], VIEWER, INVALID),
+    ("rollback-bad-id", ["rollback", BAD_ID, "--yes"], OPS, INVALID),
+    ("rollback-unknown", ["rollback", UNKNOWN, "--yes"], OPS, NOT_FOUND),
+    ("rollback-unconfirmed", ["rollback", UNKNOWN], OPS, INVALID),
+    ("rollback-viewer", ["rollback", UNKNOWN, "--yes"], VIEWER, CREDENTIALS),
+    ("commit-bad-id", ["commit", BAD_ID, "--yes"], OPS, INVALID),
+    ("commit-unknown", ["commit", UNKNOWN, "--yes"], OPS, NOT_FOUND),
+    ("commit-long-reason", ["commit", UNKNOWN, "--yes", "--reason", "r" * 201], OPS, INVALID),
+    (
+        "resolve-bad-bqual",
+        ["resolve", UNKNOWN, BAD_ID, "--outcome", "committed", "--reason", "x"],
+        OPS,
+        INVALID,
+    ),
+    ("resolve-outcome", ["resolve", UNKNOWN, "b1", "--outcome", "maybe", "--reason", "x"], OPS, INVALID),
+    (
+        "resolve-no-reason",
+        ["resolve", UNKNOWN, "b1", "--outcome", "committed", "--reason", " "],
+        OPS,
+        INVALID,
+    ),
+    (
+        "resolve-unknown",
+        ["resolve", UNKNOWN, "b1", "--outcome", "committed", "--reason", "x"],
+        OPS,
+        NOT_FOUND,
+    ),
+    ("forget-bad-id", ["forget", BAD_ID], OPS, INVALID),
+    ("forget-unknown", ["forget", UNKNOWN], OPS, NOT_FOUND),
+    ("forget-viewer", ["forget", UNKNOWN], VIEWER, CREDENTIALS),
+    ("audit-limit", ["audit", "--limit", "5000"], VIEWER, INVALID),
+    ("audit-page", ["audit", "--page-token", "x"], VIEWER, INVALID),
+    ("wal-dump-missing", ["wal", "dump", "{missing}"], None, INVALID),
+    ("wal-dump-no-log", ["wal", "dump", "{empty}"], None, INVALID),
+    ("wal-dump-no-log-json", ["wal", "dump", "{empty}", "-o", "json"], None, INVALID),
+    ("wal-dump-damaged", ["wal", "dump", "{damaged}"], None, UNAVAILABLE),
+    ("wal-no-command", ["wal"], None, INVALID),
+    ("unknown-command", ["frobnicate"], None, INVALID),
+    ("bad-output", ["list", "-o", "yaml"], VIEWER, INVALID),
+    ("bad-timeout", ["list", "--timeout", "soon"], VIEWER, INVALID),
+]
+
+
+@pytest.mark.parametrize(("argv", "token", "exit_code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_every_subcommand_refuses_bad_input_in_one_line(
+    coordinator: Proc, logs: dict[str, Path], argv: list[str], token: str | None, exit_code: int
+) -> None:
+    argv = [arg.format(**logs) for arg in argv]
+    done = xactl(coordinator.address, *argv, token=token)
+    assert done.returncode == exit_code, done.stderr
+    assert done.stdout == "" or (argv[:2] == ["show", UNKNOWN] and done.stdout == ""), done.stdout
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("xactl"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["list"], ["show", UNKNOWN], ["audit"], ["forget", UNKNOWN]])
+def test_bad_coordinator_addresses_and_unreachable_ones_are_one_line(argv: list[str]) -> None:
+    for address, code in (("nowhere", INVALID), (f"127.0.0.1:{free_port()}", UNAVAILABLE)):
+        done = xactl(address, *argv, "--timeout", "5", token=OPS)
+        assert done.returncode == code and done.stdout == "", done.stderr
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_dash_o_is_output(coordinator: Proc) -> None:
+    done = xactl(coordinator.address, "list", "-o", "json", token=VIEWER)
+    assert done.returncode == 0 and "transactions" in json.loads(done.stdout)
+
+
+def test_wal_dump_json_speaks_the_vocabulary_of_show(logs: dict[str, Path]) -> None:
+    done = subprocess.run(
+        [str(XACTL), "wal", "dump", str(logs["good"]), "--output", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for protobuf_word in ("TRANSACTION_STATUS_", "PHASE_", "BRANCH_STATUS_", "DECISION_"):
+        assert protobuf_word not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    statuses = {r[body]["status"] for r in records for body in ("status", "end") if body in r}
+    assert statuses and statuses <= {"Rollingback", "Rolledback"}
+    assert not [r for r in records if r.get("status", {}).get("rollbackCode") == "XA_OK"]
+
+
+def test_mid_log_damage_is_told_once_at_start_up(logs: dict[str, Path], tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "xatm", "coordinator", "--data-dir", str(logs["damaged"])]
+    argv += ["--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}"]
+    (logs["damaged"] / "NODE_ID").write_text("n1\n")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and "damaged before its end" in done.stderr, done.stderr
