@@ -35,7 +35,9 @@ from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant.runtime.address import check_free
 from xatm.participant.runtime.serving import stop_signals
+from xatm.participant.xa import SERVER_OPTIONS
 
 __all__ = ["EXIT_LOG_STOPPED", "LOG_CHECK_INTERVAL", "LOG_STOP_GRACE", "Coordinator", "node_id_for", "run"]
 
@@ -123,7 +125,11 @@ class Coordinator:
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            options=[
+                *SERVER_OPTIONS,
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
         )
         ops = AdminOps(self.engine, self.approvals)
         endpoints = EndpointPolicy.from_setting(self.settings.allow_participants)
@@ -139,22 +145,32 @@ class Coordinator:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        if self.tls:
-            creds = tls.server_credentials(self.settings)
-            self.grpc_port = self.server.add_secure_port(self.settings.listen, creds)
-        else:
-            self.grpc_port = self.server.add_insecure_port(self.settings.listen)
+        check_free(self.settings.listen, "--listen")
+        try:
+            if self.tls:
+                creds = tls.server_credentials(self.settings)
+                self.grpc_port = self.server.add_secure_port(self.settings.listen, creds)
+            else:
+                self.grpc_port = self.server.add_insecure_port(self.settings.listen)
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.grpc_port = 0
         if not self.grpc_port:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            raise OSError(f"--listen {self.settings.listen}: cannot listen there (in use, or not an address)")
         await self.server.start()
-        self.http = HttpServer(
-            self.settings.http_listen,
-            self.engine,
-            ops=ops,
-            auth=self.auth,
-            ssl_context=tls.server_ssl_context(self.settings) if self.tls else None,
-        )
-        await self.http.start()
+        try:
+            self.http = HttpServer(
+                self.settings.http_listen,
+                self.engine,
+                ops=ops,
+                auth=self.auth,
+                ssl_context=tls.server_ssl_context(self.settings) if self.tls else None,
+            )
+            await self.http.start()
+        except OSError as err:
+            # Stop what started, on this loop: a gRPC server left for the garbage collector after the
+            # loop closes prints a traceback below the one-line error.
+            await self.server.stop(None)
+            raise OSError(f"--http-listen {self.settings.http_listen}: {err.strerror or err}") from None
         self._services = names[:2]
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_log())

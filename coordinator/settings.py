@@ -53,6 +53,19 @@ def _check_allow_list(value: str) -> str:
 
 
 #: A file setting; "" (an empty TOML string) means none, as an unset one does.
+def _named_path(value: object) -> object:
+    """An empty path would silently mean the working directory: refuse it."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must name a directory, not be empty")
+    return value
+
+
+def _directory(value: Path) -> Path:
+    if value.exists() and not value.is_dir():
+        raise ValueError(f"{str(value)!r} exists and is not a directory")
+    return value
+
+
 OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]
 
 
@@ -108,7 +121,9 @@ class Settings(XatmSettings):
     http_listen: ListenAddress = Field(
         default="127.0.0.1:7071", description="HTTP address for the REST admin API, /metrics and /healthz"
     )
-    data_dir: Path = Field(default=Path("./xatm-data"), description="directory of the write-ahead log")
+    data_dir: Annotated[Path, BeforeValidator(_named_path), AfterValidator(_directory)] = Field(
+        default=Path("./xatm-data"), description="directory of the write-ahead log"
+    )
     store: Annotated[str, AfterValidator(check_store)] = Field(
         default="file",
         description="transaction log: file (the WAL in data_dir) or etcd://h1:2379,h2:2379 (replicas)",

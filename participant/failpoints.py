@@ -136,4 +136,10 @@ async def ahit(name: str) -> XaCode | None:
 
 
 if os.environ.get("XATM_FAILPOINTS"):
-    arm(os.environ["XATM_FAILPOINTS"])
+    try:
+        arm(os.environ["XATM_FAILPOINTS"])
+    except FailpointError as err:
+        # Read when the process imports xatm, before any command line: a bad setting must still
+        # be one line and exit 2, as for every other setting, not a traceback from an import.
+        sys.stderr.write(f"XATM_FAILPOINTS: {err}\n")
+        raise SystemExit(2) from None

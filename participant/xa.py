@@ -20,6 +20,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "FORMAT_ID",
     "LOCAL_FORMAT_ID",
+    "SERVER_OPTIONS",
     "BranchStatus",
     "Decision",
     "Phase",
@@ -211,6 +212,14 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.min_reconnect_backoff_ms", 20_000),
 )
+
+#: Options of every gRPC server xatm starts (coordinator, agent, example services).
+#:
+#: gRPC core binds with SO_REUSEPORT on Linux unless ``grpc.so_reuseport`` is 0 (a fact of
+#: gRPC's channel arguments, ``GRPC_ARG_ALLOW_REUSEPORT``): a second process then listens on a
+#: port already served and the kernel splits connections between the two, so a participant's
+#: prepare could reach another resource manager. With 0, the second bind fails at start-up.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
 
 
 def validate_gtrid(value: str) -> str:

@@ -32,6 +32,16 @@ __all__ = ["main"]
 
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0 and at most 86400")
+    return value
+
+
 def _limit(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError("must be a whole number from 1 to 1000")
@@ -361,7 +371,9 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         metavar="PEM",
         help="client private key for mutual TLS (env XATM_CLIENT_KEY)",
     )
-    parser.add_argument("--timeout", type=float, default=default(60.0), help="seconds to wait for an answer")
+    parser.add_argument(
+        "--timeout", type=_seconds, default=default(60.0), help="seconds to wait for an answer"
+    )
     parser.add_argument(
         "--output", "-o", choices=("table", "json"), default=default("table"), help="output format"
     )
@@ -372,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xactl",
         description="Inspect and operate xatm transactions. Exit codes: 0 ok, 1 unavailable, 2 usage or "
-        "malformed argument, 3 unknown transaction, 4 status forbids it, 5 credentials.",
+        "malformed argument, 3 unknown transaction, 4 status forbids it, 5 credentials, 6 a bound reached.",
     )
     _global_options(parser, defaults=True)
     common = _Parser(add_help=False)

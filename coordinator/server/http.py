@@ -592,7 +592,8 @@ def build_app(
         title="xatm coordinator admin API",
         version=_version(),
         description="Inspect and operate XA transactions. Errors map as follows: 400 malformed, 401 "
-        "no/bad token, 403 role too weak, 404 unknown gtrid, 412 status forbids, 503 unavailable. "
+        "no/bad token, 403 role too weak, 404 unknown gtrid, 412 status forbids, 429 a bound reached, "
+        "503 unavailable. "
         "Roles: viewer reads; operator also forces and forgets.",
         openapi_url=None,
         docs_url=None,

@@ -20,6 +20,7 @@ from xatm.participant.runtime.address import argument
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.stores.memory import MemoryRM
 from xatm.participant.stub import ParticipantStub
+from xatm.participant.xa import SERVER_OPTIONS
 
 __all__ = ["main"]
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     listen = str(args.listen)
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS))
+    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS), options=SERVER_OPTIONS)
     ParticipantStub(MemoryRM(args.rm_id), advertise=listen).add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     if not server.add_insecure_port(listen):

@@ -81,7 +81,8 @@ def _crash_scene(coord: Proc, bank: Any, say: Callable[[str], None], check: _Che
     coord.start(extra_env={"XATM_FAILPOINTS": "coordinator.after_decision=crash"})
     result = bank.transfer("alice", "bob", 10)
     code = coord.wait_exit(10)
-    say(f"   the coordinator died (exit {code}) before phase two; the initiator saw: {result.detail[:90]}")
+    seen = result.detail.split(";")[0]
+    say(f"   the coordinator died (exit {code}) before phase two; the initiator saw: {seen}")
     say("   both banks now hold a prepared branch, its locks and no outcome")
     coord.start()
     say("   coordinator restarted: recovery replays the log, finds the durable decision, re-drives commit")
@@ -170,7 +171,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the whole system locally and narrate two transfers")
+    p = sub.add_parser("demo", help="run the whole system locally and narrate three transfers")
     p.add_argument(
         "--data-dir", default=None, help="keep logs and stores here (default: a temporary directory)"
     )

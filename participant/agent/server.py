@@ -35,7 +35,7 @@ from pydantic.json_schema import JsonDict
 from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc
 from xatm.participant.client.context import current
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, Status, XatmError
-from xatm.participant.runtime.address import Address
+from xatm.participant.runtime.address import Address, check_free
 from xatm.participant.runtime.config import (
     ListenAddress,
     PeerAddress,
@@ -46,10 +46,11 @@ from xatm.participant.runtime.config import (
     at_least,
     load,
 )
+from xatm.participant.runtime.extras import MissingExtra, needs_extra
 from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.stores.base import BranchEnded
-from xatm.participant.xa import XaCode, XaError, Xid
+from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
 
 if TYPE_CHECKING:
     from xatm.participant.runtime.asgi import Uvicorn
@@ -115,7 +116,8 @@ class Resource:
             return Path(self.target).stem or "sqlite"
         if self.kind == "mysql":
             return _mysql_params(self.target).database
-        from psycopg.conninfo import conninfo_to_dict
+        with needs_extra("postgresql", "--resource postgresql://"):
+            from psycopg.conninfo import conninfo_to_dict
 
         try:
             params = conninfo_to_dict(self.target)
@@ -421,6 +423,7 @@ class Agent:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.pool_size + 16),
             interceptors=[ParticipantStub.server_interceptor()],
+            options=SERVER_OPTIONS,
         )
         self.http: Uvicorn | None = None
 
@@ -438,6 +441,7 @@ class Agent:
             self.http = Uvicorn(probe_app(self._health), settings.http_listen)
         except OSError as err:
             raise OSError(f"cannot listen on --http-listen {settings.http_listen}: {err.strerror}") from err
+        check_free(settings.listen, "cannot listen on --listen")
         try:
             port = self.server.add_insecure_port(settings.listen)
         except RuntimeError:  # grpc's "Failed to bind"
@@ -511,6 +515,9 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as err:
         print(f"xatm participant: {err}", file=sys.stderr)
         return 2
+    except MissingExtra as err:  # the resource's driver, met while checking --resource
+        print(f"xatm participant: {err.message}", file=sys.stderr)
+        return 1
     from xatm.participant.runtime import logs
 
     logs.setup(json_lines=settings.log_json)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xatm.participant.errors import InvalidArgumentError
 
-__all__ = ["Address", "AddressError", "argument"]
+__all__ = ["Address", "AddressError", "argument", "check_free"]
 
 # Letters, digits, '-', '_' and dots: DNS names (and the names of containers and Kubernetes services).
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
@@ -101,3 +101,19 @@ def argument(*, listen: bool = False) -> Callable[[str], Address]:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
+
+
+def check_free(listen: str, flag: str) -> None:
+    """Raise OSError naming ``flag`` when ``listen`` (HOST:PORT) cannot be bound here now.
+
+    Asked before gRPC binds, so a port in use is one line (gRPC core would also print its own log
+    line). Port 0 always passes. The answer can change before gRPC binds; gRPC's own failure
+    stays the final word.
+    """
+    where = Address.parse(listen)
+    if where.port == 0:
+        return
+    try:
+        socket.create_server((where.host, where.port), family=where.family).close()
+    except OSError as err:
+        raise OSError(f"{flag} {listen}: {err.strerror or err}") from None

@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import pymysql
-from pymysql.connections import Connection
-
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
+from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
@@ -58,6 +56,10 @@ _XA_VERB = re.compile(
     r"(XA|BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SET\s+AUTOCOMMIT)\b",
     re.IGNORECASE | re.DOTALL,
 )
+
+with needs_extra("mysql", "MariaRM"):
+    import pymysql
+    from pymysql.connections import Connection
 _MAX_SAVEPOINT_ID = 256
 #: How long prepare waits for the server to drop the preparing session before it answers.
 _DETACH_TIMEOUT_S = 10.0

@@ -20,13 +20,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool
-
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.stores.base import (
     COMMITTED,
     ONE_PHASE,
@@ -39,6 +34,13 @@ from xatm.participant.stores.base import (
 )
 from xatm.participant.stores.postgresql_errors import to_xa_error
 from xatm.participant.xa import XaCode, XaError, Xid
+
+with needs_extra("postgresql", "PostgresRM"):
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["BranchConnection", "BranchHandle", "PostgresRM", "PostgresSetupError", "decode_gid", "encode_gid"]
 

@@ -8,9 +8,11 @@ data so docs/postgresql.md can show them and a test can hold the two in step.
 
 from __future__ import annotations
 
-import psycopg
-
+from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.xa import XaCode, XaError
+
+with needs_extra("postgresql", "PostgresRM"):
+    import psycopg
 
 __all__ = ["SQLCLASS_TO_XA", "SQLSTATE_TO_XA", "to_xa_error", "xa_code_for"]
 

@@ -24,15 +24,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, RootTransaction
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
-
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.stores import mysql_errors, mysql_xa
 from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
 from xatm.participant.xa import XaCode, XaError, Xid
+
+with needs_extra("sqlalchemy", "SqlAlchemyRM"):
+    from sqlalchemy import event
+    from sqlalchemy.engine import Connection, Engine, RootTransaction
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session
 
 __all__ = ["BranchSession", "SqlAlchemyRM"]
 

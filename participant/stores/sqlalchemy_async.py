@@ -13,11 +13,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.util import await_only, greenlet_spawn
-
+from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.stores.sqlalchemy import BranchSession, SqlAlchemyRM, _Branch
 from xatm.participant.xa import XaCode, XaError, Xid
+
+with needs_extra("sqlalchemy", "AsyncSqlAlchemyRM"):
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.util import await_only, greenlet_spawn
 
 __all__ = ["AsyncSqlAlchemyRM"]
 

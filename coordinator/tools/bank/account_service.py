@@ -36,7 +36,7 @@ from xatm.participant.runtime.address import argument
 from xatm.participant.runtime.serving import stop_signals, until_signalled
 from xatm.participant.stores.base import ResourceManager
 from xatm.participant.stores.sqlite import SqliteRM
-from xatm.participant.xa import XaCode, XaError, Xid
+from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
 
 if TYPE_CHECKING:
     from xatm.participant.stores.mysql import MariaRM
@@ -271,7 +271,7 @@ def _open(
 
 async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
     ledger, stub = _open(name, store, coordinator, listen, seed)
-    server = grpc.aio.server(interceptors=[stub.aio_server_interceptor()])
+    server = grpc.aio.server(interceptors=[stub.aio_server_interceptor()], options=SERVER_OPTIONS)
     stub.add_to_server(server)
     bank_pb2_grpc.add_AccountsServicer_to_server(AsyncAccounts(stub, ledger), server)
     checker = health.aio.HealthServicer()
@@ -291,7 +291,11 @@ async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: 
 
 def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
     ledger, stub = _open(name, store, coordinator, listen, seed)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[stub.server_interceptor()])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        interceptors=[stub.server_interceptor()],
+        options=SERVER_OPTIONS,
+    )
     stub.add_to_server(server)
     bank_pb2_grpc.add_AccountsServicer_to_server(Accounts(stub, ledger), server)
     checker = health.HealthServicer()
