@@ -12,12 +12,14 @@ participant/stores/base.py for the rule this enforces and docs/resource-managers
 from __future__ import annotations
 
 import abc
+import hashlib
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from xatm.participant.stores.base import (
     COMMITTED,
@@ -31,11 +33,49 @@ from xatm.participant.stores.base import (
 )
 from xatm.participant.xa import XaCode, XaError, Xid
 
-__all__ = ["ENDED_RETAIN", "SessionBranch", "SessionRM", "no_vote"]
+__all__ = [
+    "ENDED_RETAIN",
+    "XID_PART",
+    "SessionBranch",
+    "SessionRM",
+    "check_xid",
+    "no_vote",
+    "savepoint_digest",
+]
 
 #: How many ended xids are remembered, so that a stale handle or a late start is told how its branch
 #: ended (and a start of one is refused) instead of opening a fresh transaction under the old xid.
 ENDED_RETAIN = 10_000
+#: A gtrid or a bqual of xatm's shape (the characters every database's XID syntax takes as they are).
+XID_PART = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_MAX_SAVEPOINT_ID = 256
+
+
+def check_xid(xid: Xid, *, max_format_id: int, format_id_range: str) -> None:
+    """XaError(XAER_INVAL) unless ``xid`` has xatm's shape: formatID 0..``max_format_id`` (spelt
+    ``format_id_range`` in the message), gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]."""
+    fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
+    if (
+        not isinstance(fid, int)
+        or not 0 <= fid <= max_format_id
+        or not isinstance(gtrid, str)
+        or not XID_PART.fullmatch(gtrid)
+        or not isinstance(bqual, str)
+        or not XID_PART.fullmatch(bqual)
+    ):
+        raise XaError(
+            XaCode.XAER_INVAL,
+            f"malformed XID {xid!r}: formatID must be {format_id_range}, "
+            "gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]",
+        )
+
+
+def savepoint_digest(savepoint_id: str) -> str:
+    """A fixed-length SQL identifier for an opaque savepoint id (no quoting surprises, no silent
+    truncation); XaError(XAER_INVAL) for an id that is not 1-256 characters."""
+    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
+        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
+    return "xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32]
 
 
 def no_vote(error: XaError) -> XaError:
@@ -60,6 +100,8 @@ class SessionBranch:
     in_flight: int = 0  # business calls running on the session now
     failure: XaError | None = None  # why the branch cannot commit: its vote
     finished: bool = False
+    #: What the database driver raises; a call of it cut short by the branch's end says BranchEnded.
+    driver_error: ClassVar[type[Exception]] = Exception
 
     def ended_error(self) -> BranchEnded | None:
         """Why a handle may not be used (the branch ended), or None while it may."""
@@ -74,17 +116,40 @@ class SessionBranch:
             if (ended := self.ended_error()) is not None:
                 raise ended
 
+    def refusal(self) -> Exception | None:
+        """(Under the gate.) Why a business call may not start now, or None: the branch has ended."""
+        return self.ended_error()
+
     def enter(self) -> None:
-        """A business call starts: BranchEnded if the branch has ended, else it is counted."""
+        """A business call starts: refused (BranchEnded if the branch has ended), else it is counted."""
         with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
+            if (refused := self.refusal()) is not None:
+                raise refused
             self.in_flight += 1
 
     def leave(self) -> None:
         with self.gate:
             self.in_flight -= 1
             self.gate.notify_all()
+
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """One business call on the session: refused once the branch ended, waited for by its end.
+
+        A call cut short by the end (a rollback interrupts it) raises BranchEnded, not the
+        driver's error; so does one that finished while a rollback discarded its work.
+        """
+        self.enter()
+        try:
+            yield
+        except self.driver_error as exc:
+            if (ended := self.ended_error()) is not None:
+                raise ended from exc
+            raise
+        finally:
+            self.leave()
+        if self.discarded and (ended := self.ended_error()) is not None:
+            raise ended
 
 
 B = TypeVar("B", bound=SessionBranch)
@@ -131,6 +196,10 @@ class SessionRM(ResourceManager, Generic[B]):
     def _release(self, branch: B) -> None:
         """Give the session back with nothing of the branch on it, or drop it."""
 
+    def _is_prepared(self, xid: Xid) -> bool:
+        """Whether the database holds ``xid`` prepared (a retried prepare after a lost reply)."""
+        return xid in self.recover()
+
     def _before_vote(self, branch: B) -> None:
         """Last business work before the branch votes (e.g. an ORM flush); raise an XaError to vote no."""
 
@@ -139,7 +208,7 @@ class SessionRM(ResourceManager, Generic[B]):
     def prepare(self, xid: Xid) -> XaCode:
         with self._claim(xid) as branch:
             if branch is None:
-                if xid in self.recover():
+                if self._is_prepared(xid):
                     return XaCode.XA_OK  # a retried prepare after a lost reply
                 raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
             how, code = "prepare failed", XaCode.XAER_NOTA

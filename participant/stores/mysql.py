@@ -12,7 +12,6 @@ docs/mysql.md and docs/resource-managers.md.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import re
@@ -21,14 +20,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
 from pymysql.connections import Connection
 
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
-from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
+from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote, savepoint_digest
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
     SESSION_GONE,
@@ -58,16 +57,8 @@ _XA_VERB = re.compile(
     r"(XA|BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SET\s+AUTOCOMMIT)\b",
     re.IGNORECASE | re.DOTALL,
 )
-_MAX_SAVEPOINT_ID = 256
 #: How long prepare waits for the server to drop the preparing session before it answers.
 _DETACH_TIMEOUT_S = 10.0
-
-
-def _savepoint_name(savepoint_id: str) -> str:
-    """A fixed-length identifier for an opaque id (no quoting surprises)."""
-    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
-        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
-    return "xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -197,6 +188,7 @@ class _Branch(SessionBranch):
     savepoints: list[str] = field(default_factory=list)
     savepoints_at_failure: int = 0
     xa_open: bool = True  # an XA transaction of ours may still be on the session (for the clean-up)
+    driver_error: ClassVar[type[Exception]] = pymysql.err.Error
     handle: MariaConnection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -209,19 +201,10 @@ class _Branch(SessionBranch):
 
     @contextmanager
     def using(self) -> Iterator[Connection]:
-        """One business call on the session: refused once the branch ended, waited for by its end;
-        a call cut short by a rollback (KILL QUERY) raises BranchEnded, not the driver's error."""
-        self.enter()
-        try:
+        """One business call on the session (see ``SessionBranch.calling``): a rollback cuts it short
+        with KILL QUERY."""
+        with self.calling():
             yield self.conn
-        except pymysql.err.Error as exc:
-            if (ended := self.ended_error()) is not None:
-                raise ended from exc
-            raise
-        finally:
-            self.leave()
-        if self.discarded and (ended := self.ended_error()) is not None:
-            raise ended
 
 
 def _refuse_control(query: Any) -> None:
@@ -433,7 +416,7 @@ class MariaRM(SessionRM[_Branch]):
         return [xid for row in self._xa_recover() if (xid := decode_xid(*row)) is not None]
 
     def savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
+        name = savepoint_digest(savepoint_id)
         with self._claim(xid) as branch:
             if branch is None:
                 raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
@@ -441,7 +424,7 @@ class MariaRM(SessionRM[_Branch]):
             branch.savepoints.append(savepoint_id)
 
     def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
+        name = savepoint_digest(savepoint_id)
         with self._claim(xid) as branch:
             if branch is None:
                 raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
