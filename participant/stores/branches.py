@@ -36,8 +36,11 @@ from xatm.participant.xa import XaCode, XaError, Xid
 __all__ = [
     "ENDED_RETAIN",
     "XID_PART",
+    "SavepointBranch",
     "SessionBranch",
+    "SessionHandle",
     "SessionRM",
+    "StatementRM",
     "check_xid",
     "no_vote",
     "savepoint_digest",
@@ -152,7 +155,53 @@ class SessionBranch:
             raise ended
 
 
+@dataclass(eq=False, kw_only=True)
+class SavepointBranch(SessionBranch):
+    """A branch whose savepoints are set by SQL statements on its session."""
+
+    savepoints: list[str] = field(default_factory=list)  # ids in the order set, as the database stacks them
+    savepoints_at_failure: int = 0  # rolling back to one of these undoes the failure
+
+    def fail(self, error: XaError) -> None:
+        """The branch's first failure stands as its vote, until a rollback to an earlier savepoint."""
+        if self.failure is None:
+            self.failure = error
+            self.savepoints_at_failure = len(self.savepoints)
+
+
 B = TypeVar("B", bound=SessionBranch)
+SB = TypeVar("SB", bound=SavepointBranch)
+
+
+class SessionHandle(Generic[B]):
+    """The branch's session as business code gets it: it dies with the branch. Subclasses add the
+    driver's calls (each through ``branch.using()``); ``commit()`` and ``rollback()`` are refused,
+    with ``owned`` as the reason, since the transaction belongs to the coordinator."""
+
+    __slots__ = ("_branch",)
+    owned: ClassVar[str] = (
+        "the branch's transaction belongs to the coordinator: commit or roll back the global "
+        "transaction; inside the branch use savepoints"
+    )
+
+    def __init__(self, branch: B):
+        self._branch = branch
+
+    @property
+    def xid(self) -> Xid:
+        return self._branch.xid
+
+    def commit(self) -> None:
+        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
+        raise XaError(XaCode.XAER_PROTO, self.owned)
+
+    def rollback(self) -> None:
+        """Refused: XaError(XAER_PROTO); fail the work (raise) or roll back to a savepoint."""
+        raise XaError(XaCode.XAER_PROTO, self.owned)
+
+    def __repr__(self) -> str:
+        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
+        return f"<{type(self).__name__} of branch {self._branch.xid} ({state})>"
 
 
 class SessionRM(ResourceManager, Generic[B]):
@@ -367,3 +416,39 @@ class SessionRM(ResourceManager, Generic[B]):
         with self._lock:
             self._branches.pop(branch.xid, None)
         self._release(branch)
+
+
+class StatementRM(SessionRM[SB]):
+    """A SessionRM whose savepoints are SQL statements (``SAVEPOINT``, ``ROLLBACK TO SAVEPOINT``)
+    run by ``_run`` on the branch's session."""
+
+    @abc.abstractmethod
+    def _run(self, branch: SB, statement: str, doing: str) -> None:
+        """A statement of ours on the branch's session; a failure dooms the branch (``branch.fail``)
+        and raises its XaError."""
+
+    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = savepoint_digest(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            self._run(branch, f"SAVEPOINT {name}", "SAVEPOINT")
+            branch.savepoints.append(savepoint_id)
+
+    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = savepoint_digest(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            if savepoint_id not in branch.savepoints:
+                # Checked here: an unknown name is an error of the database, which may doom the branch.
+                raise XaError(
+                    XaCode.XAER_INVAL,
+                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
+                    "(never set, or undone by rolling back to an earlier one)",
+                )
+            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
+            self._run(branch, f"ROLLBACK TO SAVEPOINT {name}", "ROLLBACK TO SAVEPOINT")
+            del branch.savepoints[index + 1 :]
+            if branch.failure is not None and index < branch.savepoints_at_failure:
+                branch.failure = None  # the failed work came after the savepoint: undone with it

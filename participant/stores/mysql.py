@@ -27,7 +27,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
-from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote, savepoint_digest
+from xatm.participant.stores.branches import SavepointBranch, SessionHandle, StatementRM, no_vote
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
     SESSION_GONE,
@@ -180,24 +180,17 @@ def _close_quietly(conn: Connection) -> None:
 
 
 @dataclass(eq=False, kw_only=True)
-class _Branch(SessionBranch):
+class _Branch(SavepointBranch):
     sql_xid: str
     conn: Connection
     thread_id: int  # the server's id of the session, for KILL QUERY and to see it gone after prepare
     writes_at_start: int
-    savepoints: list[str] = field(default_factory=list)
-    savepoints_at_failure: int = 0
     xa_open: bool = True  # an XA transaction of ours may still be on the session (for the clean-up)
     driver_error: ClassVar[type[Exception]] = pymysql.err.Error
     handle: MariaConnection = field(init=False)
 
     def __post_init__(self) -> None:
         self.handle = MariaConnection(self)
-
-    def fail(self, error: XaError) -> None:
-        if self.failure is None:
-            self.failure = error
-            self.savepoints_at_failure = len(self.savepoints)
 
     @contextmanager
     def using(self) -> Iterator[Connection]:
@@ -211,7 +204,7 @@ def _refuse_control(query: Any) -> None:
     if isinstance(query, (str, bytes)) and _XA_VERB.match(
         query if isinstance(query, str) else query.decode()
     ):
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
+        raise XaError(XaCode.XAER_PROTO, MariaConnection.owned)
 
 
 class MariaCursor:
@@ -278,7 +271,7 @@ class MariaCursor:
         self.close()
 
 
-class MariaConnection:
+class MariaConnection(SessionHandle[_Branch]):
     """The branch's session as business code gets it from ``guard``/``connection``.
 
     ``execute(query, args)`` runs a statement and returns its ``MariaCursor``; ``cursor()`` makes
@@ -288,14 +281,7 @@ class MariaConnection:
     ``SET autocommit``) and ``commit()``/``rollback()`` are refused with XAER_PROTO.
     """
 
-    __slots__ = ("_branch",)
-
-    def __init__(self, branch: _Branch):
-        self._branch = branch
-
-    @property
-    def xid(self) -> Xid:
-        return self._branch.xid
+    __slots__ = ()
 
     def cursor(self) -> MariaCursor:
         with self._branch.using() as conn:
@@ -306,26 +292,10 @@ class MariaConnection:
         cursor.execute(query, args)
         return cursor
 
-    def commit(self) -> None:
-        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def rollback(self) -> None:
-        """Refused: XaError(XAER_PROTO); fail the work (raise) or roll back to a savepoint."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def __repr__(self) -> str:
-        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
-        return f"<MariaConnection of branch {self._branch.xid} ({state})>"
 
 
-_OWNED = (
-    "the branch's transaction belongs to the coordinator: commit or roll back the global "
-    "transaction; inside the branch use savepoints"
-)
 
-
-class MariaRM(SessionRM[_Branch]):
+class MariaRM(StatementRM[_Branch]):
     """Branches of global transactions in one MySQL/MariaDB database, as the server's XA transactions.
 
     ``url``: ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``. ``pool_size`` bounds the sessions held
@@ -414,31 +384,6 @@ class MariaRM(SessionRM[_Branch]):
         """``XA RECOVER``: every prepared XA branch of the server whose gtrid and bqual have xatm's
         shape (any formatID: the caller filters); other XIDs are never returned nor touched."""
         return [xid for row in self._xa_recover() if (xid := decode_xid(*row)) is not None]
-
-    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = savepoint_digest(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            self._run(branch, f"SAVEPOINT {name}", "SAVEPOINT")
-            branch.savepoints.append(savepoint_id)
-
-    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = savepoint_digest(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            if savepoint_id not in branch.savepoints:
-                raise XaError(
-                    XaCode.XAER_INVAL,
-                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
-                    "(never set, or undone by rolling back to an earlier one)",
-                )
-            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
-            self._run(branch, f"ROLLBACK TO SAVEPOINT {name}", "ROLLBACK TO SAVEPOINT")
-            del branch.savepoints[index + 1 :]
-            if branch.failure is not None and index < branch.savepoints_at_failure:
-                branch.failure = None  # the failed statement came after the savepoint: undone with it
 
     def close(self) -> None:
         """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""

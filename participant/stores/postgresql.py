@@ -27,11 +27,11 @@ from xatm.participant.errors import FailedPreconditionError, InvalidArgumentErro
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.branches import (
     XID_PART,
-    SessionBranch,
-    SessionRM,
+    SavepointBranch,
+    SessionHandle,
+    StatementRM,
     check_xid,
     no_vote,
-    savepoint_digest,
 )
 from xatm.participant.stores.postgresql_errors import to_xa_error
 from xatm.participant.xa import XaCode, XaError, Xid
@@ -72,10 +72,8 @@ class PostgresSetupError(FailedPreconditionError):
 
 
 @dataclass(eq=False, kw_only=True)
-class _Branch(SessionBranch):
+class _Branch(SavepointBranch):
     conn: psycopg.Connection[Any]
-    savepoints: list[str] = field(default_factory=list)  # ids in the order set, as PostgreSQL stacks them
-    savepoints_at_failure: int = 0  # rolling back to one of these undoes the failure
     open_blocks: int = 0  # with-blocks (transaction, pipeline, copy, cursor) entered via a handle, not left
     dirty: bool = False  # a call cut short or a block open at the end: the session is unfit for reuse
     driver_error: ClassVar[type[Exception]] = psycopg.Error
@@ -83,11 +81,6 @@ class _Branch(SessionBranch):
 
     def __post_init__(self) -> None:
         self.handle = BranchConnection(self)
-
-    def fail(self, error: XaError) -> None:
-        if self.failure is None:
-            self.failure = error
-            self.savepoints_at_failure = len(self.savepoints)
 
     def refusal(self) -> Exception | None:
         """Also refused: a call once business code ended the transaction on the session."""
@@ -203,7 +196,7 @@ class BranchHandle:
         return f"<{type(self).__name__} of branch {self._branch.xid}: {self._target!r}>"
 
 
-class BranchConnection:
+class BranchConnection(SessionHandle[_Branch]):
     """The branch's connection as business code gets it from ``guard``/``connection``.
 
     ``execute``, ``cursor``, ``transaction`` and ``pipeline`` work as on a psycopg connection
@@ -213,14 +206,8 @@ class BranchConnection:
     and ``rollback()`` are refused: the transaction belongs to the coordinator.
     """
 
-    __slots__ = ("_branch",)
-
-    def __init__(self, branch: _Branch):
-        self._branch = branch
-
-    @property
-    def xid(self) -> Xid:
-        return self._branch.xid
+    __slots__ = ()
+    owned = SessionHandle.owned + " (conn.transaction())"
 
     def execute(self, query: Any, params: Any = None, **options: Any) -> BranchHandle:
         """``psycopg.Connection.execute``: run a statement, return its cursor (wrapped)."""
@@ -254,26 +241,10 @@ class BranchConnection:
         with self._branch.using() as conn:
             return conn.adapters
 
-    def commit(self) -> None:
-        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def rollback(self) -> None:
-        """Refused: XaError(XAER_PROTO); fail the work (raise) or use a savepoint instead."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def __repr__(self) -> str:
-        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
-        return f"<BranchConnection of branch {self._branch.xid} ({state})>"
 
 
-_OWNED = (
-    "the branch's transaction belongs to the coordinator: commit or roll back the global "
-    "transaction; inside the branch use savepoints (conn.transaction())"
-)
 
-
-class PostgresRM(SessionRM[_Branch]):
+class PostgresRM(StatementRM[_Branch]):
     """Branches of global transactions in one PostgreSQL database.
 
     ``pool_size`` bounds the connections held by active branches; phase two and recovery use
@@ -379,38 +350,6 @@ class PostgresRM(SessionRM[_Branch]):
             raise to_xa_error(exc, f"recover from {self.where}") from exc
         return [xid for (gid,) in rows if (xid := decode_gid(gid)) is not None]
 
-    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = sql.Identifier(savepoint_digest(savepoint_id))
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            try:
-                branch.conn.execute(sql.SQL("SAVEPOINT {}").format(name))
-            except psycopg.Error as exc:
-                raise self._fail(branch, exc, "SAVEPOINT") from exc
-            branch.savepoints.append(savepoint_id)
-
-    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = sql.Identifier(savepoint_digest(savepoint_id))
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            if savepoint_id not in branch.savepoints:
-                # Checked here: an unknown name would make PostgreSQL abort the whole transaction.
-                raise XaError(
-                    XaCode.XAER_INVAL,
-                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
-                    "(never set, or undone by rolling back to an earlier one)",
-                )
-            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
-            try:
-                branch.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
-            except psycopg.Error as exc:
-                raise self._fail(branch, exc, "ROLLBACK TO SAVEPOINT") from exc
-            del branch.savepoints[index + 1 :]
-            if branch.failure is not None and index < branch.savepoints_at_failure:
-                branch.failure = None  # the failed work, and PostgreSQL's aborted state, are undone
-
     def close(self) -> None:
         """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
         super().close()
@@ -426,6 +365,12 @@ class PostgresRM(SessionRM[_Branch]):
         error = to_xa_error(exc, doing, connection_closed=branch.conn.closed)
         branch.fail(error)
         return error
+
+    def _run(self, branch: _Branch, statement: str, doing: str) -> None:
+        try:
+            branch.conn.execute(statement)
+        except psycopg.Error as exc:
+            raise self._fail(branch, exc, doing) from exc
 
     def _doomed(self, branch: _Branch) -> XaError | None:
         """Why the branch cannot commit, if it cannot: PostgreSQL has or will roll it back."""
