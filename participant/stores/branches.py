@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from xatm.participant.stores.base import (
     COMMITTED,
@@ -418,9 +418,17 @@ class SessionRM(ResourceManager, Generic[B]):
         self._release(branch)
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class StatementRM(SessionRM[SB]):
-    """A SessionRM whose savepoints are SQL statements (``SAVEPOINT``, ``ROLLBACK TO SAVEPOINT``)
-    run by ``_run`` on the branch's session."""
+    """A SessionRM over pools of connections (``_pools``) whose savepoints are SQL statements
+    (``SAVEPOINT``, ``ROLLBACK TO SAVEPOINT``) run by ``_run`` on the branch's session."""
+
+    @abc.abstractmethod
+    def _pools(self) -> tuple[_Closable, ...]:
+        """The connection pools ``close`` closes."""
 
     @abc.abstractmethod
     def _run(self, branch: SB, statement: str, doing: str) -> None:
@@ -452,3 +460,9 @@ class StatementRM(SessionRM[SB]):
             del branch.savepoints[index + 1 :]
             if branch.failure is not None and index < branch.savepoints_at_failure:
                 branch.failure = None  # the failed work came after the savepoint: undone with it
+
+    def close(self) -> None:
+        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
+        super().close()
+        for pool in self._pools():
+            pool.close()

@@ -385,13 +385,10 @@ class MariaRM(StatementRM[_Branch]):
         shape (any formatID: the caller filters); other XIDs are never returned nor touched."""
         return [xid for row in self._xa_recover() if (xid := decode_xid(*row)) is not None]
 
-    def close(self) -> None:
-        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
-        super().close()
-        self._pool.close()
-        self._control.close()
-
     # -- internals --------------------------------------------------------------------
+
+    def _pools(self) -> tuple[_Pool, _Pool]:
+        return self._pool, self._control
 
     def _validate(self, xid: Xid) -> None:
         xid_sql(xid)

@@ -350,13 +350,10 @@ class PostgresRM(StatementRM[_Branch]):
             raise to_xa_error(exc, f"recover from {self.where}") from exc
         return [xid for (gid,) in rows if (xid := decode_gid(gid)) is not None]
 
-    def close(self) -> None:
-        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
-        super().close()
-        self._pool.close()
-        self._control.close()
-
     # -- internals --------------------------------------------------------------------
+
+    def _pools(self) -> tuple[ConnectionPool[Any], ConnectionPool[Any]]:
+        return self._pool, self._control
 
     def _validate(self, xid: Xid) -> None:
         encode_gid(xid)
