@@ -12,12 +12,14 @@ participant/stores/base.py for the rule this enforces and docs/resource-managers
 from __future__ import annotations
 
 import abc
+import hashlib
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from xatm.participant.stores.base import (
     COMMITTED,
@@ -31,11 +33,52 @@ from xatm.participant.stores.base import (
 )
 from xatm.participant.xa import XaCode, XaError, Xid
 
-__all__ = ["ENDED_RETAIN", "SessionBranch", "SessionRM", "no_vote"]
+__all__ = [
+    "ENDED_RETAIN",
+    "XID_PART",
+    "SavepointBranch",
+    "SessionBranch",
+    "SessionHandle",
+    "SessionRM",
+    "StatementRM",
+    "check_xid",
+    "no_vote",
+    "savepoint_digest",
+]
 
 #: How many ended xids are remembered, so that a stale handle or a late start is told how its branch
 #: ended (and a start of one is refused) instead of opening a fresh transaction under the old xid.
 ENDED_RETAIN = 10_000
+#: A gtrid or a bqual of xatm's shape (the characters every database's XID syntax takes as they are).
+XID_PART = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_MAX_SAVEPOINT_ID = 256
+
+
+def check_xid(xid: Xid, *, max_format_id: int, format_id_range: str) -> None:
+    """XaError(XAER_INVAL) unless ``xid`` has xatm's shape: formatID 0..``max_format_id`` (spelt
+    ``format_id_range`` in the message), gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]."""
+    fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
+    if (
+        not isinstance(fid, int)
+        or not 0 <= fid <= max_format_id
+        or not isinstance(gtrid, str)
+        or not XID_PART.fullmatch(gtrid)
+        or not isinstance(bqual, str)
+        or not XID_PART.fullmatch(bqual)
+    ):
+        raise XaError(
+            XaCode.XAER_INVAL,
+            f"malformed XID {xid!r}: formatID must be {format_id_range}, "
+            "gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]",
+        )
+
+
+def savepoint_digest(savepoint_id: str) -> str:
+    """A fixed-length SQL identifier for an opaque savepoint id (no quoting surprises, no silent
+    truncation); XaError(XAER_INVAL) for an id that is not 1-256 characters."""
+    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
+        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
+    return "xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32]
 
 
 def no_vote(error: XaError) -> XaError:
@@ -60,6 +103,8 @@ class SessionBranch:
     in_flight: int = 0  # business calls running on the session now
     failure: XaError | None = None  # why the branch cannot commit: its vote
     finished: bool = False
+    #: What the database driver raises; a call of it cut short by the branch's end says BranchEnded.
+    driver_error: ClassVar[type[Exception]] = Exception
 
     def ended_error(self) -> BranchEnded | None:
         """Why a handle may not be used (the branch ended), or None while it may."""
@@ -74,11 +119,15 @@ class SessionBranch:
             if (ended := self.ended_error()) is not None:
                 raise ended
 
+    def refusal(self) -> Exception | None:
+        """(Under the gate.) Why a business call may not start now, or None: the branch has ended."""
+        return self.ended_error()
+
     def enter(self) -> None:
-        """A business call starts: BranchEnded if the branch has ended, else it is counted."""
+        """A business call starts: refused (BranchEnded if the branch has ended), else it is counted."""
         with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
+            if (refused := self.refusal()) is not None:
+                raise refused
             self.in_flight += 1
 
     def leave(self) -> None:
@@ -86,8 +135,73 @@ class SessionBranch:
             self.in_flight -= 1
             self.gate.notify_all()
 
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """One business call on the session: refused once the branch ended, waited for by its end.
+
+        A call cut short by the end (a rollback interrupts it) raises BranchEnded, not the
+        driver's error; so does one that finished while a rollback discarded its work.
+        """
+        self.enter()
+        try:
+            yield
+        except self.driver_error as exc:
+            if (ended := self.ended_error()) is not None:
+                raise ended from exc
+            raise
+        finally:
+            self.leave()
+        if self.discarded and (ended := self.ended_error()) is not None:
+            raise ended
+
+
+@dataclass(eq=False, kw_only=True)
+class SavepointBranch(SessionBranch):
+    """A branch whose savepoints are set by SQL statements on its session."""
+
+    savepoints: list[str] = field(default_factory=list)  # ids in the order set, as the database stacks them
+    savepoints_at_failure: int = 0  # rolling back to one of these undoes the failure
+
+    def fail(self, error: XaError) -> None:
+        """The branch's first failure stands as its vote, until a rollback to an earlier savepoint."""
+        if self.failure is None:
+            self.failure = error
+            self.savepoints_at_failure = len(self.savepoints)
+
 
 B = TypeVar("B", bound=SessionBranch)
+SB = TypeVar("SB", bound=SavepointBranch)
+
+
+class SessionHandle(Generic[B]):
+    """The branch's session as business code gets it: it dies with the branch. Subclasses add the
+    driver's calls (each through ``branch.using()``); ``commit()`` and ``rollback()`` are refused,
+    with ``owned`` as the reason, since the transaction belongs to the coordinator."""
+
+    __slots__ = ("_branch",)
+    owned: ClassVar[str] = (
+        "the branch's transaction belongs to the coordinator: commit or roll back the global "
+        "transaction; inside the branch use savepoints"
+    )
+
+    def __init__(self, branch: B):
+        self._branch = branch
+
+    @property
+    def xid(self) -> Xid:
+        return self._branch.xid
+
+    def commit(self) -> None:
+        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
+        raise XaError(XaCode.XAER_PROTO, self.owned)
+
+    def rollback(self) -> None:
+        """Refused: XaError(XAER_PROTO); fail the work (raise) or roll back to a savepoint."""
+        raise XaError(XaCode.XAER_PROTO, self.owned)
+
+    def __repr__(self) -> str:
+        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
+        return f"<{type(self).__name__} of branch {self._branch.xid} ({state})>"
 
 
 class SessionRM(ResourceManager, Generic[B]):
@@ -131,6 +245,10 @@ class SessionRM(ResourceManager, Generic[B]):
     def _release(self, branch: B) -> None:
         """Give the session back with nothing of the branch on it, or drop it."""
 
+    def _is_prepared(self, xid: Xid) -> bool:
+        """Whether the database holds ``xid`` prepared (a retried prepare after a lost reply)."""
+        return xid in self.recover()
+
     def _before_vote(self, branch: B) -> None:
         """Last business work before the branch votes (e.g. an ORM flush); raise an XaError to vote no."""
 
@@ -139,7 +257,7 @@ class SessionRM(ResourceManager, Generic[B]):
     def prepare(self, xid: Xid) -> XaCode:
         with self._claim(xid) as branch:
             if branch is None:
-                if xid in self.recover():
+                if self._is_prepared(xid):
                     return XaCode.XA_OK  # a retried prepare after a lost reply
                 raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
             how, code = "prepare failed", XaCode.XAER_NOTA
@@ -298,3 +416,53 @@ class SessionRM(ResourceManager, Generic[B]):
         with self._lock:
             self._branches.pop(branch.xid, None)
         self._release(branch)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class StatementRM(SessionRM[SB]):
+    """A SessionRM over pools of connections (``_pools``) whose savepoints are SQL statements
+    (``SAVEPOINT``, ``ROLLBACK TO SAVEPOINT``) run by ``_run`` on the branch's session."""
+
+    @abc.abstractmethod
+    def _pools(self) -> tuple[_Closable, ...]:
+        """The connection pools ``close`` closes."""
+
+    @abc.abstractmethod
+    def _run(self, branch: SB, statement: str, doing: str) -> None:
+        """A statement of ours on the branch's session; a failure dooms the branch (``branch.fail``)
+        and raises its XaError."""
+
+    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = savepoint_digest(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            self._run(branch, f"SAVEPOINT {name}", "SAVEPOINT")
+            branch.savepoints.append(savepoint_id)
+
+    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
+        name = savepoint_digest(savepoint_id)
+        with self._claim(xid) as branch:
+            if branch is None:
+                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
+            if savepoint_id not in branch.savepoints:
+                # Checked here: an unknown name is an error of the database, which may doom the branch.
+                raise XaError(
+                    XaCode.XAER_INVAL,
+                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
+                    "(never set, or undone by rolling back to an earlier one)",
+                )
+            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
+            self._run(branch, f"ROLLBACK TO SAVEPOINT {name}", "ROLLBACK TO SAVEPOINT")
+            del branch.savepoints[index + 1 :]
+            if branch.failure is not None and index < branch.savepoints_at_failure:
+                branch.failure = None  # the failed work came after the savepoint: undone with it
+
+    def close(self) -> None:
+        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
+        super().close()
+        for pool in self._pools():
+            pool.close()

@@ -12,7 +12,6 @@ docs/mysql.md and docs/resource-managers.md.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import re
@@ -21,12 +20,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
 from xatm.participant.runtime.extras import needs_extra
-from xatm.participant.stores.branches import SessionBranch, SessionRM, no_vote
+from xatm.participant.stores.branches import SavepointBranch, SessionHandle, StatementRM, no_vote
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
     SESSION_GONE,
@@ -60,16 +59,9 @@ _XA_VERB = re.compile(
 with needs_extra("mysql", "MariaRM"):
     import pymysql
     from pymysql.connections import Connection
-_MAX_SAVEPOINT_ID = 256
+
 #: How long prepare waits for the server to drop the preparing session before it answers.
 _DETACH_TIMEOUT_S = 10.0
-
-
-def _savepoint_name(savepoint_id: str) -> str:
-    """A fixed-length identifier for an opaque id (no quoting surprises)."""
-    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
-        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
-    return "xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -191,46 +183,31 @@ def _close_quietly(conn: Connection) -> None:
 
 
 @dataclass(eq=False, kw_only=True)
-class _Branch(SessionBranch):
+class _Branch(SavepointBranch):
     sql_xid: str
     conn: Connection
     thread_id: int  # the server's id of the session, for KILL QUERY and to see it gone after prepare
     writes_at_start: int
-    savepoints: list[str] = field(default_factory=list)
-    savepoints_at_failure: int = 0
     xa_open: bool = True  # an XA transaction of ours may still be on the session (for the clean-up)
+    driver_error: ClassVar[type[Exception]] = pymysql.err.Error
     handle: MariaConnection = field(init=False)
 
     def __post_init__(self) -> None:
         self.handle = MariaConnection(self)
 
-    def fail(self, error: XaError) -> None:
-        if self.failure is None:
-            self.failure = error
-            self.savepoints_at_failure = len(self.savepoints)
-
     @contextmanager
     def using(self) -> Iterator[Connection]:
-        """One business call on the session: refused once the branch ended, waited for by its end;
-        a call cut short by a rollback (KILL QUERY) raises BranchEnded, not the driver's error."""
-        self.enter()
-        try:
+        """One business call on the session (see ``SessionBranch.calling``): a rollback cuts it short
+        with KILL QUERY."""
+        with self.calling():
             yield self.conn
-        except pymysql.err.Error as exc:
-            if (ended := self.ended_error()) is not None:
-                raise ended from exc
-            raise
-        finally:
-            self.leave()
-        if self.discarded and (ended := self.ended_error()) is not None:
-            raise ended
 
 
 def _refuse_control(query: Any) -> None:
     if isinstance(query, (str, bytes)) and _XA_VERB.match(
         query if isinstance(query, str) else query.decode()
     ):
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
+        raise XaError(XaCode.XAER_PROTO, MariaConnection.owned)
 
 
 class MariaCursor:
@@ -297,7 +274,7 @@ class MariaCursor:
         self.close()
 
 
-class MariaConnection:
+class MariaConnection(SessionHandle[_Branch]):
     """The branch's session as business code gets it from ``guard``/``connection``.
 
     ``execute(query, args)`` runs a statement and returns its ``MariaCursor``; ``cursor()`` makes
@@ -307,14 +284,7 @@ class MariaConnection:
     ``SET autocommit``) and ``commit()``/``rollback()`` are refused with XAER_PROTO.
     """
 
-    __slots__ = ("_branch",)
-
-    def __init__(self, branch: _Branch):
-        self._branch = branch
-
-    @property
-    def xid(self) -> Xid:
-        return self._branch.xid
+    __slots__ = ()
 
     def cursor(self) -> MariaCursor:
         with self._branch.using() as conn:
@@ -325,26 +295,10 @@ class MariaConnection:
         cursor.execute(query, args)
         return cursor
 
-    def commit(self) -> None:
-        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def rollback(self) -> None:
-        """Refused: XaError(XAER_PROTO); fail the work (raise) or roll back to a savepoint."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def __repr__(self) -> str:
-        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
-        return f"<MariaConnection of branch {self._branch.xid} ({state})>"
 
 
-_OWNED = (
-    "the branch's transaction belongs to the coordinator: commit or roll back the global "
-    "transaction; inside the branch use savepoints"
-)
 
-
-class MariaRM(SessionRM[_Branch]):
+class MariaRM(StatementRM[_Branch]):
     """Branches of global transactions in one MySQL/MariaDB database, as the server's XA transactions.
 
     ``url``: ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``. ``pool_size`` bounds the sessions held
@@ -434,38 +388,10 @@ class MariaRM(SessionRM[_Branch]):
         shape (any formatID: the caller filters); other XIDs are never returned nor touched."""
         return [xid for row in self._xa_recover() if (xid := decode_xid(*row)) is not None]
 
-    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            self._run(branch, f"SAVEPOINT {name}", "SAVEPOINT")
-            branch.savepoints.append(savepoint_id)
-
-    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            if savepoint_id not in branch.savepoints:
-                raise XaError(
-                    XaCode.XAER_INVAL,
-                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
-                    "(never set, or undone by rolling back to an earlier one)",
-                )
-            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
-            self._run(branch, f"ROLLBACK TO SAVEPOINT {name}", "ROLLBACK TO SAVEPOINT")
-            del branch.savepoints[index + 1 :]
-            if branch.failure is not None and index < branch.savepoints_at_failure:
-                branch.failure = None  # the failed statement came after the savepoint: undone with it
-
-    def close(self) -> None:
-        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
-        super().close()
-        self._pool.close()
-        self._control.close()
-
     # -- internals --------------------------------------------------------------------
+
+    def _pools(self) -> tuple[_Pool, _Pool]:
+        return self._pool, self._control
 
     def _validate(self, xid: Xid) -> None:
         xid_sql(xid)

@@ -7,13 +7,13 @@ import logging
 import re
 
 from xatm.participant.errors import FailedPreconditionError
-from xatm.participant.xa import XaCode, XaError, Xid
+from xatm.participant.stores.branches import XID_PART, check_xid
+from xatm.participant.xa import Xid
 
 __all__ = ["SESSION_GONE", "WRITES", "MariaSetupError", "check_server_version", "decode_xid", "xid_sql"]
 
 log = logging.getLogger(__name__)
 
-_PART = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 #: The session's id and the writes it has done, from its handler counters (internal temporary
 #: tables count separately, as Handler_tmp_*), for the read-only vote: a branch whose count did
 #: not move between XA START and XA END wrote nothing.
@@ -27,20 +27,9 @@ SESSION_GONE = "SELECT COUNT(*) = 0 FROM information_schema.PROCESSLIST WHERE ID
 
 def xid_sql(xid: Xid) -> str:
     """The XID as MySQL's ``X'gtrid',X'bqual',formatID`` (hex literals: binary-safe, no quoting)."""
-    fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
-    if (
-        not isinstance(fid, int)
-        or not 0 <= fid <= 0x7FFFFFFF  # the server stores formatID as a signed 32-bit integer
-        or not isinstance(gtrid, str)
-        or not _PART.fullmatch(gtrid)
-        or not isinstance(bqual, str)
-        or not _PART.fullmatch(bqual)
-    ):
-        raise XaError(
-            XaCode.XAER_INVAL,
-            f"malformed XID {xid!r}: formatID must be 0..2^31-1, "
-            "gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]",
-        )
+    # The server stores formatID as a signed 32-bit integer.
+    check_xid(xid, max_format_id=0x7FFFFFFF, format_id_range="0..2^31-1")
+    gtrid, bqual, fid = xid.gtrid, xid.bqual, xid.format_id
     return f"X'{gtrid.encode().hex()}',X'{bqual.encode().hex()}',{fid}"
 
 
@@ -53,7 +42,7 @@ def decode_xid(format_id: int, gtrid_length: int, bqual_length: int, data: bytes
         gtrid, bqual = raw[:gtrid_length].decode("ascii"), raw[gtrid_length:].decode("ascii")
     except UnicodeDecodeError:
         return None
-    if not (_PART.fullmatch(gtrid) and _PART.fullmatch(bqual)):
+    if not (XID_PART.fullmatch(gtrid) and XID_PART.fullmatch(bqual)):
         return None
     return Xid(gtrid, bqual, int(format_id))
 

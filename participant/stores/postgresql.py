@@ -10,27 +10,23 @@ any restart: the gid alone names it. See docs/postgresql.md and docs/resource-ma
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from xatm.participant.runtime.extras import needs_extra
-from xatm.participant.stores.base import (
-    COMMITTED,
-    ONE_PHASE,
-    PREPARED,
-    READ_ONLY,
-    ROLLED_BACK,
-    BranchEnded,
-    ResourceManager,
-    ended_by,
+from xatm.participant.stores.base import BranchEnded
+from xatm.participant.stores.branches import (
+    XID_PART,
+    SavepointBranch,
+    SessionHandle,
+    StatementRM,
+    check_xid,
+    no_vote,
 )
 from xatm.participant.stores.postgresql_errors import to_xa_error
 from xatm.participant.xa import XaCode, XaError, Xid
@@ -48,13 +44,8 @@ log = logging.getLogger(__name__)
 
 # '/' is outside the gtrid/bqual alphabet, so splitting on it is unambiguous; the formatID is
 # fixed-width hex so every XID has exactly one gid. 4+1+8+1+64+1+64 = 143 < 200 (GIDSIZE).
-_PART = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_GID = re.compile(r"xatm/([0-9a-f]{8})/([A-Za-z0-9._:-]{1,64})/([A-Za-z0-9._:-]{1,64})")
-_MAX_SAVEPOINT_ID = 256
+_GID = re.compile(f"xatm/([0-9a-f]{{8}})/({XID_PART.pattern})/({XID_PART.pattern})")
 _MIN_SERVER_VERSION = 130000  # pg_current_xact_id_if_assigned()
-#: How many ended xids are remembered, so that a stale handle or a late start is told how its branch
-#: ended (and a start of one is refused) instead of opening a fresh transaction under the old xid.
-ENDED_RETAIN = 10_000
 #: Seconds between cancel requests to a business call still running on a branch being rolled back.
 _CANCEL_AGAIN_S = 1.0
 # What a handle wraps: objects bound to the session -- cursors, blocks (transaction(), pipeline(),
@@ -64,20 +55,8 @@ _BOUND = (psycopg.Cursor, AbstractContextManager, Iterator)
 
 def encode_gid(xid: Xid) -> str:
     """The PREPARE TRANSACTION gid of a branch: ``xatm/<formatID as 8 hex digits>/<gtrid>/<bqual>``."""
+    check_xid(xid, max_format_id=0xFFFFFFFF, format_id_range="0..2^32-1")
     fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
-    if (
-        not isinstance(fid, int)
-        or not 0 <= fid <= 0xFFFFFFFF
-        or not isinstance(gtrid, str)
-        or not _PART.fullmatch(gtrid)
-        or not isinstance(bqual, str)
-        or not _PART.fullmatch(bqual)
-    ):
-        raise XaError(
-            XaCode.XAER_INVAL,
-            f"malformed XID {xid!r}: formatID must be 0..2^32-1, "
-            "gtrid and bqual 1-64 characters of [A-Za-z0-9._:-]",
-        )
     return f"xatm/{fid:08x}/{gtrid}/{bqual}"
 
 
@@ -87,21 +66,6 @@ def decode_gid(gid: str) -> Xid | None:
     return Xid(match[2], match[3], int(match[1], 16)) if match else None
 
 
-def _savepoint_name(savepoint_id: str) -> sql.Identifier:
-    """A fixed-length identifier for an opaque id: no quoting surprises, no silent 63-byte truncation."""
-    if not isinstance(savepoint_id, str) or not 0 < len(savepoint_id) <= _MAX_SAVEPOINT_ID:
-        raise XaError(XaCode.XAER_INVAL, f"malformed savepoint id: expected 1-{_MAX_SAVEPOINT_ID} characters")
-    return sql.Identifier("xatm_sp_" + hashlib.sha256(savepoint_id.encode()).hexdigest()[:32])
-
-
-def _no_vote(error: XaError) -> XaError:
-    """Prepare's answer once PostgreSQL has rolled the branch back: an XA_RB* code with the cause."""
-    if error.code.is_rollback:
-        return error
-    code = XaCode.XA_RBCOMMFAIL if error.code == XaCode.XAER_RMFAIL else XaCode.XA_RBROLLBACK
-    return XaError(code, error.reason)
-
-
 class PostgresSetupError(FailedPreconditionError):
     """The server cannot host xatm branches; raised at construction, never in the middle of a commit."""
 
@@ -109,69 +73,31 @@ class PostgresSetupError(FailedPreconditionError):
         super().__init__(message)
 
 
-@dataclass(eq=False)
-class _Branch:
-    xid: Xid
+@dataclass(eq=False, kw_only=True)
+class _Branch(SavepointBranch):
     conn: psycopg.Connection[Any]
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one verb at a time per branch
-    savepoints: list[str] = field(default_factory=list)  # ids in the order set, as PostgreSQL stacks them
-    failure: XaError | None = None  # first error that escaped guard(): prepare votes no with it
-    savepoints_at_failure: int = 0  # rolling back to one of these undoes the failure
-    finished: bool = False
-    # Handles: every business call on conn passes `gate`; once `ended` is set none starts again.
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    ended: str | None = None  # how the business phase ended, for BranchEnded
-    ended_code: XaCode = XaCode.XAER_NOTA
-    discarded: bool = False  # ended by a rollback: a call that was running then did work for nothing
-    in_flight: int = 0  # business calls running on conn right now
     open_blocks: int = 0  # with-blocks (transaction, pipeline, copy, cursor) entered via a handle, not left
     dirty: bool = False  # a call cut short or a block open at the end: the session is unfit for reuse
-    # The RM's record of ended xids, which phase two (from any connection) keeps up to date.
-    outcomes: dict[Xid, tuple[str, XaCode]] = field(default_factory=dict)
+    driver_error: ClassVar[type[Exception]] = psycopg.Error
     handle: BranchConnection = field(init=False)
 
     def __post_init__(self) -> None:
         self.handle = BranchConnection(self)
 
-    def fail(self, error: XaError) -> None:
-        if self.failure is None:
-            self.failure = error
-            self.savepoints_at_failure = len(self.savepoints)
-
-    def ended_error(self) -> BranchEnded | None:
-        """Why a handle may not be used (the branch ended), or None while it may."""
-        if self.ended is None:
-            return None
-        how, code = self.outcomes.get(self.xid, (self.ended, self.ended_code))
-        return BranchEnded(self.xid, how, code)
+    def refusal(self) -> Exception | None:
+        """Also refused: a call once business code ended the transaction on the session."""
+        if (ended := self.ended_error()) is not None:
+            return ended
+        return _transaction_ended(self.conn)
 
     @contextmanager
     def using(self) -> Iterator[psycopg.Connection[Any]]:
-        """One business call on the connection: refused once the branch ended, and waited for by its end.
-
-        A call cut short by the end (a rollback cancels it) raises BranchEnded, not the driver's
-        error; so does one that finished while a rollback discarded its work.
-        """
-        with self.gate:
-            if (ended := self.ended_error()) is not None:
-                raise ended
-            if (outside := _transaction_ended(self.conn)) is not None:
-                raise outside
-            self.in_flight += 1
-        try:
+        """One business call on the connection (see ``SessionBranch.calling``): a rollback cuts it
+        short with a cancel request."""
+        with self.calling():
             yield self.conn
-        except psycopg.Error as exc:
-            if (ended := self.ended_error()) is not None:
-                raise ended from exc
-            raise
-        finally:
-            with self.gate:
-                self.in_flight -= 1
-                self.gate.notify_all()
-        if self.discarded and (ended := self.ended_error()) is not None:
-            raise ended
 
-    def enter(self, target: Any, opening: Callable[[Any], Any] | None = None) -> Any:
+    def open_block(self, target: Any, opening: Callable[[Any], Any] | None = None) -> Any:
         """``target.__enter__()`` (or ``opening(target)``, e.g. ``iter``), counting the open block."""
         with self.using():
             result = target.__enter__() if opening is None else opening(target)
@@ -179,7 +105,7 @@ class _Branch:
                 self.open_blocks += 1
         return result
 
-    def exit(self, target: Any, exc_info: tuple[Any, Any, Any]) -> bool | None:
+    def close_block(self, target: Any, exc_info: tuple[Any, Any, Any]) -> bool | None:
         """``target.__exit__()`` for a handle; after the end the session is not touched.
 
         The block's own exception goes on; a block that ended cleanly after its branch did
@@ -248,7 +174,7 @@ class BranchHandle:
 
     def __iter__(self) -> Iterator[Any]:
         branch = self._branch
-        items = branch.enter(self._target, iter)  # a row stream holds the session until it is done
+        items = branch.open_block(self._target, iter)  # a row stream holds the session until it is done
         try:
             while True:
                 with branch.using():
@@ -262,17 +188,17 @@ class BranchHandle:
                 branch.open_blocks -= 1
 
     def __enter__(self) -> Any:
-        result = self._branch.enter(self._target)
+        result = self._branch.open_block(self._target)
         return self if result is self._target else _bind(self._branch, result)
 
     def __exit__(self, *exc_info: Any) -> bool | None:
-        return self._branch.exit(self._target, exc_info)
+        return self._branch.close_block(self._target, exc_info)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of branch {self._branch.xid}: {self._target!r}>"
 
 
-class BranchConnection:
+class BranchConnection(SessionHandle[_Branch]):
     """The branch's connection as business code gets it from ``guard``/``connection``.
 
     ``execute``, ``cursor``, ``transaction`` and ``pipeline`` work as on a psycopg connection
@@ -282,14 +208,8 @@ class BranchConnection:
     and ``rollback()`` are refused: the transaction belongs to the coordinator.
     """
 
-    __slots__ = ("_branch",)
-
-    def __init__(self, branch: _Branch):
-        self._branch = branch
-
-    @property
-    def xid(self) -> Xid:
-        return self._branch.xid
+    __slots__ = ()
+    owned = SessionHandle.owned + " (conn.transaction())"
 
     def execute(self, query: Any, params: Any = None, **options: Any) -> BranchHandle:
         """``psycopg.Connection.execute``: run a statement, return its cursor (wrapped)."""
@@ -323,26 +243,10 @@ class BranchConnection:
         with self._branch.using() as conn:
             return conn.adapters
 
-    def commit(self) -> None:
-        """Refused: XaError(XAER_PROTO); the coordinator commits the branch."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def rollback(self) -> None:
-        """Refused: XaError(XAER_PROTO); fail the work (raise) or use a savepoint instead."""
-        raise XaError(XaCode.XAER_PROTO, _OWNED)
-
-    def __repr__(self) -> str:
-        state = f"ended: {self._branch.ended}" if self._branch.ended else "live"
-        return f"<BranchConnection of branch {self._branch.xid} ({state})>"
 
 
-_OWNED = (
-    "the branch's transaction belongs to the coordinator: commit or roll back the global "
-    "transaction; inside the branch use savepoints (conn.transaction())"
-)
 
-
-class PostgresRM(ResourceManager):
+class PostgresRM(StatementRM[_Branch]):
     """Branches of global transactions in one PostgreSQL database.
 
     ``pool_size`` bounds the connections held by active branches; phase two and recovery use
@@ -363,11 +267,9 @@ class PostgresRM(ResourceManager):
     ) -> None:
         if pool_size < 1 or lock_timeout_ms < 0 or acquire_timeout_s <= 0:
             raise ValueError("pool_size must be >= 1, lock_timeout_ms >= 0 and acquire_timeout_s > 0")
+        super().__init__()
         self.rm_id = rm_id
         self.where = _check_server(dsn)
-        self._lock = threading.Lock()
-        self._branches: dict[Xid, _Branch] = {}
-        self._ended: OrderedDict[Xid, tuple[str, XaCode]] = OrderedDict()  # how, code for BranchEnded
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
@@ -411,9 +313,7 @@ class PostgresRM(ResourceManager):
         XaError with the mapped code and dooms the branch, so its prepare votes that no.
         """
         branch = self._active(xid)
-        with branch.gate:
-            if (ended := branch.ended_error()) is not None:
-                raise ended
+        branch.check()
         doomed = self._doomed(branch)
         if doomed is not None:  # an earlier failure stands: PostgreSQL takes no more work from it
             raise doomed
@@ -427,11 +327,8 @@ class PostgresRM(ResourceManager):
     def start(self, xid: Xid) -> None:
         """Open the branch (a pooled connection, BEGIN) or rejoin it; an ended xid is BranchEnded
         (XAER_PROTO while prepared, else XAER_DUPID): a late call must not revive it."""
-        encode_gid(xid)
-        with self._lock:
-            if xid in self._branches:
-                return  # rejoin: same branch, same connection
-            self._refuse_ended(xid)
+        if self._joined(xid):
+            return  # rejoin: same branch, same connection
         try:
             conn = self._pool.getconn()
         except psycopg.Error as exc:
@@ -443,68 +340,7 @@ class PostgresRM(ResourceManager):
         except psycopg.Error as exc:
             self._pool.putconn(conn)
             raise to_xa_error(exc, "BEGIN", connection_closed=conn.closed) from exc
-        with self._lock:
-            ended = xid in self._ended
-            if not ended and xid not in self._branches:
-                self._branches[xid] = _Branch(xid, conn, outcomes=self._ended)
-                return
-        # Lost a race with a concurrent start of the same xid: that one is the branch (or has ended).
-        self._release(conn)
-        if ended:
-            with self._lock:
-                self._refuse_ended(xid)
-
-    def prepare(self, xid: Xid) -> XaCode:
-        gid = encode_gid(xid)
-        with self._claim(xid) as branch:
-            if branch is None:
-                if self._is_prepared(gid):
-                    return XaCode.XA_OK  # a retried prepare after a lost reply
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            self._stop(branch, "being prepared", XaCode.XAER_PROTO)
-            how, code = "prepare failed", XaCode.XAER_NOTA
-            try:
-                vote = self._prepare(branch, gid)
-                how, code = (PREPARED, XaCode.XAER_PROTO) if vote == XaCode.XA_OK else (READ_ONLY, code)
-                return vote
-            except XaError as error:
-                how = ended_by("prepare", error.code)
-                raise
-            finally:
-                self._finish(branch, how, code)
-
-    def commit(self, xid: Xid, one_phase: bool) -> None:
-        gid = encode_gid(xid)
-        with self._claim(xid) as branch:
-            if branch is not None:
-                if not one_phase:
-                    raise XaError(
-                        XaCode.XAER_PROTO,
-                        f"branch {xid} is active, not prepared: prepare it first or commit it one-phase",
-                    )
-                self._stop(branch, "being committed in one phase")
-                how = "one-phase commit failed"
-                try:
-                    self._commit_one_phase(branch)
-                    how = ONE_PHASE
-                except XaError as error:
-                    how = ended_by("one-phase commit", error.code)
-                    raise
-                finally:
-                    self._finish(branch, how)
-                return
-        # Not active: a prepared branch, also when one_phase is asked for it by mistake.
-        self._end_prepared("COMMIT PREPARED", gid, xid)
-        self._remember(xid, COMMITTED)
-
-    def rollback(self, xid: Xid) -> None:
-        gid = encode_gid(xid)
-        with self._claim(xid) as branch:
-            if branch is not None:
-                self._discard(branch, ROLLED_BACK)  # ROLLBACK (or a lost connection: the server rolls back)
-                return
-        self._end_prepared("ROLLBACK PREPARED", gid, xid)
-        self._remember(xid, ROLLED_BACK)
+        self._register(_Branch(xid=xid, outcomes=self._ended, conn=conn))
 
     def recover(self) -> list[Xid]:
         try:
@@ -516,94 +352,30 @@ class PostgresRM(ResourceManager):
             raise to_xa_error(exc, f"recover from {self.where}") from exc
         return [xid for (gid,) in rows if (xid := decode_gid(gid)) is not None]
 
-    def savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            try:
-                branch.conn.execute(sql.SQL("SAVEPOINT {}").format(name))
-            except psycopg.Error as exc:
-                raise self._fail(branch, exc, "SAVEPOINT") from exc
-            branch.savepoints.append(savepoint_id)
-
-    def rollback_to_savepoint(self, xid: Xid, savepoint_id: str) -> None:
-        name = _savepoint_name(savepoint_id)
-        with self._claim(xid) as branch:
-            if branch is None:
-                raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-            if savepoint_id not in branch.savepoints:
-                # Checked here: an unknown name would make PostgreSQL abort the whole transaction.
-                raise XaError(
-                    XaCode.XAER_INVAL,
-                    f"savepoint {savepoint_id!r} is not set on branch {xid} "
-                    "(never set, or undone by rolling back to an earlier one)",
-                )
-            index = len(branch.savepoints) - 1 - branch.savepoints[::-1].index(savepoint_id)
-            try:
-                branch.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
-            except psycopg.Error as exc:
-                raise self._fail(branch, exc, "ROLLBACK TO SAVEPOINT") from exc
-            del branch.savepoints[index + 1 :]
-            if branch.failure is not None and index < branch.savepoints_at_failure:
-                branch.failure = None  # the failed work, and PostgreSQL's aborted state, are undone
-
-    def close(self) -> None:
-        """Roll back active branches (prepared ones stay for the coordinator) and close the pools."""
-        with self._lock:
-            branches = list(self._branches.values())
-        for branch in branches:
-            with branch.lock:
-                if not branch.finished:
-                    self._discard(branch, "rolled back: the resource manager was closed")
-        self._pool.close()
-        self._control.close()
-
     # -- internals --------------------------------------------------------------------
 
-    def _active(self, xid: Xid) -> _Branch:
-        with self._lock:
-            branch = self._branches.get(xid)
-            if branch is None and xid in self._ended:
-                raise BranchEnded(xid, *self._ended[xid])
-        if branch is None:
-            raise XaError(XaCode.XAER_NOTA, f"no active branch {xid} in {self.where}")
-        return branch
+    def _pools(self) -> tuple[ConnectionPool[Any], ConnectionPool[Any]]:
+        return self._pool, self._control
 
-    def _refuse_ended(self, xid: Xid) -> None:
-        """(Under self._lock.) Raise BranchEnded if ``xid`` ended here: it may not start again."""
-        if xid in self._ended:
-            how, code = self._ended[xid]
-            raise BranchEnded(xid, how, XaCode.XAER_PROTO if code == XaCode.XAER_PROTO else XaCode.XAER_DUPID)
-
-    def _remember(self, xid: Xid, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        with self._lock:
-            self._ended[xid] = (how, code)
-            self._ended.move_to_end(xid)
-            while len(self._ended) > ENDED_RETAIN:
-                self._ended.popitem(last=False)
-
-    @contextmanager
-    def _claim(self, xid: Xid) -> Iterator[_Branch | None]:
-        """Serialise verbs on one xid: the active branch, locked, or None if there is none."""
-        with self._lock:
-            branch = self._branches.get(xid)
-        if branch is None:
-            yield None
-            return
-        with branch.lock:
-            yield None if branch.finished else branch
+    def _validate(self, xid: Xid) -> None:
+        encode_gid(xid)
 
     def _fail(self, branch: _Branch, exc: psycopg.Error, doing: str) -> XaError:
         error = to_xa_error(exc, doing, connection_closed=branch.conn.closed)
         branch.fail(error)
         return error
 
+    def _run(self, branch: _Branch, statement: str, doing: str) -> None:
+        try:
+            branch.conn.execute(statement)
+        except psycopg.Error as exc:
+            raise self._fail(branch, exc, doing) from exc
+
     def _doomed(self, branch: _Branch) -> XaError | None:
         """Why the branch cannot commit, if it cannot: PostgreSQL has or will roll it back."""
         status = branch.conn.info.transaction_status
         if branch.failure is not None:
-            return _no_vote(branch.failure)
+            return no_vote(branch.failure)
         if branch.dirty:
             return XaError(
                 XaCode.XA_RBPROTO,
@@ -619,9 +391,10 @@ class PostgresRM(ResourceManager):
             )
         return _transaction_ended(branch.conn)
 
-    def _prepare(self, branch: _Branch, gid: str) -> XaCode:
+    def _prepare(self, branch: _Branch) -> XaCode:
         if (doomed := self._doomed(branch)) is not None:
             raise doomed
+        gid = encode_gid(branch.xid)
         conn = branch.conn
         try:
             row = conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()
@@ -629,7 +402,7 @@ class PostgresRM(ResourceManager):
                 conn.execute("COMMIT")
                 return XaCode.XA_RDONLY
         except psycopg.Error as exc:
-            raise _no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
+            raise no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
         try:
             cur = conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
         except psycopg.Error as exc:
@@ -639,7 +412,7 @@ class PostgresRM(ResourceManager):
                     XaCode.XAER_RMFAIL,
                     f"{error.reason}; the branch may or may not be prepared, roll it back by xid",
                 ) from exc
-            raise _no_vote(error) from exc  # a failed PREPARE TRANSACTION is a ROLLBACK
+            raise no_vote(error) from exc  # a failed PREPARE TRANSACTION is a ROLLBACK
         if cur.statusmessage != "PREPARE TRANSACTION":
             raise XaError(XaCode.XA_RBROLLBACK, f"PREPARE TRANSACTION answered {cur.statusmessage!r}")
         return XaCode.XA_OK
@@ -657,11 +430,12 @@ class PostgresRM(ResourceManager):
                     XaCode.XA_HEURHAZ,
                     f"{error.reason}; connection lost during COMMIT, the branch may or may not be committed",
                 ) from exc
-            raise _no_vote(error) from exc  # e.g. a deferred constraint or serialization failure
+            raise no_vote(error) from exc  # e.g. a deferred constraint or serialization failure
         if cur.statusmessage != "COMMIT":
             raise XaError(XaCode.XA_RBROLLBACK, f"COMMIT answered {cur.statusmessage!r}")
 
-    def _end_prepared(self, verb: str, gid: str, xid: Xid) -> None:
+    def _end_prepared(self, xid: Xid, *, commit: bool) -> None:
+        verb, gid = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED", encode_gid(xid)
         try:
             with self._control.connection() as conn:
                 conn.execute(sql.SQL("{} {}").format(sql.SQL(verb), sql.Literal(gid)))
@@ -672,7 +446,8 @@ class PostgresRM(ResourceManager):
         except psycopg.Error as exc:
             raise to_xa_error(exc, verb) from exc
 
-    def _is_prepared(self, gid: str) -> bool:
+    def _is_prepared(self, xid: Xid) -> bool:
+        gid = encode_gid(xid)
         try:
             with self._control.connection() as conn:
                 cur = conn.execute(
@@ -682,57 +457,38 @@ class PostgresRM(ResourceManager):
         except psycopg.Error as exc:
             raise to_xa_error(exc, f"looking up {gid} in {self.where}") from exc
 
-    def _stop(
-        self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA, *, discard: bool = False
-    ) -> None:
-        """(Under the branch's lock.) Kill its handles before the verb touches the session.
-
-        No business call starts after this; one already running is waited for -- and, when the
-        work is to be discarded, cancelled first, so a timed-out statement cannot hold up the
-        rollback. A call cut short or a block still open marks the session dirty: it is closed,
-        not reused, and a branch being prepared or committed with a block open votes no.
-        """
-        with branch.gate:
-            branch.ended, branch.ended_code, branch.discarded = how, code, discard
-            cut_short = discard and branch.in_flight > 0
-        while cut_short:
+    def _cancel(self, branch: _Branch) -> None:
+        """Cancel requests until the running call gives up; the session is dirty afterwards (its
+        ROLLBACK happens by closing it). Requests repeat in case one came before the statement
+        reached the server."""
+        branch.dirty = True
+        while True:
             with branch.gate:
                 if not branch.in_flight:
-                    break
+                    return
             try:
                 branch.conn.cancel_safe(timeout=5)
             except psycopg.Error as exc:  # closing the session afterwards rolls it back all the same
                 log.debug("cancel of a call on ended branch %s failed: %s", branch.xid, exc)
-            with branch.gate:  # again if the cancel came before the statement reached the server
+            with branch.gate:
                 branch.gate.wait_for(lambda: not branch.in_flight, timeout=_CANCEL_AGAIN_S)
+
+    def _wait_idle(self, branch: _Branch) -> None:
+        """Until no business call runs; a block still open then marks the session dirty: it is
+        closed, not reused, and a branch being prepared or committed with a block open votes no."""
+        super()._wait_idle(branch)
         with branch.gate:
-            branch.gate.wait_for(lambda: not branch.in_flight)
-            branch.dirty = cut_short or branch.open_blocks > 0
+            branch.dirty = branch.dirty or branch.open_blocks > 0
 
-    def _discard(self, branch: _Branch, how: str) -> None:
-        """(Under the branch's lock.) Roll an active branch back: its handles first, then its session."""
-        self._stop(branch, how, discard=True)
-        self._finish(branch, how)
-
-    def _finish(self, branch: _Branch, how: str, code: XaCode = XaCode.XAER_NOTA) -> None:
-        """End the branch's life here (under its lock, after ``_stop``): record how it ended,
-        roll back whatever is left and give the session back to the pool."""
-        with branch.gate:
-            branch.ended, branch.ended_code = how, code
-        branch.finished = True
-        self._remember(branch.xid, how, code)
-        with self._lock:
-            self._branches.pop(branch.xid, None)
-        self._release(branch.conn, dirty=branch.dirty)
-
-    def _release(self, conn: psycopg.Connection[Any], *, dirty: bool = False) -> None:
+    def _release(self, branch: _Branch) -> None:
         """Back to the pool, clean: rolled back, or closed (the pool replaces closed connections).
 
         A ``dirty`` session is closed without a ROLLBACK, which the server does on disconnect: a
         suspended row stream may hold it for good, and psycopg's client-side state of an open
         block would mislead the next branch.
         """
-        if dirty:
+        conn = branch.conn
+        if branch.dirty:
             conn.close()
         elif not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
             try:

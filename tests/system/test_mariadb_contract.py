@@ -11,21 +11,19 @@ more subjects, with a real coordinator process:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.mariadb import MariaDB, mysql_url
-from tests.system.test_agent import integer, text
 from tests.system.test_rm_contract import (  # the scenarios and their fixtures, run here on MariaDB subjects
-    AgentSubject,
     Linked,
-    Metadata,
+    SqlAgentSubject,
+    SqlDialect,
+    SqlSubject,
     System,
     key,
-    refused_as_branch_ended,
     running_agent,
     system,
     test_call_running_when_the_branch_ends,
@@ -62,79 +60,32 @@ def kv_database(server: MariaDB, name: str) -> str:
     return url
 
 
-def maria_value(server: MariaDB, database: str, key: str) -> int | None:
-    with server.connect(database) as conn, conn.cursor() as cur:
-        cur.execute("SELECT v FROM kv WHERE k = %s", (key,))
-        row = cur.fetchone()
-    return None if row is None else int(row[0])
+def maria_dialect(server: MariaDB, database: str) -> SqlDialect:
+    def read(key: str) -> int | None:
+        with server.connect(database) as conn, conn.cursor() as cur:
+            cur.execute("SELECT v FROM kv WHERE k = %s", (key,))
+            row = cur.fetchone()
+        return None if row is None else int(row[0])
 
-
-class MariaSubject:
-    def __init__(self, linked: Linked, server: MariaDB, database: str):
-        assert isinstance(linked.rm, MariaRM)
-        self.rm, self.stub = linked.rm, linked.stub
-        self.server, self.database = server, database
-
-    @contextlib.contextmanager
-    def branch(self) -> Iterator[Any]:
-        with self.stub.branch() as xid, self.rm.guard(xid) as conn:
-            yield conn
-
-    def write(self, handle: Any, key: str, value: int) -> None:
-        handle.execute(UPSERT, (key, value))
-
-    def slow_write(self, handle: Any, key: str, value: int) -> None:
-        handle.execute(SLOW_UPSERT, (key, value))
-
-    def refused(self, handle: Any, call: Callable[[], object]) -> str:
-        return refused_as_branch_ended(handle.xid, call)
-
-    def committed(self, key: str) -> int | None:
-        return maria_value(self.server, self.database, key)
-
-
-class MariaAgentSubject(AgentSubject):
-    """``Execute`` on an agent in front of MariaDB."""
-
-    def __init__(self, agent: Any, server: MariaDB, database: str):
-        super().__init__(agent)
-        self.server, self.database = server, database
-
-    def _execute(self, metadata: Metadata, sql: str, key: str, value: int) -> None:
-        from xatm.participant.api.v1 import agent_pb2
-
-        self.agent.Execute(
-            agent_pb2.ExecuteRequest(sql=sql, params=[text(key), integer(value)]),
-            metadata=metadata,
-            timeout=30,
-        )
-
-    def write(self, handle: Metadata, key: str, value: int) -> None:
-        self._execute(handle, UPSERT, key, value)
-
-    def slow_write(self, handle: Metadata, key: str, value: int) -> None:
-        self._execute(handle, SLOW_UPSERT, key, value)
-
-    def committed(self, key: str) -> int | None:
-        return maria_value(self.server, self.database, key)
+    return SqlDialect(UPSERT, SLOW_UPSERT, read)
 
 
 @pytest.fixture(scope="module")
-def mariadb_subject(system: System, mariadb: MariaDB) -> Iterator[MariaSubject]:
+def mariadb_subject(system: System, mariadb: MariaDB) -> Iterator[SqlSubject]:
     url = kv_database(mariadb, "contract_rm")
     linked = Linked.serve(MariaRM(url, "contract-maria", pool_size=1), system.coordinator.address)
-    yield MariaSubject(linked, mariadb, "contract_rm")
+    yield SqlSubject(linked, MariaRM, maria_dialect(mariadb, "contract_rm"))
     linked.close()
 
 
 @pytest.fixture(scope="module")
 def mariadb_agent_subject(
     system: System, mariadb: MariaDB, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[MariaAgentSubject]:
+) -> Iterator[SqlAgentSubject]:
     kv_database(mariadb, "contract_agent")
     root = tmp_path_factory.mktemp("agent-maria")
     with running_agent(system, root, mysql_url(mariadb, "contract_agent")) as agent:
-        yield MariaAgentSubject(agent, mariadb, "contract_agent")
+        yield SqlAgentSubject(agent, maria_dialect(mariadb, "contract_agent"))
 
 
 @pytest.fixture(params=["mariadb", "mariadb_agent"])

@@ -10,12 +10,12 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pymysql
 import pytest
 
 from tests.mariadb import MariaDB, mysql_url, xa_prepared
+from tests.rm_support import DEBIT_ROW, at_once, closing_factory, deadlock, xa_code
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.mysql import MariaRM, decode_xid, parse_mysql_url, xid_sql
@@ -28,12 +28,6 @@ DB = "xatm_rm"
 
 def new_xid() -> Xid:
     return Xid(new_gtrid("mytest"), new_bqual())
-
-
-def xa_code(call: Callable[[], object]) -> XaCode:
-    with pytest.raises(XaError) as caught:
-        call()
-    return caught.value.code
 
 
 def balances(server: MariaDB) -> dict[int, int]:
@@ -68,16 +62,7 @@ def db(mariadb: MariaDB) -> Iterator[MariaDB]:
 
 @pytest.fixture
 def make_rm(db: MariaDB) -> Iterator[Callable[..., MariaRM]]:
-    made: list[MariaRM] = []
-
-    def make(**options: Any) -> MariaRM:
-        rm = MariaRM(mysql_url(db, DB), "maria-test", **options)
-        made.append(rm)
-        return rm
-
-    yield make
-    for rm in made:
-        rm.close()
+    yield from closing_factory(lambda **options: MariaRM(mysql_url(db, DB), "maria-test", **options))
 
 
 @pytest.fixture
@@ -212,29 +197,7 @@ def test_vote_no_on_a_constraint_violation(rm: MariaRM, db: MariaDB) -> None:
 
 
 def test_deadlock_one_victim_votes_rbdeadlock_and_the_other_commits(rm: MariaRM, db: MariaDB) -> None:
-    x1, x2 = new_xid(), new_xid()
-    for xid, row in ((x1, 1), (x2, 2)):
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
-    outcome: dict[Xid, XaCode] = {}
-
-    def cross(xid: Xid, row: int) -> None:
-        try:
-            with rm.guard(xid) as conn:
-                conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
-            outcome[xid] = XaCode.XA_OK
-        except XaError as exc:
-            outcome[xid] = exc.code
-
-    threads = [threading.Thread(target=cross, args=(x1, 2)), threading.Thread(target=cross, args=(x2, 1))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
-    assert not any(thread.is_alive() for thread in threads)
-    assert sorted(outcome.values()) == [XaCode.XA_OK, XaCode.XA_RBDEADLOCK]
-    winner, loser = (x1, x2) if outcome[x1] == XaCode.XA_OK else (x2, x1)
+    winner, loser = deadlock(rm, new_xid(), new_xid())
     assert xa_code(lambda: rm.prepare(loser)) == XaCode.XA_RBDEADLOCK
     assert rm.prepare(winner) == XaCode.XA_OK
     rm.commit(winner, one_phase=False)
@@ -245,20 +208,16 @@ def test_deadlock_caught_outside_the_guard_still_votes_no(rm: MariaRM, db: Maria
     x1, x2 = new_xid(), new_xid()
     for xid, row in ((x1, 1), (x2, 2)):
         rm.start(xid)
-        rm.connection(xid).execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
+        rm.connection(xid).execute(DEBIT_ROW, (row,))
     errors: list[BaseException] = []
 
     def cross(xid: Xid, row: int) -> None:
         try:
-            rm.connection(xid).execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
+            rm.connection(xid).execute(DEBIT_ROW, (row,))
         except pymysql.err.OperationalError as exc:  # business code swallows it
             errors.append(exc)
 
-    threads = [threading.Thread(target=cross, args=(x1, 2)), threading.Thread(target=cross, args=(x2, 1))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
+    at_once(lambda: cross(x1, 2), lambda: cross(x2, 1))
     assert len(errors) == 1
     votes = []
     for xid in (x1, x2):

@@ -10,13 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psycopg
 import pytest
 
 from tests.pgcluster import PgCluster
-from tests.rm_support import xa_code
+from tests.rm_support import closing_factory, deadlock, xa_code
 from xatm.participant.errors import Status
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.postgresql import (
@@ -57,16 +56,7 @@ def pg_db(pg_cluster: PgCluster, pg_dsn: str) -> Iterator[str]:
 @pytest.fixture
 def make_rm(pg_db: str) -> Iterator[Callable[..., PostgresRM]]:
     """Factory for RMs on the test database (a second one simulates a restarted process); all closed after."""
-    made: list[PostgresRM] = []
-
-    def make(**options: Any) -> PostgresRM:
-        rm = PostgresRM(pg_db, "pg-test", **options)
-        made.append(rm)
-        return rm
-
-    yield make
-    for rm in made:
-        rm.close()
+    yield from closing_factory(lambda **options: PostgresRM(pg_db, "pg-test", **options))
 
 
 @pytest.fixture
@@ -202,29 +192,7 @@ def test_deadlock_victim_votes_rbdeadlock_and_the_other_commits(
     make_rm: Callable[..., PostgresRM], pg_db: str
 ) -> None:
     rm = make_rm(lock_timeout_ms=10_000)
-    x1, x2 = new_xid(), new_xid()
-    for xid, row in ((x1, 1), (x2, 2)):
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
-    outcome: dict[Xid, XaCode] = {}
-
-    def cross(xid: Xid, row: int) -> None:
-        try:
-            with rm.guard(xid) as conn:
-                conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (row,))
-            outcome[xid] = XaCode.XA_OK
-        except XaError as exc:
-            outcome[xid] = exc.code
-
-    threads = [threading.Thread(target=cross, args=(x1, 2)), threading.Thread(target=cross, args=(x2, 1))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
-    assert not any(thread.is_alive() for thread in threads)
-    assert sorted(outcome.values()) == [XaCode.XA_OK, XaCode.XA_RBDEADLOCK]
-    winner, loser = (x1, x2) if outcome[x1] == XaCode.XA_OK else (x2, x1)
+    winner, loser = deadlock(rm, new_xid(), new_xid())
     assert xa_code(lambda: rm.prepare(loser)) == XaCode.XA_RBDEADLOCK
     assert rm.prepare(winner) == XaCode.XA_OK
     rm.commit(winner, one_phase=False)

@@ -161,12 +161,28 @@ class SqliteSubject:
         return None if value is None else int(value)
 
 
-class PgSubject:
-    def __init__(self, linked: Linked, dsn: str):
-        assert isinstance(linked.rm, PostgresRM)
-        self.rm = linked.rm
+@dataclass(frozen=True)
+class SqlDialect:
+    """How a SQL database spells the scenarios' writes (``%s`` placeholders: key, value), and
+    how a test reads a committed value back."""
+
+    upsert: str
+    slow_upsert: str
+    read: Callable[[str], int | None]
+
+
+def pg_dialect(dsn: str) -> SqlDialect:
+    return SqlDialect(UPSERT, SLOW_UPSERT, lambda key: pg_value(dsn, key))
+
+
+class SqlSubject:
+    """A SQL RM linked into this process; the handle is ``rm.guard(xid)``'s connection."""
+
+    def __init__(self, linked: Linked, kind: type[ResourceManager], dialect: SqlDialect):
+        assert isinstance(linked.rm, kind)
+        self.rm: Any = linked.rm
         self.stub = linked.stub
-        self.dsn = dsn
+        self.dialect = dialect
 
     @contextlib.contextmanager
     def branch(self) -> Iterator[Any]:
@@ -174,16 +190,16 @@ class PgSubject:
             yield conn
 
     def write(self, handle: Any, key: str, value: int) -> None:
-        handle.execute(UPSERT, (key, value))
+        handle.execute(self.dialect.upsert, (key, value))
 
     def slow_write(self, handle: Any, key: str, value: int) -> None:
-        handle.execute(SLOW_UPSERT, (key, value))
+        handle.execute(self.dialect.slow_upsert, (key, value))
 
     def refused(self, handle: Any, call: Callable[[], object]) -> str:
         return refused_as_branch_ended(handle.xid, call)
 
     def committed(self, key: str) -> int | None:
-        return pg_value(self.dsn, key)
+        return self.dialect.read(key)
 
 
 Metadata = list[tuple[str, str]]
@@ -212,25 +228,25 @@ class AgentSubject:
         return str(error.details())
 
 
-class PgAgentSubject(AgentSubject):
-    """``Execute`` on an agent in front of PostgreSQL."""
+class SqlAgentSubject(AgentSubject):
+    """``Execute`` on an agent in front of a SQL database."""
 
-    def __init__(self, agent: agent_pb2_grpc.AgentStub, dsn: str):
+    def __init__(self, agent: agent_pb2_grpc.AgentStub, dialect: SqlDialect):
         super().__init__(agent)
-        self.dsn = dsn
+        self.dialect = dialect
 
     def _execute(self, metadata: Metadata, sql: str, key: str, value: int) -> None:
         request = agent_pb2.ExecuteRequest(sql=sql, params=[text(key), integer(value)])
         self.agent.Execute(request, metadata=metadata, timeout=30)
 
     def write(self, handle: Metadata, key: str, value: int) -> None:
-        self._execute(handle, UPSERT, key, value)
+        self._execute(handle, self.dialect.upsert, key, value)
 
     def slow_write(self, handle: Metadata, key: str, value: int) -> None:
-        self._execute(handle, SLOW_UPSERT, key, value)
+        self._execute(handle, self.dialect.slow_upsert, key, value)
 
     def committed(self, key: str) -> int | None:
-        return pg_value(self.dsn, key)
+        return self.dialect.read(key)
 
 
 class KvAgentSubject(AgentSubject):
@@ -285,11 +301,11 @@ def sqlite_subject(system: System, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def postgresql_subject(system: System, pg_cluster: PgCluster) -> Iterator[PgSubject]:
+def postgresql_subject(system: System, pg_cluster: PgCluster) -> Iterator[SqlSubject]:
     dsn = kv_database(pg_cluster, "contract_rm")
     rm = PostgresRM(dsn, "contract-pg", pool_size=1)
     linked = Linked.serve(rm, system.coordinator.address)
-    yield PgSubject(linked, dsn)
+    yield SqlSubject(linked, PostgresRM, pg_dialect(dsn))
     linked.close()
 
 
@@ -310,11 +326,11 @@ def running_agent(system: System, root: Path, resource: str) -> Iterator[agent_p
 @pytest.fixture(scope="module")
 def agent_subject(
     system: System, pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PgAgentSubject]:
+) -> Iterator[SqlAgentSubject]:
     dsn = kv_database(pg_cluster, "contract_agent")
     root = tmp_path_factory.mktemp("agent-pg")
     with running_agent(system, root, pg_url(pg_cluster, "contract_agent")) as agent:
-        yield PgAgentSubject(agent, dsn)
+        yield SqlAgentSubject(agent, pg_dialect(dsn))
 
 
 @pytest.fixture(scope="module")
