@@ -25,6 +25,7 @@ import collections
 import contextlib
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -149,7 +150,18 @@ async def _sample(coordinator: Proc, wal: Path, stop: asyncio.Event) -> list[tup
     return samples
 
 
-async def _scenario(coordinator: Proc, endpoints: list[str], wal: Path) -> dict[str, object]:
+@dataclass
+class _Result:
+    alone: _Window
+    loaded: _Window
+    huge: int
+    #: (coordinator RSS KiB, WAL directory bytes), one a second during the load
+    samples: list[tuple[int, int]]
+    #: WAL directory bytes once checkpoints followed the load
+    after_wal: int
+
+
+async def _scenario(coordinator: Proc, endpoints: list[str], wal: Path) -> _Result:
     dead = f"127.0.0.1:{free_port()}"
     async with grpc.aio.insecure_channel(coordinator.address, options=CHANNEL_OPTIONS) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
@@ -167,13 +179,7 @@ async def _scenario(coordinator: Proc, endpoints: list[str], wal: Path) -> dict[
         stop.set()
         samples = await sampler
         after_wal = await asyncio.to_thread(_dir_bytes, wal)
-    return {
-        "alone": alone,
-        "loaded": loaded,
-        "huge": huge_outcome,
-        "samples": samples,
-        "after_wal": after_wal,
-    }
+    return _Result(alone, loaded, huge_outcome, samples, after_wal)
 
 
 def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resources_bounded(
@@ -205,24 +211,20 @@ def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resourc
         for proc in participants:
             proc.stop()
 
-    alone, loaded = result["alone"], result["loaded"]
-    assert isinstance(alone, _Window) and isinstance(loaded, _Window)
+    alone, loaded = result.alone, result.loaded
     for name, window in (("alone", alone), ("under load", loaded)):
         assert window.failed == 0, (
             f"normal traffic {name}: {window.failed} failed, first: {window.first_error}"
         )
         assert window.latencies, f"normal traffic {name} committed nothing"
-    assert result["huge"] == TxOutcome.TX_OK, (
-        f"the huge transaction answered {TxOutcome(result['huge']).name}"
-    )
+    assert result.huge == TxOutcome.TX_OK, f"the huge transaction answered {TxOutcome(result.huge).name}"
 
-    samples = result["samples"]
-    assert isinstance(samples, list) and len(samples) >= 9, samples
+    samples = result.samples
+    assert len(samples) >= 9, samples
     third = len(samples) // 3
     rss = [s[0] for s in samples]
     wal = [s[1] for s in samples]
-    after_wal = result["after_wal"]
-    assert isinstance(after_wal, int)
+    after_wal = result.after_wal
 
     unreachable = _sum(metrics, "xatm_unreachable_participants")
     retries = _sum(metrics, "xatm_retries_total")
