@@ -275,6 +275,7 @@ class PhaseTwo:
         """Every ``unreachable_summary_interval`` seconds, one WARNING while participants owe."""
         while True:
             await asyncio.sleep(self.settings.unreachable_summary_interval)
+            self.reachability.keep_only({d.endpoint for d in self.drivers.values()})
             line = self.summary()
             if line is not None:
                 log.warning("%s", line)

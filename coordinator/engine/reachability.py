@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from xatm.participant.xa import XaCode
@@ -100,6 +101,12 @@ class Reachability:
         if state is not None and state.probing is caller:
             state.probing = None
             self._wake(state)
+
+    def keep_only(self, owed: Collection[str]) -> None:
+        """Forget the failing endpoints no branch waits for any more (their transactions ended or
+        were resolved), so the table holds at most the endpoints of open branches."""
+        for endpoint in [e for e, state in self.down.items() if e not in owed and not state.waiting]:
+            del self.down[endpoint]
 
     def retry_at(self, endpoint: str) -> float | None:
         """time.monotonic() of the endpoint's next probe, or None when it is not backing off."""

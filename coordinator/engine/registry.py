@@ -18,7 +18,11 @@ from xatm.coordinator import protocol as sm
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
-__all__ = ["CLOSED", "Registry"]
+__all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Registry"]
+
+#: Resource managers remembered for the recovery scan; past this the least recently enlisted
+#: is forgotten, so clients naming ever new rm_ids cannot grow the table for ever.
+MAX_KNOWN_PARTICIPANTS = 10_000
 
 #: Completed without a heuristic: nothing is called on their branches any more (a move does not
 #: concern them), they age out as history, and they are not "active".
@@ -109,7 +113,11 @@ class Registry:
         self.observe(tx)
 
     def enlisted(self, rm_id: str, endpoint: str) -> None:
+        # Re-inserted so the dict's order is least recently enlisted first.
+        self.rm_endpoints.pop(rm_id, None)
         self.rm_endpoints[rm_id] = endpoint
+        if len(self.rm_endpoints) > MAX_KNOWN_PARTICIPANTS:
+            del self.rm_endpoints[next(iter(self.rm_endpoints))]
 
     def observe(self, tx: sm.Transaction) -> None:
         """Bring the counts in line with ``tx``'s status; call after every status change."""
