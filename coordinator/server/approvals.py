@@ -34,6 +34,7 @@ from xatm.participant.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ __all__ = [
 DEFAULT_TTL = 900.0
 #: Requests kept for listing (pending ones are never dropped for room).
 KEPT = 1000
+#: Requests pending at once; past this a new one is refused until some are decided or expire.
+MAX_PENDING = 1000
 _EXPIRY = Principal("coordinator", None)
 _RULES = {"force_rollback": sm.request_rollback, "force_commit": sm.force_commit, "forget": sm.forget}
 
@@ -160,6 +163,12 @@ class Approvals:
             rule = refusal(found, action)
             if rule is not None:
                 raise FailedPreconditionError(rule)
+        await self._expire(ops, caller)
+        pending = sum(1 for e in self._entries.values() if e.approval.state == "pending")
+        if pending >= MAX_PENDING:
+            raise ResourceExhaustedError(
+                f"{pending} approval requests are pending (at most {MAX_PENDING}); decide some first"
+            )
         now = time.time()
         approval = admin_pb2.Approval(
             id="ap-" + secrets.token_hex(8),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from xatm.coordinator.engine import registry as registry_module
 from xatm.coordinator.engine.reachability import Reachability
 from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.server import approvals as approvals_module
+from xatm.coordinator.server.approvals import Approvals
+from xatm.coordinator.server.auth import Caller, Principal, Role
+from xatm.participant.errors import ResourceExhaustedError
 from xatm.participant.xa import XaCode
 
 
@@ -33,3 +38,31 @@ def test_failing_endpoints_nobody_waits_for_are_forgotten() -> None:
     reachability.keep_only({"dead-b:1", "alive:1"})
     assert set(reachability.down) == {"dead-b:1"}
     assert reachability.retry_at("dead-a:1") is None
+
+
+class _Ops:
+    """What filing a request needs of the admin operations: nothing to look up, audits counted."""
+
+    def __init__(self) -> None:
+        self.audits = 0
+
+    async def _record(self, *args: object) -> None:
+        self.audits += 1
+
+
+def test_pending_approval_requests_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(approvals_module, "MAX_PENDING", 2)
+    approvals = Approvals(frozenset({"force_rollback"}))
+    ops = _Ops()
+    caller = Caller(Principal("ops", Role.OPERATOR), "127.0.0.1:1", "t1")
+    gtrids = ["n1.0", "n1.1"]  # two transactions: no status rule to check first
+
+    def file() -> object:
+        return asyncio.run(approvals.file(ops, caller, "force_rollback", gtrids, "stuck"))  # type: ignore[arg-type]
+
+    file()
+    file()
+    with pytest.raises(ResourceExhaustedError) as err:
+        file()
+    assert "2 approval requests are pending" in err.value.message
+    assert ops.audits == 2
