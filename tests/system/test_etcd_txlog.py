@@ -14,6 +14,7 @@ from tests.etcdcluster import EtcdCluster
 from tests.unit import test_txlog_contract as contract
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.etcd import EtcdLog, parse_store_url
+from xatm.coordinator.txlog.etcd import log as etcd_log
 from xatm.coordinator.txlog.etcd.client import connect
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 
@@ -162,5 +163,36 @@ def test_a_record_appended_while_a_checkpoint_waits_is_kept_after_it(
         again = opener_for(etcd_single, prefix)()
         assert await again.open() == [*snapshot, decide("n1.01")]
         await again.close()
+
+    run(scenario)
+
+
+def test_appends_wait_for_etcd_once_the_queue_is_full(
+    etcd_single: EtcdCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While etcd answers nothing, unforced appends stop running ahead past ``MAX_QUEUED``
+    records: the appenders wait for the write instead of the queue growing with the outage."""
+    monkeypatch.setattr(etcd_log, "MAX_QUEUED", 3)
+
+    async def scenario() -> None:
+        log = opener_for(etcd_single, prefix)()
+        await log.open()
+        member = etcd_single.members[0]
+        member.pause()
+        try:
+            appends = [asyncio.ensure_future(log.append(begin(f"n1.{i:02x}"))) for i in range(10)]
+            await asyncio.sleep(0.5)
+            returned = sum(task.done() for task in appends)
+        finally:
+            member.resume()
+        await asyncio.gather(*appends)
+        # Three go into the queue, the fourth waits for the write (which takes it and the three);
+        # three more are queued behind that write, and every later one waits.
+        assert returned == 6, f"{returned} of 10 appends returned while etcd answered nothing"
+        await log.append(begin("n1.ff"), force=True)
+        await log.close()
+        reopened = opener_for(etcd_single, prefix)()
+        assert [r.gtrid for r in await reopened.open()] == [f"n1.{i:02x}" for i in range(10)] + ["n1.ff"]
+        await reopened.close()
 
     run(scenario)

@@ -44,6 +44,9 @@ log = logging.getLogger("xatm.coordinator.etcd")
 MAX_OPS = 120
 #: Seconds between retries of a write while etcd cannot answer (monotonic).
 RETRY_DELAY = 0.2
+#: Records waiting for etcd before an append waits for the write: while etcd cannot be reached,
+#: phase-two retries would otherwise queue one record each for as long as the outage lasts.
+MAX_QUEUED = 10_000
 
 
 @dataclass
@@ -201,7 +204,7 @@ class EtcdLog(TxLog):
         else:
             self._queue.append(_Queued(seq, record.gtrid, self.keys.record(record.gtrid, name), value))
             self._dirty.add(record.gtrid)
-        if force:
+        if force or len(self._queue) > MAX_QUEUED:
             await self._flush(seq)
         elif self._behind is None:
             self._behind = asyncio.get_running_loop().create_task(self._write_behind())
