@@ -44,7 +44,7 @@ WORKERS = 4
 ALONE_SECONDS = 5.0
 LOADED_SECONDS = 20.0
 RSS_FACTOR = 1.5
-WAL_FACTOR = 2.0
+WAL_FACTOR = 3.0
 #: Normal commits/s beside the load, as a share of the same traffic alone: generous on purpose
 #: (a shared two-core machine), yet far above what a starved coordinator reaches.
 MIN_TPS_RATIO = 0.2
