@@ -170,10 +170,6 @@ def _path(scope: Scope) -> str:
     return raw.decode("latin-1")[:100]
 
 
-def _bad(message: str) -> XatmError:
-    return InvalidArgumentError(message)
-
-
 async def _refused(request: Request, err: Exception) -> Response:
     assert isinstance(err, XatmError)
     if isinstance(err, ApprovalPending):  # filed, not refused: 202 and the request
@@ -344,10 +340,10 @@ def _check_query(request: Request, names: set[str], lists: set[str]) -> None:
     unknown = sorted(set(keys) - names)
     if unknown:
         accepted = ", ".join(sorted(names)) or "none"
-        raise _bad(f"unknown query parameter {unknown[0][:40]!r}; accepted: {accepted}")
+        raise InvalidArgumentError(f"unknown query parameter {unknown[0][:40]!r}; accepted: {accepted}")
     for name in set(keys) - lists:
         if len(request.query_params.getlist(name)) > 1:
-            raise _bad(f"query parameter {name} given more than once")
+            raise InvalidArgumentError(f"query parameter {name} given more than once")
 
 
 class _GtridConvertor(Convertor[str]):
