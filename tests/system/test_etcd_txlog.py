@@ -196,3 +196,36 @@ def test_appends_wait_for_etcd_once_the_queue_is_full(
         await reopened.close()
 
     run(scenario)
+
+
+def test_a_start_up_read_larger_than_one_grpc_message_comes_back_whole(
+    etcd_single: EtcdCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak's fault: a replica restarted over a keyspace of more than 4 MiB could not start,
+    its one range read passing gRPC's receive limit. Reads are paged at one revision."""
+    from xatm.coordinator.txlog.etcd import client as etcd_client
+
+    opener = opener_for(etcd_single, prefix)
+
+    async def scenario() -> None:
+        log = opener()
+        await log.open()
+        for n in range(60):
+            await log.append(begin(f"g{n:03d}"), force=True)
+        await log.close()
+        # Six values of 0.9 MiB each under the prefix: more than 4 MiB in all.
+        big = prefix.encode() + b"zz-ballast/"
+        blob = b"x" * (900 * 1024)
+        await etcd_call(
+            etcd_single, lambda c: asyncio.gather(*(c.put(big + bytes([65 + i]), blob) for i in range(6)))
+        )
+        whole = await etcd_call(etcd_single, lambda c: etcd_client.read_prefix(c, prefix.encode()))
+        assert sum(len(kv.value) for kv in whole) > 5 * 1024 * 1024
+        assert [kv.key for kv in whole] == sorted(kv.key for kv in whole)
+        monkeypatch.setattr(etcd_client, "PAGE_KEYS", 7)
+        again = opener()
+        replayed = await again.open()
+        assert [r.gtrid for r in replayed] == [f"g{n:03d}" for n in range(60)]
+        await again.close()
+
+    run(scenario)

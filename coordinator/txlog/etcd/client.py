@@ -13,9 +13,17 @@ from typing import Any
 
 from xatm.participant.errors import InvalidArgumentError
 
-__all__ = ["STORE_SCHEME", "connect", "is_outage", "parse_store_url"]
+__all__ = ["STORE_SCHEME", "connect", "is_outage", "parse_store_url", "read_prefix"]
 
 STORE_SCHEME = "etcd://"
+
+#: Keys per range read. A start-up read of a large keyspace in one reply would pass gRPC's
+#: receive limit; pages of this many records stay far below it.
+PAGE_KEYS = 2000
+
+#: The client's receive limit (bytes): one transaction's records, read whole by a takeover
+#: claim, may pass gRPC's default 4 MiB.
+MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 
 
 def parse_store_url(url: str) -> list[tuple[str, int]]:
@@ -62,7 +70,39 @@ def connect(endpoints: list[tuple[str, int]], timeout: float) -> Any:
         raise RuntimeError("the etcd store needs the etcd extra: pip install 'xatm[etcd]'") from None
     # aetcd joins host and port as "host:port"; the last address's port goes in ``port``.
     host, _, port = _target(endpoints).rpartition(":")
-    return aetcd.Client(host, int(port), timeout=timeout)
+    return aetcd.Client(
+        host, int(port), timeout=timeout, options={"grpc.max_receive_message_length": MAX_RECEIVE_BYTES}
+    )
+
+
+async def read_prefix(
+    client: Any, prefix: bytes, *, keys_only: bool = False, page: int | None = None
+) -> list[Any]:
+    """Every key-value under ``prefix``, read in pages of ``page`` keys (default ``PAGE_KEYS``) at
+    one revision, so the result is a consistent snapshot however large it is.
+
+    Returns etcd's raw ``KeyValue`` messages (``key``, ``value``, ``mod_revision``...) in key
+    order. Raises the client's errors, as its own reads do.
+    """
+    from aetcd import exceptions, rpc, utils
+
+    await client.connect()
+    end = utils.prefix_range_end(prefix)
+    start, revision, kvs = prefix, 0, []
+    while True:
+        request = rpc.RangeRequest(
+            key=start, range_end=end, limit=page or PAGE_KEYS, revision=revision, keys_only=keys_only
+        )
+        try:
+            reply = await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
+        except rpc.AioRpcError as err:
+            exceptions._handle_exception(err)
+        kvs.extend(reply.kvs)
+        if not reply.more or not reply.kvs:
+            return kvs
+        # Later pages read the revision of the first, and start just past the last key read.
+        revision = reply.header.revision
+        start = reply.kvs[-1].key + b"\0"
 
 
 def is_outage(err: BaseException) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.etcd.client import connect, is_outage
+from xatm.coordinator.txlog.etcd.client import connect, is_outage, read_prefix
 from xatm.coordinator.txlog.etcd.keys import Keys
 from xatm.coordinator.txlog.etcd.metrics import ETCD_CAS_CONFLICTS, ETCD_LEASE_RENEWALS, ETCD_WRITE_DURATION
 from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
@@ -330,16 +330,16 @@ class EtcdLog(TxLog):
         error when etcd cannot answer.
         """
         self._check_usable()
-        lives = await self.client.get_prefix(self.keys.lives, keys_only=True)
+        lives = await read_prefix(self.client, self.keys.lives, keys_only=True)
         live = {self.keys.tail(kv.key, self.keys.lives) for kv in lives}
-        members = await self.client.get_prefix(self.keys.members, keys_only=True)
+        members = await read_prefix(self.client, self.keys.members, keys_only=True)
         found: dict[str, list[str]] = {}
         for kv in members:
             dead = self.keys.tail(kv.key, self.keys.members)
             if dead in live or dead == self.replica:
                 continue
             prefix = self.keys.owned(dead)
-            owned = await self.client.get_prefix(prefix, keys_only=True)
+            owned = await read_prefix(self.client, prefix, keys_only=True)
             if owned:
                 found[dead] = [self.keys.tail(o.key, prefix) for o in owned]
                 continue
@@ -397,15 +397,15 @@ class EtcdLog(TxLog):
                 f"replica {self.replica} in etcd is held by another live process (lease {holder}); "
                 f"it is released when that process stops or {self.lease_ttl}s after it died"
             )
-        owned = await self.client.get_prefix(self.keys.owned(), keys_only=True)
+        owned = await read_prefix(self.client, self.keys.owned(), keys_only=True)
         self._owned = {self.keys.tail(kv.key, self.keys.owned()) for kv in owned}
-        everything = await self.client.get_prefix(self.keys.all_records)
+        everything = await read_prefix(self.client, self.keys.all_records)
         mine = [
             kv
             for kv in everything
             if self.keys.tail(kv.key, self.keys.all_records).rpartition("/")[0] in self._owned
         ]
-        audits = _ordered(list(await self.client.get_prefix(self.keys.audits())))
+        audits = _ordered(list(await read_prefix(self.client, self.keys.audits())))
         self._audits = [(kv.key, kv.value) for kv in audits]
         return [_parse(kv.value) for kv in _ordered(mine + audits)]
 
