@@ -43,14 +43,21 @@ PATIENCE = 60.0
 class Replicas:
     """A bank system whose coordinator is replica r0, and replicas r1, r2 beside it."""
 
-    def __init__(self, cluster: EtcdCluster, root: Path, r0_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        cluster: EtcdCluster,
+        root: Path,
+        r0_env: dict[str, str] | None = None,
+        *,
+        lease_ttl: int = LEASE_TTL,
+    ):
         self.cluster = cluster
 
         def env(node: str) -> dict[str, str]:
             return {
                 **TEST_COORDINATOR_ENV,
                 "XATM_STORE": cluster.url,
-                "XATM_LEASE_TTL": str(LEASE_TTL),
+                "XATM_LEASE_TTL": str(lease_ttl),
                 "XATM_NODE_ID": node,
             }
 
