@@ -45,10 +45,11 @@ class Directory:
         """Tell the other replicas (and ``xactl replicas``) where this one serves."""
         await self.txlog.publish(json.dumps({"grpc": grpc_address, "http": http_address}).encode())
 
-    async def replicas(self) -> list[Replica]:
-        """Every replica alive or still owning transactions, by node id."""
+    async def replicas(self, *, count: bool = False) -> list[Replica]:
+        """Every replica alive or still owning transactions, by node id; with ``count``, how many
+        transactions each owns (a read of every owner key; else 0)."""
         found = []
-        for entry in await self.txlog.replicas():
+        for entry in await self.txlog.replicas(count=count):
             try:
                 where = json.loads(entry.published) if entry.published else {}
             except ValueError:

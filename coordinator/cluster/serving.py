@@ -8,6 +8,7 @@ transaction is (see ``forwarding``); listings span every replica.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -123,7 +124,7 @@ class ReplicaAdminOps(AdminOps):
     async def replicas(self, caller: Caller) -> admin_pb2.ListReplicasResponse:
         caller.principal.require(Permission.READ)
         directory = self.forwarder.directory
-        found = await self._from_etcd(directory.replicas, "list")
+        found = await self._from_etcd(functools.partial(directory.replicas, count=True), "list")
         return admin_pb2.ListReplicasResponse(
             replicas=[
                 admin_pb2.ReplicaInfo(
@@ -143,16 +144,12 @@ class ReplicaAdminOps(AdminOps):
     async def force_rollback(
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
-        forward = admin_pb2.ForceRequest(gtrid=gtrid, reason=reason)
-        here = super().force_rollback
-        return await self._verb(gtrid, "ForceRollback", forward, lambda: here(caller, gtrid, reason))
+        return await self._forced("ForceRollback", super().force_rollback, caller, gtrid, reason)
 
     async def force_commit(
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
-        forward = admin_pb2.ForceRequest(gtrid=gtrid, reason=reason)
-        here = super().force_commit
-        return await self._verb(gtrid, "ForceCommit", forward, lambda: here(caller, gtrid, reason))
+        return await self._forced("ForceCommit", super().force_commit, caller, gtrid, reason)
 
     async def resolve_branch(
         self, caller: Caller, gtrid: str, bqual: str, outcome: str | None, reason: str
@@ -195,6 +192,17 @@ class ReplicaAdminOps(AdminOps):
         return admin_pb2.ForgetResponse(results=[results[gtrid] for gtrid in unique])
 
     # ----------------------------------------------------------------- helpers
+
+    async def _forced(
+        self,
+        method: str,
+        here: Callable[[Caller, str, str], Awaitable[coordinator_pb2.CompletionResponse]],
+        caller: Caller,
+        gtrid: str,
+        reason: str,
+    ) -> coordinator_pb2.CompletionResponse:
+        forward = admin_pb2.ForceRequest(gtrid=gtrid, reason=reason)
+        return await self._verb(gtrid, method, forward, lambda: here(caller, gtrid, reason))
 
     async def _verb(
         self,

@@ -404,10 +404,10 @@ class EtcdLog(TxLog):
         if not ok:
             raise LogStopped(f"replica {self.replica} lost its etcd lease before publishing its address")
 
-    async def replicas(self) -> list[ReplicaEntry]:
+    async def replicas(self, *, count: bool = False) -> list[ReplicaEntry]:
         """Every replica that is alive or still owns transactions, by name, with what it
-        published (b"" when nothing) and how many transactions it owns. Raises the client's
-        error when etcd cannot answer."""
+        published (b"" when nothing) and, with ``count`` (a read of every owner key), how many
+        transactions it owns (else 0). Raises the client's error when etcd cannot answer."""
         self._check_usable()
         lives = await read_prefix(self.client, self.keys.lives, keys_only=True)
         live = {self.keys.tail(kv.key, self.keys.lives) for kv in lives}
@@ -417,7 +417,7 @@ class EtcdLog(TxLog):
             for kv in await read_prefix(self.client, self.keys.addresses)
         }
         owned: dict[str, int] = {}
-        for kv in await read_prefix(self.client, self.keys.all_owners, keys_only=True):
+        for kv in await read_prefix(self.client, self.keys.all_owners, keys_only=True) if count else []:
             owner = self.keys.tail(kv.key, self.keys.all_owners).partition("/")[0]
             owned[owner] = owned.get(owner, 0) + 1
         names = live | {self.keys.tail(kv.key, self.keys.members) for kv in members}
