@@ -423,7 +423,8 @@ def _forced(
     """The endpoint of a forced commit or rollback: ``run`` is the AdminOps method."""
 
     async def forced(caller: CallerDep, ops: OpsDep, gtrid: Gtrid, reason: Reason = "") -> dict[str, Any]:
-        return _traced(completion_view(await run(ops, caller, gtrid, reason)), caller)
+        done = await getattr(ops, run.__name__)(caller, gtrid, reason)  # ``ops``'s own: a replica's forwards
+        return _traced(completion_view(done), caller)
 
     return forced
 

@@ -18,12 +18,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.admin_support import OK, REFUSED, xactl, xactl_json
+from tests.admin_support import OK, REFUSED, audit_records, rest, write_auth_file, xactl, xactl_json
+from tests.bank_system import TEST_COORDINATOR_ENV
 from tests.chaos import eventually, wait_no_prepared
 from tests.etcdcluster import EtcdCluster
 from tests.system.test_replicas import PATIENCE, Replicas, fresh, running
 from xatm.coordinator.tools.bank._proto import bank_pb2
 from xatm.coordinator.tools.bank.transfer import Bank, TransferResult
+from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.client.context import TxContext, use
 from xatm.participant.xa import FORMAT_ID, Decision, TxOutcome, TxStatus
@@ -41,6 +43,10 @@ def stub(address: str) -> coordinator_pb2_grpc.CoordinatorStub:
 #: Longer than the takeover tests' (nothing here measures a takeover): a replica of a loaded
 #: machine whose keep-alive is late must not lose its lease in the middle of a check.
 LEASE_TTL = 5
+
+
+#: The REST admin API's transactions.
+COLLECTION = "/admin/v1/xa-transaction"
 
 
 def begin_and_apply(replicas: Replicas, amount: int) -> str:
@@ -263,3 +269,42 @@ def test_xactl_replicas_shows_each_replica_and_its_lease(etcd: EtcdCluster, tmp_
         r1.start(wait=PATIENCE)
         seen = {r["name"]: r["live"] for r in xactl_json(r2.address, "replicas")["replicas"]}
         assert seen == {"r0": True, "r1": True, "r2": True}
+
+
+def test_a_forwarded_call_carries_the_callers_token(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """With tokens required, a REST show and a forced rollback asked of r1 about r0's transaction
+    are carried out by r0 as the caller: r0 audits the operator's name, and a caller without a
+    token is refused at r1 before anything is forwarded."""
+    tokens = write_auth_file(
+        tmp_path / "tokens.toml",
+        {"app": ("service", "app-token", None), "alice": ("operator", "alice-token", None)},
+    )
+    procs: list[Proc] = []
+    try:
+        for node in ("r0", "r1"):
+            (tmp_path / node).mkdir()
+            env = {
+                **TEST_COORDINATOR_ENV,
+                "XATM_STORE": etcd.url,
+                "XATM_LEASE_TTL": str(LEASE_TTL),
+                "XATM_NODE_ID": node,
+                "XATM_AUTH_FILE": str(tokens),
+            }
+            procs.append(coordinator_proc(tmp_path / node, tmp_path / node, env=env).start(wait=PATIENCE))
+        r0, r1 = procs
+        begun = stub(r0.address).Begin(
+            coordinator_pb2.BeginRequest(timeout_ms=120_000),
+            metadata=[("authorization", "Bearer app-token")],
+            timeout=10,
+        )
+        base = f"http://{r1.http}{COLLECTION}/{begun.gtrid}"
+        assert rest(base, "GET", "").status == 401
+        shown = rest(base, "GET", "", token="alice-token")
+        assert (shown.status, shown.body["owner"]) == (200, "r0"), shown.body
+        forced = rest(base, "DELETE", "", token="alice-token")
+        assert forced.status == 200, forced.body
+        records = [r for r in audit_records(r0.address, token="alice-token") if r.gtrid == begun.gtrid]
+        assert [(r.actor, r.action, r.result) for r in records] == [("alice", "force_rollback", "ok")]
+    finally:
+        for proc in procs:
+            proc.stop()
