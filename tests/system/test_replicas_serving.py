@@ -107,6 +107,7 @@ def test_admin_reads_and_verbs_from_a_replica_that_does_not_own_the_transaction(
         ]
         assert replicas.metric("r1", "xatm_forwarded_calls_total") >= 1
         assert replicas.metric("r2", "xatm_forwarded_calls_total") >= 2
+        assert replicas.metric("r1", "xatm_etcd_read_duration_seconds_count") >= 1
         wait_no_prepared(replicas.system, PATIENCE)
         assert balances(replicas) == (990, 1010)
 

@@ -8,8 +8,10 @@ one reconnect, not an outage.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+from xatm.coordinator.txlog.etcd.metrics import ETCD_READ_DURATION
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.address import Address
 from xatm.participant.runtime.targets import resolve
@@ -75,6 +77,7 @@ async def read_prefix(
     """
     from aetcd import exceptions, rpc, utils
 
+    started = time.monotonic()
     await client.connect()
     end = utils.prefix_range_end(prefix)
     start, revision, kvs = prefix, 0, []
@@ -88,6 +91,7 @@ async def read_prefix(
             exceptions._handle_exception(err)
         kvs.extend(reply.kvs)
         if not reply.more or not reply.kvs:
+            ETCD_READ_DURATION.observe(time.monotonic() - started)
             return kvs
         # Later pages read the revision of the first, and start just past the last key read.
         revision = reply.header.revision
