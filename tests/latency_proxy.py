@@ -80,7 +80,8 @@ class LatencyProxy:
             client_writer.close()
             return
         watch = self._tap() if self._tap is not None else None
-        for reader, writer, seen in ((client_reader, server_writer, watch), (server_reader, client_writer, None)):
+        pipes = ((client_reader, server_writer, watch), (server_reader, client_writer, None))
+        for reader, writer, seen in pipes:
             task = asyncio.get_running_loop().create_task(self._pipe(reader, writer, seen))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
@@ -88,7 +89,8 @@ class LatencyProxy:
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Callable[[bytes], None] | None
     ) -> None:
-        """One direction: read chunks as they come (``seen`` gets each), deliver each ``delay`` after it was read."""
+        """One direction: read chunks as they come (``seen`` gets each), deliver each ``delay`` after
+        it was read."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
