@@ -278,8 +278,8 @@ class PostgresRM(StatementRM[_Branch]):
     ``pool_size`` bounds the connections held by active branches; phase two and recovery use
     a separate pair of connections so that commits of prepared branches (which release locks
     that active branches may be waiting for) never queue behind them. Neither pool checks a
-    connection it hands out: the first statement on it is the check (see ``_first_use``). ``lock_timeout_ms``
-    bounds every lock wait of business SQL (0 disables it), so a branch blocked by a
+    connection it hands out: the first statement on it is the check (see ``_first_use``).
+    ``lock_timeout_ms`` bounds every lock wait of business SQL (0 disables it), so a branch blocked by a
     prepared-but-undecided branch fails with XA_RBTIMEOUT instead of hanging.
     """
 
@@ -355,7 +355,7 @@ class PostgresRM(StatementRM[_Branch]):
         if self._joined(xid):
             return  # rejoin: same branch, same connection
         try:
-            conn, _ = self._first_use(self._pool, "start", lambda conn: conn.execute("BEGIN"))
+            conn, _ = self._first_use(self._pool, "BEGIN", lambda conn: conn.execute("BEGIN"))
         except psycopg.Error as exc:
             raise to_xa_error(exc, "BEGIN") from exc
         self._register(_Branch(xid=xid, outcomes=self._ended, conn=conn))
@@ -382,7 +382,8 @@ class PostgresRM(StatementRM[_Branch]):
         time). One that died while idle fails ``step`` with the connection closed; it goes back
         (the pool replaces it) and the next is tried: up to ``max_size + 1`` of them, since after a
         server restart every idle one may be dead. Whatever else ``step`` raises is raised, the
-        connection given back. No connection within the acquire timeout: XaError(XAER_RMFAIL).
+        connection given back. XaError(XAER_RMFAIL) when no connection can be had within the
+        acquire timeout, or the last one tried was closed too.
         """
         tries = pool.max_size + 1
         while True:
@@ -396,8 +397,10 @@ class PostgresRM(StatementRM[_Branch]):
                 return conn, step(conn)
             except BaseException as exc:
                 pool.putconn(conn)
-                if not (isinstance(exc, psycopg.Error) and conn.closed and tries):
+                if not (isinstance(exc, psycopg.Error) and conn.closed):
                     raise
+                if not tries:
+                    raise to_xa_error(exc, doing, connection_closed=True) from exc
                 log.info("%s: pooled connection to %s was dead (%s), taking another", doing, self.where, exc)
 
     def _on_control(self, doing: str, step: Callable[[psycopg.Connection[Any]], T]) -> T:

@@ -8,6 +8,7 @@ every further branch pays.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -18,7 +19,7 @@ from tests.pg_wire import FrontendTally, Tally
 from tests.pgcluster import PgCluster, prepared
 from tests.rm_support import closing_factory, xa_code
 from xatm.participant.stores.postgresql import PostgresRM
-from xatm.participant.xa import XaCode, Xid, new_bqual, new_gtrid
+from xatm.participant.xa import XaCode, XaError, Xid, new_bqual, new_gtrid
 
 _DB = "xatm_wire"
 _WARM_UP = 6  # more than psycopg's prepare_threshold (5): the business statements are prepared by then
@@ -210,4 +211,42 @@ def test_pooled_connections_that_died_while_idle_are_replaced_on_first_use(
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 1))
     assert rm.prepare(third) == XaCode.XA_OK
     rm.commit(third, one_phase=False)
+    assert balances(wire_db) == {1: start[1] + 2, 2: start[2] + 1}
+
+
+def test_a_server_that_is_down_fails_start_and_phase_two_with_rmfail_then_serves_again(
+    make_rm: Callable[..., PostgresRM], pg_cluster: PgCluster, wire_db: str
+) -> None:
+    """With every pooled connection dead and no new one to be had, the RM stops trying after the
+    acquire timeout: XAER_RMFAIL, as with checked connections. Once the server is back, both paths
+    work without a restart of the RM."""
+    rm = make_rm(pool_size=2, acquire_timeout_s=1.0)
+    start = balances(wire_db)
+    warm, prepared_xid = new_xid(), new_xid()
+    for xid, row in ((warm, 1), (prepared_xid, 2)):
+        rm.start(xid)
+        with rm.guard(xid) as conn:
+            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, row))
+        assert rm.prepare(xid) == XaCode.XA_OK
+    rm.commit(warm, one_phase=False)
+    pg_cluster.stop("fast")
+    try:
+        assert xa_code(lambda: rm.start(new_xid())) == XaCode.XAER_RMFAIL
+        assert xa_code(lambda: rm.commit(prepared_xid, one_phase=False)) == XaCode.XAER_RMFAIL
+    finally:
+        pg_cluster.start()
+    # The pools reconnect in the background, with backoff: phase two is retried, as the coordinator does.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            rm.commit(prepared_xid, one_phase=False)
+            break
+        except XaError as error:
+            assert error.code == XaCode.XAER_RMFAIL and time.monotonic() < deadline, error
+            time.sleep(0.2)
+    after = new_xid()
+    rm.start(after)
+    with rm.guard(after) as conn:
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 1))
+    rm.commit(after, one_phase=True)
     assert balances(wire_db) == {1: start[1] + 2, 2: start[2] + 1}
