@@ -81,35 +81,63 @@ def new_xid() -> Xid:
     return Xid(new_gtrid("pgwire"), new_bqual())
 
 
-def test_a_branch_that_writes_costs_begin_its_statements_prepare_and_commit_prepared(
-    make_rm: Callable[..., PostgresRM], tally: FrontendTally, wire_db: str
-) -> None:
-    """No pool check, no read-only check: BEGIN, two UPDATEs, PREPARE TRANSACTION, COMMIT PREPARED --
-    five statements, five round trips, nothing parsed again."""
-    rm = make_rm(pool_size=1)
-    start = balances(wire_db)
+def until_reconnected(call: Callable[[], object]) -> None:
+    """``call()`` again while it answers XAER_RMFAIL (up to 30 s), as the coordinator and the
+    initiator do: the pools reconnect in the background, with backoff, each on its own."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            call()
+            return
+        except XaError as error:
+            assert error.code == XaCode.XAER_RMFAIL and time.monotonic() < deadline, error
+            time.sleep(0.2)
 
-    def branch() -> None:
-        xid = new_xid()
+
+def two_prepared(rm: PostgresRM) -> tuple[Xid, Xid]:
+    """Two branches prepared, one adding 1 to account 1, the other 1 to account 2."""
+    xids = new_xid(), new_xid()
+    for xid, row in zip(xids, (1, 2), strict=True):
         rm.start(xid)
         with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (1, 1))
-            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 2))
+            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, row))
         assert rm.prepare(xid) == XaCode.XA_OK
-        rm.commit(xid, one_phase=False)
-
-    spent = per_branch(tally, branch)
-    assert (spent.statements, spent.round_trips, spent.parses) == (5, 5, 0), spent
-    moved = _WARM_UP + _BRANCHES
-    assert balances(wire_db) == {1: start[1] - moved, 2: start[2] + moved}
+    return xids
 
 
-def test_a_read_only_branch_answers_rdonly_after_one_check_and_gets_no_phase_two(
-    make_rm: Callable[..., PostgresRM], tally: FrontendTally, pg_cluster: PgCluster
+_DEBIT = ("UPDATE accounts SET balance = balance - %s WHERE id = %s", (1, 1))
+_CREDIT = ("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 2))
+_READ = ("SELECT balance FROM accounts WHERE id = %s", (1,))
+_HIDDEN_WRITE = ("SELECT bump(%s)", (1,))  # writes, but reports only the row it selected
+
+
+@pytest.mark.parametrize(
+    ("statements", "ending", "cost", "moved"),
+    [
+        # BEGIN, the two UPDATEs, PREPARE TRANSACTION, COMMIT PREPARED: no pool check, no read-only check
+        pytest.param([_DEBIT, _CREDIT], "two-phase", 5, {1: -1, 2: 1}, id="writes"),
+        # BEGIN, the SELECT, the read-only check (it finds the transaction id), PREPARE, COMMIT PREPARED
+        pytest.param([_HIDDEN_WRITE], "two-phase", 5, {1: 0, 2: 1}, id="hidden-write"),
+        # BEGIN, the SELECT, the read-only check, COMMIT; no phase two
+        pytest.param([_READ], "read-only", 4, {1: 0, 2: 0}, id="reads"),
+        # BEGIN, the UPDATE, COMMIT
+        pytest.param([_DEBIT], "one-phase", 3, {1: -1, 2: 0}, id="one-phase"),
+    ],
+)
+def test_statements_and_round_trips_per_branch(
+    make_rm: Callable[..., PostgresRM],
+    tally: FrontendTally,
+    wire_db: str,
+    pg_cluster: PgCluster,
+    statements: list[tuple[str, tuple[int, ...]]],
+    ending: str,
+    cost: int,
+    moved: dict[int, int],
 ) -> None:
-    """BEGIN, the SELECT, the read-only check (a prepared statement), COMMIT: four round trips, and
-    nothing is left prepared for a phase two."""
+    """Each statement is one round trip, and none is parsed again once warmed up; a branch that
+    only read answers XA_RDONLY and leaves nothing prepared for a phase two."""
     rm = make_rm(pool_size=1)
+    start = balances(wire_db)
     xids: list[Xid] = []
 
     def branch() -> None:
@@ -117,13 +145,23 @@ def test_a_read_only_branch_answers_rdonly_after_one_check_and_gets_no_phase_two
         xids.append(xid)
         rm.start(xid)
         with rm.guard(xid) as conn:
-            assert conn.execute("SELECT balance FROM accounts WHERE id = %s", (1,)).fetchone() is not None
-        assert rm.prepare(xid) == XaCode.XA_RDONLY
+            for query, params in statements:
+                conn.execute(query, params)
+        if ending == "one-phase":
+            rm.commit(xid, one_phase=True)
+        elif ending == "read-only":
+            assert rm.prepare(xid) == XaCode.XA_RDONLY
+        else:
+            assert rm.prepare(xid) == XaCode.XA_OK
+            rm.commit(xid, one_phase=False)
 
     spent = per_branch(tally, branch)
-    assert (spent.statements, spent.round_trips, spent.parses) == (4, 4, 0), spent
+    assert (spent.statements, spent.round_trips, spent.parses) == (cost, cost, 0), spent
+    times = _WARM_UP + _BRANCHES
+    assert balances(wire_db) == {row: start[row] + delta * times for row, delta in moved.items()}
     assert prepared(pg_cluster, _DB) == set()
-    assert xa_code(lambda: rm.commit(xids[-1], one_phase=False)) == XaCode.XAER_NOTA
+    if ending == "read-only":
+        assert xa_code(lambda: rm.commit(xids[-1], one_phase=False)) == XaCode.XAER_NOTA
 
 
 def test_writes_that_touch_no_row_leave_the_branch_read_only(
@@ -145,45 +183,6 @@ def test_writes_that_touch_no_row_leave_the_branch_read_only(
     assert balances(wire_db) == start
 
 
-def test_a_write_the_statements_do_not_show_is_still_prepared(
-    make_rm: Callable[..., PostgresRM], tally: FrontendTally, wire_db: str
-) -> None:
-    """A SELECT whose function writes reports no row written: the read-only check runs, finds the
-    transaction id, and the branch is prepared and committed like any other."""
-    rm = make_rm(pool_size=1)
-    start = balances(wire_db)
-
-    def branch() -> None:
-        xid = new_xid()
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("SELECT bump(%s)", (1,)).fetchone()
-        assert rm.prepare(xid) == XaCode.XA_OK
-        rm.commit(xid, one_phase=False)
-
-    spent = per_branch(tally, branch)
-    assert (spent.statements, spent.round_trips, spent.parses) == (5, 5, 0), spent
-    assert balances(wire_db) == {1: start[1], 2: start[2] + _WARM_UP + _BRANCHES}
-
-
-def test_a_one_phase_commit_costs_begin_its_statement_and_commit(
-    make_rm: Callable[..., PostgresRM], tally: FrontendTally, wire_db: str
-) -> None:
-    rm = make_rm(pool_size=1)
-    start = balances(wire_db)
-
-    def branch() -> None:
-        xid = new_xid()
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 1))
-        rm.commit(xid, one_phase=True)
-
-    spent = per_branch(tally, branch)
-    assert (spent.statements, spent.round_trips, spent.parses) == (3, 3, 0), spent
-    assert balances(wire_db) == {1: start[1] + _WARM_UP + _BRANCHES, 2: start[2]}
-
-
 def test_pooled_connections_that_died_while_idle_are_replaced_on_first_use(
     make_rm: Callable[..., PostgresRM], wire_db: str
 ) -> None:
@@ -191,12 +190,7 @@ def test_pooled_connections_that_died_while_idle_are_replaced_on_first_use(
     work, and the RM takes another -- for a branch's BEGIN and for COMMIT PREPARED alike."""
     rm = make_rm(pool_size=2)
     start = balances(wire_db)
-    first, second = new_xid(), new_xid()
-    for xid, row in ((first, 1), (second, 2)):
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, row))
-        assert rm.prepare(xid) == XaCode.XA_OK
+    first, second = two_prepared(rm)
     rm.commit(first, one_phase=False)  # the phase-two pool now holds a connection too
     with psycopg.connect(wire_db, autocommit=True) as admin:
         killed = admin.execute(
@@ -222,30 +216,17 @@ def test_a_server_that_is_down_fails_start_and_phase_two_with_rmfail_then_serves
     work without a restart of the RM."""
     rm = make_rm(pool_size=2, acquire_timeout_s=1.0)
     start = balances(wire_db)
-    warm, prepared_xid = new_xid(), new_xid()
-    for xid, row in ((warm, 1), (prepared_xid, 2)):
-        rm.start(xid)
-        with rm.guard(xid) as conn:
-            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, row))
-        assert rm.prepare(xid) == XaCode.XA_OK
-    rm.commit(warm, one_phase=False)
+    warm, prepared_xid = two_prepared(rm)
+    rm.commit(warm, one_phase=False)  # the phase-two pool now holds a connection too
     pg_cluster.stop("fast")
     try:
         assert xa_code(lambda: rm.start(new_xid())) == XaCode.XAER_RMFAIL
         assert xa_code(lambda: rm.commit(prepared_xid, one_phase=False)) == XaCode.XAER_RMFAIL
     finally:
         pg_cluster.start()
-    # The pools reconnect in the background, with backoff: phase two is retried, as the coordinator does.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            rm.commit(prepared_xid, one_phase=False)
-            break
-        except XaError as error:
-            assert error.code == XaCode.XAER_RMFAIL and time.monotonic() < deadline, error
-            time.sleep(0.2)
     after = new_xid()
-    rm.start(after)
+    until_reconnected(lambda: rm.commit(prepared_xid, one_phase=False))
+    until_reconnected(lambda: rm.start(after))
     with rm.guard(after) as conn:
         conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (1, 1))
     rm.commit(after, one_phase=True)
