@@ -7,7 +7,8 @@ latency, and a process paused for a while.
 The proxy runs its own asyncio loop in a daemon thread, so synchronous tests can use it. Bytes
 keep their order; each chunk read is written ``delay`` seconds (monotonic clock) after it was
 read, so a round trip through the proxy costs twice the delay, as over a real distance. Closing
-one side closes the other after the bytes in flight have been delivered.
+one side closes the other after the bytes in flight have been delivered. A ``tap`` sees what
+clients send (with delay 0 the proxy only watches, e.g. to count a protocol's messages).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 __all__ = ["LatencyProxy", "paused"]
@@ -25,13 +26,21 @@ __all__ = ["LatencyProxy", "paused"]
 _CHUNK = 64 * 1024
 
 
-class LatencyProxy:
-    """Listens on 127.0.0.1 (a free port), forwards to ``target`` ("host:port"), ``delay`` s each way."""
+#: Called once per accepted connection; what it returns gets, in order, every chunk that client sends.
+Tap = Callable[[], Callable[[bytes], None]]
 
-    def __init__(self, target: str, *, delay: float):
+
+class LatencyProxy:
+    """Listens on 127.0.0.1 (a free port), forwards to ``target`` ("host:port"), ``delay`` s each way.
+
+    ``tap``: see ``Tap``; it runs on the proxy's thread.
+    """
+
+    def __init__(self, target: str, *, delay: float, tap: Tap | None = None):
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self.delay = delay
+        self._tap = tap
         self.address = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="latency-proxy", daemon=True)
@@ -70,13 +79,18 @@ class LatencyProxy:
         except OSError:
             client_writer.close()
             return
-        for reader, writer in ((client_reader, server_writer), (server_reader, client_writer)):
-            task = asyncio.get_running_loop().create_task(self._pipe(reader, writer))
+        watch = self._tap() if self._tap is not None else None
+        pipes = ((client_reader, server_writer, watch), (server_reader, client_writer, None))
+        for reader, writer, seen in pipes:
+            task = asyncio.get_running_loop().create_task(self._pipe(reader, writer, seen))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One direction: read chunks as they come, deliver each ``delay`` after it was read."""
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Callable[[bytes], None] | None
+    ) -> None:
+        """One direction: read chunks as they come (``seen`` gets each), deliver each ``delay`` after
+        it was read."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -93,6 +107,8 @@ class LatencyProxy:
         try:
             while True:
                 data = await reader.read(_CHUNK)
+                if seen is not None and data:
+                    seen(data)
                 queue.put_nowait((loop.time() + self.delay, data))
                 if not data:  # end of stream, delivered in turn as the close
                     break

@@ -6,6 +6,11 @@ dies with the branch (see participant/stores/base.py: an ended branch is dead). 
 detaches the transaction from the session, so the connection goes back to the pool at once and
 the branch can be committed or rolled back later from any connection, by any process, after
 any restart: the gid alone names it. See docs/postgresql.md and docs/resource-managers.md.
+
+A branch costs no round trip that carries nothing: pooled connections are not checked when taken
+(one that died while idle fails its first statement before doing anything, and another is
+taken), and whether the branch wrote is learnt from its statements' own results, asking the
+server only when they cannot tell.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from xatm.participant.runtime.extras import needs_extra
@@ -51,6 +56,12 @@ _CANCEL_AGAIN_S = 1.0
 # What a handle wraps: objects bound to the session -- cursors, blocks (transaction(), pipeline(),
 # copy(): any context manager) and row streams.
 _BOUND = (psycopg.Cursor, AbstractContextManager, Iterator)
+# Command tags ("INSERT 0 3", "UPDATE 1", ...) of statements that wrote the rows they count: a row
+# written gives the transaction its id, so the branch cannot be read-only.
+_WRITE_TAGS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
+# The read-only check, run when no statement showed a write: no transaction id, nothing written.
+_NO_XID = "SELECT pg_current_xact_id_if_assigned() IS NULL"
+T = TypeVar("T")
 
 
 def encode_gid(xid: Xid) -> str:
@@ -78,6 +89,7 @@ class _Branch(SavepointBranch):
     conn: psycopg.Connection[Any]
     open_blocks: int = 0  # with-blocks (transaction, pipeline, copy, cursor) entered via a handle, not left
     dirty: bool = False  # a call cut short or a block open at the end: the session is unfit for reuse
+    wrote: bool = False  # a business statement reported rows written (see ``note``)
     driver_error: ClassVar[type[Exception]] = psycopg.Error
     handle: BranchConnection = field(init=False)
 
@@ -89,6 +101,15 @@ class _Branch(SavepointBranch):
         if (ended := self.ended_error()) is not None:
             return ended
         return _transaction_ended(self.conn)
+
+    def note(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Learn from a business statement's own result whether the branch has written.
+
+        Only ever an under-estimate: a write done by a function a SELECT calls shows no written
+        rows, so a branch with nothing noted is asked about at prepare instead.
+        """
+        if not self.wrote and cursor.rowcount > 0:
+            self.wrote = (cursor.statusmessage or "").partition(" ")[0] in _WRITE_TAGS
 
     @contextmanager
     def using(self) -> Iterator[psycopg.Connection[Any]]:
@@ -164,7 +185,10 @@ class BranchHandle:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             with branch.using():
-                return _bind(branch, value(*args, **kwargs))
+                result = value(*args, **kwargs)
+                if isinstance(target, psycopg.Cursor):
+                    branch.note(target)
+                return _bind(branch, result)
 
         return call
 
@@ -214,7 +238,9 @@ class BranchConnection(SessionHandle[_Branch]):
     def execute(self, query: Any, params: Any = None, **options: Any) -> BranchHandle:
         """``psycopg.Connection.execute``: run a statement, return its cursor (wrapped)."""
         with self._branch.using() as conn:
-            return BranchHandle(self._branch, conn.execute(query, params, **options))
+            cursor = conn.execute(query, params, **options)
+            self._branch.note(cursor)
+            return BranchHandle(self._branch, cursor)
 
     def cursor(self, *args: Any, **kwargs: Any) -> BranchHandle:
         """``psycopg.Connection.cursor`` (client or, with ``name=``, server-side), wrapped."""
@@ -251,8 +277,9 @@ class PostgresRM(StatementRM[_Branch]):
 
     ``pool_size`` bounds the connections held by active branches; phase two and recovery use
     a separate pair of connections so that commits of prepared branches (which release locks
-    that active branches may be waiting for) never queue behind them. ``lock_timeout_ms``
-    bounds every lock wait of business SQL (0 disables it), so a branch blocked by a
+    that active branches may be waiting for) never queue behind them. Neither pool checks a
+    connection it hands out: the first statement on it is the check (see ``_first_use``).
+    ``lock_timeout_ms`` bounds every lock wait of business SQL (0 disables it), so a branch blocked by a
     prepared-but-undecided branch fails with XA_RBTIMEOUT instead of hanging.
     """
 
@@ -281,7 +308,6 @@ class PostgresRM(StatementRM[_Branch]):
             timeout=acquire_timeout_s,
             kwargs={"autocommit": True},
             configure=configure,
-            check=ConnectionPool.check_connection,
             name=f"xatm-{rm_id}-branches",
             open=True,
         )
@@ -291,7 +317,6 @@ class PostgresRM(StatementRM[_Branch]):
             max_size=2,
             timeout=acquire_timeout_s,
             kwargs={"autocommit": True},
-            check=ConnectionPool.check_connection,
             name=f"xatm-{rm_id}-control",
             open=True,
         )
@@ -330,24 +355,15 @@ class PostgresRM(StatementRM[_Branch]):
         if self._joined(xid):
             return  # rejoin: same branch, same connection
         try:
-            conn = self._pool.getconn()
+            conn, _ = self._first_use(self._pool, "BEGIN", lambda conn: conn.execute("BEGIN"))
         except psycopg.Error as exc:
-            raise to_xa_error(
-                exc, f"start: no connection to {self.where} (pool of {self._pool.max_size})"
-            ) from exc
-        try:
-            conn.execute("BEGIN")
-        except psycopg.Error as exc:
-            self._pool.putconn(conn)
-            raise to_xa_error(exc, "BEGIN", connection_closed=conn.closed) from exc
+            raise to_xa_error(exc, "BEGIN") from exc
         self._register(_Branch(xid=xid, outcomes=self._ended, conn=conn))
 
     def recover(self) -> list[Xid]:
+        query = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared"
         try:
-            with self._control.connection() as conn:
-                rows = conn.execute(
-                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared"
-                ).fetchall()
+            rows = self._on_control("recover", lambda conn: conn.execute(query).fetchall())
         except psycopg.Error as exc:
             raise to_xa_error(exc, f"recover from {self.where}") from exc
         return [xid for (gid,) in rows if (xid := decode_gid(gid)) is not None]
@@ -356,6 +372,47 @@ class PostgresRM(StatementRM[_Branch]):
 
     def _pools(self) -> tuple[ConnectionPool[Any], ConnectionPool[Any]]:
         return self._pool, self._control
+
+    def _first_use(
+        self, pool: ConnectionPool[Any], doing: str, step: Callable[[psycopg.Connection[Any]], T]
+    ) -> tuple[psycopg.Connection[Any], T]:
+        """A connection of ``pool`` and what ``step`` (its first statements) returned on it.
+
+        Nothing checks a connection when the pool hands it out (that would cost a round trip each
+        time). One that died while idle fails ``step`` with the connection closed; it goes back
+        (the pool replaces it) and the next is tried: up to ``max_size + 1`` of them, since after a
+        server restart every idle one may be dead. Whatever else ``step`` raises is raised, the
+        connection given back. XaError(XAER_RMFAIL) when no connection can be had within the
+        acquire timeout, or the last one tried was closed too.
+        """
+        tries = pool.max_size + 1
+        while True:
+            tries -= 1
+            try:
+                conn = pool.getconn()
+            except psycopg.Error as exc:
+                where = f"{doing}: no connection to {self.where} (pool of {pool.max_size})"
+                raise to_xa_error(exc, where) from exc
+            try:
+                return conn, step(conn)
+            except BaseException as exc:
+                pool.putconn(conn)
+                if not (isinstance(exc, psycopg.Error) and conn.closed):
+                    raise
+                if not tries:
+                    raise to_xa_error(exc, doing, connection_closed=True) from exc
+                log.info("%s: pooled connection to %s was dead (%s), taking another", doing, self.where, exc)
+
+    def _on_control(self, doing: str, step: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``step`` on a connection of the phase-two pool (see ``_first_use``), given back after.
+
+        Retrying a step whose connection died under it is what the coordinator would do anyway:
+        a COMMIT PREPARED that did reach the server before the connection died is answered
+        XAER_NOTA the second time, which phase two takes as done.
+        """
+        conn, result = self._first_use(self._control, doing, step)
+        self._control.putconn(conn)
+        return result
 
     def _validate(self, xid: Xid) -> None:
         encode_gid(xid)
@@ -396,15 +453,17 @@ class PostgresRM(StatementRM[_Branch]):
             raise doomed
         gid = encode_gid(branch.xid)
         conn = branch.conn
+        if not branch.wrote:  # the statements cannot tell: ask the server (a prepared statement)
+            try:
+                row = conn.execute(_NO_XID, prepare=True).fetchone()
+                if row is not None and row[0]:  # no transaction id: the branch wrote nothing
+                    conn.execute("COMMIT")
+                    return XaCode.XA_RDONLY
+            except psycopg.Error as exc:
+                raise no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
         try:
-            row = conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()
-            if row is not None and row[0]:  # no transaction id: the branch wrote nothing
-                conn.execute("COMMIT")
-                return XaCode.XA_RDONLY
-        except psycopg.Error as exc:
-            raise no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
-        try:
-            cur = conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            # Never prepared by psycopg: the gid makes every text unique (and cannot be a parameter).
+            cur = conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)), prepare=False)
         except psycopg.Error as exc:
             error = to_xa_error(exc, "PREPARE TRANSACTION", connection_closed=conn.closed)
             if error.code == XaCode.XAER_RMFAIL:
@@ -436,9 +495,9 @@ class PostgresRM(StatementRM[_Branch]):
 
     def _end_prepared(self, xid: Xid, *, commit: bool) -> None:
         verb, gid = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED", encode_gid(xid)
+        statement = sql.SQL("{} {}").format(sql.SQL(verb), sql.Literal(gid))
         try:
-            with self._control.connection() as conn:
-                conn.execute(sql.SQL("{} {}").format(sql.SQL(verb), sql.Literal(gid)))
+            self._on_control(verb, lambda conn: conn.execute(statement, prepare=False))
         except psycopg.errors.UndefinedObject as exc:
             raise XaError(XaCode.XAER_NOTA, f"{verb}: no branch {xid} in {self.where}") from exc
         except psycopg.errors.ObjectNotInPrerequisiteState as exc:
@@ -448,12 +507,10 @@ class PostgresRM(StatementRM[_Branch]):
 
     def _is_prepared(self, xid: Xid) -> bool:
         gid = encode_gid(xid)
+        query = "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()"
         try:
-            with self._control.connection() as conn:
-                cur = conn.execute(
-                    "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()", (gid,)
-                )
-                return cur.fetchone() is not None
+            row = self._on_control("prepare", lambda conn: conn.execute(query, (gid,)).fetchone())
+            return row is not None
         except psycopg.Error as exc:
             raise to_xa_error(exc, f"looking up {gid} in {self.where}") from exc
 
