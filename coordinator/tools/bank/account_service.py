@@ -168,9 +168,12 @@ class MariaLedger:
 
     def apply(self, xid: Xid, account: str, amount: int) -> int:
         with self.rm.guard(xid) as conn:
-            if amount and not conn.execute(
-                "UPDATE accounts SET balance = balance + %s WHERE name = %s", (amount, account)
-            ).rowcount:
+            if (
+                amount
+                and not conn.execute(
+                    "UPDATE accounts SET balance = balance + %s WHERE name = %s", (amount, account)
+                ).rowcount
+            ):
                 conn.execute("INSERT INTO accounts (name, balance) VALUES (%s, %s)", (account, amount))
             # A plain read for amount 0 takes no lock and writes nothing: the branch stays read-only.
             row = conn.execute("SELECT balance FROM accounts WHERE name = %s", (account,)).fetchone()
@@ -289,10 +292,17 @@ async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: 
     ledger.rm.close()
 
 
+#: Threads serving calls: room for 128 concurrent transfers beside phase-two calls.
+SERVING_THREADS = 160
+
+
 def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
     ledger, stub = _open(name, store, coordinator, listen, seed)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16),
+        # Business calls wait in a thread for one of the pool's connections, which branches hold
+        # until phase two: with few threads, waiting calls could take every thread and starve the
+        # Prepare and Commit calls that would free a connection.
+        futures.ThreadPoolExecutor(max_workers=SERVING_THREADS),
         interceptors=[stub.server_interceptor()],
         options=SERVER_OPTIONS,
     )
