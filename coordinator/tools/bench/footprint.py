@@ -21,14 +21,14 @@ from typing import Any
 
 import grpc
 
-from xatm.coordinator.tools.bench.load import CALL_TIMEOUT, Failed
+from xatm.coordinator.tools.bench.load import Failed
 from xatm.coordinator.tools.bench.measure import memory_kib
-from xatm.coordinator.tools.bench.runs import Participants, measure_run, pid, two_phase
+from xatm.coordinator.tools.bench.runs import Participants, measure_run, open_transaction, pid, two_phase
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal, read_records
-from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
-from xatm.participant.xa import CHANNEL_OPTIONS, XaCode
+from xatm.participant.api.v1 import coordinator_pb2_grpc
+from xatm.participant.xa import CHANNEL_OPTIONS
 
 __all__ = ["open_memory", "replay"]
 
@@ -61,16 +61,7 @@ async def _open_many(address: str, endpoints: list[str], count: int, concurrency
         async def opener() -> None:
             for _ in left:
                 try:
-                    begun = await stub.Begin(
-                        coordinator_pb2.BeginRequest(timeout_ms=OPEN_TIMEOUT_MS), timeout=CALL_TIMEOUT
-                    )
-                    for i, endpoint in enumerate(endpoints):
-                        request = coordinator_pb2.EnlistRequest(
-                            gtrid=begun.gtrid, bqual=f"b{i}", rm_id=f"bench-{i}", endpoint=endpoint
-                        )
-                        reply = await stub.Enlist(request, timeout=CALL_TIMEOUT)
-                        if reply.code != XaCode.XA_OK:
-                            raise Failed(f"enlist answered {XaCode(reply.code).name} {reply.reason}")
+                    await open_transaction(stub, endpoints, OPEN_TIMEOUT_MS)
                 except grpc.aio.AioRpcError as err:
                     raise Failed(f"opening transactions: {err.code().name}: {err.details()}") from None
 

@@ -36,6 +36,7 @@ __all__ = [
     "Participants",
     "Run",
     "measure_run",
+    "open_transaction",
     "pid",
     "run_config",
     "two_phase",
@@ -159,6 +160,25 @@ class Participants:
         return total
 
 
+async def open_transaction(
+    stub: coordinator_pb2_grpc.CoordinatorStub, endpoints: Sequence[str], timeout_ms: int = 0
+) -> str:
+    """Begin a transaction and enlist one branch (``b<i>`` of RM ``bench-<i>``) per endpoint; its gtrid.
+
+    ``timeout_ms`` 0 is the coordinator's default. Raises ``Failed`` for a refused enlist,
+    ``grpc.aio.AioRpcError`` for a failed call.
+    """
+    begun = await stub.Begin(coordinator_pb2.BeginRequest(timeout_ms=timeout_ms), timeout=CALL_TIMEOUT)
+    for i, endpoint in enumerate(endpoints):
+        request = coordinator_pb2.EnlistRequest(
+            gtrid=begun.gtrid, bqual=f"b{i}", rm_id=f"bench-{i}", endpoint=endpoint
+        )
+        reply = await stub.Enlist(request, timeout=CALL_TIMEOUT)
+        if reply.code != XaCode.XA_OK:
+            raise Failed(f"enlist answered {XaCode(reply.code).name} {reply.reason}")
+    return str(begun.gtrid)
+
+
 def two_phase(
     stub: coordinator_pb2_grpc.CoordinatorStub, endpoints: Sequence[str]
 ) -> Callable[[], Awaitable[float]]:
@@ -170,18 +190,9 @@ def two_phase(
 
     async def one() -> float:
         try:
-            begun = await stub.Begin(coordinator_pb2.BeginRequest(), timeout=CALL_TIMEOUT)
-            for i, endpoint in enumerate(endpoints):
-                request = coordinator_pb2.EnlistRequest(
-                    gtrid=begun.gtrid, bqual=f"b{i}", rm_id=f"bench-{i}", endpoint=endpoint
-                )
-                reply = await stub.Enlist(request, timeout=CALL_TIMEOUT)
-                if reply.code != XaCode.XA_OK:
-                    raise Failed(f"enlist answered {XaCode(reply.code).name} {reply.reason}")
+            gtrid = await open_transaction(stub, endpoints)
             started = time.perf_counter()
-            done = await stub.Commit(
-                coordinator_pb2.CompletionRequest(gtrid=begun.gtrid), timeout=CALL_TIMEOUT
-            )
+            done = await stub.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=CALL_TIMEOUT)
             latency = time.perf_counter() - started
         except grpc.aio.AioRpcError as err:
             raise Failed(f"{err.code().name}: {err.details()}") from None
