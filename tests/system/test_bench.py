@@ -32,7 +32,8 @@ SUMMARY_FIELDS = {
     "harness_cores", "failed",
 }  # fmt: skip
 HEADLINE_FIELDS = {
-    "tps", "baseline_rps", "tx_per_echo", "coordinator_cpu_ms_per_tx", "echo_cpu_ms_per_call",
+    "tps", "baseline_rps", "tx_per_echo", "tx_per_echo_each_round", "coordinator_cpu_ms_per_tx",
+    "echo_cpu_ms_per_call",
     "cpu_per_tx_per_echo_call", "p50_ms", "p99_ms", "max_ms", "echo_p50_ms", "echo_p99_ms", "echo_max_ms",
     "rpcs_per_tx", "served_per_tx", "sent_per_tx", "log_records_per_tx", "log_records_by_type",
     "fsyncs_per_tx", "decision_writes_per_tx",
@@ -93,6 +94,8 @@ def test_headline_sets_the_coordinator_beside_the_echo_ceiling(report: dict[str,
     h = report["headline"]
     assert set(h) == HEADLINE_FIELDS
     _positive(h["tps"], h["baseline_rps"], h["coordinator_cpu_ms_per_tx"], h["echo_cpu_ms_per_call"])
+    # One round: the same-round ratio is the ratio of the two runs.
+    assert h["tx_per_echo_each_round"] == [h["tx_per_echo"]]
     assert h["tx_per_echo"] == pytest.approx(h["tps"] / h["baseline_rps"], abs=0.001)
     assert h["cpu_per_tx_per_echo_call"] == pytest.approx(
         h["coordinator_cpu_ms_per_tx"] / h["echo_cpu_ms_per_call"], rel=0.01

@@ -38,6 +38,7 @@ def _headline(report: dict[str, Any]) -> list[str]:
             f"{h['baseline_rps']:.1f} echo calls",
             f"tx_per_echo {h['tx_per_echo']:.3f}",
         ),
+        ("", "", "", "each round " + " ".join(f"{r:.3f}" for r in h["tx_per_echo_each_round"])),
         (
             "CPU ms",
             f"{h['coordinator_cpu_ms_per_tx']:.3f} per tx",
