@@ -157,6 +157,7 @@ def test_footprint_figures(report: dict[str, Any]) -> None:
     assert replay["records"] >= QUICK["replay_records"], replay
     assert replay["transactions"] * replay["records_per_transaction"] <= replay["records"]
     _positive(replay["replay_s"], replay["records_per_s"], replay["peak_rss_mib"])
+    _positive(replay["replay_cpu_s"], replay["records_per_cpu_s"])
     history = replay["history"]
     assert history["transactions_kept"] == replay["transactions"] and history["failed"] == 0, history
     _positive(history["tps"], history["max_ms"])

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from xatm.coordinator.tools.bench.load import Failed, Latencies, drive
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
@@ -36,7 +36,6 @@ __all__ = ["PG_CONCURRENCY", "compare_postgresql"]
 PG_CONCURRENCY = 8
 #: Enough for every transfer ever made; amounts of 1 never run an account dry.
 OPENING_BALANCE = 1_000_000_000
-T = TypeVar("T")
 
 
 def _bank(name: str, store: str, coordinator: str, accounts: list[str], log_dir: Path) -> Proc:
@@ -51,7 +50,7 @@ def _bank(name: str, store: str, coordinator: str, accounts: list[str], log_dir:
 class _Pool:
     """One exclusive slot (an account pair and its clients) per transfer in flight."""
 
-    def __init__(self, slots: list[T]) -> None:
+    def __init__(self, slots: list[Any]) -> None:
         self._free: asyncio.Queue[Any] = asyncio.Queue()
         for slot in slots:
             self._free.put_nowait(slot)

@@ -126,7 +126,9 @@ def _footprint(report: dict[str, Any]) -> list[str]:
         lines += [
             f"Replay: {replay['records']} records ({replay['transactions']} transactions of "
             f"{replay['records_per_transaction']}) in {replay['replay_s']:.2f} s = {replay['records_per_s']} "
-            f"records/s, peak RSS {replay['peak_rss_mib']} MiB (start-up {replay['start_replay_s']:.2f} s "
+            f"records/s ({replay['records_per_cpu_s']} per CPU second), "
+            f"peak RSS {replay['peak_rss_mib']} MiB "
+            f"(start-up {replay['start_replay_s']:.2f} s "
             f"vs {replay['start_empty_s']:.2f} s on an empty log)",
             f"With those {history['transactions_kept']} completed transactions kept, checkpoint every "
             f"{history['checkpoint_interval_s']:g} s: {history['tps']:.1f} tx/s, "
