@@ -107,6 +107,20 @@ def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[
     return parse
 
 
+#: Numeric options: flag, metavar, type, lowest, highest, default (None: the preset's), help.
+_NUMBERS: tuple[tuple[str, str, Callable[[str], float], float, float, float | None, str], ...] = (
+    ("--concurrency", "N", int, 1, 1024, 32, "concurrent initiators of the headline runs (32)"),
+    ("--branches", "N", int, 2, 16, 2, "branches of a two-phase transaction in the headline runs (2)"),
+    ("--seconds", "S", float, 0.1, 600, None, "measured seconds per run (5; --quick 1)"),
+    ("--warmup", "S", float, 0, 60, None, "unmeasured seconds before each window (1; --quick 0.3)"),
+    ("--rounds", "N", int, 1, 20, None, "runs of each headline configuration (3; --quick 1)"),
+    ("--open-transactions", "N", int, 100, 1_000_000, None,
+     "open transactions of the memory measurement (10000; --quick 2000)"),
+    ("--replay-records", "N", int, 1_000, 100_000_000, None,
+     "log records of the replay measurement (1000000; --quick 100000)"),
+)  # fmt: skip
+
+
 def add_parser(sub: Any) -> None:
     """Register ``bench`` on an argparse sub-parsers object (the ``xatm`` command's)."""
     p = sub.add_parser(
@@ -119,41 +133,8 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--quick", action="store_true", help="short runs and a reduced scaling table (under 60 s)")
-    p.add_argument(
-        "--concurrency",
-        metavar="N",
-        type=_bounded(int, 1, 1024),
-        default=32,
-        help="concurrent initiators of the headline runs (32)",
-    )
-    p.add_argument(
-        "--branches",
-        metavar="N",
-        type=_bounded(int, 2, 16),
-        default=2,
-        help="branches of a two-phase transaction in the headline runs (2)",
-    )
-    p.add_argument(
-        "--seconds",
-        metavar="S",
-        type=_bounded(float, 0.1, 600),
-        default=None,
-        help="measured seconds per run (5; --quick 1)",
-    )
-    p.add_argument(
-        "--warmup",
-        metavar="S",
-        type=_bounded(float, 0, 60),
-        default=None,
-        help="unmeasured seconds before each window (1; --quick 0.3)",
-    )
-    p.add_argument(
-        "--rounds",
-        metavar="N",
-        type=_bounded(int, 1, 20),
-        default=None,
-        help="runs of each headline configuration (3; --quick 1)",
-    )
+    for flag, metavar, kind, low, high, default, what in _NUMBERS:
+        p.add_argument(flag, metavar=metavar, type=_bounded(kind, low, high), default=default, help=what)
     p.add_argument(
         "--scenarios",
         nargs="+",
@@ -161,20 +142,6 @@ def add_parser(sub: Any) -> None:
         default=list(SCENARIOS),
         metavar="SCENARIO",
         help=f"comparisons with the normal run: {', '.join(SCENARIOS)}",
-    )
-    p.add_argument(
-        "--open-transactions",
-        metavar="N",
-        type=_bounded(int, 100, 1_000_000),
-        default=None,
-        help="open transactions of the memory measurement (10000; --quick 2000)",
-    )
-    p.add_argument(
-        "--replay-records",
-        metavar="N",
-        type=_bounded(int, 1_000, 100_000_000),
-        default=None,
-        help="log records of the replay measurement (1000000; --quick 100000)",
     )
     p.add_argument(
         "--postgresql",
