@@ -270,7 +270,10 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     [
         ((), "--resource (or XATM_RESOURCE) is required"),
         (("--resource", "oracle://db/x"), "unsupported resource 'oracle://db/x'"),
-        (("--resource", "mysql://db/x"), "malformed MySQL URL: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
+        (
+            ("--resource", "mysql://db/x"),
+            "malformed MySQL URL: expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+        ),
         (("--resource", "sqlite:"), "mysql://USER[:PASSWORD]@HOST[:PORT]/DBNAME or sqlite:PATH"),
         (("--resource", "postgresql://h/db?nosuch=1"), "malformed PostgreSQL URI in --resource: invalid URI"),
         (("--resource", "sqlite:x.db", "--listen", "no-port"), "--listen 'no-port' must be HOST:PORT"),
@@ -302,7 +305,10 @@ def test_every_xatm_command_registers_the_agent_without_loading_it() -> None:
         "import sys, xatm.coordinator.cli.main as c; c.build_parser(); print(sorted(set(sys.modules) & {m}))"
     )
     heavy = {
-        "xatm.participant.metrics", "xatm.participant.stub", "xatm.participant.stores.postgresql", "psycopg"
+        "xatm.participant.metrics",
+        "xatm.participant.stub",
+        "xatm.participant.stores.postgresql",
+        "psycopg",
     }
     done = subprocess.run(
         [sys.executable, "-c", probe.replace("{m}", repr(heavy))], capture_output=True, text=True, timeout=60

@@ -1,8 +1,9 @@
-"""``xatm bench``: a short real run proves the harness works and reports sane numbers.
+"""``xatm bench --quick --output json``: a real run carries every field, with sane values.
 
-Speed itself is never asserted here (the benchmark's own report compares it with a baseline);
-only what must hold at any speed: transactions commit, group commit batches decisions under a
-slow disk, one-phase commits write no decision, and the report has its documented shape.
+Speed itself is never asserted here (the report sets each figure beside its baseline measured in
+the same run); only what must hold at any speed: every run commits without failures, the
+counters add up to the protocol's messages and log records, group commit batches decisions,
+one-phase commits write no decision, and the report has its documented shape.
 """
 
 from __future__ import annotations
@@ -14,79 +15,53 @@ from typing import Any
 import pytest
 
 from tests.bench_support import bench
-from xatm.coordinator.tools import bench as bench_module
-from xatm.coordinator.tools.bench import render_table
+from xatm.coordinator.tools.bench import runs
+from xatm.coordinator.tools.bench.cli import QUICK
+from xatm.coordinator.tools.bench.report import render_table
 
 RUN_FIELDS = {
-    "config",
-    "round",
-    "branches",
-    "seconds",
-    "committed",
-    "failed",
-    "tps",
-    "p50_ms",
-    "p99_ms",
-    "fsyncs_per_commit",
-    "decision_writes_per_commit",
-    "coordinator_cpu_ms_per_commit",
-    "coordinator_cores",
-    "harness_cores",
-    "first_error",
-}
+    "config", "round", "concurrency", "branches", "store", "replicas", "seconds", "committed", "failed",
+    "tps", "p50_ms", "p99_ms", "max_ms", "durable_writes_per_commit", "decision_writes_per_commit",
+    "log_records_per_commit", "log_records_by_type", "served_per_commit", "sent_per_commit",
+    "rpcs_per_commit", "coordinator_cpu_ms_per_commit", "coordinator_cores", "harness_cores", "first_error",
+}  # fmt: skip
 SUMMARY_FIELDS = {
-    "config",
-    "branches",
-    "tps",
-    "tps_each_round",
-    "p50_ms",
-    "p99_ms",
-    "fsyncs_per_commit",
-    "decision_writes_per_commit",
-    "coordinator_cpu_ms_per_commit",
-    "coordinator_cores",
-    "harness_cores",
-    "failed",
-}
+    "branches", "tps", "tps_each_round", "p50_ms", "p99_ms", "max_ms", "durable_writes_per_commit",
+    "decision_writes_per_commit", "log_records_per_commit", "log_records_by_type", "served_per_commit",
+    "sent_per_commit", "rpcs_per_commit", "coordinator_cpu_ms_per_commit", "coordinator_cores",
+    "harness_cores", "failed",
+}  # fmt: skip
+HEADLINE_FIELDS = {
+    "tps", "baseline_rps", "tx_per_echo", "tx_per_echo_each_round", "coordinator_cpu_ms_per_tx",
+    "echo_cpu_ms_per_call",
+    "cpu_per_tx_per_echo_call", "p50_ms", "p99_ms", "max_ms", "echo_p50_ms", "echo_p99_ms", "echo_max_ms",
+    "rpcs_per_tx", "served_per_tx", "sent_per_tx", "log_records_per_tx", "log_records_by_type",
+    "fsyncs_per_tx", "decision_writes_per_tx",
+}  # fmt: skip
+SCALING_FIELDS = {
+    "concurrency", "branches", "tps", "p50_ms", "p99_ms", "max_ms", "coordinator_cpu_ms_per_tx",
+    "rpcs_per_tx", "log_records_per_tx", "baseline_rps", "tx_per_echo", "failed",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data_dir = tmp_path_factory.mktemp("bench")
-    code, out = bench(
-        "--concurrency", "8", "--seconds", "1", "--warmup", "0.5", "--rounds", "1",
-        "--output", "json", "--data-dir", str(data_dir),
-    )  # fmt: skip
+    code, out = bench("--quick", "--output", "json", "--data-dir", str(data_dir))
     assert code == 0, out
     return json.loads(out)
 
 
-def test_every_run_commits_without_failures(report: dict[str, Any]) -> None:
-    runs = {run["config"]: run for run in report["runs"]}
-    assert set(runs) == {"normal", "slow-disk", "one-phase"}
-    for run in runs.values():
-        assert set(run) == RUN_FIELDS
-        assert run["committed"] > 0 and run["tps"] > 0, run
-        assert run["failed"] == 0, run
-        assert 0 < run["p50_ms"] <= run["p99_ms"], run
-        assert run["coordinator_cpu_ms_per_commit"] > 0, run
-    assert runs["one-phase"]["branches"] == 1 and runs["normal"]["branches"] == 2
+def _positive(*values: Any) -> None:
+    for value in values:
+        assert isinstance(value, int | float) and value > 0, values
 
 
-def test_slow_disk_decisions_share_fsyncs(report: dict[str, Any]) -> None:
-    slow = next(run for run in report["runs"] if run["config"] == "slow-disk")
-    assert 0 < slow["fsyncs_per_commit"] < 1, slow
-    # One forced decision per two-phase commit (give or take those in flight at the window's ends).
-    assert slow["decision_writes_per_commit"] == pytest.approx(1, abs=0.25)
-
-
-def test_one_phase_writes_no_decision(report: dict[str, Any]) -> None:
-    one = next(run for run in report["runs"] if run["config"] == "one-phase")
-    assert one["decision_writes_per_commit"] == 0 and one["fsyncs_per_commit"] == 0, one
-
-
-def test_report_has_documented_shape(report: dict[str, Any]) -> None:
-    assert set(report) == {"machine", "settings", "configs", "runs", "scenarios", "check"}
+def test_report_has_every_section(report: dict[str, Any]) -> None:
+    assert set(report) == {
+        "machine", "settings", "headline", "echo", "configs", "scenarios", "scaling", "memory", "replay",
+        "postgresql", "etcd", "runs", "echo_runs", "check",
+    }  # fmt: skip
     assert set(report["machine"]) == {
         "nproc",
         "cpu_model",
@@ -95,34 +70,114 @@ def test_report_has_documented_shape(report: dict[str, Any]) -> None:
         "loadavg_start",
         "loadavg_end",
     }
-    assert report["machine"]["nproc"] >= 1
-    assert report["settings"]["concurrency"] == 8 and report["settings"]["rounds"] == 1
-    assert [s["name"] for s in report["scenarios"]] == ["slow-disk", "one-phase"]
-    for scenario in report["scenarios"]:
-        assert set(scenario) == {"name", "shows", "baseline", "variant", "tps_ratio", "tps_ratio_each_round"}
-        assert set(scenario["baseline"]) == set(scenario["variant"]) == SUMMARY_FIELDS
-        assert scenario["baseline"]["config"] == "normal"
-        assert len(scenario["tps_ratio_each_round"]) == 1
-        assert scenario["tps_ratio"] == pytest.approx(
-            scenario["variant"]["tps"] / scenario["baseline"]["tps"], abs=0.001
-        )
+    assert report["settings"]["sections"] == ["core", "scaling", "memory", "replay"]
+    assert report["settings"]["seconds"] == QUICK["seconds"] and report["settings"]["rounds"] == 1
+    # Not asked for: present and null, so a consumer can tell "not run" from "missing".
+    assert report["postgresql"] is None and report["etcd"] is None
     assert report["check"] == {"ratio_bound": None, "passed": None}
 
 
-def test_table_shows_each_config_and_ratio(report: dict[str, Any]) -> None:
+def test_every_run_commits_without_failures(report: dict[str, Any]) -> None:
+    assert report["runs"], "no coordinator runs"
+    for run in report["runs"]:
+        assert set(run) == RUN_FIELDS
+        assert run["failed"] == 0, run
+        _positive(run["committed"], run["tps"], run["p50_ms"], run["coordinator_cpu_ms_per_commit"])
+        assert run["p50_ms"] <= run["p99_ms"] <= run["max_ms"], run
+        assert (run["store"], run["replicas"]) == ("file", 1)
+    for echo in report["echo_runs"]:
+        assert echo["failed"] == 0 and echo["calls"] > 0, echo
+        _positive(echo["baseline_rps"], echo["echo_cpu_ms_per_call"])
+
+
+def test_headline_sets_the_coordinator_beside_the_echo_ceiling(report: dict[str, Any]) -> None:
+    h = report["headline"]
+    assert set(h) == HEADLINE_FIELDS
+    _positive(h["tps"], h["baseline_rps"], h["coordinator_cpu_ms_per_tx"], h["echo_cpu_ms_per_call"])
+    # One round: the same-round ratio is the ratio of the two runs.
+    assert h["tx_per_echo_each_round"] == [h["tx_per_echo"]]
+    assert h["tx_per_echo"] == pytest.approx(h["tps"] / h["baseline_rps"], abs=0.001)
+    assert h["cpu_per_tx_per_echo_call"] == pytest.approx(
+        h["coordinator_cpu_ms_per_tx"] / h["echo_cpu_ms_per_call"], rel=0.01
+    )
+    assert (
+        h["p50_ms"] <= h["p99_ms"] <= h["max_ms"] and h["echo_p50_ms"] <= h["echo_p99_ms"] <= h["echo_max_ms"]
+    )
+
+
+def test_messages_and_records_per_transaction_add_up(report: dict[str, Any]) -> None:
+    """Whatever the protocol: a Commit is served per transaction, every branch receives a prepare-phase
+    and a commit-phase message (maybe batched, so at most one each), and one decision is forced."""
+    h = report["headline"]
+    served, sent = h["served_per_tx"], h["sent_per_tx"]
+    assert served.get("Commit") == pytest.approx(1, abs=0.15), served
+    assert 0 < sum(sent.values()) <= 2 * 2 + 0.3, sent
+    assert h["rpcs_per_tx"] == pytest.approx(sum(served.values()) + sum(sent.values()), abs=0.01)
+    assert h["decision_writes_per_tx"] == pytest.approx(1, abs=0.15)
+    assert h["log_records_per_tx"] == pytest.approx(sum(h["log_records_by_type"].values()), abs=0.05)
+    assert h["log_records_by_type"]["decision"] == pytest.approx(1, abs=0.15)
+    assert 0 < h["fsyncs_per_tx"] <= 1.2
+
+
+def test_slow_disk_decisions_share_fsyncs_and_one_phase_writes_no_decision(report: dict[str, Any]) -> None:
+    configs = report["configs"]
+    assert set(configs) == {"normal", "slow-disk", "one-phase"}
+    for summary in configs.values():
+        assert set(summary) == SUMMARY_FIELDS
+    assert 0 < configs["slow-disk"]["durable_writes_per_commit"] < 1, configs["slow-disk"]
+    one = configs["one-phase"]
+    assert (
+        one["branches"] == 1
+        and one["decision_writes_per_commit"] == 0
+        and one["durable_writes_per_commit"] == 0
+    )
+    assert [s["name"] for s in report["scenarios"]] == ["slow-disk", "one-phase"]
+    for scenario in report["scenarios"]:
+        assert scenario["tps_ratio"] == pytest.approx(
+            scenario["variant"]["tps"] / scenario["baseline"]["tps"], abs=0.001
+        )
+
+
+def test_scaling_table_covers_the_quick_grid(report: dict[str, Any]) -> None:
+    cells = {(c["concurrency"], c["branches"]): c for c in report["scaling"]}
+    assert list(cells) == [tuple(cell) for cell in QUICK["scaling"]]
+    for cell in cells.values():
+        assert set(cell) == SCALING_FIELDS and cell["failed"] == 0, cell
+        _positive(cell["tps"], cell["baseline_rps"], cell["tx_per_echo"])
+    # More branches, more messages: each branch adds its prepare and commit messages.
+    assert cells[(32, 4)]["rpcs_per_tx"] > cells[(32, 2)]["rpcs_per_tx"]
+
+
+def test_footprint_figures(report: dict[str, Any]) -> None:
+    memory = report["memory"]
+    assert memory["open_transactions"] == QUICK["open_transactions"] and memory["branches"] == 2
+    assert memory["rss_after_kib"] > memory["rss_before_kib"], memory
+    _positive(memory["kib_per_open_transaction"])
+    replay = report["replay"]
+    assert replay["records"] >= QUICK["replay_records"], replay
+    assert replay["transactions"] * replay["records_per_transaction"] <= replay["records"]
+    _positive(replay["replay_s"], replay["records_per_s"], replay["peak_rss_mib"])
+    _positive(replay["replay_cpu_s"], replay["records_per_cpu_s"])
+    history = replay["history"]
+    assert history["transactions_kept"] == replay["transactions"] and history["failed"] == 0, history
+    _positive(history["tps"], history["max_ms"])
+
+
+def test_table_shows_each_figure_beside_its_baseline(report: dict[str, Any]) -> None:
     table = render_table(report)
     assert f"on {report['machine']['nproc']} CPUs" in table
-    for name in ("normal", "slow-disk", "one-phase"):
-        assert any(line.startswith(name) for line in table.splitlines())
+    assert f"tx_per_echo {report['headline']['tx_per_echo']:.3f}" in table
     assert "slow-disk: slow-disk/normal throughput ratio" in table
+    assert "Scaling" in table and "KiB per open transaction" in table and "records/s" in table
+    assert "PostgreSQL" not in table and "etcd" not in table
 
 
 def test_a_dying_coordinator_fails_the_run(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench_module, "SLOW_DISK", "coordinator.before_decision=crash")
+    monkeypatch.setattr(runs, "SLOW_DISK", "coordinator.before_decision=crash")
     code, _ = bench(
-        "--scenarios", "slow-disk", "--rounds", "1", "--seconds", "0.5", "--warmup", "0.2",
+        "--only", "core", "--scenarios", "slow-disk", "--rounds", "1", "--seconds", "0.5", "--warmup", "0.2",
         "--concurrency", "2", "--data-dir", str(tmp_path),
     )  # fmt: skip
     assert code == 1

@@ -31,7 +31,9 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from xatm.coordinator.tools.bench import _participant_proc, _pid, _Window, _worker
+from xatm.coordinator.tools.bench import runs
+from xatm.coordinator.tools.bench.load import Window, worker
+from xatm.coordinator.tools.bench.runs import Participants, two_phase
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, XaCode
@@ -86,10 +88,10 @@ def _sum(metrics: dict[str, float], name: str) -> float:
 
 async def _normal_traffic(
     stub: coordinator_pb2_grpc.CoordinatorStub, endpoints: list[str], seconds: float
-) -> _Window:
+) -> Window:
     """``WORKERS`` initiators for ``seconds``; every transaction they start is counted."""
-    window = _Window(start=time.perf_counter())
-    workers = [asyncio.create_task(_worker(stub, endpoints, window)) for _ in range(WORKERS)]
+    window = Window(start=time.perf_counter())
+    workers = [asyncio.create_task(worker(two_phase(stub, endpoints), window)) for _ in range(WORKERS)]
     await asyncio.sleep(seconds)
     window.end = time.perf_counter()
     window.stopping = True
@@ -141,7 +143,7 @@ async def _dead_transaction(stub: coordinator_pb2_grpc.CoordinatorStub, dead: st
 
 async def _sample(coordinator: Proc, wal: Path, stop: asyncio.Event) -> list[tuple[int, int]]:
     """(RSS KiB, WAL bytes) once a second until ``stop``."""
-    pid = _pid(coordinator)
+    pid = runs.pid(coordinator)
     samples: list[tuple[int, int]] = []
     while not stop.is_set():
         samples.append((_rss_kib(pid), await asyncio.to_thread(_dir_bytes, wal)))
@@ -152,8 +154,8 @@ async def _sample(coordinator: Proc, wal: Path, stop: asyncio.Event) -> list[tup
 
 @dataclass
 class _Result:
-    alone: _Window
-    loaded: _Window
+    alone: Window
+    loaded: Window
     huge: int
     #: (coordinator RSS KiB, WAL directory bytes), one a second during the load
     samples: list[tuple[int, int]]
@@ -185,7 +187,7 @@ async def _scenario(coordinator: Proc, endpoints: list[str], wal: Path) -> _Resu
 def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resources_bounded(
     tmp_path: Path,
 ) -> None:
-    participants = [_participant_proc(i, tmp_path) for i in range(PARTICIPANTS)]
+    participants = Participants.create(PARTICIPANTS, tmp_path)
     extra = [
         "--checkpoint-interval", "1",
         "--history-retention", "2",
@@ -200,16 +202,14 @@ def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resourc
     data.mkdir()
     coordinator = coordinator_proc(data, tmp_path, env={"XATM_FAILPOINTS": ""}, extra=extra)
     try:
-        for proc in participants:
-            proc.start()
+        participants.start()
         coordinator.start()
-        result = asyncio.run(_scenario(coordinator, [p.address for p in participants], data))
+        result = asyncio.run(_scenario(coordinator, participants.endpoints(PARTICIPANTS), data))
         metrics = _metrics(coordinator.http)
         assert coordinator.alive, coordinator.tail()
     finally:
         coordinator.stop()
-        for proc in participants:
-            proc.stop()
+        participants.stop()
 
     alone, loaded = result.alone, result.loaded
     for name, window in (("alone", alone), ("under load", loaded)):

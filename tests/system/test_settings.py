@@ -116,7 +116,7 @@ def test_xactl_refuses_a_malformed_coordinator_address_as_a_usage_error() -> Non
 @pytest.mark.parametrize(
     "argv",
     [
-        ["-m", "xatm.coordinator.tools.bench_participant", "--listen", "nope", "--rm-id", "b"],
+        ["-m", "xatm.coordinator.tools.bench.participant", "--listen", "nope", "--rm-id", "b"],
         ["-m", "xatm.coordinator.tools.bank.account_service", "--name", "a", "--listen", "127.0.0.1:1",
          "--db", "x.db", "--coordinator", "[::1]"],
     ],
@@ -181,7 +181,7 @@ def test_servers_exit_0_on_sigterm(tmp_path: Path) -> None:
             {"XATM_RESOURCE": f"sqlite:{tmp_path / 'kv.db'}"},
         ).start()  # fmt: skip
         bench = f"127.0.0.1:{free_port()}"
-        argv = ["-m", "xatm.coordinator.tools.bench_participant", "--listen", bench, "--rm-id", "bench-0"]
+        argv = ["-m", "xatm.coordinator.tools.bench.participant", "--listen", bench, "--rm-id", "bench-0"]
         participant = Proc("bench", argv, bench, tmp_path / "bench.log").start()
         assert participant.stop() == 0, participant.tail()
         assert agent.stop() == 0, agent.tail()

@@ -63,8 +63,12 @@ def test_a_taken_http_port_is_one_line_naming_the_flag(running: Proc, tmp_path: 
 def test_a_second_agent_on_a_served_port_refuses_to_start(tmp_path: Path) -> None:
     port = free_port()
     argv = ["-m", "xatm", "participant", "--resource", f"sqlite:{tmp_path / 'a.db'}", "--listen"]
-    first = Proc("agent", [*argv, f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}"],
-                 f"127.0.0.1:{port}", tmp_path / "agent.log").start()
+    first = Proc(
+        "agent",
+        [*argv, f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}"],
+        f"127.0.0.1:{port}",
+        tmp_path / "agent.log",
+    ).start()
     try:
         second = [*argv[:4], f"sqlite:{tmp_path / 'b.db'}", "--listen", f"127.0.0.1:{port}"]
         done = _run([*second, "--http-listen", f"127.0.0.1:{free_port()}"], tmp_path)

@@ -1,15 +1,22 @@
-"""``xatm bench`` refuses bad usage with exit code 2 before it starts anything.
+"""``xatm bench``: usage errors (exit 2 before anything starts), presets, and the wire counter.
 
 Real runs, which start a coordinator and participants, are in tests/system/test_bench.py.
 """
 
 from __future__ import annotations
 
+import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.bench_support import bench
+from xatm.coordinator.tools.bench.cli import QUICK, _plan, add_parser
+from xatm.coordinator.tools.bench.suite import Plan
+from xatm.coordinator.tools.bench.wire import MessageCounter
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,3 +27,50 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         bench("--branches", "1")
     assert exit_info.value.code == 2
     assert "must be between 2 and 16" in capsys.readouterr().err
+
+
+def _parse(*argv: str) -> Plan:
+    parser = argparse.ArgumentParser(prog="xatm")
+    add_parser(parser.add_subparsers())
+    return _plan(parser.parse_args(["bench", *argv]))
+
+
+def test_quick_fills_the_defaults_an_explicit_option_wins() -> None:
+    plan = _parse("--quick", "--seconds", "2")
+    assert plan.seconds == 2 and plan.rounds == QUICK["rounds"] and plan.warmup == QUICK["warmup"]
+    assert plan.scaling == QUICK["scaling"]
+    assert plan.open_transactions == QUICK["open_transactions"]
+    full = _parse()
+    assert {c for c, _ in full.scaling} == {1, 8, 32, 128} and {b for _, b in full.scaling} == {2, 4, 8}
+    assert len(full.scaling) == 12
+    assert (full.open_transactions, full.replay_records) == (10_000, 1_000_000)
+    assert full.sections == ("core", "scaling", "memory", "replay")
+    assert _parse("--postgresql", "--etcd").sections[-2:] == ("postgresql", "etcd")
+    assert _parse("--only", "memory", "--etcd").sections == ("memory", "etcd")
+
+
+def _received(method: str) -> float:
+    return REGISTRY.get_sample_value("xatm_bench_messages_received_total", {"method": method}) or 0.0
+
+
+def test_message_counter_counts_every_message_of_a_stream_and_each_unary_call() -> None:
+    """What the coordinator sends a participant is counted message by message, batched or not."""
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+        "Batch": grpc.stream_unary_rpc_method_handler(lambda requests, context: b"".join(requests)),
+        "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: (r for r in requests)),
+    }
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), interceptors=[MessageCounter()])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    before = {m: _received(m) for m in handlers}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            channel.unary_unary("/t.S/Unary")(b"a", timeout=10)
+            channel.unary_unary("/t.S/Unary")(b"b", timeout=10)
+            assert channel.stream_unary("/t.S/Batch")(iter([b"1", b"2", b"3"]), timeout=10) == b"123"
+            assert list(channel.stream_stream("/t.S/Stream")(iter([b"x"] * 4), timeout=10)) == [b"x"] * 4
+    finally:
+        server.stop(None)
+    assert {m: _received(m) - before[m] for m in handlers} == {"Unary": 2, "Batch": 3, "Stream": 4}

@@ -64,4 +64,3 @@ def test_the_docs_import_public_names_only() -> None:
                 assert name in allowed, f"{path.name} imports {name} from xatm.{package}"
         assert not re.search(r"^(from|import) (participant|coordinator)\b", path.read_text(), re.MULTILINE)
     assert found >= 3
-
