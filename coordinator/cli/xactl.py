@@ -31,7 +31,6 @@ from xatm.participant.xa import CHANNEL_OPTIONS, TxStatus, validate_bqual, valid
 __all__ = ["main"]
 
 
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -128,6 +127,12 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _unreachable(branch: dict[str, Any]) -> str:
+    """ "since TIME, N failed calls" while the branch waits for a participant that does not answer."""
+    since = branch["unreachableSince"]
+    return f"since {since}, {branch['endpointFailures']} failed calls" if since else "-"
+
+
 def _show_transaction(view: dict[str, Any]) -> str:
     head = [
         f"txid:       {view['txid']}",
@@ -149,10 +154,13 @@ def _show_transaction(view: dict[str, Any]) -> str:
             b["phase"] or "-",
             str(b["attempts"]),
             b["nextRetry"] or "-",
+            _unreachable(b),
         ]
         for b in view["branches"]
     ]
-    table = _table(rows, ["BRANCH", "RM", "ENDPOINT", "STATUS", "LAST CODE", "PHASE", "TRIES", "NEXT RETRY"])
+    headers = ["BRANCH", "RM", "ENDPOINT", "STATUS", "LAST CODE", "PHASE", "TRIES", "NEXT RETRY"]
+    headers.append("UNREACHABLE")
+    table = _table(rows, headers)
     reasons = [f"  {b['branchId']}: {b['reason']}" for b in view["branches"] if b["reason"]]
     return "\n".join(head + ["", table] + (["", "reasons:", *reasons] if reasons else []))
 
@@ -195,10 +203,18 @@ def cmd_list(args: argparse.Namespace, client: _Client) -> int:
 
     def text(view: dict[str, Any]) -> str:
         rows = [
-            [v["txid"], v["status"], v["begunAt"] or "", f"{v['ageSeconds']:.1f}", str(len(v["branches"]))]
+            [
+                v["txid"],
+                v["status"],
+                v["begunAt"] or "",
+                f"{v['ageSeconds']:.1f}",
+                str(len(v["branches"])),
+                str(sum(1 for b in v["branches"] if b["unreachableSince"]) or "-"),
+            ]
             for v in view["transactions"]
         ]
-        table = _table(rows, ["TXID", "STATUS", "BEGUN", "AGE S", "BRANCHES"]) if rows else "no transactions"
+        headers = ["TXID", "STATUS", "BEGUN", "AGE S", "BRANCHES", "UNREACHABLE"]
+        table = _table(rows, headers) if rows else "no transactions"
         more = view["nextPageToken"]
         return table + (f"\n(more: --page-token {more})" if more else "")
 

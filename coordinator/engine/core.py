@@ -102,7 +102,13 @@ class Engine:
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: LogStopped | None = None
         self._sp_counter = 0
-        gauges.register(self.registry, lambda: self.phase_two.in_doubt, self.phase_two.reachability.down)
+        reachability = self.phase_two.reachability
+        gauges.register(
+            self.registry,
+            lambda: self.phase_two.in_doubt,
+            reachability.down,
+            lambda: reachability.owed_by_unreachable,
+        )
         self.scanner = RecoveryScanner(
             self,
             self.peers,

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator import metrics
 from xatm.coordinator.engine.core import Engine, Result
+from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.wire import to_info
@@ -52,6 +53,8 @@ def _checked_reason(reason: str) -> str:
             f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
         )
     return reason
+
+
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
 _WHOLE_REQUEST = (Status.PERMISSION_DENIED, Status.UNAVAILABLE)
 T = TypeVar("T")
@@ -105,13 +108,25 @@ class AdminOps:
         start = max(start, 0)
         end = start + size
         return admin_pb2.ListTransactionsResponse(
-            transactions=[to_info(tx) for tx in txs[start:end]],
+            transactions=[self._info(tx) for tx in txs[start:end]],
             next_page_token=str(end) if end < len(txs) else "",
         )
 
     async def get(self, caller: Caller, gtrid: str) -> xa_pb2.TransactionInfo:
         caller.principal.require(Permission.READ)
-        return to_info(self.engine.get(gtrid))
+        return self._info(self.engine.get(gtrid))
+
+    def _info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
+        """``to_info``, plus, on each branch waiting for a participant that does not answer,
+        since when its endpoint fails and how many calls to it failed in a row."""
+        info = to_info(tx)
+        phase_two = self.engine.phase_two
+        for branch in info.branches:
+            state = phase_two.reachability.down.get(branch.endpoint)
+            if state is not None and (tx.gtrid, branch.bqual) in phase_two.drivers:
+                branch.unreachable_since.FromNanoseconds(int(state.since_wall * 1e9))
+                branch.endpoint_failures = state.failures
+        return info
 
     async def audit(
         self, caller: Caller, page_size: int = 0, page_token: str = ""
@@ -168,8 +183,7 @@ class AdminOps:
             raise InvalidArgumentError("state the outcome: committed or rolledback")
         reason = _checked_reason(reason)
         if not reason:
-            raise InvalidArgumentError("a reason is required to resolve a branch by hand"
-            )
+            raise InvalidArgumentError("a reason is required to resolve a branch by hand")
         why = f"resolved by {caller.principal.name} as {outcome}: {reason}"
 
         async def run() -> coordinator_pb2.CompletionResponse:

@@ -63,6 +63,14 @@ class BranchView(BaseModel):
     reason: str | None
     attempts: int = Field(description="Calls in the current phase, retries included.")
     nextRetry: str | None = Field(description="When the backoff calls again (RFC 3339).")
+    unreachableSince: str | None = Field(
+        description="While the branch waits for a participant that does not answer: since when its "
+        "endpoint has been failing (RFC 3339)."
+    )
+    endpointFailures: int = Field(
+        description="Calls to that endpoint that failed in a row, this branch's and others' (0 when "
+        "it answers)."
+    )
 
 
 class TransactionView(BaseModel):
@@ -131,6 +139,8 @@ def _branch(b: xa_pb2.BranchInfo) -> BranchView:
         reason=b.last_reason or None,
         attempts=b.attempts,
         nextRetry=_time(b.next_retry, b.HasField("next_retry")),
+        unreachableSince=_time(b.unreachable_since, b.HasField("unreachable_since")),
+        endpointFailures=b.endpoint_failures,
     )
 
 
