@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,9 +70,9 @@ class _Client:
         self.secure = bool(args.tls_ca or args.tls_cert)
         if self.secure:
             creds = tls.channel_credentials(
-                _path(args.tls_ca, "--tls-ca"),
-                _path(args.tls_cert, "--tls-cert"),
-                _path(args.tls_key, "--tls-key"),
+                _pem(args.tls_ca, "--tls-ca", "CERTIFICATE"),
+                _pem(args.tls_cert, "--tls-cert", "CERTIFICATE"),
+                _pem(args.tls_key, "--tls-key", "PRIVATE KEY"),
             )
             self.channel = grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
         else:
@@ -109,12 +110,19 @@ class _Client:
         return f"{where} is unavailable: {details}"
 
 
-def _path(value: str | None, flag: str) -> Path | None:
+def _pem(value: str | None, flag: str, kind: str) -> Path | None:
+    """The file ``value`` of ``flag``, once it reads as PEM holding a ``kind`` (a certificate, a
+    private key); otherwise gRPC would fail later, printing its own lines and a misleading
+    "does not use TLS"."""
     if value is None:
         return None
     path = Path(value)
-    if not path.is_file():
-        raise InvalidArgumentError(f"{flag}: {value} is not a readable file")
+    try:
+        text = path.read_bytes()
+    except OSError:
+        raise InvalidArgumentError(f"{flag}: {value} is not a readable file") from None
+    if not re.search(rb"-----BEGIN [A-Z ]*" + kind.encode() + rb"-----", text):
+        raise InvalidArgumentError(f"{flag}: {value} holds no PEM {kind.lower()}")
     return path
 
 

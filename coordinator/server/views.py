@@ -27,6 +27,7 @@ __all__ = [
     "TransactionView",
     "audit_view",
     "branch_view",
+    "checked_reason",
     "completion_view",
     "forget_view",
     "list_view",
@@ -212,6 +213,21 @@ def audit_view(resp: admin_pb2.ListAuditResponse) -> dict[str, Any]:
         ],
         "nextPageToken": resp.next_page_token or None,
     }
+
+
+#: Operator reasons are kept short: they go into the log and every audit listing.
+REASON_MAX = 200
+
+
+def checked_reason(reason: str) -> str:
+    """An operator's reason, stripped; INVALID_ARGUMENT past ``REASON_MAX`` characters rather than
+    an audit record that silently lost the end of the justification."""
+    reason = reason.strip()
+    if len(reason) > REASON_MAX:
+        raise InvalidArgumentError(
+            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
+        )
+    return reason
 
 
 def parse_since(text: str) -> float:

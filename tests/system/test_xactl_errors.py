@@ -57,7 +57,13 @@ def logs(coordinator: Proc, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     raw = bytearray(first.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\xde\xad\xbe\xef" * 2
     first.write_bytes(bytes(raw))
-    return {"missing": root / "missing", "empty": root / "empty", "damaged": root / "damaged", "good": data}
+    return {
+        "missing": root / "missing",
+        "empty": root / "empty",
+        "damaged": root / "damaged",
+        "good": data,
+        "tokens": data.parent / "tokens.toml",  # a file, not a directory nor a certificate
+    }
 
 
 CASES: list[tuple[str, list[str], str | None, int]] = [
@@ -108,6 +114,27 @@ CASES: list[tuple[str, list[str], str | None, int]] = [
     ("wal-dump-no-log-json", ["wal", "dump", "{empty}", "-o", "json"], None, INVALID),
     ("wal-dump-damaged", ["wal", "dump", "{damaged}"], None, UNAVAILABLE),
     ("wal-no-command", ["wal"], None, INVALID),
+    ("wal-unknown-command", ["wal", "frobnicate", "{good}"], None, INVALID),
+    ("wal-dump-no-dir", ["wal", "dump"], None, INVALID),
+    ("wal-dump-file", ["wal", "dump", "{tokens}"], None, INVALID),
+    ("approvals-no-command", ["approvals"], VIEWER, INVALID),
+    ("approvals-list-no-token", ["approvals", "list"], None, CREDENTIALS),
+    ("approvals-list-service-role", ["approvals", "list"], SERVICE, CREDENTIALS),
+    ("approvals-approve-unknown", ["approvals", "approve", "a-0000"], OPS, NOT_FOUND),
+    ("approvals-approve-empty", ["approvals", "approve", ""], OPS, INVALID),
+    ("approvals-approve-viewer", ["approvals", "approve", "a-0000"], VIEWER, CREDENTIALS),
+    ("approvals-reject-unknown", ["approvals", "reject", "a-0000"], OPS, NOT_FOUND),
+    ("approvals-reject-long-reason", ["approvals", "reject", "a-0000", "--reason", "r" * 201], OPS, INVALID),
+    ("approvals-reject-no-id", ["approvals", "reject"], OPS, INVALID),
+    ("resolve-no-outcome", ["resolve", UNKNOWN, "b1", "--reason", "x"], OPS, INVALID),
+    ("rollback-long-reason", ["rollback", UNKNOWN, "--yes", "--reason", "r" * 201], OPS, INVALID),
+    ("commit-viewer", ["commit", UNKNOWN, "--yes"], VIEWER, CREDENTIALS),
+    ("forget-none", ["forget"], OPS, INVALID),
+    ("audit-no-token", ["audit"], None, CREDENTIALS),
+    ("tls-ca-missing", ["list", "--tls-ca", "{missing}/ca.pem"], VIEWER, INVALID),
+    ("tls-ca-not-pem", ["list", "--tls-ca", "{tokens}"], VIEWER, INVALID),
+    ("tls-key-not-pem", ["list", "--tls-cert", "{tokens}", "--tls-key", "{tokens}"], VIEWER, INVALID),
+    ("bad-coordinator-flag", ["list", "--coordinator", "unix:/tmp/x"], VIEWER, INVALID),
     ("unknown-command", ["frobnicate"], None, INVALID),
     ("bad-output", ["list", "-o", "yaml"], VIEWER, INVALID),
     ("bad-timeout", ["list", "--timeout", "soon"], VIEWER, INVALID),
