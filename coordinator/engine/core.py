@@ -600,6 +600,9 @@ def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
 
 
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
-    """A participant names its resource manager and the host:port serving it, 1-256 characters each."""
+    """A participant names its resource manager and the host:port serving it, 1-256 printable
+    characters each (a control character would forge lines in the log and the operator's tables)."""
     if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
         raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters")
+    if not rm_id.isprintable():
+        raise InvalidArgumentError(f"{what}: rm_id {rm_id[:40]!r} holds control characters")

@@ -1,4 +1,5 @@
 """Requests whose bytes are not their message: INVALID_ARGUMENT and one log line, on any gRPC server.
+Likewise a method a servicer leaves out: UNIMPLEMENTED and one log line.
 
 gRPC decodes a request before any handler or interceptor runs; bytes that do not parse are
 answered by the library itself, with UNKNOWN or INTERNAL and a traceback in the log. Here a
@@ -8,6 +9,11 @@ so once. A server that authenticates (the coordinator) parses leniently and refu
 itself, after the caller is known (``lenient``, ``refusal``); the others install the
 interceptors below, which guard every method of every service the server holds: unary and
 streamed requests, threaded and asyncio servers.
+
+The generated base of every servicer answers a method it does not implement by raising
+NotImplementedError, which grpc logs as an application error with a traceback (grpcio-health-checking's
+servicers leave ``Health/List`` out, for one): the guarded plain-function methods answer it
+UNIMPLEMENTED instead.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from xatm.participant.errors import InvalidArgumentError
+from xatm.participant.errors import InvalidArgumentError, Status, XatmError, error_for
 from xatm.participant.runtime.grpc_status import abort, abort_async
 
 __all__ = ["AioRefuseUndecodable", "RefuseUndecodable", "Undecodable", "lenient", "refusal"]
@@ -70,6 +76,12 @@ def refusal(method: str, peer: str, request: Undecodable) -> InvalidArgumentErro
     return InvalidArgumentError(f"the request is not a {method.rsplit('/', 1)[-1]} request message")
 
 
+def unimplemented(method: str, peer: str) -> XatmError:
+    """Log (one INFO line) and return the answer to a call of a method the servicer leaves out."""
+    log.info("refused %s from %s: not implemented by this server", method, peer)
+    return error_for(Status.UNIMPLEMENTED, f"{method} is not implemented by this server")
+
+
 # ---------------------------------------------------------------- threaded servers
 
 
@@ -91,7 +103,10 @@ def _sync_behavior(behavior: Behavior, method: str, request_streaming: bool) -> 
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
             abort(context, refusal(method, context.peer(), request))
-        return behavior(request, context)
+        try:
+            return behavior(request, context)
+        except NotImplementedError:
+            abort(context, unimplemented(method, context.peer()))
 
     return unary
 
@@ -141,7 +156,10 @@ def _aio_behavior(behavior: Behavior, method: str, request_streaming: bool) -> B
         # out, say): grpc runs it in a worker thread, and so does this.
         async def threaded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             argument = await _arequest(request, context, method, request_streaming)
-            return await asyncio.to_thread(behavior, argument, context)
+            try:
+                return await asyncio.to_thread(behavior, argument, context)
+            except NotImplementedError:
+                await abort_async(context, unimplemented(method, context.peer()))
 
         return threaded
     return None

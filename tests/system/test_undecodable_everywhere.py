@@ -177,3 +177,19 @@ def test_every_method_refuses_an_oversized_message(processes: dict[str, Served],
         assert re.fullmatch(LIMIT, err.details() or ""), err.details()
     assert "Traceback" not in _log(served.proc)[before:]
     assert served.proc.alive
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_method_the_server_leaves_out_is_unimplemented_with_one_line(
+    processes: dict[str, Served], kind: str
+) -> None:
+    """grpcio-health-checking's servicers leave ``Health/List`` out: a well-formed call of it."""
+    served = processes[kind]
+    before = len(_log(served.proc))
+    full_name = f"/{HEALTH.full_name}/List"
+    err = _call(served.proc.address, HEALTH.methods_by_name["List"], full_name, b"", None)
+    assert err is not None and err.code() == grpc.StatusCode.UNIMPLEMENTED, err
+    assert err.details() == f"{full_name} is not implemented by this server"
+    new = _log(served.proc)[before:]
+    assert len([line for line in new.splitlines() if "not implemented by this server" in line]) == 1, new
+    assert "Traceback" not in new and not re.search(r"\bERROR\b|\"level\": \"error\"", new), new
