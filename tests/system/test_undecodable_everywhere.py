@@ -130,6 +130,15 @@ def _log(proc: Proc) -> str:
     return proc.log_path.read_text(errors="replace")
 
 
+def _logged_once_each(proc: Proc, before: int, marker: str, refusals: int) -> None:
+    """Since offset ``before`` the log holds one ``marker`` line per refusal, no error, no traceback."""
+    new = _log(proc)[before:]
+    lines = [line for line in new.splitlines() if marker in line]
+    assert len(lines) == refusals, new[-3000:]
+    assert "Traceback" not in new and not re.search(r"\bERROR\b|\"level\": \"error\"", new), new[-3000:]
+    assert proc.alive
+
+
 KINDS = ["coordinator", "sdk-threaded", "sdk-asyncio", "agent"]
 
 
@@ -159,11 +168,7 @@ def test_every_method_refuses_undecodable_bytes_with_one_line(
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (full_name, err.code(), err.details())
             assert err.details() == f"the request is not a {method.name} request message"
             refused += 1
-    new = _log(served.proc)[before:]
-    lines = [line for line in new.splitlines() if "not its request message" in line]
-    assert len(lines) == refused, new[-3000:]
-    assert "Traceback" not in new and not re.search(r"\bERROR\b|\"level\": \"error\"", new), new[-3000:]
-    assert served.proc.alive
+    _logged_once_each(served.proc, before, "not its request message", refused)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -190,6 +195,4 @@ def test_a_method_the_server_leaves_out_is_unimplemented_with_one_line(
     err = _call(served.proc.address, HEALTH.methods_by_name["List"], full_name, b"", None)
     assert err is not None and err.code() == grpc.StatusCode.UNIMPLEMENTED, err
     assert err.details() == f"{full_name} is not implemented by this server"
-    new = _log(served.proc)[before:]
-    assert len([line for line in new.splitlines() if "not implemented by this server" in line]) == 1, new
-    assert "Traceback" not in new and not re.search(r"\bERROR\b|\"level\": \"error\"", new), new
+    _logged_once_each(served.proc, before, "not implemented by this server", 1)

@@ -8,8 +8,9 @@ back, so the coordinator owes the dead participant phase-two calls.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.admin_support import rest, scrape, xactl, xactl_json
 from tests.bank_system import TEST_COORDINATOR_ENV
+from tests.chaos import eventually
 from xatm.coordinator.tools.demo import bank_proc
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -25,14 +27,8 @@ from xatm.participant.xa import XaCode
 
 #: How many failing endpoints the gauge names; the rest are summed as endpoint="other".
 NAMED = 10
-
-
-def _until(predicate: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    deadline = time.monotonic() + limit
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.1)
-    return value
+#: Seconds to wait for what the coordinator does by itself.
+WAIT = 30.0
 
 
 def _owed(coordinator: Proc, endpoints: list[str], branches: int) -> list[str]:
@@ -81,17 +77,11 @@ def test_branches_at_a_dead_participant_are_shown_until_it_answers(system: tuple
     killed_at = time.time()
     gtrids = _owed(coordinator, [bank.address, bank.address], branches=2)
 
-    _until(lambda: _gauge(coordinator).get(bank.address) == 4, "four branches owed by the dead bank")
+    owed_by_bank = lambda: _gauge(coordinator).get(bank.address) == 4 or None  # noqa: E731
+    eventually("four branches owed by the dead bank", owed_by_bank, WAIT)
     assert scrape(coordinator.http)[("xatm_unreachable_participants", ())] == 1
 
-    view = _until(
-        lambda: (
-            (v := xactl_json(coordinator.address, "show", gtrids[0]))
-            and all(b["endpointFailures"] >= 2 for b in v["branches"])
-            and v
-        ),
-        "two failed calls counted",
-    )
+    view = eventually("two failed calls counted", lambda: _failed_twice(coordinator, gtrids[0]), WAIT)
     for branch in view["branches"]:
         since = branch["unreachableSince"]
         assert since is not None and abs(_epoch(since) - killed_at) < 30, since
@@ -112,10 +102,10 @@ def test_branches_at_a_dead_participant_are_shown_until_it_answers(system: tuple
     assert all(b["unreachableSince"] and b["endpointFailures"] >= 1 for b in body["branches"]), body
 
     bank.start()  # it answers again (the branches are unknown to it: rolled back already)
-    _until(lambda: not _gauge(coordinator), "no branch left waiting")
+    eventually("no branch left waiting", lambda: not _gauge(coordinator) or None, WAIT)
     assert scrape(coordinator.http)[("xatm_unreachable_participants", ())] == 0
     for gtrid in gtrids:
-        done = _until(lambda g=gtrid: _rolled_back(coordinator, g), f"{gtrid} rolled back")
+        done = eventually(f"{gtrid} rolled back", functools.partial(_rolled_back, coordinator, gtrid), WAIT)
         assert all(b["unreachableSince"] is None and b["endpointFailures"] == 0 for b in done["branches"])
 
 
@@ -124,13 +114,20 @@ def test_the_gauge_names_the_most_owed_endpoints_and_sums_the_rest(system: tuple
     dead = [f"127.0.0.1:{free_port()}" for _ in range(NAMED + 3)]  # nobody listens there
     _owed(coordinator, dead[:1], branches=3)  # the most owed, named whatever the order
     _owed(coordinator, dead[1:], branches=1)
-    gauge = _until(
-        lambda: (g := _gauge(coordinator)) and sum(g.values()) == 3 + NAMED + 2 and g,
-        "every dead branch counted",
-    )
+    gauge = eventually("every dead branch counted", lambda: _gauge_total(coordinator, 3 + NAMED + 2), WAIT)
     assert len(gauge) == NAMED + 1 and gauge[dead[0]] == 3
     assert gauge["other"] == 3  # 12 endpoints of one branch each, nine named
     assert scrape(coordinator.http)[("xatm_unreachable_participants", ())] == NAMED + 3
+
+
+def _failed_twice(coordinator: Proc, gtrid: str) -> dict[str, Any] | None:
+    view: dict[str, Any] = xactl_json(coordinator.address, "show", gtrid)
+    return view if all(b["endpointFailures"] >= 2 for b in view["branches"]) else None
+
+
+def _gauge_total(coordinator: Proc, total: int) -> dict[str, float] | None:
+    gauge = _gauge(coordinator)
+    return gauge if sum(gauge.values()) == total else None
 
 
 def _rolled_back(coordinator: Proc, gtrid: str) -> dict[str, Any] | None:
