@@ -126,7 +126,14 @@ def _pem(value: str | None, flag: str, kind: str) -> Path | None:
     return path
 
 
+def _printable(text: object) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``): reasons and ids come from
+    participants and clients, and must neither forge table lines nor drive the operator's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[_printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -151,7 +158,7 @@ def _show_transaction(view: dict[str, Any]) -> str:
     if view["completedAt"]:
         head.append(f"completed:  {view['completedAt']}")
     if view["rollbackReason"]:
-        head.append(f"rollback:   {view['rollbackCode']} {view['rollbackReason']}")
+        head.append(f"rollback:   {view['rollbackCode']} {_printable(view['rollbackReason'])}")
     rows = [
         [
             b["branchId"],
@@ -169,7 +176,7 @@ def _show_transaction(view: dict[str, Any]) -> str:
     headers = ["BRANCH", "RM", "ENDPOINT", "STATUS", "LAST CODE", "PHASE", "TRIES", "NEXT RETRY"]
     headers.append("UNREACHABLE")
     table = _table(rows, headers)
-    reasons = [f"  {b['branchId']}: {b['reason']}" for b in view["branches"] if b["reason"]]
+    reasons = [f"  {b['branchId']}: {_printable(b['reason'])}" for b in view["branches"] if b["reason"]]
     return "\n".join(head + ["", table] + (["", "reasons:", *reasons] if reasons else []))
 
 
