@@ -59,7 +59,10 @@ from xatm.participant.xa import (
 
 T = TypeVar("T")
 
-__all__ = ["Engine", "Result"]
+__all__ = ["MAX_SAVEPOINTS", "Engine", "Result"]
+
+#: Savepoints one transaction may hold at once (each remembers the branches enlisted before it).
+MAX_SAVEPOINTS = 1000
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -463,6 +466,11 @@ class Engine:
     async def create_savepoint(self, gtrid: str) -> str:
         self._refuse_if_fenced()
         tx = self.get(gtrid)
+        if len(tx.savepoints) >= MAX_SAVEPOINTS and tx.status == TxStatus.CREATED:
+            raise ResourceExhaustedError(
+                f"transaction {gtrid} already holds {MAX_SAVEPOINTS} savepoints; roll back to an "
+                "earlier one to release the later ones"
+            )
         self._sp_counter += 1
         savepoint_id = f"sp{self._sp_counter}.{time.time_ns() % 10**9:x}"
         effects = sm.create_savepoint(tx, savepoint_id)
