@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xatm.coordinator import cluster
+from xatm.coordinator.cluster.serving import ReplicaAdminOps, RoutedCoordinatorServicer
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
@@ -35,7 +37,7 @@ from xatm.coordinator.txlog.file.segment import fsync_dir
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
-from xatm.participant.runtime.address import check_free
+from xatm.participant.runtime.address import Address, check_free
 from xatm.participant.runtime.serving import stop_signals
 from xatm.participant.xa import SERVER_OPTIONS
 
@@ -116,12 +118,20 @@ class Coordinator:
         self.auth_file: AuthFileWatcher | None = None
         self._auth_poll: asyncio.Task[None] | None = None
         self._services: tuple[str, ...] = ()
-        self._takeover: asyncio.Task[None] | None = None
+        #: This replica's part in a cluster of replicas on etcd; None on the embedded log.
+        self.cluster: cluster.Cluster | None = None
 
     async def start(self) -> None:
         await self.engine.start()
         _remember_node(self.settings.data_dir, self.node_id)
-        self._takeover = cluster.attach(self.engine, self.txlog)
+        s = self.settings
+        self.cluster = cluster.attach(
+            self.engine,
+            self.txlog,
+            # Replicas call each other with their own certificate; --tls-client-ca verifies the other.
+            credentials=tls.channel_credentials(s.tls_client_ca, s.tls_cert, s.tls_key) if self.tls else None,
+            timeout=s.commit_wait + 2 * s.call_timeout,
+        )
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[CallerInterceptor(self.auth)],
@@ -131,11 +141,13 @@ class Coordinator:
                 ("grpc.max_send_message_length", limit),
             ],
         )
-        ops = AdminOps(self.engine, self.approvals)
         endpoints = EndpointPolicy.from_setting(self.settings.allow_participants)
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.engine, endpoints), self.server
-        )
+        if self.cluster is None:
+            ops, servicer = AdminOps(self.engine, self.approvals), CoordinatorServicer(self.engine, endpoints)
+        else:  # any replica serves any client: calls about another's transaction go to it
+            ops = ReplicaAdminOps(self.engine, self.cluster.forwarder, self.approvals)
+            servicer = RoutedCoordinatorServicer(self.engine, self.cluster.forwarder, endpoints)
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ops), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
@@ -172,6 +184,8 @@ class Coordinator:
             await self.server.stop(None)
             raise OSError(f"--http-listen {self.settings.http_listen}: {err.strerror or err}") from None
         self._services = names[:2]
+        if self.cluster is not None:
+            await self.cluster.publish(*self._advertised())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_log())
         if self.settings.auth_file is not None:
@@ -194,6 +208,21 @@ class Coordinator:
             self.settings.data_dir,
         )
 
+    def _advertised(self) -> tuple[str, str]:
+        """(gRPC, HTTP) addresses where the other replicas and operators reach this one: the
+        --advertise settings, else the listen addresses with the ports bound (a wildcard host
+        replaced by this machine's name)."""
+        assert self.http is not None
+
+        def reachable(listen: str, port: int) -> str:
+            host = Address.parse(listen, listen=True).host
+            host = socket.gethostname() if host in ("0.0.0.0", "::") else host
+            return str(Address(host, port))
+
+        grpc_address = self.settings.advertise or reachable(self.settings.listen, self.grpc_port)
+        http_address = self.settings.http_advertise or reachable(self.settings.http_listen, self.http.port)
+        return grpc_address, http_address
+
     async def _set_health(self, status: int) -> None:
         """``status``: a HealthCheckResponse serving status (SERVING, NOT_SERVING)."""
         for name in ("", *self._services):
@@ -214,9 +243,11 @@ class Coordinator:
         self.log_stopped.set()
 
     async def stop(self, grace: float = 2.0) -> None:
-        for task in (self._watcher, self._takeover, self._auth_poll):
+        for task in (self._watcher, self._auth_poll):
             if task is not None:
                 task.cancel()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop()

@@ -14,6 +14,7 @@ from xatm.coordinator.txlog.etcd.client import STORE_SCHEME, parse_store_url
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.config import (
     ListenAddress,
+    PeerAddress,
     PositiveFloat,
     PositiveInt,
     UsageError,
@@ -130,6 +131,14 @@ class Settings(XatmSettings):
     )
     lease_ttl: Annotated[int, Field(ge=2, le=300)] = Field(
         default=5, description="etcd store: how long a dead replica keeps its transactions (s)"
+    )
+    advertise: PeerAddress = Field(
+        default="",
+        description="etcd store: gRPC address other replicas and operators reach this replica at "
+        "(default: the listen address)",
+    )
+    http_advertise: PeerAddress = Field(
+        default="", description="etcd store: HTTP address published for operators (default: --http-listen)"
     )
     auth_file: OptionalPath = Field(default=None, description="token file (TOML) enabling authentication")
     allow_participants: AllowList = Field(

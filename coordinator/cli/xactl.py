@@ -20,6 +20,7 @@ from xatm.coordinator.server.views import (
     forget_view,
     list_view,
     parse_since,
+    replicas_view,
     transaction_view,
 )
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, xa_pb2
@@ -152,6 +153,7 @@ def _show_transaction(view: dict[str, Any]) -> str:
     head = [
         f"txid:       {view['txid']}",
         f"status:     {view['status']}" + (f" (decision: {view['decision']})" if view["decision"] else ""),
+        f"owner:      {view['owner'] or '-'}",
         f"begun:      {view['begunAt']}  age: {view['ageSeconds']:.1f} s  timeout: {view['timeoutMs']} ms"
         f"  deadline: {view['deadline']}",
     ]
@@ -221,6 +223,7 @@ def cmd_list(args: argparse.Namespace, client: _Client) -> int:
             [
                 v["txid"],
                 v["status"],
+                v["owner"] or "-",
                 v["begunAt"] or "",
                 f"{v['ageSeconds']:.1f}",
                 str(len(v["branches"])),
@@ -228,12 +231,30 @@ def cmd_list(args: argparse.Namespace, client: _Client) -> int:
             ]
             for v in view["transactions"]
         ]
-        headers = ["TXID", "STATUS", "BEGUN", "AGE S", "BRANCHES", "UNREACHABLE"]
+        headers = ["TXID", "STATUS", "OWNER", "BEGUN", "AGE S", "BRANCHES", "UNREACHABLE"]
         table = _table(rows, headers) if rows else "no transactions"
         more = view["nextPageToken"]
         return table + (f"\n(more: --page-token {more})" if more else "")
 
     _emit(args, client, list_view(client("ListTransactions", request)), text)
+    return 0
+
+
+def cmd_replicas(args: argparse.Namespace, client: _Client) -> int:
+    def text(view: dict[str, Any]) -> str:
+        rows = [
+            [
+                r["name"] + (" *" if r["answering"] else ""),
+                "live" if r["live"] else "dead",
+                r["grpc"] or "-",
+                r["http"] or "-",
+                str(r["transactions"]),
+            ]
+            for r in view["replicas"]
+        ]
+        return _table(rows, ["REPLICA", "LEASE", "GRPC", "HTTP", "TRANSACTIONS"]) + "\n(* answered)"
+
+    _emit(args, client, replicas_view(client("ListReplicas", admin_pb2.ListReplicasRequest())), text)
     return 0
 
 
@@ -461,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", required=True, help="why (kept in the log and the audit record)")
     p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser(
+        "replicas", parents=[common], help="coordinator replicas sharing the store, and whether each is alive"
+    )
+    p.set_defaults(func=cmd_replicas)
 
     p = sub.add_parser("forget", parents=[common], help="forget heuristically completed transactions")
     p.add_argument("gtrids", nargs="+", metavar="GTRID")

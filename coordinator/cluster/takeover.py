@@ -42,22 +42,26 @@ class Takeover:
         taken: list[str] = []
         for dead, gtrids in (await self.txlog.orphans()).items():
             for gtrid in gtrids:
-                records = await self.txlog.claim(dead, gtrid)
-                if records is None:
-                    continue  # another replica was quicker, or the owner came back
-                adopted = await self.engine.adopt(records)
-                if adopted:
-                    tx = self.engine.get(gtrid)
-                    TAKEOVERS.labels(status=tx.status.label).inc()
-                    log.warning(
-                        "took over %s (%s) from replica %s, whose lease expired",
-                        gtrid,
-                        tx.status.label,
-                        dead,
-                    )
-                taken += adopted
-        self.taken += len(taken)
+                taken += await self.claim(dead, gtrid)
         return taken
+
+    async def claim(self, dead: str, gtrid: str) -> list[str]:
+        """Claim ``gtrid`` from replica ``dead`` (whose lease expired) and hand it to the engine;
+        the gtrids adopted ([] when another replica was quicker or ``dead`` came back).
+
+        Raises LogStopped once this replica's log stopped, the etcd client's error when etcd
+        cannot answer.
+        """
+        records = await self.txlog.claim(dead, gtrid)
+        if records is None:
+            return []
+        adopted = await self.engine.adopt(records)
+        for each in adopted:
+            tx = self.engine.get(each)
+            TAKEOVERS.labels(status=tx.status.label).inc()
+            log.warning("took over %s (%s) from replica %s, whose lease expired", each, tx.status.label, dead)
+        self.taken += len(adopted)
+        return adopted
 
     async def run(self) -> None:
         """Scan every ``interval`` seconds until cancelled or the log stops."""

@@ -253,10 +253,12 @@ class Engine:
         await self.decisions.foreign_result(xid, endpoint, phase, code, reason)
 
     def _check_own(self, xid: Xid) -> None:
-        """INVALID_ARGUMENT unless ``xid`` is well-formed and this coordinator's (format, node)."""
+        """INVALID_ARGUMENT unless ``xid`` is well-formed and this coordinator's (format, node;
+        or a transaction of another replica that this one took over)."""
         validate_gtrid(xid.gtrid)
         validate_bqual(xid.bqual)
-        if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.node_id:
+        mine = node_of(xid.gtrid) == self.node_id or self.registry.known(xid.gtrid) is not None
+        if xid.format_id != FORMAT_ID or not mine:
             raise InvalidArgumentError(f"xid {xid} was not begun by this coordinator (node {self.node_id})")
 
     def query_outcome(self, xid: Xid) -> Decision:

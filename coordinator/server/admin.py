@@ -89,23 +89,31 @@ class AdminOps:
     ) -> admin_pb2.ListTransactionsResponse:
         """Oldest first; the page token is the offset of the next page."""
         caller.principal.require(Permission.READ)
-        txs = sorted(self.engine.transactions(statuses, begun_after), key=lambda tx: (tx.begun_at, tx.gtrid))
+        txs = sorted(await self.candidates(statuses, begun_after), key=lambda tx: (tx.begun_at, tx.gtrid))
         size, start = _page(len(txs), page_size, page_token)
         start = max(start, 0)
         end = start + size
         return admin_pb2.ListTransactionsResponse(
-            transactions=[self._info(tx) for tx in txs[start:end]],
+            transactions=[self.info(tx) for tx in txs[start:end]],
             next_page_token=str(end) if end < len(txs) else "",
         )
 
     async def get(self, caller: Caller, gtrid: str) -> xa_pb2.TransactionInfo:
         caller.principal.require(Permission.READ)
-        return self._info(self.engine.get(gtrid))
+        return self.info(self.engine.get(gtrid))
 
-    def _info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
-        """``to_info``, plus, on each branch waiting for a participant that does not answer,
-        since when its endpoint fails and how many calls to it failed in a row."""
+    async def candidates(
+        self, statuses: Sequence[TxStatus], begun_after: float | None
+    ) -> list[Transaction]:
+        """The transactions a listing draws from (replicas add those of the others)."""
+        return self.engine.transactions(statuses, begun_after)
+
+    def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
+        """``tx`` on the wire, owned by this coordinator unless a subclass knows better; each
+        branch waiting for a participant that does not answer says since when its endpoint fails
+        and how many calls to it failed in a row."""
         info = to_info(tx)
+        info.owner = self.engine.node_id
         phase_two = self.engine.phase_two
         for branch in info.branches:
             state = phase_two.reachability.down.get(branch.endpoint)
@@ -114,12 +122,24 @@ class AdminOps:
                 branch.endpoint_failures = state.failures
         return info
 
+    async def audit_records(self) -> list[admin_pb2.AuditRecord]:
+        """The audit records a listing pages through, oldest first (replicas add the others')."""
+        return self.engine.audit_log
+
+    async def replicas(self, caller: Caller) -> admin_pb2.ListReplicasResponse:
+        """The coordinators sharing this one's log: on the embedded log, this one alone."""
+        caller.principal.require(Permission.READ)
+        me = admin_pb2.ReplicaInfo(
+            name=self.engine.node_id, live=True, answering=True, transactions=len(self.engine.transactions())
+        )
+        return admin_pb2.ListReplicasResponse(replicas=[me])
+
     async def audit(
         self, caller: Caller, page_size: int = 0, page_token: str = ""
     ) -> admin_pb2.ListAuditResponse:
         """Newest last. The first page is the most recent records; the token pages back in time."""
         caller.principal.require(Permission.READ)
-        records = self.engine.audit_log
+        records = await self.audit_records()
         size, end = _page(len(records), page_size, page_token)
         end = len(records) if end < 0 else end
         start = max(0, end - size)

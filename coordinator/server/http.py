@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xatm.coordinator.cluster.forwarding import PASS_ON, pass_on
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server.admin import MAX_FORGET, MAX_PAGE, AdminOps
 from xatm.coordinator.server.approvals import ApprovalPending, approval_view
@@ -304,6 +305,8 @@ class _AdminRoute(APIRoute):
             client = request.client
             peer = f"http {client.host}:{client.port}" if client else "http ?"
             request.state.caller = Caller(principal, peer, request.state.trace)
+            # What a call forwarded to another replica keeps: the credential, this trace id.
+            PASS_ON.set(pass_on({**request.headers, "x-trace-id": request.state.trace}))
             try:
                 _check_query(request, names, lists)
                 if takes_body:  # bounded before the framework's parser sees it
@@ -420,7 +423,8 @@ def _forced(
     """The endpoint of a forced commit or rollback: ``run`` is the AdminOps method."""
 
     async def forced(caller: CallerDep, ops: OpsDep, gtrid: Gtrid, reason: Reason = "") -> dict[str, Any]:
-        return _traced(completion_view(await run(ops, caller, gtrid, reason)), caller)
+        done = await getattr(ops, run.__name__)(caller, gtrid, reason)  # ``ops``'s own: a replica's forwards
+        return _traced(completion_view(done), caller)
 
     return forced
 

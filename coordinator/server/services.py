@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from xatm.coordinator.cluster.forwarding import PASS_ON, pass_on
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps, completion
 from xatm.coordinator.server.auth import (
@@ -214,6 +215,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self.ops.audit(_CALLER.get(), request.page_size, request.page_token)
 
     @rpc
+    async def ListReplicas(self, request: admin_pb2.ListReplicasRequest, context: Any) -> Any:
+        return await self.ops.replicas(_CALLER.get())
+
+    @rpc
     async def ListApprovals(self, request: admin_pb2.ListApprovalsRequest, context: Any) -> Any:
         found = await self.ops.approvals.list(self.ops, _CALLER.get(), request.all)
         return admin_pb2.ListApprovalsResponse(approvals=found)
@@ -271,9 +276,11 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     log.info("refused %s from %s: %s", method, context.peer(), err.message)
                 await abort_async(context, err)
             reset = _CALLER.set(Caller(principal, f"grpc {context.peer()}", trace))
+            passed = PASS_ON.set(pass_on(metadata))  # what a call forwarded to another replica keeps
             try:
                 return await inner(request, context)
             finally:
+                PASS_ON.reset(passed)
                 _CALLER.reset(reset)
 
         return grpc.unary_unary_rpc_method_handler(

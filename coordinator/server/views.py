@@ -32,6 +32,7 @@ __all__ = [
     "forget_view",
     "list_view",
     "parse_since",
+    "replicas_view",
     "transaction_view",
 ]
 
@@ -89,6 +90,7 @@ class TransactionView(BaseModel):
     recovered: bool = Field(description="Rebuilt from the log after a restart.")
     rollbackCode: _XA_CODE | None
     rollbackReason: str | None
+    owner: str | None = Field(default=None, description="Node id of the coordinator replica that owns it.")
     branches: list[BranchView]
 
 
@@ -159,6 +161,7 @@ def _transaction(info: xa_pb2.TransactionInfo) -> TransactionView:
         recovered=info.recovered,
         rollbackCode=XaCode(info.rollback_code).name if info.rollback_code or info.rollback_reason else None,
         rollbackReason=info.rollback_reason or None,
+        owner=info.owner or None,
         branches=[_branch(b) for b in info.branches],
     )
 
@@ -194,6 +197,23 @@ def forget_view(resp: admin_pb2.ForgetResponse) -> dict[str, Any]:
             for r in resp.results
         ]
     ).model_dump()
+
+
+def replicas_view(resp: admin_pb2.ListReplicasResponse) -> dict[str, Any]:
+    """The coordinator replicas: name, lease held, where each serves, transactions it owns."""
+    return {
+        "replicas": [
+            {
+                "name": r.name,
+                "live": r.live,
+                "grpc": r.grpc_address or None,
+                "http": r.http_address or None,
+                "answering": r.answering,
+                "transactions": r.transactions,
+            }
+            for r in resp.replicas
+        ]
+    }
 
 
 def audit_view(resp: admin_pb2.ListAuditResponse) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from xatm.participant.runtime.config import (
 from xatm.participant.runtime.extras import MissingExtra, needs_extra
 from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
+from xatm.participant.runtime.targets import check_addresses
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
 
@@ -196,8 +197,10 @@ class AgentSettings(XatmSettings):
     http_listen: ListenAddress = Field(
         default="127.0.0.1:7081", description="HTTP address for /metrics, /healthz", json_schema_extra=_HP
     )
-    coordinator: PeerAddress = Field(
-        default="127.0.0.1:7070", description="coordinator gRPC address", json_schema_extra=_HP
+    coordinator: Annotated[str, AfterValidator(check_addresses)] = Field(
+        default="127.0.0.1:7070",
+        description="coordinator gRPC address, or several replicas' comma-separated",
+        json_schema_extra=_HP,
     )
     advertise: PeerAddress = Field(
         default="",

@@ -48,8 +48,9 @@ __all__ = [
 GTRID_KEY = "xatm-gtrid"
 COORDINATOR_KEY = "xatm-coordinator"
 
-# host:port, [v6]:port or a DNS name with port; no spaces, bounded, never parsed further.
-_ADDRESS = re.compile(r"^[A-Za-z0-9._:\[\]%-]{1,255}$")
+# host:port, [v6]:port or a DNS name with port, or several (replicas) comma-separated; no
+# spaces, bounded, never parsed further.
+_ADDRESS = re.compile(r"^[A-Za-z0-9._:\[\]%,-]{1,1024}$")
 # Larger than any real deadline: the threaded server reports "no deadline" as ~2**63 seconds.
 _NO_DEADLINE = 1e9
 
@@ -236,7 +237,8 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
     coordinator = coordinator or ""
     if not isinstance(coordinator, str) or (coordinator and not _ADDRESS.match(coordinator)):
         raise InvalidArgumentError(
-            f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port",
+            f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port "
+            "or a comma-separated list",
         )
     return TxContext(gtrid, coordinator)
 

@@ -38,6 +38,7 @@ from xatm.participant.errors import FailedPreconditionError, Status, XatmError, 
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.runtime.targets import channel_target
 from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, validate_gtrid
 
 __all__ = [
@@ -74,11 +75,16 @@ def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
 def coordinator_channel(
     address: str, credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
 ) -> Any:
-    """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio."""
+    """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio.
+
+    ``address`` may list several coordinator replicas, comma-separated: the channel fails over
+    between them (see ``targets``).
+    """
     module: Any = grpc.aio if aio else grpc
+    target, failover = channel_target(address)
     if credentials is not None:
-        return module.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-    return module.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return module.secure_channel(target, credentials, options=(*CHANNEL_OPTIONS, *failover))
+    return module.insecure_channel(target, options=(*CHANNEL_OPTIONS, *failover))
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -43,14 +43,21 @@ PATIENCE = 60.0
 class Replicas:
     """A bank system whose coordinator is replica r0, and replicas r1, r2 beside it."""
 
-    def __init__(self, cluster: EtcdCluster, root: Path, r0_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        cluster: EtcdCluster,
+        root: Path,
+        r0_env: dict[str, str] | None = None,
+        *,
+        lease_ttl: int = LEASE_TTL,
+    ):
         self.cluster = cluster
 
         def env(node: str) -> dict[str, str]:
             return {
                 **TEST_COORDINATOR_ENV,
                 "XATM_STORE": cluster.url,
-                "XATM_LEASE_TTL": str(LEASE_TTL),
+                "XATM_LEASE_TTL": str(lease_ttl),
                 "XATM_NODE_ID": node,
             }
 
@@ -76,17 +83,21 @@ class Replicas:
             proc.stop()
 
     def status_anywhere(self, gtrid: str, *, r0_too: bool = False) -> tuple[str, TxStatus] | None:
-        """(replica, status) of ``gtrid`` at whichever replica r1/r2 (or r0 too) holds it, or None."""
-        procs = {"r1": self.others[0], "r2": self.others[1], **({"r0": self.r0} if r0_too else {})}
-        for node, proc in procs.items():
+        """(owner, status) of ``gtrid`` asked of r1 or r2 (or r0 too): any replica answers for the
+        one owning it. None when no replica holds it; UNAVAILABLE answers (the owner just died,
+        or etcd is electing) try the next replica."""
+        procs = [self.others[0], self.others[1], *([self.r0] if r0_too else [])]
+        for i, proc in enumerate(procs):
             try:
                 info = coordinator_status(proc.address, gtrid)
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                if err.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < len(procs):
                     continue
                 raise
-            return node, TxStatus(info.status)
-        return None
+            return info.owner, TxStatus(info.status)
+        raise AssertionError("no replica to ask")
 
     def metric(self, node: str, name: str) -> float:
         """The sum of every sample of ``name`` on replica ``node``'s /metrics."""
@@ -116,15 +127,19 @@ def running(replicas: Replicas) -> Iterator[Replicas]:
         replicas.stop()
 
 
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
+def fresh(etcd_cluster: EtcdCluster) -> EtcdCluster:
     """The session's cluster, every member running and nothing left of earlier tests' replicas."""
     for member in etcd_cluster.members:
         if not member.running:
             member.restart()
     etcd_cluster.wait_healthy()
     asyncio.run(etcd_call(etcd_cluster, lambda c: c.delete_prefix(b"/xatm/")))
-    yield etcd_cluster
+    return etcd_cluster
+
+
+@pytest.fixture
+def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
+    return fresh(etcd_cluster)
 
 
 def records_in_etcd(cluster: EtcdCluster, gtrid: str) -> list[wal_pb2.WalRecord]:

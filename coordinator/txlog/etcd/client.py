@@ -8,10 +8,13 @@ one reconnect, not an outage.
 from __future__ import annotations
 
 import asyncio
-import socket
+import time
 from typing import Any
 
+from xatm.coordinator.txlog.etcd.metrics import ETCD_READ_DURATION
 from xatm.participant.errors import InvalidArgumentError
+from xatm.participant.runtime.address import Address
+from xatm.participant.runtime.targets import resolve
 
 __all__ = ["STORE_SCHEME", "connect", "is_outage", "parse_store_url", "read_prefix"]
 
@@ -42,22 +45,6 @@ def parse_store_url(url: str) -> list[tuple[str, int]]:
     return endpoints
 
 
-def _target(endpoints: list[tuple[str, int]]) -> str:
-    """One gRPC ``ipv4:`` target over every address the endpoints resolve to (a DNS name may
-    resolve to several members)."""
-    addresses: list[str] = []
-    for host, port in endpoints:
-        try:
-            infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as err:
-            raise ConnectionError(f"etcd endpoint {host}:{port} does not resolve: {err}") from None
-        for info in infos:
-            address = f"{info[4][0]}:{port}"
-            if address not in addresses:
-                addresses.append(address)
-    return "ipv4:" + ",".join(addresses)
-
-
 def connect(endpoints: list[tuple[str, int]], timeout: float) -> Any:
     """An ``aetcd.Client`` over every endpoint; each call gives up after ``timeout`` seconds.
 
@@ -69,7 +56,11 @@ def connect(endpoints: list[tuple[str, int]], timeout: float) -> Any:
     except ImportError:
         raise RuntimeError("the etcd store needs the etcd extra: pip install 'xatm[etcd]'") from None
     # aetcd joins host and port as "host:port"; the last address's port goes in ``port``.
-    host, _, port = _target(endpoints).rpartition(":")
+    try:
+        target = resolve([Address(host, port) for host, port in endpoints])
+    except ConnectionError as err:
+        raise ConnectionError(f"etcd endpoint {err}") from None
+    host, _, port = target.rpartition(":")
     return aetcd.Client(
         host, int(port), timeout=timeout, options={"grpc.max_receive_message_length": MAX_RECEIVE_BYTES}
     )
@@ -86,6 +77,7 @@ async def read_prefix(
     """
     from aetcd import exceptions, rpc, utils
 
+    started = time.monotonic()
     await client.connect()
     end = utils.prefix_range_end(prefix)
     start, revision, kvs = prefix, 0, []
@@ -99,6 +91,7 @@ async def read_prefix(
             exceptions._handle_exception(err)
         kvs.extend(reply.kvs)
         if not reply.more or not reply.kvs:
+            ETCD_READ_DURATION.observe(time.monotonic() - started)
             return kvs
         # Later pages read the revision of the first, and start just past the last key read.
         revision = reply.header.revision

@@ -3,6 +3,8 @@
 - ``<prefix>replica/<id>``: a live replica, attached to its lease; the value is its incarnation
   tag (the lease id in hex), which every write of that replica compares, so a replica whose
   lease expired (or a stale process of a restarted one) can write nothing.
+- ``<prefix>address/<id>``: where replica ``<id>`` serves clients (its gRPC and HTTP addresses),
+  attached to its lease like its ``replica/`` key, so it vanishes with the replica.
 - ``<prefix>member/<id>``: a replica that ever logged; kept until its transactions were taken over.
 - ``<prefix>owner/<id>/<gtrid>``: ``<id>`` owns the transaction; a takeover moves the key
   (compare-and-set), which fences the old owner's writes on that transaction.
@@ -38,6 +40,22 @@ class Keys:
     @property
     def lives(self) -> bytes:
         return self._key("replica", "")
+
+    def address(self, replica: str | None = None) -> bytes:
+        return self._key("address", replica or self.replica)
+
+    @property
+    def addresses(self) -> bytes:
+        return self._key("address", "")
+
+    @property
+    def all_owners(self) -> bytes:
+        """Prefix of every owner key of every replica."""
+        return self._key("owner", "")
+
+    @property
+    def all_audits(self) -> bytes:
+        return self._key("audit", "")
 
     def member(self, replica: str | None = None) -> bytes:
         return self._key("member", replica or self.replica)

@@ -36,7 +36,7 @@ from xatm.coordinator.txlog.etcd.metrics import ETCD_CAS_CONFLICTS, ETCD_LEASE_R
 from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
 from xatm.participant.errors import UnavailableError
 
-__all__ = ["EtcdLog"]
+__all__ = ["EtcdLog", "ReplicaEntry"]
 
 log = logging.getLogger("xatm.coordinator.etcd")
 
@@ -65,6 +65,18 @@ class _Group:
     gtrid: str
     ops: list[Any]
     fenced: bool
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    """A replica as etcd knows it: ``live`` while its lease holds; ``published`` is what it put
+    under ``address/`` (b"" when nothing)."""
+
+    name: str
+    live: bool
+    published: bytes
+    #: Transactions it owns.
+    owned: int
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -374,6 +386,90 @@ class EtcdLog(TxLog):
                 return None
             self._owned.add(gtrid)
         kvs = [kv for _, kv in replies[2]]
+        return [_parse(kv.value) for kv in _ordered(kvs)]
+
+    # ----------------------------------------------------------------- the replica directory
+
+    async def publish(self, value: bytes) -> None:
+        """Put ``value`` (where this replica serves clients) under its lease, beside its replica
+        key, so that it disappears with the replica. Raises LogStopped once the log stopped, the
+        client's error when etcd cannot answer."""
+        self._check_usable()
+        t = self.client.transactions
+        ok, _ = await self.client.transaction(
+            compare=[t.value(self.keys.live()) == self._tag],
+            success=[t.put(self.keys.address(), value, lease=self._lease.id)],
+            failure=[],
+        )
+        if not ok:
+            raise LogStopped(f"replica {self.replica} lost its etcd lease before publishing its address")
+
+    async def replicas(self, *, count: bool = False) -> list[ReplicaEntry]:
+        """Every replica that is alive or still owns transactions, by name, with what it
+        published (b"" when nothing) and, with ``count`` (a read of every owner key), how many
+        transactions it owns (else 0). Raises the client's error when etcd cannot answer."""
+        self._check_usable()
+        lives = await read_prefix(self.client, self.keys.lives, keys_only=True)
+        live = {self.keys.tail(kv.key, self.keys.lives) for kv in lives}
+        members = await read_prefix(self.client, self.keys.members, keys_only=True)
+        published = {
+            self.keys.tail(kv.key, self.keys.addresses): kv.value
+            for kv in await read_prefix(self.client, self.keys.addresses)
+        }
+        owned: dict[str, int] = {}
+        for kv in await read_prefix(self.client, self.keys.all_owners, keys_only=True) if count else []:
+            owner = self.keys.tail(kv.key, self.keys.all_owners).partition("/")[0]
+            owned[owner] = owned.get(owner, 0) + 1
+        names = live | {self.keys.tail(kv.key, self.keys.members) for kv in members}
+        return [
+            ReplicaEntry(name, name in live, published.get(name, b""), owned.get(name, 0))
+            for name in sorted(names)
+        ]
+
+    async def owner_of(self, gtrid: str) -> str | None:
+        """The replica that owns ``gtrid`` in etcd, or None when none does (never logged, or
+        gone past its history retention). Raises the client's error when etcd cannot answer."""
+        self._check_usable()
+        if gtrid in self._owned:
+            return self.replica
+        members = await read_prefix(self.client, self.keys.members, keys_only=True)
+        names = [self.keys.tail(kv.key, self.keys.members) for kv in members]
+        if not names:
+            return None
+        t = self.client.transactions
+        _, replies = await self.client.transaction(
+            compare=[], success=[t.get(self.keys.owner(gtrid, name)) for name in names], failure=[]
+        )
+        return next((name for name, found in zip(names, replies, strict=True) if found), None)
+
+    async def others(self) -> tuple[dict[str, str], list[wal_pb2.WalRecord]]:
+        """The transactions other replicas own: ({gtrid: owner}, their records in write order),
+        read at one revision each. Raises the client's error when etcd cannot answer."""
+        self._check_usable()
+        owners: dict[str, str] = {}
+        for kv in await read_prefix(self.client, self.keys.all_owners, keys_only=True):
+            owner, _, gtrid = self.keys.tail(kv.key, self.keys.all_owners).partition("/")
+            if owner != self.replica:
+                owners[gtrid] = owner
+        kvs = [
+            kv
+            for kv in await read_prefix(self.client, self.keys.all_records)
+            if self.keys.tail(kv.key, self.keys.all_records).rpartition("/")[0] in owners
+        ]
+        return owners, [_parse(kv.value) for kv in _ordered(kvs)]
+
+    async def records_of(self, gtrid: str) -> list[wal_pb2.WalRecord]:
+        """The records of ``gtrid`` in etcd, in write order ([] when it has none)."""
+        self._check_usable()
+        return [_parse(kv.value) for kv in _ordered(await read_prefix(self.client, self.keys.records(gtrid)))]
+
+    async def other_audits(self) -> list[wal_pb2.WalRecord]:
+        """The audit records other replicas logged, in write order."""
+        self._check_usable()
+        mine = self.keys.audits()
+        kvs = [
+            kv for kv in await read_prefix(self.client, self.keys.all_audits) if not kv.key.startswith(mine)
+        ]
         return [_parse(kv.value) for kv in _ordered(kvs)]
 
     # ----------------------------------------------------------------- internals

@@ -182,3 +182,29 @@ class ApprovalDecision(_message.Message):
     completion: _coordinator_pb2.CompletionResponse
     forget: ForgetResponse
     def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ..., completion: _Optional[_Union[_coordinator_pb2.CompletionResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ...) -> None: ...
+
+class ListReplicasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaInfo(_message.Message):
+    __slots__ = ("name", "live", "grpc_address", "http_address", "answering", "transactions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERING_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    live: bool
+    grpc_address: str
+    http_address: str
+    answering: bool
+    transactions: int
+    def __init__(self, name: _Optional[str] = ..., live: _Optional[bool] = ..., grpc_address: _Optional[str] = ..., http_address: _Optional[str] = ..., answering: _Optional[bool] = ..., transactions: _Optional[int] = ...) -> None: ...
+
+class ListReplicasResponse(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...

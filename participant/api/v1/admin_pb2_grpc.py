@@ -86,6 +86,11 @@ class AdminStub:
                 request_serializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/xatm.v1.Admin/ListReplicas',
+                request_serializer=xatm_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -155,6 +160,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """The coordinator replicas sharing this one's store, and whether each is alive. A
+        coordinator on its embedded log answers with itself alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +220,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Reject,
                     request_deserializer=xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_admin__pb2.ApprovalDecision.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=xatm_dot_v1_dot_admin__pb2.ListReplicasRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_admin__pb2.ListReplicasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +497,33 @@ class Admin:
             '/xatm.v1.Admin/Reject',
             xatm_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
             xatm_dot_v1_dot_admin__pb2.ApprovalDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xatm.v1.Admin/ListReplicas',
+            xatm_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+            xatm_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
             options,
             channel_credentials,
             insecure,

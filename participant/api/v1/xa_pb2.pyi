@@ -189,7 +189,7 @@ class BranchInfo(_message.Message):
     def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[_Union[BranchStatus, str]] = ..., last_code: _Optional[_Union[XaCode, str]] = ..., last_phase: _Optional[_Union[Phase, str]] = ..., last_reason: _Optional[str] = ..., attempts: _Optional[int] = ..., next_retry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_last_code: _Optional[bool] = ..., unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_failures: _Optional[int] = ...) -> None: ...
 
 class TransactionInfo(_message.Message):
-    __slots__ = ("gtrid", "status", "branches", "begun_at", "deadline", "timeout_ms", "completed_at", "rollback_code", "rollback_reason", "savepoints", "one_phase", "decision", "recovered")
+    __slots__ = ("gtrid", "status", "branches", "begun_at", "deadline", "timeout_ms", "completed_at", "rollback_code", "rollback_reason", "savepoints", "one_phase", "decision", "recovered", "owner")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class TransactionInfo(_message.Message):
     ONE_PHASE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     status: TransactionStatus
     branches: _containers.RepeatedCompositeFieldContainer[BranchInfo]
@@ -216,4 +217,5 @@ class TransactionInfo(_message.Message):
     one_phase: bool
     decision: Decision
     recovered: bool
-    def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchInfo, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ..., recovered: _Optional[bool] = ...) -> None: ...
+    owner: str
+    def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchInfo, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ..., recovered: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...

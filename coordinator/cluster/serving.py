@@ -1,0 +1,229 @@
+"""The coordinator's services as a replica: every call about a transaction goes where the
+transaction is (see ``forwarding``); listings span every replica.
+
+``RoutedCoordinatorServicer`` is the Coordinator service for initiators and participants;
+``ReplicaAdminOps`` the operator operations shared by the Admin service and the REST API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from xatm.coordinator.cluster.forwarding import Forwarder
+from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.protocol import Transaction
+from xatm.coordinator.server.admin import MAX_FORGET, RESOLVED_OUTCOMES, AdminOps
+from xatm.coordinator.server.approvals import Approvals
+from xatm.coordinator.server.auth import Caller, Permission
+from xatm.coordinator.server.endpoints import EndpointPolicy
+from xatm.coordinator.server.services import CoordinatorServicer, rpc
+from xatm.coordinator.txlog.etcd.client import is_outage
+from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
+from xatm.participant.errors import InvalidArgumentError, UnavailableError
+from xatm.participant.xa import TxStatus
+
+__all__ = ["ReplicaAdminOps", "RoutedCoordinatorServicer"]
+
+Method = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def _routed(name: str, gtrid_of: Callable[[Any], str]) -> Method:
+    """Coordinator method ``name``, served here or by the replica owning the request's gtrid."""
+    served_here = getattr(CoordinatorServicer, name).__wrapped__  # the method under its ``rpc``
+
+    async def method(self: RoutedCoordinatorServicer, request: Any, context: Any) -> Any:
+        owner = await self.forwarder.route(gtrid_of(request))
+        if owner is not None:
+            return await self.forwarder.call(owner, "Coordinator", name, request)
+        reply = await served_here(self, request, context)
+        if isinstance(reply, xa_pb2.TransactionInfo):
+            reply.owner = self.engine.node_id
+        return reply
+
+    method.__name__ = method.__qualname__ = name
+    return rpc(method)
+
+
+def _gtrid(request: Any) -> str:
+    return str(request.gtrid)
+
+
+def _xid_gtrid(request: Any) -> str:
+    return str(request.xid.gtrid)
+
+
+class RoutedCoordinatorServicer(CoordinatorServicer):
+    """The Coordinator service of a replica: calls naming a transaction another replica owns
+    are forwarded to it (or it is taken over here when that one died). Begin is always served
+    here: the replica that begins a transaction owns it."""
+
+    def __init__(self, engine: Engine, forwarder: Forwarder, endpoints: EndpointPolicy | None = None):
+        super().__init__(engine, endpoints)
+        self.forwarder = forwarder
+
+    Enlist = _routed("Enlist", _gtrid)
+    Commit = _routed("Commit", _gtrid)
+    Rollback = _routed("Rollback", _gtrid)
+    MarkRollbackOnly = _routed("MarkRollbackOnly", _gtrid)
+    GetStatus = _routed("GetStatus", _gtrid)
+    QueryOutcome = _routed("QueryOutcome", _xid_gtrid)
+    ReportOutcome = _routed("ReportOutcome", _xid_gtrid)
+    CreateSavepoint = _routed("CreateSavepoint", _gtrid)
+    RollbackToSavepoint = _routed("RollbackToSavepoint", _gtrid)
+
+
+class ReplicaAdminOps(AdminOps):
+    """Operator operations on any replica: reads span every replica (other replicas'
+    transactions and audit records are read from etcd); verbs on another replica's transaction
+    are forwarded to it, which authorizes and audits them as if asked directly."""
+
+    def __init__(self, engine: Engine, forwarder: Forwarder, approvals: Approvals | None = None):
+        super().__init__(engine, approvals)
+        self.forwarder = forwarder
+        #: Owner of each transaction of another replica the last listing showed.
+        self._owners: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- reads
+
+    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> list[Transaction]:
+        here = await super().candidates(statuses, begun_after)
+        others = await self._from_etcd(self.forwarder.directory.others, "list the transactions of")
+        elsewhere = Registry()
+        elsewhere.load([tx for gtrid, (_, tx) in others.items() if self.engine.known(gtrid) is None])
+        self._owners = {gtrid: owner for gtrid, (owner, _) in others.items()}
+        return here + elsewhere.transactions(statuses, begun_after)
+
+    def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
+        info = super().info(tx)
+        if self.engine.known(tx.gtrid) is not tx:
+            info.owner = self._owners.get(tx.gtrid, "")
+        return info
+
+    async def get(self, caller: Caller, gtrid: str) -> xa_pb2.TransactionInfo:
+        caller.principal.require(Permission.READ)
+        owner = await self.forwarder.route(gtrid)
+        if owner is not None:
+            request = admin_pb2.GetTransactionRequest(gtrid=gtrid)
+            reply: xa_pb2.TransactionInfo = await self.forwarder.call(
+                owner, "Admin", "GetTransaction", request
+            )
+            return reply
+        return await super().get(caller, gtrid)
+
+    async def audit_records(self) -> list[admin_pb2.AuditRecord]:
+        others = await self._from_etcd(
+            self.forwarder.directory.txlog.other_audits, "list the audit records of"
+        )
+        merged = [*await super().audit_records(), *(r.audit for r in others)]
+        return sorted(merged, key=lambda record: record.time.ToNanoseconds())
+
+    async def replicas(self, caller: Caller) -> admin_pb2.ListReplicasResponse:
+        caller.principal.require(Permission.READ)
+        directory = self.forwarder.directory
+        found = await self._from_etcd(functools.partial(directory.replicas, count=True), "list")
+        return admin_pb2.ListReplicasResponse(
+            replicas=[
+                admin_pb2.ReplicaInfo(
+                    name=r.name,
+                    live=r.live,
+                    grpc_address=r.grpc,
+                    http_address=r.http,
+                    answering=r.name == directory.me,
+                    transactions=r.owned,
+                )
+                for r in found
+            ]
+        )
+
+    # ----------------------------------------------------------------- verbs
+
+    async def force_rollback(
+        self, caller: Caller, gtrid: str, reason: str = ""
+    ) -> coordinator_pb2.CompletionResponse:
+        return await self._forced("ForceRollback", super().force_rollback, caller, gtrid, reason)
+
+    async def force_commit(
+        self, caller: Caller, gtrid: str, reason: str = ""
+    ) -> coordinator_pb2.CompletionResponse:
+        return await self._forced("ForceCommit", super().force_commit, caller, gtrid, reason)
+
+    async def resolve_branch(
+        self, caller: Caller, gtrid: str, bqual: str, outcome: str | None, reason: str
+    ) -> coordinator_pb2.CompletionResponse:
+        wire = {name: value for value, name in RESOLVED_OUTCOMES.items()}
+        forward = admin_pb2.ResolveBranchRequest(
+            gtrid=gtrid,
+            bqual=bqual,
+            outcome=wire.get(outcome or "", admin_pb2.RESOLVED_OUTCOME_UNSPECIFIED),
+            reason=reason,
+        )
+        here = super().resolve_branch
+        return await self._verb(
+            gtrid, "ResolveBranch", forward, lambda: here(caller, gtrid, bqual, outcome, reason)
+        )
+
+    async def forget(self, caller: Caller, gtrids: Sequence[str]) -> admin_pb2.ForgetResponse:
+        """Forget each id where its transaction is: those held here at once, the others in one
+        forwarded call per owning replica; the results in the order asked."""
+        if not 1 <= len(gtrids) <= MAX_FORGET:
+            raise InvalidArgumentError(f"forget needs 1-{MAX_FORGET} transaction ids")
+        unique = list(dict.fromkeys(gtrids))
+        owners = await asyncio.gather(*(self.forwarder.route(gtrid) for gtrid in unique))
+        here = [gtrid for gtrid, owner in zip(unique, owners, strict=True) if owner is None]
+        away: dict[str, list[str]] = {}
+        replicas = {}
+        for gtrid, owner in zip(unique, owners, strict=True):
+            if owner is not None:
+                away.setdefault(owner.name, []).append(gtrid)
+                replicas[owner.name] = owner
+        if not away:
+            return await super().forget(caller, gtrids)
+        calls: list[Awaitable[admin_pb2.ForgetResponse]] = [
+            self.forwarder.call(replicas[name], "Admin", "Forget", admin_pb2.ForgetRequest(gtrids=ids))
+            for name, ids in away.items()
+        ]
+        if here:
+            calls.append(super().forget(caller, here))
+        results = {r.gtrid: r for reply in await asyncio.gather(*calls) for r in reply.results}
+        return admin_pb2.ForgetResponse(results=[results[gtrid] for gtrid in unique])
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _forced(
+        self,
+        method: str,
+        here: Callable[[Caller, str, str], Awaitable[coordinator_pb2.CompletionResponse]],
+        caller: Caller,
+        gtrid: str,
+        reason: str,
+    ) -> coordinator_pb2.CompletionResponse:
+        forward = admin_pb2.ForceRequest(gtrid=gtrid, reason=reason)
+        return await self._verb(gtrid, method, forward, lambda: here(caller, gtrid, reason))
+
+    async def _verb(
+        self,
+        gtrid: str,
+        method: str,
+        forward: Any,
+        here: Callable[[], Awaitable[coordinator_pb2.CompletionResponse]],
+    ) -> coordinator_pb2.CompletionResponse:
+        owner = await self.forwarder.route(gtrid)
+        if owner is None:
+            return await here()
+        reply: coordinator_pb2.CompletionResponse = await self.forwarder.call(owner, "Admin", method, forward)
+        return reply
+
+    async def _from_etcd(self, read: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """``read()``; UnavailableError naming ``what`` could not be read while etcd cannot answer."""
+        try:
+            return await read()
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            raise UnavailableError(
+                f"etcd cannot answer, so this replica cannot {what} the other replicas; retry later"
+            ) from None
