@@ -4,6 +4,7 @@ vocabulary of ``wal dump --output json``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from tests.admin_support import CREDENTIALS, INVALID, NOT_FOUND, UNAVAILABLE, XACTL, write_auth_file, xactl
 from tests.bank_system import TEST_COORDINATOR_ENV
+from xatm.coordinator.cli.xactl import build_parser
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -131,6 +133,10 @@ CASES: list[tuple[str, list[str], str | None, int]] = [
     ("commit-viewer", ["commit", UNKNOWN, "--yes"], VIEWER, CREDENTIALS),
     ("forget-none", ["forget"], OPS, INVALID),
     ("audit-no-token", ["audit"], None, CREDENTIALS),
+    ("replicas-no-token", ["replicas"], None, CREDENTIALS),
+    ("replicas-service-role", ["replicas"], SERVICE, CREDENTIALS),
+    ("replicas-extra-argument", ["replicas", "r1"], VIEWER, INVALID),
+    ("replicas-bad-output", ["replicas", "-o", "yaml"], VIEWER, INVALID),
     ("tls-ca-missing", ["list", "--tls-ca", "{missing}/ca.pem"], VIEWER, INVALID),
     ("tls-ca-not-pem", ["list", "--tls-ca", "{tokens}"], VIEWER, INVALID),
     ("tls-key-not-pem", ["list", "--tls-cert", "{tokens}", "--tls-key", "{tokens}"], VIEWER, INVALID),
@@ -188,3 +194,20 @@ def test_mid_log_damage_is_told_once_at_start_up(logs: dict[str, Path], tmp_path
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "damaged before its end" in done.stderr, done.stderr
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every command line's subcommand path (``("wal", "dump")``, ``("list",)``...)."""
+    found: set[tuple[str, ...]] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _commands(sub, (*prefix, name)) or {(*prefix, name)}
+    return found
+
+
+def test_the_cases_cover_every_subcommand() -> None:
+    """A subcommand added later without a bad-input case fails here."""
+    covered = {tuple(argv[:2]) for _, argv, _, _ in CASES} | {(argv[0],) for _, argv, _, _ in CASES}
+    missing = {path for path in _commands(build_parser()) if path not in covered}
+    assert not missing, f"no bad-input case for: {sorted(' '.join(p) for p in missing)}"
