@@ -6,38 +6,33 @@ from __future__ import annotations
 from typing import Any
 
 from xatm.coordinator.cli.xactl import _show_transaction
+from xatm.coordinator.server.views import transaction_view
+from xatm.participant.api.v1 import xa_pb2
 
 FORGED = "deadlock\x1b[2J\nb9  rm  127.0.0.1:1  Committed"
 
 
-def _view(**changes: Any) -> dict[str, Any]:
-    branch = {
-        "branchId": "b1",
-        "rmId": "rm",
-        "url": "127.0.0.1:7000",
-        "status": "Rolledback",
-        "returnCode": "XA_RBDEADLOCK",
-        "phase": "prepare",
-        "reason": FORGED,
-        "attempts": 1,
-        "nextRetry": None,
-        "unreachableSince": None,
-        "endpointFailures": 0,
-    }
-    view = {
-        "txid": "n1.0000000000000000000000000001",
-        "status": "Rolledback",
-        "decision": "rollback",
-        "begunAt": "2026-01-01T00:00:00Z",
-        "ageSeconds": 1.0,
-        "timeoutMs": 1000,
-        "deadline": "2026-01-01T00:00:01Z",
-        "completedAt": None,
-        "rollbackCode": "XA_RBROLLBACK",
-        "rollbackReason": FORGED,
-        "branches": [branch],
-    }
-    return {**view, **changes}
+def _view(url: str = "127.0.0.1:7000") -> dict[str, Any]:
+    """The view ``xactl show`` prints, made the way it makes it: from the wire message."""
+    info = xa_pb2.TransactionInfo(
+        gtrid="n1.0000000000000000000000000001",
+        status=xa_pb2.TRANSACTION_STATUS_ROLLEDBACK,
+        timeout_ms=1000,
+        rollback_code=xa_pb2.XA_RBROLLBACK,
+        rollback_reason=FORGED,
+    )
+    info.branches.add(
+        bqual="b1",
+        rm_id="rm",
+        endpoint=url,
+        status=xa_pb2.BRANCH_STATUS_ROLLEDBACK,
+        has_last_code=True,
+        last_code=xa_pb2.XA_RBDEADLOCK,
+        last_phase=xa_pb2.PHASE_PREPARE,
+        last_reason=FORGED,
+        attempts=1,
+    )
+    return transaction_view(info)
 
 
 def test_reasons_are_shown_escaped_on_their_own_line() -> None:
@@ -49,9 +44,7 @@ def test_reasons_are_shown_escaped_on_their_own_line() -> None:
 
 
 def test_table_cells_are_escaped_and_stay_aligned() -> None:
-    view = _view()
-    view["branches"][0]["url"] = "host\t:1"
-    lines = _show_transaction(view).splitlines()
+    lines = _show_transaction(_view(url="host\t:1")).splitlines()
     header = next(line for line in lines if line.startswith("BRANCH"))
     row = next(line for line in lines if line.startswith("b1 "))
     assert "host\\t:1" in row and "\t" not in row
