@@ -234,7 +234,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection, names the caller of every call, and
-    refuses a request whose bytes do not decode (INVALID_ARGUMENT, after authentication).
+    refuses a request whose bytes do not decode (INVALID_ARGUMENT, after authentication; health
+    and reflection refuse it too, unauthenticated).
 
     Coordinator calls need the ``service`` role, checked here; Admin calls are authorized by
     AdminOps (so that a refused force operation is audited) and get a trace id, sent back in
