@@ -42,6 +42,7 @@ from xatm.participant.errors import FailedPreconditionError, Status, XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.runtime.undecodable import AioRefuseUndecodable, RefuseUndecodable
 from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
 from xatm.participant.stores.base import ResourceManager
 from xatm.participant.xa import (
@@ -126,12 +127,15 @@ class ParticipantStub:
         participant_pb2_grpc.add_ParticipantServicer_to_server(servicer, server)
 
     @staticmethod
-    def server_interceptor() -> ServerInterceptor:
-        return ServerInterceptor()
+    def server_interceptor() -> grpc.ServerInterceptor:
+        """For a threaded ``grpc.server``: handlers see the caller's transaction, and every method
+        refuses a request whose bytes are not its message (INVALID_ARGUMENT, one log line)."""
+        return RefuseUndecodable(ServerInterceptor())
 
     @staticmethod
-    def aio_server_interceptor() -> AioServerInterceptor:
-        return AioServerInterceptor()
+    def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
+        """``server_interceptor`` for a ``grpc.aio.server``."""
+        return AioRefuseUndecodable(AioServerInterceptor())
 
     def active_branches(self) -> int:
         """Branches remembered for transactions still in their business phase."""

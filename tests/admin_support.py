@@ -106,15 +106,18 @@ def audit_records(address: str, token: str | None = None) -> list[admin_pb2.Audi
     return list(reply.records)
 
 
-def admin_actions(http: str, action: str, result: str) -> float:
-    """xatm_admin_actions_total{action,result} of the coordinator whose HTTP port is ``http``."""
+def scrape(http: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the /metrics at ``http``, keyed by (name, sorted labels)."""
     with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "xatm_admin_actions_total" and sample.labels == {
-                "action": action,
-                "result": result,
-            }:
-                return sample.value
-    return 0.0
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def admin_actions(http: str, action: str, result: str) -> float:
+    """xatm_admin_actions_total{action,result} of the coordinator whose HTTP port is ``http``."""
+    key = ("xatm_admin_actions_total", (("action", action), ("result", result)))
+    return scrape(http).get(key, 0.0)

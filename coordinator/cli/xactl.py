@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,6 @@ from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import CHANNEL_OPTIONS, TxStatus, validate_bqual, validate_gtrid
 
 __all__ = ["main"]
-
 
 
 def _seconds(text: str) -> float:
@@ -71,9 +71,9 @@ class _Client:
         self.secure = bool(args.tls_ca or args.tls_cert)
         if self.secure:
             creds = tls.channel_credentials(
-                _path(args.tls_ca, "--tls-ca"),
-                _path(args.tls_cert, "--tls-cert"),
-                _path(args.tls_key, "--tls-key"),
+                _pem(args.tls_ca, "--tls-ca", "CERTIFICATE"),
+                _pem(args.tls_cert, "--tls-cert", "CERTIFICATE"),
+                _pem(args.tls_key, "--tls-key", "PRIVATE KEY"),
             )
             self.channel = grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
         else:
@@ -111,22 +111,42 @@ class _Client:
         return f"{where} is unavailable: {details}"
 
 
-def _path(value: str | None, flag: str) -> Path | None:
+def _pem(value: str | None, flag: str, kind: str) -> Path | None:
+    """The file ``value`` of ``flag``, once it reads as PEM holding a ``kind`` (a certificate, a
+    private key); otherwise gRPC would fail later, printing its own lines and a misleading
+    "does not use TLS"."""
     if value is None:
         return None
     path = Path(value)
-    if not path.is_file():
-        raise InvalidArgumentError(f"{flag}: {value} is not a readable file")
+    try:
+        text = path.read_bytes()
+    except OSError:
+        raise InvalidArgumentError(f"{flag}: {value} is not a readable file") from None
+    if not re.search(rb"-----BEGIN [A-Z ]*" + kind.encode() + rb"-----", text):
+        raise InvalidArgumentError(f"{flag}: {value} holds no PEM {kind.lower()}")
     return path
 
 
+def _printable(text: object) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``): reasons and ids come from
+    participants and clients, and must neither forge table lines nor drive the operator's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[_printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [headers, *rows]
     ]
     return "\n".join(lines)
+
+
+def _unreachable(branch: dict[str, Any]) -> str:
+    """ "since TIME, N failed calls" while the branch waits for a participant that does not answer."""
+    since = branch["unreachableSince"]
+    return f"since {since}, {branch['endpointFailures']} failed calls" if since else "-"
 
 
 def _show_transaction(view: dict[str, Any]) -> str:
@@ -140,7 +160,7 @@ def _show_transaction(view: dict[str, Any]) -> str:
     if view["completedAt"]:
         head.append(f"completed:  {view['completedAt']}")
     if view["rollbackReason"]:
-        head.append(f"rollback:   {view['rollbackCode']} {view['rollbackReason']}")
+        head.append(f"rollback:   {view['rollbackCode']} {_printable(view['rollbackReason'])}")
     rows = [
         [
             b["branchId"],
@@ -151,11 +171,14 @@ def _show_transaction(view: dict[str, Any]) -> str:
             b["phase"] or "-",
             str(b["attempts"]),
             b["nextRetry"] or "-",
+            _unreachable(b),
         ]
         for b in view["branches"]
     ]
-    table = _table(rows, ["BRANCH", "RM", "ENDPOINT", "STATUS", "LAST CODE", "PHASE", "TRIES", "NEXT RETRY"])
-    reasons = [f"  {b['branchId']}: {b['reason']}" for b in view["branches"] if b["reason"]]
+    headers = ["BRANCH", "RM", "ENDPOINT", "STATUS", "LAST CODE", "PHASE", "TRIES", "NEXT RETRY"]
+    headers.append("UNREACHABLE")
+    table = _table(rows, headers)
+    reasons = [f"  {b['branchId']}: {_printable(b['reason'])}" for b in view["branches"] if b["reason"]]
     return "\n".join(head + ["", table] + (["", "reasons:", *reasons] if reasons else []))
 
 
@@ -204,10 +227,11 @@ def cmd_list(args: argparse.Namespace, client: _Client) -> int:
                 v["begunAt"] or "",
                 f"{v['ageSeconds']:.1f}",
                 str(len(v["branches"])),
+                str(sum(1 for b in v["branches"] if b["unreachableSince"]) or "-"),
             ]
             for v in view["transactions"]
         ]
-        headers = ["TXID", "STATUS", "OWNER", "BEGUN", "AGE S", "BRANCHES"]
+        headers = ["TXID", "STATUS", "OWNER", "BEGUN", "AGE S", "BRANCHES", "UNREACHABLE"]
         table = _table(rows, headers) if rows else "no transactions"
         more = view["nextPageToken"]
         return table + (f"\n(more: --page-token {more})" if more else "")

@@ -59,7 +59,10 @@ from xatm.participant.xa import (
 
 T = TypeVar("T")
 
-__all__ = ["Engine", "Result"]
+__all__ = ["MAX_SAVEPOINTS", "Engine", "Result"]
+
+#: Savepoints one transaction may hold at once (each remembers the branches enlisted before it).
+MAX_SAVEPOINTS = 1000
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -102,7 +105,13 @@ class Engine:
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
         self.log_stopped: LogStopped | None = None
         self._sp_counter = 0
-        gauges.register(self.registry, lambda: self.phase_two.in_doubt, self.phase_two.reachability.down)
+        reachability = self.phase_two.reachability
+        gauges.register(
+            self.registry,
+            lambda: self.phase_two.in_doubt,
+            reachability.down,
+            lambda: reachability.owed_by_unreachable,
+        )
         self.scanner = RecoveryScanner(
             self,
             self.peers,
@@ -459,6 +468,11 @@ class Engine:
     async def create_savepoint(self, gtrid: str) -> str:
         self._refuse_if_fenced()
         tx = self.get(gtrid)
+        if len(tx.savepoints) >= MAX_SAVEPOINTS and tx.status == TxStatus.CREATED:
+            raise ResourceExhaustedError(
+                f"transaction {gtrid} already holds {MAX_SAVEPOINTS} savepoints; roll back to an "
+                "earlier one to release the later ones"
+            )
         self._sp_counter += 1
         savepoint_id = f"sp{self._sp_counter}.{time.time_ns() % 10**9:x}"
         effects = sm.create_savepoint(tx, savepoint_id)
@@ -596,6 +610,9 @@ def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
 
 
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
-    """A participant names its resource manager and the host:port serving it, 1-256 characters each."""
+    """A participant names its resource manager and the host:port serving it, 1-256 printable
+    characters each (a control character would forge lines in the log and the operator's tables)."""
     if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
         raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters")
+    if not rm_id.isprintable():
+        raise InvalidArgumentError(f"{what}: rm_id {rm_id[:40]!r} holds control characters")

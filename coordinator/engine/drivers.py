@@ -212,6 +212,7 @@ class PhaseTwo:
                 await driver.sleep(delay)
         finally:
             branch.next_retry = None
+            self.reachability.leave(driver)
             self.drivers.pop((tx.gtrid, bqual), None)
             self._settle(tx.gtrid, bqual)
             metrics.PHASE_DURATION.labels(phase=str(phase)).observe(time.perf_counter() - started)

@@ -27,7 +27,10 @@ from xatm.participant.runtime import tracing
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.xa import CHANNEL_OPTIONS, Phase, XaCode, Xid, validate_bqual, validate_gtrid
 
-__all__ = ["PeerError", "Peers"]
+__all__ = ["REASON_MAX", "PeerError", "Peers"]
+
+#: Characters of a participant's reason kept (on the branch, in the log and the WAL).
+REASON_MAX = 500
 
 log = logging.getLogger("xatm.peers")
 
@@ -168,9 +171,10 @@ class Peers:
                 reply = await self._invoke(endpoint, method, request, timeout)
             except PeerError as err:
                 span.note(xa_code=XaCode.XAER_RMFAIL.name)
-                return XaCode.XAER_RMFAIL, err.reason
+                return XaCode.XAER_RMFAIL, err.reason[:REASON_MAX]
             span.note(xa_code=XaCode(reply.code).name)
-        return XaCode(reply.code), reply.reason
+        # A participant's reason is kept on the branch, logged and written to the log: bounded.
+        return XaCode(reply.code), reply.reason[:REASON_MAX]
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:
         """The participant's prepared XIDs and its rm_id; raises PeerError and nothing else.

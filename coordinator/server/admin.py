@@ -22,6 +22,7 @@ from xatm.coordinator.engine.core import Engine, Result
 from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
+from xatm.coordinator.server.views import checked_reason
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
@@ -40,19 +41,6 @@ RESOLVED_OUTCOMES = {
     admin_pb2.RESOLVED_OUTCOME_COMMITTED: "committed",
     admin_pb2.RESOLVED_OUTCOME_ROLLEDBACK: "rolledback",
 }
-#: Operator reasons are kept short: they go into the log and every audit listing.
-REASON_MAX = 200
-
-
-def _checked_reason(reason: str) -> str:
-    """An operator's reason, stripped; INVALID_ARGUMENT past REASON_MAX characters rather than
-    an audit record that silently lost the end of the justification."""
-    reason = reason.strip()
-    if len(reason) > REASON_MAX:
-        raise InvalidArgumentError(
-            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
-        )
-    return reason
 #: Refusals that concern the caller or the coordinator, not one id: they fail a whole bulk request.
 _WHOLE_REQUEST = (Status.PERMISSION_DENIED, Status.UNAVAILABLE)
 T = TypeVar("T")
@@ -121,9 +109,17 @@ class AdminOps:
         return self.engine.transactions(statuses, begun_after)
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
-        """``tx`` on the wire, owned by this coordinator unless a subclass knows better."""
+        """``tx`` on the wire, owned by this coordinator unless a subclass knows better; each
+        branch waiting for a participant that does not answer says since when its endpoint fails
+        and how many calls to it failed in a row."""
         info = to_info(tx)
         info.owner = self.engine.node_id
+        phase_two = self.engine.phase_two
+        for branch in info.branches:
+            state = phase_two.reachability.down.get(branch.endpoint)
+            if state is not None and (tx.gtrid, branch.bqual) in phase_two.drivers:
+                branch.unreachable_since.FromNanoseconds(int(state.since_wall * 1e9))
+                branch.endpoint_failures = state.failures
         return info
 
     async def audit_records(self) -> list[admin_pb2.AuditRecord]:
@@ -157,7 +153,7 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Rollingback (the state machine refuses the rest)."""
-        reason = _checked_reason(reason)
+        reason = checked_reason(reason)
         await self._gate(caller, "force_rollback", [gtrid], reason)
         why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
 
@@ -170,7 +166,7 @@ class AdminOps:
         self, caller: Caller, gtrid: str, reason: str = ""
     ) -> coordinator_pb2.CompletionResponse:
         """Allowed only from Created, Preparing, Committing (the state machine refuses the rest)."""
-        reason = _checked_reason(reason)
+        reason = checked_reason(reason)
         await self._gate(caller, "force_commit", [gtrid], reason)
 
         async def run() -> coordinator_pb2.CompletionResponse:
@@ -191,10 +187,9 @@ class AdminOps:
         validate_bqual(bqual)
         if outcome not in RESOLVED_OUTCOMES.values():
             raise InvalidArgumentError("state the outcome: committed or rolledback")
-        reason = _checked_reason(reason)
+        reason = checked_reason(reason)
         if not reason:
-            raise InvalidArgumentError("a reason is required to resolve a branch by hand"
-            )
+            raise InvalidArgumentError("a reason is required to resolve a branch by hand")
         why = f"resolved by {caller.principal.name} as {outcome}: {reason}"
 
         async def run() -> coordinator_pb2.CompletionResponse:

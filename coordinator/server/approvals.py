@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.journal import timestamp
 from xatm.coordinator.server.auth import Caller, Permission, Principal
-from xatm.coordinator.server.views import completion_view, forget_view
+from xatm.coordinator.server.views import checked_reason, completion_view, forget_view
 from xatm.participant.api.v1 import admin_pb2
 from xatm.participant.errors import (
     FailedPreconditionError,
@@ -201,6 +201,7 @@ class Approvals:
     ) -> admin_pb2.ApprovalDecision:
         """Close a pending request unexecuted. Any operator may reject, the requester included
         (withdrawing it)."""
+        reason = checked_reason(reason)
         entry = await self._pending(ops, caller, request_id)
         approval = entry.approval
         approval.state, approval.decided_by = "rejected", caller.principal.name
@@ -219,6 +220,7 @@ class Approvals:
         operation itself raises (the status rule's FAILED_PRECONDITION first of all); the request
         is then closed as failed.
         """
+        reason = checked_reason(reason)
         entry = await self._pending(ops, caller, request_id)
         approval = entry.approval
         if caller.principal.name == approval.requested_by:

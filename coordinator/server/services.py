@@ -7,7 +7,6 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -37,6 +36,7 @@ from xatm.participant.errors import InvalidArgumentError, Status, XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
+from xatm.participant.runtime.undecodable import Undecodable, guard, lenient, refusal
 from xatm.participant.xa import FORMAT_ID, Phase, TxStatus, XaCode, Xid
 
 __all__ = ["AdminServicer", "CallerInterceptor", "CoordinatorServicer"]
@@ -232,30 +232,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self.ops.approvals.reject(self.ops, _CALLER.get(), request.id, request.reason)
 
 
-@dataclass(frozen=True)
-class _Undecodable:
-    """What a request whose bytes are not its message decodes to: refused once the caller is known."""
-
-    size: int
-
-
-def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    """``deserialize``, but bytes that do not decode give an ``_Undecodable`` instead of raising,
-    which grpc would answer with UNKNOWN and log with a traceback, before authentication."""
-    assert deserialize is not None  # every xatm method has its request message's parser
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception:  # the protobuf runtime's DecodeError, or whatever a backend raises
-            return _Undecodable(len(data))
-
-    return parse
-
-
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call but health and reflection, names the caller of every call, and
-    refuses a request whose bytes do not decode (INVALID_ARGUMENT, after authentication).
+    refuses a request whose bytes do not decode (INVALID_ARGUMENT, after authentication; health
+    and reflection refuse it too, unauthenticated).
 
     Coordinator calls need the ``service`` role, checked here; Admin calls are authorized by
     AdminOps (so that a refused force operation is audited) and get a trace id, sent back in
@@ -273,7 +253,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_OPEN):
-            return handler
+            return guard(handler, method, aio=True)
         admin = method.startswith(_ADMIN)
         # Every xatm RPC is unary. On grpc.aio its behaviour is a coroutine function; the stubs
         # type only the threaded server's (a plain function of a grpc.ServicerContext).
@@ -290,15 +270,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 principal = auth.authenticate(bearer_token(metadata.get("authorization")))
                 if not admin:
                     principal.require(Permission.SERVICE)
-                if isinstance(request, _Undecodable):
-                    log.info(
-                        "refused %s from %s: %d bytes that are not its request message",
-                        method,
-                        context.peer(),
-                        request.size,
-                    )
-                    name = method.rsplit("/", 1)[-1]
-                    raise InvalidArgumentError(f"the request is not a {name} request message")
+                if isinstance(request, Undecodable):
+                    raise refusal(method, context.peer(), request)
             except XatmError as err:
                 if err.status != Status.INVALID_ARGUMENT:
                     log.info("refused %s from %s: %s", method, context.peer(), err.message)
@@ -313,6 +286,6 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=_lenient(handler.request_deserializer),
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -27,6 +27,7 @@ __all__ = [
     "TransactionView",
     "audit_view",
     "branch_view",
+    "checked_reason",
     "completion_view",
     "forget_view",
     "list_view",
@@ -64,6 +65,14 @@ class BranchView(BaseModel):
     reason: str | None
     attempts: int = Field(description="Calls in the current phase, retries included.")
     nextRetry: str | None = Field(description="When the backoff calls again (RFC 3339).")
+    unreachableSince: str | None = Field(
+        description="While the branch waits for a participant that does not answer: since when its "
+        "endpoint has been failing (RFC 3339)."
+    )
+    endpointFailures: int = Field(
+        description="Calls to that endpoint that failed in a row, this branch's and others' (0 when "
+        "it answers)."
+    )
 
 
 class TransactionView(BaseModel):
@@ -133,6 +142,8 @@ def _branch(b: xa_pb2.BranchInfo) -> BranchView:
         reason=b.last_reason or None,
         attempts=b.attempts,
         nextRetry=_time(b.next_retry, b.HasField("next_retry")),
+        unreachableSince=_time(b.unreachable_since, b.HasField("unreachable_since")),
+        endpointFailures=b.endpoint_failures,
     )
 
 
@@ -222,6 +233,21 @@ def audit_view(resp: admin_pb2.ListAuditResponse) -> dict[str, Any]:
         ],
         "nextPageToken": resp.next_page_token or None,
     }
+
+
+#: Operator reasons are kept short: they go into the log and every audit listing.
+REASON_MAX = 200
+
+
+def checked_reason(reason: str) -> str:
+    """An operator's reason, stripped; INVALID_ARGUMENT past ``REASON_MAX`` characters rather than
+    an audit record that silently lost the end of the justification."""
+    reason = reason.strip()
+    if len(reason) > REASON_MAX:
+        raise InvalidArgumentError(
+            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
+        )
+    return reason
 
 
 def parse_since(text: str) -> float:

@@ -174,8 +174,11 @@ def parse_resource(spec: str) -> Resource:
 
 
 def _rm_id(value: str) -> str:
+    """The coordinator's rule for a resource manager's id: at most 256 printable characters."""
     if len(value) > 256:
         raise ValueError("must be at most 256 characters")
+    if not value.isprintable():
+        raise ValueError("must hold no control characters")
     return value
 
 

@@ -1,6 +1,6 @@
-"""What hostile or careless clients send a real coordinator: endpoints it must not dial, request
-bytes that do not decode, oversized messages, connections reset mid-scrape, a token revoked
-while the coordinator runs, one token trying to take every open-transaction slot.
+"""What hostile or careless clients send a real coordinator: endpoints it must not dial,
+connections reset mid-scrape, a token revoked while the coordinator runs, one token trying to take
+every open-transaction slot. (Undecodable and oversized requests: test_undecodable_everywhere.py.)
 
 One coordinator (auth on, an allow-list of participants, JSON log lines) serves the module;
 the reload tests start their own, since they rewrite the token file.
@@ -53,7 +53,6 @@ BAD_ENDPOINTS = [
     " 127.0.0.1:7000",
     "h" * 300 + ":7000",
 ]
-UNDECODABLE = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x08"]
 
 
 def _start(root: Path, *extra: str) -> Proc:
@@ -153,47 +152,6 @@ def test_only_allowed_participants_are_dialled(
         )
         assert _code(lambda: stub.RegisterParticipant(register, metadata=_auth(SERVICE))) == expected
     # Left in Created: nothing listens there, and a rollback would retry it for the module's life.
-
-
-# ------------------------------------------------------------------ undecodable and oversized requests
-
-METHODS = [
-    f"/{service.full_name}/{method.name}"
-    for module, name in ((coordinator_pb2, "Coordinator"), (admin_pb2, "Admin"))
-    for service in [module.DESCRIPTOR.services_by_name[name]]
-    for method in service.methods
-]
-
-
-def _raw(proc: Proc, method: str, payload: bytes, token: str | None) -> grpc.StatusCode:
-    with grpc.insecure_channel(proc.address) as channel:
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-            method, request_serializer=None, response_deserializer=None
-        )
-        return _code(lambda: call(payload, metadata=tuple(_auth(token)), timeout=30))
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_undecodable_bytes_are_invalid_argument_after_authentication(coordinator: Proc, method: str) -> None:
-    before = len(coordinator.log_path.read_text().splitlines())
-    token = OPS if "/xatm.v1.Admin/" in method else SERVICE
-    for payload in UNDECODABLE:
-        assert _raw(coordinator, method, payload, None) == grpc.StatusCode.UNAUTHENTICATED
-        assert _raw(coordinator, method, payload, token) == grpc.StatusCode.INVALID_ARGUMENT
-    new = _log_lines(coordinator)[before:]
-    refusals = [r for r in new if "not its request message" in r["message"]]
-    assert len(refusals) == len(UNDECODABLE), new
-    assert not [r for r in new if r["level"] in ("error", "critical") or "error" in r], new
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_an_oversized_message_is_refused_and_the_coordinator_serves_on(
-    coordinator: Proc, method: str
-) -> None:
-    token = OPS if "/xatm.v1.Admin/" in method else SERVICE
-    code = _raw(coordinator, method, b"\x0a" + b"\xff\xff\xff\x02" + b"x" * (5 << 20), token)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert _begin(coordinator)
 
 
 # ------------------------------------------------------------------ connections reset on the HTTP port

@@ -10,9 +10,9 @@ outcomes and ratios, never absolute times:
 - the coordinator's resident memory and its WAL directory, sampled every second, stay bounded:
   the last third of the samples does not exceed the first third's maximum by more than a
   generous factor, and the WAL is back under a bound once a checkpoint follows the load;
-- /metrics shows the dead endpoint as unreachable, and the coordinator log holds far fewer
-  WARNING lines than phase-two retries (one warning per branch and then summaries, not one
-  per retry).
+- /metrics shows the dead endpoint as unreachable with every dead branch waiting for it, and the
+  coordinator log holds far fewer WARNING lines than phase-two retries (one warning per branch
+  and then summaries, not one per retry).
 
 The figures (RSS and WAL min/max, normal commits/s alone and under load) are printed for the
 record: run with ``-s`` to see them.
@@ -227,6 +227,7 @@ def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resourc
     after_wal = result.after_wal
 
     unreachable = _sum(metrics, "xatm_unreachable_participants")
+    waiting = _sum(metrics, "xatm_unreachable_branches")
     retries = _sum(metrics, "xatm_retries_total")
     log_text = coordinator.log_path.read_text(errors="replace")
     warnings = [line for line in log_text.splitlines() if "WARNING" in line]
@@ -247,7 +248,8 @@ def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resourc
         f"last third max {max(wal[-third:]) / 1024:.0f}, after the load {after_wal / 1024:.0f}); "
         f"normal commits/s alone {alone_tps:.1f}, beside the load {loaded_tps:.1f} "
         f"(ratio {loaded_tps / alone_tps:.2f}); {len(loaded.latencies)} normal commits under load, 0 failed; "
-        f"unreachable participants {unreachable:g}; phase-two retries {retries:g}; "
+        f"unreachable participants {unreachable:g} with {waiting:g} branches waiting; "
+        f"phase-two retries {retries:g}; "
         f"WARNING lines {len(warnings)} ({len(per_branch)} branches warned) for {dead_branches} dead branches"
     )
 
@@ -255,6 +257,8 @@ def test_huge_transaction_and_dead_participants_leave_normal_traffic_and_resourc
     assert max(wal[-third:]) <= WAL_FACTOR * max(wal[:third]), f"WAL grew: {wal}"
     assert after_wal <= max(wal[:third]), f"the WAL did not shrink back after a checkpoint: {after_wal} {wal}"
     assert unreachable >= 1, "the dead endpoint is not shown as unreachable"
+    # Every dead branch is still owed its rollback, and counted under the dead endpoint's name.
+    assert waiting == dead_branches, f"{waiting:g} branches shown waiting for {dead_branches} dead ones"
     assert loaded_tps >= MIN_TPS_RATIO * alone_tps, (
         f"normal traffic starved: {loaded_tps:.1f} vs {alone_tps:.1f}/s"
     )

@@ -4,6 +4,7 @@ vocabulary of ``wal dump --output json``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from tests.admin_support import CREDENTIALS, INVALID, NOT_FOUND, UNAVAILABLE, XACTL, write_auth_file, xactl
 from tests.bank_system import TEST_COORDINATOR_ENV
+from xatm.coordinator.cli.xactl import build_parser
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -57,7 +59,13 @@ def logs(coordinator: Proc, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     raw = bytearray(first.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\xde\xad\xbe\xef" * 2
     first.write_bytes(bytes(raw))
-    return {"missing": root / "missing", "empty": root / "empty", "damaged": root / "damaged", "good": data}
+    return {
+        "missing": root / "missing",
+        "empty": root / "empty",
+        "damaged": root / "damaged",
+        "good": data,
+        "tokens": data.parent / "tokens.toml",  # a file, not a directory nor a certificate
+    }
 
 
 CASES: list[tuple[str, list[str], str | None, int]] = [
@@ -108,6 +116,31 @@ CASES: list[tuple[str, list[str], str | None, int]] = [
     ("wal-dump-no-log-json", ["wal", "dump", "{empty}", "-o", "json"], None, INVALID),
     ("wal-dump-damaged", ["wal", "dump", "{damaged}"], None, UNAVAILABLE),
     ("wal-no-command", ["wal"], None, INVALID),
+    ("wal-unknown-command", ["wal", "frobnicate", "{good}"], None, INVALID),
+    ("wal-dump-no-dir", ["wal", "dump"], None, INVALID),
+    ("wal-dump-file", ["wal", "dump", "{tokens}"], None, INVALID),
+    ("approvals-no-command", ["approvals"], VIEWER, INVALID),
+    ("approvals-list-no-token", ["approvals", "list"], None, CREDENTIALS),
+    ("approvals-list-service-role", ["approvals", "list"], SERVICE, CREDENTIALS),
+    ("approvals-approve-unknown", ["approvals", "approve", "a-0000"], OPS, NOT_FOUND),
+    ("approvals-approve-empty", ["approvals", "approve", ""], OPS, INVALID),
+    ("approvals-approve-viewer", ["approvals", "approve", "a-0000"], VIEWER, CREDENTIALS),
+    ("approvals-reject-unknown", ["approvals", "reject", "a-0000"], OPS, NOT_FOUND),
+    ("approvals-reject-long-reason", ["approvals", "reject", "a-0000", "--reason", "r" * 201], OPS, INVALID),
+    ("approvals-reject-no-id", ["approvals", "reject"], OPS, INVALID),
+    ("resolve-no-outcome", ["resolve", UNKNOWN, "b1", "--reason", "x"], OPS, INVALID),
+    ("rollback-long-reason", ["rollback", UNKNOWN, "--yes", "--reason", "r" * 201], OPS, INVALID),
+    ("commit-viewer", ["commit", UNKNOWN, "--yes"], VIEWER, CREDENTIALS),
+    ("forget-none", ["forget"], OPS, INVALID),
+    ("audit-no-token", ["audit"], None, CREDENTIALS),
+    ("replicas-no-token", ["replicas"], None, CREDENTIALS),
+    ("replicas-service-role", ["replicas"], SERVICE, CREDENTIALS),
+    ("replicas-extra-argument", ["replicas", "r1"], VIEWER, INVALID),
+    ("replicas-bad-output", ["replicas", "-o", "yaml"], VIEWER, INVALID),
+    ("tls-ca-missing", ["list", "--tls-ca", "{missing}/ca.pem"], VIEWER, INVALID),
+    ("tls-ca-not-pem", ["list", "--tls-ca", "{tokens}"], VIEWER, INVALID),
+    ("tls-key-not-pem", ["list", "--tls-cert", "{tokens}", "--tls-key", "{tokens}"], VIEWER, INVALID),
+    ("bad-coordinator-flag", ["list", "--coordinator", "unix:/tmp/x"], VIEWER, INVALID),
     ("unknown-command", ["frobnicate"], None, INVALID),
     ("bad-output", ["list", "-o", "yaml"], VIEWER, INVALID),
     ("bad-timeout", ["list", "--timeout", "soon"], VIEWER, INVALID),
@@ -161,3 +194,20 @@ def test_mid_log_damage_is_told_once_at_start_up(logs: dict[str, Path], tmp_path
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "damaged before its end" in done.stderr, done.stderr
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every command line's subcommand path (``("wal", "dump")``, ``("list",)``...)."""
+    found: set[tuple[str, ...]] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _commands(sub, (*prefix, name)) or {(*prefix, name)}
+    return found
+
+
+def test_the_cases_cover_every_subcommand() -> None:
+    """A subcommand added later without a bad-input case fails here."""
+    covered = {tuple(argv[:2]) for _, argv, _, _ in CASES} | {(argv[0],) for _, argv, _, _ in CASES}
+    missing = {path for path in _commands(build_parser()) if path not in covered}
+    assert not missing, f"no bad-input case for: {sorted(' '.join(p) for p in missing)}"

@@ -161,7 +161,7 @@ class Xid(_message.Message):
     def __init__(self, format_id: _Optional[int] = ..., gtrid: _Optional[str] = ..., bqual: _Optional[str] = ...) -> None: ...
 
 class BranchInfo(_message.Message):
-    __slots__ = ("bqual", "rm_id", "endpoint", "status", "last_code", "last_phase", "last_reason", "attempts", "next_retry", "has_last_code")
+    __slots__ = ("bqual", "rm_id", "endpoint", "status", "last_code", "last_phase", "last_reason", "attempts", "next_retry", "has_last_code", "unreachable_since", "endpoint_failures")
     BQUAL_FIELD_NUMBER: _ClassVar[int]
     RM_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,8 @@ class BranchInfo(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_RETRY_FIELD_NUMBER: _ClassVar[int]
     HAS_LAST_CODE_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     bqual: str
     rm_id: str
     endpoint: str
@@ -182,7 +184,9 @@ class BranchInfo(_message.Message):
     attempts: int
     next_retry: _timestamp_pb2.Timestamp
     has_last_code: bool
-    def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[_Union[BranchStatus, str]] = ..., last_code: _Optional[_Union[XaCode, str]] = ..., last_phase: _Optional[_Union[Phase, str]] = ..., last_reason: _Optional[str] = ..., attempts: _Optional[int] = ..., next_retry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_last_code: _Optional[bool] = ...) -> None: ...
+    unreachable_since: _timestamp_pb2.Timestamp
+    endpoint_failures: int
+    def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[_Union[BranchStatus, str]] = ..., last_code: _Optional[_Union[XaCode, str]] = ..., last_phase: _Optional[_Union[Phase, str]] = ..., last_reason: _Optional[str] = ..., attempts: _Optional[int] = ..., next_retry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_last_code: _Optional[bool] = ..., unreachable_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_failures: _Optional[int] = ...) -> None: ...
 
 class TransactionInfo(_message.Message):
     __slots__ = ("gtrid", "status", "branches", "begun_at", "deadline", "timeout_ms", "completed_at", "rollback_code", "rollback_reason", "savepoints", "one_phase", "decision", "recovered", "owner")
