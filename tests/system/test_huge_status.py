@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from xatm.coordinator.tools.bench import _participant_proc
+from xatm.coordinator.tools.bench.runs import Participants
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.participant.api.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode
@@ -96,7 +96,7 @@ async def _scenario(coordinator: Proc, endpoints: list[str]) -> tuple[int, _Read
 
 
 def test_status_of_a_10000_branch_transaction_while_it_commits(tmp_path: Path) -> None:
-    participants = [_participant_proc(i, tmp_path) for i in range(PARTICIPANTS)]
+    participants = Participants.create(PARTICIPANTS, tmp_path).procs
     coordinator = coordinator_proc(
         tmp_path / "data",
         tmp_path,
