@@ -6,7 +6,7 @@ replay is bookkeeping with no protocol logic: the log, not the code version, is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -22,13 +22,20 @@ __all__ = ["RecordFactory", "replay", "seconds", "timestamp"]
 def timestamp(seconds: float) -> Timestamp:
     """A protobuf Timestamp for ``seconds`` since the epoch."""
     stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    set_time(stamp, seconds)
     return stamp
+
+
+def set_time(stamp: Timestamp, seconds: float) -> None:
+    """Set ``stamp`` (a Timestamp field, in place) to ``seconds`` since the epoch, as
+    ``FromNanoseconds`` does without its Python-level checks (checkpoints call this per record)."""
+    stamp.seconds, stamp.nanos = divmod(int(seconds * 1e9), 1_000_000_000)
 
 
 def seconds(stamp: Timestamp) -> float:
     """Seconds since the epoch of a protobuf Timestamp."""
-    return stamp.ToNanoseconds() / 1e9
+    # ToNanoseconds() / 1e9, without its Python-level checks: replay calls this per record.
+    return (stamp.seconds * 1_000_000_000 + stamp.nanos) / 1e9
 
 
 class RecordFactory:
@@ -133,27 +140,28 @@ class RecordFactory:
         wal.audit.CopyFrom(record)
         return wal
 
-    @classmethod
-    def snapshot(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
-        rec = cls._base(tx.gtrid, now)
-        rec.snapshot.CopyFrom(_to_snapshot(tx))
+    @staticmethod
+    def snapshot(tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        """The checkpoint form of ``tx``: everything replay needs to rebuild it."""
+        # Filled in place, field by field: a checkpoint builds one per kept transaction.
+        rec = wal_pb2.WalRecord(gtrid=tx.gtrid)
+        set_time(rec.time, now)
+        _fill_snapshot(rec.snapshot, tx)
         return rec
 
 
-def _to_snapshot(tx: Transaction) -> wal_pb2.TransactionSnapshot:
-    """The checkpoint form of a transaction: everything replay needs to rebuild it."""
-    snap = wal_pb2.TransactionSnapshot(
-        gtrid=tx.gtrid,
-        status=proto_enum(tx.status, xa_pb2.TransactionStatus),
-        timeout_ms=tx.timeout_ms,
-        begun_at=timestamp(tx.begun_at),
-        one_phase=tx.one_phase,
-        recovered=tx.recovered,
-        savepoints=list(tx.savepoints),
-        rollback_reason=tx.rollback_reason,
-    )
+def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
+    snap.gtrid = tx.gtrid
+    snap.status = proto_enum(tx.status, xa_pb2.TransactionStatus)
+    snap.timeout_ms = tx.timeout_ms
+    set_time(snap.begun_at, tx.begun_at)
+    snap.one_phase = tx.one_phase
+    snap.recovered = tx.recovered
+    if tx.savepoints:
+        snap.savepoints.extend(tx.savepoints)
+    snap.rollback_reason = tx.rollback_reason
     if tx.completed_at is not None:
-        snap.completed_at.CopyFrom(timestamp(tx.completed_at))
+        set_time(snap.completed_at, tx.completed_at)
     if tx.rollback_code is not None:
         snap.rollback_code = proto_enum(tx.rollback_code, xa_pb2.XaCode)
     if tx.decision is not None:
@@ -165,7 +173,6 @@ def _to_snapshot(tx: Transaction) -> wal_pb2.TransactionSnapshot:
             branch.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
             branch.last_phase = proto_enum(b.last_phase or 0, xa_pb2.Phase)
             branch.last_reason = b.last_reason
-    return snap
 
 
 def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
@@ -195,25 +202,42 @@ def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
     return tx
 
 
-def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
-    """Rebuild every transaction the log still knows, in begin order."""
+def replay(
+    records: Iterable[wal_pb2.WalRecord],
+    *,
+    keep: int | None = None,
+    audit: MutableSequence[wal_pb2.WalRecord] | None = None,
+) -> dict[str, Transaction]:
+    """Rebuild every transaction the log still knows, in begin order, folding each record in as
+    it comes (``records`` may be a stream read once).
+
+    ``keep``: completed history kept at most (Committed and Rolledback transactions); past it
+    the one completed longest ago is dropped at once, so a long log never builds more than
+    ``keep`` of them. ``audit``: audit records are appended to it (a bounded deque keeps only
+    the newest).
+    """
     txs: dict[str, Transaction] = {}
+    #: Completed history, oldest completion first (only counted with ``keep``).
+    closed: dict[str, None] = {}
     for rec in records:
         kind = rec.WhichOneof("body")
-        now = seconds(rec.time)
+        if kind == "audit":
+            if audit is not None:
+                audit.append(rec)
+            continue
+        gtrid = rec.gtrid
         if kind == "snapshot":
-            txs[rec.gtrid] = _from_snapshot(rec.snapshot)
+            snapped = txs[gtrid] = _from_snapshot(rec.snapshot)
+            if keep is not None and snapped.status in _CLOSED:
+                _close(txs, closed, gtrid, keep)
             continue
         if kind == "begin":
-            txs[rec.gtrid] = Transaction(gtrid=rec.gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=now)
+            txs[gtrid] = Transaction(gtrid=gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=seconds(rec.time))
             continue
-        tx = txs.get(rec.gtrid)
+        tx = txs.get(gtrid)
         if tx is None:
-            continue  # audit records, or events of a transaction already forgotten
-        if kind == "enlist":
-            e = rec.enlist
-            tx.branches[e.bqual] = Branch(e.bqual, e.rm_id, e.endpoint)
-        elif kind == "branch_result":
+            continue  # events of a transaction forgotten or no longer kept, or a foreign result
+        if kind == "branch_result":
             r = rec.branch_result
             branch = tx.branches.get(r.bqual)
             if branch is not None and r.status:  # no status: a late answer that changed nothing
@@ -223,22 +247,44 @@ def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
                     r.reason,
                 )
                 branch.status = BranchStatus(r.status)
+        elif kind == "enlist":
+            e = rec.enlist
+            tx.branches[e.bqual] = Branch(e.bqual, e.rm_id, e.endpoint)
         elif kind == "endpoint":
             moved = tx.branches.get(rec.endpoint.bqual)
             if moved is not None:
                 moved.endpoint = rec.endpoint.endpoint
         elif kind == "status":
-            tx.status = TxStatus(rec.status.status)
-            if rec.status.rollback_code or rec.status.reason:
-                tx.rollback_code, tx.rollback_reason = XaCode(rec.status.rollback_code), rec.status.reason
-            if tx.status == TxStatus.COMMITTING and tx.decision is None:
-                tx.decision, tx.one_phase = Decision.COMMIT, True
-            elif tx.status == TxStatus.ROLLINGBACK:
-                tx.decision = Decision.ROLLBACK
+            _apply_status(tx, rec.status)
         elif kind == "decision":
             tx.status, tx.decision = TxStatus.COMMITTING, Decision.COMMIT
         elif kind == "end":
-            tx.status, tx.completed_at = TxStatus(rec.end.status), now
+            tx.status, tx.completed_at = TxStatus(rec.end.status), seconds(rec.time)
+            if keep is not None and tx.status in _CLOSED:
+                _close(txs, closed, gtrid, keep)
         elif kind == "forget":
-            del txs[rec.gtrid]
+            del txs[gtrid]
+            closed.pop(gtrid, None)
     return txs
+
+
+#: Completed without a heuristic: history, which retention drops.
+_CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
+
+
+def _close(txs: dict[str, Transaction], closed: dict[str, None], gtrid: str, keep: int) -> None:
+    closed[gtrid] = None
+    if len(closed) > keep:
+        oldest = next(iter(closed))
+        del closed[oldest]
+        del txs[oldest]
+
+
+def _apply_status(tx: Transaction, status: wal_pb2.StatusRecord) -> None:
+    tx.status = TxStatus(status.status)
+    if status.rollback_code or status.reason:
+        tx.rollback_code, tx.rollback_reason = XaCode(status.rollback_code), status.reason
+    if tx.status == TxStatus.COMMITTING and tx.decision is None:
+        tx.decision, tx.one_phase = Decision.COMMIT, True
+    elif tx.status == TxStatus.ROLLINGBACK:
+        tx.decision = Decision.ROLLBACK

@@ -22,7 +22,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def reopen(data_dir: Path) -> tuple[list[WalRecord], FileWal]:
     async def go() -> tuple[list[WalRecord], FileWal]:
         wal = FileWal(data_dir, segment_bytes=SMALL)
-        records = await wal.open()
+        records = list(await wal.open())
         await wal.close()
         return records, wal
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -125,10 +126,13 @@ class Engine:
     async def start(self) -> None:
         """Open the log, rebuild transactions and resume whatever was in flight."""
         records = await self.log.open()
-        txs = list(replay(records).values())
+        audit: deque[wal_pb2.WalRecord] = deque(maxlen=self.AUDIT_KEPT)
+        # One pass as the log reads it, off the loop; history past max_history is never built.
+        rebuilt = await asyncio.to_thread(replay, records, keep=self.settings.max_history, audit=audit)
+        txs = list(rebuilt.values())
         _count_from_now(txs)
         self.registry.load(txs)
-        self.audit.restore(records)
+        self.audit.restore(audit)
         await self._resume(txs)
         self._spawn(self._checkpoint_loop())
         self._spawn(self.scanner.run())

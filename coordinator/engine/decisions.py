@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
-from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.engine.registry import CLOSED, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import TxLog
@@ -66,11 +67,18 @@ class DecisionLog:
 
     async def checkpoint(self, *, retention: float, keep: int) -> None:
         """Drop history past ``retention`` seconds (and beyond ``keep`` transactions), then rewrite
-        the log as the audit records plus one snapshot per kept transaction."""
+        the log as the audit records plus one snapshot per kept transaction.
+
+        Only the transactions still changing are turned into records here, on the loop; the
+        completed history (Committed, Rolledback: nothing changes them any more) is turned into
+        records where the log consumes the snapshot, off the loop for the file WAL.
+        """
         now = time.time()
         self._registry.prune(retention=retention, keep=keep)
-        snapshots = [self._snapshot(tx, now) for tx in self._registry.all()]
-        await self.log.checkpoint(self._audit.as_records() + snapshots)
+        items: list[sm.Transaction | wal_pb2.WalRecord] = [
+            tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.all()
+        ]
+        await self.log.checkpoint(_snapshots(self._audit.as_records(), items, now))
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
         """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
@@ -81,3 +89,12 @@ class DecisionLog:
         if tx.gtrid in self._deciding:
             tx = dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)
         return R.snapshot(tx, now)
+
+
+def _snapshots(
+    audit: list[wal_pb2.WalRecord], items: list[sm.Transaction | wal_pb2.WalRecord], now: float
+) -> Iterator[wal_pb2.WalRecord]:
+    """The checkpoint's records: ``audit``, then each of ``items`` as a record, in order."""
+    yield from audit
+    for item in items:
+        yield R.snapshot(item, now) if isinstance(item, sm.Transaction) else item

@@ -7,7 +7,7 @@ Backends (the embedded file WAL, a replicated store) implement ``TxLog``. Record
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.participant.errors import FailedPreconditionError, Status, UnavailableError, XatmError
@@ -66,13 +66,16 @@ class LogStopped(UnavailableError):
 
 class TxLog(abc.ABC):
     @abc.abstractmethod
-    async def open(self) -> list[wal_pb2.WalRecord]:
+    async def open(self) -> Iterable[wal_pb2.WalRecord]:
         """Take ownership of the log and return every surviving record in append order.
 
-        A torn or checksum-failing final record is cut off (and reported); damage before
-        the tail raises ``LogCorrupt``, a log missing where one must exist ``LogMissing``,
-        storage that cannot be written ``LogStopped``. Another process holding the log
-        raises ``LogLocked`` with a message naming the holder.
+        The records may come as a list or be read as they are iterated (the file WAL streams
+        them, so replaying a long log never holds it all in memory): iterate them once, on any
+        one thread; the log takes appends meanwhile. A torn or checksum-failing final record is
+        cut off (and reported); damage before the tail raises ``LogCorrupt`` (here, or from the
+        iteration when only reading a record can show it), a log missing where one must exist
+        ``LogMissing``, storage that cannot be written ``LogStopped``. Another process holding
+        the log raises ``LogLocked`` with a message naming the holder.
         """
 
     @abc.abstractmethod
@@ -84,9 +87,12 @@ class TxLog(abc.ABC):
         write or fsync failed: it may or may not be on disk)."""
 
     @abc.abstractmethod
-    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
         """Replace everything logged so far by ``snapshot`` (one record per kept transaction),
         durably; records appended after this call follow the snapshot.
+
+        ``snapshot`` is iterated once before this returns, possibly on another thread while the
+        event loop goes on, so it must not read anything the loop changes meanwhile.
 
         A checkpoint that fails part way stops the log (``LogStopped``) and leaves on
         storage either the old records or the complete snapshot, never neither."""

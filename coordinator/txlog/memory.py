@@ -11,7 +11,7 @@ log for good, as a full disk or a failed fsync stops the file WAL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
@@ -91,7 +91,7 @@ class MemoryLog(TxLog):
         if force:
             await self._sync()
 
-    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
         self._check_usable()
         # Written in place at once (what was written before is superseded); durable at the sync.
         self._snapshot = [_copy(record) for record in snapshot]

@@ -53,7 +53,7 @@ def test_answers_are_kept_in_order_and_survive_checkpoint_and_restart() -> None:
 
     async def second_life() -> BranchHistory:
         reopened = BranchHistory(MemoryLog(store))
-        await reopened.open()  # the snapshot, then what was appended after it
+        list(await reopened.open())  # the snapshot, then what was appended after it
         branch.status = BranchStatus.COMMITTED
         await reopened.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_OK, "", 30.0))
         await reopened.close()

@@ -144,7 +144,7 @@ def test_newest_segments_deleted_while_stopped_refuse_to_open_until_repaired(tmp
         report = repair(tmp_path)  # the operator accepts the loss
         assert f"the log now ends at segment {len(files) - 2}" in str(report)
         wal = FileWal(tmp_path)
-        records = await wal.open()
+        records = list(await wal.open())
         await wal.close()
         return records, kept
 
@@ -179,7 +179,7 @@ def test_a_checkpoint_failing_midway_keeps_every_decision(tmp_path: Path, monkey
 
     asyncio.run(go())
     wal = FileWal(tmp_path)
-    records = asyncio.run(wal.open())
+    records = list(asyncio.run(wal.open()))
     asyncio.run(wal.close())
     assert {r.gtrid for r in records} >= {rec(i).gtrid for i in range(5)}
 

@@ -100,7 +100,7 @@ def test_reopen_continues_the_log(tmp_path: Path) -> None:
 
     async def more() -> None:
         wal = FileWal(tmp_path)
-        assert await wal.open() == first
+        assert list(await wal.open()) == first
         for record in second:
             await wal.append(record)
         await wal.close()
@@ -514,7 +514,7 @@ def test_checkpoint_bounds_the_log(tmp_path: Path) -> None:
 
     async def go() -> None:
         wal = FileWal(tmp_path, segment_bytes=SMALL)
-        assert await wal.open() == history
+        assert list(await wal.open()) == history
         for i in range(5):  # queued before the checkpoint: superseded by it
             await wal.append(rec(2000 + i))
         await wal.checkpoint(snapshot)
@@ -563,7 +563,7 @@ def test_second_open_on_a_locked_directory_fails_clearly(tmp_path: Path) -> None
             await second.open()
         await first.append(rec(1))
         await first.close()
-        assert await second.open() == [rec(1)]
+        assert list(await second.open()) == [rec(1)]
         await second.close()
 
     run(go())

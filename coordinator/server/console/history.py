@@ -11,7 +11,7 @@ checkpoint also tells which transactions are still kept, and the others' histori
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from xatm.coordinator.journal import seconds
@@ -52,24 +52,29 @@ class BranchHistory(TxLog):
         """bqual -> the answers of that branch, oldest first; {} for an unknown gtrid."""
         return {bqual: list(got) for bqual, got in self._answers.get(gtrid, {}).items()}
 
-    def _index(self, records: Iterable[wal_pb2.WalRecord]) -> None:
+    def _index(self, record: wal_pb2.WalRecord) -> None:
+        kind = record.WhichOneof("body")
+        if kind == "branch_result":
+            result = record.branch_result
+            self._add(
+                record.gtrid,
+                result.bqual,
+                Answer(
+                    seconds(record.time),
+                    Phase(result.phase) if result.phase else None,
+                    XaCode(result.code),
+                    result.reason,
+                    BranchStatus(result.status) if result.status else None,
+                ),
+            )
+        elif kind == "snapshot":
+            self._from_snapshot(record)
+
+    def _indexing(self, records: Iterable[wal_pb2.WalRecord]) -> Iterator[wal_pb2.WalRecord]:
+        """``records`` passed on as they are read, each indexed first."""
         for record in records:
-            kind = record.WhichOneof("body")
-            if kind == "branch_result":
-                result = record.branch_result
-                self._add(
-                    record.gtrid,
-                    result.bqual,
-                    Answer(
-                        seconds(record.time),
-                        Phase(result.phase) if result.phase else None,
-                        XaCode(result.code),
-                        result.reason,
-                        BranchStatus(result.status) if result.status else None,
-                    ),
-                )
-            elif kind == "snapshot":
-                self._from_snapshot(record)
+            self._index(record)
+            yield record
 
     def _from_snapshot(self, record: wal_pb2.WalRecord) -> None:
         snap = record.snapshot
@@ -99,24 +104,36 @@ class BranchHistory(TxLog):
 
     # ----------------------------------------------------------------- TxLog, forwarded
 
-    async def open(self) -> list[wal_pb2.WalRecord]:
-        records = await self.inner.open()
-        self._index(records)
-        return records
+    async def open(self) -> Iterable[wal_pb2.WalRecord]:
+        # Indexed as the engine replays them: a long log is never held whole.
+        return self._indexing(await self.inner.open())
 
     async def append(self, record: wal_pb2.WalRecord, *, force: bool = False) -> None:
         await self.inner.append(record, force=force)
-        self._index((record,))
+        self._index(record)
 
-    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
         # Only what the engine dropped goes: a transaction begun while the checkpoint is written
         # is in neither the snapshot nor ``before``.
         before = set(self._answers)
-        await self.inner.checkpoint(snapshot)
-        kept = {record.snapshot.gtrid for record in snapshot if record.WhichOneof("body") == "snapshot"}
+        kept: set[str] = set()
+        unseen: list[wal_pb2.WalRecord] = []
+
+        def watched() -> Iterator[wal_pb2.WalRecord]:
+            # Runs where the log consumes the snapshot (possibly another thread): it reads only
+            # the records and ``before``, a copy, and leaves ``_answers`` to the loop.
+            for record in snapshot:
+                if record.WhichOneof("body") == "snapshot":
+                    kept.add(record.snapshot.gtrid)
+                    if record.snapshot.gtrid not in before:
+                        unseen.append(record)
+                yield record
+
+        await self.inner.checkpoint(watched())
         for gtrid in before - kept:
             self._answers.pop(gtrid, None)
-        self._index(snapshot)
+        for record in unseen:
+            self._from_snapshot(record)
 
     async def watch(self, interval: float) -> LogStopped:
         return await self.inner.watch(interval)

@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,7 +221,7 @@ class EtcdLog(TxLog):
         elif self._behind is None:
             self._behind = asyncio.get_running_loop().create_task(self._write_behind())
 
-    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
         """Replace this replica's records by ``snapshot``: each transaction written since the last
         checkpoint is rewritten as its snapshot record, transactions left out (history past
         retention) leave etcd, audit records beyond those kept are deleted.
@@ -261,7 +261,7 @@ class EtcdLog(TxLog):
             barrier.set_result(None)
 
     async def _write_snapshot(
-        self, snapshot: Sequence[wal_pb2.WalRecord], dirty: set[str], owned: set[str]
+        self, snapshot: Iterable[wal_pb2.WalRecord], dirty: set[str], owned: set[str]
     ) -> None:
         by_gtrid: dict[str, list[wal_pb2.WalRecord]] = {}
         audits: list[bytes] = []

@@ -9,7 +9,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,8 @@ from xatm.coordinator.txlog.file.framing import (
     encode_segment_header,
 )
 from xatm.coordinator.txlog.file.lock import DirLock
-from xatm.coordinator.txlog.file.metrics import WAL_RECORDS, WAL_TORN_TAIL
-from xatm.coordinator.txlog.file.scan import LogScan, Tail, TornTail
+from xatm.coordinator.txlog.file.metrics import WAL_TORN_TAIL, records_of_type
+from xatm.coordinator.txlog.file.scan import LogScan, Span, SpanRecords, Tail, TornTail, close_spans
 from xatm.coordinator.txlog.file.segment import (
     TEMP_SUFFIX,
     Hook,
@@ -32,7 +32,7 @@ from xatm.coordinator.txlog.file.segment import (
     list_segments,
     write_all,
 )
-from xatm.coordinator.txlog.file.writer import SegmentWriter
+from xatm.coordinator.txlog.file.writer import CheckpointBody, SegmentWriter, write_checkpoint_body
 from xatm.coordinator.txlog.interface import LogMissing, LogStopped, TxLog
 
 __all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_SEGMENT_BYTES", "FileWal"]
@@ -56,11 +56,22 @@ class _Append:
     future: asyncio.Future[None] | None
 
 
+@dataclass(slots=True, eq=False)
+class _Mark:
+    """Where a checkpoint was taken: appends after it are kept to follow its snapshot."""
+
+    #: Index of the first record after the mark in the writer's kept records (set by the writer).
+    start: int = 0
+
+
 @dataclass(slots=True)
-class _Checkpoint:
-    payloads: list[bytes]
-    bodies: list[str]
-    future: asyncio.Future[None]
+class _Install:
+    """Install the checkpoint taken at ``mark`` (or give it up: no ``body``; ``error`` stops the log)."""
+
+    mark: _Mark
+    body: CheckpointBody | None
+    future: asyncio.Future[None] | None
+    error: Exception | None = None
 
 
 @dataclass(slots=True)
@@ -73,7 +84,7 @@ class _Check:
     """Wakes the writer while idle so it checks that the log's files are still in place."""
 
 
-_Op = _Append | _Checkpoint | _Close | _Check
+_Op = _Append | _Mark | _Install | _Close | _Check
 
 
 def _body(record: wal_pb2.WalRecord) -> str:
@@ -85,11 +96,18 @@ class FileWal(TxLog):
 
     Ordering: every call puts one operation on a FIFO queue that a single writer thread
     drains, so records land in the order the calls started, and a checkpoint sits exactly
-    where it was called.
+    where it was called. Appends made during one pass of the event loop reach the queue
+    together, at the end of the pass (one lock and one wake-up of the writer for all of them).
 
     Group commit: the writer takes everything queued, frames it into one write, and if any
     of it was appended with ``force`` issues one fsync that serves every waiter in the batch;
     unforced records ride along. While that fsync runs, new calls queue up for the next batch.
+
+    Checkpoints do not hold appends up: the snapshot is serialised, written and synced beside
+    the log by a worker thread while appends go on into the current segment, which keeps what
+    is appended meanwhile. Only then does the writer, in order, append those records to the
+    snapshot's file, sync it and rename it to be the new base segment (a few small writes and
+    fsyncs), and delete the older segments.
 
     ``append(force=False)`` returns once the record is queued: it reaches the OS within the
     writer's next pass and the disk with the next fsync (a forced append, a checkpoint, a
@@ -138,6 +156,15 @@ class FileWal(TxLog):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: SegmentWriter | None = None
         self._thread: threading.Thread | None = None
+        #: Appended during this loop pass, not yet handed to the writer; the loop hands them
+        #: over at ``_handoff``'s next turn.
+        self._pending: list[_Append] = []
+        self._handoff: asyncio.AbstractEventLoop | None = None
+        self._checkpoints = 0
+        # The writer's own (its thread only): the checkpoints taken and not yet installed, and
+        # the records written since the oldest of them, which go after its snapshot.
+        self._marks: list[_Mark] = []
+        self._kept: list[bytes] = []
 
     @property
     def fsync_count(self) -> int:
@@ -147,12 +174,19 @@ class FileWal(TxLog):
         """
         return self._writer.fsync_count if self._writer else 0
 
-    async def open(self) -> list[wal_pb2.WalRecord]:
+    async def open(self) -> Iterable[wal_pb2.WalRecord]:
+        """Check the whole log (checksums, segment chain, HEAD), cut a torn tail, start the writer;
+        returns the records, read and parsed one at a time as they are iterated (once).
+
+        The log is usable at once: iterating reads only what was there at open. Damage found by
+        the check raises here; a record whose checksum holds but which does not parse raises
+        ``LogCorrupt`` from the iteration.
+        """
         if self._state != "new":
             raise RuntimeError(f"write-ahead log {self.wal_dir} is already {self._state}")
         self._state = "opening"
         try:
-            records = await asyncio.to_thread(self._open_sync)
+            spans = await asyncio.to_thread(self._open_sync)
         except BaseException:
             self._state = "new"
             raise
@@ -161,24 +195,77 @@ class FileWal(TxLog):
         self._thread = threading.Thread(target=self._run, name="xatm-wal-writer", daemon=True)
         self._thread.start()
         self._state = "open"
-        return records
+        return SpanRecords(spans)
 
     async def append(self, record: wal_pb2.WalRecord, *, force: bool = False) -> None:
         payload = check_payload(record.SerializeToString())
-        with self._cond:
-            self._check_usable()
-            wait = force or len(self._queue) >= self._max_queued
-            future = asyncio.get_running_loop().create_future() if wait else None
-            self._queue.append(_Append(payload, _body(record), force, future))
-            self._cond.notify()
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        wait = force or len(self._pending) + len(self._queue) >= self._max_queued
+        future = loop.create_future() if wait else None
+        self._pending.append(_Append(payload, _body(record), force, future))
+        if self._handoff is not loop:
+            if self._handoff is not None:  # scheduled on a loop that is gone: hand over now
+                self._hand_off()
+            self._handoff = loop
+            loop.call_soon(self._hand_off)
         if future is not None:
             await future
 
-    async def checkpoint(self, snapshot: Sequence[wal_pb2.WalRecord]) -> None:
-        payloads = [check_payload(record.SerializeToString()) for record in snapshot]
-        future = asyncio.get_running_loop().create_future()
-        self._submit(_Checkpoint(payloads, [_body(record) for record in snapshot], future))
-        await future
+    def _hand_off(self) -> None:
+        """Give the writer everything appended during this loop pass, in one go."""
+        self._handoff = None
+        with self._cond:
+            self._move_pending()
+            self._cond.notify()
+
+    def _move_pending(self) -> None:
+        """Queue the pending appends (under ``_cond``); after a stop, fail their waiters."""
+        pending, self._pending = self._pending, []
+        if self._failure is not None:
+            _settle([op.future for op in pending], self._failure)
+        else:
+            self._queue += pending
+
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
+        """Take a checkpoint here: ``snapshot`` is consumed on a worker thread (so it must not
+        read anything the event loop changes meanwhile) and written beside the log while
+        appends go on; then the writer installs it as the new base segment, followed by what
+        was appended since this call. Returns once that is durable.
+
+        An I/O error writing the snapshot stops the log; an error raised by ``snapshot`` itself,
+        or a cancelled call, leaves the log as it was (the snapshot file is deleted).
+        """
+        mark = _Mark()
+        self._submit(mark)
+        self._checkpoints += 1
+        name = f"checkpoint-{self._checkpoints}"
+        work = asyncio.get_running_loop().run_in_executor(
+            None, write_checkpoint_body, self.wal_dir, name, snapshot, self._hook
+        )
+        install = _Install(mark, None, asyncio.get_running_loop().create_future())
+        try:
+            install.body = await asyncio.shield(work)
+        except OSError as exc:
+            install.error = LogStopped(f"checkpoint to {self.wal_dir} failed: {_describe(exc)}")
+        except BaseException:
+            # Cancelled (the body is discarded when its thread finishes), or the snapshot failed.
+            work.add_done_callback(_discard_body)
+            self._give_up(mark)
+            raise
+        try:
+            self._submit(install)
+        except BaseException:
+            if install.body is not None:
+                install.body.discard()
+            raise
+        assert install.future is not None
+        await install.future
+
+    def _give_up(self, mark: _Mark) -> None:
+        """Tell the writer that the checkpoint at ``mark`` will not come (nothing to do once stopped)."""
+        with contextlib.suppress(LogStopped, RuntimeError):
+            self._submit(_Install(mark, None, None))
 
     @property
     def stopped(self) -> LogStopped | None:
@@ -193,6 +280,7 @@ class FileWal(TxLog):
             with self._cond:
                 # Queued under load too: the lock file is looked at only on these passes.
                 if self._failure is None and self._state == "open":
+                    self._move_pending()
                     self._queue.append(_Check())
                     self._cond.notify()
         return self._failure
@@ -218,6 +306,7 @@ class FileWal(TxLog):
     def _submit(self, op: _Op) -> None:
         with self._cond:
             self._check_usable()
+            self._move_pending()  # what was appended before ``op`` goes before it
             self._queue.append(op)
             self._cond.notify()
 
@@ -229,7 +318,7 @@ class FileWal(TxLog):
 
     # --- start-up (runs in a worker thread: it reads and may truncate files) ---
 
-    def _open_sync(self) -> list[wal_pb2.WalRecord]:
+    def _open_sync(self) -> list[Span]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire()
@@ -242,20 +331,24 @@ class FileWal(TxLog):
                 )
             self.wal_dir.mkdir(exist_ok=True)
             scan = LogScan(self.wal_dir)
-            records = [record for _, _, record in scan]
-            if scan.damage is not None:
-                raise scan.damage.error()
-            self._probe()
-            self._tidy(scan)
-            tail = scan.tail or self._create_log()
-            self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes, self._hook)
+            spans = scan.verify()
+            try:
+                if scan.damage is not None:
+                    raise scan.damage.error()
+                self._probe()
+                self._tidy(scan)
+                tail = scan.tail or self._create_log()
+                self._writer = SegmentWriter(self.wal_dir, tail, self._segment_bytes, self._hook)
+            except BaseException:
+                close_spans(spans)
+                raise
         except OSError as exc:
             self._lock.release()
             raise LogStopped(f"cannot open {self.wal_dir}: {_describe(exc)}") from exc
         except BaseException:
             self._lock.release()
             raise
-        return records
+        return spans
 
     def _probe(self) -> None:
         """Write and sync ``PROBE_BYTES``, then remove them: a full or read-only disk fails here."""
@@ -319,6 +412,7 @@ class FileWal(TxLog):
             except Exception as exc:
                 self._stop(writer, batch, exc)
                 return
+            del batch  # not kept alive, records and all, while the writer waits for more
 
     def _stop(self, writer: SegmentWriter, batch: list[_Op], exc: Exception) -> None:
         """Fail every waiter and every later call with the one ``LogStopped`` naming ``exc``."""
@@ -333,6 +427,9 @@ class FileWal(TxLog):
             self._failure = failure
             batch += self._queue
             self._queue = []
+        for op in batch:
+            if isinstance(op, _Install) and op.body is not None:
+                op.body.discard()
         _settle([getattr(op, "future", None) for op in batch], failure)
         if self._loop is not None and self._failed is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is watching any more
@@ -351,10 +448,11 @@ class FileWal(TxLog):
                 continue
             self._commit(writer, group)
             group = []
-            if isinstance(op, _Checkpoint):
-                writer.checkpoint(op.payloads)
-                _count(op.bodies)
-                _settle([op.future], None)
+            if isinstance(op, _Mark):
+                op.start = len(self._kept)
+                self._marks.append(op)
+            elif isinstance(op, _Install):
+                self._install(writer, op)
             else:
                 writer.sync()
                 writer.close()
@@ -363,12 +461,26 @@ class FileWal(TxLog):
         self._commit(writer, group)
         return True
 
-    @staticmethod
-    def _commit(writer: SegmentWriter, group: list[_Append]) -> None:
+    def _install(self, writer: SegmentWriter, op: _Install) -> None:
+        self._marks.remove(op.mark)
+        kept = self._kept[op.mark.start :]
+        if not self._marks:
+            self._kept = []
+        if op.error is not None:
+            raise op.error
+        if op.body is not None:
+            writer.install(op.body, kept)
+            _count(op.body.counts)
+        _settle([op.future], None)
+
+    def _commit(self, writer: SegmentWriter, group: list[_Append]) -> None:
         """One write for the group, and one fsync if anyone in it needs durability."""
         if not group:
             return
-        writer.write([op.payload for op in group])
+        payloads = [op.payload for op in group]
+        writer.write(payloads)
+        if self._marks:  # a checkpoint is being written: these records go after its snapshot
+            self._kept += payloads
         if any(op.force for op in group):
             writer.sync()
             # Unlinked between the batch's first look and this fsync, the segment took the records
@@ -376,7 +488,7 @@ class FileWal(TxLog):
             problem = writer.vanished()
             if problem is not None:
                 raise LogStopped(problem)
-        _count(op.body for op in group)
+        _count(collections.Counter(op.body for op in group))
         _settle([op.future for op in group], None)
 
 
@@ -387,9 +499,15 @@ def _describe(exc: OSError) -> str:
     return f"{text} ({name})" if name else text
 
 
-def _count(bodies: Iterable[str]) -> None:
-    for body, n in collections.Counter(bodies).items():
-        WAL_RECORDS.labels(type=body).inc(n)
+def _count(counts: collections.Counter[str]) -> None:
+    for body, n in counts.items():
+        records_of_type(body).inc(n)
+
+
+def _discard_body(work: asyncio.Future[CheckpointBody]) -> None:
+    """Delete the file of a checkpoint given up while its body was being written."""
+    if not work.cancelled() and work.exception() is None:
+        work.result().discard()
 
 
 def _settle(futures: Iterable[asyncio.Future[None] | None], exc: Exception | None) -> None:

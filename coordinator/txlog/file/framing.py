@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from xatm.participant.errors import XatmError
 
 __all__ = [
+    "FRAME_HEADER_SIZE",
     "MAX_PAYLOAD",
     "SEGMENT_HEADER_SIZE",
     "FrameError",
     "SegmentHeader",
+    "check_frames",
     "check_payload",
     "decode_frame",
     "decode_segment_header",
@@ -137,6 +139,39 @@ def decode_frame(data: bytes, pos: int, crc: int) -> tuple[bytes, int, int]:
     if zlib.crc32(data[start:end], zlib.crc32(data[pos : pos + 8], crc)) != stored:
         raise FrameError("record checksum mismatch")
     return data[start : start + length], end, stored
+
+
+def check_frames(data: bytes, pos: int, crc: int) -> tuple[int, int, FrameError | None]:
+    """Check the frames from ``pos`` on, chained from ``crc``, without copying their payloads.
+
+    Returns where the good frames end, the CRC they end with, and the error at that offset
+    (None when they run to the end of ``data``). Accepts exactly what ``decode_frame`` accepts:
+    the first frame it does not like is handed to ``decode_frame`` to say what is wrong.
+    """
+    view = memoryview(data)
+    size = len(data)
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    while pos < size:
+        if size - pos >= FRAME_HEADER_SIZE:
+            length, magic, kind, reserved, stored, hcrc = unpack(data, pos)
+            start = pos + FRAME_HEADER_SIZE
+            end = start + length + (-length % 8)
+            if (
+                magic == FRAME_MAGIC
+                and kind == FRAME_KIND
+                and not reserved
+                and end <= size
+                and hcrc == crc32(view[pos : pos + 12])
+                and stored == crc32(view[start:end], crc32(view[pos : pos + 8], crc))
+            ):
+                pos, crc = end, stored
+                continue
+        try:
+            _, pos, crc = decode_frame(data, pos, crc)
+        except FrameError as exc:
+            return pos, crc, exc
+    return pos, crc, None
 
 
 def find_frame(data: bytes, start: int) -> int | None:

@@ -6,6 +6,9 @@ tail (cut it, the writer never acknowledged it) and what is damage (stop, an ope
 
 from __future__ import annotations
 
+import contextlib
+import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +17,10 @@ from google.protobuf.message import DecodeError
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file.framing import (
+    FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
+    check_frames,
     decode_frame,
     decode_segment_header,
     find_frame,
@@ -23,7 +28,9 @@ from xatm.coordinator.txlog.file.framing import (
 from xatm.coordinator.txlog.file.segment import list_segments, read_head, segment_path
 from xatm.coordinator.txlog.interface import LogCorrupt, LogMissing
 
-__all__ = ["Damage", "LogScan", "Tail", "TornTail"]
+__all__ = ["Damage", "LogScan", "Span", "SpanRecords", "Tail", "TornTail", "close_spans", "read_spans"]
+
+_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +69,8 @@ class Tail:
 
 
 class LogScan:
-    """Iterate (segment path, offset, record) over the live segments of ``wal_dir``.
+    """Iterate (segment path, offset, record) over the live segments of ``wal_dir``, or check
+    them without parsing (``verify``) and read them after (``read_spans``).
 
     Replay starts at the newest base segment (the log's first segment or a checkpoint); older
     segments are ``stale`` leftovers of a checkpoint interrupted before it deleted them. Iteration
@@ -109,20 +117,67 @@ class LogScan:
                 try:
                     payload, end, next_crc = decode_frame(data, pos, crc)
                 except FrameError as exc:
-                    if index == len(segments) - 1 and find_frame(data, pos + 1) is None:
-                        self.torn_tail = TornTail(path, pos, len(data) - pos, str(exc))
-                        self.tail = Tail(seq, path, pos, crc)
-                    else:
-                        self.damage = Damage(path, pos, _damage_detail(exc, data, pos, index, len(segments)))
+                    self._cut(exc, data, pos, crc, (seq, path), index, len(segments))
                     return
                 try:
                     record = wal_pb2.WalRecord.FromString(payload)
                 except DecodeError as exc:
-                    self.damage = Damage(path, pos, f"record has a valid checksum but does not parse: {exc}")
+                    self.damage = _unparsable(path, pos, exc)
                     return
                 yield path, pos, record
                 pos, crc = end, next_crc
             prev = self.tail = Tail(seq, path, pos, crc)
+
+    def verify(self) -> list[Span]:
+        """Check every frame of the live segments without parsing the records; the spans of
+        good frames, oldest first, each with the segment open for ``read_spans``.
+
+        Sets ``damage``, ``torn_tail``, ``tail`` and ``stale`` as iterating does, except that a
+        record whose checksum holds but which does not parse is only found when it is read. The
+        descriptors are the caller's to close (``read_spans`` does, as it finishes each span).
+        """
+        spans: list[Span] = []
+        prev: Tail | None = None
+        segments = self._live_segments()
+        try:
+            for index, (seq, path) in enumerate(segments):
+                fd = os.open(path, os.O_RDONLY)
+                spans.append(Span(path, fd, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE))
+                data = _read(fd)
+                crc = self._check_header(seq, path, data, prev)
+                if crc is None:
+                    break
+                end, crc, error = check_frames(data, SEGMENT_HEADER_SIZE, crc)
+                spans[-1] = Span(path, fd, SEGMENT_HEADER_SIZE, end)
+                if error is not None:
+                    self._cut(error, data, end, crc, (seq, path), index, len(segments))
+                    break
+                prev = self.tail = Tail(seq, path, end, crc)
+            if self.damage is None:
+                self._check_head(segments)
+        except BaseException:
+            close_spans(spans)
+            raise
+        return spans
+
+    def _cut(
+        self,
+        exc: FrameError,
+        data: bytes,
+        pos: int,
+        crc: int,
+        segment: tuple[int, Path],
+        index: int,
+        count: int,
+    ) -> None:
+        """Record why reading stops at ``pos`` of ``segment`` (number, path; ``index`` of ``count``
+        live ones): a torn tail (only in the last segment, with no frame after it) or damage."""
+        seq, path = segment
+        if index == count - 1 and find_frame(data, pos + 1) is None:
+            self.torn_tail = TornTail(path, pos, len(data) - pos, str(exc))
+            self.tail = Tail(seq, path, pos, crc)
+        else:
+            self.damage = Damage(path, pos, _damage_detail(exc, data, pos, index, count))
 
     def _live_segments(self) -> list[tuple[int, Path]]:
         segments = list_segments(self.wal_dir)
@@ -164,6 +219,84 @@ class LogScan:
             self.damage = Damage(path, 0, problem)
             return None
         return header.seed
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Checked frames of one segment: bytes ``start`` to ``end`` of ``path``, open as ``fd``."""
+
+    path: Path
+    fd: int
+    start: int
+    end: int
+
+
+class SpanRecords:
+    """The records of checked spans as a one-time iterable (``read_spans``); the descriptors are
+    closed when it is read to the end, or when it is dropped unread."""
+
+    def __init__(self, spans: list[Span]) -> None:
+        self._spans = spans
+
+    def __iter__(self) -> Iterator[wal_pb2.WalRecord]:
+        spans, self._spans = self._spans, []
+        return read_spans(spans)
+
+    def __del__(self) -> None:
+        close_spans(self._spans)
+
+
+def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
+    """The records in ``spans`` (checked by ``LogScan.verify``), parsed one at a time; each
+    segment is read whole while its records are handed out, then released with its descriptor.
+
+    Raises ``LogCorrupt`` at a record whose checksum holds but which does not parse.
+    """
+    parse = wal_pb2.WalRecord.FromString
+    length_at = _LENGTH.unpack_from
+    try:
+        while spans:
+            span = spans[0]
+            data = _read(span.fd, span.end)
+            os.close(span.fd)  # read whole: the descriptor is not needed any more
+            spans.pop(0)
+            view = memoryview(data)
+            pos = span.start
+            while pos < span.end:
+                (length,) = length_at(data, pos)
+                start = pos + FRAME_HEADER_SIZE
+                try:
+                    record = parse(view[start : start + length])  # type: ignore[arg-type]  # any buffer parses
+                except DecodeError as exc:
+                    raise _unparsable(span.path, pos, exc).error() from None
+                yield record
+                pos = start + length + (-length % 8)
+    finally:
+        close_spans(spans)
+
+
+def close_spans(spans: list[Span]) -> None:
+    """Close the descriptors of ``spans`` still open."""
+    for span in spans:
+        with contextlib.suppress(OSError):
+            os.close(span.fd)
+
+
+def _read(fd: int, size: int | None = None) -> bytes:
+    """The first ``size`` bytes (all without ``size``) of the file open as ``fd``."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    data = os.pread(fd, size, 0)
+    while len(data) < size:  # a short read is legal
+        more = os.pread(fd, size - len(data), len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _unparsable(path: Path, pos: int, exc: DecodeError) -> Damage:
+    return Damage(path, pos, f"record has a valid checksum but does not parse: {exc}")
 
 
 def _damage_detail(exc: FrameError, data: bytes, pos: int, index: int, count: int) -> str:

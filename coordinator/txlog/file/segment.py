@@ -19,6 +19,7 @@ __all__ = [
     "fsync_dir",
     "fsync_fd",
     "list_segments",
+    "publish_segment",
     "read_head",
     "segment_path",
     "write_all",
@@ -84,6 +85,15 @@ def create_segment(wal_dir: Path, seq: int, content: bytes, fsync: Callable[[int
         fsync(fd)
     finally:
         os.close(fd)
+    publish_segment(temp, seq, fsync)
+    return path
+
+
+def publish_segment(temp: Path, seq: int, fsync: Callable[[int], None] = fsync_fd) -> Path:
+    """Give the complete, synced file ``temp`` its segment name ``seq`` in the same directory,
+    durably, and record it in HEAD; returns the segment's path."""
+    wal_dir = temp.parent
+    path = segment_path(wal_dir, seq)
     os.rename(temp, path)
     fsync_dir(wal_dir, fsync)
     # Only once the segment is durable: HEAD never names a segment a crash could take back.
