@@ -72,7 +72,7 @@ class Refused(FailedPreconditionError):
     """The event is not allowed in the current status; nothing was changed."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Branch:
     bqual: str
     rm_id: str
@@ -88,7 +88,7 @@ class Branch:
     next_retry: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     gtrid: str
     timeout_ms: int

@@ -36,7 +36,10 @@ class Registry:
 
     def __init__(self) -> None:
         self._txs: dict[str, sm.Transaction] = {}
+        #: Set when the gtrid becomes final; made only for a gtrid somebody waits on.
         self._done: dict[str, asyncio.Event] = {}
+        #: ``release_all`` ran: waiting ends at once from then on.
+        self._released = False
         #: Set (and replaced) at each status change of a gtrid somebody waits on.
         self._changed: dict[str, asyncio.Event] = {}
         #: Where each resource manager ever enlisted is served now; a participant that
@@ -47,6 +50,9 @@ class Registry:
         self._by_status: dict[tuple[TxStatus, bool], int] = {
             (status, overdue): 0 for status in TxStatus for overdue in (False, True)
         }
+        #: The keys of ``_by_status`` themselves, so ``_counted`` shares them instead of holding
+        #: a tuple of its own per transaction.
+        self._keys = {key: key for key in self._by_status}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         #: Transactions not yet final.
         self.open = 0
@@ -102,10 +108,7 @@ class Registry:
 
     def add(self, tx: sm.Transaction) -> None:
         self._txs[tx.gtrid] = tx
-        done = self._done[tx.gtrid] = asyncio.Event()
-        if tx.status.is_final:
-            done.set()
-        else:
+        if not tx.status.is_final:
             self.open += 1
             loop = asyncio.get_running_loop()
             delay = max(0.0, tx.deadline_mono - time.monotonic())
@@ -122,7 +125,7 @@ class Registry:
     def observe(self, tx: sm.Transaction) -> None:
         """Bring the counts in line with ``tx``'s status; call after every status change."""
         overdue = tx.gtrid not in self._deadlines and not tx.status.is_final
-        now = (tx.status, overdue)
+        now = self._keys[(tx.status, overdue)]
         was = self._counted.get(tx.gtrid)
         if was == now:
             return
@@ -141,7 +144,9 @@ class Registry:
         if deadline is not None:
             deadline.cancel()
         self.observe(tx)
-        self._done[tx.gtrid].set()
+        done = self._done.pop(tx.gtrid, None)
+        if done is not None:
+            done.set()
 
     def drop(self, gtrid: str) -> None:
         tx = self._txs.pop(gtrid, None)
@@ -174,10 +179,12 @@ class Registry:
 
     async def wait_done(self, gtrid: str, timeout: float) -> None:
         """Until ``gtrid`` is final or ``timeout`` seconds passed (or ``release_all``)."""
-        done = self._done.get(gtrid)
-        if done is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+        tx = self._txs.get(gtrid)
+        if tx is None or tx.status.is_final or self._released:
+            return
+        done = self._done.setdefault(gtrid, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
 
     async def wait_decided(self, tx: sm.Transaction, until: float, stopped: Callable[[], bool]) -> None:
         """Until ``tx`` has left Preparing and Prepared, the loop's clock reaches ``until``, or
@@ -192,7 +199,8 @@ class Registry:
                 await asyncio.wait_for(changed.wait(), left)
 
     def release_all(self) -> None:
-        """Answer every waiter at once (the log stopped)."""
+        """Answer every waiter at once (the log stopped), and every later one."""
+        self._released = True
         for done in self._done.values():
             done.set()
         for changed in self._changed.values():
