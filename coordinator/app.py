@@ -30,6 +30,7 @@ from xatm.coordinator.server.auth import Authenticator
 from xatm.coordinator.server.auth_reload import AuthFileWatcher
 from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.server.endpoints import EndpointPolicy
+from xatm.coordinator.server.guard import Services, register_guarded
 from xatm.coordinator.server.http import HttpServer
 from xatm.coordinator.server.services import AdminServicer, CallerInterceptor, CoordinatorServicer
 from xatm.coordinator.settings import NODE_FILE, Settings, SettingsError, parse_required, stored_node_id
@@ -133,8 +134,8 @@ class Coordinator:
             timeout=s.commit_wait + 2 * s.call_timeout,
         )
         limit = self.settings.max_message_bytes
+        # No server interceptor: the services come wrapped by CallerInterceptor once per method.
         self.server = grpc.aio.server(
-            interceptors=[CallerInterceptor(self.auth)],
             options=[
                 *SERVER_OPTIONS,
                 ("grpc.max_receive_message_length", limit),
@@ -147,8 +148,10 @@ class Coordinator:
         else:  # any replica serves any client: calls about another's transaction go to it
             ops = ReplicaAdminOps(self.engine, self.cluster.forwarder, self.approvals)
             servicer = RoutedCoordinatorServicer(self.engine, self.cluster.forwarder, endpoints)
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ops), self.server)
+        services = Services()
+        services.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer)
+        services.add(admin_pb2_grpc.add_AdminServicer_to_server, AdminServicer(ops))
+        await register_guarded(self.server, services, CallerInterceptor(self.auth))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,

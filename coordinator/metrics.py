@@ -1,8 +1,9 @@
-"""Prometheus metrics of the coordinator (docs/contract.md). Labels are bounded enums only."""
+"""Prometheus metrics of the coordinator (docs/contract.md). Labels are bounded enums only, and
+``labels()`` returns a cached child (a dictionary lookup on the hot path)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from xatm.participant.runtime.metric_types import Counter, Gauge, Histogram
 
 # Sub-millisecond to multi-second: phases span local SQLite fsyncs to retried RPCs.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

@@ -21,7 +21,7 @@ from xatm.coordinator.txlog.file.framing import (
     encode_segment_header,
 )
 from xatm.coordinator.txlog.file.lock import DirLock
-from xatm.coordinator.txlog.file.metrics import WAL_TORN_TAIL, records_of_type
+from xatm.coordinator.txlog.file.metrics import WAL_RECORDS, WAL_TORN_TAIL
 from xatm.coordinator.txlog.file.scan import LogScan, Span, SpanRecords, Tail, TornTail, close_spans
 from xatm.coordinator.txlog.file.segment import (
     TEMP_SUFFIX,
@@ -33,7 +33,7 @@ from xatm.coordinator.txlog.file.segment import (
     write_all,
 )
 from xatm.coordinator.txlog.file.writer import CheckpointBody, SegmentWriter, write_checkpoint_body
-from xatm.coordinator.txlog.interface import LogMissing, LogStopped, TxLog
+from xatm.coordinator.txlog.interface import Encoded, LogMissing, LogStopped, TxLog
 
 __all__ = ["DEFAULT_MAX_QUEUED", "DEFAULT_SEGMENT_BYTES", "FileWal"]
 
@@ -227,7 +227,7 @@ class FileWal(TxLog):
         else:
             self._queue += pending
 
-    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord | Encoded]) -> None:
         """Take a checkpoint here: ``snapshot`` is consumed on a worker thread (so it must not
         read anything the event loop changes meanwhile) and written beside the log while
         appends go on; then the writer installs it as the new base segment, followed by what
@@ -501,7 +501,7 @@ def _describe(exc: OSError) -> str:
 
 def _count(counts: collections.Counter[str]) -> None:
     for body, n in counts.items():
-        records_of_type(body).inc(n)
+        WAL_RECORDS.labels(type=body).inc(n)
 
 
 def _discard_body(work: asyncio.Future[CheckpointBody]) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from xatm.participant.runtime.metric_types import Counter, Histogram
 
-__all__ = ["WAL_FSYNC_DURATION", "WAL_RECORDS", "WAL_TORN_TAIL", "records_of_type"]
+__all__ = ["WAL_FSYNC_DURATION", "WAL_RECORDS", "WAL_TORN_TAIL"]
 
 # An fsync takes from a fraction of a millisecond (battery-backed cache) to seconds (a stalled disk).
 FSYNC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -12,14 +12,3 @@ FSYNC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 WAL_FSYNC_DURATION = Histogram("xatm_wal_fsync_duration_seconds", "WAL fsync latency", buckets=FSYNC_BUCKETS)
 WAL_RECORDS = Counter("xatm_wal_records_total", "Records appended to the transaction log", ["type"])
 WAL_TORN_TAIL = Counter("xatm_wal_torn_tail_total", "Torn or corrupt final WAL records cut off at start-up")
-
-#: ``WAL_RECORDS``'s child per record type, looked up once rather than at every batch.
-_BY_TYPE: dict[str, Counter] = {}
-
-
-def records_of_type(body: str) -> Counter:
-    """The ``xatm_wal_records_total`` counter of records of type ``body`` (a WalRecord body name)."""
-    child = _BY_TYPE.get(body)
-    if child is None:
-        child = _BY_TYPE[body] = WAL_RECORDS.labels(type=body)
-    return child
