@@ -13,7 +13,7 @@ from xatm.coordinator.engine.audit import AuditTrail
 from xatm.coordinator.engine.registry import CLOSED, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import TxLog
+from xatm.coordinator.txlog.interface import Encoded, TxLog
 from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
 
 __all__ = ["DecisionLog"]
@@ -28,6 +28,9 @@ class DecisionLog:
         self._audit = audit
         #: Transactions whose commit decision is in the log's queue but not yet applied here.
         self._deciding: set[str] = set()
+        #: The snapshot records of completed transactions (Committed, Rolledback), serialised by
+        #: an earlier checkpoint: nothing changes them any more, so later checkpoints reuse them.
+        self._encoded: dict[str, bytes] = {}
 
     async def append(self, record: wal_pb2.WalRecord) -> None:
         """Queue a record (durable with the next forced write)."""
@@ -70,15 +73,18 @@ class DecisionLog:
         the log as the audit records plus one snapshot per kept transaction.
 
         Only the transactions still changing are turned into records here, on the loop; the
-        completed history (Committed, Rolledback: nothing changes them any more) is turned into
-        records where the log consumes the snapshot, off the loop for the file WAL.
+        completed history (Committed, Rolledback: nothing changes them any more) is serialised
+        where the log consumes the snapshot (off the loop for the file WAL), once: a completed
+        transaction's record is reused by every later checkpoint, carrying the time of the first.
         """
         now = time.time()
         self._registry.prune(retention=retention, keep=keep)
         items: list[sm.Transaction | wal_pb2.WalRecord] = [
             tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.all()
         ]
-        await self.log.checkpoint(_snapshots(self._audit.as_records(), items, now))
+        encoded: dict[str, bytes] = {}
+        await self.log.checkpoint(_snapshots(self._audit.as_records(), items, now, self._encoded, encoded))
+        self._encoded = encoded  # only what this checkpoint kept: history dropped since goes
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
         """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
@@ -92,9 +98,24 @@ class DecisionLog:
 
 
 def _snapshots(
-    audit: list[wal_pb2.WalRecord], items: list[sm.Transaction | wal_pb2.WalRecord], now: float
-) -> Iterator[wal_pb2.WalRecord]:
-    """The checkpoint's records: ``audit``, then each of ``items`` as a record, in order."""
+    audit: list[wal_pb2.WalRecord],
+    items: list[sm.Transaction | wal_pb2.WalRecord],
+    now: float,
+    known: dict[str, bytes],
+    encoded: dict[str, bytes],
+) -> Iterator[wal_pb2.WalRecord | Encoded]:
+    """The checkpoint's records: ``audit``, then each of ``items`` as a record, in order; a
+    completed transaction's from ``known`` when it is there, each of them kept in ``encoded``.
+
+    Runs wherever the log consumes it: reads ``known`` and fills ``encoded``, which nothing
+    else touches until the checkpoint returns."""
     yield from audit
     for item in items:
-        yield R.snapshot(item, now) if isinstance(item, sm.Transaction) else item
+        if isinstance(item, sm.Transaction):
+            payload = known.get(item.gtrid)
+            if payload is None:
+                payload = R.snapshot(item, now).SerializeToString()
+            encoded[item.gtrid] = payload
+            yield Encoded(item.gtrid, "snapshot", payload)
+        else:
+            yield item

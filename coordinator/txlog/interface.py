@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.participant.errors import FailedPreconditionError, Status, UnavailableError, XatmError
 
-__all__ = ["LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog"]
+__all__ = ["Encoded", "LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog", "decoded"]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A log record already serialised, for a checkpoint: ``payload`` is a ``WalRecord``'s bytes,
+    ``gtrid`` and ``body`` (the name of its body field) say what it holds without parsing it.
+
+    The engine keeps the snapshot of a completed transaction this way, made once, since nothing
+    changes it any more; a backend that stores bytes writes ``payload`` as it is.
+    """
+
+    gtrid: str
+    body: str
+    payload: bytes
+
+
+def decoded(item: wal_pb2.WalRecord | Encoded) -> wal_pb2.WalRecord:
+    """``item`` as a ``WalRecord`` (parsed when it is ``Encoded``)."""
+    return wal_pb2.WalRecord.FromString(item.payload) if isinstance(item, Encoded) else item
 
 
 class LogCorrupt(XatmError):
@@ -87,9 +107,10 @@ class TxLog(abc.ABC):
         write or fsync failed: it may or may not be on disk)."""
 
     @abc.abstractmethod
-    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
-        """Replace everything logged so far by ``snapshot`` (one record per kept transaction),
-        durably; records appended after this call follow the snapshot.
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord | Encoded]) -> None:
+        """Replace everything logged so far by ``snapshot`` (one record per kept transaction,
+        each a ``WalRecord`` or already ``Encoded``), durably; records appended after this call
+        follow the snapshot.
 
         ``snapshot`` is iterated once before this returns, possibly on another thread while the
         event loop goes on, so it must not read anything the loop changes meanwhile.

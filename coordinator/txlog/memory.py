@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
+from xatm.coordinator.txlog.interface import Encoded, LogLocked, LogStopped, TxLog, decoded
 
 __all__ = ["LogStore", "MemoryLog"]
 
@@ -91,10 +91,10 @@ class MemoryLog(TxLog):
         if force:
             await self._sync()
 
-    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord | Encoded]) -> None:
         self._check_usable()
         # Written in place at once (what was written before is superseded); durable at the sync.
-        self._snapshot = [_copy(record) for record in snapshot]
+        self._snapshot = [_copy(decoded(item)) for item in snapshot]
         self._tail = []
         await self._sync()
         self.checkpoints += 1

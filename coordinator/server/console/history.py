@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xatm.coordinator.journal import seconds
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import LogStopped, TxLog
+from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
 
 __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
@@ -112,28 +112,29 @@ class BranchHistory(TxLog):
         await self.inner.append(record, force=force)
         self._index(record)
 
-    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord | Encoded]) -> None:
         # Only what the engine dropped goes: a transaction begun while the checkpoint is written
         # is in neither the snapshot nor ``before``.
         before = set(self._answers)
         kept: set[str] = set()
-        unseen: list[wal_pb2.WalRecord] = []
+        unseen: list[wal_pb2.WalRecord | Encoded] = []
 
-        def watched() -> Iterator[wal_pb2.WalRecord]:
+        def watched() -> Iterator[wal_pb2.WalRecord | Encoded]:
             # Runs where the log consumes the snapshot (possibly another thread): it reads only
             # the records and ``before``, a copy, and leaves ``_answers`` to the loop.
-            for record in snapshot:
-                if record.WhichOneof("body") == "snapshot":
-                    kept.add(record.snapshot.gtrid)
-                    if record.snapshot.gtrid not in before:
-                        unseen.append(record)
-                yield record
+            for item in snapshot:
+                body = item.body if isinstance(item, Encoded) else item.WhichOneof("body")
+                if body == "snapshot":
+                    kept.add(item.gtrid)
+                    if item.gtrid not in before:
+                        unseen.append(item)
+                yield item
 
         await self.inner.checkpoint(watched())
         for gtrid in before - kept:
             self._answers.pop(gtrid, None)
-        for record in unseen:
-            self._from_snapshot(record)
+        for item in unseen:
+            self._from_snapshot(decoded(item))
 
     async def watch(self, interval: float) -> LogStopped:
         return await self.inner.watch(interval)

@@ -33,7 +33,7 @@ from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.etcd.client import connect, is_outage, read_prefix
 from xatm.coordinator.txlog.etcd.keys import Keys
 from xatm.coordinator.txlog.etcd.metrics import ETCD_CAS_CONFLICTS, ETCD_LEASE_RENEWALS, ETCD_WRITE_DURATION
-from xatm.coordinator.txlog.interface import LogLocked, LogStopped, TxLog
+from xatm.coordinator.txlog.interface import Encoded, LogLocked, LogStopped, TxLog, decoded
 from xatm.participant.errors import UnavailableError
 
 __all__ = ["EtcdLog", "ReplicaEntry"]
@@ -221,7 +221,7 @@ class EtcdLog(TxLog):
         elif self._behind is None:
             self._behind = asyncio.get_running_loop().create_task(self._write_behind())
 
-    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord]) -> None:
+    async def checkpoint(self, snapshot: Iterable[wal_pb2.WalRecord | Encoded]) -> None:
         """Replace this replica's records by ``snapshot``: each transaction written since the last
         checkpoint is rewritten as its snapshot record, transactions left out (history past
         retention) leave etcd, audit records beyond those kept are deleted.
@@ -261,11 +261,11 @@ class EtcdLog(TxLog):
             barrier.set_result(None)
 
     async def _write_snapshot(
-        self, snapshot: Iterable[wal_pb2.WalRecord], dirty: set[str], owned: set[str]
+        self, snapshot: Iterable[wal_pb2.WalRecord | Encoded], dirty: set[str], owned: set[str]
     ) -> None:
         by_gtrid: dict[str, list[wal_pb2.WalRecord]] = {}
         audits: list[bytes] = []
-        for record in snapshot:
+        for record in map(decoded, snapshot):
             if record.WhichOneof("body") == "audit":
                 audits.append(record.SerializeToString())
             else:

@@ -59,6 +59,9 @@ _SEGMENT = struct.Struct("<8sQII")
 _SEGMENT_CHECK = struct.Struct("<II")
 _FRAME = struct.Struct("<IHBBII")
 _FRAME_TAG = struct.pack("<HBB", FRAME_MAGIC, FRAME_KIND, 0)  # bytes 4..8 of every frame header
+_LENGTH_TAG = struct.Struct("<I4s")
+_CRC = struct.Struct("<I")
+_PADDING = [bytes(n) for n in range(8)]
 SEGMENT_HEADER_SIZE = _SEGMENT.size + _SEGMENT_CHECK.size
 FRAME_HEADER_SIZE = _FRAME.size
 _ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
@@ -95,12 +98,16 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
 def encode_frames(payloads: Iterable[bytes], crc: int) -> tuple[bytes, int]:
     """Frame ``payloads`` in order, chaining from ``crc``; returns the bytes and the last CRC."""
     out = bytearray()
+    crc32 = zlib.crc32
     for payload in payloads:
-        padded = payload + bytes(-len(payload) % 8)
-        first = struct.pack("<I", len(payload)) + _FRAME_TAG
-        crc = zlib.crc32(padded, zlib.crc32(first, crc))
-        rest = struct.pack("<I", crc)
-        out += first + rest + struct.pack("<I", zlib.crc32(first + rest)) + padded
+        pad = _PADDING[-len(payload) % 8]
+        first = _LENGTH_TAG.pack(len(payload), _FRAME_TAG)
+        crc = crc32(pad, crc32(payload, crc32(first, crc)))
+        head = first + _CRC.pack(crc)
+        out += head
+        out += _CRC.pack(crc32(head))
+        out += payload
+        out += pad
     return bytes(out), crc
 
 

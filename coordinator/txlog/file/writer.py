@@ -29,6 +29,7 @@ from xatm.coordinator.txlog.file.segment import (
     publish_segment,
     write_all,
 )
+from xatm.coordinator.txlog.interface import Encoded
 
 __all__ = ["CheckpointBody", "SegmentWriter", "write_checkpoint_body"]
 
@@ -36,8 +37,8 @@ __all__ = ["CheckpointBody", "SegmentWriter", "write_checkpoint_body"]
 #: thread pauses for ``_PAUSE`` seconds, so that the event loop and the log's writer, which need
 #: the interpreter too, get it within a chunk's time rather than the interpreter's 5-ms switch
 #: interval (a checkpoint of a long history would otherwise slow every commit while it runs).
-_CHUNK = 64
-_PAUSE = 0.0002
+_CHUNK = 256
+_PAUSE = 0.0001
 
 
 @dataclass(slots=True)
@@ -63,7 +64,7 @@ class CheckpointBody:
 
 
 def write_checkpoint_body(
-    wal_dir: Path, name: str, records: Iterable[wal_pb2.WalRecord], hook: Hook | None = None
+    wal_dir: Path, name: str, records: Iterable[wal_pb2.WalRecord | Encoded], hook: Hook | None = None
 ) -> CheckpointBody:
     """Serialise and frame ``records`` into ``wal_dir/name`` + ``.tmp`` and sync it; runs on any
     thread (it touches nothing of the live log). Raises OSError for the disk, ValueError for an
@@ -75,8 +76,12 @@ def write_checkpoint_body(
     try:
         chunk: list[bytes] = []
         for record in records:
-            chunk.append(check_payload(record.SerializeToString()))
-            body.counts[record.WhichOneof("body") or "none"] += 1
+            if isinstance(record, Encoded):
+                chunk.append(check_payload(record.payload))
+                body.counts[record.body] += 1
+            else:
+                chunk.append(check_payload(record.SerializeToString()))
+                body.counts[record.WhichOneof("body") or "none"] += 1
             if len(chunk) >= _CHUNK:
                 _append_frames(body, chunk)
                 time.sleep(_PAUSE)
