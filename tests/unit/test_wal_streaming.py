@@ -15,7 +15,7 @@ from tests.wal_support import SMALL, WalRecord, reopen, run
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.journal import replay
 from xatm.coordinator.protocol import Branch, Transaction
-from xatm.coordinator.txlog.file import FileWal
+from xatm.coordinator.txlog.file import FileWal, scan
 from xatm.coordinator.txlog.interface import Encoded, LogCorrupt
 from xatm.participant.xa import BranchStatus, TxStatus
 
@@ -40,6 +40,26 @@ def test_open_hands_out_records_as_they_are_read_and_the_log_works_meanwhile(tmp
 
     run(go())
     assert [r.gtrid for r in reopen(tmp_path)[0]][-2:] == ["n1.old.99", "n1.new"]
+
+
+def test_records_are_read_in_chunks_whatever_their_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "READ_CHUNK", 40)  # far below a frame: every one crosses a chunk
+    records = [WalRecord(gtrid=f"n1.{i}", audit={"action": "x" * (i * 7 % 300)}) for i in range(200)]
+
+    async def go() -> list[WalRecord]:
+        wal = FileWal(tmp_path, segment_bytes=4096)
+        await wal.open()
+        for record in records:
+            await wal.append(record)
+        await wal.close()
+        again = FileWal(tmp_path, segment_bytes=4096)
+        read = list(await again.open())
+        await again.close()
+        return read
+
+    assert run(go()) == records
 
 
 def test_a_record_that_does_not_parse_stops_the_replay_with_log_corrupt(tmp_path: Path) -> None:

@@ -31,6 +31,9 @@ from xatm.coordinator.txlog.interface import LogCorrupt, LogMissing
 __all__ = ["Damage", "LogScan", "Span", "SpanRecords", "Tail", "TornTail", "close_spans", "read_spans"]
 
 _LENGTH = struct.Struct("<I")
+#: Bytes read at a time when records are read after ``verify``: replay holds this much of a
+#: segment, not the segment.
+READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,31 +251,58 @@ class SpanRecords:
 
 def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
     """The records in ``spans`` (checked by ``LogScan.verify``), parsed one at a time; each
-    segment is read whole while its records are handed out, then released with its descriptor.
+    segment is read ``READ_CHUNK`` bytes at a time, and released with its descriptor once read.
 
     Raises ``LogCorrupt`` at a record whose checksum holds but which does not parse.
     """
     parse = wal_pb2.WalRecord.FromString
-    length_at = _LENGTH.unpack_from
     try:
         while spans:
             span = spans[0]
-            data = _read(span.fd, span.end)
-            os.close(span.fd)  # read whole: the descriptor is not needed any more
-            spans.pop(0)
-            view = memoryview(data)
-            pos = span.start
-            while pos < span.end:
-                (length,) = length_at(data, pos)
-                start = pos + FRAME_HEADER_SIZE
+            for pos, payload in _payloads(span):
                 try:
-                    record = parse(view[start : start + length])  # type: ignore[arg-type]  # any buffer parses
+                    record = parse(payload)  # type: ignore[arg-type]  # any buffer parses
                 except DecodeError as exc:
                     raise _unparsable(span.path, pos, exc).error() from None
                 yield record
-                pos = start + length + (-length % 8)
+            os.close(span.fd)
+            spans.pop(0)
     finally:
         close_spans(spans)
+
+
+def _payloads(span: Span) -> Iterator[tuple[int, memoryview]]:
+    """(offset, payload) of each checked frame of ``span``, reading the file in chunks."""
+    length_at = _LENGTH.unpack_from
+    data, base = b"", span.start  # ``data`` holds the file from offset ``base`` on
+    view = memoryview(data)
+    pos, end = span.start, span.end
+    while pos < end:
+        at = pos - base
+        if at + FRAME_HEADER_SIZE > len(data):
+            data, base = _refill(span, data, base, pos, FRAME_HEADER_SIZE)
+            view, at = memoryview(data), 0
+        (length,) = length_at(data, at)
+        size = FRAME_HEADER_SIZE + length + (-length % 8)
+        if at + size > len(data):
+            data, base = _refill(span, data, base, pos, size)
+            view, at = memoryview(data), 0
+        yield pos, view[at + FRAME_HEADER_SIZE : at + FRAME_HEADER_SIZE + length]
+        pos += size
+
+
+def _refill(span: Span, data: bytes, base: int, pos: int, need: int) -> tuple[bytes, int]:
+    """The bytes from ``pos`` on: what ``data`` (from ``base``) still holds, plus at least
+    ``need`` bytes in all (up to ``READ_CHUNK`` more), never past the span's end."""
+    kept = data[pos - base :]
+    want = min(max(need, READ_CHUNK) - len(kept), span.end - pos - len(kept))
+    more = os.pread(span.fd, want, pos + len(kept))
+    while len(more) < want:  # a short read is legal
+        extra = os.pread(span.fd, want - len(more), pos + len(kept) + len(more))
+        if not extra:
+            raise LogCorrupt(str(span.path), pos, "segment shrank while it was being read")
+        more += extra
+    return kept + more, pos
 
 
 def close_spans(spans: list[Span]) -> None:
