@@ -27,7 +27,7 @@ MAX_ANSWERS = 200
 MAX_TRANSACTIONS = 100_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slotted: one per branch answer, up to millions kept
 class Answer:
     """One answer of a branch: wall-clock ``time`` (s since the epoch, as logged), the phase it
     answered, its XA code, the reason given, the branch status it led to (None for an answer that
