@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from xatm.coordinator import cluster
 from xatm.coordinator.cluster.serving import ReplicaAdminOps, RoutedCoordinatorServicer
@@ -148,18 +148,22 @@ class Coordinator:
         else:  # any replica serves any client: calls about another's transaction go to it
             ops = ReplicaAdminOps(self.engine, self.cluster.forwarder, self.approvals)
             servicer = RoutedCoordinatorServicer(self.engine, self.cluster.forwarder, endpoints)
-        services = Services()
-        services.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer)
-        services.add(admin_pb2_grpc.add_AdminServicer_to_server, AdminServicer(ops))
-        await register_guarded(self.server, services, CallerInterceptor(self.auth))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, self.server)
+        services = Services()
+        services.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer)
+        services.add(admin_pb2_grpc.add_AdminServicer_to_server, AdminServicer(ops))
+        services.add(health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        # What reflection.enable_server_reflection registers on a grpc.aio server, through the guard.
+        services.add(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer(names),
+        )
+        await register_guarded(self.server, services, CallerInterceptor(self.auth))
         check_free(self.settings.listen, "--listen")
         try:
             if self.tls:
