@@ -3,7 +3,8 @@
 Each branch call still has its own deadline and its own answer; only the transport is shared.
 A call queued for an endpoint goes out with every other call queued for it in the same pass of
 the event loop, as one ``Batch`` RPC (at most ``max_batch`` branches to a message): a lone call
-leaves at once, and under load the calls of many transactions share a message. The participant
+leaves at once, on its own per-branch RPC (cheaper than a batch of one), and under load the
+calls of many transactions share a message. The participant
 streams each branch's result back as soon as it has it, so a slow branch holds up nobody else;
 a branch whose own deadline passes first is answered here, as its own call's deadline would
 have been (``XAER_RMFAIL``), whatever its neighbours do.
@@ -38,11 +39,12 @@ BATCHED_PHASES = {
     Phase.ROLLBACK: participant_pb2.BATCH_ROLLBACK,
 }
 
-#: The per-branch method each verb stands for, named in reasons as the branch's own call would be.
+#: The per-branch method of each phase, named in reasons as the branch's own call would be.
 _METHODS = {
-    participant_pb2.BATCH_PREPARE: "Prepare",
-    participant_pb2.BATCH_COMMIT: "Commit",
-    participant_pb2.BATCH_ROLLBACK: "Rollback",
+    Phase.PREPARE: "Prepare",
+    Phase.COMMIT: "Commit",
+    Phase.ONE_PHASE_COMMIT: "Commit",
+    Phase.ROLLBACK: "Rollback",
 }
 
 
@@ -52,6 +54,11 @@ class Unbatched(Exception):
 
 class Channels(Protocol):
     """What the batcher needs of the channel cache (``Peers``)."""
+
+    async def single(
+        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
+    ) -> tuple[XaCode, str]:
+        """The call on an RPC of its own; failures as ``XAER_RMFAIL``, never raises."""
 
     def held_stub(self, endpoint: str) -> Any:
         """The endpoint's Participant stub, the channel held open until ``release``."""
@@ -67,10 +74,25 @@ class Channels(Protocol):
 class _Call:
     """One branch's call waiting for its answer."""
 
-    item: participant_pb2.BatchItem
+    phase: Phase
+    xid: Xid
     #: time.monotonic() by which it must be answered.
     deadline: float
+    #: Trace-context pairs of the caller's span.
+    trace: tuple[tuple[str, str], ...]
     future: asyncio.Future[tuple[XaCode, str]]
+
+    def item(self, number: int, now: float) -> participant_pb2.BatchItem:
+        """The call as item ``number`` of a batch sent at ``now`` (time.monotonic())."""
+        xid = self.xid
+        return participant_pb2.BatchItem(
+            id=number,
+            verb=BATCHED_PHASES[self.phase],
+            xid=xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual),
+            one_phase=self.phase == Phase.ONE_PHASE_COMMIT,
+            timeout_ms=max(1, math.ceil((self.deadline - now) * 1000)),
+            trace=dict(self.trace),
+        )
 
 
 class _Queue:
@@ -113,14 +135,8 @@ class Batcher:
         Returns (code, reason), failures as ``XAER_RMFAIL``; raises ``Unbatched`` when the
         endpoint does not serve batches (the call was not made), and nothing else.
         """
-        item = participant_pb2.BatchItem(
-            verb=BATCHED_PHASES[phase],
-            xid=xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual),
-            one_phase=phase == Phase.ONE_PHASE_COMMIT,
-            trace=dict(trace),
-        )
         loop = asyncio.get_running_loop()
-        call = _Call(item, time.monotonic() + timeout, loop.create_future())
+        call = _Call(phase, xid, time.monotonic() + timeout, trace, loop.create_future())
         queue = self._queues.get(endpoint)
         if queue is None:
             queue = self._queues[endpoint] = _Queue()
@@ -166,18 +182,7 @@ class Batcher:
             del self._queues[endpoint]
 
     async def _send(self, endpoint: str, queue: _Queue, calls: list[_Call]) -> None:
-        """One ``Batch`` RPC; every call in it is answered when it returns, whatever happened."""
-        now = time.monotonic()
-        latest = max(c.deadline for c in calls)
-        timeout = max(0.001, latest - now)
-        loop = asyncio.get_running_loop()
-        timers = []
-        for number, call in enumerate(calls):
-            call.item.id = number
-            call.item.timeout_ms = max(1, math.ceil((call.deadline - now) * 1000))
-            if call.deadline < latest:  # the RPC's own deadline answers the latest ones
-                own = max(0.001, call.deadline - now)
-                timers.append(loop.call_at(loop.time() + own, self._expire, endpoint, call, own))
+        """One RPC; every call in it is answered when it returns, whatever happened."""
         silent = True
 
         def heard() -> None:
@@ -186,13 +191,43 @@ class Batcher:
                 silent = False
                 self._heard(endpoint, queue)
 
+        try:
+            if len(calls) == 1:
+                (call,) = calls
+                left = max(0.001, call.deadline - time.monotonic())
+                answer = await self._channels.single(endpoint, call.phase, call.xid, left, call.trace)
+                if not call.future.done():
+                    call.future.set_result(answer)
+            else:
+                await self._batch(endpoint, calls, heard)
+        except asyncio.CancelledError:
+            for call in calls:
+                call.future.cancel()
+            raise
+        finally:
+            heard()
+
+    async def _batch(self, endpoint: str, calls: list[_Call], heard: Callable[[], None]) -> None:
+        """One ``Batch`` RPC carrying ``calls``; answers every one of them but for cancellation."""
+        now = time.monotonic()
+        latest = max(c.deadline for c in calls)
+        timeout = max(0.001, latest - now)
+        loop = asyncio.get_running_loop()
+        timers = []
+        for call in calls:
+            if call.deadline < latest:  # the RPC's own deadline answers the latest ones
+                own = max(0.001, call.deadline - now)
+                timers.append(loop.call_at(loop.time() + own, self._expire, endpoint, call, own))
         metrics.PARTICIPANT_CALLS.labels(method="Batch").inc()
         metrics.BATCH_BRANCHES.observe(len(calls))
-        request = participant_pb2.BatchRequest(items=[c.item for c in calls])
+        request = participant_pb2.BatchRequest(items=[c.item(n, now) for n, c in enumerate(calls)])
         try:
             stub = self._channels.held_stub(endpoint)
-            stream = stub.Batch(request, timeout=timeout, wait_for_ready=True)
-            await self._read(stream, calls, heard)
+            try:
+                stream = stub.Batch(request, timeout=timeout, wait_for_ready=True)
+                await self._read(stream, calls, heard)
+            finally:
+                self._channels.release(endpoint)
             _answer_rest(
                 calls, (XaCode.XAER_RMFAIL, "participant ended the batch without answering this branch")
             )
@@ -207,17 +242,11 @@ class Batcher:
         except _Malformed as err:
             stream.cancel()
             _answer_rest(calls, (XaCode.XAER_RMFAIL, str(err)))
-        except asyncio.CancelledError:
-            for call in calls:
-                call.future.cancel()
-            raise
         except Exception as err:  # whatever else the channel raised: still these branches' failure
             _answer_rest(calls, (XaCode.XAER_RMFAIL, f"Batch call failed: {type(err).__name__}: {err}"))
         finally:
             for timer in timers:
                 timer.cancel()
-            self._channels.release(endpoint)
-            heard()
 
     @staticmethod
     async def _read(stream: Any, calls: list[_Call], heard: Callable[[], None]) -> None:
@@ -235,7 +264,7 @@ class Batcher:
                 try:
                     answer = (XaCode(result.code), result.reason)
                 except ValueError:
-                    method = _METHODS[call.item.verb]
+                    method = _METHODS[call.phase]
                     what = f"participant answered {method} with unknown XaCode {result.code} in code"
                     answer = (XaCode.XAER_RMFAIL, what)
                 call.future.set_result(answer)

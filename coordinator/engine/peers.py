@@ -127,8 +127,9 @@ class Peers:
 
     def held_stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
         """The endpoint's stub; its channel stays open until ``release(endpoint)``."""
+        stub = self._stub(endpoint)
         self._hold(endpoint)
-        return self._stub(endpoint)
+        return stub
 
     def release(self, endpoint: str) -> None:
         """A call to ``endpoint`` is over: its channel may be closed again."""
@@ -144,7 +145,14 @@ class Peers:
         return f"{code.name}: {details}".strip()
 
     async def _invoke(
-        self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
+        self,
+        endpoint: str,
+        method: str,
+        request: Message,
+        timeout: float,
+        *,
+        wait_for_ready: bool = True,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         """One unary call; returns a valid reply or raises PeerError, nothing else.
 
@@ -158,7 +166,7 @@ class Peers:
         try:
             call = getattr(self._stub(endpoint), method)
             reply = await call(
-                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=tracing.inject() or None
+                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=metadata or None
             )
         except grpc.aio.AioRpcError as err:
             reason = self.failure_reason(endpoint, err.code(), err.details() or "", timeout)
@@ -180,9 +188,10 @@ class Peers:
         Anything that is not a valid answer is ``XAER_RMFAIL`` with the reason saying what came back.
         """
         with tracing.span(f"xatm.coordinator.{phase}", gtrid=xid.gtrid, bqual=xid.bqual) as span:
+            trace = tracing.inject()
             if self._batcher is not None and phase in BATCHED_PHASES and endpoint not in self._unbatched:
                 try:
-                    code, reason = await self._batcher.call(endpoint, phase, xid, timeout, tracing.inject())
+                    code, reason = await self._batcher.call(endpoint, phase, xid, timeout, trace)
                 except Unbatched:
                     if endpoint not in self._unbatched:
                         log.info("participant %s does not serve batches: one call per branch", endpoint)
@@ -190,13 +199,26 @@ class Peers:
                 else:
                     span.note(xa_code=code.name)
                     return code, reason
-            method, request = _request(phase, xid, savepoint_id)
-            try:
-                reply = await self._invoke(endpoint, method, request, timeout)
-            except PeerError as err:
-                span.note(xa_code=XaCode.XAER_RMFAIL.name)
-                return XaCode.XAER_RMFAIL, err.reason
-            span.note(xa_code=XaCode(reply.code).name)
+            code, reason = await self.single(endpoint, phase, xid, timeout, trace, savepoint_id)
+            span.note(xa_code=code.name)
+        return code, reason
+
+    async def single(
+        self,
+        endpoint: str,
+        phase: Phase,
+        xid: Xid,
+        timeout: float,
+        trace: tuple[tuple[str, str], ...] = (),
+        savepoint_id: str = "",
+    ) -> tuple[XaCode, str]:
+        """One XA verb on an RPC of its own (``trace``: its trace-context metadata); returns
+        (code, reason), anything that is not a valid answer as ``XAER_RMFAIL``."""
+        method, request = _request(phase, xid, savepoint_id)
+        try:
+            reply = await self._invoke(endpoint, method, request, timeout, metadata=trace)
+        except PeerError as err:
+            return XaCode.XAER_RMFAIL, err.reason
         return XaCode(reply.code), reply.reason
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:
@@ -206,7 +228,9 @@ class Peers:
         outcome can be looked up for it, and it must not hide the well-formed ones.
         """
         request = participant_pb2.RecoverRequest(format_id=format_id)
-        reply = await self._invoke(endpoint, "Recover", request, timeout, wait_for_ready=False)
+        reply = await self._invoke(
+            endpoint, "Recover", request, timeout, wait_for_ready=False, metadata=tracing.inject()
+        )
         xids = []
         for wire in reply.xids:
             if wire.format_id == format_id:

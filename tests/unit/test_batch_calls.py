@@ -110,12 +110,15 @@ async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list
     """Rounds of mixed calls to one participant: the answers of each round, what the RM still
     holds prepared at the end, and how many RPCs and batched branches it took."""
     g = new_gtrid("t1")
-    ok, ok2, rdonly, veto, boom = (Xid(g, b) for b in ("ok-1", "ok-2", "rdonly-1", "veto-1", "boom-1"))
+    ok, ok2, ok3, ok4 = (Xid(g, f"ok-{n}") for n in range(1, 5))
+    rdonly, veto, boom = (Xid(g, b) for b in ("rdonly-1", "veto-1", "boom-1"))
     rounds = [
         # Mixed outcomes in one batch.
         [
             (Phase.PREPARE, ok),
             (Phase.PREPARE, ok2),
+            (Phase.PREPARE, ok3),
+            (Phase.PREPARE, ok4),
             (Phase.PREPARE, rdonly),
             (Phase.PREPARE, veto),
             (Phase.PREPARE, Xid("not a gtrid", "b")),  # refused as a whole call would be
@@ -124,10 +127,10 @@ async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list
             (Phase.ONE_PHASE_COMMIT, Xid(g, "one-1")),
         ],
         # A heuristic rollback injected at commit is made true at the RM.
-        [(Phase.COMMIT, ok)],
-        # A commit and its retry (the first answer lost): the retry finds nothing to commit.
-        [(Phase.COMMIT, ok2)],
-        [(Phase.COMMIT, ok2)],
+        [(Phase.COMMIT, ok), (Phase.COMMIT, ok3)],
+        # Commits and their retries (the first answers lost): the retries find nothing to commit.
+        [(Phase.COMMIT, ok2), (Phase.COMMIT, ok4)],
+        [(Phase.COMMIT, ok2), (Phase.COMMIT, ok4)],
     ]
     rm = ScriptedRM()
     before = {
@@ -164,6 +167,8 @@ def test_a_batch_answers_each_branch_as_its_own_call_would(kind: str, unarmed: N
         [
             XaCode.XA_OK,
             XaCode.XA_OK,
+            XaCode.XA_OK,
+            XaCode.XA_OK,
             XaCode.XA_RDONLY,
             XaCode.XA_RBINTEGRITY,
             XaCode.XAER_RMFAIL,
@@ -171,19 +176,19 @@ def test_a_batch_answers_each_branch_as_its_own_call_would(kind: str, unarmed: N
             XaCode.XAER_RMERR,
             XaCode.XA_OK,
         ],
-        [XaCode.XA_HEURRB],
-        [XaCode.XA_OK],
-        [XaCode.XAER_NOTA],
+        [XaCode.XA_HEURRB] * 2,
+        [XaCode.XA_OK] * 2,
+        [XaCode.XAER_NOTA] * 2,
     ]
-    assert batched[0][4][1].startswith("INVALID_ARGUMENT: malformed gtrid 'not a gtrid'")
-    assert batched[0][3][1] == "balance would be negative"
+    assert batched[0][6][1].startswith("INVALID_ARGUMENT: malformed gtrid 'not a gtrid'")
+    assert batched[0][5][1] == "balance would be negative"
     # Reasons that name an xid differ between the two runs only by the gtrid.
     assert [[c for c, _ in a] for a in one_by_one] == codes
-    assert [a[4][1] for a in (batched[0], one_by_one[0])] == [batched[0][4][1]] * 2
+    assert [a[6][1] for a in (batched[0], one_by_one[0])] == [batched[0][6][1]] * 2
     assert held_batched == held_one_by_one == []  # the heuristic rollback left nothing prepared
     # Four rounds, four messages: every branch went in its round's batch.
-    assert counts == {"Batch": 4, "single": 0, "carried": 11}
-    assert singles["Batch"] == 0 and singles["single"] == 11
+    assert counts == {"Batch": 4, "single": 0, "carried": 16}
+    assert singles["Batch"] == 0 and singles["single"] == 16
 
 
 @pytest.mark.parametrize("kind", ["threaded", "aio"])

@@ -1,9 +1,9 @@
 """When the coordinator's batcher sends what, and how it reads odd replies, against a fake
-channel whose Batch replies the test hands out one by one.
+channel whose answers the test hands out one by one.
 
 Counted in passes of the event loop, never in time: a lone call leaves within a few passes
-(no timer), calls queued behind a batch that has not answered yet leave together when it does
-(or when ``max_batch`` of them wait, or after ``linger``).
+(no timer) on an RPC of its own; calls queued behind an RPC that has not answered yet leave
+together when it does (or when ``max_batch`` of them wait, or after ``linger``).
 """
 
 from __future__ import annotations
@@ -58,11 +58,23 @@ class FakeStream:
 
 
 class FakeChannels:
-    """Stands for ``Peers``: every Batch call is kept in ``streams``."""
+    """Stands for ``Peers``: every Batch call is kept in ``streams``, every call sent on its own
+    in ``singles`` (its bqual and the future the test answers it with)."""
 
     def __init__(self) -> None:
         self.streams: list[FakeStream] = []
+        self.singles: list[tuple[str, asyncio.Future[Answer]]] = []
         self.held = 0
+
+    async def single(
+        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
+    ) -> Answer:
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.singles.append((xid.bqual, answer))
+        return await answer
+
+    def alone(self) -> list[str]:
+        return [bqual for bqual, _ in self.singles]
 
     def held_stub(self, endpoint: str) -> FakeChannels:
         self.held += 1
@@ -94,23 +106,20 @@ def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 
-def test_a_lone_call_leaves_at_once() -> None:
+def test_a_lone_call_leaves_at_once_on_its_own_rpc() -> None:
     async def test() -> None:
         channels = FakeChannels()
         batcher = Batcher(channels, linger=3600)  # a timer would never fire within the test
         call = start(batcher, "b1")
         await passes()
-        assert [s.bquals() for s in channels.streams] == [["b1"]]
-        channels.streams[0].give((0, XaCode.XA_OK, ""))
-        channels.streams[0].end()
+        assert channels.alone() == ["b1"] and channels.streams == []
+        channels.singles[0][1].set_result((XaCode.XA_OK, ""))
         assert await call == (XaCode.XA_OK, "")
-        await passes()
-        assert channels.held == 0
 
     run(test)
 
 
-def test_calls_queued_behind_a_silent_batch_leave_together_when_it_answers() -> None:
+def test_calls_queued_behind_a_silent_rpc_leave_together_when_it_answers() -> None:
     async def test() -> None:
         channels = FakeChannels()
         batcher = Batcher(channels, linger=3600)
@@ -120,15 +129,21 @@ def test_calls_queued_behind_a_silent_batch_leave_together_when_it_answers() -> 
         await passes()
         queued.append(start(batcher, "b3"))
         await passes()
-        assert len(channels.streams) == 1  # the first batch has not answered: the others wait
-        channels.streams[0].give((0, XaCode.XA_OK, ""))
+        assert channels.alone() == ["b1"] and channels.streams == []  # b1 not answered: the others wait
+        channels.singles[0][1].set_result((XaCode.XA_OK, ""))
         await passes()
-        assert [s.bquals() for s in channels.streams] == [["b1"], ["b2", "b3"]]
+        assert [s.bquals() for s in channels.streams] == [["b2", "b3"]]
         assert await first == (XaCode.XA_OK, "")
-        channels.streams[1].give((1, XaCode.XA_RBROLLBACK, "no"), (0, XaCode.XA_OK, ""))
-        channels.streams[1].end()
-        assert await asyncio.gather(*queued) == [(XaCode.XA_OK, ""), (XaCode.XA_RBROLLBACK, "no")]
+        start(batcher, "b4")
+        await passes()
+        assert len(channels.streams) == 1  # the batch is silent in its turn
+        channels.streams[0].give((1, XaCode.XA_RBROLLBACK, "no"))
+        await passes()
+        assert channels.alone() == ["b1", "b4"]  # the first reply let b4 go
+        channels.streams[0].give((0, XaCode.XA_OK, ""))
         channels.streams[0].end()
+        assert await asyncio.gather(*queued) == [(XaCode.XA_OK, ""), (XaCode.XA_RBROLLBACK, "no")]
+        await batcher.close()
 
     run(test)
 
@@ -141,16 +156,17 @@ def test_a_full_queue_does_not_wait_for_the_silent_batch() -> None:
         await passes()
         start(batcher, "b2")
         await passes()
-        assert len(channels.streams) == 1
+        assert channels.streams == []
         start(batcher, "b3")
         await passes()
-        assert [s.bquals() for s in channels.streams] == [["b1"], ["b2", "b3"]]
+        assert channels.alone() == ["b1"]
+        assert [s.bquals() for s in channels.streams] == [["b2", "b3"]]
         await batcher.close()
 
     run(test)
 
 
-def test_queued_calls_leave_after_linger_when_the_silent_batch_never_answers() -> None:
+def test_queued_calls_leave_after_linger_when_the_silent_rpc_never_answers() -> None:
     async def test() -> None:
         channels = FakeChannels()
         batcher = Batcher(channels, linger=0.01)
@@ -158,10 +174,10 @@ def test_queued_calls_leave_after_linger_when_the_silent_batch_never_answers() -
         await passes()
         start(batcher, "b2")
         for _ in range(500):
-            if len(channels.streams) == 2:
+            if len(channels.singles) == 2:
                 break
             await asyncio.sleep(0.01)
-        assert [s.bquals() for s in channels.streams] == [["b1"], ["b2"]]
+        assert channels.alone() == ["b1", "b2"]
         await batcher.close()
 
     run(test)
@@ -177,9 +193,9 @@ def test_a_cancelled_call_is_not_sent() -> None:
         kept = start(batcher, "b3")
         await passes(1)
         gone.cancel()
-        channels.streams[0].give((0, XaCode.XA_OK, ""))
+        channels.singles[0][1].set_result((XaCode.XA_OK, ""))
         await passes()
-        assert [s.bquals() for s in channels.streams] == [["b1"], ["b3"]]
+        assert channels.alone() == ["b1", "b3"] and channels.streams == []
         assert not kept.done()
         await batcher.close()
 
@@ -210,13 +226,14 @@ def test_odd_replies_fail_only_the_branches_they_concern() -> None:
             (XaCode.XAER_RMFAIL, "participant answered Batch with a result for unknown item 7"),
         ]
         assert stream.cancelled
-        third = start(batcher, "d0")
+        last = [start(batcher, f"d{n}") for n in range(2)]
         await passes()
         channels.streams[2].give_raw(participant_pb2.XaReply())  # not a BatchReply at all
-        assert await third == (
+        not_valid = (
             XaCode.XAER_RMFAIL,
             "participant answered Batch with bytes that are not a valid BatchReply",
         )
+        assert await asyncio.gather(*last) == [not_valid] * 2
 
     run(test)
 
