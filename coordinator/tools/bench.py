@@ -397,7 +397,8 @@ def render_table(report: dict[str, Any]) -> str:
         "medians over rounds",
         "",
         f"{'config':<10} {'branches':>8} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'fsync/tx':>8} "
-        f"{'forced/tx':>9} {'CPU ms/tx':>9} {'coord cores':>11} {'harness cores':>13} {'failed':>6}  "
+        f"{'forced/tx':>9} {'RPCs/tx':>7} {'CPU ms/tx':>9} {'coord cores':>11} {'harness cores':>13} "
+        f"{'failed':>6}  "
         "tx/s each round",
     ]
     rows: dict[str, dict[str, Any]] = {}
@@ -408,6 +409,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<10} {r['branches']:>8} {r['tps']:>7.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
             f"{r['fsyncs_per_commit']:>8.3f} {r['decision_writes_per_commit']:>9.3f} "
+            f"{r['participant_rpcs_per_commit']:>7.2f} "
             f"{r['coordinator_cpu_ms_per_commit']:>9.2f} {r['coordinator_cores']:>11.2f} "
             f"{r['harness_cores']:>13.2f} {r['failed']:>6}  "
             + " ".join(f"{t:.0f}" for t in r["tps_each_round"])
