@@ -70,8 +70,11 @@ _BATCH_VERBS = {
 }
 
 #: Worker threads a threaded server's servicer runs batch branches on (its own, since the
-#: server's pool is busy with the batch call itself); more branches wait for a free one.
-BATCH_WORKERS = 16
+#: server's pool is busy with the batch call itself), started as needed. More than one
+#: coordinator's calls out at once to a participant (32 by default), so a branch that blocks in
+#: its RM (waiting for a pooled connection, a lock) never keeps the commits that would free it
+#: waiting for a worker; more branches than this wait for a free one.
+BATCH_WORKERS = 64
 
 
 class ParticipantCore:
