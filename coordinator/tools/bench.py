@@ -82,7 +82,6 @@ _MEDIANS = (
     "p99_ms",
     "fsyncs_per_commit",
     "decision_writes_per_commit",
-    "participant_rpcs_per_commit",
     "coordinator_cpu_ms_per_commit",
     "coordinator_cores",
     "harness_cores",
@@ -104,8 +103,6 @@ class Run:
     p99_ms: float
     fsyncs_per_commit: float
     decision_writes_per_commit: float
-    #: RPCs the coordinator sent to participants per committed transaction (a batch counts once).
-    participant_rpcs_per_commit: float
     #: CPU the coordinator burnt per committed transaction: much steadier than tx/s on a shared
     #: machine, since other work delays the coordinator but does not add to its CPU time.
     coordinator_cpu_ms_per_commit: float
@@ -159,14 +156,12 @@ def _scrape(http: str) -> dict[str, float]:
         ("xatm_transactions_completed_total", (("outcome", "committed"),)): "committed",
         ("xatm_wal_records_total", (("type", "decision"),)): "decisions",
     }
-    found = dict.fromkeys([*wanted.values(), "participant_rpcs"], 0.0)
+    found = dict.fromkeys(wanted.values(), 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = wanted.get((sample.name, tuple(sorted(sample.labels.items()))))
             if key:
                 found[key] = sample.value
-            elif sample.name == "xatm_participant_rpcs_sent_total":
-                found["participant_rpcs"] += sample.value
     return found
 
 
@@ -251,7 +246,6 @@ async def _measure(
         p99_ms=round(_percentile(latencies, 0.99) * 1000, 2),
         fsyncs_per_commit=per_commit("fsyncs"),
         decision_writes_per_commit=per_commit("decisions"),
-        participant_rpcs_per_commit=per_commit("participant_rpcs"),
         coordinator_cpu_ms_per_commit=round(coordinator_cpu * 1000 / max(committed, 1), 3),
         coordinator_cores=round(coordinator_cpu / elapsed, 2),
         harness_cores=round((harness_cpu1 - harness_cpu0) / elapsed, 2),
@@ -311,7 +305,6 @@ def _progress(run: Run, rounds: int) -> str:
     line = (
         f"round {run.round}/{rounds} {run.config:<9} {run.tps:7.1f} tx/s  p50 {run.p50_ms:6.1f} ms  "
         f"p99 {run.p99_ms:6.1f} ms  fsync/tx {run.fsyncs_per_commit:.3f}  "
-        f"participant RPCs/tx {run.participant_rpcs_per_commit:.2f}  "
         f"coordinator {run.coordinator_cpu_ms_per_commit:.2f} CPU ms/tx  failed {run.failed}"
     )
     return line + (f" (first: {run.first_error})" if run.failed else "")
@@ -397,8 +390,7 @@ def render_table(report: dict[str, Any]) -> str:
         "medians over rounds",
         "",
         f"{'config':<10} {'branches':>8} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'fsync/tx':>8} "
-        f"{'forced/tx':>9} {'RPCs/tx':>7} {'CPU ms/tx':>9} {'coord cores':>11} {'harness cores':>13} "
-        f"{'failed':>6}  "
+        f"{'forced/tx':>9} {'CPU ms/tx':>9} {'coord cores':>11} {'harness cores':>13} {'failed':>6}  "
         "tx/s each round",
     ]
     rows: dict[str, dict[str, Any]] = {}
@@ -409,7 +401,6 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<10} {r['branches']:>8} {r['tps']:>7.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
             f"{r['fsyncs_per_commit']:>8.3f} {r['decision_writes_per_commit']:>9.3f} "
-            f"{r['participant_rpcs_per_commit']:>7.2f} "
             f"{r['coordinator_cpu_ms_per_commit']:>9.2f} {r['coordinator_cores']:>11.2f} "
             f"{r['harness_cores']:>13.2f} {r['failed']:>6}  "
             + " ".join(f"{t:.0f}" for t in r["tps_each_round"])
