@@ -35,6 +35,16 @@ UNREACHABLE_PARTICIPANTS = Gauge(
 PARTICIPANT_CHANNELS = Gauge(
     "xatm_participant_channels", "gRPC channels to participant endpoints open now (bounded, idle ones closed)"
 )
+PARTICIPANT_CALLS = Counter(
+    "xatm_participant_rpcs_sent_total",
+    "RPCs the coordinator sent to participants, by method (a Batch carries many branches' calls)",
+    ["method"],
+)
+BATCH_BRANCHES = Histogram(
+    "xatm_participant_batch_branches",
+    "Branch calls carried by each Batch RPC to a participant",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])
 RETRIES = Counter("xatm_retries_total", "Phase-two calls retried by the backoff policy", ["phase"])
 ADMIN_ACTIONS = Counter("xatm_admin_actions_total", "Operator actions", ["action", "result"])
@@ -45,5 +55,16 @@ TRANSACTIONS_OVERDUE = Gauge(
 # Create the known label sets up front so rate()/increase() see a zero before the first event.
 for _outcome in ("committed", "rolledback", "heuristic"):
     TRANSACTIONS_COMPLETED.labels(outcome=_outcome)
+for _method in (
+    "Prepare",
+    "Commit",
+    "Rollback",
+    "Forget",
+    "Recover",
+    "Savepoint",
+    "RollbackToSavepoint",
+    "Batch",
+):
+    PARTICIPANT_CALLS.labels(method=_method)
 for _action in ("recommit", "rerollback", "presumed_abort", "orphan_rollback", "torn_tail", "failed"):
     RECOVERY_ACTIONS.labels(action=_action)

@@ -5,14 +5,21 @@ result to an XA code, metrics); ``ParticipantServicer`` serves it on a threaded
 ``grpc.server`` and ``AsyncParticipantServicer`` on ``grpc.aio`` by running the same core in
 a worker thread, since RMs are blocking. XA outcomes travel in ``XaReply.code``; a gRPC
 error only ever means the call itself was refused (malformed xid, injected fault).
+
+``Batch`` carries many branches' prepare, commit or rollback in one call: each branch goes
+through the same core as its own call would, all of them at once (in worker threads), and each
+result is streamed back as soon as it is known, the ones finished together in one message. A
+branch whose own call would have been refused answers XAER_RMFAIL with that status as reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -55,6 +62,20 @@ def _reply(code: XaCode, reason: str = "") -> participant_pb2.XaReply:
 #: What a verb answers: every reply carries the XA code in ``code``.
 Reply = participant_pb2.XaReply | participant_pb2.RecoverReply
 
+#: The verb a batch item names -> the core's verb.
+_BATCH_VERBS = {
+    participant_pb2.BATCH_PREPARE: "prepare",
+    participant_pb2.BATCH_COMMIT: "commit",
+    participant_pb2.BATCH_ROLLBACK: "rollback",
+}
+
+#: Worker threads a threaded server's servicer runs batch branches on (its own, since the
+#: server's pool is busy with the batch call itself), started as needed. More than one
+#: coordinator's calls out at once to a participant (32 by default), so a branch that blocks in
+#: its RM (waiting for a pooled connection, a lock) never keeps the commits that would free it
+#: waiting for a worker; more branches than this wait for a free one.
+BATCH_WORKERS = 64
+
 
 class ParticipantCore:
     """Serves one XA verb at a time over an RM; thread-safe as far as the RM is.
@@ -94,6 +115,35 @@ class ParticipantCore:
         finally:
             CALLS.labels(verb, label).inc()
             CALL_DURATION.labels(verb).observe(time.perf_counter() - started)
+
+    def serve_item(self, item: participant_pb2.BatchItem, received: float) -> participant_pb2.BatchResult:
+        """One branch of a batch, served as its own call would be; never raises.
+
+        ``received``: time.monotonic() when the batch arrived; a branch whose ``timeout_ms``
+        passed before it starts is not started (its caller has already given up on it).
+        """
+        verb = _BATCH_VERBS.get(item.verb)
+        if verb is None:
+            reason = f"INVALID_ARGUMENT: batch item has no known verb ({item.verb})"
+            return _result(item, XaCode.XAER_RMFAIL, reason)
+        if item.timeout_ms and time.monotonic() - received > item.timeout_ms / 1000:
+            reason = "DEADLINE_EXCEEDED: the branch's deadline passed before the participant served it"
+            return _result(item, XaCode.XAER_RMFAIL, reason)
+        request: Message
+        if verb == "commit":
+            request = participant_pb2.CommitBranchRequest(xid=item.xid, one_phase=item.one_phase)
+        else:
+            request = participant_pb2.BranchRequest(xid=item.xid)
+        ids = {"gtrid": item.xid.gtrid or None, "bqual": item.xid.bqual or None}
+        with tracing.span(f"xatm.participant.{verb}", item.trace.items(), **ids) as span:
+            try:
+                reply = self.serve(verb, request)
+                assert isinstance(reply, participant_pb2.XaReply)
+            except XatmError as error:
+                span.note(xa_code=XaCode.XAER_RMFAIL.name)
+                return _result(item, XaCode.XAER_RMFAIL, f"{error.status.name}: {error.message}")
+            span.note(xa_code=XaCode(reply.code).name)
+        return participant_pb2.BatchResult(id=item.id, code=reply.code, reason=reply.reason)
 
     # Each verb: validate, pass its failpoint, call the RM, map the result.
 
@@ -220,6 +270,10 @@ class ParticipantCore:
         )
 
 
+def _result(item: participant_pb2.BatchItem, code: XaCode, reason: str) -> participant_pb2.BatchResult:
+    return participant_pb2.BatchResult(id=item.id, code=proto_enum(code, xa_pb2.XaCode), reason=reason)
+
+
 class _Base(participant_pb2_grpc.ParticipantServicer):
     def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
         self.core = ParticipantCore(rm, on_complete=on_complete)
@@ -227,6 +281,11 @@ class _Base(participant_pb2_grpc.ParticipantServicer):
 
 class ParticipantServicer(_Base):
     """The Participant service for a threaded ``grpc.server``."""
+
+    def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
+        super().__init__(rm, on_complete=on_complete)
+        self._batch_pool: futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Reply:
         try:
@@ -261,6 +320,26 @@ class ParticipantServicer(_Base):
         self, request: participant_pb2.SavepointBranchRequest, context: grpc.ServicerContext
     ) -> Reply:
         return self._serve("rollback_to_savepoint", request, context)
+
+    def Batch(
+        self, request: participant_pb2.BatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[participant_pb2.BatchReply]:
+        received = time.monotonic()
+        if len(request.items) == 1:  # nothing to run beside it: no thread hop
+            yield participant_pb2.BatchReply(results=[self.core.serve_item(request.items[0], received)])
+            return
+        pool = self._pool()
+        pending = {pool.submit(self.core.serve_item, item, received) for item in request.items}
+        while pending:
+            done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            yield participant_pb2.BatchReply(results=[f.result() for f in done])
+
+    def _pool(self) -> futures.ThreadPoolExecutor:
+        """The batch workers, started with the first batch of more than one branch."""
+        with self._pool_lock:
+            if self._batch_pool is None:
+                self._batch_pool = futures.ThreadPoolExecutor(BATCH_WORKERS, thread_name_prefix="xatm-batch")
+            return self._batch_pool
 
 
 class AsyncParticipantServicer(_Base):
@@ -309,3 +388,13 @@ class AsyncParticipantServicer(_Base):
         self, request: participant_pb2.SavepointBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Reply:
         return await self._serve("rollback_to_savepoint", request, context)
+
+    async def Batch(
+        self, request: participant_pb2.BatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[participant_pb2.BatchReply]:
+        received = time.monotonic()
+        serve = self.core.serve_item
+        pending = {asyncio.ensure_future(asyncio.to_thread(serve, item, received)) for item in request.items}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            yield participant_pb2.BatchReply(results=[task.result() for task in done])

@@ -30,7 +30,12 @@ def garbage(_: bytes, __: grpc.ServicerContext) -> bytes:
 
 
 class FakePeer(grpc.GenericRpcHandler):
-    """One service's paths on a real port; ``answers[method]`` chooses each answer (else ``default``)."""
+    """One service's paths on a real port; ``answers[method]`` chooses each answer (else ``default``).
+
+    Methods in ``unserved`` are answered UNIMPLEMENTED, as by a peer built before them (each
+    attempt is kept in ``refused``): by default the Participant's ``Batch``, so the fake is
+    called one branch at a time.
+    """
 
     def __init__(self, service: str = "xatm.v1.Participant", default: Answer = ok) -> None:
         self.answers: dict[str, Answer] = {}
@@ -38,6 +43,9 @@ class FakePeer(grpc.GenericRpcHandler):
         self._default = default
         #: (method, request bytes) of every call received, in order.
         self.calls: list[tuple[str, bytes]] = []
+        self.unserved = {"Batch"}
+        #: The methods of the calls answered UNIMPLEMENTED, in order.
+        self.refused: list[str] = []
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4))
         self._server.add_generic_rpc_handlers((self,))
         self.endpoint = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
@@ -46,6 +54,9 @@ class FakePeer(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         service, _, method = handler_call_details.method.rpartition("/")  # type: ignore[attr-defined]
         if service != self._service:
+            return None
+        if method in self.unserved:
+            self.refused.append(method)
             return None
 
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -7,6 +7,11 @@ The state machine therefore only ever sees XA codes, and no call task dies with 
 One channel per endpoint, cached and bounded: at most ``max_channels`` are kept, and one unused
 for ``idle_after`` seconds is closed (the least recently used first, never one with a call out);
 messages either way are bounded by ``max_message_bytes``.
+
+Prepare, commit and rollback go through a ``Batcher``: the calls to one endpoint queued in the
+same loop pass share one ``Batch`` RPC, each with its own deadline and answer. An endpoint that
+answers ``Batch`` with UNIMPLEMENTED (a participant built before it) gets one call per branch
+from then on, for as long as its channel is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import grpc
 from google.protobuf.message import Message
 
 from xatm.coordinator import metrics
+from xatm.coordinator.engine.batching import BATCHED_PHASES, Batcher, Unbatched
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
@@ -61,7 +67,10 @@ class Peers:
         credentials: grpc.ChannelCredentials | None = None,
         max_channels: int = 256,
         idle_after: float = 300.0,
+        max_batch: int = 64,
     ):
+        """``max_batch``: branches carried in one ``Batch`` RPC at most (1 sends every branch on
+        its own call, as to a participant without batches)."""
         self._options = [
             *CHANNEL_OPTIONS,
             ("grpc.max_send_message_length", max_message_bytes),
@@ -75,6 +84,9 @@ class Peers:
         self._channels = OrderedDict()
         self._calls_out: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: Endpoints that do not serve batches (forgotten with their channel).
+        self._unbatched: set[str] = set()
+        self._batcher = Batcher(self, max_batch=max_batch) if max_batch > 1 else None
 
     @property
     def channel_count(self) -> int:
@@ -103,6 +115,7 @@ class Peers:
             if self._calls_out.get(endpoint):
                 continue  # a call is out on it: closing would cancel that call
             del self._channels[endpoint]
+            self._unbatched.discard(endpoint)  # a participant met anew may have been upgraded
             task = asyncio.get_running_loop().create_task(channel.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -112,8 +125,37 @@ class Peers:
         entry = self._channels.get(endpoint)
         return entry is not None and entry[0].get_state() != grpc.ChannelConnectivity.READY
 
+    def _hold(self, endpoint: str) -> None:
+        self._calls_out[endpoint] = self._calls_out.get(endpoint, 0) + 1
+
+    def held_stub(self, endpoint: str) -> participant_pb2_grpc.ParticipantStub:
+        """The endpoint's stub; its channel stays open until ``release(endpoint)``."""
+        stub = self._stub(endpoint)
+        self._hold(endpoint)
+        return stub
+
+    def release(self, endpoint: str) -> None:
+        """A call to ``endpoint`` is over: its channel may be closed again."""
+        left = self._calls_out.pop(endpoint) - 1
+        if left:
+            self._calls_out[endpoint] = left
+
+    def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
+        """The reason a call to ``endpoint`` that ended with ``code`` gives (``XAER_RMFAIL``)."""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._unconnected(endpoint):
+            # Waiting for a connection that never came: say so, not just "deadline".
+            return f"UNAVAILABLE: no connection to {endpoint} within {timeout:g} s (deadline exceeded)"
+        return f"{code.name}: {details}".strip()
+
     async def _invoke(
-        self, endpoint: str, method: str, request: Message, timeout: float, *, wait_for_ready: bool = True
+        self,
+        endpoint: str,
+        method: str,
+        request: Message,
+        timeout: float,
+        *,
+        wait_for_ready: bool = True,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         """One unary call; returns a valid reply or raises PeerError, nothing else.
 
@@ -122,24 +164,20 @@ class Peers:
         connection error (gRPC's default), so a participant back at its address takes part in
         the very next prepare.
         """
-        self._calls_out[endpoint] = self._calls_out.get(endpoint, 0) + 1
+        self._hold(endpoint)
+        metrics.PARTICIPANT_CALLS.labels(method=method).inc()
         try:
             call = getattr(self._stub(endpoint), method)
             reply = await call(
-                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=tracing.inject() or None
+                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=metadata or None
             )
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._unconnected(endpoint):
-                # Waiting for a connection that never came: say so, not just "deadline".
-                reason = f"UNAVAILABLE: no connection to {endpoint} within {timeout:g} s (deadline exceeded)"
-                raise PeerError(reason, transport=True) from None
-            raise PeerError(f"{err.code().name}: {err.details() or ''}".strip(), transport=True) from None
+            reason = self.failure_reason(endpoint, err.code(), err.details() or "", timeout)
+            raise PeerError(reason, transport=True) from None
         except Exception as err:  # whatever else the channel or the stub raised: still this branch's failure
             raise PeerError(f"{method} call failed: {type(err).__name__}: {err}", transport=True) from None
         finally:
-            left = self._calls_out.pop(endpoint) - 1
-            if left:
-                self._calls_out[endpoint] = left
+            self.release(endpoint)
         try:
             return checked_reply(reply, _SERVICE, method, "participant")
         except MalformedReply as err:
@@ -152,29 +190,40 @@ class Peers:
 
         Anything that is not a valid answer is ``XAER_RMFAIL`` with the reason saying what came back.
         """
-        wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
-        request: Message
-        if phase == Phase.PREPARE:
-            method, request = "Prepare", participant_pb2.BranchRequest(xid=wire)
-        elif phase in (Phase.COMMIT, Phase.ONE_PHASE_COMMIT):
-            method = "Commit"
-            request = participant_pb2.CommitBranchRequest(xid=wire, one_phase=phase == Phase.ONE_PHASE_COMMIT)
-        elif phase == Phase.ROLLBACK:
-            method, request = "Rollback", participant_pb2.BranchRequest(xid=wire)
-        elif phase == Phase.FORGET:
-            method, request = "Forget", participant_pb2.BranchRequest(xid=wire)
-        else:
-            method = "Savepoint" if phase == Phase.SAVEPOINT else "RollbackToSavepoint"
-            request = participant_pb2.SavepointBranchRequest(xid=wire, savepoint_id=savepoint_id)
         with tracing.span(f"xatm.coordinator.{phase}", gtrid=xid.gtrid, bqual=xid.bqual) as span:
-            try:
-                reply = await self._invoke(endpoint, method, request, timeout)
-            except PeerError as err:
-                span.note(xa_code=XaCode.XAER_RMFAIL.name)
-                return XaCode.XAER_RMFAIL, err.reason[:REASON_MAX]
-            span.note(xa_code=XaCode(reply.code).name)
-        # A participant's reason is kept on the branch, logged and written to the log: bounded.
-        return XaCode(reply.code), reply.reason[:REASON_MAX]
+            trace = tracing.inject()
+            if self._batcher is not None and phase in BATCHED_PHASES and endpoint not in self._unbatched:
+                try:
+                    code, reason = await self._batcher.call(endpoint, phase, xid, timeout, trace)
+                except Unbatched:
+                    if endpoint not in self._unbatched:
+                        log.info("participant %s does not serve batches: one call per branch", endpoint)
+                        self._unbatched.add(endpoint)
+                else:
+                    span.note(xa_code=code.name)
+                    # A participant's reason is kept on the branch, logged and written to the log: bounded.
+                    return code, reason[:REASON_MAX]
+            code, reason = await self.single(endpoint, phase, xid, timeout, trace, savepoint_id)
+            span.note(xa_code=code.name)
+        return code, reason[:REASON_MAX]
+
+    async def single(
+        self,
+        endpoint: str,
+        phase: Phase,
+        xid: Xid,
+        timeout: float,
+        trace: tuple[tuple[str, str], ...] = (),
+        savepoint_id: str = "",
+    ) -> tuple[XaCode, str]:
+        """One XA verb on an RPC of its own (``trace``: its trace-context metadata); returns
+        (code, reason), anything that is not a valid answer as ``XAER_RMFAIL``."""
+        method, request = _request(phase, xid, savepoint_id)
+        try:
+            reply = await self._invoke(endpoint, method, request, timeout, metadata=trace)
+        except PeerError as err:
+            return XaCode.XAER_RMFAIL, err.reason
+        return XaCode(reply.code), reply.reason
 
     async def recover(self, endpoint: str, format_id: int, *, timeout: float) -> tuple[list[Xid], str]:
         """The participant's prepared XIDs and its rm_id; raises PeerError and nothing else.
@@ -183,7 +232,9 @@ class Peers:
         outcome can be looked up for it, and it must not hide the well-formed ones.
         """
         request = participant_pb2.RecoverRequest(format_id=format_id)
-        reply = await self._invoke(endpoint, "Recover", request, timeout, wait_for_ready=False)
+        reply = await self._invoke(
+            endpoint, "Recover", request, timeout, wait_for_ready=False, metadata=tracing.inject()
+        )
         xids = []
         for wire in reply.xids:
             if wire.format_id == format_id:
@@ -197,8 +248,29 @@ class Peers:
         return xids, reply.rm_id
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         for channel, _, _ in self._channels.values():
             await channel.close()
         self._channels.clear()
         await asyncio.gather(*self._closing, return_exceptions=True)
         metrics.PARTICIPANT_CHANNELS.set(0)
+
+
+def _request(phase: Phase, xid: Xid, savepoint_id: str) -> tuple[str, Message]:
+    """The Participant method for ``phase`` and its request."""
+    request: Message
+    wire = xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual)
+    if phase == Phase.PREPARE:
+        method, request = "Prepare", participant_pb2.BranchRequest(xid=wire)
+    elif phase in (Phase.COMMIT, Phase.ONE_PHASE_COMMIT):
+        method = "Commit"
+        request = participant_pb2.CommitBranchRequest(xid=wire, one_phase=phase == Phase.ONE_PHASE_COMMIT)
+    elif phase == Phase.ROLLBACK:
+        method, request = "Rollback", participant_pb2.BranchRequest(xid=wire)
+    elif phase == Phase.FORGET:
+        method, request = "Forget", participant_pb2.BranchRequest(xid=wire)
+    else:
+        method = "Savepoint" if phase == Phase.SAVEPOINT else "RollbackToSavepoint"
+        request = participant_pb2.SavepointBranchRequest(xid=wire, savepoint_id=savepoint_id)
+    return method, request

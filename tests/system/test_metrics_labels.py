@@ -21,6 +21,7 @@ from prometheus_client.samples import Sample
 from tests.bank_system import BankSystem
 from xatm.coordinator.tools.procs import free_port
 from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, TxStatus, XaCode
 
 #: Every label an xatm_ metric may carry, with every value it may take ("label@family" first).
@@ -30,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "phase": {str(p) for p in Phase} | {"decision"},
     # Participants label a refused call by its gRPC status.
     "code": {c.name for c in XaCode} | {c.name for c in grpc.StatusCode},
+    # RPCs the coordinator sent to participants, by Participant method.
+    "method": {m.name for m in participant_pb2.DESCRIPTOR.services_by_name["Participant"].methods},
     "verb": {"prepare", "commit", "rollback", "forget", "recover", "savepoint", "rollback_to_savepoint"},
     "action@xatm_recovery_actions": {
         "recommit",

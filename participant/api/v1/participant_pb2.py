@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from . import xa_pb2 as xatm_dot_v1_dot_xa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xatm/v1/participant.proto\x12\x07xatm.v1\x1a\x10xatm/v1/xa.proto\"*\n\rBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\"C\n\x13\x43ommitBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\x11\n\tone_phase\x18\x02 \x01(\x08\"I\n\x16SavepointBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\x14\n\x0csavepoint_id\x18\x02 \x01(\t\"8\n\x07XaReply\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x0eRecoverRequest\x12\x11\n\tformat_id\x18\x01 \x01(\x05\"X\n\x0cRecoverReply\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x1a\n\x04xids\x18\x02 \x03(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x03 \x01(\t2\xab\x03\n\x0bParticipant\x12\x33\n\x07Prepare\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x38\n\x06\x43ommit\x12\x1c.xatm.v1.CommitBranchRequest\x1a\x10.xatm.v1.XaReply\x12\x34\n\x08Rollback\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x32\n\x06\x46orget\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x39\n\x07Recover\x12\x17.xatm.v1.RecoverRequest\x1a\x15.xatm.v1.RecoverReply\x12>\n\tSavepoint\x12\x1f.xatm.v1.SavepointBranchRequest\x1a\x10.xatm.v1.XaReply\x12H\n\x13RollbackToSavepoint\x12\x1f.xatm.v1.SavepointBranchRequest\x1a\x10.xatm.v1.XaReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xatm/v1/participant.proto\x12\x07xatm.v1\x1a\x10xatm/v1/xa.proto\"*\n\rBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\"C\n\x13\x43ommitBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\x11\n\tone_phase\x18\x02 \x01(\x08\"I\n\x16SavepointBranchRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\x14\n\x0csavepoint_id\x18\x02 \x01(\t\"8\n\x07XaReply\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x0eRecoverRequest\x12\x11\n\tformat_id\x18\x01 \x01(\x05\"X\n\x0cRecoverReply\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x1a\n\x04xids\x18\x02 \x03(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x03 \x01(\t\"\xd7\x01\n\tBatchItem\x12\n\n\x02id\x18\x01 \x01(\r\x12 \n\x04verb\x18\x02 \x01(\x0e\x32\x12.xatm.v1.BatchVerb\x12\x19\n\x03xid\x18\x03 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\x11\n\tone_phase\x18\x04 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12,\n\x05trace\x18\x06 \x03(\x0b\x32\x1d.xatm.v1.BatchItem.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0c\x42\x61tchRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.xatm.v1.BatchItem\"H\n\x0b\x42\x61tchResult\x12\n\n\x02id\x18\x01 \x01(\r\x12\x1d\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\"3\n\nBatchReply\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.xatm.v1.BatchResult*`\n\tBatchVerb\x12\x1a\n\x16\x42\x41TCH_VERB_UNSPECIFIED\x10\x00\x12\x11\n\rBATCH_PREPARE\x10\x01\x12\x10\n\x0c\x42\x41TCH_COMMIT\x10\x02\x12\x12\n\x0e\x42\x41TCH_ROLLBACK\x10\x03\x32\xe2\x03\n\x0bParticipant\x12\x33\n\x07Prepare\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x38\n\x06\x43ommit\x12\x1c.xatm.v1.CommitBranchRequest\x1a\x10.xatm.v1.XaReply\x12\x34\n\x08Rollback\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x32\n\x06\x46orget\x12\x16.xatm.v1.BranchRequest\x1a\x10.xatm.v1.XaReply\x12\x39\n\x07Recover\x12\x17.xatm.v1.RecoverRequest\x1a\x15.xatm.v1.RecoverReply\x12>\n\tSavepoint\x12\x1f.xatm.v1.SavepointBranchRequest\x1a\x10.xatm.v1.XaReply\x12H\n\x13RollbackToSavepoint\x12\x1f.xatm.v1.SavepointBranchRequest\x1a\x10.xatm.v1.XaReply\x12\x35\n\x05\x42\x61tch\x12\x15.xatm.v1.BatchRequest\x1a\x13.xatm.v1.BatchReply0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xatm.v1.participant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BATCHITEM_TRACEENTRY']._loaded_options = None
+  _globals['_BATCHITEM_TRACEENTRY']._serialized_options = b'8\001'
+  _globals['_BATCHVERB']._serialized_start=825
+  _globals['_BATCHVERB']._serialized_end=921
   _globals['_BRANCHREQUEST']._serialized_start=56
   _globals['_BRANCHREQUEST']._serialized_end=98
   _globals['_COMMITBRANCHREQUEST']._serialized_start=100
@@ -44,6 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOVERREQUEST']._serialized_end=337
   _globals['_RECOVERREPLY']._serialized_start=339
   _globals['_RECOVERREPLY']._serialized_end=427
-  _globals['_PARTICIPANT']._serialized_start=430
-  _globals['_PARTICIPANT']._serialized_end=857
+  _globals['_BATCHITEM']._serialized_start=430
+  _globals['_BATCHITEM']._serialized_end=645
+  _globals['_BATCHITEM_TRACEENTRY']._serialized_start=601
+  _globals['_BATCHITEM_TRACEENTRY']._serialized_end=645
+  _globals['_BATCHREQUEST']._serialized_start=647
+  _globals['_BATCHREQUEST']._serialized_end=696
+  _globals['_BATCHRESULT']._serialized_start=698
+  _globals['_BATCHRESULT']._serialized_end=770
+  _globals['_BATCHREPLY']._serialized_start=772
+  _globals['_BATCHREPLY']._serialized_end=823
+  _globals['_PARTICIPANT']._serialized_start=924
+  _globals['_PARTICIPANT']._serialized_end=1406
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,11 @@ class ParticipantStub:
                 request_serializer=xatm_dot_v1_dot_participant__pb2.SavepointBranchRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_participant__pb2.XaReply.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_stream(
+                '/xatm.v1.Participant/Batch',
+                request_serializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
+                _registered_method=True)
 
 
 class ParticipantServicer:
@@ -116,6 +121,18 @@ class ParticipantServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Many branches' prepare, commit or rollback in one message. Each branch is served as its own
+        call would be (concurrently with the others) and its result streams back as soon as it has
+        one, with the results finished at the same time sharing a reply message; the stream ends
+        once every branch of the batch was answered. The call's deadline is the latest of the
+        branches' deadlines. A participant that does not serve it (UNIMPLEMENTED) is sent the
+        per-branch calls above instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +170,11 @@ def add_ParticipantServicer_to_server(servicer, server):
                     servicer.RollbackToSavepoint,
                     request_deserializer=xatm_dot_v1_dot_participant__pb2.SavepointBranchRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_participant__pb2.XaReply.SerializeToString,
+            ),
+            'Batch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_participant__pb2.BatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +366,33 @@ class Participant:
             '/xatm.v1.Participant/RollbackToSavepoint',
             xatm_dot_v1_dot_participant__pb2.SavepointBranchRequest.SerializeToString,
             xatm_dot_v1_dot_participant__pb2.XaReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xatm.v1.Participant/Batch',
+            xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
+            xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
             options,
             channel_credentials,
             insecure,
