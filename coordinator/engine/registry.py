@@ -34,8 +34,11 @@ _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 class Registry:
     """Transactions by gtrid, in begin order (the oldest history is dropped first)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_deadline: Callable[[str], None] | None = None) -> None:
+        """``on_deadline(gtrid)`` is called when an open transaction reaches its deadline."""
         self._txs: dict[str, sm.Transaction] = {}
+        self._on_deadline = on_deadline
+        #: Created only for a gtrid somebody waits on, set when it is final.
         self._done: dict[str, asyncio.Event] = {}
         #: Set (and replaced) at each status change of a gtrid somebody waits on.
         self._changed: dict[str, asyncio.Event] = {}
@@ -48,6 +51,8 @@ class Registry:
             (status, overdue): 0 for status in TxStatus for overdue in (False, True)
         }
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: Set by ``release_all``: nobody waits any more.
+        self._released = False
         #: Transactions not yet final.
         self.open = 0
 
@@ -101,11 +106,9 @@ class Registry:
             self.add(tx)
 
     def add(self, tx: sm.Transaction) -> None:
+        """Hold ``tx``; one timer per open transaction serves its timeout and the overdue count."""
         self._txs[tx.gtrid] = tx
-        done = self._done[tx.gtrid] = asyncio.Event()
-        if tx.status.is_final:
-            done.set()
-        else:
+        if not tx.status.is_final:
             self.open += 1
             loop = asyncio.get_running_loop()
             delay = max(0.0, tx.deadline_mono - time.monotonic())
@@ -141,7 +144,9 @@ class Registry:
         if deadline is not None:
             deadline.cancel()
         self.observe(tx)
-        self._done[tx.gtrid].set()
+        done = self._done.pop(tx.gtrid, None)
+        if done is not None:
+            done.set()
 
     def drop(self, gtrid: str) -> None:
         tx = self._txs.pop(gtrid, None)
@@ -160,6 +165,13 @@ class Registry:
         tx = self._txs.get(gtrid)
         if tx is not None:
             self.observe(tx)
+            if self._on_deadline is not None:
+                self._on_deadline(gtrid)
+
+    def cancel_deadlines(self) -> None:
+        """Stop every deadline timer (shutdown, or a stopped log)."""
+        for timer in self._deadlines.values():
+            timer.cancel()
 
     def prune(self, *, retention: float, keep: int) -> None:
         """Drop completed history older than ``retention`` seconds, and the oldest past ``keep``."""
@@ -174,10 +186,12 @@ class Registry:
 
     async def wait_done(self, gtrid: str, timeout: float) -> None:
         """Until ``gtrid`` is final or ``timeout`` seconds passed (or ``release_all``)."""
-        done = self._done.get(gtrid)
-        if done is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+        tx = self._txs.get(gtrid)
+        if tx is None or tx.status.is_final or self._released:
+            return
+        done = self._done.setdefault(gtrid, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
 
     async def wait_decided(self, tx: sm.Transaction, until: float, stopped: Callable[[], bool]) -> None:
         """Until ``tx`` has left Preparing and Prepared, the loop's clock reaches ``until``, or
@@ -192,7 +206,8 @@ class Registry:
                 await asyncio.wait_for(changed.wait(), left)
 
     def release_all(self) -> None:
-        """Answer every waiter at once (the log stopped)."""
+        """Answer every waiter at once, and later ones without waiting (the log stopped)."""
+        self._released = True
         for done in self._done.values():
             done.set()
         for changed in self._changed.values():
