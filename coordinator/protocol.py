@@ -261,9 +261,10 @@ def report_branches(
     reason (work in a branch failed) marks it rollback-only.
 
     A bqual already held for the same RM is the same branch told twice (it was also enlisted
-    eagerly, or the request is a retry). Raises INVALID_ARGUMENT for a bqual held for another RM,
-    and Refused for a branch the transaction lacks once it left Created and MarkedRollback: its
-    work could no longer be part of the outcome.
+    eagerly, or the request is a retry). Raises INVALID_ARGUMENT for a bqual held for another RM.
+    A branch the transaction lacks once it left Created and MarkedRollback could no longer be part
+    of the outcome: after a rollback decision (e.g. the timeout) it is left to its participant,
+    which ends a branch nobody reached past the deadline; otherwise Refused.
     """
     fresh: list[tuple[str, str, str]] = []
     for bqual, rm_id, endpoint in branches:
@@ -275,6 +276,8 @@ def report_branches(
                 f"branch {bqual} of {tx.gtrid} belongs to resource manager {held.rm_id}, not {rm_id}",
             )
     if fresh and tx.status not in (S.CREATED, S.MARKED_ROLLBACK):
+        if tx.decision is Decision.ROLLBACK:
+            return []
         raise _refuse(tx, f"joining branch {fresh[0][0]}", (S.CREATED, S.MARKED_ROLLBACK))
     for bqual, rm_id, endpoint in fresh:
         tx.branches[bqual] = Branch(bqual, rm_id, endpoint)

@@ -477,7 +477,12 @@ class Engine:
         ``hold``) with the ``branches`` reported to the initiator, and marked rollback-only when
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
-        await self._report(self.hold(gtrid, timeout_ms), branches, rollback_only)
+        tx = self.hold(gtrid, timeout_ms)
+        await self._report(tx, branches, rollback_only)
+        if time.monotonic() >= tx.deadline_mono:
+            # Past its timeout already (a commit that comes late): no prepare is sent.
+            old = tx.status
+            await self._after(tx, old, sm.timeout(tx))
         return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 
     async def rollback(
