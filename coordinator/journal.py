@@ -103,8 +103,12 @@ class RecordFactory:
 
     @classmethod
     def decision(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        """The commit decision, carrying ``tx`` as decided: Committing, every branch."""
         rec = cls._base(tx.gtrid, now)
         rec.decision.commit = True
+        rec.decision.transaction.CopyFrom(_to_snapshot(tx))
+        rec.decision.transaction.status = xa_pb2.TRANSACTION_STATUS_COMMITTING
+        rec.decision.transaction.decision = xa_pb2.DECISION_COMMIT
         return rec
 
     @classmethod
@@ -206,6 +210,9 @@ def replay(records: Iterable[wal_pb2.WalRecord]) -> dict[str, Transaction]:
             continue
         if kind == "begin":
             txs[rec.gtrid] = Transaction(gtrid=rec.gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=now)
+            continue
+        if kind == "decision" and rec.decision.HasField("transaction"):
+            txs[rec.gtrid] = _from_snapshot(rec.decision.transaction)
             continue
         tx = txs.get(rec.gtrid)
         if tx is None:

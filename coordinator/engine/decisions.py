@@ -6,8 +6,8 @@ after a restart, so nothing is logged while it is undecided: no begin, no enlist
 Preparing or Prepared. Its first record is a snapshot carrying every branch, written (not
 forced) when it starts preparing or rolling back, so that a restarted coordinator rolls back
 its branches at once instead of leaving them to the participants' deadlines. The commit decision
-is a forced snapshot that carries every branch again: it alone is enough for recovery, and it
-is on disk before any phase-two message. The end record closes the transaction.
+is forced to disk before any phase-two message and carries every branch again: it alone is
+enough for recovery. The end record closes the transaction.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class DecisionLog:
         started = time.perf_counter()
         self._deciding.add(tx.gtrid)
         try:
-            await self.log.append(R.snapshot(_decided(tx), time.time()), force=True)
+            await self.log.append(R.decision(tx, time.time()), force=True)
         except BaseException:
             self._deciding.discard(tx.gtrid)
             raise
