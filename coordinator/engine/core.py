@@ -337,6 +337,8 @@ class Engine:
         effects = sm.report_branches(tx, refs, rollback_only[:500])
         for _, rm_id, endpoint in refs:
             self.registry.enlisted(rm_id, endpoint)
+        if tx.status != old:  # marked: the reason the participant reported is the one kept
+            log.info("%s marked rollback-only: %s", tx.gtrid, tx.rollback_reason)
         await self._after(tx, old, effects)
 
     async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str, timeout_ms: int = 0) -> XaCode:
@@ -486,13 +488,24 @@ class Engine:
         return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 
     async def rollback(
-        self, gtrid: str, reason: str = "", timeout_ms: int = 0, branches: Iterable[BranchRef] = ()
+        self,
+        gtrid: str,
+        reason: str = "",
+        timeout_ms: int = 0,
+        branches: Iterable[BranchRef] = (),
+        rollback_only: str = "",
     ) -> Result:
-        """The initiator's rollback; ``timeout_ms`` and ``branches`` as for ``commit``. A
-        transaction never decided needs no forced write to roll back (presumed abort)."""
+        """The initiator's rollback; ``timeout_ms`` and ``branches`` as for ``commit``, and
+        ``rollback_only`` (work in a reported branch failed) is the reason kept. A transaction
+        never decided needs no forced write to roll back (presumed abort)."""
         self._refuse_if_fenced()
-        await self._report(self.hold(gtrid, timeout_ms), branches, "")
-        return await self._complete(gtrid, lambda tx: sm.request_rollback(tx, reason), Phase.ROLLBACK)
+        tx = self.hold(gtrid, timeout_ms)
+        await self._report(tx, branches, "")
+        code = None
+        if rollback_only and tx.status == TxStatus.CREATED:
+            reason, code = rollback_only[:500], XaCode.XA_RBROLLBACK
+            log.info("%s marked rollback-only: %s", tx.gtrid, reason)
+        return await self._complete(gtrid, lambda tx: sm.request_rollback(tx, reason, code), Phase.ROLLBACK)
 
     async def force_commit(self, gtrid: str) -> Result:
         return await self._complete(gtrid, sm.force_commit, Phase.COMMIT)

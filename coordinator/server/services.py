@@ -149,7 +149,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with self._admitted(request.gtrid):
             self.engine.hold(request.gtrid, request.timeout_ms)
         result = await self.engine.rollback(
-            request.gtrid, "rollback requested by the initiator", request.timeout_ms, branches
+            request.gtrid,
+            "rollback requested by the initiator",
+            request.timeout_ms,
+            branches,
+            request.rollback_only,
         )
         return completion(result)
 
