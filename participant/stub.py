@@ -202,18 +202,19 @@ class ParticipantStub:
             if branch.error is not None:
                 first = branch.error
                 raise EnlistError(first.status, first.message, getattr(first, "xa_code", None))
-            if collector is not None:
-                # Every call reports it again: the reply of an earlier one may not have got back.
-                collector.add(branch.xid.bqual, self.rm.rm_id, self.advertise)
-            if not branch.enlisted:
-                if collector is not None and not self.eager:
-                    branch.enlisted = branch.reported = True
-                else:
-                    self._enlist_first(tx, branch)
-                    return branch.xid
+            opening = not branch.enlisted
+            if opening and (collector is None or self.eager):
+                self._enlist_first(tx, branch)
+            elif opening:
+                branch.enlisted = branch.reported = True
             elif branch.reported and collector is None:
                 # Joined through a caller that takes no reports: the coordinator must hear of it.
                 self._enlist_joined(tx, branch)
+            if collector is not None:
+                # Every call reports it again: the reply of an earlier one may not have got back.
+                collector.add(branch.xid.bqual, self.rm.rm_id, self.advertise)
+            if opening and not branch.reported:
+                return branch.xid  # enlisted and started by ``_enlist_first``
         self._start(tx, branch.xid)
         return branch.xid
 
