@@ -619,7 +619,9 @@ class Engine:
         metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
         if not tx.recovered:
             metrics.TRANSACTION_DURATION.labels(outcome=label).observe(ended - tx.begun_mono)
-        log.debug("%s %s", tx.gtrid, tx.status.label)
+        # A commit is routine, one line each would cost more than it tells: DEBUG. Anything else is news.
+        level = logging.DEBUG if tx.status == TxStatus.COMMITTED else logging.INFO
+        log.log(level, "%s %s", tx.gtrid, tx.status.label)
 
     def _on_timeout(self, gtrid: str) -> None:
         tx = self.registry.known(gtrid)
