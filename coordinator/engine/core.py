@@ -292,9 +292,7 @@ class Engine:
         if tx is not None:
             return tx
         if node_of(gtrid) != self.node_id:
-            raise NotFoundError(
-                f"unknown transaction {gtrid} (this coordinator's gtrids begin {self.node_id}.)"
-            )
+            raise NotFoundError(f"unknown transaction {gtrid}")  # not this node's: nothing to create
         self._admit()
         return self._create(gtrid, timeout_ms)
 

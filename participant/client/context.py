@@ -96,6 +96,11 @@ class Reported:
         with self._lock:
             self.rollback_only = self.rollback_only or reason[:500]
 
+    def retain(self, bquals: set[str]) -> None:
+        """Forget the branches not in ``bquals`` (they left the transaction: a rollback to a savepoint)."""
+        with self._lock:
+            self.branches = {bqual: ref for bqual, ref in self.branches.items() if bqual in bquals}
+
     def refs(self) -> list[xa_pb2.BranchRef]:
         with self._lock:
             return list(self.branches.values())

@@ -207,7 +207,7 @@ class _TransactionBase:
         #: The coordinator holds the transaction (an eager Begin, or a call that needed it there).
         self._held = False
         #: Reported branches the coordinator was given before the commit (by ``_held_flow``).
-        self._sent = 0
+        self._sent: set[str] = set()
         self._done = False
         self._scope: AbstractContextManager[Any] | None = None
 
@@ -320,12 +320,12 @@ class _TransactionBase:
         """Make sure the coordinator holds the transaction and every branch reported so far, before
         a call that needs them there (status, savepoints): one Begin naming the gtrid."""
         branches, _ = self._reported()
-        if self._held and len(branches) == self._sent:
+        if self._held and {b.bqual for b in branches} <= self._sent:
             return
         yield "Begin", coordinator_pb2.BeginRequest(
             gtrid=self.gtrid, timeout_ms=self._left_ms(), branches=branches
         )
-        self._held, self._sent = True, len(branches)
+        self._held, self._sent = True, {b.bqual for b in branches}
 
     def _end(self) -> None:
         """Commit or rollback is under way: from now on calls carry no transaction."""
@@ -393,7 +393,14 @@ class _TransactionBase:
     def _rollback_to_flow(self, savepoint_id: str) -> Flow[xa_pb2.TransactionInfo]:
         yield from self._held_flow()
         request = coordinator_pb2.RollbackToSavepointRequest(gtrid=self.gtrid, savepoint_id=savepoint_id)
-        return (yield "RollbackToSavepoint", request)
+        info = yield "RollbackToSavepoint", request
+        # Branches opened after the savepoint were rolled back and left the transaction: the
+        # commit must not bring them back.
+        tx = self._binding.tx if self._binding is not None else None
+        if tx is not None and tx.reported is not None:
+            self._sent = {b.bqual for b in info.branches}
+            tx.reported.retain(self._sent)
+        return info
 
     def _enter(self) -> None:
         # Also active in this context when the block runs elsewhere than begin() did.
