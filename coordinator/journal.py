@@ -2,6 +2,8 @@
 
 Records say what the state machine decided (including each branch's resulting status), so
 replay is bookkeeping with no protocol logic: the log, not the code version, is the truth.
+Begin and enlist records are no longer written (presumed abort needs nothing of an undecided
+transaction; the commit decision carries it whole) but logs that hold them still replay.
 """
 
 from __future__ import annotations
@@ -47,20 +49,6 @@ class RecordFactory:
     @staticmethod
     def _base(gtrid: str, now: float) -> wal_pb2.WalRecord:
         return wal_pb2.WalRecord(time=timestamp(now), gtrid=gtrid)
-
-    @classmethod
-    def begin(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
-        rec = cls._base(tx.gtrid, now)
-        rec.begin.timeout_ms = tx.timeout_ms
-        return rec
-
-    @classmethod
-    def enlist(cls, tx: Transaction, branch: Branch, now: float) -> wal_pb2.WalRecord:
-        rec = cls._base(tx.gtrid, now)
-        rec.enlist.CopyFrom(
-            wal_pb2.EnlistRecord(bqual=branch.bqual, rm_id=branch.rm_id, endpoint=branch.endpoint)
-        )
-        return rec
 
     @classmethod
     def branch_result(
@@ -113,8 +101,12 @@ class RecordFactory:
 
     @classmethod
     def decision(cls, tx: Transaction, now: float) -> wal_pb2.WalRecord:
+        """The commit decision, carrying ``tx`` as decided: Committing, every branch."""
         rec = cls._base(tx.gtrid, now)
         rec.decision.commit = True
+        _fill_snapshot(rec.decision.transaction, tx)
+        rec.decision.transaction.status = xa_pb2.TRANSACTION_STATUS_COMMITTING
+        rec.decision.transaction.decision = xa_pb2.DECISION_COMMIT
         return rec
 
     @classmethod
@@ -236,6 +228,9 @@ def replay(
             continue
         if kind == "begin":
             txs[gtrid] = Transaction(gtrid=gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=seconds(rec.time))
+            continue
+        if kind == "decision" and rec.decision.HasField("transaction"):
+            txs[gtrid] = _from_snapshot(rec.decision.transaction)
             continue
         tx = txs.get(gtrid)
         if tx is None:

@@ -8,6 +8,7 @@ tests drive all statuses x events and all XA codes x phases without processes or
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -41,6 +42,7 @@ __all__ = [
     "phase_two_result",
     "prepare_result",
     "recover",
+    "report_branches",
     "request_commit",
     "request_rollback",
     "resolve_branch",
@@ -114,6 +116,9 @@ class Transaction:
     #: A transaction rebuilt from the log gets the restart's time for both.
     begun_mono: float = 0.0
     completed_mono: float | None = None
+    #: Something of it is in the log, so a restart rebuilds it. Presumed abort needs nothing of an
+    #: undecided transaction: its first record comes when it starts preparing or rolling back.
+    journaled: bool = False
 
     @property
     def deadline_mono(self) -> float:
@@ -246,6 +251,39 @@ def enlist(tx: Transaction, bqual: str, rm_id: str, endpoint: str) -> XaCode:
         return XaCode.XAER_DUPID
     tx.branches[bqual] = Branch(bqual, rm_id, endpoint)
     return XaCode.XA_OK
+
+
+def report_branches(
+    tx: Transaction, branches: Iterable[tuple[str, str, str]], rollback_only: str = ""
+) -> list[Effect]:
+    """Branches reported to the initiator (lazy enlistment) arrive with its Commit or Rollback:
+    each ``(bqual, rm_id, endpoint)`` the transaction lacks is enlisted, then a ``rollback_only``
+    reason (work in a branch failed) marks it rollback-only.
+
+    A bqual already held for the same RM is the same branch told twice (it was also enlisted
+    eagerly, or the request is a retry). Raises INVALID_ARGUMENT for a bqual held for another RM.
+    A branch the transaction lacks once it left Created and MarkedRollback could no longer be part
+    of the outcome: after a rollback decision (e.g. the timeout) it is left to its participant,
+    which ends a branch nobody reached past the deadline; otherwise Refused.
+    """
+    fresh: list[tuple[str, str, str]] = []
+    for bqual, rm_id, endpoint in branches:
+        held = tx.branches.get(bqual)
+        if held is None:
+            fresh.append((bqual, rm_id, endpoint))
+        elif held.rm_id != rm_id:
+            raise InvalidArgumentError(
+                f"branch {bqual} of {tx.gtrid} belongs to resource manager {held.rm_id}, not {rm_id}",
+            )
+    if fresh and tx.status not in (S.CREATED, S.MARKED_ROLLBACK):
+        if tx.decision is Decision.ROLLBACK:
+            return []
+        raise _refuse(tx, f"joining branch {fresh[0][0]}", (S.CREATED, S.MARKED_ROLLBACK))
+    for bqual, rm_id, endpoint in fresh:
+        tx.branches[bqual] = Branch(bqual, rm_id, endpoint)
+    if rollback_only and tx.status == S.CREATED:
+        return mark_rollback_only(tx, rollback_only)
+    return []
 
 
 def mark_rollback_only(tx: Transaction, reason: str) -> list[Effect]:

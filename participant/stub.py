@@ -5,9 +5,17 @@
     stub.add_to_server(server)                      # the Participant service
     add_BankServicer_to_server(Bank(stub), server)  # business handlers use stub.branch()
 
-Inside a handler called within a global transaction, ``with stub.branch() as xid`` enlists
-this RM once per transaction (the first call) and joins the same branch on later calls;
+Inside a handler called within a global transaction, ``with stub.branch() as xid`` opens
+this RM's branch once per transaction (the first call) and joins the same branch on later calls;
 outside one it is a local one-phase transaction, so the same handler serves both.
+
+When the caller takes branch reports (an xatm initiator, directly or through other services),
+the branch is not enlisted at the coordinator: it is reported back in the reply's trailing
+metadata and reaches the coordinator with the initiator's Commit. Work that fails dooms the
+transaction the same way, in the report. A reported branch that no coordinator ever reaches (the
+initiator crashed, or never asked) is rolled back here once the transaction's deadline has
+passed by ``call_timeout`` (``resolve_in_doubt``); a prepared branch is never touched that way.
+Otherwise, or with ``eager=True``, the branch is enlisted at the coordinator on the first call.
 """
 
 from __future__ import annotations
@@ -30,7 +38,14 @@ from xatm.participant.api.v1 import (
     participant_pb2_grpc,
     xa_pb2,
 )
-from xatm.participant.client.context import TxContext, current, describe_failure, on_call_failure
+from xatm.participant.client.context import (
+    Reported,
+    TxContext,
+    current,
+    describe_failure,
+    on_call_failure,
+    reported,
+)
 from xatm.participant.client.initiator import (
     COORDINATOR_SERVICE,
     auth_metadata,
@@ -85,6 +100,8 @@ class _Branch:
     error: XatmError | None = None
     # Marked rollback-only already: a second failure need not tell the coordinator again.
     doomed: bool = False
+    # Reported to the caller instead of enlisted: no coordinator has heard of it from here.
+    reported: bool = False
 
 
 class ParticipantStub:
@@ -99,10 +116,14 @@ class ParticipantStub:
         channel_credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         call_timeout: float = 10.0,
+        eager: bool = False,
     ):
         """``coordinator`` is used when a caller's metadata names none; ``advertise`` is the
-        host:port of this process's server, where the coordinator calls the Participant service."""
+        host:port of this process's server, where the coordinator calls the Participant service.
+        ``eager``: enlist every branch at the coordinator on its first call, even when the caller
+        takes branch reports (it is reported as well)."""
         self.rm = rm
+        self.eager = eager
         self.coordinator = coordinator
         self.advertise = advertise
         self.call_timeout = call_timeout
@@ -173,6 +194,8 @@ class ParticipantStub:
             self.rm.start(xid)
             return xid
         on_call_failure(self._call_failed)
+        # Reported only with a deadline: past it, a branch nobody reached is ended here.
+        collector = reported(tx) if tx.deadline is not None else None
         with self._lock:
             branch = self._branches.get(tx.gtrid)
             if branch is None:
@@ -183,9 +206,19 @@ class ParticipantStub:
             if branch.error is not None:
                 first = branch.error
                 raise EnlistError(first.status, first.message, getattr(first, "xa_code", None))
-            if not branch.enlisted:
+            opening = not branch.enlisted
+            if opening and (collector is None or self.eager):
                 self._enlist_first(tx, branch)
-                return branch.xid
+            elif opening:
+                branch.enlisted = branch.reported = True
+            elif branch.reported and collector is None:
+                # Joined through a caller that takes no reports: the coordinator must hear of it.
+                self._enlist_joined(tx, branch)
+            if collector is not None:
+                # Every call reports it again: the reply of an earlier one may not have got back.
+                collector.add(branch.xid.bqual, self.rm.rm_id, self.advertise)
+            if opening and not branch.reported:
+                return branch.xid  # enlisted and started by ``_enlist_first``
         self._start(tx, branch.xid)
         return branch.xid
 
@@ -212,6 +245,15 @@ class ParticipantStub:
             raise XatmError(
                 f"transaction {tx.gtrid} ended while {self.rm.rm_id} was joining it", Status.ABORTED
             )
+
+    def _enlist_joined(self, tx: TxContext, branch: _Branch) -> None:
+        """Enlist a branch so far only reported (XAER_DUPID: its report got there first)."""
+        try:
+            self._enlist(tx, branch.xid)
+        except EnlistError as error:
+            if error.xa_code is not XaCode.XAER_DUPID:
+                raise
+        branch.reported = False
 
     def _start(self, tx: TxContext, xid: Xid) -> None:
         try:
@@ -273,8 +315,14 @@ class ParticipantStub:
 
     def _enlist(self, tx: TxContext, xid: Xid) -> None:
         address, coordinator = self._coordinator(tx)
+        remaining = tx.remaining()
         request = coordinator_pb2.EnlistRequest(
-            gtrid=xid.gtrid, bqual=xid.bqual, rm_id=self.rm.rm_id, endpoint=self.advertise
+            gtrid=xid.gtrid,
+            bqual=xid.bqual,
+            rm_id=self.rm.rm_id,
+            endpoint=self.advertise,
+            # The first the coordinator may hear of an initiator-made gtrid: what remains of it.
+            timeout_ms=0 if remaining is None else max(1, round(remaining * 1000)),
         )
         what = f"{self.rm.rm_id} in transaction {xid.gtrid} at coordinator {address}"
         span = tracing.span("xatm.stub.enlist", gtrid=xid.gtrid, bqual=xid.bqual, rm_id=self.rm.rm_id)
@@ -307,13 +355,18 @@ class ParticipantStub:
             self._doom(tx, reason)
 
     def _doom(self, tx: TxContext, reason: str) -> None:
-        """Mark ``tx`` rollback-only (once per branch) because work of this RM in it failed."""
+        """Mark ``tx`` rollback-only (once per branch) because work of this RM in it failed: in
+        the report to the caller when it takes one, else at the coordinator."""
         with self._lock:
             branch = self._branches.get(tx.gtrid)
             if branch is not None:
                 if branch.doomed:
                     return
                 branch.doomed = True
+        collector: Reported | None = reported(tx)
+        if collector is not None:
+            collector.doom(f"{self.rm.rm_id}: {reason}")
+            return
         try:
             self._mark_rollback_only(tx, reason)
         except Exception:
@@ -345,9 +398,12 @@ class ParticipantStub:
                 self._reached.popitem(last=False)
 
     def _prune_locked(self) -> None:
+        # A reported branch stays until ``resolve_in_doubt`` ends it: nobody else would.
         now = time.monotonic()
-        for gtrid in [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]:
-            del self._branches[gtrid]
+        expired = [g for g, b in self._branches.items() if b.deadline is not None and b.deadline < now]
+        for gtrid in expired:
+            if not self._branches[gtrid].reported:
+                del self._branches[gtrid]
 
     # ------------------------------------------------------------ in-doubt resolution
 
@@ -358,7 +414,7 @@ class ParticipantStub:
         (a coordinator that lost an undecided transaction answers rollback: presumed abort).
         Branches still undecided are left to the coordinator. Returns counts by action.
         """
-        counts = {"commit": 0, "rollback": 0, "pending": 0, "unreachable": 0, "foreign": 0}
+        counts = {"commit": 0, "rollback": 0, "pending": 0, "unreachable": 0, "foreign": 0, "expired": 0}
         if not self.coordinator:
             return counts
         if not self._registered:
@@ -368,21 +424,51 @@ class ParticipantStub:
                 continue
             action = self._resolve(xid)
             counts[action] += 1
-        # Active branches past their deadline that the coordinator never reached (it may have
-        # lost the enlistment in a crash): ask, and a rollback answer ends them here.
+        # Active branches past their deadline that the coordinator never reached. One only reported
+        # was never heard of unless a commit got there, which would have reached it by now: it
+        # ends here. One enlisted may have been lost in a coordinator crash: ask, and a rollback
+        # answer ends it here.
         horizon = time.monotonic() - self.call_timeout
         with self._lock:
-            stale = [
-                b.xid for b in self._branches.values() if b.deadline is not None and b.deadline < horizon
-            ]
-        for xid in stale:
+            stale = [b for b in self._branches.values() if b.deadline is not None and b.deadline < horizon]
+        for branch in stale:
+            if branch.reported:
+                counts["expired"] += self._expire(branch)
+        for xid in [b.xid for b in stale if not b.reported]:
             action = self._resolve(xid)
             counts[action] += 1
             if action == "rollback":
                 self._completed(xid)
-        if counts["commit"] or counts["rollback"]:
+        if counts["commit"] or counts["rollback"] or counts["expired"]:
             log.info("resolved in-doubt branches of %s: %s", self.rm.rm_id, counts)
         return counts
+
+    def _expire(self, branch: _Branch) -> int:
+        """Roll back a reported branch whose transaction is past its deadline and that no
+        coordinator reached; 1 when it was rolled back here.
+
+        Under the stub's lock, which the Participant service takes (``_completed``) before it
+        prepares or commits a branch: either the coordinator reached the branch first, and it is
+        left alone (it may be prepared), or the rollback happens first, and a late prepare finds
+        no branch (XAER_NOTA, a no vote), a late one-phase commit likewise.
+        """
+        with self._lock:
+            if self._branches.get(branch.xid.gtrid) is not branch:
+                return 0  # the coordinator reached it, or it was ended meanwhile
+            del self._branches[branch.xid.gtrid]
+            self._reached[branch.xid] = None
+            try:
+                self.rm.rollback(branch.xid)
+            except XaError as error:
+                if error.code != XaCode.XAER_NOTA and not error.code.is_rollback:
+                    log.warning("could not roll back expired branch %s: %s", branch.xid, error)
+                    return 0
+        log.warning(
+            "rolled back branch %s of %s: past the transaction's deadline and no coordinator asked for it",
+            branch.xid.bqual,
+            branch.xid.gtrid,
+        )
+        return 1
 
     def register(self) -> bool:
         """Tell the default coordinator where this RM is served now, so that branches it still

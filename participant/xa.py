@@ -114,8 +114,7 @@ class _Named(enum.IntEnum):
             if member.label.lower() == wanted:
                 return member
         allowed = ", ".join(m.label for m in cls)
-        raise InvalidArgumentError(f"unknown status {text!r}; expected one of {allowed}"
-        )
+        raise InvalidArgumentError(f"unknown status {text!r}; expected one of {allowed}")
 
 
 class TxStatus(_Named):
@@ -184,7 +183,8 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def _validate(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
-        raise InvalidArgumentError(f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
+        raise InvalidArgumentError(
+            f"malformed {kind} {shown!r}: expected 1-64 characters of [A-Za-z0-9._:-]",
         )
     return value
 

@@ -36,9 +36,11 @@ from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import admin_pb2
+from xatm.participant.api.v1.xa_pb2 import BranchRef
 from xatm.participant.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
     XatmError,
@@ -96,11 +98,10 @@ class Engine:
         self.node_id = node_id
         self.log = txlog
         self.peers = peers or Peers(max_message_bytes=settings.max_message_bytes)
-        self.registry = Registry()
+        self.registry = Registry(on_deadline=self._on_timeout)
         self.audit = AuditTrail(txlog, self.AUDIT_KEPT)
         self.decisions = DecisionLog(txlog, self.registry, self.audit)
         self.phase_two = PhaseTwo(settings, self.peers, self.decisions, after=self._after, spawn=self._spawn)
-        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: Why the log stopped, once it has (see ``fence``); every verb answers with it after.
@@ -213,9 +214,7 @@ class Engine:
 
     def _halt(self) -> None:
         """Cancel every timer and background task (shutdown, or a stopped log)."""
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        self.registry.cancel_deadlines()
         for task in list(self._tasks):
             task.cancel()
 
@@ -278,34 +277,90 @@ class Engine:
 
     # ----------------------------------------------------------------- initiator verbs
 
-    async def begin(self, timeout_ms: int = 0) -> sm.Transaction:
-        """A new transaction; UNAVAILABLE while shutting down or at ``max_open_transactions``."""
+    async def begin(
+        self, timeout_ms: int = 0, gtrid: str = "", branches: Iterable[BranchRef] = ()
+    ) -> sm.Transaction:
+        """A new transaction with a gtrid made here; or, given the ``gtrid`` an initiator made,
+        that transaction (created when unknown) with ``branches`` enlisted.
+
+        ``timeout_ms``: 0 for the default, capped at ``max_timeout``. Raises UNAVAILABLE while
+        shutting down, at ``max_open_transactions`` or while the log cannot take new
+        transactions; for a given gtrid, what ``hold`` and ``report_branches`` raise.
+        """
         self._refuse_if_fenced()
+        if not gtrid:
+            self._admit()
+            return self._create(new_gtrid(self.node_id), timeout_ms)
+        tx = self.hold(gtrid, timeout_ms)
+        await self._report(tx, branches, "")
+        return tx
+
+    def hold(self, gtrid: str, timeout_ms: int = 0) -> sm.Transaction:
+        """The transaction ``gtrid``, created (Created, ``timeout_ms`` from now) when this coordinator
+        does not hold it: initiators make their gtrids, and a transaction comes into being with the
+        first enlistment, commit or rollback that names it. Nothing is logged for it yet.
+
+        Raises INVALID_ARGUMENT for a malformed gtrid, NOT_FOUND for an unknown one made for
+        another node, UNAVAILABLE as ``begin``.
+        """
+        tx = self.registry.known(validate_gtrid(gtrid))
+        if tx is not None:
+            return tx
+        if node_of(gtrid) != self.node_id:
+            raise NotFoundError(f"unknown transaction {gtrid}")  # not this node's: nothing to create
+        self._admit()
+        return self._create(gtrid, timeout_ms)
+
+    def _admit(self) -> None:
         if self._closing:
             raise UnavailableError("coordinator is shutting down")
         if self.registry.open >= self.settings.max_open_transactions:
             raise UnavailableError(
                 f"{self.registry.open} transactions are open (max_open_transactions); retry later"
             )
+        if not getattr(self.log, "available", True):
+            raise UnavailableError(
+                "the transaction log has no quorum or cannot be reached: new transactions are refused "
+                "until it answers again; decided transactions are finished then"
+            )
+
+    def _create(self, gtrid: str, timeout_ms: int) -> sm.Transaction:
         cap = int(self.settings.max_timeout * 1000)
         timeout_ms = min(timeout_ms or int(self.settings.default_timeout * 1000), cap)
-        now = time.time()
         tx = sm.Transaction(
-            gtrid=new_gtrid(self.node_id), timeout_ms=timeout_ms, begun_at=now, begun_mono=time.monotonic()
+            gtrid=gtrid, timeout_ms=timeout_ms, begun_at=time.time(), begun_mono=time.monotonic()
         )
         self.registry.add(tx)
-        loop = asyncio.get_running_loop()
-        self._timers[tx.gtrid] = loop.call_later(timeout_ms / 1000, self._on_timeout, tx.gtrid)
         metrics.TRANSACTIONS_STARTED.inc()
-        await self.decisions.append(R.begin(tx, now))
         return tx
 
-    async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str) -> XaCode:
-        """Add a branch; RESOURCE_EXHAUSTED past ``max_branches`` branches in one transaction."""
+    async def _report(self, tx: sm.Transaction, branches: Iterable[BranchRef], rollback_only: str) -> None:
+        """Enlist the branches an initiator carries (reported to it in reply metadata)."""
+        refs = [(validate_bqual(b.bqual), b.rm_id, b.endpoint) for b in branches]
+        for _, rm_id, endpoint in refs:
+            _check_identity("a reported branch", rm_id, endpoint)
+        fresh = sum(1 for bqual, _, _ in refs if bqual not in tx.branches)
+        limit = self.settings.max_branches
+        if fresh and len(tx.branches) + fresh > limit:
+            raise ResourceExhaustedError(
+                f"transaction {tx.gtrid} would have {len(tx.branches) + fresh} branches"
+                f" (max_branches is {limit})"
+            )
+        old = tx.status
+        effects = sm.report_branches(tx, refs, rollback_only[:500])
+        for _, rm_id, endpoint in refs:
+            self.registry.enlisted(rm_id, endpoint)
+        if tx.status != old:  # marked: the reason the participant reported is the one kept
+            log.info("%s marked rollback-only: %s", tx.gtrid, tx.rollback_reason)
+        await self._after(tx, old, effects)
+
+    async def enlist(self, gtrid: str, bqual: str, rm_id: str, endpoint: str, timeout_ms: int = 0) -> XaCode:
+        """Add a branch (eager enlistment), creating the transaction as ``hold`` does;
+        RESOURCE_EXHAUSTED past ``max_branches`` branches in one transaction."""
         validate_bqual(bqual)
         _check_identity("enlist", rm_id, endpoint)
         self._refuse_if_fenced()
-        tx = self.get(gtrid)
+        tx = self.hold(gtrid, timeout_ms)
         limit = self.settings.max_branches
         if len(tx.branches) >= limit and bqual not in tx.branches and tx.status == TxStatus.CREATED:
             raise ResourceExhaustedError(
@@ -314,7 +369,6 @@ class Engine:
         code = sm.enlist(tx, bqual, rm_id, endpoint)
         if code == XaCode.XA_OK:
             self.registry.enlisted(rm_id, endpoint)
-            await self.decisions.append(R.enlist(tx, tx.branches[bqual], time.time()))
         return code
 
     # ----------------------------------------------------------------- participants that move or report
@@ -431,11 +485,40 @@ class Engine:
             log.info("%s marked rollback-only: %s", tx.gtrid, tx.rollback_reason)
         return tx
 
-    async def commit(self, gtrid: str) -> Result:
+    async def commit(
+        self, gtrid: str, timeout_ms: int = 0, branches: Iterable[BranchRef] = (), rollback_only: str = ""
+    ) -> Result:
+        """The initiator's commit. Of a gtrid not held yet, the transaction is created first (see
+        ``hold``) with the ``branches`` reported to the initiator, and marked rollback-only when
+        ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
+        self._refuse_if_fenced()
+        tx = self.hold(gtrid, timeout_ms)
+        await self._report(tx, branches, rollback_only)
+        if time.monotonic() >= tx.deadline_mono:
+            # Past its timeout already (a commit that comes late): no prepare is sent.
+            old = tx.status
+            await self._after(tx, old, sm.timeout(tx))
         return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 
-    async def rollback(self, gtrid: str, reason: str = "") -> Result:
-        return await self._complete(gtrid, lambda tx: sm.request_rollback(tx, reason), Phase.ROLLBACK)
+    async def rollback(
+        self,
+        gtrid: str,
+        reason: str = "",
+        timeout_ms: int = 0,
+        branches: Iterable[BranchRef] = (),
+        rollback_only: str = "",
+    ) -> Result:
+        """The initiator's rollback; ``timeout_ms`` and ``branches`` as for ``commit``, and
+        ``rollback_only`` (work in a reported branch failed) is the reason kept. A transaction
+        never decided needs no forced write to roll back (presumed abort)."""
+        self._refuse_if_fenced()
+        tx = self.hold(gtrid, timeout_ms)
+        await self._report(tx, branches, "")
+        code = None
+        if rollback_only and tx.status == TxStatus.CREATED:
+            reason, code = rollback_only[:500], XaCode.XA_RBROLLBACK
+            log.info("%s marked rollback-only: %s", tx.gtrid, reason)
+        return await self._complete(gtrid, lambda tx: sm.request_rollback(tx, reason, code), Phase.ROLLBACK)
 
     async def force_commit(self, gtrid: str) -> Result:
         return await self._complete(gtrid, sm.force_commit, Phase.COMMIT)
@@ -517,7 +600,7 @@ class Engine:
         """Log a status change, then carry out the effects."""
         self.registry.observe(tx)
         if tx.status != old:
-            await self.decisions.append(R.status(tx, time.time()))
+            await self.decisions.status_changed(tx)
         for effect in effects:
             if isinstance(effect, sm.Send):
                 self.phase_two.send(tx, effect)
@@ -547,20 +630,18 @@ class Engine:
     async def _finished(self, tx: sm.Transaction) -> None:
         now, ended = time.time(), time.monotonic()
         tx.completed_at, tx.completed_mono = now, ended
-        timer = self._timers.pop(tx.gtrid, None)
-        if timer is not None:
-            timer.cancel()
         self.registry.finished(tx)
-        await self.decisions.append(R.end(tx, now))
+        await self.decisions.ended(tx)
         self.phase_two.forget(tx.gtrid)
         label = _OUTCOME_LABEL[tx.status]
         metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
         if not tx.recovered:
             metrics.TRANSACTION_DURATION.labels(outcome=label).observe(ended - tx.begun_mono)
-        log.info("%s %s", tx.gtrid, tx.status.label)
+        # A commit is routine, one line each would cost more than it tells: DEBUG. Anything else is news.
+        level = logging.DEBUG if tx.status == TxStatus.COMMITTED else logging.INFO
+        log.log(level, "%s %s", tx.gtrid, tx.status.label)
 
     def _on_timeout(self, gtrid: str) -> None:
-        self._timers.pop(gtrid, None)
         tx = self.registry.known(gtrid)
         if tx is None:
             return
@@ -609,6 +690,7 @@ def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
     deadlines and retention of transactions rebuilt from a log count from now."""
     now = time.monotonic()
     for tx in txs:
+        tx.journaled = True
         tx.begun_mono = now
         tx.completed_mono = now if tx.completed_at is not None else None
 

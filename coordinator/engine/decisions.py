@@ -1,5 +1,14 @@
 """The engine's writes to the transaction log: records as they happen, the forced commit
-decision, and checkpoints that rewrite the log as one snapshot per kept transaction."""
+decision, and checkpoints that rewrite the log as one snapshot per kept transaction.
+
+Presumed abort decides what is written. A transaction the log does not know is rolled back
+after a restart, so nothing is logged while it is undecided: no begin, no enlistment, no
+Preparing or Prepared. Its first record is a snapshot carrying every branch, written (not
+forced) when it starts preparing or rolling back, so that a restarted coordinator rolls back
+its branches at once instead of leaving them to the participants' deadlines. The commit decision
+is forced to disk before any phase-two message and carries every branch again: it alone is
+enough for recovery. The end record closes the transaction.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +49,27 @@ class DecisionLog:
         """Write a record and wait until it is on disk."""
         await self.log.append(record, force=True)
 
+    async def status_changed(self, tx: sm.Transaction) -> None:
+        """Log ``tx``'s new status when a restart needs it (see the module docstring)."""
+        if tx.status in _UNLOGGED:
+            return
+        if not tx.journaled:
+            await self._first(tx)
+        elif tx.status != TxStatus.PREPARING:
+            await self.append(R.status(tx, time.time()))
+
+    async def ended(self, tx: sm.Transaction) -> None:
+        """Log that ``tx`` is final: an end record, or a snapshot when nothing of it is logged yet
+        (a one-phase commit), so that it stays in the history after a restart."""
+        if tx.journaled:
+            await self.append(R.end(tx, time.time()))
+        else:
+            await self._first(tx)
+
+    async def _first(self, tx: sm.Transaction) -> None:
+        tx.journaled = True
+        await self.append(R.snapshot(tx, time.time()))
+
     async def decide(self, tx: sm.Transaction) -> None:
         """Force the commit decision of a prepared ``tx`` to disk.
 
@@ -54,6 +84,7 @@ class DecisionLog:
         except BaseException:
             self._deciding.discard(tx.gtrid)
             raise
+        tx.journaled = True
         metrics.PHASE_DURATION.labels(phase="decision").observe(time.perf_counter() - started)
 
     def applied(self, tx: sm.Transaction) -> None:
@@ -92,9 +123,7 @@ class DecisionLog:
         A commit decision queued before the checkpoint is durable by the time the checkpoint is
         (the log is written in order), so the snapshot must say Committing already.
         """
-        if tx.gtrid in self._deciding:
-            tx = dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)
-        return R.snapshot(tx, now)
+        return R.snapshot(_decided(tx) if tx.gtrid in self._deciding else tx, now)
 
 
 def _snapshots(
@@ -119,3 +148,24 @@ def _snapshots(
             yield Encoded(item.gtrid, "snapshot", payload)
         else:
             yield item
+
+
+#: Statuses no record is written for: undecided (presumed abort rolls them back), decided by the
+#: forced decision (a two-phase Committing is written by ``decide``) or by the resource manager
+#: (a one-phase Committing: a restart has nothing to finish), or followed by the end record.
+_UNLOGGED = frozenset(
+    {
+        TxStatus.CREATED,
+        TxStatus.MARKED_ROLLBACK,
+        TxStatus.PREPARED,
+        TxStatus.COMMITTING,
+        TxStatus.COMMITTED,
+        TxStatus.ROLLEDBACK,
+        TxStatus.HEURISTICALLY_COMPLETED,
+    }
+)
+
+
+def _decided(tx: sm.Transaction) -> sm.Transaction:
+    """``tx`` as its commit decision says: Committing, every branch still prepared."""
+    return dataclasses.replace(tx, status=TxStatus.COMMITTING, decision=Decision.COMMIT)

@@ -34,9 +34,11 @@ _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 class Registry:
     """Transactions by gtrid, in begin order (the oldest history is dropped first)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_deadline: Callable[[str], None] | None = None) -> None:
+        """``on_deadline(gtrid)`` is called when an open transaction reaches its deadline."""
         self._txs: dict[str, sm.Transaction] = {}
-        #: Set when the gtrid becomes final; made only for a gtrid somebody waits on.
+        self._on_deadline = on_deadline
+        #: Created only for a gtrid somebody waits on, set when it is final.
         self._done: dict[str, asyncio.Event] = {}
         #: ``release_all`` ran: waiting ends at once from then on.
         self._released = False
@@ -107,6 +109,7 @@ class Registry:
             self.add(tx)
 
     def add(self, tx: sm.Transaction) -> None:
+        """Hold ``tx``; one timer per open transaction serves its timeout and the overdue count."""
         self._txs[tx.gtrid] = tx
         if not tx.status.is_final:
             self.open += 1
@@ -165,6 +168,13 @@ class Registry:
         tx = self._txs.get(gtrid)
         if tx is not None:
             self.observe(tx)
+            if self._on_deadline is not None:
+                self._on_deadline(gtrid)
+
+    def cancel_deadlines(self) -> None:
+        """Stop every deadline timer (shutdown, or a stopped log)."""
+        for timer in self._deadlines.values():
+            timer.cancel()
 
     def prune(self, *, retention: float, keep: int) -> None:
         """Drop completed history older than ``retention`` seconds, and the oldest past ``keep``."""
@@ -199,7 +209,7 @@ class Registry:
                 await asyncio.wait_for(changed.wait(), left)
 
     def release_all(self) -> None:
-        """Answer every waiter at once (the log stopped), and every later one."""
+        """Answer every waiter at once, and later ones without waiting (the log stopped)."""
         self._released = True
         for done in self._done.values():
             done.set()

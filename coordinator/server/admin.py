@@ -102,9 +102,7 @@ class AdminOps:
         caller.principal.require(Permission.READ)
         return self.info(self.engine.get(gtrid))
 
-    async def candidates(
-        self, statuses: Sequence[TxStatus], begun_after: float | None
-    ) -> list[Transaction]:
+    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> list[Transaction]:
         """The transactions a listing draws from (replicas add those of the others)."""
         return self.engine.transactions(statuses, begun_after)
 

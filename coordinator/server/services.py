@@ -3,9 +3,10 @@ interceptor that authenticates callers."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
@@ -86,31 +87,76 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.endpoints = endpoints or EndpointPolicy()
         self.quota = OpenQuota(engine)
 
+    @contextlib.contextmanager
+    def _admitted(self, gtrid: str) -> Iterator[None]:
+        """Count transaction ``gtrid`` against the caller's token bound when the block creates it
+        (the first call naming an initiator-made gtrid); nothing for one already held."""
+        if self.engine.known(gtrid) is not None:
+            yield
+            return
+        with self.quota.admit(_CALLER.get(_NOBODY).principal) as opened:
+            yield
+            opened(gtrid)
+
+    def _branches(self, branches: Iterable[xa_pb2.BranchRef]) -> list[xa_pb2.BranchRef]:
+        """Reported branches, their endpoints checked where they enter."""
+        for branch in branches:
+            self.endpoints.check(branch.endpoint)
+        return list(branches)
+
     @rpc
     async def Begin(
         self, request: coordinator_pb2.BeginRequest, context: Any
     ) -> coordinator_pb2.BeginResponse:
-        with self.quota.admit(_CALLER.get(_NOBODY).principal) as opened:
-            tx = await self.engine.begin(request.timeout_ms)
-            opened(tx.gtrid)
-        return coordinator_pb2.BeginResponse(gtrid=tx.gtrid, format_id=FORMAT_ID, timeout_ms=tx.timeout_ms)
+        if request.gtrid:
+            branches = self._branches(request.branches)
+            with self._admitted(request.gtrid):
+                tx = await self.engine.begin(request.timeout_ms, request.gtrid, branches)
+        else:
+            with self.quota.admit(_CALLER.get(_NOBODY).principal) as opened:
+                tx = await self.engine.begin(request.timeout_ms)
+                opened(tx.gtrid)
+        return coordinator_pb2.BeginResponse(
+            gtrid=tx.gtrid,
+            format_id=FORMAT_ID,
+            timeout_ms=tx.timeout_ms,
+            node_id=self.engine.node_id,
+            max_timeout_ms=int(self.engine.settings.max_timeout * 1000),
+        )
 
     @rpc
     async def Enlist(
         self, request: coordinator_pb2.EnlistRequest, context: Any
     ) -> coordinator_pb2.EnlistResponse:
         endpoint = self.endpoints.check(request.endpoint)
-        code = await self.engine.enlist(request.gtrid, request.bqual, request.rm_id, endpoint)
+        with self._admitted(request.gtrid):
+            code = await self.engine.enlist(
+                request.gtrid, request.bqual, request.rm_id, endpoint, request.timeout_ms
+            )
         reason = f"bqual {request.bqual} is already enlisted in {request.gtrid}" if code else ""
         return coordinator_pb2.EnlistResponse(code=proto_enum(code, xa_pb2.XaCode), reason=reason)
 
     @rpc
     async def Commit(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
-        return completion(await self.engine.commit(request.gtrid))
+        branches = self._branches(request.branches)
+        with self._admitted(request.gtrid):
+            self.engine.hold(request.gtrid, request.timeout_ms)
+        result = await self.engine.commit(request.gtrid, request.timeout_ms, branches, request.rollback_only)
+        return completion(result)
 
     @rpc
     async def Rollback(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
-        return completion(await self.engine.rollback(request.gtrid, "rollback requested by the initiator"))
+        branches = self._branches(request.branches)
+        with self._admitted(request.gtrid):
+            self.engine.hold(request.gtrid, request.timeout_ms)
+        result = await self.engine.rollback(
+            request.gtrid,
+            "rollback requested by the initiator",
+            request.timeout_ms,
+            branches,
+            request.rollback_only,
+        )
+        return completion(result)
 
     @rpc
     async def MarkRollbackOnly(self, request: coordinator_pb2.MarkRollbackOnlyRequest, context: Any) -> Any:

@@ -53,7 +53,7 @@ __all__ = [
 NODE = "m1"
 #: Records the engine writes for one committed two-branch transaction (begin, two enlistments,
 #: Preparing, two prepare answers, the decision, two commit answers, the end).
-RECORDS_PER_TRANSACTION = 10
+RECORDS_PER_TRANSACTION = 7
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,13 @@ class CheckpointStall:
 
 
 def _transaction_records(index: int, now: float) -> Iterator[wal_pb2.WalRecord]:
+    """The records a two-branch commit writes under presumed abort: the snapshot taken when
+    preparing starts, both prepare results, the decision, both commit results (and the end)."""
     tx = Transaction(gtrid=f"{NODE}.{index:012x}", timeout_ms=60_000, begun_at=now)
-    yield R.begin(tx, now)
     for bqual in ("a", "b"):
         tx.branches[bqual] = Branch(bqual, f"rm-{bqual}", f"127.0.0.1:{7000 + ord(bqual)}")
-        yield R.enlist(tx, tx.branches[bqual], now)
     tx.status = TxStatus.PREPARING
-    yield R.status(tx, now)
+    yield R.snapshot(tx, now)
     for branch in tx.branches.values():
         branch.status = BranchStatus.PREPARED
         yield R.branch_result(tx, branch, Phase.PREPARE, XaCode.XA_OK, "", now)

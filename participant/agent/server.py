@@ -305,7 +305,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         if not request.sql.strip():
             raise InvalidArgumentError("sql is required")
         if match := _TX_CONTROL.match(request.sql):
-            raise InvalidArgumentError(f"{match[1].upper()} refused: the coordinator owns the transaction "
+            raise InvalidArgumentError(
+                f"{match[1].upper()} refused: the coordinator owns the transaction "
                 "(use the initiator's commit, rollback and savepoints)",
             )
         params = [_from_value(v) for v in request.params]

@@ -4,6 +4,13 @@ A contextvar (not a thread-local) so the same code works in threads and in async
 the server interceptors set it for the handler, the initiator binds it from begin until
 commit or rollback, and the client interceptors read it to stamp outgoing calls.
 
+Lazy enlistment travels back the same way: a caller that takes branch reports says so
+(``xatm-reports: 1``); a participant that opens a branch for such a call reports it in the reply's
+trailing metadata (``xatm-branches-bin``) instead of enlisting at the coordinator, and every hop
+passes what it was told on to its own caller, up to the initiator, whose Commit carries the list.
+``Reported`` gathers one transaction's reports where they arrive: in the served call (a hop) or
+in the initiator's binding.
+
 What the contextvar holds is a ``Binding``, shared by every context copied from the one
 it was set in (asyncio tasks created later, ``asyncio.to_thread``): ending the transaction
 closes the binding everywhere at once, so no copy keeps stamping a finished gtrid.
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,14 +30,19 @@ from typing import Any
 
 import grpc
 
+from xatm.participant.api.v1 import xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, XatmError
-from xatm.participant.xa import XaError, validate_gtrid
+from xatm.participant.xa import XaError, validate_bqual, validate_gtrid
 
 __all__ = [
+    "BRANCHES_KEY",
     "COORDINATOR_KEY",
     "GTRID_KEY",
+    "MAX_REPORTED",
+    "REPORTS_KEY",
     "Binding",
     "FailureHook",
+    "Reported",
     "Serving",
     "TxContext",
     "bind",
@@ -39,6 +52,7 @@ __all__ = [
     "describe_failure",
     "from_metadata",
     "on_call_failure",
+    "reported",
     "serving",
     "to_metadata",
     "use",
@@ -47,12 +61,96 @@ __all__ = [
 
 GTRID_KEY = "xatm-gtrid"
 COORDINATOR_KEY = "xatm-coordinator"
+#: Request metadata: "1" when the caller takes branch reports (lazy enlistment).
+REPORTS_KEY = "xatm-reports"
+#: Trailing metadata of a reply: a serialized ``BranchReport``.
+BRANCHES_KEY = "xatm-branches-bin"
+#: Branches one report may carry; a longer one is refused as malformed (the coordinator's own
+#: ``max_branches`` bounds a transaction anyway).
+MAX_REPORTED = 1000
 
 # host:port, [v6]:port or a DNS name with port, or several (replicas) comma-separated; no
 # spaces, bounded, never parsed further.
 _ADDRESS = re.compile(r"^[A-Za-z0-9._:\[\]%,-]{1,1024}$")
 # Larger than any real deadline: the threaded server reports "no deadline" as ~2**63 seconds.
 _NO_DEADLINE = 1e9
+
+
+@dataclass(eq=False, slots=True)
+class Reported:
+    """Branches of transaction ``gtrid`` that the coordinator has not heard of, gathered on their
+    way to it: from this process's participant stub and from the replies of calls made in the
+    transaction. Replies may arrive in other threads (futures), hence the lock."""
+
+    gtrid: str
+    branches: dict[str, xa_pb2.BranchRef] = field(default_factory=dict)
+    #: Why the transaction must roll back (work in a reported branch failed); "" when it need not.
+    rollback_only: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, bqual: str, rm_id: str, endpoint: str) -> None:
+        with self._lock:
+            self.branches[bqual] = xa_pb2.BranchRef(bqual=bqual, rm_id=rm_id, endpoint=endpoint)
+
+    def doom(self, reason: str) -> None:
+        """The transaction must roll back; the first reason is the one kept."""
+        with self._lock:
+            self.rollback_only = self.rollback_only or reason[:500]
+
+    def retain(self, bquals: set[str]) -> None:
+        """Forget the branches not in ``bquals`` (they left the transaction: a rollback to a savepoint)."""
+        with self._lock:
+            self.branches = {bqual: ref for bqual, ref in self.branches.items() if bqual in bquals}
+
+    def refs(self) -> list[xa_pb2.BranchRef]:
+        with self._lock:
+            return list(self.branches.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.branches or self.rollback_only)
+
+    def trailer(self) -> tuple[str, bytes]:
+        """The ``xatm-branches-bin`` trailing metadata that reports all of it to the caller."""
+        with self._lock:
+            report = xa_pb2.BranchReport(
+                gtrid=self.gtrid, branches=list(self.branches.values()), rollback_only=self.rollback_only
+            )
+        return BRANCHES_KEY, report.SerializeToString()
+
+    def absorb(self, trailers: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Take the report a reply's trailing metadata carries, if any. One that does not parse,
+        names another transaction or is too long dooms the transaction: a branch may be missing."""
+        for key, value in trailers or ():
+            if key != BRANCHES_KEY:
+                continue
+            try:
+                report = _parse_report(value, self.gtrid)
+            except InvalidArgumentError as error:
+                self.doom(f"a reply carried a branch report that cannot be read: {error.message}")
+                continue
+            with self._lock:
+                for ref in report.branches:
+                    self.branches[ref.bqual] = ref
+                self.rollback_only = self.rollback_only or report.rollback_only[:500]
+
+
+def _parse_report(value: str | bytes, gtrid: str) -> xa_pb2.BranchReport:
+    if not isinstance(value, bytes):
+        raise InvalidArgumentError(f"{BRANCHES_KEY} is not binary")
+    report = xa_pb2.BranchReport()
+    try:
+        report.ParseFromString(value)
+    except Exception:  # the protobuf runtime's DecodeError, or whatever a backend raises
+        raise InvalidArgumentError(f"{BRANCHES_KEY} is not a BranchReport") from None
+    if report.gtrid != gtrid:
+        raise InvalidArgumentError(f"a report for transaction {report.gtrid[:80]!r}, not {gtrid}")
+    if len(report.branches) > MAX_REPORTED:
+        raise InvalidArgumentError(f"{len(report.branches)} branches reported (at most {MAX_REPORTED})")
+    for ref in report.branches:
+        validate_bqual(ref.bqual)
+        if not ref.rm_id or len(ref.rm_id) > 256 or not _ADDRESS.match(ref.endpoint):
+            raise InvalidArgumentError(f"branch {ref.bqual} reported without a valid rm_id and endpoint")
+    return report
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +163,10 @@ class TxContext:
     #: time.monotonic() of this process after which the coordinator rolls the transaction back.
     #: It never leaves the process: calls carry what remains as their own gRPC deadline.
     deadline: float | None = None
+    #: The caller takes branch reports: a participant reports its branch back instead of enlisting.
+    reports: bool = False
+    #: Where the initiator gathers them (None in a served call: the call's reply carries them).
+    reported: Reported | None = field(default=None, compare=False)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), None when there is none."""
@@ -142,6 +244,10 @@ class Serving:
     context: Any
     #: Called once each when the handler ends with an error status.
     on_failure: list[FailureHook] = field(default_factory=list)
+    #: What the handler reports back to its caller, when the caller takes branch reports.
+    reported: Reported | None = None
+    #: The transaction made active for the handler (one binding for every step of the call).
+    binding: Binding | None = None
 
 
 _call: contextvars.ContextVar[Serving | None] = contextvars.ContextVar("xatm_call", default=None)
@@ -166,6 +272,16 @@ def on_call_failure(hook: FailureHook) -> None:
     call = _call.get()
     if call is not None and hook not in call.on_failure:
         call.on_failure.append(hook)
+
+
+def reported(tx: TxContext) -> Reported | None:
+    """Where a branch opened in ``tx`` by the code running here is reported: the served call's
+    reply when that call's caller takes reports, else the initiator's binding when it does;
+    None when nobody takes reports (the branch then enlists at the coordinator)."""
+    call = _call.get()
+    if call is not None and call.reported is not None and call.reported.gtrid == tx.gtrid:
+        return call.reported
+    return tx.reported
 
 
 def call_status(context: Any = None) -> tuple[grpc.StatusCode, str] | None:
@@ -210,10 +326,14 @@ def describe_failure(failure: BaseException | None = None) -> str:
     return f"{name}: {message}" if message else name
 
 
-def to_metadata(tx: TxContext) -> list[tuple[str, str]]:
+def to_metadata(tx: TxContext, reports: bool = True) -> list[tuple[str, str]]:
+    """The metadata of a call made in ``tx``; ``reports``: the call's reply can be read for a
+    branch report (a unary call), so the callee may report instead of enlisting."""
     pairs = [(GTRID_KEY, tx.gtrid)]
     if tx.coordinator:
         pairs.append((COORDINATOR_KEY, tx.coordinator))
+    if tx.reports and reports:
+        pairs.append((REPORTS_KEY, "1"))
     return pairs
 
 
@@ -224,11 +344,14 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
     is not in the metadata: it travels as the call's own gRPC deadline (see ``with_deadline``).
     """
     gtrid = coordinator = None
+    reports = False
     for key, value in metadata or ():
         if key == GTRID_KEY:
             gtrid = value
         elif key == COORDINATOR_KEY:
             coordinator = value
+        elif key == REPORTS_KEY:
+            reports = value == "1"
     if gtrid is None:
         return None
     if not isinstance(gtrid, str):
@@ -240,7 +363,7 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
             f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port "
             "or a comma-separated list",
         )
-    return TxContext(gtrid, coordinator)
+    return TxContext(gtrid, coordinator, reports=reports)
 
 
 def with_deadline(tx: TxContext, time_remaining: float | None) -> TxContext:

@@ -14,6 +14,12 @@ contextvar) until it is committed or rolled back, so no intercepted call made in
 runs outside it. Work handed to a thread pool runs in the pool's threads, which do not
 share that context: submit ``tx.run(fn, ...)`` instead of ``fn``.
 
+By default a transaction costs one round trip to the coordinator, its Commit (or Rollback):
+``begin()`` makes the gtrid here (the coordinator's node id, learnt from the manager's first
+Begin, then random bits), participants report their branches back in the replies instead of
+enlisting, and the Commit carries them. ``TransactionManager(eager=True)`` begins at the
+coordinator and has participants enlist there themselves (see docs/initiator.md).
+
 The protocol logic (what to send, how to read answers, the MarkedRollback fallback) is
 written once as generators that yield ``(rpc_name, request)`` and receive the answer;
 the sync and asyncio classes only differ in how they drive them.
@@ -33,13 +39,21 @@ import grpc
 from google.protobuf.message import Message
 
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
-from xatm.participant.client.context import Binding, TxContext, bind, bound, use
+from xatm.participant.client.context import Binding, Reported, TxContext, bind, bound, use
 from xatm.participant.errors import FailedPreconditionError, Status, XatmError, error_for
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.runtime.targets import channel_target
-from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, TxStatus, XaCode, validate_gtrid
+from xatm.participant.xa import (
+    CHANNEL_OPTIONS,
+    TxOutcome,
+    TxStatus,
+    XaCode,
+    new_gtrid,
+    node_of,
+    validate_gtrid,
+)
 
 __all__ = [
     "AsyncTransaction",
@@ -196,6 +210,10 @@ class _TransactionBase:
         self._gtrid: str | None = None
         self._binding: Binding | None = None
         self._begin_asked = False
+        #: The coordinator holds the transaction (an eager Begin, or a call that needed it there).
+        self._held = False
+        #: Reported branches the coordinator was given before the commit (by ``_held_flow``).
+        self._sent: set[str] = set()
         self._done = False
         self._scope: AbstractContextManager[Any] | None = None
 
@@ -242,7 +260,8 @@ class _TransactionBase:
             # One whose timeout passed was rolled back by the coordinator: nothing to tell apart.
             which = f"transaction {active.tx.gtrid}" if active.tx else "a transaction being begun"
             self._begin_asked = True  # refused, not forgotten: no never-begun warning
-            raise FailedPreconditionError(f"{which} is still active here: commit or roll it back before"
+            raise FailedPreconditionError(
+                f"{which} is still active here: commit or roll it back before"
                 " beginning another (or begin the other in its own thread or task)",
             )
         self._binding = Binding(None)
@@ -259,20 +278,62 @@ class _TransactionBase:
             raise
 
     def _begin_call(self) -> Flow[None]:
+        manager = self._manager
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
         sent = time.monotonic()
-        reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
-        try:
-            self._gtrid = validate_gtrid(reply.gtrid)
-        except XatmError as error:
-            raise MalformedReply(
-                f"coordinator {self._manager.coordinator} answered Begin with {error.message}"
-            ) from None
-        deadline = sent + reply.timeout_ms / 1000 if reply.timeout_ms else None
+        # Reports only when the gtrid is made here: a transaction begun at the coordinator is timed
+        # out there, which must know its branches by then (they enlist).
+        reports = False
+        if manager.eager or manager.node_id is None or not (timeout_ms or manager.default_timeout_ms):
+            reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
+            try:
+                self._gtrid = validate_gtrid(reply.gtrid)
+            except XatmError as error:
+                raise MalformedReply(
+                    f"coordinator {manager.coordinator} answered Begin with {error.message}"
+                ) from None
+            manager._learn(reply, asked_ms=timeout_ms)
+            self._held = True
+            timeout_ms = reply.timeout_ms
+        else:
+            # Made here: the coordinator hears of the transaction with its commit or rollback.
+            self._gtrid = new_gtrid(manager.node_id)
+            timeout_ms = min(timeout_ms or manager.default_timeout_ms, manager.max_timeout_ms)
+            reports = True
+        deadline = sent + timeout_ms / 1000 if timeout_ms else None
         assert self._binding is not None
         # Filled in, not bound: it is active in the context that called begin(), even when this
         # flow runs in another task.
-        self._binding.tx = TxContext(self._gtrid, self._manager.coordinator, deadline)
+        self._binding.tx = TxContext(
+            self._gtrid, manager.coordinator, deadline, reports, Reported(self._gtrid) if reports else None
+        )
+
+    def _left_ms(self) -> int:
+        """What remains of the timeout in ms, for the coordinator; 0 (its default) when unknown.
+        Never 0 once past the deadline, which would read as the default: 1 ms times it out."""
+        tx = self._binding.tx if self._binding is not None else None
+        remaining = tx.remaining() if tx is not None else None
+        return 0 if remaining is None else max(1, round(remaining * 1000))
+
+    def _reported(self) -> tuple[list[xa_pb2.BranchRef], str]:
+        """The branches reported to this transaction so far, and why it must roll back ("")."""
+        tx = self._binding.tx if self._binding is not None else None
+        reported = tx.reported if tx is not None else None
+        if reported is None:
+            return [], ""
+        return reported.refs(), reported.rollback_only
+
+    def _held_flow(self) -> Flow[None]:
+        """Make sure the coordinator holds the transaction and every branch reported so far, before
+        a call that needs them there (status, savepoints): one Begin naming the gtrid."""
+        branches, _ = self._reported()
+        if self._held and {b.bqual for b in branches} <= self._sent:
+            return
+        yield (
+            "Begin",
+            coordinator_pb2.BeginRequest(gtrid=self.gtrid, timeout_ms=self._left_ms(), branches=branches),
+        )
+        self._held, self._sent = True, {b.bqual for b in branches}
 
     def _end(self) -> None:
         """Commit or rollback is under way: from now on calls carry no transaction."""
@@ -280,10 +341,17 @@ class _TransactionBase:
         if self._binding is not None:
             self._binding.close()
 
+    def _completion(self) -> coordinator_pb2.CompletionRequest:
+        """Commit or Rollback of this transaction, with what the coordinator may not know yet."""
+        branches, rollback_only = self._reported()
+        return coordinator_pb2.CompletionRequest(
+            gtrid=self.gtrid, timeout_ms=self._left_ms(), branches=branches, rollback_only=rollback_only
+        )
+
     def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
         self._end()
         try:
-            reply = yield "Commit", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+            reply = yield "Commit", self._completion()
         except XatmError as error:
             if isinstance(error, MalformedReply) or error.status not in _NO_ANSWER:
                 raise  # a refusal, or a typed failure (a malformed reply) that says enough
@@ -300,7 +368,7 @@ class _TransactionBase:
     def _rollback_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
         self._end()
         try:
-            reply = yield "Rollback", coordinator_pb2.CompletionRequest(gtrid=self.gtrid)
+            reply = yield "Rollback", self._completion()
         except XatmError as error:
             if error.status != Status.FAILED_PRECONDITION:
                 raise
@@ -321,15 +389,26 @@ class _TransactionBase:
         return reply
 
     def _status_flow(self) -> Flow[xa_pb2.TransactionInfo]:
+        if not self._done:  # once completion was asked, the coordinator has it (or never will)
+            yield from self._held_flow()
         return (yield "GetStatus", coordinator_pb2.StatusRequest(gtrid=self.gtrid))
 
     def _savepoint_flow(self) -> Flow[str]:
+        yield from self._held_flow()
         reply = yield "CreateSavepoint", coordinator_pb2.CreateSavepointRequest(gtrid=self.gtrid)
         return reply.savepoint_id
 
     def _rollback_to_flow(self, savepoint_id: str) -> Flow[xa_pb2.TransactionInfo]:
+        yield from self._held_flow()
         request = coordinator_pb2.RollbackToSavepointRequest(gtrid=self.gtrid, savepoint_id=savepoint_id)
-        return (yield "RollbackToSavepoint", request)
+        info = yield "RollbackToSavepoint", request
+        # Branches opened after the savepoint were rolled back and left the transaction: the
+        # commit must not bring them back.
+        tx = self._binding.tx if self._binding is not None else None
+        if tx is not None and tx.reported is not None:
+            self._sent = {b.bqual for b in info.branches}
+            tx.reported.retain(self._sent)
+        return info
 
     def _enter(self) -> None:
         # Also active in this context when the block runs elsewhere than begin() did.
@@ -459,9 +538,20 @@ class _ManagerBase:
         channel_credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         call_timeout: float | None = 30.0,
+        eager: bool = False,
     ):
         #: host:port of the coordinator; participants enlist there too.
         self.coordinator = coordinator
+        #: Begin at the coordinator and have participants enlist there (two round trips more per
+        #: transaction, plus one per branch); by default gtrids are made here and branches
+        #: reported back in replies.
+        self.eager = eager
+        #: The coordinator's node id, learnt from the first Begin (None before, or when the
+        #: coordinator is too old to take gtrids made by initiators: every begin is eager then).
+        self.node_id: str | None = None
+        #: The coordinator's default and largest transaction timeouts (ms), learnt likewise.
+        self.default_timeout_ms = 0
+        self.max_timeout_ms = 0
         #: Default transaction timeout in seconds (None: the coordinator's default).
         self.timeout = timeout
         #: Deadline of each call to the coordinator, separate from the transaction timeout.
@@ -470,6 +560,20 @@ class _ManagerBase:
         self._metadata = auth_metadata(token)
         self._channel: Any = None
         self._stub: Any = None
+
+    def _learn(self, reply: coordinator_pb2.BeginResponse, asked_ms: int) -> None:
+        """Take what the first Begin tells of the coordinator: its node id and timeouts."""
+        node = reply.node_id
+        if not node or node_of(reply.gtrid) != node or not reply.max_timeout_ms:
+            return  # an older coordinator: it makes every gtrid itself
+        try:
+            validate_gtrid(new_gtrid(node))  # the gtrids made here must fit the contract's limits
+        except XatmError:
+            return
+        if not asked_ms:
+            self.default_timeout_ms = reply.timeout_ms
+        self.max_timeout_ms = reply.max_timeout_ms
+        self.node_id = node
 
     def _connect(self, aio: bool) -> Any:
         # On first use, so a grpc.aio channel binds to the running event loop.

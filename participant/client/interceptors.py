@@ -2,14 +2,20 @@
 
 Client side: stamp ``xatm-gtrid``/``xatm-coordinator`` on outgoing calls made while a
 transaction is active, and cap the call deadline at the transaction's (the coordinator
-rolls back at that time anyway, so later work is wasted). Server side: read them back and
-make the transaction active while the handler runs, in its thread or task, and tell the
-participant stub when the handler fails, with the status its caller sees.
+rolls back at that time anyway, so later work is wasted); on unary calls, ask for branch
+reports and gather the one the reply's trailing metadata carries. Server side: read them back
+and make the transaction active while the handler runs, in its thread or task, tell the
+participant stub when the handler fails, with the status its caller sees, and send the branches
+reported during the call back in the reply's trailing metadata, whether it succeeded or failed.
+
+Streamed calls never ask for reports: their trailers arrive only once the stream is read to its
+end, possibly after the transaction was committed, so a participant they reach enlists itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -21,12 +27,16 @@ import grpc
 from xatm.participant.client.context import (
     COORDINATOR_KEY,
     GTRID_KEY,
+    REPORTS_KEY,
+    Binding,
+    Reported,
     Serving,
     TxContext,
     call_status,
     current,
     describe_failure,
     from_metadata,
+    reported,
     serving,
     to_metadata,
     use,
@@ -34,7 +44,7 @@ from xatm.participant.client.context import (
 )
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
-from xatm.participant.runtime.grpc_status import abort, abort_async
+from xatm.participant.runtime.grpc_status import abort, abort_async, to_grpc
 
 __all__ = [
     "AioServerInterceptor",
@@ -53,20 +63,39 @@ Metadata = Iterable[tuple[str, str | bytes]]
 # ---------------------------------------------------------------- client side
 
 
+_OURS = (GTRID_KEY, COORDINATOR_KEY, REPORTS_KEY)
+
+
 def _stamp(
-    metadata: Metadata | None, timeout: float | None
-) -> tuple[list[tuple[str, Any]], float | None] | None:
-    """Metadata and timeout for a call made now, or None when no transaction is active."""
+    metadata: Metadata | None, timeout: float | None, unary: bool
+) -> tuple[list[tuple[str, Any]], float | None, Reported | None] | None:
+    """Metadata, timeout and where the reply's branch report goes for a call made now, or None
+    when no transaction is active."""
     tx = current()
     if tx is None:
         return None
-    pairs = [(k, v) for k, v in (metadata or ()) if k not in (GTRID_KEY, COORDINATOR_KEY)]
-    pairs.extend(to_metadata(tx))
+    collector = reported(tx) if unary and tx.reports else None
+    pairs = [(k, v) for k, v in (metadata or ()) if k not in _OURS]
+    pairs.extend(to_metadata(tx, reports=collector is not None))
     pairs.extend(tracing.inject())
     remaining = tx.remaining()
     if remaining is not None and (timeout is None or remaining < timeout):
         timeout = remaining
-    return pairs, timeout
+    return pairs, timeout, collector
+
+
+def _absorb_when_done(outcome: Any, collector: Reported | None) -> Any:
+    """Gather the branch report of a sync call once it ends (at once for a blocking call)."""
+    if collector is not None:
+        outcome.add_done_callback(lambda call: collector.absorb(_trailers(call)))
+    return outcome
+
+
+def _trailers(call: Any) -> Any:
+    try:
+        return call.trailing_metadata()
+    except Exception:  # a call that failed before any answer has none
+        return None
 
 
 class _CallDetails(
@@ -95,11 +124,13 @@ class ClientInterceptor(
     """Sync channels: ``grpc.intercept_channel(channel, ClientInterceptor())``."""
 
     @staticmethod
-    def _details(details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        stamped = _stamp(details.metadata, details.timeout)
+    def _details(
+        details: grpc.ClientCallDetails, unary: bool = False
+    ) -> tuple[grpc.ClientCallDetails, Reported | None]:
+        stamped = _stamp(details.metadata, details.timeout, unary)
         if stamped is None:
-            return details
-        metadata, timeout = stamped
+            return details, None
+        metadata, timeout, collector = stamped
         return _CallDetails(
             details.method,
             timeout,
@@ -107,7 +138,7 @@ class ClientInterceptor(
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
-        )
+        ), collector
 
     # One interceptor serves every method, so requests and calls are typed Any here.
     def intercept_unary_unary(
@@ -116,7 +147,8 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return continuation(self._details(client_call_details), request)
+        details, collector = self._details(client_call_details, unary=True)
+        return _absorb_when_done(continuation(details, request), collector)
 
     def intercept_unary_stream(
         self,
@@ -124,7 +156,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return continuation(self._details(client_call_details), request)
+        return continuation(self._details(client_call_details)[0], request)
 
     def intercept_stream_unary(
         self,
@@ -132,7 +164,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
+        return continuation(self._details(client_call_details)[0], request_iterator)
 
     def intercept_stream_stream(
         self,
@@ -140,7 +172,7 @@ class ClientInterceptor(
         client_call_details: grpc.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
+        return continuation(self._details(client_call_details)[0], request_iterator)
 
 
 def intercept_channel(channel: grpc.Channel) -> grpc.Channel:
@@ -148,14 +180,16 @@ def intercept_channel(channel: grpc.Channel) -> grpc.Channel:
     return grpc.intercept_channel(channel, ClientInterceptor())
 
 
-def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    stamped = _stamp(details.metadata, details.timeout)
+def _aio_details(
+    details: grpc.aio.ClientCallDetails, unary: bool = False
+) -> tuple[grpc.aio.ClientCallDetails, Reported | None]:
+    stamped = _stamp(details.metadata, details.timeout, unary)
     if stamped is None:
-        return details
-    metadata, timeout = stamped
+        return details, None
+    metadata, timeout, collector = stamped
     return grpc.aio.ClientCallDetails(
         details.method, timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
-    )
+    ), collector
 
 
 # grpc.aio files an interceptor under the first kind it is an instance of, so each kind
@@ -167,7 +201,15 @@ class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(_aio_details(client_call_details), request)
+        details, collector = _aio_details(client_call_details, unary=True)
+        call = await continuation(details, request)
+        if collector is not None:
+            # The report must be gathered before the caller can go on (and commit): wait for the
+            # answer here; the caller's own await of the call then returns (or raises) at once.
+            with contextlib.suppress(grpc.RpcError):  # the caller sees it; its report still counts
+                await call
+            collector.absorb(await call.trailing_metadata())
+        return call
 
 
 class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
@@ -177,7 +219,7 @@ class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(_aio_details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details)[0], request)
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
@@ -187,7 +229,7 @@ class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return await continuation(_aio_details(client_call_details), request_iterator)
+        return await continuation(_aio_details(client_call_details)[0], request_iterator)
 
 
 class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
@@ -197,7 +239,7 @@ class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return await continuation(_aio_details(client_call_details), request_iterator)
+        return await continuation(_aio_details(client_call_details)[0], request_iterator)
 
 
 def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
@@ -236,17 +278,42 @@ def _report(tx: TxContext, call: Serving, reason: str) -> None:
             log.warning("could not report the failure of a call in %s (%s): %s", tx.gtrid, reason, error)
 
 
+def _with_report(call: Serving, trailers: Any = None) -> tuple[Any, ...]:
+    """``trailers`` (default: those the handler set) plus the branches reported during the call."""
+    if trailers is None:
+        trailers = call.context.trailing_metadata()
+    own = tuple(trailers or ())
+    if not call.reported:
+        return own
+    key, value = call.reported.trailer()
+    return (*[(k, v) for k, v in own if k != key], (key, value))
+
+
+def _send_report(call: Serving) -> None:
+    """Send the branches reported during the call back to its caller, in the trailing metadata."""
+    if call.reported:
+        call.context.set_trailing_metadata(_with_report(call))
+
+
 @contextmanager
 def _handling(tx: TxContext, call: Serving) -> Iterator[None]:
     """Run (a step of) a sync handler with ``tx`` active, reporting how it fails."""
-    with use(tx), serving(call):
+    with use(_binding(tx, call)), serving(call):
         try:
             yield
         except Exception as failure:
             _report(tx, call, describe_failure(failure))
+            _send_report(call)
             if isinstance(failure, XatmError):  # e.g. EnlistError: keep its status, not UNKNOWN
                 abort(call.context, failure)
             raise
+
+
+def _binding(tx: TxContext, call: Serving) -> Binding:
+    """One binding per served call, so every step of a streamed one shares it."""
+    if call.binding is None:
+        call.binding = Binding(tx)
+    return call.binding
 
 
 class _DeferredAbort:
@@ -277,30 +344,42 @@ class _DeferredAbort:
 @asynccontextmanager
 async def _ahandling(tx: TxContext, call: Serving, proxy: _DeferredAbort) -> AsyncIterator[None]:
     """``_handling`` for grpc.aio; the hooks block on the coordinator, so in a worker thread."""
-    with use(tx), serving(call):
+    with use(_binding(tx, call)), serving(call):
         try:
             yield
         except Exception as failure:
             if call.on_failure:
                 await asyncio.to_thread(_report, tx, call, describe_failure(failure))
+            _send_report(call)
             if isinstance(failure, XatmError):
-                await abort_async(call.context, failure)
+                await call.context.abort(to_grpc(failure.status), failure.message, _with_report(call))
             if proxy.aborted is not None:
-                await call.context.abort(*proxy.aborted)
+                code, details, trailers = proxy.aborted
+                await call.context.abort(code, details, _with_report(call, trailers))
             raise
 
 
 def _ended(tx: TxContext, call: Serving) -> None:
-    """The handler returned: if it set an error status (set_code, then return), report it."""
+    """The handler returned: if it set an error status (set_code, then return), report it; send
+    the branches reported during the call back to the caller."""
     if call.on_failure and call_status(call.context) is not None:
-        with use(tx), serving(call):
+        with use(_binding(tx, call)), serving(call):
             _report(tx, call, describe_failure())
+    _send_report(call)
 
 
 async def _aended(tx: TxContext, call: Serving) -> None:
     """``_ended`` for grpc.aio, off the event loop only when there is something to report."""
     if call.on_failure and call_status(call.context) is not None:
         await asyncio.to_thread(_ended, tx, call)
+    else:
+        _send_report(call)
+
+
+def _serving(tx: TxContext, context: Any) -> tuple[TxContext, Serving]:
+    """The transaction as this call sees it (with the call's deadline) and the call's record."""
+    bound = with_deadline(tx, context.time_remaining())
+    return bound, Serving(context, reported=Reported(tx.gtrid) if tx.reports else None)
 
 
 def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
@@ -316,7 +395,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
         if response_streaming and inspect.isasyncgenfunction(behavior):
 
             async def astream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                bound, call = _serving(tx, context)
                 proxy = _DeferredAbort(context)
                 async with _ahandling(bound, call, proxy):
                     items = behavior(request, proxy)
@@ -333,7 +412,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
         if inspect.iscoroutinefunction(behavior):
 
             async def acall(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                bound, call = _serving(tx, context)
                 proxy = _DeferredAbort(context)
                 with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid):
                     async with _ahandling(bound, call, proxy):
@@ -345,7 +424,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
         if response_streaming:
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+                bound, call = _serving(tx, context)
                 with _handling(bound, call):
                     items = iter(behavior(request, context))
                 while True:
@@ -360,7 +439,7 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
             return stream
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            bound, call = with_deadline(tx, context.time_remaining()), Serving(context)
+            bound, call = _serving(tx, context)
             with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid), _handling(bound, call):
                 reply = behavior(request, context)
             _ended(bound, call)

@@ -296,8 +296,6 @@ class MariaConnection(SessionHandle[_Branch]):
         return cursor
 
 
-
-
 class MariaRM(StatementRM[_Branch]):
     """Branches of global transactions in one MySQL/MariaDB database, as the server's XA transactions.
 

@@ -270,8 +270,6 @@ class BranchConnection(SessionHandle[_Branch]):
             return conn.adapters
 
 
-
-
 class PostgresRM(StatementRM[_Branch]):
     """Branches of global transactions in one PostgreSQL database.
 
@@ -569,8 +567,7 @@ def _check_server(dsn: str) -> str:
             row = conn.execute("SHOW max_prepared_transactions").fetchone()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnavailableError(f"cannot connect to PostgreSQL at {where}: {first}"
-        ) from exc
+        raise UnavailableError(f"cannot connect to PostgreSQL at {where}: {first}") from exc
     if version < _MIN_SERVER_VERSION:
         raise PostgresSetupError(f"PostgreSQL at {where} is version {version}; xatm needs 13 or later")
     if row is None or int(row[0]) == 0:

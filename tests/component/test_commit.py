@@ -6,12 +6,13 @@ import asyncio
 
 import pytest
 
-from tests.component.conftest import Rig, endpoint, until, with_settings
+from tests.component.conftest import NODE, Rig, endpoint, until, with_settings
 from tests.component.fakes import Answer
 from xatm.coordinator.protocol import Refused
+from xatm.participant.api.v1.xa_pb2 import BranchRef
 from xatm.participant.errors import Status, XatmError
 from xatm.participant.xa import BranchStatus as B
-from xatm.participant.xa import Phase, TxOutcome, XaCode
+from xatm.participant.xa import Phase, TxOutcome, XaCode, new_gtrid
 from xatm.participant.xa import TxStatus as S
 
 
@@ -29,16 +30,22 @@ async def test_two_phase_commit_logs_the_decision_before_phase_two(rig: Rig) -> 
     assert all(c.endpoint == endpoint(c.xid.bqual) and c.xid.gtrid == tx.gtrid for c in rig.peers.calls)
     records = rig.records(tx.gtrid)
     first_commit = next(i for i, r in enumerate(records) if r.branch_result.phase == int(Phase.COMMIT))
-    assert rig.kinds(tx.gtrid)[:3] == ["begin", "enlist", "enlist"]
+    # Presumed abort: nothing before it prepares, then one snapshot naming every branch; 7 records.
+    results = ["branch_result"] * 2
+    assert rig.kinds(tx.gtrid) == ["snapshot", *results, "decision", *results, "end"]
+    first = rig.records(tx.gtrid, "snapshot")[0].snapshot
+    assert (S(first.status), [b.bqual for b in first.branches]) == (S.PREPARING, ["a", "b"])
     assert rig.kinds(tx.gtrid).index("decision") < first_commit
-    assert [S(r.status.status) for r in rig.records(tx.gtrid, "status")] == [
-        S.PREPARING,
-        S.PREPARED,
-        S.COMMITTING,
-        S.COMMITTED,
-    ]
+    assert rig.records(tx.gtrid, "status") == []  # Committing and Committed are the decision's and end's
     assert rig.ended(tx.gtrid) == [S.COMMITTED]
-    assert len(rig.durable(tx.gtrid, "decision")) == 1
+    (durable,) = rig.durable(tx.gtrid, "decision")
+    # The decision alone is enough for recovery: status, timeout and every branch's endpoint.
+    decided = durable.decision.transaction
+    assert (S(decided.status), decided.timeout_ms) == (S.COMMITTING, tx.timeout_ms)
+    assert [(b.bqual, b.endpoint, B(b.status)) for b in decided.branches] == [
+        ("a", endpoint("a"), B.PREPARED),
+        ("b", endpoint("b"), B.PREPARED),
+    ]
 
 
 async def test_one_branch_commits_in_one_phase_without_a_decision_record(rig: Rig) -> None:
@@ -128,17 +135,67 @@ async def test_enlist_rules(rig: Rig) -> None:
     engine = await rig.start()
     tx = await rig.tx("a")
     assert await engine.enlist(tx.gtrid, "a", "rm-a", endpoint("a")) == XaCode.XAER_DUPID
-    assert len(rig.records(tx.gtrid, "enlist")) == 1
+    assert rig.records(tx.gtrid) == []  # an undecided transaction is not logged (presumed abort)
     with pytest.raises(XatmError) as bad:
         await engine.enlist(tx.gtrid, "no spaces", "rm-x", endpoint("x"))
     assert bad.value.status == Status.INVALID_ARGUMENT
     with pytest.raises(XatmError) as unknown:
-        await engine.enlist("n1.0000", "x", "rm-x", endpoint("x"))
-    assert unknown.value.status == Status.NOT_FOUND
+        await engine.enlist("elsewhere.0000", "x", "rm-x", endpoint("x"))
+    assert unknown.value.status == Status.NOT_FOUND  # not this node's gtrid: nothing is created
     await engine.commit(tx.gtrid)
     with pytest.raises(Refused):
         await engine.enlist(tx.gtrid, "late", "rm-late", endpoint("late"))
-    assert "late" not in tx.branches and len(rig.records(tx.gtrid, "enlist")) == 1
+    assert "late" not in tx.branches
+
+
+async def test_an_enlistment_naming_an_unknown_gtrid_of_this_node_creates_the_transaction(rig: Rig) -> None:
+    engine = await rig.start()
+    gtrid = new_gtrid(NODE)
+    assert await engine.enlist(gtrid, "a", "rm-a", endpoint("a"), timeout_ms=3000) == XaCode.XA_OK
+    tx = engine.get(gtrid)
+    assert (tx.status, tx.timeout_ms, list(tx.branches)) == (S.CREATED, 3000, ["a"])
+    assert (await engine.commit(gtrid)).outcome == TxOutcome.TX_OK
+    assert [c.phase for c in rig.peers.calls] == [Phase.ONE_PHASE_COMMIT]
+
+
+async def test_a_commit_carrying_reported_branches_creates_the_transaction_and_runs_2pc(rig: Rig) -> None:
+    """Lazy enlistment: the coordinator first hears of the transaction from its Commit."""
+    engine = await rig.start()
+    gtrid = new_gtrid(NODE)
+    reported = [BranchRef(bqual=b, rm_id=f"rm-{b}", endpoint=endpoint(b)) for b in ("a", "b")]
+    result = await engine.commit(gtrid, 5000, reported)
+    assert (result.outcome, result.tx.status, result.tx.timeout_ms) == (TxOutcome.TX_OK, S.COMMITTED, 5000)
+    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls if c.phase == Phase.COMMIT] == [
+        ("a", Phase.COMMIT),
+        ("b", Phase.COMMIT),
+    ]
+    assert [b.bqual for b in rig.durable(gtrid, "decision")[0].decision.transaction.branches] == ["a", "b"]
+    # A retried Commit carrying the same branches reads the outcome; nothing runs again.
+    again = await engine.commit(gtrid, 5000, reported)
+    assert again.outcome == TxOutcome.TX_OK and len(rig.peers.calls) == 4
+
+
+async def test_a_commit_carrying_a_failure_rolls_back_with_its_reason(rig: Rig) -> None:
+    engine = await rig.start()
+    gtrid = new_gtrid(NODE)
+    reported = [BranchRef(bqual=b, rm_id=f"rm-{b}", endpoint=endpoint(b)) for b in ("a", "b")]
+    result = await engine.commit(gtrid, 5000, reported, "rm-b: ABORTED: insufficient funds")
+    assert (result.outcome, result.tx.rollback_reason) == (
+        TxOutcome.TX_ROLLBACK,
+        "rm-b: ABORTED: insufficient funds",
+    )
+    assert {c.phase for c in rig.peers.calls} == {Phase.ROLLBACK}  # no prepare
+    assert rig.records(gtrid, "decision") == []
+    assert [r for r in rig.log.store.records if r.gtrid == gtrid] == []  # no forced write
+
+
+async def test_a_rollback_of_a_transaction_never_held_rolls_back_its_reported_branches(rig: Rig) -> None:
+    engine = await rig.start()
+    gtrid = new_gtrid(NODE)
+    reported = [BranchRef(bqual="a", rm_id="rm-a", endpoint=endpoint("a"))]
+    result = await engine.rollback(gtrid, "asked", 5000, reported)
+    assert (result.outcome, result.tx.status) == (TxOutcome.TX_OK, S.ROLLEDBACK)
+    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls] == [("a", Phase.ROLLBACK)]
 
 
 @with_settings(max_open_transactions=2)
@@ -153,11 +210,10 @@ async def test_begin_refuses_past_max_open_transactions(rig: Rig) -> None:
 
 
 @with_settings(max_timeout=2.0)
-async def test_begin_caps_the_timeout_and_logs_it(rig: Rig) -> None:
+async def test_begin_caps_the_timeout(rig: Rig) -> None:
     engine = await rig.start()
     asked, default = await engine.begin(60_000), await engine.begin()
     assert asked.timeout_ms == 2000 and default.timeout_ms == 2000  # default_timeout 10 s is capped too
-    assert rig.records(asked.gtrid, "begin")[0].begin.timeout_ms == 2000
 
 
 @with_settings(commit_wait=0.1)

@@ -49,7 +49,7 @@ async def test_the_rollback_rule_refuses_once_decided_and_sends_nothing(rig: Rig
         with pytest.raises(Refused):
             await engine.rollback(tx.gtrid)
     assert rig.peers.sent(Phase.ROLLBACK) == []
-    assert [S(r.status.status) for r in rig.records(tx.gtrid, "status")][-1] == S.COMMITTED
+    assert rig.ended(tx.gtrid) == [S.COMMITTED]
 
 
 async def test_rollback_only_makes_commit_roll_back_without_prepare(rig: Rig) -> None:
@@ -58,7 +58,7 @@ async def test_rollback_only_makes_commit_roll_back_without_prepare(rig: Rig) ->
     await engine.mark_rollback_only(tx.gtrid, "handler failed")
     await engine.mark_rollback_only(tx.gtrid, "second reason")  # the first reason is kept
     assert (tx.status, tx.rollback_reason) == (S.MARKED_ROLLBACK, "handler failed")
-    assert [r.status.reason for r in rig.records(tx.gtrid, "status")] == ["handler failed"]
+    assert rig.records(tx.gtrid) == []  # still undecided: a restart would presume abort anyway
     with pytest.raises(Refused):
         await engine.enlist(tx.gtrid, "c", "rm-c", endpoint("c"))
     result = await engine.commit(tx.gtrid)

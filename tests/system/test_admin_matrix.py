@@ -84,13 +84,16 @@ class Lab:
     def __init__(self, system: BankSystem, second: Proc):
         self.system = system
         self.second = second
-        self.tm2 = TransactionManager(second.address)
+        # Eager: operators act on transactions whose work is still running, which the coordinator
+        # holds only once they begin there and their branches enlist.
+        self.tm1 = TransactionManager(system.coordinator.address, eager=True)
+        self.tm2 = TransactionManager(second.address, eager=True)
         self._accounts = itertools.count()
 
     def begin(self, *banks: str, tm: TransactionManager | None = None) -> Transaction:
         assert self.system.bank is not None
         with use(None):  # each held open at once: none is the thread's active one
-            tx = (tm or self.system.bank.tm).begin(timeout=300)
+            tx = (tm or self.tm1).begin(timeout=300)
         with use(tx.context):
             for bank in banks:  # a fresh account each time: no lock waits between transactions
                 self.system.apply(bank, f"acct{next(self._accounts)}", 1)

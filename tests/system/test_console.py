@@ -107,7 +107,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     system = BankSystem(root, coordinator_env=env)
     try:
         system.start(bank_env={name: {"XATM_TOKEN": SERVICE} for name in system.banks})
-        with TransactionManager(system.coordinator.address, token=SERVICE) as tm:
+        # Eager: the console shows transactions whose work is still running.
+        with TransactionManager(system.coordinator.address, token=SERVICE, eager=True) as tm:
             yield Lab(system, tm, shots)
     finally:
         system.stop()

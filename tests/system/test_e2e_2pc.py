@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from tests.bank_system import BankSystem
-from xatm.participant import TransactionRolledBack
-from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from xatm.participant import TransactionManager, TransactionRolledBack
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.xa import BranchStatus, XaCode
 from xatm.participant.xa import TxStatus as S
 
@@ -82,14 +82,32 @@ def test_read_only_branch_gets_no_phase_two(bank_system: BankSystem) -> None:
 
 
 def test_timeout_rolls_back_with_rbtimeout(bank_system: BankSystem) -> None:
-    tx = bank_system.bank.tm.begin(timeout=1.0)
+    """Eager: the coordinator, which holds the transaction from its Begin, times it out."""
+    tm = TransactionManager(bank_system.coordinator.address, eager=True)
+    tx = tm.begin(timeout=1.0)
     with pytest.raises(TransactionRolledBack), tx:
         bank_system.apply("bank-a", "alice", -300)
         bank_system.wait_status(tx.gtrid, S.ROLLEDBACK, timeout=10)
+    tm.close()
     info = bank_system.status(tx.gtrid)
     assert info.rollback_code == XaCode.XA_RBTIMEOUT
     assert info.branches[0].status == BranchStatus.ROLLEDBACK
     # The lock on alice was released: another transfer goes through.
+    assert bank_system.bank.transfer("alice", "bob", 1).committed
+    assert bank_system.balance("bank-a", "alice") == 999
+
+
+def test_a_commit_past_the_timeout_rolls_back_with_rbtimeout(bank_system: BankSystem) -> None:
+    """Lazy: the coordinator first hears of the transaction from its Commit, which comes too late:
+    no prepare is sent, the reported branch is rolled back, and the answer says why."""
+    tx = bank_system.bank.tm.begin(timeout=0.5)
+    with pytest.raises(TransactionRolledBack) as caught, tx:
+        bank_system.apply("bank-a", "alice", -300)
+        time.sleep(0.6)  # the initiator dawdles past its timeout before committing
+    assert caught.value.rollback_code == XaCode.XA_RBTIMEOUT
+    info = bank_system.wait_status(tx.gtrid, S.ROLLEDBACK)
+    assert [BranchStatus(b.status) for b in info.branches] == [BranchStatus.ROLLEDBACK]
+    assert [b.last_phase for b in info.branches] == [xa_pb2.PHASE_ROLLBACK]  # never asked to prepare
     assert bank_system.bank.transfer("alice", "bob", 1).committed
     assert bank_system.balance("bank-a", "alice") == 999
 

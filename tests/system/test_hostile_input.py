@@ -122,6 +122,10 @@ def test_an_endpoint_that_cannot_be_dialled_is_refused_where_it_enters(
         # where one is served is optional there.
         query = coordinator_pb2.QueryOutcomeRequest(xid=xid, rm_id="rm", endpoint=endpoint)
         assert stub.QueryOutcome(query, metadata=_auth(SERVICE)).decision == xa_pb2.DECISION_ROLLBACK
+        # A branch reported to the initiator and carried in its Commit is checked the same way.
+        reported = xa_pb2.BranchRef(bqual="b1", rm_id="rm", endpoint=endpoint)
+        commit = coordinator_pb2.CompletionRequest(gtrid=gtrid, branches=[reported])
+        assert _code(lambda: stub.Commit(commit, metadata=_auth(SERVICE))) == grpc.StatusCode.INVALID_ARGUMENT
         info = stub.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), metadata=_auth(SERVICE))
     assert TxStatus(info.status) is TxStatus.CREATED and not info.branches
 
@@ -200,6 +204,14 @@ def test_a_token_with_max_open_cannot_take_more_slots(coordinator: Proc) -> None
         stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=held[0]), metadata=_auth(CAPPED), timeout=30)
         held.append(_begin(coordinator, CAPPED))  # a slot frees when its transaction ends
         assert _code(lambda: stub.Begin(begin, metadata=_auth(CAPPED))) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A transaction the initiator names itself counts the same when its first call creates it.
+        node = held[1].rsplit(".", 1)[0]
+        made_here = coordinator_pb2.BeginRequest(gtrid=new_gtrid(node), timeout_ms=300_000)
+        commit = coordinator_pb2.CompletionRequest(gtrid=made_here.gtrid)
+        auth = _auth(CAPPED)
+        refused = (lambda: stub.Begin(made_here, metadata=auth), lambda: stub.Commit(commit, metadata=auth))
+        for call in refused:
+            assert _code(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
         for gtrid in held[1:]:
             stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=gtrid), metadata=_auth(CAPPED), timeout=30)
 

@@ -167,7 +167,14 @@ def test_participant_resolves_its_in_doubt_branches(tmp_path: Path) -> None:
             rm.put(xid, f"k{i}", i)
             assert rm.prepare(xid) == XaCode.XA_OK
         counts = stub.resolve_in_doubt()
-        assert counts == {"commit": 0, "rollback": 1, "pending": 1, "unreachable": 0, "foreign": 1}
+        assert counts == {
+            "commit": 0,
+            "rollback": 1,
+            "pending": 1,
+            "unreachable": 0,
+            "foreign": 1,
+            "expired": 0,
+        }
         assert set(rm.recover()) == {foreign, live}
         assert rm.read_committed("k0") is None
         rm.rollback(foreign)

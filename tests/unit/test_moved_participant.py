@@ -11,8 +11,7 @@ from xatm.coordinator import protocol as sm
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.journal import replay
 from xatm.participant.xa import BranchStatus as B
-from xatm.participant.xa import Decision, Phase, XaCode
-from xatm.participant.xa import TxStatus as S
+from xatm.participant.xa import Phase, XaCode
 
 
 def test_a_late_answer_does_not_overwrite_the_record_that_closed_the_branch() -> None:
@@ -21,10 +20,8 @@ def test_a_late_answer_does_not_overwrite_the_record_that_closed_the_branch() ->
     tx = sm.Transaction(gtrid="n1.late", timeout_ms=1000)
     sm.enlist(tx, "b0", "rm0", "127.0.0.1:1")
     branch = tx.branches["b0"]
-    records = [R.begin(tx, 1.0), R.enlist(tx, branch, 1.0)]
-    tx.status, tx.decision = S.COMMITTING, Decision.COMMIT
     branch.status = B.PREPARED
-    records.append(R.decision(tx, 2.0))
+    records = [R.decision(tx, 2.0)]  # carries the transaction: nothing of it is logged before
     branch.status = B.HEURISTICALLY_COMPLETED
     records.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_HEURCOM, "resolved", 3.0))
     records.append(R.late_result(tx, "b0", Phase.COMMIT, XaCode.XAER_RMFAIL, "UNAVAILABLE", 4.0))

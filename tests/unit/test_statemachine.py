@@ -180,6 +180,40 @@ def test_every_event_in_every_status(event: str, status: S) -> None:
     assert tx.status == expected
 
 
+@pytest.mark.parametrize("status", list(S))
+def test_reported_branches_in_every_status(status: S) -> None:
+    """Branches carried by Commit (lazy enlistment) join while the transaction is undecided, are
+    left to their participants once it rolls back, and are refused once it may commit."""
+    tx = in_status(status)
+    before = copy.deepcopy(tx)
+    report = [("b0", "rm0", "127.0.0.1:9000"), ("new", "rmx", "127.0.0.1:1")]
+    if status in (S.CREATED, S.MARKED_ROLLBACK):
+        assert sm.report_branches(tx, report, "rmx: failed") == []
+        assert (tx.status, list(tx.branches)) == (S.MARKED_ROLLBACK, ["b0", "b1", "new"])
+        assert tx.branches["new"] == sm.Branch("new", "rmx", "127.0.0.1:1")
+        assert tx.rollback_reason == ("rmx: failed" if status == S.CREATED else "asked")  # the first kept
+    elif tx.decision is Decision.ROLLBACK:
+        assert sm.report_branches(tx, report, "rmx: failed") == []
+        assert tx == before
+    else:
+        with pytest.raises(XatmError) as err:
+            sm.report_branches(tx, report)
+        assert err.value.status == Status.FAILED_PRECONDITION and "joining branch new" in err.value.message
+        assert tx == before
+    # The same branch told twice (a retried Commit, or also enlisted eagerly) changes nothing.
+    again = in_status(status)
+    unchanged = copy.deepcopy(again)
+    assert sm.report_branches(again, [("b0", "rm0", "127.0.0.1:9000")]) == [] and again == unchanged
+
+
+def test_a_reported_bqual_of_another_resource_manager_is_refused() -> None:
+    tx = _tx()
+    before = copy.deepcopy(tx)
+    with pytest.raises(XatmError) as err:
+        sm.report_branches(tx, [("new", "rmx", "127.0.0.1:1"), ("b0", "rm-other", "127.0.0.1:2")])
+    assert err.value.status == Status.INVALID_ARGUMENT and tx == before  # nothing enlisted either
+
+
 def test_timeout_records_rbtimeout() -> None:
     tx = _tx()
     effects = sm.timeout(tx)
@@ -439,6 +473,23 @@ class ProtocolRuns(RuleBasedStateMachine):
         bqual = data.draw(st.sampled_from(sm.pending_branches(self.tx)))
         phase = Phase.ROLLBACK if self.tx.status == S.ROLLINGBACK else Phase.COMMIT
         self._apply(sm.phase_two_result(self.tx, bqual, phase, code))
+
+    @rule(fail=st.booleans())
+    def late_report(self, fail: bool) -> None:
+        """Branches reported to the initiator arrive (Commit, or a retried one) at any moment."""
+        bqual, before = f"r{len(self.tx.branches)}", self.tx.status
+        try:
+            late = [(bqual, "rm-late", "127.0.0.1:1")]
+            effects = sm.report_branches(self.tx, late, "failed" if fail else "")
+        except XatmError:
+            assert before not in (S.CREATED, S.MARKED_ROLLBACK) and self.tx.decision is not Decision.ROLLBACK
+            assert bqual not in self.tx.branches
+            return
+        self._apply(effects)
+        if bqual in self.tx.branches:
+            assert before in (S.CREATED, S.MARKED_ROLLBACK)
+        else:
+            assert self.tx.decision is Decision.ROLLBACK
 
     @invariant()
     def never_both_directions(self) -> None:

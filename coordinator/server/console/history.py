@@ -143,5 +143,11 @@ class BranchHistory(TxLog):
     def stopped(self) -> LogStopped | None:
         return self.inner.stopped
 
+    @property
+    def available(self) -> bool:
+        """Whether the inner log takes new transactions now (False while a replicated log has no
+        quorum); a log that never refuses has no such property."""
+        return bool(getattr(self.inner, "available", True))
+
     async def close(self) -> None:
         await self.inner.close()

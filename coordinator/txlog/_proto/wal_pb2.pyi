@@ -82,10 +82,12 @@ class StatusRecord(_message.Message):
     def __init__(self, status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("commit",)
+    __slots__ = ("commit", "transaction")
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     commit: bool
-    def __init__(self, commit: _Optional[bool] = ...) -> None: ...
+    transaction: TransactionSnapshot
+    def __init__(self, commit: _Optional[bool] = ..., transaction: _Optional[_Union[TransactionSnapshot, _Mapping]] = ...) -> None: ...
 
 class EndRecord(_message.Message):
     __slots__ = ("status",)

@@ -8,32 +8,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BeginRequest(_message.Message):
-    __slots__ = ("timeout_ms",)
+    __slots__ = ("timeout_ms", "gtrid", "branches")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
-    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+    gtrid: str
+    branches: _containers.RepeatedCompositeFieldContainer[_xa_pb2.BranchRef]
+    def __init__(self, timeout_ms: _Optional[int] = ..., gtrid: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchRef, _Mapping]]] = ...) -> None: ...
 
 class BeginResponse(_message.Message):
-    __slots__ = ("gtrid", "format_id", "timeout_ms")
+    __slots__ = ("gtrid", "format_id", "timeout_ms", "node_id", "max_timeout_ms")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     format_id: int
     timeout_ms: int
-    def __init__(self, gtrid: _Optional[str] = ..., format_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    node_id: str
+    max_timeout_ms: int
+    def __init__(self, gtrid: _Optional[str] = ..., format_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class EnlistRequest(_message.Message):
-    __slots__ = ("gtrid", "bqual", "rm_id", "endpoint")
+    __slots__ = ("gtrid", "bqual", "rm_id", "endpoint", "timeout_ms")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     BQUAL_FIELD_NUMBER: _ClassVar[int]
     RM_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     bqual: str
     rm_id: str
     endpoint: str
-    def __init__(self, gtrid: _Optional[str] = ..., bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, gtrid: _Optional[str] = ..., bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class EnlistResponse(_message.Message):
     __slots__ = ("code", "reason")
@@ -44,10 +54,16 @@ class EnlistResponse(_message.Message):
     def __init__(self, code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CompletionRequest(_message.Message):
-    __slots__ = ("gtrid",)
+    __slots__ = ("gtrid", "timeout_ms", "branches", "rollback_only")
     GTRID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ONLY_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
-    def __init__(self, gtrid: _Optional[str] = ...) -> None: ...
+    timeout_ms: int
+    branches: _containers.RepeatedCompositeFieldContainer[_xa_pb2.BranchRef]
+    rollback_only: str
+    def __init__(self, gtrid: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchRef, _Mapping]]] = ..., rollback_only: _Optional[str] = ...) -> None: ...
 
 class CompletionResponse(_message.Message):
     __slots__ = ("gtrid", "outcome", "status", "branches", "rollback_code", "rollback_reason")

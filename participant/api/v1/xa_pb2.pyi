@@ -219,3 +219,23 @@ class TransactionInfo(_message.Message):
     recovered: bool
     owner: str
     def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchInfo, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ..., recovered: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class BranchRef(_message.Message):
+    __slots__ = ("bqual", "rm_id", "endpoint")
+    BQUAL_FIELD_NUMBER: _ClassVar[int]
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    bqual: str
+    rm_id: str
+    endpoint: str
+    def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class BranchReport(_message.Message):
+    __slots__ = ("gtrid", "branches", "rollback_only")
+    GTRID_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    gtrid: str
+    branches: _containers.RepeatedCompositeFieldContainer[BranchRef]
+    rollback_only: str
+    def __init__(self, gtrid: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[BranchRef, _Mapping]]] = ..., rollback_only: _Optional[str] = ...) -> None: ...
