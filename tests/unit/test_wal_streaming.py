@@ -80,7 +80,8 @@ def test_a_record_that_does_not_parse_stops_the_replay_with_log_corrupt(tmp_path
 def _completed(index: int) -> list[WalRecord]:
     tx = Transaction(gtrid=f"n1.{index:06d}", timeout_ms=1000)
     tx.branches["b"] = Branch("b", "rm", "127.0.0.1:1")
-    records = [R.begin(tx, 1.0), R.enlist(tx, tx.branches["b"], 1.0)]
+    tx.status = TxStatus.PREPARING
+    records = [R.snapshot(tx, 1.0), R.decision(tx, 1.0)]
     tx.status = TxStatus.COMMITTED
     tx.branches["b"].status = BranchStatus.COMMITTED
     return [*records, R.end(tx, 2.0)]
@@ -88,13 +89,13 @@ def _completed(index: int) -> list[WalRecord]:
 
 def test_replay_keeps_only_the_newest_completed_history() -> None:
     def records() -> Iterator[WalRecord]:
-        yield R.begin(Transaction(gtrid="n1.open", timeout_ms=1000), 1.0)
+        yield R.snapshot(Transaction(gtrid="n1.open", timeout_ms=1000, status=TxStatus.PREPARING), 1.0)
         for index in range(1000):
             yield from _completed(index)
 
     txs = replay(records(), keep=10)
     assert list(txs) == ["n1.open"] + [f"n1.{i:06d}" for i in range(990, 1000)]
-    assert txs["n1.open"].status == TxStatus.CREATED  # unfinished transactions are never dropped
+    assert txs["n1.open"].status == TxStatus.PREPARING  # unfinished transactions are never dropped
 
 
 def test_replay_collects_audit_records_in_a_bounded_sequence() -> None:
