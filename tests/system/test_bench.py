@@ -130,8 +130,11 @@ def test_eager_configuration_pays_begin_and_an_enlist_per_branch(report: dict[st
     assert eager["branches"] == lean["branches"] == 2
     served = eager["served_per_commit"]
     assert set(served) == {"Begin", "Enlist", "Commit"}, served
-    assert served["Begin"] == pytest.approx(1, abs=0.15) and served["Enlist"] == pytest.approx(2, abs=0.3)
-    assert eager["rpcs_per_commit"] - lean["rpcs_per_commit"] == pytest.approx(3, abs=0.5)
+    # Per commit over a short window: the transactions in flight at its ends (begun inside, not yet
+    # committed) move these by up to concurrency ÷ commits.
+    assert served["Begin"] == pytest.approx(1, abs=0.3) and served["Enlist"] == pytest.approx(2, abs=0.6)
+    # Begin and an Enlist per branch more (what batching sends depends on the timing, so only served).
+    assert sum(served.values()) - sum(lean["served_per_commit"].values()) == pytest.approx(3, abs=0.9)
     assert eager["decision_writes_per_commit"] == pytest.approx(1, abs=0.15)
     eager_scenario = next(s for s in report["scenarios"] if s["name"] == "eager")
     assert (eager_scenario["baseline"]["config"], eager_scenario["variant"]["config"]) == ("normal", "eager")
