@@ -2,8 +2,9 @@
 
 Speed itself is never asserted here (the report sets each figure beside its baseline measured in
 the same run); only what must hold at any speed: every run commits without failures, the
-counters add up to the protocol's messages and log records, group commit batches decisions,
-one-phase commits write no decision, and the report has its documented shape.
+counters add up to the protocol's messages and log records (the lean protocol by default, the
+eager one in the same round), group commit batches decisions, one-phase commits write no
+decision, and the report has its documented shape.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def test_headline_sets_the_coordinator_beside_the_echo_ceiling(report: dict[str,
 
 
 def test_messages_and_records_per_transaction_add_up(report: dict[str, Any]) -> None:
-    """Whatever the protocol: a Commit is served per transaction, every branch receives a prepare-phase
-    and a commit-phase message (maybe batched, so at most one each), and one decision is forced."""
+    """The lean protocol: the Commit is the only call served per transaction (the one Begin that
+    told the node id came before the window); every branch receives a prepare-phase and a
+    commit-phase message (maybe batched, so at most one each); one decision is forced; a
+    two-branch transaction leaves seven records (its snapshot, four branch results, the
+    decision, its end)."""
     h = report["headline"]
     served, sent = h["served_per_tx"], h["sent_per_tx"]
-    assert served.get("Commit") == pytest.approx(1, abs=0.15), served
+    assert set(served) == {"Commit"} and served["Commit"] == pytest.approx(1, abs=0.15), served
+    assert h["log_records_per_tx"] == pytest.approx(7, abs=0.5), h["log_records_by_type"]
     assert 0 < sum(sent.values()) <= 2 * 2 + 0.3, sent
     assert h["rpcs_per_tx"] == pytest.approx(sum(served.values()) + sum(sent.values()), abs=0.01)
     assert h["decision_writes_per_tx"] == pytest.approx(1, abs=0.15)
@@ -119,9 +124,25 @@ def test_messages_and_records_per_transaction_add_up(report: dict[str, Any]) -> 
     assert 0 < h["fsyncs_per_tx"] <= 1.2
 
 
+def test_eager_configuration_pays_begin_and_an_enlist_per_branch(report: dict[str, Any]) -> None:
+    """The same round, the older protocol: Begin, one Enlist per branch and Commit served."""
+    lean, eager = report["configs"]["normal"], report["configs"]["eager"]
+    assert eager["branches"] == lean["branches"] == 2
+    served = eager["served_per_commit"]
+    assert set(served) == {"Begin", "Enlist", "Commit"}, served
+    # Per commit over a short window: the transactions in flight at its ends (begun inside, not yet
+    # committed) move these by up to concurrency ÷ commits.
+    assert served["Begin"] == pytest.approx(1, abs=0.3) and served["Enlist"] == pytest.approx(2, abs=0.6)
+    # Begin and an Enlist per branch more (what batching sends depends on the timing, so only served).
+    assert sum(served.values()) - sum(lean["served_per_commit"].values()) == pytest.approx(3, abs=0.9)
+    assert eager["decision_writes_per_commit"] == pytest.approx(1, abs=0.15)
+    eager_scenario = next(s for s in report["scenarios"] if s["name"] == "eager")
+    assert (eager_scenario["baseline"]["config"], eager_scenario["variant"]["config"]) == ("normal", "eager")
+
+
 def test_slow_disk_decisions_share_fsyncs_and_one_phase_writes_no_decision(report: dict[str, Any]) -> None:
     configs = report["configs"]
-    assert set(configs) == {"normal", "slow-disk", "one-phase"}
+    assert set(configs) == {"normal", "eager", "slow-disk", "one-phase"}
     for summary in configs.values():
         assert set(summary) == SUMMARY_FIELDS
     assert 0 < configs["slow-disk"]["durable_writes_per_commit"] < 1, configs["slow-disk"]
@@ -131,7 +152,7 @@ def test_slow_disk_decisions_share_fsyncs_and_one_phase_writes_no_decision(repor
         and one["decision_writes_per_commit"] == 0
         and one["durable_writes_per_commit"] == 0
     )
-    assert [s["name"] for s in report["scenarios"]] == ["slow-disk", "one-phase"]
+    assert [s["name"] for s in report["scenarios"]] == ["eager", "slow-disk", "one-phase"]
     for scenario in report["scenarios"]:
         assert scenario["tps_ratio"] == pytest.approx(
             scenario["variant"]["tps"] / scenario["baseline"]["tps"], abs=0.001
@@ -168,6 +189,7 @@ def test_table_shows_each_figure_beside_its_baseline(report: dict[str, Any]) -> 
     assert f"on {report['machine']['nproc']} CPUs" in table
     assert f"tx_per_echo {report['headline']['tx_per_echo']:.3f}" in table
     assert "slow-disk: slow-disk/normal throughput ratio" in table
+    assert "eager: eager/normal throughput ratio" in table
     assert "Scaling" in table and "KiB per open transaction" in table and "records/s" in table
     assert "PostgreSQL" not in table and "etcd" not in table
 

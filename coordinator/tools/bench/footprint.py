@@ -1,10 +1,12 @@
 """The coordinator's footprint: memory per open transaction, start-up replay, a long history.
 
 - ``open_memory``: a warmed-up coordinator's resident memory before and after ``count``
-  transactions are begun and enlisted (never completed); the growth divided by ``count``.
+  transactions are begun and enlisted (never completed); the growth divided by ``count``. These
+  use the eager Begin and Enlist: a lean transaction exists at the coordinator only from its
+  Commit, so it is never held open there while its work runs.
 - ``replay``: a log of ``records`` records of completed two-phase transactions (the records a
-  real coordinator wrote for one, copied under fresh gtrids with the current time) is replayed
-  by a coordinator starting on it. Replay time is its start-up time on that log minus its
+  real coordinator wrote for one lean transaction, copied under fresh gtrids with the current
+  time) is replayed by a coordinator starting on it. Replay time is its start-up time on that log minus its
   start-up time on an empty one (wall and CPU time); peak memory is the kernel's high-water
   mark (``VmHWM``). The same coordinator, with every replayed transaction kept in its history,
   then runs under load across a checkpoint: the worst commit latency shows whether a
@@ -24,7 +26,15 @@ import grpc
 
 from xatm.coordinator.tools.bench.load import Failed
 from xatm.coordinator.tools.bench.measure import cpu_seconds, memory_kib
-from xatm.coordinator.tools.bench.runs import Participants, measure_run, open_transaction, pid, two_phase
+from xatm.coordinator.tools.bench.runs import (
+    Participants,
+    lean_two_phase,
+    learn_node,
+    measure_run,
+    open_transaction,
+    pid,
+    two_phase,
+)
 from xatm.coordinator.tools.procs import Proc, coordinator_proc
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal, read_records
@@ -46,9 +56,11 @@ async def _start(proc: Proc) -> tuple[float, float]:
     return time.monotonic() - started, cpu_seconds(pid(proc))
 
 
-async def _complete(address: str, endpoints: list[str], count: int) -> None:
+async def _complete(address: str, endpoints: list[str], count: int, *, eager: bool) -> None:
+    """``count`` two-phase transactions one after the other, eager or lean."""
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        one = two_phase(coordinator_pb2_grpc.CoordinatorStub(channel), endpoints)
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        one = two_phase(stub, endpoints) if eager else lean_two_phase(stub, endpoints, await learn_node(stub))
         for _ in range(count):
             await one()
 
@@ -83,7 +95,8 @@ async def open_memory(
     await _start(coordinator)
     endpoints = participants.endpoints(branches)
     try:
-        await _complete(coordinator.address, endpoints, WARM_TRANSACTIONS)
+        # Eager, as the transactions then held open: the same code paths are warm.
+        await _complete(coordinator.address, endpoints, WARM_TRANSACTIONS, eager=True)
         before = memory_kib(pid(coordinator))
         await _open_many(coordinator.address, endpoints, count, concurrency)
         after = memory_kib(pid(coordinator))
@@ -152,7 +165,7 @@ async def replay(
     empty = coordinator_proc(data_dir, run_dir, env={"XATM_FAILPOINTS": ""})
     empty_start, empty_cpu = await _start(empty)
     try:
-        await _complete(empty.address, endpoints, 3)
+        await _complete(empty.address, endpoints, 3, eager=False)
     finally:
         await asyncio.to_thread(empty.stop)
     template, already = _template(data_dir)

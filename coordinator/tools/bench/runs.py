@@ -1,11 +1,14 @@
 """Coordinator runs: one coordinator (or several replicas) under two-phase load, measured once.
 
-Initiators are ``concurrency`` asyncio workers in the bench process, each looping Begin ->
-Enlist (one branch per participant, straight through the Coordinator API) -> Commit over
-grpc.aio; participants are bench participant processes (the real Participant service over an
-in-memory RM). Counters come from the coordinator's ``/metrics`` (commits, fsyncs, log records),
-from the wire (``wire``: RPCs the harness made, messages the participants received) and CPU
-times from ``/proc``, all read at both ends of the measured window.
+Initiators are ``concurrency`` asyncio workers in the bench process, each looping one
+transaction straight through the Coordinator API over grpc.aio. By default the lean protocol: the
+gtrid made by the initiator (the coordinator's node id learnt from one Begin before the window)
+and one ``Commit`` carrying one branch per participant; the ``eager`` configuration keeps the
+older three steps (Begin, one Enlist per branch, Commit) for comparison. Participants are bench
+participant processes (the real Participant service over an in-memory RM). Counters come from
+the coordinator's ``/metrics`` (commits, fsyncs, log records), from the wire (``wire``: RPCs the
+harness made, messages the participants received) and CPU times from ``/proc``, all read at both
+ends of the measured window.
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ from xatm.coordinator.tools.bench.load import CALL_TIMEOUT, Failed, Latencies, d
 from xatm.coordinator.tools.bench.measure import Samples, cpu_seconds, delta, per
 from xatm.coordinator.tools.bench.wire import CallCounter
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
-from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc
-from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, XaCode
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.xa import CHANNEL_OPTIONS, TxOutcome, XaCode, new_gtrid
 
 __all__ = [
     "CONFIGS",
     "SCENARIOS",
     "SLOW_DISK",
     "Config",
+    "Node",
     "Participants",
     "Run",
+    "lean_two_phase",
+    "learn_node",
     "measure_run",
     "open_transaction",
     "pid",
@@ -54,12 +60,15 @@ class Config:
     description: str
     one_phase: bool = False
     slow_disk: bool = False
+    #: Begin and one Enlist per branch before the Commit, instead of the lean protocol's Commit alone.
+    eager: bool = False
 
 
 CONFIGS = {
     c.name: c
     for c in (
-        Config("normal", "two-phase commit, normal disk"),
+        Config("normal", "two-phase commit, normal disk, lean protocol (one Commit per transaction)"),
+        Config("eager", "two-phase commit, normal disk, eager protocol (Begin, Enlist, Commit)", eager=True),
         Config("slow-disk", f"two-phase commit, XATM_FAILPOINTS={SLOW_DISK}", slow_disk=True),
         Config("one-phase", "one branch: one-phase commit, no prepare, no forced write", one_phase=True),
     )
@@ -67,6 +76,11 @@ CONFIGS = {
 
 #: scenario -> (baseline config, variant config, what the comparison shows)
 SCENARIOS: dict[str, tuple[str, str, str]] = {
+    "eager": (
+        "normal",
+        "eager",
+        "the lean protocol saves Begin and an Enlist per branch: RPCs, log records, CPU per transaction",
+    ),
     "slow-disk": (
         "normal",
         "slow-disk",
@@ -179,26 +193,87 @@ async def open_transaction(
     return str(begun.gtrid)
 
 
+@dataclass(frozen=True)
+class Node:
+    """What an initiator needs to make gtrids for one coordinator: its node id and default timeout (ms)."""
+
+    node_id: str
+    timeout_ms: int
+
+
+async def learn_node(stub: coordinator_pb2_grpc.CoordinatorStub) -> Node:
+    """The coordinator's node id and default timeout, from one Begin (whose transaction is rolled back).
+
+    Raises ``Failed`` when the coordinator names no node id (it makes every gtrid itself) or a call fails.
+    """
+    try:
+        begun = await stub.Begin(coordinator_pb2.BeginRequest(), timeout=CALL_TIMEOUT)
+        await stub.Rollback(coordinator_pb2.CompletionRequest(gtrid=begun.gtrid), timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        raise Failed(f"learning the node id: {err.code().name}: {err.details()}") from None
+    if not begun.node_id:
+        raise Failed("the coordinator's Begin reply names no node id: it cannot take initiator-made gtrids")
+    return Node(begun.node_id, begun.timeout_ms)
+
+
+def _branches(endpoints: Sequence[str]) -> list[xa_pb2.BranchRef]:
+    """One branch (``b<i>`` of RM ``bench-<i>``) per endpoint, as participants report them."""
+    return [xa_pb2.BranchRef(bqual=f"b{i}", rm_id=f"bench-{i}", endpoint=e) for i, e in enumerate(endpoints)]
+
+
+async def _commit(
+    stub: coordinator_pb2_grpc.CoordinatorStub, request: coordinator_pb2.CompletionRequest
+) -> float:
+    """The Commit's latency in seconds (prepare, forced decision, phase two); ``Failed`` unless TX_OK."""
+    started = time.perf_counter()
+    done = await stub.Commit(request, timeout=CALL_TIMEOUT)
+    latency = time.perf_counter() - started
+    if done.outcome != TxOutcome.TX_OK:
+        raise Failed(f"commit answered {TxOutcome(done.outcome).name}")
+    return latency
+
+
 def two_phase(
     stub: coordinator_pb2_grpc.CoordinatorStub, endpoints: Sequence[str]
 ) -> Callable[[], Awaitable[float]]:
-    """One transaction for ``load.drive``: Begin, one Enlist per endpoint, Commit.
+    """One eager transaction for ``load.drive``: Begin, one Enlist per endpoint, Commit.
 
-    Returns the Commit RPC's latency in seconds (prepare, forced decision, phase two); raises
-    ``Failed`` for an RPC error, a refused enlist or an outcome other than TX_OK.
+    Returns the transaction's latency in seconds, from the Begin to the Commit's reply (what the
+    lean protocol's single Commit is compared with); raises ``Failed`` for an RPC error, a refused
+    enlist or an outcome other than TX_OK.
     """
 
     async def one() -> float:
+        started = time.perf_counter()
         try:
             gtrid = await open_transaction(stub, endpoints)
-            started = time.perf_counter()
-            done = await stub.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=CALL_TIMEOUT)
-            latency = time.perf_counter() - started
+            await _commit(stub, coordinator_pb2.CompletionRequest(gtrid=gtrid))
         except grpc.aio.AioRpcError as err:
             raise Failed(f"{err.code().name}: {err.details()}") from None
-        if done.outcome != TxOutcome.TX_OK:
-            raise Failed(f"commit answered {TxOutcome(done.outcome).name}")
-        return latency
+        return time.perf_counter() - started
+
+    return one
+
+
+def lean_two_phase(
+    stub: coordinator_pb2_grpc.CoordinatorStub, endpoints: Sequence[str], node: Node
+) -> Callable[[], Awaitable[float]]:
+    """One lean transaction for ``load.drive``: a gtrid made here, one Commit carrying the branches.
+
+    The coordinator hears of the transaction only with its Commit, as when participants report
+    their branches in reply metadata; the bench participants take any branch they are asked to
+    prepare. Returns and raises as ``two_phase``.
+    """
+    branches = _branches(endpoints)
+
+    async def one() -> float:
+        request = coordinator_pb2.CompletionRequest(
+            gtrid=new_gtrid(node.node_id), timeout_ms=node.timeout_ms, branches=branches
+        )
+        try:
+            return await _commit(stub, request)
+        except grpc.aio.AioRpcError as err:
+            raise Failed(f"{err.code().name}: {err.details()}") from None
 
     return one
 
@@ -209,6 +284,11 @@ def _sum(samples: Sequence[Samples]) -> Samples:
         for key, value in one.items():
             total[key] = total.get(key, 0.0) + value
     return total
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Counts by method over the window, methods not called in it left out."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
 
 
 @dataclass
@@ -231,8 +311,13 @@ async def measure_run(
     warmup: float,
     seconds: float,
     store: str = "file",
+    eager: bool = False,
 ) -> Run:
-    """Load the coordinators (each transaction on one of them, in turn) and measure one window."""
+    """Load the coordinators (each transaction on one of them, in turn) and measure one window.
+
+    ``eager``: Begin, Enlist per branch and Commit; otherwise the lean protocol (Commit alone).
+    Raises ``Failed`` when a coordinator cannot tell its node id for the lean protocol.
+    """
     counter = CallCounter()
     harness = [os.getpid(), *map(pid, participants.procs)]
 
@@ -251,9 +336,12 @@ async def measure_run(
         for c in coordinators
     ]
     try:
-        transactions = itertools.cycle(
-            [two_phase(coordinator_pb2_grpc.CoordinatorStub(ch), endpoints) for ch in channels]
-        )
+        stubs = [coordinator_pb2_grpc.CoordinatorStub(ch) for ch in channels]
+        if eager:
+            kinds = [two_phase(stub, endpoints) for stub in stubs]
+        else:  # one Begin per coordinator, before the window's counters are first read
+            kinds = [lean_two_phase(stub, endpoints, await learn_node(stub)) for stub in stubs]
+        transactions = itertools.cycle(kinds)
         result = await drive(
             lambda: next(transactions)(),
             concurrency=concurrency,
@@ -276,8 +364,9 @@ async def measure_run(
         "xatm_etcd_write_duration_seconds_count"
     )
     records = delta(before.metrics, after.metrics, "xatm_wal_records_total", "type")
-    served = {k: v - before.served.get(k, 0.0) for k, v in after.served.items()}
-    sent = {k: v - before.sent.get(k, 0.0) for k, v in after.sent.items()}
+    # The lean protocol's one Begin, before the window, is not counted.
+    served = _grown(before.served, after.served)
+    sent = _grown(before.sent, after.sent)
     coordinator_cpu = after.coordinator_cpu - before.coordinator_cpu
     elapsed = window.seconds
     return Run(
@@ -341,6 +430,7 @@ async def run_config(
             branches=1 if config.one_phase else branches,
             warmup=warmup,
             seconds=seconds,
+            eager=config.eager,
         )
     finally:
         died = not coordinator.alive
