@@ -68,6 +68,7 @@ from xatm.participant.errors import (
     XatmError,
 )
 from xatm.participant.runtime import tracing
+from xatm.participant.runtime.address import AddressError
 from xatm.participant.runtime.allowlist import AllowList
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
@@ -664,11 +665,14 @@ def _trusted_coordinators(coordinator: str | None, allowed: str | Iterable[str])
 
     Raises InvalidArgumentError naming a malformed entry.
     """
+    if coordinator:
+        try:
+            parse_addresses(coordinator)  # a host name without a port is no coordinator address
+        except AddressError as err:
+            raise InvalidArgumentError(f"coordinator {err.message}") from None
     text = allowed if isinstance(allowed, str) else ",".join(allowed)
     try:
         trusted = AllowList.parse(f"{coordinator or ''},{text}", ports=True)
     except ValueError as err:
         raise InvalidArgumentError(f"allowed_coordinators: {err}") from None
-    if coordinator:
-        parse_addresses(coordinator)  # a host name without a port is not a coordinator address
     return trusted or None

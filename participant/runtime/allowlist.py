@@ -68,11 +68,6 @@ class AllowList:
     def __bool__(self) -> bool:
         return bool(self.networks or self.hosts or self.addresses)
 
-    def __or__(self, other: AllowList) -> AllowList:
-        return AllowList(
-            self.networks + other.networks, self.hosts | other.hosts, self.addresses | other.addresses
-        )
-
     def allows_host(self, host: str) -> bool:
         """Whether every port of ``host`` (a name or an IP address, no brackets) is trusted."""
         try:

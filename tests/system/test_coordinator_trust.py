@@ -34,7 +34,7 @@ class Trap:
     """Accepts any call on any method and remembers (method, authorization values)."""
 
     address: str
-    calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    calls: list[tuple[str, list[str | bytes]]] = field(default_factory=list)
 
 
 class _Recorder(grpc.GenericRpcHandler):
@@ -130,7 +130,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def _buy(lab: Lab) -> bytes:
-    return lab.shop.unary_unary(f"/{SERVICE}/Buy")(b"", timeout=10)
+    buy: grpc.UnaryUnaryMultiCallable[bytes, bytes] = lab.shop.unary_unary(f"/{SERVICE}/Buy")
+    return buy(b"", timeout=10)
 
 
 def _put(lab: Lab, key: str) -> None:
@@ -151,7 +152,7 @@ def test_an_unlisted_coordinator_is_refused_before_anything_is_dialled(
         with use(_foreign_tx(named, reports)), pytest.raises(grpc.RpcError) as refused:
             _put(lab, "stolen") if who == "agent" else _buy(lab)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        message = refused.value.details()
+        message = refused.value.details() or ""
         assert lab.trap.address in message and TOKEN not in message and "\n" not in message
     assert lab.trap.calls == []
     assert len(lab.rm.started) == started  # no branch was opened
@@ -178,7 +179,8 @@ def test_a_listed_coordinator_commits(lab: Lab, eager: bool, replicas: bool) -> 
 def test_the_trap_would_record_a_token(lab: Lab) -> None:
     """The trap itself works: a call carrying the token to it is recorded with the token."""
     with grpc.insecure_channel(lab.trap.address) as channel, pytest.raises(grpc.RpcError):
-        channel.unary_unary("/xatm.v1.Coordinator/Enlist")(
-            b"", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5
+        enlist: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/xatm.v1.Coordinator/Enlist"
         )
+        enlist(b"", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
     assert lab.trap.calls.pop() == ("/xatm.v1.Coordinator/Enlist", [f"Bearer {TOKEN}"])

@@ -87,3 +87,8 @@ def test_the_agent_takes_allow_coordinators_from_flag_env_and_file(tmp_path: Pat
     assert resolve({"config": str(config)}, base).allow_coordinators == "c1:7070,10.0.0.0/8"
     with pytest.raises(UsageError, match="allow"):
         resolve({"allow_coordinators": "c:99999"}, base)
+
+
+def test_a_coordinator_that_is_not_host_port_is_refused_as_such(stubs: list[ParticipantStub]) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^coordinator 'c' must be HOST:PORT"):
+        _stub(stubs, coordinator="c")
