@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from xatm.coordinator.server.endpoints import parse_allow_list
 from xatm.coordinator.txlog.etcd.client import STORE_SCHEME, parse_store_url
 from xatm.participant.errors import InvalidArgumentError
+from xatm.participant.runtime.allowlist import as_text
 from xatm.participant.runtime.config import (
     ListenAddress,
     PeerAddress,
@@ -41,11 +42,6 @@ NODE_FILE = "NODE_ID"
 # The node id starts every gtrid this node begins ("<node>.<28 hex digits>"), so it keeps to
 # the gtrid alphabet without its separator and leaves the gtrid within its 64 characters.
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
-
-
-def _allow_list(value: Any) -> Any:
-    """A TOML list of entries is kept as the comma-separated text a flag or variable gives."""
-    return ",".join(str(item) for item in value) if isinstance(value, list) else value
 
 
 def _check_allow_list(value: str) -> str:
@@ -110,7 +106,7 @@ def check_store(value: str) -> str:
 
 
 #: Comma-separated networks and host names (a TOML list of them is accepted too).
-AllowList = Annotated[str, BeforeValidator(_allow_list), AfterValidator(_check_allow_list)]
+AllowList = Annotated[str, BeforeValidator(as_text), AfterValidator(_check_allow_list)]
 
 
 class Settings(XatmSettings):

@@ -16,6 +16,12 @@ transaction the same way, in the report. A reported branch that no coordinator e
 initiator crashed, or never asked) is rolled back here once the transaction's deadline has
 passed by ``call_timeout`` (``resolve_in_doubt``); a prepared branch is never touched that way.
 Otherwise, or with ``eager=True``, the branch is enlisted at the coordinator on the first call.
+
+The coordinator a call names in its metadata is trusted only when it is one of the stub's: the
+addresses of ``coordinator`` and whatever ``allowed_coordinators`` lists. Any other is refused
+(PERMISSION_DENIED) before the branch opens or anything is dialled, so a caller cannot make the
+participant connect elsewhere and hand over its token. A stub given neither trusts any address
+only while it sends no token (a development set-up); with a token it refuses them all.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -53,10 +59,20 @@ from xatm.participant.client.initiator import (
     to_xatm_error,
 )
 from xatm.participant.client.interceptors import AioServerInterceptor, ServerInterceptor
-from xatm.participant.errors import FailedPreconditionError, Status, XatmError
+from xatm.participant.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    Status,
+    XatmError,
+)
 from xatm.participant.runtime import tracing
+from xatm.participant.runtime.address import AddressError
+from xatm.participant.runtime.allowlist import AllowList
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
+from xatm.participant.runtime.targets import parse_addresses
 from xatm.participant.runtime.undecodable import AioRefuseUndecodable, RefuseUndecodable
 from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
 from xatm.participant.stores.base import ResourceManager
@@ -77,6 +93,9 @@ log = logging.getLogger(__name__)
 # Above this many remembered branches, those whose transaction deadline passed are dropped
 # (their coordinator has rolled them back, and a late call could not enlist anyway).
 _PRUNE_AT = 10_000
+# Coordinator channels kept at most. Only trusted addresses get one, but a network entry of the
+# allow-list (or a stub that trusts any address) covers more than anyone would use at once.
+_MAX_CHANNELS = 64
 
 
 class EnlistError(XatmError):
@@ -117,11 +136,18 @@ class ParticipantStub:
         token: str | None = None,
         call_timeout: float = 10.0,
         eager: bool = False,
+        allowed_coordinators: str | Iterable[str] = (),
     ):
-        """``coordinator`` is used when a caller's metadata names none; ``advertise`` is the
-        host:port of this process's server, where the coordinator calls the Participant service.
-        ``eager``: enlist every branch at the coordinator on its first call, even when the caller
-        takes branch reports (it is reported as well)."""
+        """``coordinator`` (``HOST:PORT``, or several replicas comma-separated) is used when a
+        caller's metadata names none; ``advertise`` is the host:port of this process's server,
+        where the coordinator calls the Participant service. ``eager``: enlist every branch at
+        the coordinator on its first call, even when the caller takes branch reports (it is
+        reported as well). ``allowed_coordinators``: further coordinators a caller may name, as
+        ``HOST:PORT`` addresses, IP addresses, host names (any port) or networks (CIDR),
+        comma-separated text or a list; the addresses in ``coordinator`` are always allowed.
+
+        Raises InvalidArgumentError for a malformed ``coordinator`` or ``allowed_coordinators``.
+        """
         self.rm = rm
         self.eager = eager
         self.coordinator = coordinator
@@ -129,6 +155,7 @@ class ParticipantStub:
         self.call_timeout = call_timeout
         self._credentials = channel_credentials
         self._metadata = auth_metadata(token)
+        self._trusted = _trusted_coordinators(coordinator, allowed_coordinators)
         self._lock = threading.Lock()
         self._branches: dict[str, _Branch] = {}
         self._coordinators: dict[str, tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorStub]] = {}
@@ -193,6 +220,7 @@ class ParticipantStub:
             xid = Xid(f"local.{new_bqual()}", new_bqual(), LOCAL_FORMAT_ID)
             self.rm.start(xid)
             return xid
+        self._check_coordinator(tx.coordinator)
         on_call_failure(self._call_failed)
         # Reported only with a deadline: past it, a branch nobody reached is ended here.
         collector = reported(tx) if tx.deadline is not None else None
@@ -297,14 +325,45 @@ class ParticipantStub:
 
     # ------------------------------------------------------------ coordinator calls
 
+    def _check_coordinator(self, named: str) -> str:
+        """``named`` (a caller's coordinator metadata) in the form channels are kept under, if
+        the stub may call it; "" stays "" (the stub's own coordinator is meant).
+
+        Raises InvalidArgumentError when it is not ``HOST:PORT[,HOST:PORT...]``,
+        PermissionDeniedError when an address in it is not trusted. The message names the
+        address, never the token.
+        """
+        if not named:
+            return named
+        addresses = parse_addresses(named)
+        if self._trusted is None:
+            if self._metadata:
+                raise PermissionDeniedError(
+                    f"coordinator {named} named by the caller is refused: this participant has a "
+                    "token and trusts no coordinator (give it coordinator or allowed_coordinators)"
+                )
+        else:
+            for address in addresses:
+                if not self._trusted.allows(address):
+                    raise PermissionDeniedError(
+                        f"coordinator {address} named by the caller is not among the coordinators "
+                        "this participant trusts (its coordinator and allowed_coordinators)"
+                    )
+        return ",".join(str(address) for address in addresses)
+
     def _coordinator(self, tx: TxContext) -> tuple[str, coordinator_pb2_grpc.CoordinatorStub]:
-        address = tx.coordinator or self.coordinator
+        address = self._check_coordinator(tx.coordinator) or self.coordinator
         if not address:
             raise FailedPreconditionError(
                 f"transaction {tx.gtrid} names no coordinator and the stub was given none"
             )
         with self._lock:
             if address not in self._coordinators:
+                if len(self._coordinators) >= _MAX_CHANNELS:
+                    raise ResourceExhaustedError(
+                        f"coordinator {address} refused: this participant already keeps channels "
+                        f"to {_MAX_CHANNELS} coordinators"
+                    )
                 channel = coordinator_channel(address, self._credentials)
                 self._coordinators[address] = (channel, coordinator_pb2_grpc.CoordinatorStub(channel))
             return address, self._coordinators[address][1]
@@ -598,3 +657,22 @@ class ParticipantStub:
             channels, self._coordinators = self._coordinators, {}
         for channel, _ in channels.values():
             channel.close()
+
+
+def _trusted_coordinators(coordinator: str | None, allowed: str | Iterable[str]) -> AllowList | None:
+    """The coordinators a caller may name: the addresses of ``coordinator`` and the entries of
+    ``allowed``; None when both are empty (trust depends on the token, see ``_check_coordinator``).
+
+    Raises InvalidArgumentError naming a malformed entry.
+    """
+    if coordinator:
+        try:
+            parse_addresses(coordinator)  # a host name without a port is no coordinator address
+        except AddressError as err:
+            raise InvalidArgumentError(f"coordinator {err.message}") from None
+    text = allowed if isinstance(allowed, str) else ",".join(allowed)
+    try:
+        trusted = AllowList.parse(f"{coordinator or ''},{text}", ports=True)
+    except ValueError as err:
+        raise InvalidArgumentError(f"allowed_coordinators: {err}") from None
+    return trusted or None

@@ -13,39 +13,13 @@ and the answer could change before the coordinator dials. An IP address matches 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from xatm.participant.errors import InvalidArgumentError, PermissionDeniedError
 from xatm.participant.runtime.address import Address, AddressError
+from xatm.participant.runtime.allowlist import AllowList, Network, parse_allow_list
 
 __all__ = ["EndpointPolicy", "parse_allow_list"]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_NOT_AN_ENTRY = "not a network (CIDR), an IP address or a host name"
-
-
-def parse_allow_list(text: str) -> tuple[tuple[Network, ...], frozenset[str]]:
-    """``text``: comma-separated CIDRs, IP addresses and host names -> (networks, host names).
-
-    Raises ValueError naming the first entry that is none of these.
-    """
-    networks: list[Network] = []
-    hosts: set[str] = set()
-    for entry in (part.strip() for part in text.split(",")):
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-            continue
-        except ValueError:
-            pass
-        try:
-            Address.parse(f"{entry}:1")
-        except AddressError:
-            raise ValueError(f"{entry[:60]!r} is {_NOT_AN_ENTRY}") from None
-        hosts.add(entry.lower())
-    return tuple(networks), frozenset(hosts)
 
 
 @dataclass(frozen=True)
@@ -85,8 +59,4 @@ class EndpointPolicy:
         return endpoint
 
     def _allowed(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return host.lower() in self.hosts
-        return any(ip in network for network in self.networks)
+        return AllowList(self.networks, self.hosts).allows_host(host)

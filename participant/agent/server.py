@@ -9,6 +9,10 @@ so branches, enlistment and in-doubt resolution behave exactly as in a linked se
     xatm participant --resource postgresql://orders@db:5432/orders --listen 0.0.0.0:7080 \
         --advertise agent-orders:7080 --http-listen 0.0.0.0:7081 --coordinator coord:7070
 
+A call may name another coordinator in its metadata only if ``--coordinator`` or
+``--allow-coordinators`` lists it; any other is refused with PERMISSION_DENIED before the agent
+dials it (and sends it ``--token``).
+
 Every flag also comes from ``XATM_<FLAG>`` (``XATM_RESOURCE``, ...) or from the ``[participant]``
 table of a TOML file (``--config FILE``); flags win over env, env over the file. See docs/postgresql.md.
 """
@@ -29,13 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import grpc
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.json_schema import JsonDict
 
 from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc
 from xatm.participant.client.context import current
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, Status, XatmError
 from xatm.participant.runtime.address import Address, check_free
+from xatm.participant.runtime.allowlist import AllowList, as_text
 from xatm.participant.runtime.config import (
     ListenAddress,
     PeerAddress,
@@ -182,6 +187,11 @@ def _rm_id(value: str) -> str:
     return value
 
 
+def _allow_coordinators(value: str) -> str:
+    AllowList.parse(value, ports=True)  # ValueError names the bad entry
+    return value
+
+
 class AgentSettings(XatmSettings):
     """Flags > ``XATM_*`` environment > config file ([participant]) > defaults, as the coordinator's."""
 
@@ -209,6 +219,12 @@ class AgentSettings(XatmSettings):
     )
     rm_id: Annotated[str, AfterValidator(_rm_id)] = Field(
         default="", description="resource manager name (default: database or file name)"
+    )
+    allow_coordinators: Annotated[str, BeforeValidator(as_text), AfterValidator(_allow_coordinators)] = Field(
+        default="",
+        description="further coordinators a call's metadata may name: comma-separated HOST:PORT, IP "
+        "addresses, host names and CIDRs (default: only --coordinator)",
+        json_schema_extra={"metavar": "LIST"},
     )
     token: str = Field(default="", description="bearer token for the coordinator")
     pool_size: Annotated[int, at_least(1)] = Field(
@@ -460,6 +476,7 @@ class Agent:
             coordinator=settings.coordinator,
             advertise=self._advertise(port),
             token=settings.token or None,
+            allowed_coordinators=settings.allow_coordinators,
         )
         self.stub.add_to_server(self.server)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(self.stub, self.resource.kind), self.server)
