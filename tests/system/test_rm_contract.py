@@ -284,7 +284,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     coordinator.start()
     witness = Linked.serve(SqliteRM(root / "witness.db", "witness"), coordinator.address)
     try:
-        with TransactionManager(coordinator.address) as tm:
+        # Eager: the contract cases watch the coordinator time transactions out and roll them back
+        # while their work runs, so it must hold each transaction from its begin.
+        with TransactionManager(coordinator.address, eager=True) as tm:
             yield System(coordinator, tm, witness)
     finally:
         witness.close()
