@@ -39,7 +39,7 @@ __all__ = [
 SettingsError = UsageError
 #: The data dir's file holding the node id once a log exists there.
 NODE_FILE = "NODE_ID"
-# The node id starts every gtrid this node begins ("<node>.<28 hex digits>"), so it keeps to
+# The node id starts every gtrid this node begins ("<node>.<36 hex digits>"), so it keeps to
 # the gtrid alphabet without its separator and leaves the gtrid within its 64 characters.
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 

@@ -19,6 +19,7 @@ from xatm.participant.errors import InvalidArgumentError, Status, XatmError
 __all__ = [
     "CHANNEL_OPTIONS",
     "FORMAT_ID",
+    "INCARNATION_DIGITS",
     "LOCAL_FORMAT_ID",
     "SERVER_OPTIONS",
     "BranchStatus",
@@ -30,8 +31,10 @@ __all__ = [
     "XaError",
     "XatmError",
     "Xid",
+    "incarnation_of",
     "new_bqual",
     "new_gtrid",
+    "new_incarnation",
     "node_of",
     "validate_bqual",
     "validate_gtrid",
@@ -234,9 +237,35 @@ def validate_savepoint_id(value: str) -> str:
     return _validate("savepoint id", value)
 
 
-def new_gtrid(node_id: str) -> str:
-    """``<node>.<time-ordered hex>``: unique across restarts, sortable, opaque to clients."""
-    return f"{node_id}.{time.time_ns():016x}{os.urandom(6).hex()}"
+#: Hex digits of a coordinator incarnation (``new_incarnation``) at the head of a gtrid's unique part.
+INCARNATION_DIGITS = 8
+# The unique part of a gtrid made by ``new_gtrid``: 16 hex digits of time and 12 random ones,
+# after the incarnation when there is one. Gtrids made before incarnations existed have 28.
+_UNIQUE_DIGITS = 16 + 12
+_HEX = frozenset("0123456789abcdef")
+
+
+def new_incarnation() -> str:
+    """A random id (``INCARNATION_DIGITS`` hex digits) a coordinator makes at each start."""
+    return os.urandom(INCARNATION_DIGITS // 2).hex()
+
+
+def new_gtrid(node_id: str, incarnation: str = "") -> str:
+    """``<node>.<incarnation><time-ordered hex>``: unique across restarts, opaque to clients.
+
+    ``incarnation`` is the coordinator start the gtrid belongs to ("" for a coordinator that
+    has none), so that coordinator can tell a gtrid made before it restarted (``incarnation_of``).
+    """
+    return f"{node_id}.{incarnation}{time.time_ns():016x}{os.urandom(6).hex()}"
+
+
+def incarnation_of(gtrid: str) -> str | None:
+    """The coordinator incarnation a gtrid made by ``new_gtrid`` names; None for one without
+    (made before incarnations existed, by an older initiator, or not by ``new_gtrid``)."""
+    unique = gtrid.rsplit(".", 1)[1] if "." in gtrid else ""
+    if len(unique) != INCARNATION_DIGITS + _UNIQUE_DIGITS or not _HEX.issuperset(unique):
+        return None
+    return unique[:INCARNATION_DIGITS]
 
 
 def node_of(gtrid: str) -> str:

@@ -53,7 +53,9 @@ from xatm.participant.xa import (
     TxStatus,
     XaCode,
     Xid,
+    incarnation_of,
     new_gtrid,
+    new_incarnation,
     node_of,
     validate_bqual,
     validate_gtrid,
@@ -66,6 +68,8 @@ __all__ = ["MAX_SAVEPOINTS", "Engine", "Result"]
 
 #: Savepoints one transaction may hold at once (each remembers the branches enlisted before it).
 MAX_SAVEPOINTS = 1000
+#: Why a transaction whose gtrid names an earlier start of this coordinator is rolled back.
+RESTARTED = "the coordinator restarted before the transaction was decided"
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -96,6 +100,9 @@ class Engine:
     def __init__(self, settings: Settings, txlog: TxLog, node_id: str, peers: Peers | None = None):
         self.settings = settings
         self.node_id = node_id
+        #: This start of the coordinator: in every gtrid made for this node from now on, so a gtrid
+        #: made before a restart is told apart (its eager enlistments may be forgotten).
+        self.incarnation = new_incarnation()
         self.log = txlog
         self.peers = peers or Peers(max_message_bytes=settings.max_message_bytes)
         self.registry = Registry(on_deadline=self._on_timeout)
@@ -290,26 +297,38 @@ class Engine:
         self._refuse_if_fenced()
         if not gtrid:
             self._admit()
-            return self._create(new_gtrid(self.node_id), timeout_ms)
+            return self._create(new_gtrid(self.node_id, self.incarnation), timeout_ms)
         tx = self.hold(gtrid, timeout_ms)
         await self._report(tx, branches, "")
         return tx
 
-    def hold(self, gtrid: str, timeout_ms: int = 0) -> sm.Transaction:
+    def hold(self, gtrid: str, timeout_ms: int = 0, *, completing: bool = False) -> sm.Transaction:
         """The transaction ``gtrid``, created (Created, ``timeout_ms`` from now) when this coordinator
         does not hold it: initiators make their gtrids, and a transaction comes into being with the
         first enlistment, commit or rollback that names it. Nothing is logged for it yet.
 
+        A gtrid made for an earlier start of this coordinator (``incarnation_of``) may have had
+        branches enlisted that the restart forgot (nothing is logged before the decision): it is
+        created only for a commit or rollback (``completing``), which then rolls it back.
+
         Raises INVALID_ARGUMENT for a malformed gtrid, NOT_FOUND for an unknown one made for
-        another node, UNAVAILABLE as ``begin``.
+        another node, FAILED_PRECONDITION for one of an earlier start (not ``completing``),
+        UNAVAILABLE as ``begin``.
         """
         tx = self.registry.known(validate_gtrid(gtrid))
         if tx is not None:
             return tx
         if node_of(gtrid) != self.node_id:
             raise NotFoundError(f"unknown transaction {gtrid}")  # not this node's: nothing to create
+        if not completing and self._made_before_restart(gtrid):
+            raise FailedPreconditionError(f"transaction {gtrid} cannot be joined: {RESTARTED}")
         self._admit()
         return self._create(gtrid, timeout_ms)
+
+    def _made_before_restart(self, gtrid: str) -> bool:
+        """True for a gtrid of this node made for an earlier start (old-form gtrids name none)."""
+        made_for = incarnation_of(gtrid)
+        return made_for is not None and made_for != self.incarnation and node_of(gtrid) == self.node_id
 
     def _admit(self) -> None:
         if self._closing:
@@ -492,7 +511,12 @@ class Engine:
         ``hold``) with the ``branches`` reported to the initiator, and marked rollback-only when
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
-        tx = self.hold(gtrid, timeout_ms)
+        tx = self.hold(gtrid, timeout_ms, completing=True)
+        if tx.status == TxStatus.CREATED and self._made_before_restart(gtrid):
+            # Only a commit creates such a transaction: branches it does not carry may have been
+            # enlisted before the restart, and they are rolled back (presumed abort) whatever it does.
+            rollback_only = f"{RESTARTED}: branches enlisted before may have been forgotten"
+            log.warning("%s rolled back: %s", gtrid, RESTARTED)
         await self._report(tx, branches, rollback_only)
         if time.monotonic() >= tx.deadline_mono:
             # Past its timeout already (a commit that comes late): no prepare is sent.
@@ -512,7 +536,7 @@ class Engine:
         ``rollback_only`` (work in a reported branch failed) is the reason kept. A transaction
         never decided needs no forced write to roll back (presumed abort)."""
         self._refuse_if_fenced()
-        tx = self.hold(gtrid, timeout_ms)
+        tx = self.hold(gtrid, timeout_ms, completing=True)
         await self._report(tx, branches, "")
         code = None
         if rollback_only and tx.status == TxStatus.CREATED:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from xatm.coordinator.cluster.forwarding import PASS_ON, pass_on
-from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.engine.core import Engine, Result
 from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps, completion
 from xatm.coordinator.server.auth import (
     ANONYMOUS,
@@ -122,6 +122,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             timeout_ms=tx.timeout_ms,
             node_id=self.engine.node_id,
             max_timeout_ms=int(self.engine.settings.max_timeout * 1000),
+            incarnation=self.engine.incarnation,
         )
 
     @rpc
@@ -140,15 +141,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Commit(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
         branches = self._branches(request.branches)
         with self._admitted(request.gtrid):
-            self.engine.hold(request.gtrid, request.timeout_ms)
+            self.engine.hold(request.gtrid, request.timeout_ms, completing=True)
         result = await self.engine.commit(request.gtrid, request.timeout_ms, branches, request.rollback_only)
-        return completion(result)
+        return self._completion(result)
 
     @rpc
     async def Rollback(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
         branches = self._branches(request.branches)
         with self._admitted(request.gtrid):
-            self.engine.hold(request.gtrid, request.timeout_ms)
+            self.engine.hold(request.gtrid, request.timeout_ms, completing=True)
         result = await self.engine.rollback(
             request.gtrid,
             "rollback requested by the initiator",
@@ -156,7 +157,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             branches,
             request.rollback_only,
         )
-        return completion(result)
+        return self._completion(result)
+
+    def _completion(self, result: Result) -> coordinator_pb2.CompletionResponse:
+        """The answer to Commit or Rollback, with this start's incarnation: an initiator that
+        made the gtrid for another one learns the new one with its next Begin."""
+        reply = completion(result)
+        reply.incarnation = self.engine.incarnation
+        return reply
 
     @rpc
     async def MarkRollbackOnly(self, request: coordinator_pb2.MarkRollbackOnlyRequest, context: Any) -> Any:

@@ -297,7 +297,7 @@ class _TransactionBase:
             timeout_ms = reply.timeout_ms
         else:
             # Made here: the coordinator hears of the transaction with its commit or rollback.
-            self._gtrid = new_gtrid(manager.node_id)
+            self._gtrid = new_gtrid(manager.node_id, manager.incarnation)
             timeout_ms = min(timeout_ms or manager.default_timeout_ms, manager.max_timeout_ms)
             reports = True
         deadline = sent + timeout_ms / 1000 if timeout_ms else None
@@ -352,6 +352,7 @@ class _TransactionBase:
         self._end()
         try:
             reply = yield "Commit", self._completion()
+            self._manager._restarted(reply)
         except XatmError as error:
             if isinstance(error, MalformedReply) or error.status not in _NO_ANSWER:
                 raise  # a refusal, or a typed failure (a malformed reply) that says enough
@@ -369,6 +370,7 @@ class _TransactionBase:
         self._end()
         try:
             reply = yield "Rollback", self._completion()
+            self._manager._restarted(reply)
         except XatmError as error:
             if error.status != Status.FAILED_PRECONDITION:
                 raise
@@ -549,6 +551,9 @@ class _ManagerBase:
         #: The coordinator's node id, learnt from the first Begin (None before, or when the
         #: coordinator is too old to take gtrids made by initiators: every begin is eager then).
         self.node_id: str | None = None
+        #: The coordinator's incarnation (its current start), learnt likewise and put in every gtrid
+        #: made here; "" from a coordinator that has none.
+        self.incarnation = ""
         #: The coordinator's default and largest transaction timeouts (ms), learnt likewise.
         self.default_timeout_ms = 0
         self.max_timeout_ms = 0
@@ -567,13 +572,21 @@ class _ManagerBase:
         if not node or node_of(reply.gtrid) != node or not reply.max_timeout_ms:
             return  # an older coordinator: it makes every gtrid itself
         try:
-            validate_gtrid(new_gtrid(node))  # the gtrids made here must fit the contract's limits
+            # The gtrids made here must fit the contract's limits.
+            validate_gtrid(new_gtrid(node, reply.incarnation))
         except XatmError:
             return
         if not asked_ms:
             self.default_timeout_ms = reply.timeout_ms
         self.max_timeout_ms = reply.max_timeout_ms
-        self.node_id = node
+        self.node_id, self.incarnation = node, reply.incarnation
+
+    def _restarted(self, reply: coordinator_pb2.CompletionResponse) -> None:
+        """A Commit or Rollback answer naming another coordinator incarnation than the one the
+        gtrids here are made with: the coordinator restarted and refuses those gtrids, so the
+        next transaction begins at it and learns the new one."""
+        if reply.incarnation and self.node_id is not None and reply.incarnation != self.incarnation:
+            self.node_id = None
 
     def _connect(self, aio: bool) -> Any:
         # On first use, so a grpc.aio channel binds to the running event loop.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import xa_pb2 as xatm_dot_v1_dot_xa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xatm/v1/coordinator.proto\x12\x07xatm.v1\x1a\x10xatm/v1/xa.proto\"W\n\x0c\x42\x65ginRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.xatm.v1.BranchRef\"n\n\rBeginResponse\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x11\n\tformat_id\x18\x02 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x16\n\x0emax_timeout_ms\x18\x05 \x01(\r\"b\n\rEnlistRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\r\n\x05\x62qual\x18\x02 \x01(\t\x12\r\n\x05rm_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"?\n\x0e\x45nlistResponse\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"s\n\x11\x43ompletionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.xatm.v1.BranchRef\x12\x15\n\rrollback_only\x18\x04 \x01(\t\"\xdc\x01\n\x12\x43ompletionResponse\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12#\n\x07outcome\x18\x02 \x01(\x0e\x32\x12.xatm.v1.TxOutcome\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12%\n\x08\x62ranches\x18\x04 \x03(\x0b\x32\x13.xatm.v1.BranchInfo\x12&\n\rrollback_code\x18\x05 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x17\n\x0frollback_reason\x18\x06 \x01(\t\"8\n\x17MarkRollbackOnlyRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rStatusRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"Q\n\x13QueryOutcomeRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\";\n\x14QueryOutcomeResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x11.xatm.v1.Decision\"=\n\x1aRegisterParticipantRequest\x12\r\n\x05rm_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\",\n\x1bRegisterParticipantResponse\x12\r\n\x05moved\x18\x01 \x01(\r\"\x8e\x01\n\x14ReportOutcomeRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x1d\n\x05phase\x18\x03 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x04 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x05 \x01(\t\"C\n\x15ReportOutcomeResponse\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"\'\n\x16\x43reateSavepointRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"/\n\x17\x43reateSavepointResponse\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\"A\n\x1aRollbackToSavepointRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x14\n\x0csavepoint_id\x18\x02 \x01(\t2\xc2\x06\n\x0b\x43oordinator\x12\x36\n\x05\x42\x65gin\x12\x15.xatm.v1.BeginRequest\x1a\x16.xatm.v1.BeginResponse\x12\x39\n\x06\x45nlist\x12\x16.xatm.v1.EnlistRequest\x1a\x17.xatm.v1.EnlistResponse\x12\x41\n\x06\x43ommit\x12\x1a.xatm.v1.CompletionRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x43\n\x08Rollback\x12\x1a.xatm.v1.CompletionRequest\x1a\x1b.xatm.v1.CompletionResponse\x12N\n\x10MarkRollbackOnly\x12 .xatm.v1.MarkRollbackOnlyRequest\x1a\x18.xatm.v1.TransactionInfo\x12=\n\tGetStatus\x12\x16.xatm.v1.StatusRequest\x1a\x18.xatm.v1.TransactionInfo\x12K\n\x0cQueryOutcome\x12\x1c.xatm.v1.QueryOutcomeRequest\x1a\x1d.xatm.v1.QueryOutcomeResponse\x12`\n\x13RegisterParticipant\x12#.xatm.v1.RegisterParticipantRequest\x1a$.xatm.v1.RegisterParticipantResponse\x12N\n\rReportOutcome\x12\x1d.xatm.v1.ReportOutcomeRequest\x1a\x1e.xatm.v1.ReportOutcomeResponse\x12T\n\x0f\x43reateSavepoint\x12\x1f.xatm.v1.CreateSavepointRequest\x1a .xatm.v1.CreateSavepointResponse\x12T\n\x13RollbackToSavepoint\x12#.xatm.v1.RollbackToSavepointRequest\x1a\x18.xatm.v1.TransactionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xatm/v1/coordinator.proto\x12\x07xatm.v1\x1a\x10xatm/v1/xa.proto\"W\n\x0c\x42\x65ginRequest\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.xatm.v1.BranchRef\"\x83\x01\n\rBeginResponse\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x11\n\tformat_id\x18\x02 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x16\n\x0emax_timeout_ms\x18\x05 \x01(\r\x12\x13\n\x0bincarnation\x18\x06 \x01(\t\"b\n\rEnlistRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\r\n\x05\x62qual\x18\x02 \x01(\t\x12\r\n\x05rm_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"?\n\x0e\x45nlistResponse\x12\x1d\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"s\n\x11\x43ompletionRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12$\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x12.xatm.v1.BranchRef\x12\x15\n\rrollback_only\x18\x04 \x01(\t\"\xf1\x01\n\x12\x43ompletionResponse\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12#\n\x07outcome\x18\x02 \x01(\x0e\x32\x12.xatm.v1.TxOutcome\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12%\n\x08\x62ranches\x18\x04 \x03(\x0b\x32\x13.xatm.v1.BranchInfo\x12&\n\rrollback_code\x18\x05 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x17\n\x0frollback_reason\x18\x06 \x01(\t\x12\x13\n\x0bincarnation\x18\x07 \x01(\t\"8\n\x17MarkRollbackOnlyRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rStatusRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"Q\n\x13QueryOutcomeRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\";\n\x14QueryOutcomeResponse\x12#\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x11.xatm.v1.Decision\"=\n\x1aRegisterParticipantRequest\x12\r\n\x05rm_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\",\n\x1bRegisterParticipantResponse\x12\r\n\x05moved\x18\x01 \x01(\r\"\x8e\x01\n\x14ReportOutcomeRequest\x12\x19\n\x03xid\x18\x01 \x01(\x0b\x32\x0c.xatm.v1.Xid\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x1d\n\x05phase\x18\x03 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x04 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x05 \x01(\t\"C\n\x15ReportOutcomeResponse\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"\'\n\x16\x43reateSavepointRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\"/\n\x17\x43reateSavepointResponse\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\"A\n\x1aRollbackToSavepointRequest\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12\x14\n\x0csavepoint_id\x18\x02 \x01(\t2\xc2\x06\n\x0b\x43oordinator\x12\x36\n\x05\x42\x65gin\x12\x15.xatm.v1.BeginRequest\x1a\x16.xatm.v1.BeginResponse\x12\x39\n\x06\x45nlist\x12\x16.xatm.v1.EnlistRequest\x1a\x17.xatm.v1.EnlistResponse\x12\x41\n\x06\x43ommit\x12\x1a.xatm.v1.CompletionRequest\x1a\x1b.xatm.v1.CompletionResponse\x12\x43\n\x08Rollback\x12\x1a.xatm.v1.CompletionRequest\x1a\x1b.xatm.v1.CompletionResponse\x12N\n\x10MarkRollbackOnly\x12 .xatm.v1.MarkRollbackOnlyRequest\x1a\x18.xatm.v1.TransactionInfo\x12=\n\tGetStatus\x12\x16.xatm.v1.StatusRequest\x1a\x18.xatm.v1.TransactionInfo\x12K\n\x0cQueryOutcome\x12\x1c.xatm.v1.QueryOutcomeRequest\x1a\x1d.xatm.v1.QueryOutcomeResponse\x12`\n\x13RegisterParticipant\x12#.xatm.v1.RegisterParticipantRequest\x1a$.xatm.v1.RegisterParticipantResponse\x12N\n\rReportOutcome\x12\x1d.xatm.v1.ReportOutcomeRequest\x1a\x1e.xatm.v1.ReportOutcomeResponse\x12T\n\x0f\x43reateSavepoint\x12\x1f.xatm.v1.CreateSavepointRequest\x1a .xatm.v1.CreateSavepointResponse\x12T\n\x13RollbackToSavepoint\x12#.xatm.v1.RollbackToSavepointRequest\x1a\x18.xatm.v1.TransactionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +34,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BEGINREQUEST']._serialized_start=56
   _globals['_BEGINREQUEST']._serialized_end=143
-  _globals['_BEGINRESPONSE']._serialized_start=145
-  _globals['_BEGINRESPONSE']._serialized_end=255
-  _globals['_ENLISTREQUEST']._serialized_start=257
-  _globals['_ENLISTREQUEST']._serialized_end=355
-  _globals['_ENLISTRESPONSE']._serialized_start=357
-  _globals['_ENLISTRESPONSE']._serialized_end=420
-  _globals['_COMPLETIONREQUEST']._serialized_start=422
-  _globals['_COMPLETIONREQUEST']._serialized_end=537
-  _globals['_COMPLETIONRESPONSE']._serialized_start=540
-  _globals['_COMPLETIONRESPONSE']._serialized_end=760
-  _globals['_MARKROLLBACKONLYREQUEST']._serialized_start=762
-  _globals['_MARKROLLBACKONLYREQUEST']._serialized_end=818
-  _globals['_STATUSREQUEST']._serialized_start=820
-  _globals['_STATUSREQUEST']._serialized_end=850
-  _globals['_QUERYOUTCOMEREQUEST']._serialized_start=852
-  _globals['_QUERYOUTCOMEREQUEST']._serialized_end=933
-  _globals['_QUERYOUTCOMERESPONSE']._serialized_start=935
-  _globals['_QUERYOUTCOMERESPONSE']._serialized_end=994
-  _globals['_REGISTERPARTICIPANTREQUEST']._serialized_start=996
-  _globals['_REGISTERPARTICIPANTREQUEST']._serialized_end=1057
-  _globals['_REGISTERPARTICIPANTRESPONSE']._serialized_start=1059
-  _globals['_REGISTERPARTICIPANTRESPONSE']._serialized_end=1103
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1106
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1248
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1250
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1317
-  _globals['_CREATESAVEPOINTREQUEST']._serialized_start=1319
-  _globals['_CREATESAVEPOINTREQUEST']._serialized_end=1358
-  _globals['_CREATESAVEPOINTRESPONSE']._serialized_start=1360
-  _globals['_CREATESAVEPOINTRESPONSE']._serialized_end=1407
-  _globals['_ROLLBACKTOSAVEPOINTREQUEST']._serialized_start=1409
-  _globals['_ROLLBACKTOSAVEPOINTREQUEST']._serialized_end=1474
-  _globals['_COORDINATOR']._serialized_start=1477
-  _globals['_COORDINATOR']._serialized_end=2311
+  _globals['_BEGINRESPONSE']._serialized_start=146
+  _globals['_BEGINRESPONSE']._serialized_end=277
+  _globals['_ENLISTREQUEST']._serialized_start=279
+  _globals['_ENLISTREQUEST']._serialized_end=377
+  _globals['_ENLISTRESPONSE']._serialized_start=379
+  _globals['_ENLISTRESPONSE']._serialized_end=442
+  _globals['_COMPLETIONREQUEST']._serialized_start=444
+  _globals['_COMPLETIONREQUEST']._serialized_end=559
+  _globals['_COMPLETIONRESPONSE']._serialized_start=562
+  _globals['_COMPLETIONRESPONSE']._serialized_end=803
+  _globals['_MARKROLLBACKONLYREQUEST']._serialized_start=805
+  _globals['_MARKROLLBACKONLYREQUEST']._serialized_end=861
+  _globals['_STATUSREQUEST']._serialized_start=863
+  _globals['_STATUSREQUEST']._serialized_end=893
+  _globals['_QUERYOUTCOMEREQUEST']._serialized_start=895
+  _globals['_QUERYOUTCOMEREQUEST']._serialized_end=976
+  _globals['_QUERYOUTCOMERESPONSE']._serialized_start=978
+  _globals['_QUERYOUTCOMERESPONSE']._serialized_end=1037
+  _globals['_REGISTERPARTICIPANTREQUEST']._serialized_start=1039
+  _globals['_REGISTERPARTICIPANTREQUEST']._serialized_end=1100
+  _globals['_REGISTERPARTICIPANTRESPONSE']._serialized_start=1102
+  _globals['_REGISTERPARTICIPANTRESPONSE']._serialized_end=1146
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1149
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1291
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1293
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1360
+  _globals['_CREATESAVEPOINTREQUEST']._serialized_start=1362
+  _globals['_CREATESAVEPOINTREQUEST']._serialized_end=1401
+  _globals['_CREATESAVEPOINTRESPONSE']._serialized_start=1403
+  _globals['_CREATESAVEPOINTRESPONSE']._serialized_end=1450
+  _globals['_ROLLBACKTOSAVEPOINTREQUEST']._serialized_start=1452
+  _globals['_ROLLBACKTOSAVEPOINTREQUEST']._serialized_end=1517
+  _globals['_COORDINATOR']._serialized_start=1520
+  _globals['_COORDINATOR']._serialized_end=2354
 # @@protoc_insertion_point(module_scope)

@@ -18,18 +18,20 @@ class BeginRequest(_message.Message):
     def __init__(self, timeout_ms: _Optional[int] = ..., gtrid: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchRef, _Mapping]]] = ...) -> None: ...
 
 class BeginResponse(_message.Message):
-    __slots__ = ("gtrid", "format_id", "timeout_ms", "node_id", "max_timeout_ms")
+    __slots__ = ("gtrid", "format_id", "timeout_ms", "node_id", "max_timeout_ms", "incarnation")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     format_id: int
     timeout_ms: int
     node_id: str
     max_timeout_ms: int
-    def __init__(self, gtrid: _Optional[str] = ..., format_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, gtrid: _Optional[str] = ..., format_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_timeout_ms: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class EnlistRequest(_message.Message):
     __slots__ = ("gtrid", "bqual", "rm_id", "endpoint", "timeout_ms")
@@ -66,20 +68,22 @@ class CompletionRequest(_message.Message):
     def __init__(self, gtrid: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchRef, _Mapping]]] = ..., rollback_only: _Optional[str] = ...) -> None: ...
 
 class CompletionResponse(_message.Message):
-    __slots__ = ("gtrid", "outcome", "status", "branches", "rollback_code", "rollback_reason")
+    __slots__ = ("gtrid", "outcome", "status", "branches", "rollback_code", "rollback_reason", "incarnation")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_CODE_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     outcome: _xa_pb2.TxOutcome
     status: _xa_pb2.TransactionStatus
     branches: _containers.RepeatedCompositeFieldContainer[_xa_pb2.BranchInfo]
     rollback_code: _xa_pb2.XaCode
     rollback_reason: str
-    def __init__(self, gtrid: _Optional[str] = ..., outcome: _Optional[_Union[_xa_pb2.TxOutcome, str]] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchInfo, _Mapping]]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, gtrid: _Optional[str] = ..., outcome: _Optional[_Union[_xa_pb2.TxOutcome, str]] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[_xa_pb2.BranchInfo, _Mapping]]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class MarkRollbackOnlyRequest(_message.Message):
     __slots__ = ("gtrid", "reason")

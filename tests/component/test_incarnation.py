@@ -1,0 +1,89 @@
+"""Gtrids carry the coordinator start (incarnation) they were made for: a restarted coordinator
+never creates a transaction from a gtrid of an earlier start, whose eager enlistments it may have
+forgotten (nothing is logged before the decision). Decided transactions replay as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.component.conftest import NODE, Rig, endpoint
+from xatm.coordinator.engine.core import RESTARTED
+from xatm.participant.api.v1.xa_pb2 import BranchRef
+from xatm.participant.errors import FailedPreconditionError, NotFoundError
+from xatm.participant.xa import Phase, TxOutcome, XaCode, incarnation_of, new_gtrid
+from xatm.participant.xa import TxStatus as S
+
+
+def _refs(*bquals: str) -> list[BranchRef]:
+    return [BranchRef(bqual=b, rm_id=f"rm-{b}", endpoint=endpoint(b)) for b in bquals]
+
+
+async def _made_before_a_restart(rig: Rig) -> str:
+    """A gtrid an initiator made for the engine's start, enlisted eagerly, then kill -9."""
+    engine = await rig.start()
+    gtrid = new_gtrid(NODE, engine.incarnation)
+    assert await engine.enlist(gtrid, "eager", "rm-eager", endpoint("eager"), timeout_ms=5000) == XaCode.XA_OK
+    restarted = await rig.restart()
+    assert restarted.incarnation != engine.incarnation
+    assert restarted.known(gtrid) is None  # undecided: the restart forgot it
+    return gtrid
+
+
+async def test_each_start_has_its_own_incarnation_and_the_gtrids_it_makes_carry_it(rig: Rig) -> None:
+    engine = await rig.start()
+    tx = await engine.begin()
+    assert incarnation_of(tx.gtrid) == engine.incarnation and len(engine.incarnation) == 8
+    assert (await rig.restart()).incarnation != engine.incarnation
+
+
+async def test_a_commit_of_a_gtrid_made_before_a_restart_rolls_back_its_reported_branches(rig: Rig) -> None:
+    gtrid = await _made_before_a_restart(rig)
+    assert rig.engine is not None
+    result = await rig.engine.commit(gtrid, 5000, _refs("a", "b"))
+    assert (result.outcome, result.tx.status) == (TxOutcome.TX_ROLLBACK, S.ROLLEDBACK)
+    assert result.tx.rollback_reason.startswith(RESTARTED)
+    assert sorted((c.xid.bqual, c.phase) for c in rig.peers.calls) == [
+        ("a", Phase.ROLLBACK),
+        ("b", Phase.ROLLBACK),
+    ]
+    assert rig.records(gtrid, "decision") == []  # presumed abort: no forced write
+    # A retried Commit reads the same outcome.
+    assert (await rig.engine.commit(gtrid, 5000, _refs("a", "b"))).outcome == TxOutcome.TX_ROLLBACK
+    assert len(rig.peers.calls) == 2
+
+
+async def test_an_enlistment_naming_a_gtrid_made_before_a_restart_is_refused(rig: Rig) -> None:
+    gtrid = await _made_before_a_restart(rig)
+    assert rig.engine is not None
+    with pytest.raises(FailedPreconditionError, match="restarted before the transaction was decided"):
+        await rig.engine.enlist(gtrid, "late", "rm-late", endpoint("late"), timeout_ms=5000)
+    with pytest.raises(FailedPreconditionError):
+        await rig.engine.begin(5000, gtrid, _refs("a"))
+    assert rig.engine.known(gtrid) is None  # nothing was created
+
+
+async def test_a_rollback_of_a_gtrid_made_before_a_restart_is_answered_rolled_back(rig: Rig) -> None:
+    gtrid = await _made_before_a_restart(rig)
+    assert rig.engine is not None
+    result = await rig.engine.rollback(gtrid, "asked", 5000, _refs("a"))
+    assert (result.outcome, result.tx.status) == (TxOutcome.TX_OK, S.ROLLEDBACK)
+    assert [(c.xid.bqual, c.phase) for c in rig.peers.calls] == [("a", Phase.ROLLBACK)]
+
+
+async def test_gtrids_of_this_start_and_of_the_old_form_are_created_as_before(rig: Rig) -> None:
+    engine = await rig.start()
+    for gtrid in (new_gtrid(NODE, engine.incarnation), new_gtrid(NODE)):
+        assert (await engine.commit(gtrid, 5000, _refs("a"))).outcome == TxOutcome.TX_OK
+    other = new_gtrid("n2", "0" * 8)  # another node's: not this one to create, whatever its start
+    with pytest.raises(NotFoundError):
+        await engine.enlist(other, "a", "rm-a", endpoint("a"))
+
+
+async def test_a_transaction_decided_before_a_restart_is_still_served(rig: Rig) -> None:
+    engine = await rig.start()
+    tx = await rig.tx("a", "b")
+    assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_OK
+    restarted = await rig.restart()
+    again = await restarted.commit(tx.gtrid)  # a retried Commit reads the logged outcome
+    assert (again.outcome, again.tx.status) == (TxOutcome.TX_OK, S.COMMITTED)
+    assert {c.phase for c in rig.peers.calls} <= {Phase.COMMIT}  # phase two re-driven, nothing else
