@@ -354,6 +354,7 @@ class _TransactionBase:
             reply = yield "Commit", self._completion()
             self._manager._restarted(reply)
         except XatmError as error:
+            self._manager._unknown(error)
             if isinstance(error, MalformedReply) or error.status not in _NO_ANSWER:
                 raise  # a refusal, or a typed failure (a malformed reply) that says enough
             # The request may have reached the coordinator: say so, and where to look.
@@ -372,6 +373,7 @@ class _TransactionBase:
             reply = yield "Rollback", self._completion()
             self._manager._restarted(reply)
         except XatmError as error:
+            self._manager._unknown(error)
             if error.status != Status.FAILED_PRECONDITION:
                 raise
             # Refused: MarkedRollback only completes through commit, which rolls back.
@@ -580,6 +582,13 @@ class _ManagerBase:
             self.default_timeout_ms = reply.timeout_ms
         self.max_timeout_ms = reply.max_timeout_ms
         self.node_id, self.incarnation = node, reply.incarnation
+
+    def _unknown(self, error: XatmError) -> None:
+        """A Commit or Rollback refused as an unknown transaction: the coordinator answering is
+        not the one the gtrids here are made for (another replica took over after the channel
+        failed over), so the next transaction begins at it and learns its node."""
+        if error.status == Status.NOT_FOUND:
+            self.node_id = None
 
     def _restarted(self, reply: coordinator_pb2.CompletionResponse) -> None:
         """A Commit or Rollback answer naming another coordinator incarnation than the one the

@@ -79,6 +79,8 @@ class Replicas:
         for node in ("r1", "r2"):
             (root / node).mkdir()
             self.others.append(coordinator_proc(root / node, root / node, env=env(node)))
+        for bank in self.system.banks.values():  # initiators may name every replica
+            bank.env["XATM_ALLOW_COORDINATORS"] = ",".join(p.address for p in self.others)
 
     @property
     def r0(self) -> Proc:

@@ -269,7 +269,11 @@ def _open(
         ledger.seed(account, amount)
     # A coordinator with an auth file needs a service-role token (env only: argv is visible in ps).
     token = os.environ.get("XATM_TOKEN") or None
-    return ledger, ParticipantStub(ledger.rm, coordinator=coordinator, advertise=listen, token=token)
+    # Coordinator replicas besides ``coordinator`` that initiators may name, as the agent reads them.
+    allowed = os.environ.get("XATM_ALLOW_COORDINATORS", "")
+    return ledger, ParticipantStub(
+        ledger.rm, coordinator=coordinator, advertise=listen, token=token, allowed_coordinators=allowed
+    )
 
 
 async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
