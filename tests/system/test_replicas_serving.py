@@ -78,8 +78,10 @@ def test_admin_reads_and_verbs_from_a_replica_that_does_not_own_the_transaction(
 
         listed = {t["txid"]: t for t in xactl_json(r1, "list")["transactions"]}
         assert (listed[committed]["owner"], listed[committed]["status"]) == ("r0", TxStatus.COMMITTED.label)
-        assert (listed[open_one]["owner"], listed[open_one]["status"]) == ("r0", TxStatus.CREATED.label)
-        table = xactl(r2, "list")
+        # Presumed abort writes nothing for an undecided transaction, so other replicas' listings,
+        # read from etcd, show it only once it starts preparing; its owner lists it.
+        assert open_one not in listed
+        table = xactl(replicas.r0.address, "list")
         assert table.returncode == OK, table.stderr
         assert table.stdout.splitlines()[0].split()[:3] == ["TXID", "STATUS", "OWNER"]
         row = next(line.split() for line in table.stdout.splitlines() if line.startswith(open_one))
@@ -136,31 +138,29 @@ def test_coordinator_calls_of_initiators_and_participants_go_to_the_owner(
 
 def test_a_call_about_a_dead_owners_transaction_takes_it_over(etcd: EtcdCluster, tmp_path: Path) -> None:
     """r0 dies holding an undecided transaction; a Commit asked of r1 is refused UNAVAILABLE
-    while r0's lease holds, then r1 takes the transaction over (presumed abort) and answers that
-    it rolled back."""
+    while r0's lease holds; then r1 answers for it as presumed abort says: r0 logged nothing for
+    it, so it is unknown (NOT_FOUND), and the banks end its branches themselves."""
     with running(Replicas(etcd, tmp_path, lease_ttl=LEASE_TTL)) as replicas:
         gtrid = begin_and_apply(replicas, 100)
         replicas.r0.kill()
         r1 = stub(replicas.others[0].address)
         refused: list[str] = []
 
-        def commit() -> coordinator_pb2.CompletionResponse | None:
+        def commit() -> str | None:
             try:
-                return r1.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
+                r1.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
             except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return err.details() or ""
                 if err.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 refused.append(err.details() or "")
                 return None
+            raise AssertionError(f"r1 committed {gtrid}, which r0 never decided")
 
-        done = eventually("r1 to answer for r0's transaction", commit, PATIENCE, interval=0.2)
-        assert (TxOutcome(done.outcome), TxStatus(done.status)) == (
-            TxOutcome.TX_ROLLBACK,
-            TxStatus.ROLLEDBACK,
-        )
+        unknown = eventually("r1 to answer for r0's transaction", commit, PATIENCE, interval=0.2)
+        assert gtrid in unknown
         assert all("does not answer" in why or "takes it over" in why for why in refused), refused
-        info = r1.GetStatus(coordinator_pb2.StatusRequest(gtrid=gtrid), timeout=10)
-        assert info.owner == "r1"
         wait_no_prepared(replicas.system, PATIENCE)
         assert balances(replicas) == (1000, 1000)
 
