@@ -162,14 +162,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         },
     )
     try:
+        failpoints = {
+            "bank-prep": f"participant.prepare=sleep({SLOW_MS})",
+            "bank-fail": "participant.commit=return(XAER_RMFAIL);participant.rollback=return(XAER_RMFAIL)",
+            "bank-heur": "participant.commit=return(XA_HEURRB)",
+        }
+        # Every bank also takes part in the second coordinator's transactions, so trusts it.
         system.start(
             bank_env={
-                "bank-prep": {"XATM_FAILPOINTS": f"participant.prepare=sleep({SLOW_MS})"},
-                "bank-fail": {
-                    "XATM_FAILPOINTS": "participant.commit=return(XAER_RMFAIL);"
-                    "participant.rollback=return(XAER_RMFAIL)"
-                },
-                "bank-heur": {"XATM_FAILPOINTS": "participant.commit=return(XA_HEURRB)"},
+                name: {"XATM_ALLOW_COORDINATORS": second.address, "XATM_FAILPOINTS": failpoints.get(name, "")}
+                for name, _, _ in seeds
             }
         )
         second.start()
