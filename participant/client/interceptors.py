@@ -45,6 +45,7 @@ from xatm.participant.client.context import (
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort, abort_async, to_grpc
+from xatm.participant.runtime.undecodable import HANDLER_FACTORIES as _FACTORIES
 
 __all__ = [
     "AioServerInterceptor",
@@ -248,14 +249,6 @@ def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 
 # ---------------------------------------------------------------- server side
-
-_FACTORIES: dict[tuple[bool, bool], tuple[Callable[..., grpc.RpcMethodHandler], str]] = {
-    (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
-    (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
-    (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
-    (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream"),
-}
-
 
 def _replace_behavior(
     handler: grpc.RpcMethodHandler, make: Callable[[Behavior, bool], Behavior]

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 Behavior = Callable[..., Any]
 
-_FACTORIES: dict[tuple[bool, bool], tuple[Callable[..., grpc.RpcMethodHandler], str]] = {
+#: gRPC's handler factory and behaviour attribute for each (request, response) streaming pair.
+HANDLER_FACTORIES: dict[tuple[bool, bool], tuple[Callable[..., grpc.RpcMethodHandler], str]] = {
     (False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
     (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
     (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
@@ -173,7 +174,7 @@ def guard(handler: grpc.RpcMethodHandler | None, method: str, *, aio: bool) -> g
     if handler is None:
         return None
     streaming = bool(handler.request_streaming)
-    factory, attr = _FACTORIES[(streaming, bool(handler.response_streaming))]
+    factory, attr = HANDLER_FACTORIES[(streaming, bool(handler.response_streaming))]
     behavior = getattr(handler, attr)
     wrap = _aio_behavior if aio else _sync_behavior
     guarded = wrap(behavior, method, streaming)
