@@ -120,10 +120,13 @@ class Forwarder:
             raise UnavailableError(f"replica {owner.name} owns {gtrid} but has not said where it serves yet")
         return owner
 
-    async def call(self, replica: Replica, service: str, method: str, request: Message) -> Any:
+    async def call(
+        self, replica: Replica, service: str, method: str, request: Message, *, timeout: float | None = None
+    ) -> Any:
         """``service``/``method`` ("Coordinator"/"Commit") with ``request`` at ``replica``; its
-        reply. Raises the owner's error as the hierarchy's, UnavailableError when it does not
-        answer (it may have just died: another replica takes over within its lease TTL)."""
+        reply, within ``timeout`` seconds (the forwarder's own when None). Raises the owner's
+        error as the hierarchy's, UnavailableError when it does not answer (it may have just
+        died: another replica takes over within its lease TTL)."""
         described = _SERVICES[service].methods_by_name[method]
         reply_type = GetMessageClass(described.output_type)
         stub: Any = self._channel(replica.grpc).unary_unary(
@@ -135,7 +138,7 @@ class Forwarder:
         metadata = (*passed, (FORWARDED_BY, self.directory.me))
         started = time.monotonic()
         try:
-            reply = await stub(request, metadata=metadata, timeout=self.timeout)
+            reply = await stub(request, metadata=metadata, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as err:
             error = from_rpc_error(err)
             FORWARDED.labels(method=method, result=error.status.name.lower()).inc()

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from xatm.coordinator.cluster.forwarding import Forwarder
+from xatm.coordinator.cluster.directory import Replica
+from xatm.coordinator.cluster.forwarding import Forwarder, forwarded
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.journal import set_time
 from xatm.coordinator.protocol import Transaction
-from xatm.coordinator.server.admin import MAX_FORGET, RESOLVED_OUTCOMES, AdminOps
+from xatm.coordinator.server.admin import MAX_FORGET, MAX_PAGE, RESOLVED_OUTCOMES, AdminOps, Listed
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.endpoints import EndpointPolicy
@@ -24,9 +27,20 @@ from xatm.coordinator.server.services import CoordinatorServicer, rpc
 from xatm.coordinator.txlog.etcd.client import is_outage
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
+from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import TxStatus
 
 __all__ = ["ReplicaAdminOps", "RoutedCoordinatorServicer"]
+
+#: Statuses of transactions the other replicas may hold without a record in etcd yet: presumed
+#: abort logs nothing until a transaction prepares or rolls back, so a listing asks their owners.
+UNLOGGED = (TxStatus.CREATED, TxStatus.MARKED_ROLLBACK)
+
+#: Seconds a listing waits for another replica's undecided transactions: an operator's listing
+#: must not hang on a paused replica (etcd still gives what that replica logged).
+LISTING_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 Method = Callable[[Any, Any, Any], Awaitable[Any]]
 
@@ -89,13 +103,65 @@ class ReplicaAdminOps(AdminOps):
 
     # ----------------------------------------------------------------- reads
 
-    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> list[Transaction]:
+    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> Sequence[Listed]:
         here = await super().candidates(statuses, begun_after)
+        if forwarded():
+            return here  # another replica's listing asks for this replica's own transactions
         others = await self._from_etcd(self.forwarder.directory.others, "list the transactions of")
+        undecided = await self._undecided_elsewhere(statuses, begun_after)
         elsewhere = Registry()
-        elsewhere.load([tx for gtrid, (_, tx) in others.items() if self.engine.known(gtrid) is None])
+        elsewhere.load(
+            [
+                tx
+                for gtrid, (_, tx) in others.items()
+                if self.engine.known(gtrid) is None and gtrid not in undecided
+            ]
+        )
         self._owners = {gtrid: owner for gtrid, (owner, _) in others.items()}
-        return here + elsewhere.transactions(statuses, begun_after)
+        return [*here, *elsewhere.transactions(statuses, begun_after), *undecided.values()]
+
+    async def _undecided_elsewhere(
+        self, statuses: Sequence[TxStatus], begun_after: float | None
+    ) -> dict[str, xa_pb2.TransactionInfo]:
+        """The transactions the other live replicas hold that etcd may not have yet (presumed
+        abort logs nothing of an undecided transaction), as their owners describe them:
+        {gtrid: info}. A replica that does not answer is left out of the listing (its logged
+        transactions still come from etcd), with a warning."""
+        wanted = [s for s in (statuses or UNLOGGED) if s in UNLOGGED]
+        if not wanted:
+            return {}
+        replicas = await self._from_etcd(self.forwarder.directory.replicas, "list")
+        request = admin_pb2.ListTransactionsRequest(
+            statuses=[proto_enum(s, xa_pb2.TransactionStatus) for s in wanted], page_size=MAX_PAGE
+        )
+        if begun_after is not None:
+            set_time(request.begun_after, begun_after)
+        asked = [r for r in replicas if r.live and r.grpc and r.name != self.forwarder.directory.me]
+        answers = await asyncio.gather(*(self._listed_by(r, request) for r in asked))
+        return {info.gtrid: info for answer in answers for info in answer}
+
+    async def _listed_by(
+        self, replica: Replica, request: admin_pb2.ListTransactionsRequest
+    ) -> list[xa_pb2.TransactionInfo]:
+        """Every page of ``replica``'s own listing for ``request``, owner filled in; [] when it
+        does not answer."""
+        listed: list[xa_pb2.TransactionInfo] = []
+        page = admin_pb2.ListTransactionsRequest()
+        page.CopyFrom(request)
+        while True:
+            try:
+                reply = await self.forwarder.call(
+                    replica, "Admin", "ListTransactions", page, timeout=LISTING_TIMEOUT
+                )
+            except UnavailableError as err:
+                log.warning("listing without replica %s's undecided transactions: %s", replica.name, err)
+                return []
+            for info in reply.transactions:
+                info.owner = info.owner or replica.name
+            listed.extend(reply.transactions)
+            if not reply.next_page_token:
+                return listed
+            page.page_token = reply.next_page_token
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
         info = super().info(tx)

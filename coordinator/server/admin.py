@@ -36,6 +36,8 @@ __all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
 ACTIONS = ("force_rollback", "force_commit", "forget", "resolve_branch")
 MAX_PAGE = 1000
 MAX_FORGET = 1000
+#: A row of a listing: a transaction this replica can describe, or one another replica described.
+Listed = Transaction | xa_pb2.TransactionInfo
 #: The outcomes an operator may state when resolving a branch by hand, by wire value and by name.
 RESOLVED_OUTCOMES = {
     admin_pb2.RESOLVED_OUTCOME_COMMITTED: "committed",
@@ -71,6 +73,13 @@ def _page(total: int, page_size: int, page_token: str) -> tuple[int, int]:
     return size, min(int(page_token), total)
 
 
+def _listing_order(tx: Listed) -> tuple[float, str]:
+    """Oldest begun first, then by gtrid, whichever form the row has."""
+    if isinstance(tx, xa_pb2.TransactionInfo):
+        return tx.begun_at.seconds + tx.begun_at.nanos / 1e9, tx.gtrid
+    return tx.begun_at, tx.gtrid
+
+
 class AdminOps:
     def __init__(self, engine: Engine, approvals: Approvals | None = None):
         self.engine = engine
@@ -89,12 +98,14 @@ class AdminOps:
     ) -> admin_pb2.ListTransactionsResponse:
         """Oldest first; the page token is the offset of the next page."""
         caller.principal.require(Permission.READ)
-        txs = sorted(await self.candidates(statuses, begun_after), key=lambda tx: (tx.begun_at, tx.gtrid))
+        txs = sorted(await self.candidates(statuses, begun_after), key=_listing_order)
         size, start = _page(len(txs), page_size, page_token)
         start = max(start, 0)
         end = start + size
         return admin_pb2.ListTransactionsResponse(
-            transactions=[self.info(tx) for tx in txs[start:end]],
+            transactions=[
+                tx if isinstance(tx, xa_pb2.TransactionInfo) else self.info(tx) for tx in txs[start:end]
+            ],
             next_page_token=str(end) if end < len(txs) else "",
         )
 
@@ -102,8 +113,9 @@ class AdminOps:
         caller.principal.require(Permission.READ)
         return self.info(self.engine.get(gtrid))
 
-    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> list[Transaction]:
-        """The transactions a listing draws from (replicas add those of the others)."""
+    async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> Sequence[Listed]:
+        """The transactions a listing draws from (replicas add those of the others, some as
+        the other replica described them)."""
         return self.engine.transactions(statuses, begun_after)
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:

@@ -259,6 +259,7 @@ def test_a_replica_killed_mid_transaction_is_finished_by_another(
             # Undecided when r0 died: presumed abort needs nothing of it in the log, so there is
             # nothing to take over, and its participants end their branches past its deadline.
             assert outcome == TxStatus.ROLLEDBACK, f"{gtrid} was decided but never reached etcd"
+
             def unknown() -> bool | None:
                 try:
                     return True if replicas.status_anywhere(gtrid) is None else None

@@ -78,9 +78,16 @@ def test_admin_reads_and_verbs_from_a_replica_that_does_not_own_the_transaction(
 
         listed = {t["txid"]: t for t in xactl_json(r1, "list")["transactions"]}
         assert (listed[committed]["owner"], listed[committed]["status"]) == ("r0", TxStatus.COMMITTED.label)
-        # Presumed abort writes nothing for an undecided transaction, so other replicas' listings,
-        # read from etcd, show it only once it starts preparing; its owner lists it.
-        assert open_one not in listed
+        # Presumed abort writes nothing for an undecided transaction, so etcd does not have it:
+        # the other replicas' listings ask its owner, with or without a status filter.
+        assert (listed[open_one]["owner"], listed[open_one]["status"]) == ("r0", TxStatus.CREATED.label)
+        created = xactl_json(r2, "list", "--status", "created")["transactions"]
+        assert [(t["txid"], t["owner"]) for t in created] == [(open_one, "r0")]
+        committed_only = xactl_json(r2, "list", "--status", "committed")["transactions"]
+        assert open_one not in {t["txid"] for t in committed_only}
+        page = rest(f"http://{replicas.others[0].http}", "GET", COLLECTION)
+        assert page.status == 200, page.body
+        assert [t["txid"] for t in page.body["transactions"]].count(open_one) == 1
         table = xactl(replicas.r0.address, "list")
         assert table.returncode == OK, table.stderr
         assert table.stdout.splitlines()[0].split()[:3] == ["TXID", "STATUS", "OWNER"]
@@ -304,6 +311,10 @@ def test_a_forwarded_call_carries_the_callers_token(etcd: EtcdCluster, tmp_path:
         )
         base = f"http://{r1.http}{COLLECTION}/{begun.gtrid}"
         assert rest(base, "GET", "").status == 401
+        # A listing asks r0 for its undecided transactions with the caller's own token.
+        listed = rest(f"http://{r1.http}{COLLECTION}", "GET", "", token="alice-token")
+        assert listed.status == 200, listed.body
+        assert [(t["txid"], t["owner"]) for t in listed.body["transactions"]] == [(begun.gtrid, "r0")]
         shown = rest(base, "GET", "", token="alice-token")
         assert (shown.status, shown.body["owner"]) == (200, "r0"), shown.body
         forced = rest(base, "DELETE", "", token="alice-token")
@@ -313,3 +324,23 @@ def test_a_forwarded_call_carries_the_callers_token(etcd: EtcdCluster, tmp_path:
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_a_listing_does_not_wait_on_a_paused_replica(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """r0, holding an undecided transaction, is paused while its lease still holds: another
+    replica's listing gives up on it after a few seconds and answers with what etcd has, with a
+    warning; resumed, r0's undecided transaction is listed again."""
+    with running(Replicas(etcd, tmp_path, lease_ttl=120)) as replicas:
+        assert replicas.system.bank is not None and replicas.r0.popen is not None
+        committed = replicas.system.bank.transfer("alice", "bob", 10).gtrid
+        open_one = begin_and_apply(replicas, 100)
+        r1 = replicas.others[0]
+        replicas.r0.popen.send_signal(19)  # SIGSTOP
+        try:
+            listed = {t["txid"]: t["owner"] for t in xactl_json(r1.address, "list")["transactions"]}
+            assert listed == {committed: "r0"}
+            assert "listing without replica r0's undecided transactions" in r1.tail(200)
+        finally:
+            replicas.r0.popen.send_signal(18)  # SIGCONT
+        listed = {t["txid"]: t["owner"] for t in xactl_json(r1.address, "list")["transactions"]}
+        assert listed == {committed: "r0", open_one: "r0"}
