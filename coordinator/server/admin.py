@@ -168,6 +168,9 @@ class AdminOps:
         why = f"forced by {caller.principal.name}" + (f": {reason}" if reason else "")
 
         async def run() -> coordinator_pb2.CompletionResponse:
+            # The initiator's Rollback may be the coordinator's first word of a transaction; an
+            # operator's names one it holds, or nothing to act on (NOT_FOUND, as show says).
+            self.engine.get(gtrid)
             return completion(await self.engine.rollback(gtrid, why))
 
         return await self._audited(caller, "force_rollback", gtrid, reason, run)

@@ -33,7 +33,9 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     tokens = root / "tokens.toml"
     entries = {"ops": ("operator", OPS, None), "w": ("viewer", VIEWER, None), "s": ("service", SERVICE, None)}
     write_auth_file(tokens, entries)
-    proc = coordinator_proc(root / "data", root, env={**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(tokens)})
+    # The unknown gtrid names this coordinator: nothing may be created for it by any verb.
+    env = {**TEST_COORDINATOR_ENV, "XATM_AUTH_FILE": str(tokens), "XATM_NODE_ID": UNKNOWN.split(".")[0]}
+    proc = coordinator_proc(root / "data", root, env=env)
     proc.start()
     yield proc
     proc.stop()
@@ -157,6 +159,17 @@ def test_every_subcommand_refuses_bad_input_in_one_line(
     assert done.stdout == "" or (argv[:2] == ["show", UNKNOWN] and done.stdout == ""), done.stdout
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("xactl"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_verbs_on_an_unknown_transaction_of_this_coordinator_create_nothing(coordinator: Proc) -> None:
+    """A forced rollback of a gtrid naming this coordinator that it never heard of is NOT_FOUND,
+    as show says, and leaves no transaction behind (it once recorded a Rolledback one)."""
+    for verb in (["rollback", UNKNOWN, "--yes"], ["commit", UNKNOWN, "--yes"]):
+        done = xactl(coordinator.address, *verb, token=OPS)
+        assert done.returncode == NOT_FOUND, done.stdout + done.stderr
+    assert xactl(coordinator.address, "show", UNKNOWN, token=VIEWER).returncode == NOT_FOUND
+    listed = xactl(coordinator.address, "list", "-o", "json", token=VIEWER)
+    assert UNKNOWN not in {t["txid"] for t in json.loads(listed.stdout)["transactions"]}
 
 
 @pytest.mark.parametrize("argv", [["list"], ["show", UNKNOWN], ["audit"], ["forget", UNKNOWN]])
