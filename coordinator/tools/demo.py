@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ from typing import Any
 import grpc
 
 from xatm.coordinator.tools.bank.transfer import Bank
-from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port, work_dir
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.xa import CHANNEL_OPTIONS, BranchStatus, TxStatus, XaCode
 
@@ -160,8 +159,11 @@ def run_demo(data_dir: Path, say: Callable[[str], None] = print) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     keep = args.data_dir is not None
-    data_dir = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="xatm-demo-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir = work_dir(args.data_dir, "xatm-demo-")
+    except ValueError as err:
+        print(f"xatm demo: {err}", file=sys.stderr)
+        return 2
     try:
         code = run_demo(data_dir)
     except (RuntimeError, TimeoutError, grpc.RpcError) as err:

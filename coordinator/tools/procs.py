@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +17,37 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from xatm.participant.client.initiator import coordinator_channel
 
-__all__ = ["Proc", "coordinator_proc", "free_port", "wait_healthy"]
-
-#: The source checkout (examples/ lives beside the packages there).
+__all__ = ["Proc", "coordinator_proc", "free_port", "wait_healthy", "work_dir"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def work_dir(given: str | None, prefix: str) -> Path:
+    """The directory a tool runs its processes in: ``given`` (created when missing; it must be an
+    empty directory, so that nothing of an earlier run is mistaken for this one's), or a fresh
+    temporary directory named ``prefix``... when None.
+
+    Raises ValueError with a one-line message when ``given`` is a file, not empty, or cannot be
+    created.
+    """
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    path = Path(given)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise ValueError(f"--data-dir {path} is not empty: give a new or empty directory")
+    except FileExistsError:
+        raise ValueError(f"--data-dir {path} is not a directory") from None
+    except NotADirectoryError:
+        raise ValueError(f"--data-dir {path}: a part of the path is a file") from None
+    except PermissionError:
+        raise ValueError(f"--data-dir {path}: permission denied") from None
+    return path
 
 
 def wait_healthy(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.bank_system import BankSystem
@@ -89,3 +90,25 @@ def test_demo_exits_zero(tmp_path: Path) -> None:
     assert "every outcome was as expected" in done.stdout
     assert "Committed" in done.stdout and "XA_RBINTEGRITY" in done.stdout
     assert "ok   recovery committed the transfer by itself" in done.stdout
+
+
+@pytest.mark.parametrize("tool", [["demo"], ["bench", "--quick", "--only", "memory"]])
+@pytest.mark.parametrize("where", ["file", "inside-a-file", "not-empty"])
+def test_a_data_dir_that_cannot_be_used_is_one_line_and_exit_2(
+    tmp_path: Path, tool: list[str], where: str
+) -> None:
+    """A second run over the first one's directory once failed half-way (balances of the first run
+    read as the second's); a file gave a traceback."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "coordinator").mkdir()
+    path = {"file": "afile", "inside-a-file": "afile/sub", "not-empty": "used"}[where]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "xatm"), *tool, "--data-dir", str(tmp_path / path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "--data-dir" in done.stderr, done.stderr
+    assert (tmp_path / "afile").read_text() == "x" and list((tmp_path / "used").iterdir())

@@ -7,9 +7,7 @@ import asyncio
 import json
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +15,7 @@ import grpc
 from xatm.coordinator.tools.bench.report import render_table
 from xatm.coordinator.tools.bench.runs import SCENARIOS
 from xatm.coordinator.tools.bench.suite import SECTIONS, Plan, benchmark
+from xatm.coordinator.tools.procs import work_dir
 
 __all__ = ["FULL", "QUICK", "add_parser"]
 
@@ -70,10 +69,10 @@ def _main(args: argparse.Namespace) -> int:
         print("xatm bench: --check-ratio needs the slow-disk scenario", file=sys.stderr)
         return 2
     keep = args.data_dir is not None
-    root = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="xatm-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
-    if keep and any(root.iterdir()):
-        print(f"xatm bench: --data-dir {root} is not empty", file=sys.stderr)
+    try:
+        root = work_dir(args.data_dir, "xatm-bench-")
+    except ValueError as err:
+        print(f"xatm bench: {err}", file=sys.stderr)
         return 2
     try:
         report = asyncio.run(benchmark(root, plan, lambda line: print(line, file=sys.stderr, flush=True)))
