@@ -20,6 +20,7 @@ from xatm.participant.runtime.config import (
     PositiveInt,
     UsageError,
     XatmSettings,
+    flag_name,
     load,
 )
 
@@ -193,9 +194,17 @@ class Settings(XatmSettings):
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """The coordinator's settings; ``flags`` holds the command line's options (None = not given).
 
-    Raises SettingsError naming the bad setting and its source.
+    Raises SettingsError naming the bad setting and its source, or the two settings (from any
+    sources) that contradict each other.
     """
-    return load(Settings, flags, environ)
+    settings = load(Settings, flags, environ)
+    for low, high in (("default_timeout", "max_timeout"), ("retry_initial", "retry_max")):
+        if getattr(settings, low) > getattr(settings, high):
+            raise UsageError(
+                f"{flag_name(low)} ({getattr(settings, low):g} s) is above {flag_name(high)} "
+                f"({getattr(settings, high):g} s): lower the one or raise the other"
+            )
+    return settings
 
 
 def stored_node_id(data_dir: Path) -> str | None:

@@ -68,6 +68,26 @@ def test_a_bad_value_is_found_even_when_a_higher_source_overrides_it() -> None:
         coordinator_settings({"call_timeout": "2"}, {"XATM_CALL_TIMEOUT": "-1"})
 
 
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({"default_timeout": "1000"}, {}, "--default-timeout (1000 s) is above --max-timeout (600 s)"),
+        ({}, {"XATM_MAX_TIMEOUT": "30"}, "--default-timeout (60 s) is above --max-timeout (30 s)"),
+        ({"retry_initial": "9"}, {}, "--retry-initial (9 s) is above --retry-max (5 s)"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(
+    flags: dict[str, str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}"):
+        coordinator_settings(flags, env)
+
+
+def test_bounds_in_order_across_sources_are_accepted() -> None:
+    got = coordinator_settings({"default_timeout": "1000"}, {"XATM_MAX_TIMEOUT": "2000"})
+    assert (got.default_timeout, got.max_timeout) == (1000.0, 2000.0)
+
+
 # ------------------------------------------------------------------ the address type
 
 
