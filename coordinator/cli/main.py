@@ -104,12 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     from xatm.coordinator.server.auth import add_parser as add_hash_token
 
     add_hash_token(sub)
+    for command in sub.choices.values():
+        # So that a flag a command does not know is reported with that command's usage.
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.list_failpoints:
         for name in CATALOGUE:
             print(name)

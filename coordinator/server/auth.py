@@ -246,7 +246,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Read a token from standard input (never the command line, which other users "
         "can see) and print its [[tokens]] entry for --auth-file.",
     )
-    p.add_argument("--name", default="NAME", help="name recorded in the audit log")
-    p.add_argument("--role", default="operator", choices=[r.value for r in Role])
+    # Both required: a token made without saying whose it is or what it may do would be an
+    # anonymous operator.
+    p.add_argument("--name", required=True, help="whose token: the name recorded in the audit log")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role], help="what the token may do")
     p.add_argument("--generate", action="store_true", help="make a new random token instead")
     p.set_defaults(func=_hash_token_command)

@@ -30,12 +30,12 @@ def test_hash_token_makes_an_entry_the_coordinator_accepts(
     principal = Authenticator.load(tmp_path / "tokens.toml").authenticate("s3cret")
     assert (principal.name, principal.role) == ("alice", Role.VIEWER)
 
-    args = parser.parse_args(["hash-token", "--generate"])
+    args = parser.parse_args(["hash-token", "--generate", "--name", "ops", "--role", "operator"])
     assert args.func(args) == 0
     comment, *toml = capsys.readouterr().out.splitlines()
     (tmp_path / "generated.toml").write_text("\n".join(toml))
     assert (
-        Authenticator.load(tmp_path / "generated.toml").authenticate(comment.rsplit(" ", 1)[1]).name == "NAME"
+        Authenticator.load(tmp_path / "generated.toml").authenticate(comment.rsplit(" ", 1)[1]).name == "ops"
     )
 
 
