@@ -531,14 +531,15 @@ class Engine:
         timeout_ms: int = 0,
         branches: Iterable[BranchRef] = (),
         rollback_only: str = "",
+        code: XaCode | None = None,
     ) -> Result:
         """The initiator's rollback; ``timeout_ms`` and ``branches`` as for ``commit``, and
-        ``rollback_only`` (work in a reported branch failed) is the reason kept. A transaction
-        never decided needs no forced write to roll back (presumed abort)."""
+        ``rollback_only`` (work in a reported branch failed) is the reason kept. With ``code``
+        (an operator's rollback), ``reason`` is kept as the transaction's rollback reason. A
+        transaction never decided needs no forced write to roll back (presumed abort)."""
         self._refuse_if_fenced()
         tx = self.hold(gtrid, timeout_ms, completing=True)
         await self._report(tx, branches, "")
-        code = None
         if rollback_only and tx.status == TxStatus.CREATED:
             reason, code = rollback_only[:500], XaCode.XA_RBROLLBACK
             log.info("%s marked rollback-only: %s", tx.gtrid, reason)

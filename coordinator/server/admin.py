@@ -28,7 +28,7 @@ from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import TxOutcome, TxStatus, validate_bqual, validate_gtrid
+from xatm.participant.xa import TxOutcome, TxStatus, XaCode, validate_bqual, validate_gtrid
 
 __all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
 
@@ -171,7 +171,7 @@ class AdminOps:
             # The initiator's Rollback may be the coordinator's first word of a transaction; an
             # operator's names one it holds, or nothing to act on (NOT_FOUND, as show says).
             self.engine.get(gtrid)
-            return completion(await self.engine.rollback(gtrid, why))
+            return completion(await self.engine.rollback(gtrid, why, code=XaCode.XA_RBROLLBACK))
 
         return await self._audited(caller, "force_rollback", gtrid, reason, run)
 

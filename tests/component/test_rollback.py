@@ -224,3 +224,17 @@ async def test_resolve_branch_closes_a_branch_by_hand(rig: Rig) -> None:
     assert tx.branches["b"].status == B.HEURISTICALLY_COMPLETED
     closing = rig.answers(tx.gtrid, "b")[-1]
     assert (XaCode(closing.code), closing.reason) == (XaCode.XA_HEURCOM, "restored from backup")
+
+
+async def test_an_operators_rollback_keeps_who_and_why_as_the_rollback_reason(rig: Rig) -> None:
+    """The initiator that commits afterwards, and `xactl show`, read who rolled it back and why."""
+    engine = await rig.start()
+    tx = await rig.tx("a", "b")
+    await engine.rollback(tx.gtrid, "forced by alice: wrong amount", code=XaCode.XA_RBROLLBACK)
+    assert (tx.status, tx.rollback_code, tx.rollback_reason) == (
+        S.ROLLEDBACK,
+        XaCode.XA_RBROLLBACK,
+        "forced by alice: wrong amount",
+    )
+    late = await engine.commit(tx.gtrid)
+    assert (late.outcome, late.tx.rollback_reason) == (TxOutcome.TX_ROLLBACK, "forced by alice: wrong amount")
