@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -149,6 +150,17 @@ def _unreachable(branch: dict[str, Any]) -> str:
     return f"since {since}, {branch['endpointFailures']} failed calls" if since else "-"
 
 
+def _next_retry(branch: dict[str, Any]) -> str:
+    """When the backoff calls the branch again; "calling" once that time has passed (the call is
+    out, waiting for its answer or its deadline)."""
+    due = branch["nextRetry"]
+    if not due:
+        return "-"
+    if datetime.fromisoformat(due.replace("Z", "+00:00")) <= datetime.now(UTC):
+        return f"calling (since {due})"
+    return str(due)
+
+
 def _show_transaction(view: dict[str, Any]) -> str:
     head = [
         f"txid:       {view['txid']}",
@@ -170,7 +182,7 @@ def _show_transaction(view: dict[str, Any]) -> str:
             b["returnCode"] or "-",
             b["phase"] or "-",
             str(b["attempts"]),
-            b["nextRetry"] or "-",
+            _next_retry(b),
             _unreachable(b),
         ]
         for b in view["branches"]

@@ -3,6 +3,7 @@ characters escaped: a reason can neither forge a line of the table nor drive the
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from xatm.coordinator.cli.xactl import _show_transaction
@@ -49,3 +50,19 @@ def test_table_cells_are_escaped_and_stay_aligned() -> None:
     row = next(line for line in lines if line.startswith("b1 "))
     assert "host\\t:1" in row and "\t" not in row
     assert row.index("Rolledback") == header.index("STATUS")
+
+
+def test_a_retry_time_already_passed_reads_as_a_call_out() -> None:
+    """The backoff's time stays in the view while its call waits for an answer: shown as such,
+    not as a time in the past under NEXT RETRY."""
+    info = xa_pb2.TransactionInfo(
+        gtrid="n1.0000000000000000000000000002", status=xa_pb2.TRANSACTION_STATUS_COMMITTING
+    )
+    past = info.branches.add(bqual="b1", rm_id="rm", endpoint="127.0.0.1:1", attempts=3)
+    past.next_retry.FromSeconds(int(time.time()) - 5)
+    later = info.branches.add(bqual="b2", rm_id="rm", endpoint="127.0.0.1:1", attempts=3)
+    later.next_retry.FromSeconds(int(time.time()) + 60)
+    lines = _show_transaction(transaction_view(info)).splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith("b")}
+    assert "calling (since " in rows["b1"]
+    assert "calling" not in rows["b2"] and later.next_retry.ToJsonString() in rows["b2"]
