@@ -167,13 +167,15 @@ class PhaseTwo:
                 del self._owed[gtrid]
 
     async def _prepare_all(self, tx: sm.Transaction, bquals: tuple[str, ...]) -> None:
-        """The prepare calls of ``tx``: this task calls the first branch, a task of its own each
-        of the others (no gather: the last answer, whichever it is, carries on to the decision)."""
+        """The prepare calls of ``tx`` (``bquals``: two or more, as the protocol sends them): this
+        task calls the first branch, a task of its own each of the others (no gather: the last
+        answer, whichever it is, carries on to the decision)."""
         await failpoints.ahit("coordinator.before_prepare")
         self._preparing[tx.gtrid] = time.perf_counter()
-        for bqual in bquals[1:]:
+        first, *others = bquals
+        for bqual in others:
             self._spawn(self._prepare_one(tx, bqual))
-        await self._prepare_one(tx, bquals[0])
+        await self._prepare_one(tx, first)
 
     async def _prepare_one(self, tx: sm.Transaction, bqual: str) -> None:
         code, reason = await self.call_once(tx, bqual, Phase.PREPARE)
