@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from xatm.coordinator import cluster
+from xatm.coordinator import cluster, heap
 from xatm.coordinator.cluster.serving import ReplicaAdminOps, RoutedCoordinatorServicer
 from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
@@ -272,6 +272,7 @@ async def run(settings: Settings) -> int:
     SIGHUP reloads the token file."""
     coordinator = Coordinator(settings)
     await coordinator.start()
+    heap.settle()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import grpc
 
 from xatm.coordinator import metrics
-from xatm.participant.api.v1 import participant_pb2, xa_pb2
+from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
 __all__ = ["BATCHED_PHASES", "Batcher", "Unbatched"]
@@ -82,17 +82,19 @@ class _Call:
     trace: tuple[tuple[str, str], ...]
     future: asyncio.Future[tuple[XaCode, str]]
 
-    def item(self, number: int, now: float) -> participant_pb2.BatchItem:
-        """The call as item ``number`` of a batch sent at ``now`` (time.monotonic())."""
-        xid = self.xid
-        return participant_pb2.BatchItem(
+    def add_to(self, request: participant_pb2.BatchRequest, number: int, now: float) -> None:
+        """Add the call to ``request`` as item ``number`` of a batch sent at ``now``
+        (time.monotonic()); filled in place, not built apart and copied in."""
+        item = request.items.add(
             id=number,
             verb=BATCHED_PHASES[self.phase],
-            xid=xa_pb2.Xid(format_id=xid.format_id, gtrid=xid.gtrid, bqual=xid.bqual),
             one_phase=self.phase == Phase.ONE_PHASE_COMMIT,
             timeout_ms=max(1, math.ceil((self.deadline - now) * 1000)),
-            trace=dict(self.trace),
         )
+        xid, wire = self.xid, item.xid
+        wire.format_id, wire.gtrid, wire.bqual = xid.format_id, xid.gtrid, xid.bqual
+        if self.trace:
+            item.trace.update(self.trace)
 
 
 class _Queue:
@@ -212,15 +214,14 @@ class Batcher:
         now = time.monotonic()
         latest = max(c.deadline for c in calls)
         timeout = max(0.001, latest - now)
-        loop = asyncio.get_running_loop()
-        timers = []
-        for call in calls:
-            if call.deadline < latest:  # the RPC's own deadline answers the latest ones
-                own = max(0.001, call.deadline - now)
-                timers.append(loop.call_at(loop.time() + own, self._expire, endpoint, call, own))
+        # The RPC's own deadline answers the latest calls; one timer, moved from deadline to
+        # deadline, answers those due earlier (usually none is due before its answer comes).
+        early = _Deadlines(self, endpoint, [c for c in calls if c.deadline < latest], now)
         metrics.PARTICIPANT_CALLS.labels(method="Batch").inc()
         metrics.BATCH_BRANCHES.observe(len(calls))
-        request = participant_pb2.BatchRequest(items=[c.item(n, now) for n, c in enumerate(calls)])
+        request = participant_pb2.BatchRequest()
+        for number, call in enumerate(calls):
+            call.add_to(request, number, now)
         try:
             stub = self._channels.held_stub(endpoint)
             try:
@@ -245,8 +246,7 @@ class Batcher:
         except Exception as err:  # whatever else the channel raised: still these branches' failure
             _answer_rest(calls, (XaCode.XAER_RMFAIL, f"Batch call failed: {type(err).__name__}: {err}"))
         finally:
-            for timer in timers:
-                timer.cancel()
+            early.cancel()
 
     @staticmethod
     async def _read(stream: Any, calls: list[_Call], heard: Callable[[], None]) -> None:
@@ -270,6 +270,7 @@ class Batcher:
                 call.future.set_result(answer)
 
     def _expire(self, endpoint: str, call: _Call, timeout: float) -> None:
+        """``call``'s own deadline (``timeout`` seconds after it was sent) passed unanswered."""
         if not call.future.done():
             deadline = grpc.StatusCode.DEADLINE_EXCEEDED
             reason = self._channels.failure_reason(endpoint, deadline, "Deadline Exceeded", timeout)
@@ -287,6 +288,49 @@ class Batcher:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._batches, return_exceptions=True)
+
+
+class _Deadlines:
+    """The calls of one batch due before the batch's own deadline, answered as each one's
+    deadline passes, by one loop timer set to the earliest deadline still unanswered."""
+
+    __slots__ = ("_batcher", "_calls", "_endpoint", "_loop", "_sent", "_timer")
+
+    def __init__(self, batcher: Batcher, endpoint: str, calls: list[_Call], sent: float) -> None:
+        self._batcher = batcher
+        self._endpoint = endpoint
+        #: Latest deadline first, so the next one due is at the end.
+        self._calls = sorted(calls, key=lambda c: c.deadline, reverse=True)
+        self._sent = sent
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        calls = self._calls
+        while calls and calls[-1].future.done():
+            calls.pop()
+        if calls:
+            # Loop time and time.monotonic() are the same clock on asyncio's default loops, but
+            # the delay is taken relative to each so that no assumption is needed.
+            delay = calls[-1].deadline - time.monotonic()
+            self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
+        else:
+            self._timer = None
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        calls = self._calls
+        while calls and calls[-1].deadline <= now:
+            call = calls.pop()
+            self._batcher._expire(self._endpoint, call, max(0.001, call.deadline - self._sent))
+        self._arm()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._calls.clear()
 
 
 class _Malformed(Exception):

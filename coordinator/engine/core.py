@@ -630,7 +630,9 @@ class Engine:
             if isinstance(effect, sm.Send):
                 self.phase_two.send(tx, effect)
             elif isinstance(effect, sm.ForceDecision):
-                self._spawn(self._decide(tx))
+                # Only the last prepare answer asks for it, in the prepare call's own task: the
+                # decision is written there, then phase two starts from it (no task of its own).
+                await self._decide(tx)
             else:
                 await self._finished(tx)
 

@@ -85,6 +85,9 @@ class PhaseTwo:
         self.in_doubt = 0
         #: Phase-two calls sent per transaction, so a failpoint can sit between two of them.
         self._calls_sent: dict[str, int] = {}
+        #: When the prepare calls of a transaction whose prepares are still out were started
+        #: (time.perf_counter()), for the phase's duration.
+        self._preparing: dict[str, float] = {}
 
     # ----------------------------------------------------------------- one call
 
@@ -146,6 +149,7 @@ class PhaseTwo:
     def forget(self, gtrid: str) -> None:
         """``gtrid`` ended: its per-transaction bookkeeping goes."""
         self._calls_sent.pop(gtrid, None)
+        self._preparing.pop(gtrid, None)
         self.in_doubt -= len(self._owed.pop(gtrid, ()))
 
     def _owe(self, gtrid: str, bqual: str) -> None:
@@ -163,15 +167,24 @@ class PhaseTwo:
                 del self._owed[gtrid]
 
     async def _prepare_all(self, tx: sm.Transaction, bquals: tuple[str, ...]) -> None:
+        """The prepare calls of ``tx`` (``bquals``: two or more, as the protocol sends them): this
+        task calls the first branch, a task of its own each of the others (no gather: the last
+        answer, whichever it is, carries on to the decision)."""
         await failpoints.ahit("coordinator.before_prepare")
-        started = time.perf_counter()
-        await asyncio.gather(*(self._prepare_one(tx, b) for b in bquals))
-        metrics.PHASE_DURATION.labels(phase="prepare").observe(time.perf_counter() - started)
+        self._preparing[tx.gtrid] = time.perf_counter()
+        first, *others = bquals
+        for bqual in others:
+            self._spawn(self._prepare_one(tx, bqual))
+        await self._prepare_one(tx, first)
 
     async def _prepare_one(self, tx: sm.Transaction, bqual: str) -> None:
         code, reason = await self.call_once(tx, bqual, Phase.PREPARE)
         old = tx.status
         effects = sm.prepare_result(tx, bqual, code, reason)
+        if not tx.awaiting_prepare:
+            started = self._preparing.pop(tx.gtrid, None)
+            if started is not None:
+                metrics.PHASE_DURATION.labels(phase="prepare").observe(time.perf_counter() - started)
         await self._decisions.append(
             R.branch_result(tx, tx.branches[bqual], Phase.PREPARE, code, reason, time.time())
         )

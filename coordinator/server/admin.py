@@ -23,11 +23,10 @@ from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
 from xatm.coordinator.server.views import checked_reason
-from xatm.coordinator.server.wire import to_info
+from xatm.coordinator.server.wire import to_completion, to_info
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
 from xatm.participant.errors import InvalidArgumentError, Status, UnavailableError, XatmError
 from xatm.participant.runtime import tracing
-from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import TxOutcome, TxStatus, XaCode, validate_bqual, validate_gtrid
 
 __all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
@@ -52,15 +51,7 @@ for _action in ACTIONS:
 
 
 def completion(result: Result) -> coordinator_pb2.CompletionResponse:
-    info = to_info(result.tx)
-    return coordinator_pb2.CompletionResponse(
-        gtrid=info.gtrid,
-        outcome=proto_enum(result.outcome, xa_pb2.TxOutcome),
-        status=info.status,
-        branches=info.branches,
-        rollback_code=info.rollback_code,
-        rollback_reason=info.rollback_reason,
-    )
+    return to_completion(result.tx, result.outcome)
 
 
 def _page(total: int, page_size: int, page_token: str) -> tuple[int, int]:

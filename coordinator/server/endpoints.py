@@ -13,13 +13,16 @@ and the answer could change before the coordinator dials. An IP address matches 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xatm.participant.errors import InvalidArgumentError, PermissionDeniedError
 from xatm.participant.runtime.address import Address, AddressError
 from xatm.participant.runtime.allowlist import AllowList, Network, parse_allow_list
 
-__all__ = ["EndpointPolicy", "parse_allow_list"]
+__all__ = ["PASSED_KEPT", "EndpointPolicy", "parse_allow_list"]
+
+#: Endpoints remembered as passing the policy at most (then forgotten all at once).
+PASSED_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class EndpointPolicy:
 
     networks: tuple[Network, ...] = ()
     hosts: frozenset[str] = frozenset()
+    #: Endpoints that passed already: every commit names its branches' endpoints again, and the
+    #: answer for one never changes (the policy is fixed), so each is parsed once, not per call.
+    _passed: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @classmethod
     def from_setting(cls, allow: str) -> EndpointPolicy:
@@ -45,6 +51,8 @@ class EndpointPolicy:
         Raises InvalidArgumentError when it is not a callable ``HOST:PORT``, PermissionDeniedError
         when it lies outside the allow-list.
         """
+        if endpoint in self._passed:
+            return endpoint
         try:
             address = Address.parse(endpoint)
         except AddressError as err:
@@ -56,6 +64,9 @@ class EndpointPolicy:
                 f"{what} {endpoint!r} is not among the participants this coordinator may call "
                 "(--allow-participants)"
             )
+        if len(self._passed) >= PASSED_KEPT:
+            self._passed.clear()  # bounded: endpoints named by callers are not
+        self._passed.add(endpoint)
         return endpoint
 
     def _allowed(self, host: str) -> bool:

@@ -14,7 +14,7 @@ import grpc
 
 from xatm.coordinator.cluster.forwarding import PASS_ON, pass_on
 from xatm.coordinator.engine.core import Engine, Result
-from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps, completion
+from xatm.coordinator.server.admin import RESOLVED_OUTCOMES, AdminOps
 from xatm.coordinator.server.auth import (
     ANONYMOUS,
     Authenticator,
@@ -25,7 +25,7 @@ from xatm.coordinator.server.auth import (
 )
 from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.quota import OpenQuota
-from xatm.coordinator.server.wire import to_info
+from xatm.coordinator.server.wire import to_completion, to_info
 from xatm.participant.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -162,7 +162,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def _completion(self, result: Result) -> coordinator_pb2.CompletionResponse:
         """The answer to Commit or Rollback, with this start's incarnation: an initiator that
         made the gtrid for another one learns the new one with its next Begin."""
-        reply = completion(result)
+        reply = to_completion(result.tx, result.outcome)
         reply.incarnation = self.engine.incarnation
         return reply
 

@@ -242,15 +242,21 @@ def test_each_branch_has_its_own_deadline() -> None:
     async def test() -> None:
         channels = FakeChannels()
         batcher = Batcher(channels, linger=3600)
-        short = start(batcher, "short", timeout=0.05)
+        short = start(batcher, "short", timeout=0.02)
+        answered = start(batcher, "answered", timeout=0.04)
+        later = start(batcher, "later", timeout=0.06)
         long = start(batcher, "long", timeout=30)
         await passes()
         (stream,) = channels.streams
-        assert [item.timeout_ms <= 50 for item in stream.request.items] == [True, False]
-        assert await short == (XaCode.XAER_RMFAIL, "DEADLINE_EXCEEDED: Deadline Exceeded")
+        assert [item.timeout_ms <= 60 for item in stream.request.items] == [True, True, True, False]
+        stream.give((1, XaCode.XA_OK, ""))  # answered before its deadline: that answer stands
+        assert await answered == (XaCode.XA_OK, "")
+        expired = (XaCode.XAER_RMFAIL, "DEADLINE_EXCEEDED: Deadline Exceeded")
+        assert await short == expired
+        assert await later == expired  # each earlier deadline in turn, the batch still out
         assert not long.done()
-        stream.give((1, XaCode.XA_OK, ""))
-        assert await long == (XaCode.XA_OK, "")
+        stream.give((3, XaCode.XA_RDONLY, ""))
+        assert await long == (XaCode.XA_RDONLY, "")
         stream.end()
 
     run(test)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from xatm.coordinator.server import endpoints
 from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.settings import SettingsError, resolve
 from xatm.participant.errors import InvalidArgumentError, PermissionDeniedError
+from xatm.participant.runtime.address import Address
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,28 @@ def test_a_toml_list_is_accepted(tmp_path: Path) -> None:
     config.write_text('[coordinator]\nallow_participants = ["10.0.0.0/8", "db.internal"]\n')
     settings = resolve({"config": str(config)}, environ={})
     assert EndpointPolicy.from_setting(settings.allow_participants).check("db.internal:1")
+
+
+def test_an_endpoint_is_parsed_once_and_a_refused_one_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = endpoints.Address.parse
+
+    def counting(text: str) -> Address:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(endpoints.Address, "parse", staticmethod(counting))
+    policy = EndpointPolicy.from_setting("10.0.0.0/8")
+    for _ in range(3):
+        assert policy.check("10.0.0.1:7000") == "10.0.0.1:7000"
+        with pytest.raises(PermissionDeniedError):
+            policy.check("11.0.0.1:7000")
+    assert parsed == ["10.0.0.1:7000"] + ["11.0.0.1:7000"] * 3
+
+
+def test_the_endpoints_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoints, "PASSED_KEPT", 10)
+    policy = EndpointPolicy()
+    for port in range(1, 26):
+        policy.check(f"h:{port}")
+        assert len(policy._passed) <= 10
