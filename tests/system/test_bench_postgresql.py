@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench_support import bench
+from xatm.coordinator.tools.bench.report import render_table
 
 
 def test_postgresql_transfer_beside_direct_two_phase_commit(tmp_path: Path) -> None:
@@ -33,4 +34,6 @@ def test_postgresql_transfer_beside_direct_two_phase_commit(tmp_path: Path) -> N
     for name in through:
         assert through[name] > 0, through
     assert direct["initiator"] > 0 and direct["postgresql"] > 0, direct
+    table = render_table(report)
+    assert f"through xatm initiator {through['initiator']:.2f} coordinator" in table, table
     assert pg["ratio"] == pytest.approx(pg["xatm"]["tps"] / pg["direct"]["tps"], abs=0.001)
