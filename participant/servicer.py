@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -325,14 +326,41 @@ class ParticipantServicer(_Base):
         self, request: participant_pb2.BatchRequest, context: grpc.ServicerContext
     ) -> Iterator[participant_pb2.BatchReply]:
         received = time.monotonic()
-        if len(request.items) == 1:  # nothing to run beside it: no thread hop
-            yield participant_pb2.BatchReply(results=[self.core.serve_item(request.items[0], received)])
+        items = request.items
+        if len(items) == 1:  # nothing to run beside it: no thread hop
+            yield participant_pb2.BatchReply(results=[self.core.serve_item(items[0], received)])
             return
+        # Each branch's result goes into one queue as it is known; every result known by the time
+        # the previous message is out goes in the next one. A plain queue rather than futures: no
+        # waiter to install on every pending branch each time one finishes.
+        finished: queue.SimpleQueue[participant_pb2.BatchResult] = queue.SimpleQueue()
         pool = self._pool()
-        pending = {pool.submit(self.core.serve_item, item, received) for item in request.items}
-        while pending:
-            done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-            yield participant_pb2.BatchReply(results=[f.result() for f in done])
+        for item in items:
+            pool.submit(self._serve_into, finished, item, received)
+        left = len(items)
+        while left:
+            results = [finished.get()]
+            while len(results) < left:
+                try:
+                    results.append(finished.get_nowait())
+                except queue.Empty:
+                    break
+            left -= len(results)
+            yield participant_pb2.BatchReply(results=results)
+
+    def _serve_into(
+        self,
+        finished: queue.SimpleQueue[participant_pb2.BatchResult],
+        item: participant_pb2.BatchItem,
+        received: float,
+    ) -> None:
+        """One branch of a batch in a worker; its result always reaches ``finished``."""
+        try:
+            result = self.core.serve_item(item, received)
+        except Exception as exc:  # serve_item answers every failure itself: a bug, still an answer
+            log.exception("participant batch item failed")
+            result = _result(item, XaCode.XAER_RMFAIL, f"INTERNAL: {_reason(exc)}")
+        finished.put(result)
 
     def _pool(self) -> futures.ThreadPoolExecutor:
         """The batch workers, started with the first batch of more than one branch."""

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -58,7 +58,7 @@ from xatm.participant.client.initiator import (
     coordinator_channel,
     to_xatm_error,
 )
-from xatm.participant.client.interceptors import AioServerInterceptor, ServerInterceptor
+from xatm.participant.client.interceptors import AioServerInterceptor, HandlerCache, ServerInterceptor
 from xatm.participant.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -73,7 +73,7 @@ from xatm.participant.runtime.allowlist import AllowList
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.runtime.targets import parse_addresses
-from xatm.participant.runtime.undecodable import AioRefuseUndecodable, RefuseUndecodable
+from xatm.participant.runtime.undecodable import AioRefuseUndecodable, guard
 from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
 from xatm.participant.stores.base import ResourceManager
 from xatm.participant.xa import (
@@ -165,6 +165,9 @@ class ParticipantStub:
         self._recovery_stop = threading.Event()
         #: Set once the default coordinator knows where this RM is served (see ``register``).
         self._registered = False
+        #: Coordinator metadata already checked -> its canonical form (the same few values on
+        #: every call: parsing and matching them once is enough).
+        self._checked: dict[str, str] = {}
 
     # ------------------------------------------------------------ server wiring
 
@@ -178,7 +181,7 @@ class ParticipantStub:
     def server_interceptor() -> grpc.ServerInterceptor:
         """For a threaded ``grpc.server``: handlers see the caller's transaction, and every method
         refuses a request whose bytes are not its message (INVALID_ARGUMENT, one log line)."""
-        return RefuseUndecodable(ServerInterceptor())
+        return _GuardedServerInterceptor()
 
     @staticmethod
     def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
@@ -335,6 +338,9 @@ class ParticipantStub:
         """
         if not named:
             return named
+        known = self._checked.get(named)
+        if known is not None:
+            return known
         addresses = parse_addresses(named)
         if self._trusted is None:
             if self._metadata:
@@ -349,7 +355,11 @@ class ParticipantStub:
                         f"coordinator {address} named by the caller is not among the coordinators "
                         "this participant trusts (its coordinator and allowed_coordinators)"
                     )
-        return ",".join(str(address) for address in addresses)
+        canonical = ",".join(str(address) for address in addresses)
+        if len(self._checked) >= _MAX_CHANNELS:
+            self._checked.clear()  # bounded: a caller naming ever new coordinators costs parsing only
+        self._checked[named] = canonical
+        return canonical
 
     def _coordinator(self, tx: TxContext) -> tuple[str, coordinator_pb2_grpc.CoordinatorStub]:
         address = self._check_coordinator(tx.coordinator) or self.coordinator
@@ -657,6 +667,23 @@ class ParticipantStub:
             channels, self._coordinators = self._coordinators, {}
         for channel, _ in channels.values():
             channel.close()
+
+
+class _GuardedServerInterceptor(grpc.ServerInterceptor):
+    """``RefuseUndecodable(ServerInterceptor())`` with each method's handler wrapped once, not on
+    every call: neither wrapping depends on the call."""
+
+    def __init__(self) -> None:
+        self._inner = ServerInterceptor()
+        self._guarded = HandlerCache(lambda handler, method: guard(handler, method, aio=False) or handler)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.intercept_service(continuation, handler_call_details)
+        return self._guarded.get(handler, handler_call_details.method)
 
 
 def _trusted_coordinators(coordinator: str | None, allowed: str | Iterable[str]) -> AllowList | None:

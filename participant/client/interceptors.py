@@ -50,6 +50,7 @@ from xatm.participant.runtime.undecodable import HANDLER_FACTORIES as _FACTORIES
 __all__ = [
     "AioServerInterceptor",
     "ClientInterceptor",
+    "HandlerCache",
     "ServerInterceptor",
     "aio_client_interceptors",
     "intercept_channel",
@@ -250,6 +251,7 @@ def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 # ---------------------------------------------------------------- server side
 
+
 def _replace_behavior(
     handler: grpc.RpcMethodHandler, make: Callable[[Behavior, bool], Behavior]
 ) -> grpc.RpcMethodHandler:
@@ -414,57 +416,105 @@ def _bind(tx: TxContext) -> Callable[[Behavior, bool], Behavior]:
                 return reply
 
             return acall
-        if response_streaming:
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                bound, call = _serving(tx, context)
-                with _handling(bound, call):
-                    items = iter(behavior(request, context))
-                while True:
-                    with _handling(bound, call):
-                        try:
-                            item = next(items)
-                        except StopIteration:
-                            break
-                    yield item
-                _ended(bound, call)
-
-            return stream
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            bound, call = _serving(tx, context)
-            with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid), _handling(bound, call):
-                reply = behavior(request, context)
-            _ended(bound, call)
-            return reply
-
-        return unary
+        # A plain function (grpc.aio runs it in a worker thread): as on a threaded server.
+        return _sync_bound(behavior, response_streaming, lambda _context: tx)
 
     return make
 
 
+def _call_tx(context: grpc.ServicerContext) -> TxContext | None:
+    """The transaction a served call's metadata names, None for none; malformed metadata
+    aborts the call (INVALID_ARGUMENT) before the handler runs."""
+    try:
+        return from_metadata(context.invocation_metadata())
+    except XatmError as error:
+        abort(context, error)
+
+
+def _sync_bound(
+    behavior: Behavior,
+    response_streaming: bool,
+    tx_of: Callable[[grpc.ServicerContext], TxContext | None] = _call_tx,
+) -> Behavior:
+    """A plain-function behavior that makes the call's transaction, ``tx_of(context)``, active
+    while it runs (each step, for a streamed response; see ``_bind``). By default the transaction
+    is read from each call's metadata, so one wrapped handler serves every call of the method."""
+    if response_streaming:
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Any:
+            tx = tx_of(context)
+            if tx is None:
+                yield from behavior(request, context)
+                return
+            bound, call = _serving(tx, context)
+            with _handling(bound, call):
+                items = iter(behavior(request, context))
+            while True:
+                with _handling(bound, call):
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        break
+                yield item
+            _ended(bound, call)
+
+        return stream
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        tx = tx_of(context)
+        if tx is None:
+            return behavior(request, context)
+        bound, call = _serving(tx, context)
+        with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid), _handling(bound, call):
+            reply = behavior(request, context)
+        _ended(bound, call)
+        return reply
+
+    return unary
+
+
+class HandlerCache:
+    """Wrapped method handlers made once per method handler, for interceptors whose wrapping
+    does not depend on the call: a server's handlers are the same objects call after call.
+
+    Bounded: past ``limit`` handlers (a generic handler that makes a new one per call) the
+    wrapping is made per call again, as without a cache.
+    """
+
+    def __init__(
+        self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler], limit: int = 1024
+    ) -> None:
+        self._wrap = wrap
+        self._limit = limit
+        self._made: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+
+    def get(self, handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+        """``wrap(handler, method)``, made at most once per handler; None for None."""
+        if handler is None:
+            return None
+        wrapped = self._made.get(handler)
+        if wrapped is None:
+            wrapped = self._wrap(handler, method)
+            if len(self._made) < self._limit:
+                self._made[handler] = wrapped
+        return wrapped
+
+
 def _intercept(
-    handler: grpc.RpcMethodHandler | None,
-    details: grpc.HandlerCallDetails,
-    deny: Callable[[XatmError], Behavior],
+    handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails
 ) -> grpc.RpcMethodHandler | None:
+    """(grpc.aio) ``handler`` bound to the transaction the call's metadata names; malformed
+    metadata is refused."""
     if handler is None:
         return None
     try:
         tx = from_metadata(details.invocation_metadata)
     except XatmError as error:
-        refusal = deny(error)
+        refusal = _adeny(error)
         return _replace_behavior(handler, lambda _behavior, _streaming: refusal)
     if tx is None:
         return handler
     return _replace_behavior(handler, _bind(tx))
-
-
-def _deny(error: XatmError) -> Behavior:
-    def deny(request: Any, context: grpc.ServicerContext) -> None:
-        abort(context, error)
-
-    return deny
 
 
 def _adeny(error: XatmError) -> Behavior:
@@ -478,12 +528,15 @@ def _adeny(error: XatmError) -> Behavior:
 class ServerInterceptor(grpc.ServerInterceptor):
     """Threaded ``grpc.server``: the handler's thread sees the caller's transaction."""
 
+    def __init__(self) -> None:
+        self._handlers = HandlerCache(lambda handler, _method: _replace_behavior(handler, _sync_bound))
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        return _intercept(continuation(handler_call_details), handler_call_details, _deny)
+        return self._handlers.get(continuation(handler_call_details), handler_call_details.method)
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):
@@ -494,4 +547,4 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        return _intercept(await continuation(handler_call_details), handler_call_details, _adeny)
+        return _intercept(await continuation(handler_call_details), handler_call_details)

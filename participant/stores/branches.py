@@ -36,6 +36,7 @@ from xatm.participant.xa import XaCode, XaError, Xid
 __all__ = [
     "ENDED_RETAIN",
     "XID_PART",
+    "BranchCall",
     "SavepointBranch",
     "SessionBranch",
     "SessionHandle",
@@ -133,25 +134,44 @@ class SessionBranch:
     def leave(self) -> None:
         with self.gate:
             self.in_flight -= 1
-            self.gate.notify_all()
+            if not self.in_flight:  # what waits on the gate waits for no call running
+                self.gate.notify_all()
 
-    @contextmanager
-    def calling(self) -> Iterator[None]:
+    def calling(self) -> BranchCall[None]:
         """One business call on the session: refused once the branch ended, waited for by its end.
 
         A call cut short by the end (a rollback interrupts it) raises BranchEnded, not the
         driver's error; so does one that finished while a rollback discarded its work.
         """
-        self.enter()
-        try:
-            yield
-        except self.driver_error as exc:
-            if (ended := self.ended_error()) is not None:
-                raise ended from exc
-            raise
-        finally:
-            self.leave()
-        if self.discarded and (ended := self.ended_error()) is not None:
+        return BranchCall(self, None)
+
+
+T = TypeVar("T")
+
+
+class BranchCall(Generic[T]):
+    """``with branch.calling():`` -- a class rather than a generator: every statement of business
+    code passes here, often several times."""
+
+    __slots__ = ("_branch", "_value")
+
+    def __init__(self, branch: SessionBranch, value: T):
+        self._branch = branch
+        self._value = value  # what the block is given: the session, for an RM's ``using()``
+
+    def __enter__(self) -> T:
+        self._branch.enter()
+        return self._value
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        branch = self._branch
+        # Read before the call stops counting: only then can the end proceed, and it must not
+        # turn a failure of the call's own into BranchEnded.
+        ended = branch.ended_error() if kind is not None and issubclass(kind, branch.driver_error) else None
+        branch.leave()
+        if ended is not None:
+            raise ended from error
+        if kind is None and branch.discarded and (ended := branch.ended_error()) is not None:
             raise ended
 
 

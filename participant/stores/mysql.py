@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from xatm.participant.errors import InvalidArgumentError, UnavailableError
 from xatm.participant.runtime.extras import needs_extra
-from xatm.participant.stores.branches import SavepointBranch, SessionHandle, StatementRM, no_vote
+from xatm.participant.stores.branches import BranchCall, SavepointBranch, SessionHandle, StatementRM, no_vote
 from xatm.participant.stores.mysql_errors import errno_of, to_xa_error
 from xatm.participant.stores.mysql_xa import (
     SESSION_GONE,
@@ -195,12 +195,10 @@ class _Branch(SavepointBranch):
     def __post_init__(self) -> None:
         self.handle = MariaConnection(self)
 
-    @contextmanager
-    def using(self) -> Iterator[Connection]:
+    def using(self) -> BranchCall[Connection]:
         """One business call on the session (see ``SessionBranch.calling``): a rollback cuts it short
         with KILL QUERY."""
-        with self.calling():
-            yield self.conn
+        return BranchCall(self, self.conn)
 
 
 def _refuse_control(query: Any) -> None:

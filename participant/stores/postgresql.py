@@ -27,6 +27,7 @@ from xatm.participant.runtime.extras import needs_extra
 from xatm.participant.stores.base import BranchEnded
 from xatm.participant.stores.branches import (
     XID_PART,
+    BranchCall,
     SavepointBranch,
     SessionHandle,
     StatementRM,
@@ -38,7 +39,6 @@ from xatm.participant.xa import XaCode, XaError, Xid
 
 with needs_extra("postgresql", "PostgresRM"):
     import psycopg
-    from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
     from psycopg.pq import TransactionStatus
     from psycopg_pool import ConnectionPool
@@ -69,6 +69,15 @@ def encode_gid(xid: Xid) -> str:
     check_xid(xid, max_format_id=0xFFFFFFFF, format_id_range="0..2^32-1")
     fid, gtrid, bqual = xid.format_id, xid.gtrid, xid.bqual
     return f"xatm/{fid:08x}/{gtrid}/{bqual}"
+
+
+def _gid_literal(gid: str) -> str:
+    """``gid`` as an SQL string literal. Written out rather than composed by psycopg.sql (which
+    costs more than the statement's own send): a gid of ``encode_gid`` holds only characters of
+    [0-9A-Za-z._:/-], so it needs no quoting beyond the enclosing quotes."""
+    if not _GID.fullmatch(gid):
+        raise InvalidArgumentError(f"not a gid of xatm: {gid[:200]!r}")
+    return f"'{gid}'"
 
 
 def decode_gid(gid: str) -> Xid | None:
@@ -111,12 +120,10 @@ class _Branch(SavepointBranch):
         if not self.wrote and cursor.rowcount > 0:
             self.wrote = (cursor.statusmessage or "").partition(" ")[0] in _WRITE_TAGS
 
-    @contextmanager
-    def using(self) -> Iterator[psycopg.Connection[Any]]:
+    def using(self) -> BranchCall[psycopg.Connection[Any]]:
         """One business call on the connection (see ``SessionBranch.calling``): a rollback cuts it
         short with a cancel request."""
-        with self.calling():
-            yield self.conn
+        return BranchCall(self, self.conn)
 
     def open_block(self, target: Any, opening: Callable[[Any], Any] | None = None) -> Any:
         """``target.__enter__()`` (or ``opening(target)``, e.g. ``iter``), counting the open block."""
@@ -461,7 +468,7 @@ class PostgresRM(StatementRM[_Branch]):
                 raise no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
         try:
             # Never prepared by psycopg: the gid makes every text unique (and cannot be a parameter).
-            cur = conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)), prepare=False)
+            cur = conn.execute(f"PREPARE TRANSACTION {_gid_literal(gid)}", prepare=False)
         except psycopg.Error as exc:
             error = to_xa_error(exc, "PREPARE TRANSACTION", connection_closed=conn.closed)
             if error.code == XaCode.XAER_RMFAIL:
@@ -493,7 +500,7 @@ class PostgresRM(StatementRM[_Branch]):
 
     def _end_prepared(self, xid: Xid, *, commit: bool) -> None:
         verb, gid = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED", encode_gid(xid)
-        statement = sql.SQL("{} {}").format(sql.SQL(verb), sql.Literal(gid))
+        statement = f"{verb} {_gid_literal(gid)}"
         try:
             self._on_control(verb, lambda conn: conn.execute(statement, prepare=False))
         except psycopg.errors.UndefinedObject as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench_support import bench
+from xatm.coordinator.tools.bench.report import render_table
 
 
 def test_postgresql_transfer_beside_direct_two_phase_commit(tmp_path: Path) -> None:
@@ -27,4 +28,12 @@ def test_postgresql_transfer_beside_direct_two_phase_commit(tmp_path: Path) -> N
         assert side["failed"] == 0, side
         assert side["tps"] > 0 and 0 < side["p50_ms"] <= side["p99_ms"] <= side["max_ms"], side
         assert len(side["tps_each_round"]) == 1
+    # CPU per transfer of every process taking part; the direct client is the bench process.
+    through, direct = pg["xatm"]["cpu_ms_per_transfer"], pg["direct"]["cpu_ms_per_transfer"]
+    assert set(through) == set(direct) == {"initiator", "coordinator", "bank-a", "bank-b", "postgresql"}
+    for name in through:
+        assert through[name] > 0, through
+    assert direct["initiator"] > 0 and direct["postgresql"] > 0, direct
+    table = render_table(report)
+    assert f"through xatm initiator {through['initiator']:.2f} coordinator" in table, table
     assert pg["ratio"] == pytest.approx(pg["xatm"]["tps"] / pg["direct"]["tps"], abs=0.001)

@@ -201,10 +201,15 @@ class MariaLedger:
             conn.close()
 
 
-def open_ledger(name: str, store: str) -> Ledger:
-    """``sqlite:PATH``, ``postgresql://...`` or ``mysql://...``, as ``xatm participant --resource``."""
+#: Connections a SQL store's resource manager pools for active branches, by default.
+POOL_SIZE = 4
+
+
+def open_ledger(name: str, store: str, *, pool_size: int = POOL_SIZE) -> Ledger:
+    """``sqlite:PATH``, ``postgresql://...`` or ``mysql://...``, as ``xatm participant --resource``;
+    ``pool_size``: the connections of a SQL store held by active branches at most."""
     resource = parse_resource(store)
-    rm = resource.open(name)
+    rm = resource.open(name, pool_size=pool_size)
     if isinstance(rm, SqliteRM):
         return SqliteLedger(rm)
     # The SQL RMs are imported only where their drivers are.
@@ -262,9 +267,9 @@ class AsyncAccounts(bank_pb2_grpc.AccountsServicer):
 
 
 def _open(
-    name: str, store: str, coordinator: str, listen: str, seed: dict[str, int]
+    name: str, store: str, coordinator: str, listen: str, seed: dict[str, int], pool_size: int
 ) -> tuple[Ledger, ParticipantStub]:
-    ledger = open_ledger(name, store)
+    ledger = open_ledger(name, store, pool_size=pool_size)
     for account, amount in seed.items():
         ledger.seed(account, amount)
     # A coordinator with an auth file needs a service-role token (env only: argv is visible in ps).
@@ -276,8 +281,10 @@ def _open(
     )
 
 
-async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
-    ledger, stub = _open(name, store, coordinator, listen, seed)
+async def serve_aio(
+    name: str, listen: str, store: str, coordinator: str, seed: dict[str, int], pool_size: int = POOL_SIZE
+) -> None:
+    ledger, stub = _open(name, store, coordinator, listen, seed, pool_size)
     server = grpc.aio.server(interceptors=[stub.aio_server_interceptor()], options=SERVER_OPTIONS)
     stub.add_to_server(server)
     bank_pb2_grpc.add_AccountsServicer_to_server(AsyncAccounts(stub, ledger), server)
@@ -300,8 +307,10 @@ async def serve_aio(name: str, listen: str, store: str, coordinator: str, seed: 
 SERVING_THREADS = 160
 
 
-def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, int]) -> None:
-    ledger, stub = _open(name, store, coordinator, listen, seed)
+def serve(
+    name: str, listen: str, store: str, coordinator: str, seed: dict[str, int], pool_size: int = POOL_SIZE
+) -> None:
+    ledger, stub = _open(name, store, coordinator, listen, seed, pool_size)
     server = grpc.server(
         # Business calls wait in a thread for one of the pool's connections, which branches hold
         # until phase two: with few threads, waiting calls could take every thread and starve the
@@ -326,6 +335,16 @@ def serve(name: str, listen: str, store: str, coordinator: str, seed: dict[str, 
     ledger.rm.close()
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="bank example account service")
     parser.add_argument("--name", required=True)
@@ -341,6 +360,13 @@ def main() -> None:
     )
     parser.add_argument("--coordinator", required=True, type=argument(), metavar="HOST:PORT")
     parser.add_argument("--seed", action="append", default=[], metavar="ACCOUNT=AMOUNT")
+    parser.add_argument(
+        "--pool-size",
+        type=_positive,
+        default=POOL_SIZE,
+        metavar="N",
+        help=f"connections a PostgreSQL or MySQL store keeps for transfers in flight ({POOL_SIZE})",
+    )
     parser.add_argument("--aio", action="store_true", help="serve with grpc.aio instead of a thread pool")
     parser.add_argument(
         "--metrics-listen",
@@ -355,10 +381,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     seed = {k: int(v) for k, _, v in (s.partition("=") for s in args.seed)}
     store = args.store or f"sqlite:{args.db}"
+    name, listen, coordinator, pool_size = args.name, str(args.listen), str(args.coordinator), args.pool_size
     if args.aio:
-        asyncio.run(serve_aio(args.name, str(args.listen), store, str(args.coordinator), seed))
+        asyncio.run(serve_aio(name, listen, store, coordinator, seed, pool_size))
     else:
-        serve(args.name, str(args.listen), store, str(args.coordinator), seed)
+        serve(name, listen, store, coordinator, seed, pool_size)
 
 
 if __name__ == "__main__":

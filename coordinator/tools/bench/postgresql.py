@@ -11,13 +11,18 @@ A throwaway PostgreSQL cluster (``pgcluster``) holds two databases, ``bank_a`` a
   ``tpc_commit``: UPDATE, PREPARE TRANSACTION, COMMIT PREPARED).
 
 Both run ``PG_CONCURRENCY`` blocking transfers at once (threads), each on its own pair of
-accounts so no transfer waits for another's row lock; rounds alternate the two.
+accounts so no transfer waits for another's row lock; rounds alternate the two. Each window also
+reads the CPU time of every process taking part (``/proc``): the bench process (the initiator, or
+the direct client), the coordinator, each bank and the PostgreSQL cluster (its postmaster and
+backends), reported in ms per transfer -- a figure other load on the machine moves far less than
+transfers per second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 import uuid
@@ -28,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from xatm.coordinator.tools.bench.load import Failed, Latencies, drive
+from xatm.coordinator.tools.bench.measure import cpu_seconds
+from xatm.coordinator.tools.bench.runs import pid
 from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 
 __all__ = ["PG_CONCURRENCY", "compare_postgresql"]
 
-#: Transfers in flight: each bank's resource manager holds at most 4 pooled connections by default.
+#: Transfers in flight; each bank's resource manager pools as many connections for them.
 PG_CONCURRENCY = 8
 #: Enough for every transfer ever made; amounts of 1 never run an account dry.
 OPENING_BALANCE = 1_000_000_000
@@ -41,7 +48,8 @@ OPENING_BALANCE = 1_000_000_000
 def _bank(name: str, store: str, coordinator: str, accounts: list[str], log_dir: Path) -> Proc:
     address = f"127.0.0.1:{free_port()}"
     argv = ["-m", "xatm.coordinator.tools.bank.account_service", "--name", name, "--listen", address]
-    argv += ["--store", store, "--coordinator", coordinator]
+    # As many connections as transfers in flight, as the direct client has.
+    argv += ["--store", store, "--coordinator", coordinator, "--pool-size", str(len(accounts))]
     for account in accounts:
         argv += ["--seed", f"{account}={OPENING_BALANCE}"]
     return Proc(name, argv, address, log_dir / f"{name}.log", {"XATM_FAILPOINTS": ""})
@@ -106,6 +114,29 @@ def _direct(slot: tuple[Any, Any, int]) -> None:
         raise Failed(f"direct transfer: {err}") from None
 
 
+def _cluster_pids(data_dir: Path) -> list[int]:
+    """The postmaster of the cluster at ``data_dir`` and its children (backends, writers)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _cpu(pids: dict[str, int], data_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of each named process and of the whole PostgreSQL cluster."""
+    used = {name: cpu_seconds(p) for name, p in pids.items()}
+    cluster = 0.0
+    for p in _cluster_pids(data_dir):
+        with contextlib.suppress(OSError):  # a backend that has just exited
+            cluster += cpu_seconds(p)
+    used["postgresql"] = cluster
+    return used
+
+
 @contextlib.contextmanager
 def _cluster(concurrency: int) -> Iterator[Any]:
     from xatm.coordinator.tools.pgcluster import PgCluster
@@ -164,6 +195,7 @@ async def compare_postgresql(root: Path, *, rounds: int, warmup: float, seconds:
                     _direct,
                 ),
             }
+            pids = {"initiator": os.getpid(), **{proc.name: pid(proc) for proc in (coordinator, *banks)}}
             for round_no in range(1, rounds + 1):
                 order = list(ways) if round_no % 2 else list(reversed(ways))
                 for way in order:
@@ -172,11 +204,14 @@ async def compare_postgresql(root: Path, *, rounds: int, warmup: float, seconds:
                         concurrency=concurrency,
                         warmup=warmup,
                         seconds=seconds,
-                        snapshot=lambda: None,
+                        snapshot=lambda: _cpu(pids, cluster.data_dir),
                     )
+                    done = Latencies.of(measured.window)
+                    spent = {name: measured.after[name] - measured.before[name] for name in measured.after}
+                    cpu_ms = {name: round(s * 1000 / max(done.count, 1), 3) for name, s in spent.items()}
                     runs.append({"way": way, "round": round_no, "failed": measured.window.failed,
-                                 "first_error": measured.window.first_error,
-                                 **asdict(Latencies.of(measured.window))})  # fmt: skip
+                                 "first_error": measured.window.first_error, "cpu_ms": cpu_ms,
+                                 **asdict(done)})  # fmt: skip
         finally:
             for client in clients:
                 client.close()
@@ -198,6 +233,10 @@ async def compare_postgresql(root: Path, *, rounds: int, warmup: float, seconds:
             "tps_each_round": [r["per_second"] for r in mine],
             "failed": sum(r["failed"] for r in mine),
             "first_error": next((r["first_error"] for r in mine if r["first_error"]), ""),
+            # Medians over the rounds; the coordinator and banks idle through the direct runs.
+            "cpu_ms_per_transfer": {
+                name: statistics.median(r["cpu_ms"][name] for r in mine) for name in mine[0]["cpu_ms"]
+            },
         }
 
     through, baseline = side("xatm"), side("direct")

@@ -148,6 +148,10 @@ def _postgresql(pg: dict[str, Any]) -> list[str]:
         f"max {d['max_ms']:6.1f} ms  failed {d['failed']}",
         f"  xatm/direct {pg['ratio']:.3f} "
         f"(each round {' '.join(f'{r:.2f}' for r in pg['ratio_each_round'])})",
+        "  CPU ms per transfer: through xatm "
+        + " ".join(f"{name} {ms:.2f}" for name, ms in x["cpu_ms_per_transfer"].items())
+        + f"; direct: client {d['cpu_ms_per_transfer']['initiator']:.2f} "
+        f"postgresql {d['cpu_ms_per_transfer']['postgresql']:.2f}",
     ]
 
 
