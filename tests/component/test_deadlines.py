@@ -6,34 +6,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from tests.component.conftest import Rig, until
+from tests.loop_timers import counting_timers
 from xatm.participant.xa import Phase, XaCode
 from xatm.participant.xa import TxStatus as S
 
 
-def _counting_timers(loop: asyncio.AbstractEventLoop) -> list[float]:
-    """Every timer armed on ``loop`` from now on (``call_later`` goes through ``call_at``)."""
-    armed: list[float] = []
-    call_at: Callable[..., asyncio.TimerHandle] = loop.call_at
-
-    def counting(when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(when)
-        return call_at(when, callback, *args, **kwargs)
-
-    loop.call_at = counting  # type: ignore[method-assign]
-    return armed
+def _timed_out(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The gtrids the engine logged as timed out, in the order it did."""
+    lines = [r.getMessage() for r in caplog.records]
+    return [line.split()[0] for line in lines if " timed out in " in line and line.endswith("rolling back")]
 
 
 async def test_transactions_held_open_do_not_arm_a_timer_each(rig: Rig) -> None:
     """Begun and enlisted eagerly, never completed: their deadlines share one loop timer."""
     await rig.start()
-    armed = _counting_timers(asyncio.get_running_loop())
+    armed = counting_timers(asyncio.get_running_loop())
     txs = [await rig.tx("a", "b", timeout_ms=600_000) for _ in range(300)]
     assert all(tx.status == S.CREATED for tx in txs)
     assert len(armed) <= 1
@@ -47,7 +39,7 @@ async def test_timeouts_roll_back_in_deadline_order(rig: Rig, caplog: pytest.Log
     caplog.set_level(logging.INFO, logger="xatm.coordinator")
     await until("all rolled back", lambda: all(tx.status == S.ROLLEDBACK for tx in txs))
     assert all(tx.rollback_code == XaCode.XA_RBTIMEOUT for tx in txs)
-    timed_out = [r.args[0] for r in caplog.records if r.msg == "%s timed out in %s; rolling back"]
+    timed_out = _timed_out(caplog)
     by_deadline = sorted(txs, key=lambda tx: tx.deadline_mono)
     assert timed_out == [tx.gtrid for tx in by_deadline]
 
@@ -62,7 +54,7 @@ async def test_a_transaction_completed_before_its_deadline_is_not_timed_out(
     await engine.commit(done.gtrid)
     await until("the later one timed out", lambda: later.status == S.ROLLEDBACK)
     assert done.status == S.COMMITTED and done.rollback_code is None
-    timed_out = [r.args[0] for r in caplog.records if r.msg == "%s timed out in %s; rolling back"]
+    timed_out = _timed_out(caplog)
     assert timed_out == [later.gtrid]
     phases = sorted(c.phase for c in rig.peers.calls if c.xid.gtrid == done.gtrid)
     assert phases == sorted([Phase.PREPARE, Phase.PREPARE, Phase.COMMIT, Phase.COMMIT])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
-from typing import Any
 
+from tests.loop_timers import counting_timers
 from xatm.coordinator.engine.deadlines import Deadlines
 from xatm.coordinator.protocol import Transaction
 from xatm.participant.xa import TxStatus as S
@@ -38,19 +37,6 @@ class _Watch:
         self.enough = count
         if len(self.fired) < count:
             await asyncio.wait_for(self._enough.wait(), PATIENCE)
-
-
-def _counting_timers(loop: asyncio.AbstractEventLoop) -> list[float]:
-    """Every timer armed on ``loop`` from now on (``call_later`` goes through ``call_at``)."""
-    armed: list[float] = []
-    call_at: Callable[..., asyncio.TimerHandle] = loop.call_at
-
-    def counting(when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(when)
-        return call_at(when, callback, *args, **kwargs)
-
-    loop.call_at = counting  # type: ignore[method-assign]
-    return armed
 
 
 def test_many_deadlines_fire_each_once_in_deadline_order_and_never_early() -> None:
@@ -93,7 +79,7 @@ def test_one_timer_serves_every_transaction_with_the_same_timeout() -> None:
 
     async def test() -> None:
         watch = _Watch()
-        armed = _counting_timers(asyncio.get_running_loop())
+        armed = counting_timers(asyncio.get_running_loop())
         for n in range(1000):
             watch.deadlines.add(_tx(n, time.monotonic(), 60_000))
         assert len(armed) == 1 and len(watch.deadlines) == 1000
