@@ -10,7 +10,10 @@ deadlines join the tail of a FIFO at the cost of one reference. One earlier than
 (a shorter timeout than the transactions before it) goes to a heap instead. A transaction that
 ends before its deadline is not searched for: it is skipped when its deadline comes, and ended
 ones at the front of either queue leave whenever ``settle`` is called, so transactions that end
-in about the order they began are not held after they end.
+in about the order they began are not held after they end. Behind one that stays open, ended
+ones pile up: once the queues hold twice as many as at their last sweep (and at least
+``SWEEP_AT``), a sweep keeps only those still pending, so they never hold more than about twice
+the open transactions, at a cost of O(1) per deadline in the long run.
 
 All times are ``time.monotonic()`` seconds, as ``Transaction.deadline_mono`` is.
 """
@@ -29,7 +32,10 @@ from collections.abc import Callable
 
 from xatm.coordinator.protocol import Transaction
 
-__all__ = ["Deadlines"]
+__all__ = ["SWEEP_AT", "Deadlines"]
+
+#: Deadlines held before the first sweep for ended transactions (each costs a reference).
+SWEEP_AT = 1024
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -54,6 +60,7 @@ class Deadlines:
         #: When the timer fires (inf when none is armed).
         self._armed_for = math.inf
         self._stopped = False
+        self._sweep_at = SWEEP_AT
 
     def __len__(self) -> int:
         """Deadlines held, including those of transactions that ended and were not let go yet."""
@@ -63,6 +70,8 @@ class Deadlines:
         """Watch ``tx``'s deadline (``tx.deadline_mono`` must not change afterwards)."""
         if self._stopped:
             return
+        if len(self) >= self._sweep_at:
+            self._sweep()
         deadline = tx.deadline_mono
         if not self._fifo or deadline >= self._fifo[-1].deadline_mono:
             self._fifo.append(tx)
@@ -78,6 +87,13 @@ class Deadlines:
             fifo.popleft()
         while early and not self._pending(early[0][2]):
             heapq.heappop(early)
+
+    def _sweep(self) -> None:
+        """Keep only the deadlines of pending transactions (their order stays as it was)."""
+        self._fifo = deque(tx for tx in self._fifo if self._pending(tx))
+        self._early = [entry for entry in self._early if self._pending(entry[2])]
+        heapq.heapify(self._early)
+        self._sweep_at = max(SWEEP_AT, 2 * len(self))
 
     def stop(self) -> None:
         """No deadline fires from now on, and none is watched (shutdown, or a stopped log)."""

@@ -7,7 +7,7 @@ import random
 import time
 
 from tests.loop_timers import counting_timers
-from xatm.coordinator.engine.deadlines import Deadlines
+from xatm.coordinator.engine.deadlines import SWEEP_AT, Deadlines
 from xatm.coordinator.protocol import Transaction
 from xatm.participant.xa import TxStatus as S
 
@@ -68,6 +68,28 @@ def test_a_transaction_that_ended_is_not_timed_out_and_is_let_go() -> None:
         first.status, second.status = S.COMMITTED, S.ROLLEDBACK
         watch.deadlines.settle()
         assert len(watch.deadlines) == 1  # the ended ones at the front are no longer held
+        await watch.until_fired(1)
+        assert [tx for tx, _ in watch.fired] == [last]
+
+    asyncio.run(test())
+
+
+def test_ended_transactions_behind_an_open_one_are_let_go_in_sweeps() -> None:
+    """One transaction held open at the front does not keep every one begun after it."""
+
+    async def test() -> None:
+        watch = _Watch()
+        begun = time.monotonic()
+        stays_open = _tx(0, begun, 60_000)
+        watch.deadlines.add(stays_open)
+        for n in range(1, 5 * SWEEP_AT):
+            tx = _tx(n, begun, 60_000)
+            watch.deadlines.add(tx)
+            tx.status = S.COMMITTED
+            watch.deadlines.settle()
+        assert len(watch.deadlines) <= SWEEP_AT
+        last = _tx(9, begun, 10)  # due before the open one, after a sweep: still fires
+        watch.deadlines.add(last)
         await watch.until_fired(1)
         assert [tx for tx, _ in watch.fired] == [last]
 
