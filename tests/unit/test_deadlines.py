@@ -33,6 +33,12 @@ class _Watch:
         if len(self.fired) >= self.enough:
             self._enough.set()
 
+    async def only_due(self) -> Transaction:
+        """The first transaction due, once it fired; AssertionError if others fired with it."""
+        await self.until_fired(1)
+        assert len(self.fired) == 1, [tx.gtrid for tx, _ in self.fired]
+        return self.fired[0][0]
+
     async def until_fired(self, count: int) -> None:
         self.enough = count
         if len(self.fired) < count:
@@ -68,8 +74,7 @@ def test_a_transaction_that_ended_is_not_timed_out_and_is_let_go() -> None:
         first.status, second.status = S.COMMITTED, S.ROLLEDBACK
         watch.deadlines.settle()
         assert len(watch.deadlines) == 1  # the ended ones at the front are no longer held
-        await watch.until_fired(1)
-        assert [tx for tx, _ in watch.fired] == [last]
+        assert await watch.only_due() is last
 
     asyncio.run(test())
 
@@ -90,8 +95,7 @@ def test_ended_transactions_behind_an_open_one_are_let_go_in_sweeps() -> None:
         assert len(watch.deadlines) <= SWEEP_AT
         last = _tx(9, begun, 10)  # due before the open one, after a sweep: still fires
         watch.deadlines.add(last)
-        await watch.until_fired(1)
-        assert [tx for tx, _ in watch.fired] == [last]
+        assert await watch.only_due() is last
 
     asyncio.run(test())
 
