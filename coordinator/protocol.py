@@ -99,10 +99,11 @@ class Transaction:
     rollback_code: XaCode | None = None
     rollback_reason: str = ""
     one_phase: bool = False
-    #: Branches whose prepare answer has not arrived yet.
-    awaiting_prepare: set[str] = field(default_factory=set)
-    #: Savepoint id -> bquals enlisted when it was created (in creation order).
-    savepoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Branches whose prepare answer has not arrived yet; None before the prepares go out and
+    #: after a restart (most transactions held open never prepare: no empty set each).
+    awaiting_prepare: set[str] | None = None
+    #: Savepoint id -> bquals enlisted when it was created (in creation order); None until the first.
+    savepoints: dict[str, tuple[str, ...]] | None = None
     #: Rebuilt from the log after a restart: earlier attempts may have reached the RM.
     recovered: bool = False
     #: COMMIT once the commit decision is taken (durable, or one-phase sent), ROLLBACK once
@@ -229,7 +230,7 @@ def _start_rollback(tx: Transaction, code: XaCode | None, reason: str) -> list[E
 def recover(tx: Transaction) -> list[Effect]:
     """After a coordinator restart: presumed abort for anything undecided, re-drive the rest."""
     tx.recovered = True
-    tx.awaiting_prepare.clear()
+    tx.awaiting_prepare = None
     if tx.status in (S.CREATED, S.MARKED_ROLLBACK, S.PREPARING, S.PREPARED):
         return _start_rollback(
             tx, XaCode.XA_RBROLLBACK, "coordinator restarted before a decision (presumed abort)"
@@ -350,9 +351,10 @@ def timeout(tx: Transaction) -> list[Effect]:
 def prepare_result(tx: Transaction, bqual: str, code: XaCode, reason: str = "") -> list[Effect]:
     """Read one branch's prepare answer (docs/contract.md) and decide once all have answered."""
     branch = tx.branches.get(bqual)
-    if branch is None or bqual not in tx.awaiting_prepare:
+    awaiting = tx.awaiting_prepare
+    if branch is None or awaiting is None or bqual not in awaiting:
         return []
-    tx.awaiting_prepare.discard(bqual)
+    awaiting.discard(bqual)
     _record(branch, Phase.PREPARE, code, reason)
     if code == XaCode.XA_OK:
         branch.status = B.PREPARED
@@ -450,6 +452,8 @@ def forget(tx: Transaction) -> list[Effect]:
 def create_savepoint(tx: Transaction, savepoint_id: str) -> list[Effect]:
     if tx.status != S.CREATED:
         raise _refuse(tx, "a savepoint", (S.CREATED,))
+    if tx.savepoints is None:
+        tx.savepoints = {}
     tx.savepoints[savepoint_id] = tuple(tx.branches)
     return [Send(Phase.SAVEPOINT, tuple(tx.branches), savepoint_id)] if tx.branches else []
 
@@ -459,12 +463,13 @@ def rollback_to_savepoint(tx: Transaction, savepoint_id: str) -> list[Effect]:
     earlier ones roll back to their local savepoint. Later savepoints disappear."""
     if tx.status != S.CREATED:
         raise _refuse(tx, "rollback to a savepoint", (S.CREATED,))
-    if savepoint_id not in tx.savepoints:
+    savepoints = tx.savepoints
+    if savepoints is None or savepoint_id not in savepoints:
         raise NotFoundError(f"no savepoint {savepoint_id!r} in transaction {tx.gtrid}")
-    before = tx.savepoints[savepoint_id]
-    ids = list(tx.savepoints)
+    before = savepoints[savepoint_id]
+    ids = list(savepoints)
     for later in ids[ids.index(savepoint_id) + 1 :]:
-        del tx.savepoints[later]
+        del savepoints[later]
     after = tuple(b for b in tx.branches if b not in before)
     effects: list[Effect] = []
     if after:

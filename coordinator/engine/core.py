@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -355,7 +356,7 @@ class Engine:
 
     async def _report(self, tx: sm.Transaction, branches: Iterable[BranchRef], rollback_only: str) -> None:
         """Enlist the branches an initiator carries (reported to it in reply metadata)."""
-        refs = [(validate_bqual(b.bqual), b.rm_id, b.endpoint) for b in branches]
+        refs = [(validate_bqual(b.bqual), sys.intern(b.rm_id), sys.intern(b.endpoint)) for b in branches]
         for _, rm_id, endpoint in refs:
             _check_identity("a reported branch", rm_id, endpoint)
         fresh = sum(1 for bqual, _, _ in refs if bqual not in tx.branches)
@@ -385,7 +386,9 @@ class Engine:
             raise ResourceExhaustedError(
                 f"transaction {gtrid} already has {len(tx.branches)} branches (max_branches is {limit})"
             )
-        code = sm.enlist(tx, bqual, rm_id, endpoint)
+        # Interned: a few RMs serve the branches of all transactions held open, and each branch
+        # would otherwise keep its own copies of the same two strings.
+        code = sm.enlist(tx, bqual, sys.intern(rm_id), sys.intern(endpoint))
         if code == XaCode.XA_OK:
             self.registry.enlisted(rm_id, endpoint)
         return code
@@ -580,7 +583,7 @@ class Engine:
     async def create_savepoint(self, gtrid: str) -> str:
         self._refuse_if_fenced()
         tx = self.get(gtrid)
-        if len(tx.savepoints) >= MAX_SAVEPOINTS and tx.status == TxStatus.CREATED:
+        if len(tx.savepoints or ()) >= MAX_SAVEPOINTS and tx.status == TxStatus.CREATED:
             raise ResourceExhaustedError(
                 f"transaction {gtrid} already holds {MAX_SAVEPOINTS} savepoints; roll back to an "
                 "earlier one to release the later ones"

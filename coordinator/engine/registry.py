@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from xatm.coordinator import protocol as sm
+from xatm.coordinator.engine.deadlines import Deadlines
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
@@ -55,7 +56,8 @@ class Registry:
         #: The keys of ``_by_status`` themselves, so ``_counted`` shares them instead of holding
         #: a tuple of its own per transaction.
         self._keys = {key: key for key in self._by_status}
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: One timer for the deadlines of all open transactions.
+        self._deadlines = Deadlines(self._holds_open, self._past_deadline)
         #: Transactions not yet final.
         self.open = 0
 
@@ -109,13 +111,11 @@ class Registry:
             self.add(tx)
 
     def add(self, tx: sm.Transaction) -> None:
-        """Hold ``tx``; one timer per open transaction serves its timeout and the overdue count."""
+        """Hold ``tx``; an open one's deadline serves its timeout and the overdue count."""
         self._txs[tx.gtrid] = tx
         if not tx.status.is_final:
             self.open += 1
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, tx.deadline_mono - time.monotonic())
-            self._deadlines[tx.gtrid] = loop.call_later(delay, self._past_deadline, tx.gtrid)
+            self._deadlines.add(tx)
         self.observe(tx)
 
     def enlisted(self, rm_id: str, endpoint: str) -> None:
@@ -127,7 +127,7 @@ class Registry:
 
     def observe(self, tx: sm.Transaction) -> None:
         """Bring the counts in line with ``tx``'s status; call after every status change."""
-        overdue = tx.gtrid not in self._deadlines and not tx.status.is_final
+        overdue = not tx.status.is_final and time.monotonic() >= tx.deadline_mono
         now = self._keys[(tx.status, overdue)]
         was = self._counted.get(tx.gtrid)
         if was == now:
@@ -143,9 +143,7 @@ class Registry:
     def finished(self, tx: sm.Transaction) -> None:
         """``tx`` reached a final status: no longer open, its waiters are answered."""
         self.open -= 1
-        deadline = self._deadlines.pop(tx.gtrid, None)
-        if deadline is not None:
-            deadline.cancel()
+        self._deadlines.settle()
         self.observe(tx)
         done = self._done.pop(tx.gtrid, None)
         if done is not None:
@@ -157,24 +155,22 @@ class Registry:
         counted = self._counted.pop(gtrid, None)
         if counted is not None:
             self._by_status[counted] -= 1
-        deadline = self._deadlines.pop(gtrid, None)
-        if deadline is not None:
-            deadline.cancel()
-            if tx is not None and not tx.status.is_final:
-                self.open -= 1
+        if tx is not None and not tx.status.is_final:
+            self.open -= 1
+        self._deadlines.settle()
 
-    def _past_deadline(self, gtrid: str) -> None:
-        self._deadlines.pop(gtrid, None)
-        tx = self._txs.get(gtrid)
-        if tx is not None:
-            self.observe(tx)
-            if self._on_deadline is not None:
-                self._on_deadline(gtrid)
+    def _holds_open(self, tx: sm.Transaction) -> bool:
+        """``tx`` is held here and not final: its deadline still matters."""
+        return not tx.status.is_final and self._txs.get(tx.gtrid) is tx
+
+    def _past_deadline(self, tx: sm.Transaction) -> None:
+        self.observe(tx)
+        if self._on_deadline is not None:
+            self._on_deadline(tx.gtrid)
 
     def cancel_deadlines(self) -> None:
-        """Stop every deadline timer (shutdown, or a stopped log)."""
-        for timer in self._deadlines.values():
-            timer.cancel()
+        """Stop watching deadlines (shutdown, or a stopped log)."""
+        self._deadlines.stop()
 
     def prune(self, *, retention: float, keep: int) -> None:
         """Drop completed history older than ``retention`` seconds, and the oldest past ``keep``."""

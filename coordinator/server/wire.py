@@ -25,7 +25,7 @@ def to_info(tx: Transaction) -> xa_pb2.TransactionInfo:
         deadline=timestamp(tx.begun_at + tx.timeout_ms / 1000),
         one_phase=tx.one_phase,
         recovered=tx.recovered,
-        savepoints=list(tx.savepoints),
+        savepoints=list(tx.savepoints or ()),
         rollback_reason=tx.rollback_reason,
     )
     if tx.completed_at is not None:
