@@ -70,6 +70,10 @@ __all__ = ["MAX_SAVEPOINTS", "Engine", "Result"]
 MAX_SAVEPOINTS = 1000
 #: Why a transaction whose gtrid names an earlier start of this coordinator is rolled back.
 RESTARTED = "the coordinator restarted before the transaction was decided"
+#: ``timeout_ms`` of a Commit or Rollback sent once the transaction's timeout has passed (0 would
+#: read as the default timeout): a commit carrying it is past the deadline and never commits.
+SPENT_MS = 1
+LATE_COMMIT = "the commit came after the transaction's timeout had expired"
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -511,6 +515,7 @@ class Engine:
         ``hold``) with the ``branches`` reported to the initiator, and marked rollback-only when
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
+        created = self.registry.known(gtrid) is None
         tx = self.hold(gtrid, timeout_ms, completing=True)
         if tx.status == TxStatus.CREATED and self._made_before_restart(gtrid):
             # Only a commit creates such a transaction: branches it does not carry may have been
@@ -518,9 +523,12 @@ class Engine:
             rollback_only = f"{RESTARTED}: branches enlisted before may have been forgotten"
             log.warning("%s rolled back: %s", gtrid, RESTARTED)
         await self._report(tx, branches, rollback_only)
-        if time.monotonic() >= tx.deadline_mono:
+        old = tx.status
+        if created and timeout_ms == SPENT_MS and old == TxStatus.CREATED:
+            # What an initiator sends once nothing is left of the timeout: the commit comes late.
+            await self._after(tx, old, sm.request_rollback(tx, LATE_COMMIT, XaCode.XA_RBTIMEOUT))
+        elif time.monotonic() >= tx.deadline_mono:
             # Past its timeout already (a commit that comes late): no prepare is sent.
-            old = tx.status
             await self._after(tx, old, sm.timeout(tx))
         return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 

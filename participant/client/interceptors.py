@@ -26,6 +26,7 @@ import grpc
 
 from xatm.participant.client.context import (
     COORDINATOR_KEY,
+    DEADLINE_KEY,
     GTRID_KEY,
     REPORTS_KEY,
     Binding,
@@ -64,7 +65,7 @@ Metadata = Iterable[tuple[str, str | bytes]]
 # ---------------------------------------------------------------- client side
 
 
-_OURS = (GTRID_KEY, COORDINATOR_KEY, REPORTS_KEY)
+_OURS = (GTRID_KEY, COORDINATOR_KEY, REPORTS_KEY, DEADLINE_KEY)
 
 
 def _stamp(
@@ -249,6 +250,7 @@ def aio_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 
 # ---------------------------------------------------------------- server side
+
 
 def _replace_behavior(
     handler: grpc.RpcMethodHandler, make: Callable[[Behavior, bool], Behavior]
