@@ -515,7 +515,6 @@ class Engine:
         ``hold``) with the ``branches`` reported to the initiator, and marked rollback-only when
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
-        created = self.registry.known(gtrid) is None
         tx = self.hold(gtrid, timeout_ms, completing=True)
         if tx.status == TxStatus.CREATED and self._made_before_restart(gtrid):
             # Only a commit creates such a transaction: branches it does not carry may have been
@@ -524,8 +523,9 @@ class Engine:
             log.warning("%s rolled back: %s", gtrid, RESTARTED)
         await self._report(tx, branches, rollback_only)
         old = tx.status
-        if created and timeout_ms == SPENT_MS and old == TxStatus.CREATED:
-            # What an initiator sends once nothing is left of the timeout: the commit comes late.
+        if tx.timeout_ms <= SPENT_MS and old == TxStatus.CREATED:
+            # Created with what an initiator sends once nothing is left of its timeout (or begun
+            # with 1 ms): the commit comes late, however soon after that it got here.
             await self._after(tx, old, sm.request_rollback(tx, LATE_COMMIT, XaCode.XA_RBTIMEOUT))
         elif time.monotonic() >= tx.deadline_mono:
             # Past its timeout already (a commit that comes late): no prepare is sent.
