@@ -426,7 +426,8 @@ class ParticipantStub:
                 if branch.doomed:
                     return
                 branch.doomed = True
-        collector: Reported | None = reported(tx)
+        # Eager transactions are marked at the coordinator, which times them out by itself.
+        collector: Reported | None = None if tx.enlist else reported(tx)
         if collector is not None:
             collector.doom(f"{self.rm.rm_id}: {reason}")
             return

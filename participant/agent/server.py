@@ -54,7 +54,7 @@ from xatm.participant.runtime.extras import MissingExtra, needs_extra
 from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.runtime.targets import check_addresses
-from xatm.participant.stores.base import BranchEnded, check_rm_id
+from xatm.participant.stores.base import BranchEnded, rm_id_problem
 from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
 
 if TYPE_CHECKING:
@@ -179,11 +179,9 @@ def parse_resource(spec: str) -> Resource:
 
 def _rm_id(value: str) -> str:
     """The coordinator's rule for a resource manager's id ("" stays unset: the default one)."""
-    if value:
-        try:
-            check_rm_id(value)
-        except InvalidArgumentError as error:
-            raise ValueError(error.message) from None
+    problem = rm_id_problem(value) if value else ""
+    if problem:
+        raise ValueError(problem)
     return value
 
 

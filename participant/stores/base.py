@@ -23,7 +23,7 @@ import abc
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.xa import XaCode, XaError, Xid
 
-__all__ = ["BranchEnded", "ResourceManager", "check_rm_id"]
+__all__ = ["BranchEnded", "ResourceManager", "check_rm_id", "rm_id_problem"]
 
 
 class BranchEnded(XaError):
@@ -58,14 +58,19 @@ def ended_by(verb: str, code: XaCode) -> str:
     return f"rolled back: {verb} voted {code.name}" if code.is_rollback else f"{verb} failed with {code.name}"
 
 
-def check_rm_id(value: str) -> str:
-    """``value`` if it is a resource manager id: 1-256 printable characters (no control characters,
-    no line breaks). Raises InvalidArgumentError otherwise."""
+def rm_id_problem(value: object) -> str:
+    """What is wrong with ``value`` as a resource manager id ("must ..."), "" when nothing: the
+    rule is 1-256 printable characters (no control characters, no line breaks)."""
     if not isinstance(value, str) or not 1 <= len(value) <= 256:
-        shown = repr(value)[:40]
-        raise InvalidArgumentError(f"rm_id {shown} must be 1-256 printable characters")
-    if not value.isprintable():
-        raise InvalidArgumentError(f"rm_id {value[:40]!r} must hold no control characters or line breaks")
+        return "must be 1-256 printable characters"
+    return "" if value.isprintable() else "must hold no control characters or line breaks"
+
+
+def check_rm_id(value: str) -> str:
+    """``value`` if it is a resource manager id (``rm_id_problem``); raises InvalidArgumentError."""
+    problem = rm_id_problem(value)
+    if problem:
+        raise InvalidArgumentError(f"rm_id {repr(value)[:40]} {problem}")
     return value
 
 
