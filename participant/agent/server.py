@@ -248,6 +248,8 @@ class AgentSettings(XatmSettings):
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentSettings:
     """The agent's settings from flags (None = not given), env and config file; UsageError if bad."""
+    if flags.get("rm_id") == "":  # given empty, not left out: the default would hide the mistake
+        raise UsageError(f"--rm-id '' {rm_id_problem('')} (leave it out for the default)")
     settings = load(AgentSettings, flags, environ)
     if not settings.resource:
         raise UsageError("--resource (or XATM_RESOURCE) is required")

@@ -14,7 +14,9 @@ import pytest
 
 from xatm.participant import ParticipantStub, SqliteRM, TransactionManager
 from xatm.participant.client.context import DEADLINE_KEY, TxContext, from_metadata, to_metadata, with_deadline
+from xatm.participant.agent.server import resolve
 from xatm.participant.errors import InvalidArgumentError
+from xatm.participant.runtime.config import UsageError
 from xatm.participant.stores.memory import MemoryRM
 
 GTRID = "node.0123456789abcdef0123456789abcdef0123"
@@ -74,3 +76,17 @@ def test_a_bad_rm_id_is_refused_by_every_store(rm_id: str, tmp_path: Path) -> No
     with pytest.raises(InvalidArgumentError, match="rm_id"):
         SqliteRM(tmp_path / "x.db", rm_id)
     assert SqliteRM(tmp_path / "ok.db", "x" * 256).rm_id == "x" * 256
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"rm_id": ""}, "--rm-id '' must be 1-256"),
+        ({"rm_id": "x" * 257}, "--rm-id must be 1-256"),
+        ({"advertise": "0.0.0.0:17111"}, "wildcard"),
+        ({"advertise": "127.0.0.1"}, "no port"),
+    ],
+)
+def test_the_agent_refuses_bad_identity_settings_at_start_up(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve({**flags, "resource": "sqlite:/nonexistent/kv.db"}, {})
