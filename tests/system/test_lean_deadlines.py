@@ -3,6 +3,9 @@ the transaction's timeout, a Commit that carries no time left, and an eager tran
 coordinator is killed and restarted before the commit (its forgotten branches must lose their
 locks at once, not at the participant's own expiry).
 
+Also: business calls made with a per-call timeout far shorter than the transaction's must not make
+their participants end the branches at that call's deadline (they know the transaction's own).
+
 Real processes: a coordinator and one shop participant of tests/shop_service.py, whose branches
 write the key named in the request (a second write of the same key waits for the first's lock).
 """
@@ -16,7 +19,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.bank_system import BankSystem
+from tests.chaos import FAST_RECOVERY
 from tests.shop_system import Shop, start_shop
+from xatm.coordinator.tools.bank._proto import bank_pb2
 from xatm.participant import TransactionManager, TransactionRolledBack
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.xa import TxOutcome, TxStatus, XaCode
@@ -84,3 +90,26 @@ def test_an_eager_transaction_forgotten_by_a_restart_releases_its_locks_at_once(
         with tm.begin():
             shop.order(b"ok:eager", timeout=10)
     assert int(shop.count(b"", timeout=10)) == 1
+
+
+#: Past the per-call timeout by more than the banks' call_timeout (10 s) and in-doubt pass (1 s):
+#: a participant that took the call's deadline for the transaction's has ended its branch by then.
+PAST_THE_CALLS_DEADLINE = 14.0
+
+
+def test_a_short_per_call_timeout_does_not_end_the_branches_early(tmp_path: Path) -> None:
+    system = BankSystem(tmp_path)
+    try:
+        system.start(bank_env={name: dict(FAST_RECOVERY) for name in system.banks})
+        bank = system.bank
+        assert bank is not None
+        with bank.tm.begin():  # the manager's first transaction begins at the coordinator
+            bank.source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-1), timeout=10)
+        tx = bank.tm.begin(timeout=60)
+        bank.source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-10), timeout=1)
+        bank.target.Apply(bank_pb2.ApplyRequest(account="bob", amount=10), timeout=1)
+        time.sleep(PAST_THE_CALLS_DEADLINE)
+        assert TxOutcome(tx.commit().outcome) == TxOutcome.TX_OK
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (989, 1010)
+    finally:
+        system.stop()

@@ -66,7 +66,9 @@ def test_a_participant_advertising_what_cannot_be_called_is_refused(advertise: s
 
 def test_a_negative_call_timeout_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="call_timeout"):
-        ParticipantStub(MemoryRM("rm"), coordinator="127.0.0.1:7070", advertise="127.0.0.1:1", call_timeout=-1)
+        ParticipantStub(
+            MemoryRM("rm"), coordinator="127.0.0.1:7070", advertise="127.0.0.1:1", call_timeout=-1
+        )
 
 
 @pytest.mark.parametrize("rm_id", ["", "x" * 257, "bad\nid", "tab\there"])
