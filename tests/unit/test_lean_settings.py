@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from xatm.participant import ParticipantStub, SqliteRM, TransactionManager
-from xatm.participant.client.context import DEADLINE_KEY, TxContext, from_metadata, to_metadata, with_deadline
 from xatm.participant.agent.server import resolve
+from xatm.participant.client.context import DEADLINE_KEY, TxContext, from_metadata, to_metadata, with_deadline
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.runtime.config import UsageError
 from xatm.participant.stores.memory import MemoryRM
