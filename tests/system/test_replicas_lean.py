@@ -1,14 +1,20 @@
-"""A lean transaction in its business phase when its replica dies, on a real etcd cluster.
+"""Replicas failing under lean and eager transactions, on a real etcd cluster.
+
+A lean transaction in its business phase when its replica dies:
 
 Replica r0 made the gtrid (the initiator learnt r0 with its first Begin), the banks reported their
 branches to the initiator instead of enlisting, and r0 is killed with SIGKILL before the commit: no
 replica holds the transaction or ever can. The initiator, given every replica, commits through r1:
 the commit must be answered rolled back (not NOT_FOUND), and the branches it carries rolled back at
 once, so the next transfer on the same accounts does not wait for their locks.
+
+A paused replica (SIGSTOP: it accepts connections and never answers) must not hold up the clients
+that name it beside a healthy one: their calls give it up and go to the next replica.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import grpc
@@ -72,3 +78,36 @@ def test_a_lean_commit_whose_replica_died_rolls_back_its_carried_branches(
             assert node_of(again.gtrid) == "r1"
         wait_no_prepared(system, PATIENCE)
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (994, 1006)
+
+
+#: Each call's bound to the coordinator (the initiator's, the banks' enlistments): shorter than it
+#: takes a call waiting on a paused replica to fail by its deadline alone, longer than the pings
+#: need to give that replica up.
+CALL_TIMEOUT = 8.0
+
+
+def test_a_paused_replica_does_not_hold_up_eager_transactions_that_name_another(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    with running(Replicas(etcd, tmp_path, lease_ttl=5)) as replicas:
+        system = replicas.system
+        assert system.bank is not None
+        source, target = system.bank.source, system.bank.target
+        r1, r2 = replicas.others
+        everyone = f"{r1.address},{r2.address}"
+        with TransactionManager(everyone, timeout=30, eager=True, call_timeout=CALL_TIMEOUT) as tm:
+            with tm.begin() as first:  # connects the initiator and the banks to r1
+                source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-1), timeout=10)
+                target.Apply(bank_pb2.ApplyRequest(account="bob", amount=1), timeout=10)
+            assert node_of(first.gtrid) == "r1"
+            assert r1.popen is not None
+            r1.popen.send_signal(signal.SIGSTOP)
+            try:
+                # Begin, both enlistments and the commit each find r1 paused and move on to r2.
+                with tm.begin() as second:
+                    source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-10), timeout=20)
+                    target.Apply(bank_pb2.ApplyRequest(account="bob", amount=10), timeout=20)
+                assert node_of(second.gtrid) == "r2"
+            finally:
+                r1.popen.send_signal(signal.SIGCONT)
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (989, 1011)
