@@ -37,22 +37,26 @@ def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
     return fresh(etcd_cluster)
 
 
+def move(replicas: Replicas, amount: int, timeout: float = 10) -> None:
+    """Move ``amount`` from alice (bank-a) to bob (bank-b) in the transaction active here."""
+    bank = replicas.system.bank
+    assert bank is not None
+    bank.source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-amount), timeout=timeout)
+    bank.target.Apply(bank_pb2.ApplyRequest(account="bob", amount=amount), timeout=timeout)
+
+
 def test_a_lean_commit_whose_replica_died_rolls_back_its_carried_branches(
     etcd: EtcdCluster, tmp_path: Path
 ) -> None:
     with running(Replicas(etcd, tmp_path, lease_ttl=5)) as replicas:
         system = replicas.system
-        assert system.bank is not None
-        source, target = system.bank.source, system.bank.target
         r1 = replicas.others[0]
         with TransactionManager(f"{replicas.r0.address},{r1.address}", timeout=TIMEOUT) as tm:
             with tm.begin():  # the manager's first Begin, at r0: it makes the gtrids after it
-                source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-1), timeout=10)
-                target.Apply(bank_pb2.ApplyRequest(account="bob", amount=1), timeout=10)
+                move(replicas, 1)
             tx = tm.begin()
             assert node_of(tx.gtrid) == "r0"
-            source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-100), timeout=10)
-            target.Apply(bank_pb2.ApplyRequest(account="bob", amount=100), timeout=10)
+            move(replicas, 100)
             assert len(tx._reported()[0]) == 2  # reported to the initiator, not enlisted at r0
             replicas.r0.kill()
 
@@ -73,8 +77,7 @@ def test_a_lean_commit_whose_replica_died_rolls_back_its_carried_branches(
             # The same accounts again, well within the dead transaction's timeout: its branches'
             # locks must be gone already. The manager learns r1 from the refusal and begins there.
             with tm.begin(timeout=30) as again:
-                source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-5), timeout=10)
-                target.Apply(bank_pb2.ApplyRequest(account="bob", amount=5), timeout=10)
+                move(replicas, 5)
             assert node_of(again.gtrid) == "r1"
         wait_no_prepared(system, PATIENCE)
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (994, 1006)
@@ -91,22 +94,18 @@ def test_a_paused_replica_does_not_hold_up_eager_transactions_that_name_another(
 ) -> None:
     with running(Replicas(etcd, tmp_path, lease_ttl=5)) as replicas:
         system = replicas.system
-        assert system.bank is not None
-        source, target = system.bank.source, system.bank.target
         r1, r2 = replicas.others
         everyone = f"{r1.address},{r2.address}"
         with TransactionManager(everyone, timeout=30, eager=True, call_timeout=CALL_TIMEOUT) as tm:
             with tm.begin() as first:  # connects the initiator and the banks to r1
-                source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-1), timeout=10)
-                target.Apply(bank_pb2.ApplyRequest(account="bob", amount=1), timeout=10)
+                move(replicas, 1)
             assert node_of(first.gtrid) == "r1"
             assert r1.popen is not None
             r1.popen.send_signal(signal.SIGSTOP)
             try:
                 # Begin, both enlistments and the commit each find r1 paused and move on to r2.
                 with tm.begin() as second:
-                    source.Apply(bank_pb2.ApplyRequest(account="alice", amount=-10), timeout=20)
-                    target.Apply(bank_pb2.ApplyRequest(account="bob", amount=10), timeout=20)
+                    move(replicas, 10, timeout=20)
                 assert node_of(second.gtrid) == "r2"
             finally:
                 r1.popen.send_signal(signal.SIGCONT)
