@@ -55,6 +55,7 @@ from xatm.participant.client.context import (
 from xatm.participant.client.initiator import (
     COORDINATOR_SERVICE,
     auth_metadata,
+    checked_timeout,
     coordinator_channel,
     to_xatm_error,
 )
@@ -68,7 +69,7 @@ from xatm.participant.errors import (
     XatmError,
 )
 from xatm.participant.runtime import tracing
-from xatm.participant.runtime.address import AddressError
+from xatm.participant.runtime.address import AddressError, callable_address
 from xatm.participant.runtime.allowlist import AllowList
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
@@ -146,12 +147,15 @@ class ParticipantStub:
         ``HOST:PORT`` addresses, IP addresses, host names (any port) or networks (CIDR),
         comma-separated text or a list; the addresses in ``coordinator`` are always allowed.
 
-        Raises InvalidArgumentError for a malformed ``coordinator`` or ``allowed_coordinators``.
+        Raises InvalidArgumentError for a malformed ``coordinator`` or ``allowed_coordinators``,
+        an ``advertise`` that is not a ``HOST:PORT`` another process can call (a wildcard), or a
+        ``call_timeout`` that is not a positive finite number of seconds.
         """
         self.rm = rm
         self.eager = eager
         self.coordinator = coordinator
-        self.advertise = advertise
+        self.advertise = callable_address(advertise)
+        checked_timeout(call_timeout, "call_timeout")
         self.call_timeout = call_timeout
         self._credentials = channel_credentials
         self._metadata = auth_metadata(token)
@@ -238,7 +242,7 @@ class ParticipantStub:
                 first = branch.error
                 raise EnlistError(first.status, first.message, getattr(first, "xa_code", None))
             opening = not branch.enlisted
-            if opening and (collector is None or self.eager):
+            if opening and (collector is None or self.eager or tx.enlist):
                 self._enlist_first(tx, branch)
             elif opening:
                 branch.enlisted = branch.reported = True
@@ -432,7 +436,8 @@ class ParticipantStub:
                 if branch.doomed:
                     return
                 branch.doomed = True
-        collector: Reported | None = reported(tx)
+        # Eager transactions are marked at the coordinator, which times them out by itself.
+        collector: Reported | None = None if tx.enlist else reported(tx)
         if collector is not None:
             collector.doom(f"{self.rm.rm_id}: {reason}")
             return

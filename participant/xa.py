@@ -222,7 +222,15 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 #: gRPC's channel arguments, ``GRPC_ARG_ALLOW_REUSEPORT``): a second process then listens on a
 #: port already served and the kernel splits connections between the two, so a participant's
 #: prepare could reach another resource manager. With 0, the second bind fails at start-up.
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
+#:
+#: Clients of several coordinator replicas ping while a call waits (``runtime.targets``), to give
+#: up on a paused replica; the server takes those pings however often they come, rather than
+#: answering them with GOAWAY "too_many_pings", which would fail a healthy call in flight.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+)
 
 
 def validate_gtrid(value: str) -> str:

@@ -26,9 +26,9 @@ from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.services import CoordinatorServicer, rpc
 from xatm.coordinator.txlog.etcd.client import is_outage
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
-from xatm.participant.errors import InvalidArgumentError, UnavailableError
+from xatm.participant.errors import InvalidArgumentError, UnavailableError, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import TxStatus
+from xatm.participant.xa import Phase, TxStatus, XaCode, Xid, node_of, validate_bqual, validate_gtrid
 
 __all__ = ["ReplicaAdminOps", "RoutedCoordinatorServicer"]
 
@@ -45,14 +45,20 @@ log = logging.getLogger(__name__)
 Method = Callable[[Any, Any, Any], Awaitable[Any]]
 
 
-def _routed(name: str, gtrid_of: Callable[[Any], str]) -> Method:
-    """Coordinator method ``name``, served here or by the replica owning the request's gtrid."""
+def _routed(name: str, gtrid_of: Callable[[Any], str], *, completing: bool = False) -> Method:
+    """Coordinator method ``name``, served here or by the replica owning the request's gtrid.
+
+    ``completing`` (Commit, Rollback): a gtrid that no replica holds or can ever decide (its
+    replica died before logging anything of it) is rolled back here, carried branches included.
+    """
     served_here = getattr(CoordinatorServicer, name).__wrapped__  # the method under its ``rpc``
 
     async def method(self: RoutedCoordinatorServicer, request: Any, context: Any) -> Any:
         owner = await self.forwarder.route(gtrid_of(request))
         if owner is not None:
             return await self.forwarder.call(owner, "Coordinator", name, request)
+        if completing and await self._orphaned(request.gtrid):
+            return await self._roll_back_orphan(request, name)
         reply = await served_here(self, request, context)
         if isinstance(reply, xa_pb2.TransactionInfo):
             reply.owner = self.engine.node_id
@@ -80,9 +86,76 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
         self.forwarder = forwarder
 
     Enlist = _routed("Enlist", _gtrid)
-    Commit = _routed("Commit", _gtrid)
-    Rollback = _routed("Rollback", _gtrid)
+    Commit = _routed("Commit", _gtrid, completing=True)
+    Rollback = _routed("Rollback", _gtrid, completing=True)
     MarkRollbackOnly = _routed("MarkRollbackOnly", _gtrid)
+
+    async def _orphaned(self, gtrid: str) -> bool:
+        """Whether ``gtrid`` was begun by another replica that is dead and left no record of it in
+        etcd: presumed abort, nothing was decided, and nobody can decide it any more (that replica's
+        writes are fenced by its lost lease; restarted, it refuses gtrids of its earlier start)."""
+        try:
+            validate_gtrid(gtrid)
+        except XatmError:
+            return False  # refused as malformed where it is served
+        if node_of(gtrid) == self.engine.node_id or self.engine.known(gtrid) is not None:
+            return False
+        try:
+            return await self.forwarder.directory.owner(gtrid) is None
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            raise UnavailableError(
+                f"etcd cannot answer, so who holds {gtrid} is not known: retry later"
+            ) from None
+
+    async def _roll_back_orphan(
+        self, request: coordinator_pb2.CompletionRequest, verb: str
+    ) -> coordinator_pb2.CompletionResponse:
+        """Roll back the branches a Commit or Rollback of an orphaned gtrid carries (they may hold
+        locks until their participants' own expiry otherwise), and answer it rolled back: TX_OK to
+        a rollback, TX_ROLLBACK to a commit. A branch that cannot be reached now is ended by its
+        participant past the transaction's deadline, as for any branch no coordinator reached."""
+        gtrid = request.gtrid
+        branches = self._branches(request.branches)
+        for branch in branches:
+            validate_bqual(branch.bqual)
+        reason = (
+            f"replica {node_of(gtrid)} that began the transaction died before deciding it and"
+            " logged nothing of it (presumed abort)"
+        )
+        log.warning("%s rolled back here: %s", gtrid, reason)
+        timeout = self.engine.settings.call_timeout
+        results = await asyncio.gather(
+            *(
+                self.engine.peers.call(b.endpoint, Phase.ROLLBACK, Xid(gtrid, b.bqual), timeout=timeout)
+                for b in branches
+            )
+        )
+        reply = coordinator_pb2.CompletionResponse(
+            gtrid=gtrid,
+            outcome=xa_pb2.TX_OK if verb == "Rollback" else xa_pb2.TX_ROLLBACK,
+            status=xa_pb2.TRANSACTION_STATUS_ROLLEDBACK,
+            rollback_code=xa_pb2.XA_RBROLLBACK,
+            rollback_reason=reason,
+            incarnation=self.engine.incarnation,
+        )
+        for branch, (code, why) in zip(branches, results, strict=True):
+            done = code == XaCode.XA_OK or code == XaCode.XAER_NOTA or code.is_rollback
+            reply.branches.append(
+                xa_pb2.BranchInfo(
+                    bqual=branch.bqual,
+                    rm_id=branch.rm_id,
+                    endpoint=branch.endpoint,
+                    status=xa_pb2.BRANCH_STATUS_ROLLEDBACK if done else xa_pb2.BRANCH_STATUS_ENLISTED,
+                    last_code=proto_enum(code, xa_pb2.XaCode),
+                    last_phase=xa_pb2.PHASE_ROLLBACK,
+                    last_reason=why[:500],
+                    has_last_code=True,
+                )
+            )
+        return reply
+
     GetStatus = _routed("GetStatus", _gtrid)
     QueryOutcome = _routed("QueryOutcome", _xid_gtrid)
     ReportOutcome = _routed("ReportOutcome", _xid_gtrid)

@@ -71,6 +71,10 @@ __all__ = ["MAX_SAVEPOINTS", "Engine", "Result"]
 MAX_SAVEPOINTS = 1000
 #: Why a transaction whose gtrid names an earlier start of this coordinator is rolled back.
 RESTARTED = "the coordinator restarted before the transaction was decided"
+#: ``timeout_ms`` of a Commit or Rollback sent once the transaction's timeout has passed (0 would
+#: read as the default timeout): a commit carrying it is past the deadline and never commits.
+SPENT_MS = 1
+LATE_COMMIT = "the commit came after the transaction's timeout had expired"
 
 log = logging.getLogger("xatm.coordinator")
 
@@ -521,9 +525,13 @@ class Engine:
             rollback_only = f"{RESTARTED}: branches enlisted before may have been forgotten"
             log.warning("%s rolled back: %s", gtrid, RESTARTED)
         await self._report(tx, branches, rollback_only)
-        if time.monotonic() >= tx.deadline_mono:
+        old = tx.status
+        if tx.timeout_ms <= SPENT_MS and old == TxStatus.CREATED:
+            # Created with what an initiator sends once nothing is left of its timeout (or begun
+            # with 1 ms): the commit comes late, however soon after that it got here.
+            await self._after(tx, old, sm.request_rollback(tx, LATE_COMMIT, XaCode.XA_RBTIMEOUT))
+        elif time.monotonic() >= tx.deadline_mono:
             # Past its timeout already (a commit that comes late): no prepare is sent.
-            old = tx.status
             await self._after(tx, old, sm.timeout(tx))
         return await self._complete(gtrid, sm.request_commit, Phase.COMMIT)
 

@@ -79,7 +79,7 @@ def _crash_scene(coord: Proc, bank: Any, say: Callable[[str], None], check: _Che
     coord.stop()
     coord.start(extra_env={"XATM_FAILPOINTS": "coordinator.after_decision=crash"})
     # A restarted coordinator refuses gtrids made for its previous start: begin at it first.
-    bank.tm.node_id = None
+    bank.tm.relearn()
     result = bank.transfer("alice", "bob", 10)
     code = coord.wait_exit(10)
     seen = result.detail.split(";")[0]

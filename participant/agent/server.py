@@ -39,11 +39,10 @@ from pydantic.json_schema import JsonDict
 from xatm.participant.api.v1 import agent_pb2, agent_pb2_grpc
 from xatm.participant.client.context import current
 from xatm.participant.errors import FailedPreconditionError, InvalidArgumentError, Status, XatmError
-from xatm.participant.runtime.address import Address, check_free
+from xatm.participant.runtime.address import Address, AddressError, callable_address, check_free
 from xatm.participant.runtime.allowlist import AllowList, as_text
 from xatm.participant.runtime.config import (
     ListenAddress,
-    PeerAddress,
     PositiveFloat,
     UsageError,
     XatmSettings,
@@ -55,7 +54,7 @@ from xatm.participant.runtime.extras import MissingExtra, needs_extra
 from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.runtime.targets import check_addresses
-from xatm.participant.stores.base import BranchEnded
+from xatm.participant.stores.base import BranchEnded, rm_id_problem
 from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
 
 if TYPE_CHECKING:
@@ -179,12 +178,19 @@ def parse_resource(spec: str) -> Resource:
 
 
 def _rm_id(value: str) -> str:
-    """The coordinator's rule for a resource manager's id: at most 256 printable characters."""
-    if len(value) > 256:
-        raise ValueError("must be at most 256 characters")
-    if not value.isprintable():
-        raise ValueError("must hold no control characters")
+    """The coordinator's rule for a resource manager's id ("" stays unset: the default one)."""
+    problem = rm_id_problem(value) if value else ""
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+def _callable(value: str) -> str:
+    """An address the coordinator can call ("" stays unset): never a wildcard."""
+    try:
+        return callable_address(value) if value else value
+    except AddressError as error:
+        raise ValueError(error.message) from None
 
 
 def _allow_coordinators(value: str) -> str:
@@ -212,7 +218,7 @@ class AgentSettings(XatmSettings):
         description="coordinator gRPC address, or several replicas' comma-separated",
         json_schema_extra=_HP,
     )
-    advertise: PeerAddress = Field(
+    advertise: Annotated[str, AfterValidator(_callable)] = Field(
         default="",
         description="address the coordinator calls this agent at; default: the listen address",
         json_schema_extra=_HP,
@@ -242,6 +248,8 @@ class AgentSettings(XatmSettings):
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentSettings:
     """The agent's settings from flags (None = not given), env and config file; UsageError if bad."""
+    if flags.get("rm_id") == "":  # given empty, not left out: the default would hide the mistake
+        raise UsageError(f"--rm-id '' {rm_id_problem('')} (leave it out for the default)")
     settings = load(AgentSettings, flags, environ)
     if not settings.resource:
         raise UsageError("--resource (or XATM_RESOURCE) is required")

@@ -37,6 +37,7 @@ from xatm.participant.xa import XaError, validate_bqual, validate_gtrid
 __all__ = [
     "BRANCHES_KEY",
     "COORDINATOR_KEY",
+    "DEADLINE_KEY",
     "GTRID_KEY",
     "MAX_REPORTED",
     "REPORTS_KEY",
@@ -61,8 +62,18 @@ __all__ = [
 
 GTRID_KEY = "xatm-gtrid"
 COORDINATOR_KEY = "xatm-coordinator"
-#: Request metadata: "1" when the caller takes branch reports (lazy enlistment).
+#: Request metadata: "1" when the caller takes branch reports (lazy enlistment); "2" when it takes
+#: them and the branch must also enlist at the coordinator (eager enlistment: the Commit carries the
+#: branches all the same, so a coordinator that forgot them on a restart still rolls them back).
+#: Any other value: no reports (a participant that only knows "1" enlists on "2", as eager wants).
 REPORTS_KEY = "xatm-reports"
+_REPORTS = {"1": (True, False), "2": (True, True)}
+#: Request metadata: what remained of the transaction's timeout when the call was sent, in whole
+#: ms (decimal). Relative, so the two processes' clocks never need to agree; the call's own gRPC
+#: deadline may be shorter (a per-call timeout) and is not the transaction's.
+DEADLINE_KEY = "xatm-deadline-ms"
+#: The largest ``DEADLINE_KEY`` value taken: the longest timeout the wire carries (uint32 ms).
+_MAX_DEADLINE_MS = 2**32 - 1
 #: Trailing metadata of a reply: a serialized ``BranchReport``.
 BRANCHES_KEY = "xatm-branches-bin"
 #: Branches one report may carry; a longer one is refused as malformed (the coordinator's own
@@ -161,10 +172,14 @@ class TxContext:
     #: host:port of the coordinator that began it; participants enlist there.
     coordinator: str
     #: time.monotonic() of this process after which the coordinator rolls the transaction back.
-    #: It never leaves the process: calls carry what remains as their own gRPC deadline.
+    #: It never leaves the process: calls carry what remains (``DEADLINE_KEY``), and cap their own
+    #: gRPC deadline at it.
     deadline: float | None = None
     #: The caller takes branch reports: a participant reports its branch back instead of enlisting.
     reports: bool = False
+    #: Eager enlistment: a participant enlists its branch at the coordinator, and reports it too
+    #: when ``reports``.
+    enlist: bool = False
     #: Where the initiator gathers them (None in a served call: the call's reply carries them).
     reported: Reported | None = field(default=None, compare=False)
 
@@ -332,26 +347,32 @@ def to_metadata(tx: TxContext, reports: bool = True) -> list[tuple[str, str]]:
     pairs = [(GTRID_KEY, tx.gtrid)]
     if tx.coordinator:
         pairs.append((COORDINATOR_KEY, tx.coordinator))
+    remaining = tx.remaining()
+    if remaining is not None:
+        pairs.append((DEADLINE_KEY, str(min(_MAX_DEADLINE_MS, int(remaining * 1000)))))
     if tx.reports and reports:
-        pairs.append((REPORTS_KEY, "1"))
+        pairs.append((REPORTS_KEY, "2" if tx.enlist else "1"))
     return pairs
 
 
 def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxContext | None:
     """Read the transaction an incoming call belongs to; None when it carries none.
 
-    Malformed values raise INVALID_ARGUMENT rather than reaching any lookup. The deadline
-    is not in the metadata: it travels as the call's own gRPC deadline (see ``with_deadline``).
+    Malformed values raise INVALID_ARGUMENT rather than reaching any lookup. The transaction's
+    deadline comes from ``DEADLINE_KEY`` (what remained when the call was sent, read against this
+    process's monotonic clock); without it, ``with_deadline`` falls back on the call's deadline.
     """
-    gtrid = coordinator = None
-    reports = False
+    gtrid = coordinator = left = None
+    reports = enlist = False
     for key, value in metadata or ():
         if key == GTRID_KEY:
             gtrid = value
         elif key == COORDINATOR_KEY:
             coordinator = value
-        elif key == REPORTS_KEY:
-            reports = value == "1"
+        elif key == REPORTS_KEY and isinstance(value, str):
+            reports, enlist = _REPORTS.get(value, (False, False))
+        elif key == DEADLINE_KEY:
+            left = value
     if gtrid is None:
         return None
     if not isinstance(gtrid, str):
@@ -363,15 +384,30 @@ def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> TxConte
             f"malformed {COORDINATOR_KEY} metadata {str(coordinator)[:80]!r}: expected host:port "
             "or a comma-separated list",
         )
-    return TxContext(gtrid, coordinator, reports=reports)
+    deadline = None if left is None else time.monotonic() + _parse_left_ms(left) / 1000
+    return TxContext(gtrid, coordinator, deadline, reports=reports, enlist=enlist)
+
+
+def _parse_left_ms(value: str | bytes) -> int:
+    """The ``DEADLINE_KEY`` value: 1-10 decimal digits, at most the longest timeout the wire
+    carries. Raises InvalidArgumentError otherwise (a sign, spaces, a fraction, bytes...)."""
+    if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 10:
+        raise InvalidArgumentError(
+            f"malformed {DEADLINE_KEY} metadata {str(value)[:40]!r}: expected whole milliseconds"
+        )
+    if int(value) > _MAX_DEADLINE_MS:
+        raise InvalidArgumentError(f"{DEADLINE_KEY} metadata {value} is more than {_MAX_DEADLINE_MS} ms")
+    return int(value)
 
 
 def with_deadline(tx: TxContext, time_remaining: float | None) -> TxContext:
-    """``tx`` with the deadline of the incoming call that carried it.
+    """``tx`` with a deadline: its own when the call carried it (``DEADLINE_KEY``), else the
+    deadline of the incoming call, for callers that do not send the transaction's.
 
-    The client interceptors cap each call's deadline at the transaction's, so the call
-    deadline is the best bound this process knows.
+    The call's deadline is only a stand-in: it may be shorter than the transaction's (a call
+    made with its own short timeout), and a branch ended at it would roll back work the
+    initiator still means to commit.
     """
-    if time_remaining is None or time_remaining >= _NO_DEADLINE:
+    if tx.deadline is not None or time_remaining is None or time_remaining >= _NO_DEADLINE:
         return tx
     return dataclasses.replace(tx, deadline=time.monotonic() + time_remaining)

@@ -28,6 +28,7 @@ the sync and asyncio classes only differ in how they drive them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Generator
@@ -40,11 +41,17 @@ from google.protobuf.message import Message
 
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.client.context import Binding, Reported, TxContext, bind, bound, use
-from xatm.participant.errors import FailedPreconditionError, Status, XatmError, error_for
+from xatm.participant.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    Status,
+    XatmError,
+    error_for,
+)
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
-from xatm.participant.runtime.targets import channel_target
+from xatm.participant.runtime.targets import channel_target, parse_addresses
 from xatm.participant.xa import (
     CHANNEL_OPTIONS,
     TxOutcome,
@@ -103,6 +110,29 @@ def coordinator_channel(
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+#: The longest transaction timeout the wire carries (ms in an unsigned 32-bit field), in seconds.
+MAX_TIMEOUT = (2**32 - 1) / 1000
+
+
+def checked_timeout(value: float | None, what: str = "timeout") -> float | None:
+    """``value`` if it is a usable transaction timeout in seconds (None: the coordinator's default).
+
+    Raises InvalidArgumentError, one line each, for a value that is not a number, not finite (NaN,
+    infinity), zero or negative, or longer than the wire carries (``MAX_TIMEOUT``, ~49.7 days).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(f"{what} must be a number of seconds or None, not {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgumentError(f"{what} must be a finite number of seconds, not {value!r}")
+    if value <= 0:
+        raise InvalidArgumentError(f"{what} must be more than 0 seconds, not {value!r}")
+    if value > MAX_TIMEOUT:
+        raise InvalidArgumentError(f"{what} must be at most {MAX_TIMEOUT:.0f} seconds, not {value!r}")
+    return float(value)
 
 
 #: Failures of a call after which the coordinator may or may not have acted on it.
@@ -206,7 +236,9 @@ class _TransactionBase:
 
     def __init__(self, manager: _ManagerBase, timeout: float | None):
         self._manager = manager
-        self._timeout = manager.timeout if timeout is None else timeout
+        self._timeout = manager.timeout if timeout is None else checked_timeout(timeout)
+        #: The timeout in force, in ms, once begun (0: not known here, the coordinator's default).
+        self._timeout_ms = 0
         self._gtrid: str | None = None
         self._binding: Binding | None = None
         self._begin_asked = False
@@ -281,9 +313,9 @@ class _TransactionBase:
         manager = self._manager
         timeout_ms = 0 if self._timeout is None else max(1, round(self._timeout * 1000))
         sent = time.monotonic()
-        # Reports only when the gtrid is made here: a transaction begun at the coordinator is timed
-        # out there, which must know its branches by then (they enlist).
-        reports = False
+        # A transaction begun at the coordinator is timed out there, which must know its branches
+        # by then: they enlist (``enlist``), and are reported all the same, so that the Commit carries
+        # them to a coordinator that forgot them in a restart, which rolls them back at once.
         if manager.eager or manager.node_id is None or not (timeout_ms or manager.default_timeout_ms):
             reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
             try:
@@ -299,13 +331,18 @@ class _TransactionBase:
             # Made here: the coordinator hears of the transaction with its commit or rollback.
             self._gtrid = new_gtrid(manager.node_id, manager.incarnation)
             timeout_ms = min(timeout_ms or manager.default_timeout_ms, manager.max_timeout_ms)
-            reports = True
         deadline = sent + timeout_ms / 1000 if timeout_ms else None
+        self._timeout_ms = timeout_ms
         assert self._binding is not None
         # Filled in, not bound: it is active in the context that called begin(), even when this
         # flow runs in another task.
         self._binding.tx = TxContext(
-            self._gtrid, manager.coordinator, deadline, reports, Reported(self._gtrid) if reports else None
+            self._gtrid,
+            manager.coordinator,
+            deadline,
+            reports=True,
+            enlist=self._held,
+            reported=Reported(self._gtrid),
         )
 
     def _left_ms(self) -> int:
@@ -327,8 +364,9 @@ class _TransactionBase:
         """Make sure the coordinator holds the transaction and every branch reported so far, before
         a call that needs them there (status, savepoints): one Begin naming the gtrid."""
         branches, _ = self._reported()
-        if self._held and {b.bqual for b in branches} <= self._sent:
-            return
+        enlisting = self._binding is not None and self._binding.tx is not None and self._binding.tx.enlist
+        if self._held and (enlisting or {b.bqual for b in branches} <= self._sent):
+            return  # held, and its branches enlisted there themselves or were sent
         yield (
             "Begin",
             coordinator_pb2.BeginRequest(gtrid=self.gtrid, timeout_ms=self._left_ms(), branches=branches),
@@ -341,14 +379,46 @@ class _TransactionBase:
         if self._binding is not None:
             self._binding.close()
 
-    def _completion(self) -> coordinator_pb2.CompletionRequest:
-        """Commit or Rollback of this transaction, with what the coordinator may not know yet."""
+    def _completion(self, why: str = "") -> coordinator_pb2.CompletionRequest:
+        """Commit or Rollback of this transaction, with what the coordinator may not know yet;
+        ``why``: the reason a rollback gives when no reported branch gave one."""
         branches, rollback_only = self._reported()
         return coordinator_pb2.CompletionRequest(
-            gtrid=self.gtrid, timeout_ms=self._left_ms(), branches=branches, rollback_only=rollback_only
+            gtrid=self.gtrid,
+            timeout_ms=self._left_ms(),
+            branches=branches,
+            rollback_only=rollback_only or why,
         )
 
+    def _timed_out(self) -> bool:
+        """The transaction's timeout has passed here: a commit asked now would come too late."""
+        return self._binding is not None and self._binding.expired()
+
+    def _late_commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
+        """Commit asked past the deadline: roll back instead (with the reported branches, so the
+        coordinator undoes them at once) and raise TransactionRolledBack for XA_RBTIMEOUT. Never a
+        Commit: the coordinator, hearing of the transaction only now, could not tell it is late."""
+        reason = f"transaction timeout of {self._timeout_ms} ms expired before the commit was asked"
+        try:
+            reply = yield from self._rollback_flow(reason)
+        except TransactionError:
+            raise  # rolled back only in part: that says more than the timeout
+        except XatmError as error:
+            # Nothing commits without a Commit; the branches are ended by their participants past
+            # the deadline (or by the coordinator's own timeout when they enlisted there).
+            reason += f"; its rollback was not delivered ({error.message})"
+            reply = coordinator_pb2.CompletionResponse(gtrid=self.gtrid)
+        answer = coordinator_pb2.CompletionResponse()
+        answer.CopyFrom(reply)
+        answer.outcome = xa_pb2.TX_ROLLBACK
+        answer.rollback_code = xa_pb2.XA_RBTIMEOUT
+        answer.rollback_reason = reason
+        raise TransactionError.of("commit", answer)
+
     def _commit_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
+        if self._timed_out():
+            self._end()
+            return (yield from self._late_commit_flow())
         self._end()
         try:
             reply = yield "Commit", self._completion()
@@ -367,10 +437,10 @@ class _TransactionBase:
             raise TransactionError.of("commit", reply)
         return reply
 
-    def _rollback_flow(self) -> Flow[coordinator_pb2.CompletionResponse]:
+    def _rollback_flow(self, why: str = "") -> Flow[coordinator_pb2.CompletionResponse]:
         self._end()
         try:
-            reply = yield "Rollback", self._completion()
+            reply = yield "Rollback", self._completion(why)
             self._manager._restarted(reply)
         except XatmError as error:
             self._manager._unknown(error)
@@ -544,7 +614,8 @@ class _ManagerBase:
         call_timeout: float | None = 30.0,
         eager: bool = False,
     ):
-        #: host:port of the coordinator; participants enlist there too.
+        parse_addresses(coordinator)  # one line at construction, never a dial to a mangled target
+        #: host:port of the coordinator (or several, comma-separated); participants enlist there too.
         self.coordinator = coordinator
         #: Begin at the coordinator and have participants enlist there (two round trips more per
         #: transaction, plus one per branch); by default gtrids are made here and branches
@@ -560,9 +631,9 @@ class _ManagerBase:
         self.default_timeout_ms = 0
         self.max_timeout_ms = 0
         #: Default transaction timeout in seconds (None: the coordinator's default).
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         #: Deadline of each call to the coordinator, separate from the transaction timeout.
-        self.call_timeout = call_timeout
+        self.call_timeout = checked_timeout(call_timeout, "call_timeout")
         self._credentials = channel_credentials
         self._metadata = auth_metadata(token)
         self._channel: Any = None
@@ -582,6 +653,18 @@ class _ManagerBase:
             self.default_timeout_ms = reply.timeout_ms
         self.max_timeout_ms = reply.max_timeout_ms
         self.node_id, self.incarnation = node, reply.incarnation
+
+    def relearn(self) -> None:
+        """Have the next ``begin()`` go to the coordinator and learn again its node id, incarnation
+        and default timeout (one ``Begin`` round trip), as the manager's first one did.
+
+        For an application that knows the coordinator restarted (its supervisor told it, or an
+        operator did): gtrids made here carry the incarnation learnt before, and a restarted
+        coordinator rolls back the first commit that carries an older one. Without this call, that
+        refusal is how the manager learns the new incarnation. Transactions already begun keep
+        their gtrid.
+        """
+        self.node_id = None
 
     def _unknown(self, error: XatmError) -> None:
         """A Commit or Rollback refused as an unknown transaction: the coordinator answering is

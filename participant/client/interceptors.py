@@ -26,6 +26,7 @@ import grpc
 
 from xatm.participant.client.context import (
     COORDINATOR_KEY,
+    DEADLINE_KEY,
     GTRID_KEY,
     REPORTS_KEY,
     Binding,
@@ -65,7 +66,7 @@ Metadata = Iterable[tuple[str, str | bytes]]
 # ---------------------------------------------------------------- client side
 
 
-_OURS = (GTRID_KEY, COORDINATOR_KEY, REPORTS_KEY)
+_OURS = (GTRID_KEY, COORDINATOR_KEY, REPORTS_KEY, DEADLINE_KEY)
 
 
 def _stamp(

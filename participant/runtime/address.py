@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xatm.participant.errors import InvalidArgumentError
 
-__all__ = ["Address", "AddressError", "argument", "check_free"]
+__all__ = ["Address", "AddressError", "argument", "callable_address", "check_free"]
 
 # Letters, digits, '-', '_' and dots: DNS names (and the names of containers and Kubernetes services).
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
@@ -89,6 +89,17 @@ class Address:
     def is_wildcard(self) -> bool:
         """Every interface (0.0.0.0 or ::): not an address another process can call."""
         return self.host in _WILDCARDS
+
+
+def callable_address(text: str) -> str:
+    """``text`` normalised if another process can call it there: ``HOST:PORT``, port 1-65535, not
+    a wildcard. For what a process advertises (a participant's endpoint). Raises AddressError."""
+    where = Address.parse(text)
+    if where.is_wildcard:
+        raise Address._bad(
+            text, "a wildcard listens everywhere but cannot be called: give this host's name or address"
+        )
+    return str(where)
 
 
 def argument(*, listen: bool = False) -> Callable[[str], Address]:

@@ -40,10 +40,23 @@ _RETRY = {
         }
     ]
 }
+#: Seconds between HTTP/2 pings while a call waits on a replica, and the wait for each ping's
+#: answer. A replica that is paused (SIGSTOP, a frozen VM) still accepts connections and never
+#: answers: without pings a call to it waits out its whole deadline; with them the connection is
+#: given up after about both, the call fails UNAVAILABLE and is retried on the next replica. Every
+#: xatm server accepts pings this often (``SERVER_OPTIONS``).
+KEEPALIVE_TIME = 1.0
+KEEPALIVE_TIMEOUT = 2.0
 #: Channel options of a coordinator channel that fails over (besides xatm's usual ones).
 FAILOVER_OPTIONS: tuple[tuple[str, str | int], ...] = (
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(_RETRY)),
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+    ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+    ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+    # Pings only while calls are under way: an idle channel costs the replicas nothing.
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 

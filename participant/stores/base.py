@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import abc
 
+from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.xa import XaCode, XaError, Xid
 
-__all__ = ["BranchEnded", "ResourceManager"]
+__all__ = ["BranchEnded", "ResourceManager", "check_rm_id", "rm_id_problem"]
 
 
 class BranchEnded(XaError):
@@ -57,11 +58,36 @@ def ended_by(verb: str, code: XaCode) -> str:
     return f"rolled back: {verb} voted {code.name}" if code.is_rollback else f"{verb} failed with {code.name}"
 
 
+def rm_id_problem(value: object) -> str:
+    """What is wrong with ``value`` as a resource manager id ("must ..."), "" when nothing: the
+    rule is 1-256 printable characters (no control characters, no line breaks)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 256:
+        return "must be 1-256 printable characters"
+    return "" if value.isprintable() else "must hold no control characters or line breaks"
+
+
+def check_rm_id(value: str) -> str:
+    """``value`` if it is a resource manager id (``rm_id_problem``); raises InvalidArgumentError."""
+    problem = rm_id_problem(value)
+    if problem:
+        raise InvalidArgumentError(f"rm_id {repr(value)[:40]} {problem}")
+    return value
+
+
 class ResourceManager(abc.ABC):
     """One resource (a database) that holds branches of global transactions."""
 
-    #: Stable name of this RM; one branch per RM per transaction.
-    rm_id: str
+    _rm_id: str
+
+    @property
+    def rm_id(self) -> str:
+        """Stable name of this RM; one branch per RM per transaction: 1-256 printable characters."""
+        return self._rm_id
+
+    @rm_id.setter
+    def rm_id(self, value: str) -> None:
+        # Every store sets it in its constructor: a bad one is refused there, not by the coordinator.
+        self._rm_id = check_rm_id(value)
 
     @abc.abstractmethod
     def start(self, xid: Xid) -> None:

@@ -146,27 +146,25 @@ def test_coordinator_calls_of_initiators_and_participants_go_to_the_owner(
 def test_a_call_about_a_dead_owners_transaction_takes_it_over(etcd: EtcdCluster, tmp_path: Path) -> None:
     """r0 dies holding an undecided transaction; a Commit asked of r1 is refused UNAVAILABLE
     while r0's lease holds; then r1 answers for it as presumed abort says: r0 logged nothing for
-    it, so it is unknown (NOT_FOUND), and the banks end its branches themselves."""
+    it, so it is rolled back (the Commit carries no branch: the banks end theirs themselves)."""
     with running(Replicas(etcd, tmp_path, lease_ttl=LEASE_TTL)) as replicas:
         gtrid = begin_and_apply(replicas, 100)
         replicas.r0.kill()
         r1 = stub(replicas.others[0].address)
         refused: list[str] = []
 
-        def commit() -> str | None:
+        def commit() -> coordinator_pb2.CompletionResponse | None:
             try:
-                r1.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
+                return r1.Commit(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    return err.details() or ""
                 if err.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 refused.append(err.details() or "")
                 return None
-            raise AssertionError(f"r1 committed {gtrid}, which r0 never decided")
 
-        unknown = eventually("r1 to answer for r0's transaction", commit, PATIENCE, interval=0.2)
-        assert gtrid in unknown
+        answer = eventually("r1 to answer for r0's transaction", commit, PATIENCE, interval=0.2)
+        assert TxOutcome(answer.outcome) == TxOutcome.TX_ROLLBACK, answer
+        assert "replica r0" in answer.rollback_reason
         assert all("does not answer" in why or "takes it over" in why for why in refused), refused
         wait_no_prepared(replicas.system, PATIENCE)
         assert balances(replicas) == (1000, 1000)
