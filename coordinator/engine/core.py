@@ -13,6 +13,7 @@ retry drivers), ``scanner`` (in-doubt branches nobody drives), and the gauges.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from xatm.coordinator.engine.peers import Peers
 from xatm.coordinator.engine.recovery import RecoveryScanner
 from xatm.coordinator.engine.registry import Registry
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.journal import replay
+from xatm.coordinator.journal import replay, replay_compact
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
@@ -135,12 +136,17 @@ class Engine:
         """Open the log, rebuild transactions and resume whatever was in flight."""
         records = await self.log.open()
         audit: deque[wal_pb2.WalRecord] = deque(maxlen=self.AUDIT_KEPT)
-        # One pass as the log reads it, off the loop; history past max_history is never built.
-        rebuilt = await asyncio.to_thread(replay, records, keep=self.settings.max_history, audit=audit)
-        txs = list(rebuilt.values())
+        # One pass as the log reads it, off the loop; history past max_history is never built, and
+        # the history kept stays in its compact form.
+        keep = self.settings.max_history
+        rebuilt = await asyncio.to_thread(replay_compact, records, keep=keep, audit=audit)
+        txs = list(rebuilt.live.values())
         _count_from_now(txs)
-        self.registry.load(txs)
+        self.registry.load(txs, rebuilt.history, rebuilt.endpoints)
         self.audit.restore(audit)
+        # What replay left is there to stay: the collector need not look at it again.
+        gc.collect()
+        gc.freeze()
         await self._resume(txs)
         self._spawn(self._checkpoint_loop())
         self._spawn(self.scanner.run())
@@ -405,7 +411,7 @@ class Engine:
         # Together, so their forced records share one group commit.
         moves = [
             self._move(tx, b.bqual, rm_id, endpoint)
-            for tx in self.registry.all()
+            for tx in self.registry.live()
             for b in tx.branches.values()
             if b.rm_id == rm_id
         ]
