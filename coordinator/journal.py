@@ -171,7 +171,9 @@ def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
     if tx.decision is not None:
         snap.decision = proto_enum(tx.decision, xa_pb2.Decision)
     for b in tx.branches.values():
-        branch = snap.branches.add(bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status))
+        branch = snap.branches.add(
+            bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status), attempts=b.attempts
+        )
         if b.last_code is not None:
             branch.has_last_code = True
             branch.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
@@ -202,6 +204,7 @@ def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
             last_code=_CODES[b.last_code] if b.has_last_code else None,
             last_phase=_PHASES[b.last_phase] if b.has_last_code and b.last_phase else None,
             last_reason=b.last_reason,
+            attempts=b.attempts,
         )
     return tx
 

@@ -6,10 +6,15 @@ between the engine and its log: it passes every call through and indexes the bra
 sees, those replayed at start-up included. A checkpoint keeps one snapshot per transaction, so a
 transaction rebuilt from a snapshot starts its history with the answer the snapshot holds; a
 checkpoint also tells which transactions are still kept, and the others' histories are dropped.
+
+A transaction's answers are kept as the records that carry them, serialised one after the other
+in one bytes object, and turned into ``Answer`` objects only when somebody asks: a long history
+then holds no Python object per answer, which would cost memory and the garbage collector's time.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +30,12 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
+#: Each kept record is preceded by its length.
+_LENGTH = struct.Struct("<I")
+#: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
+#: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
+#: that stays proportional to what was added).
+_TRIM_FROM = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)  # slotted: one per branch answer, up to millions kept
@@ -46,27 +57,24 @@ class BranchHistory(TxLog):
 
     def __init__(self, inner: TxLog):
         self.inner = inner
-        self._answers: OrderedDict[str, dict[str, list[Answer]]] = OrderedDict()
+        #: gtrid -> its branch results and snapshot (records, each after its length), oldest first.
+        self._answers: OrderedDict[str, bytes] = OrderedDict()
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
-        """bqual -> the answers of that branch, oldest first; {} for an unknown gtrid."""
-        return {bqual: list(got) for bqual, got in self._answers.get(gtrid, {}).items()}
+        """bqual -> the answers of that branch, oldest first (the newest ``MAX_ANSWERS``); {} for
+        an unknown gtrid."""
+        answers: dict[str, list[Answer]] = {}
+        for record in _records(self._answers.get(gtrid, b"")):
+            for bqual, answer in _answers_of(record):
+                answers.setdefault(bqual, []).append(answer)
+        for got in answers.values():
+            del got[:-MAX_ANSWERS]
+        return answers
 
     def _index(self, record: wal_pb2.WalRecord) -> None:
         kind = record.WhichOneof("body")
         if kind == "branch_result":
-            result = record.branch_result
-            self._add(
-                record.gtrid,
-                result.bqual,
-                Answer(
-                    seconds(record.time),
-                    Phase(result.phase) if result.phase else None,
-                    XaCode(result.code),
-                    result.reason,
-                    BranchStatus(result.status) if result.status else None,
-                ),
-            )
+            self._add(record.gtrid, record.SerializeToString())
         elif kind == "snapshot":
             self._from_snapshot(record)
 
@@ -77,28 +85,23 @@ class BranchHistory(TxLog):
             yield record
 
     def _from_snapshot(self, record: wal_pb2.WalRecord) -> None:
-        snap = record.snapshot
-        if snap.gtrid in self._answers:  # already seen live: the history is longer than the snapshot
+        gtrid = record.gtrid
+        if gtrid in self._answers:  # already seen live: the history is longer than the snapshot
             return
-        self._answers[snap.gtrid] = {}
-        for branch in snap.branches:
-            if branch.has_last_code:
-                answer = Answer(
-                    seconds(record.time),
-                    Phase(branch.last_phase) if branch.last_phase else None,
-                    XaCode(branch.last_code),
-                    branch.last_reason,
-                    BranchStatus(branch.status) if branch.status else None,
-                    snapshot=True,
-                )
-                self._add(snap.gtrid, branch.bqual, answer)
+        self._answers[gtrid] = b""
+        if any(branch.has_last_code for branch in record.snapshot.branches):
+            self._add(gtrid, record.SerializeToString())
+        else:
+            self._trim_count()
 
-    def _add(self, gtrid: str, bqual: str, answer: Answer) -> None:
-        branches = self._answers.setdefault(gtrid, {})
-        self._answers.move_to_end(gtrid)
-        kept = branches.setdefault(bqual, [])
-        kept.append(answer)
-        del kept[:-MAX_ANSWERS]
+    def _add(self, gtrid: str, payload: bytes) -> None:
+        kept = self._answers.pop(gtrid, b"")
+        grown = self._answers[gtrid] = kept + _LENGTH.pack(len(payload)) + payload
+        if len(grown) >= _TRIM_FROM and len(grown).bit_length() > len(kept).bit_length():
+            self._answers[gtrid] = _trimmed(grown)
+        self._trim_count()
+
+    def _trim_count(self) -> None:
         while len(self._answers) > MAX_TRANSACTIONS:
             self._answers.popitem(last=False)
 
@@ -151,3 +154,64 @@ class BranchHistory(TxLog):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+def _records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
+    """The records of a transaction's kept bytes, in order."""
+    pos, parse, length_at = 0, wal_pb2.WalRecord.FromString, _LENGTH.unpack_from
+    while pos < len(kept):
+        (length,) = length_at(kept, pos)
+        pos += _LENGTH.size
+        yield parse(kept[pos : pos + length])
+        pos += length
+
+
+def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
+    """(bqual, answer) of a kept record: a branch result's one, a snapshot's last codes."""
+    when = seconds(record.time)
+    if record.WhichOneof("body") == "branch_result":
+        result = record.branch_result
+        yield (
+            result.bqual,
+            Answer(
+                when,
+                Phase(result.phase) if result.phase else None,
+                XaCode(result.code),
+                result.reason,
+                BranchStatus(result.status) if result.status else None,
+            ),
+        )
+        return
+    for branch in record.snapshot.branches:
+        if branch.has_last_code:
+            yield (
+                branch.bqual,
+                Answer(
+                    when,
+                    Phase(branch.last_phase) if branch.last_phase else None,
+                    XaCode(branch.last_code),
+                    branch.last_reason,
+                    BranchStatus(branch.status) if branch.status else None,
+                    snapshot=True,
+                ),
+            )
+
+
+def _trimmed(kept: bytes) -> bytes:
+    """``kept`` without the branch results older than each branch's newest ``MAX_ANSWERS``
+    answers."""
+    records = list(_records(kept))
+    left: dict[str, int] = {}
+    for record in records:
+        for bqual, _ in _answers_of(record):
+            left[bqual] = left.get(bqual, 0) + 1
+    out = bytearray()
+    for record in records:
+        if record.WhichOneof("body") == "branch_result":
+            bqual = record.branch_result.bqual
+            left[bqual] -= 1
+            if left[bqual] >= MAX_ANSWERS:
+                continue
+        payload = record.SerializeToString()
+        out += _LENGTH.pack(len(payload)) + payload
+    return bytes(out)
