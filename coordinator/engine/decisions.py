@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
-from xatm.coordinator.engine.registry import CLOSED, Registry
+from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, TxLog
@@ -128,20 +128,20 @@ class DecisionLog:
 
 def _snapshots(
     audit: list[wal_pb2.WalRecord],
-    history: list[tuple[str, bytes]],
+    history: list[tuple[str, Compact]],
     items: list[sm.Transaction | wal_pb2.WalRecord],
     now: float,
     encoded: dict[str, bytes],
 ) -> Iterator[wal_pb2.WalRecord | Encoded]:
-    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid, snapshot record
-    bytes) as it is, then each of ``items`` as a record, in order; a completed transaction's
+    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid, its snapshot record's
+    bytes first) as it is, then each of ``items`` as a record, in order; a completed transaction's
     record is serialised and kept in ``encoded``.
 
     Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
     nothing else touches until the checkpoint returns."""
     yield from audit
-    for gtrid, payload in history:
-        yield Encoded(gtrid, "snapshot", payload)
+    for gtrid, kept in history:
+        yield Encoded(gtrid, "snapshot", kept[0])
     for item in items:
         if isinstance(item, sm.Transaction):
             payload = encoded[item.gtrid] = R.snapshot(item, now).SerializeToString()

@@ -118,9 +118,9 @@ class Registry:
         """The transactions held as objects: all but the compact history, in begin order."""
         return list(self._txs.values())
 
-    def history(self) -> list[tuple[str, bytes]]:
-        """(gtrid, snapshot record bytes) of the compact history, oldest completion first."""
-        return [(gtrid, kept[0]) for gtrid, kept in self._history.items()]
+    def history(self) -> list[tuple[str, Compact]]:
+        """(gtrid, what it is kept as) of the compact history, oldest completion first."""
+        return list(self._history.items())
 
     def __len__(self) -> int:
         return len(self._txs) + len(self._history)
@@ -207,13 +207,22 @@ class Registry:
 
     def compact(self, payloads: dict[str, bytes]) -> None:
         """Keep compact each completed transaction of ``payloads`` (gtrid -> its snapshot record's
-        bytes, as a checkpoint wrote them) still held as an object."""
+        bytes, as a checkpoint wrote them) still held as an object.
+
+        Appended in completion order: each checkpoint's transactions completed after the previous
+        checkpoint began, so the compact history stays ordered by completion (``prune`` relies
+        on it)."""
+        now = time.monotonic()
+        batch = []
         for gtrid, payload in payloads.items():
             tx = self._txs.get(gtrid)
             if tx is not None and tx.status in CLOSED:
                 del self._txs[gtrid]
-                completed = tx.completed_mono if tx.completed_mono is not None else time.monotonic()
-                self._history[gtrid] = (payload, int(tx.status), tx.begun_at, completed)
+                completed = tx.completed_mono if tx.completed_mono is not None else now
+                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at))
+        batch.sort()
+        for completed, gtrid, payload, status, begun_at in batch:
+            self._history[gtrid] = (payload, status, begun_at, completed)
 
     def drop(self, gtrid: str) -> None:
         self._history.pop(gtrid, None)
@@ -244,13 +253,21 @@ class Registry:
     def prune(self, *, retention: float, keep: int) -> None:
         """Drop completed history older than ``retention`` seconds, and the oldest past ``keep``."""
         horizon = time.monotonic() - retention
-        # Oldest first: the compact history in completion order, then the rest in begin order.
-        history: list[tuple[str, float | None]] = [(g, kept[3]) for g, kept in self._history.items()]
-        history += [(tx.gtrid, tx.completed_mono) for tx in self._txs.values() if tx.status in CLOSED]
-        excess = len(history) - keep
-        for i, (gtrid, completed) in enumerate(history):
-            if i < excess or (completed is not None and completed < horizon):
-                self.drop(gtrid)
+        closed = [tx for tx in self._txs.values() if tx.status in CLOSED]
+        compact = len(self._history)
+        excess = compact + len(closed) - keep
+        # Oldest first: the compact history, in completion order, then the rest in begin order.
+        # The compact history is read only as far as something is dropped (see ``compact``).
+        doomed = []
+        for i, (gtrid, kept) in enumerate(self._history.items()):
+            if i >= excess and kept[3] >= horizon:
+                break
+            doomed.append(gtrid)
+        for i, tx in enumerate(closed, start=compact):
+            if i < excess or (tx.completed_mono is not None and tx.completed_mono < horizon):
+                doomed.append(tx.gtrid)
+        for gtrid in doomed:
+            self.drop(gtrid)
 
     # ----------------------------------------------------------------- waiting
 
