@@ -7,9 +7,10 @@ sees, those replayed at start-up included. A checkpoint keeps one snapshot per t
 transaction rebuilt from a snapshot starts its history with the answer the snapshot holds; a
 checkpoint also tells which transactions are still kept, and the others' histories are dropped.
 
-A transaction's answers are kept as the records that carry them, serialised one after the other
-in one bytes object, and turned into ``Answer`` objects only when somebody asks: a long history
-then holds no Python object per answer, which would cost memory and the garbage collector's time.
+A transaction's answers are kept as the record bodies that carry them (a branch result, a
+snapshot), each with its time, serialised one after the other in one bytes object, and turned into
+``Answer`` objects only when somebody asks: a long history then holds no Python object per
+answer, which would cost memory and the garbage collector's time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from xatm.coordinator.journal import seconds
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
@@ -30,8 +30,9 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
-#: Each kept record is preceded by its length.
-_LENGTH = struct.Struct("<I")
+#: Each kept record body is preceded by its length, its time (ns since the epoch) and its kind.
+_ENTRY = struct.Struct("<IqB")
+_RESULT, _SNAPSHOT = 0, 1
 #: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
 #: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
 #: that stays proportional to what was added).
@@ -57,15 +58,15 @@ class BranchHistory(TxLog):
 
     def __init__(self, inner: TxLog):
         self.inner = inner
-        #: gtrid -> its branch results and snapshot (records, each after its length), oldest first.
+        #: gtrid -> its branch results and snapshot (see the module docstring), oldest first.
         self._answers: OrderedDict[str, bytes] = OrderedDict()
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
         """bqual -> the answers of that branch, oldest first (the newest ``MAX_ANSWERS``); {} for
         an unknown gtrid."""
         answers: dict[str, list[Answer]] = {}
-        for record in _records(self._answers.get(gtrid, b"")):
-            for bqual, answer in _answers_of(record):
+        for entry in _entries(self._answers.get(gtrid, b"")):
+            for bqual, answer in _answers_of(entry):
                 answers.setdefault(bqual, []).append(answer)
         for got in answers.values():
             del got[:-MAX_ANSWERS]
@@ -74,7 +75,7 @@ class BranchHistory(TxLog):
     def _index(self, record: wal_pb2.WalRecord) -> None:
         kind = record.WhichOneof("body")
         if kind == "branch_result":
-            self._add(record.gtrid, record.SerializeToString())
+            self._add(record.gtrid, _entry(record, _RESULT, record.branch_result.SerializeToString()))
         elif kind == "snapshot":
             self._from_snapshot(record)
 
@@ -89,14 +90,15 @@ class BranchHistory(TxLog):
         if gtrid in self._answers:  # already seen live: the history is longer than the snapshot
             return
         self._answers[gtrid] = b""
-        if any(branch.has_last_code for branch in record.snapshot.branches):
-            self._add(gtrid, record.SerializeToString())
+        snap = record.snapshot
+        if any(branch.has_last_code for branch in snap.branches):
+            self._add(gtrid, _entry(record, _SNAPSHOT, snap.SerializeToString()))
         else:
             self._trim_count()
 
-    def _add(self, gtrid: str, payload: bytes) -> None:
+    def _add(self, gtrid: str, entry: bytes) -> None:
         kept = self._answers.pop(gtrid, b"")
-        grown = self._answers[gtrid] = kept + _LENGTH.pack(len(payload)) + payload
+        grown = self._answers[gtrid] = kept + entry
         if len(grown) >= _TRIM_FROM and len(grown).bit_length() > len(kept).bit_length():
             self._answers[gtrid] = _trimmed(grown)
         self._trim_count()
@@ -156,33 +158,49 @@ class BranchHistory(TxLog):
         await self.inner.close()
 
 
-def _records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
-    """The records of a transaction's kept bytes, in order."""
-    pos, parse, length_at = 0, wal_pb2.WalRecord.FromString, _LENGTH.unpack_from
+#: A kept entry: time (s since the epoch), kind, and the record body it holds.
+_Entry = tuple[float, wal_pb2.BranchResultRecord | wal_pb2.TransactionSnapshot]
+
+
+def _entry(record: wal_pb2.WalRecord, kind: int, body: bytes) -> bytes:
+    stamp = record.time
+    return _ENTRY.pack(len(body), stamp.seconds * 1_000_000_000 + stamp.nanos, kind) + body
+
+
+def _spans(kept: bytes) -> Iterator[tuple[int, int]]:
+    """Where each entry of a transaction's kept bytes starts and ends, in order."""
+    pos, entry_at, size = 0, _ENTRY.unpack_from, _ENTRY.size
     while pos < len(kept):
-        (length,) = length_at(kept, pos)
-        pos += _LENGTH.size
-        yield parse(kept[pos : pos + length])
-        pos += length
+        end = pos + size + entry_at(kept, pos)[0]
+        yield pos, end
+        pos = end
 
 
-def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
-    """(bqual, answer) of a kept record: a branch result's one, a snapshot's last codes."""
-    when = seconds(record.time)
-    if record.WhichOneof("body") == "branch_result":
-        result = record.branch_result
+def _entries(kept: bytes) -> Iterator[_Entry]:
+    """The entries of a transaction's kept bytes, in order."""
+    result, snapshot = wal_pb2.BranchResultRecord.FromString, wal_pb2.TransactionSnapshot.FromString
+    for pos, end in _spans(kept):
+        _, nanos, kind = _ENTRY.unpack_from(kept, pos)
+        body = kept[pos + _ENTRY.size : end]
+        yield nanos / 1e9, result(body) if kind == _RESULT else snapshot(body)
+
+
+def _answers_of(entry: _Entry) -> Iterator[tuple[str, Answer]]:
+    """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes."""
+    when, body = entry
+    if isinstance(body, wal_pb2.BranchResultRecord):
         yield (
-            result.bqual,
+            body.bqual,
             Answer(
                 when,
-                Phase(result.phase) if result.phase else None,
-                XaCode(result.code),
-                result.reason,
-                BranchStatus(result.status) if result.status else None,
+                Phase(body.phase) if body.phase else None,
+                XaCode(body.code),
+                body.reason,
+                BranchStatus(body.status) if body.status else None,
             ),
         )
         return
-    for branch in record.snapshot.branches:
+    for branch in body.branches:
         if branch.has_last_code:
             yield (
                 branch.bqual,
@@ -200,18 +218,16 @@ def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
 def _trimmed(kept: bytes) -> bytes:
     """``kept`` without the branch results older than each branch's newest ``MAX_ANSWERS``
     answers."""
-    records = list(_records(kept))
+    entries = list(zip(_spans(kept), _entries(kept), strict=True))
     left: dict[str, int] = {}
-    for record in records:
-        for bqual, _ in _answers_of(record):
+    for _, entry in entries:
+        for bqual, _answer in _answers_of(entry):
             left[bqual] = left.get(bqual, 0) + 1
     out = bytearray()
-    for record in records:
-        if record.WhichOneof("body") == "branch_result":
-            bqual = record.branch_result.bqual
-            left[bqual] -= 1
-            if left[bqual] >= MAX_ANSWERS:
+    for (pos, end), (_, body) in entries:
+        if isinstance(body, wal_pb2.BranchResultRecord):
+            left[body.bqual] -= 1
+            if left[body.bqual] >= MAX_ANSWERS:
                 continue
-        payload = record.SerializeToString()
-        out += _LENGTH.pack(len(payload)) + payload
+        out += kept[pos:end]
     return bytes(out)
