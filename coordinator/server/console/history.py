@@ -189,30 +189,23 @@ def _answers_of(entry: _Entry) -> Iterator[tuple[str, Answer]]:
     """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes."""
     when, body = entry
     if isinstance(body, wal_pb2.BranchResultRecord):
-        yield (
-            body.bqual,
-            Answer(
-                when,
-                Phase(body.phase) if body.phase else None,
-                XaCode(body.code),
-                body.reason,
-                BranchStatus(body.status) if body.status else None,
-            ),
-        )
+        yield body.bqual, _answer(when, body.phase, body.code, body.reason, body.status, snapshot=False)
         return
-    for branch in body.branches:
-        if branch.has_last_code:
-            yield (
-                branch.bqual,
-                Answer(
-                    when,
-                    Phase(branch.last_phase) if branch.last_phase else None,
-                    XaCode(branch.last_code),
-                    branch.last_reason,
-                    BranchStatus(branch.status) if branch.status else None,
-                    snapshot=True,
-                ),
-            )
+    for b in body.branches:
+        if b.has_last_code:
+            yield b.bqual, _answer(when, b.last_phase, b.last_code, b.last_reason, b.status, snapshot=True)
+
+
+def _answer(when: float, phase: int, code: int, reason: str, status: int, *, snapshot: bool) -> Answer:
+    """An ``Answer`` from the wire values (0: no phase, no status)."""
+    return Answer(
+        when,
+        Phase(phase) if phase else None,
+        XaCode(code),
+        reason,
+        BranchStatus(status) if status else None,
+        snapshot=snapshot,
+    )
 
 
 def _trimmed(kept: bytes) -> bytes:
