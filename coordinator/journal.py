@@ -311,7 +311,9 @@ def replay_compact(
     transaction that completes leaves as its snapshot record's bytes, stamped with the time of the
     record that completed it.
 
-    Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does.
+    Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does,
+    in what it keeps: a completed transaction is checked as it leaves, the others as they are
+    built at the end (a value in a record that a later one replaced whole goes unread).
     """
     folding = _Folding(keep)
     live, branch_of = folding.live, folding.branch
