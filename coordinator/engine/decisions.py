@@ -128,7 +128,7 @@ class DecisionLog:
 
 def _snapshots(
     audit: list[wal_pb2.WalRecord],
-    history: list[tuple[str, Compact]],
+    history: dict[str, Compact],
     items: list[sm.Transaction | wal_pb2.WalRecord],
     now: float,
     encoded: dict[str, bytes],
@@ -140,7 +140,7 @@ def _snapshots(
     Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
     nothing else touches until the checkpoint returns."""
     yield from audit
-    for gtrid, kept in history:
+    for gtrid, kept in history.items():
         yield Encoded(gtrid, "snapshot", kept[0])
     for item in items:
         if isinstance(item, sm.Transaction):
