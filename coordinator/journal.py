@@ -4,12 +4,21 @@ Records say what the state machine decided (including each branch's resulting st
 replay is bookkeeping with no protocol logic: the log, not the code version, is the truth.
 Begin and enlist records are no longer written (presumed abort needs nothing of an undecided
 transaction; the commit decision carries it whole) but logs that hold them still replay.
+
+Two replays fold the same records the same way. ``replay`` builds a ``Transaction`` for every
+transaction the log knows. ``replay_compact``, which start-up uses, folds each transaction into
+its snapshot message instead, and keeps a completed one (Committed, Rolledback: nothing changes
+it any more) as the bytes of its snapshot record, the form a checkpoint writes and ``expand``
+reads back: a long history then costs a bytes object per transaction, which the garbage
+collector never scans, and only the transactions still in flight become objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableSequence
+from dataclasses import dataclass
 from enum import IntEnum
+from itertools import islice
 from sys import intern
 from typing import TypeVar
 
@@ -21,7 +30,7 @@ from xatm.participant.api.v1 import admin_pb2, xa_pb2
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
-__all__ = ["RecordFactory", "replay", "seconds", "timestamp"]
+__all__ = ["RecordFactory", "Replayed", "expand", "replay", "replay_compact", "seconds", "timestamp"]
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -162,7 +171,9 @@ def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
     if tx.decision is not None:
         snap.decision = proto_enum(tx.decision, xa_pb2.Decision)
     for b in tx.branches.values():
-        branch = snap.branches.add(bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status))
+        branch = snap.branches.add(
+            bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint, status=int(b.status), attempts=b.attempts
+        )
         if b.last_code is not None:
             branch.has_last_code = True
             branch.last_code = proto_enum(b.last_code, xa_pb2.XaCode)
@@ -193,6 +204,7 @@ def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
             last_code=_CODES[b.last_code] if b.has_last_code else None,
             last_phase=_PHASES[b.last_phase] if b.has_last_code and b.last_phase else None,
             last_reason=b.last_reason,
+            attempts=b.attempts,
         )
     return tx
 
@@ -265,6 +277,237 @@ def replay(
             del txs[gtrid]
             closed.pop(gtrid, None)
     return txs
+
+
+def expand(payload: bytes) -> Transaction:
+    """The transaction a snapshot record's bytes (``replay_compact``'s history) describe.
+
+    Raises ``google.protobuf.message.DecodeError`` for bytes that are not a record and
+    ``ValueError`` for a value no enum of this version knows."""
+    return _from_snapshot(wal_pb2.WalRecord.FromString(payload).snapshot)
+
+
+@dataclass(slots=True)
+class Replayed:
+    """What ``replay_compact`` rebuilt: ``live``, every transaction not Committed or Rolledback
+    (in the order of their first records); ``history``, each completed one as the bytes of its
+    snapshot record (``expand`` reads them), its status and when it began (wall-clock seconds),
+    oldest completion first; ``endpoints``, where each resource manager of the completed ones was
+    last served (rm_id -> host:port)."""
+
+    live: dict[str, Transaction]
+    history: dict[str, tuple[bytes, int, float]]
+    endpoints: dict[str, str]
+
+
+def replay_compact(
+    records: Iterable[wal_pb2.WalRecord],
+    *,
+    keep: int | None = None,
+    audit: MutableSequence[wal_pb2.WalRecord] | None = None,
+) -> Replayed:
+    """``replay`` (same arguments, same outcome) without building a ``Transaction`` for a
+    completed transaction: each record is folded into its transaction's snapshot message, and a
+    transaction that completes leaves as its snapshot record's bytes, stamped with the time of the
+    record that completed it.
+
+    Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does,
+    in what it keeps: a completed transaction is checked as it leaves, the others as they are
+    built at the end (a value in a record that a later one replaced whole goes unread).
+    """
+    folding = _Folding(keep)
+    live, branch_of = folding.live, folding.branch
+    for rec in records:
+        kind = rec.WhichOneof("body")
+        if kind == "branch_result":  # most records are: folded here, without further calls
+            snap = live.get(rec.gtrid)
+            if snap is None:
+                folding.change(rec, kind)
+                continue
+            r = rec.branch_result
+            if r.status:  # no status: a late answer that changed nothing
+                branch = branch_of(snap, r.bqual)
+                if branch is not None:
+                    branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
+                    branch.has_last_code, branch.status = True, r.status
+        elif kind == "decision" and rec.decision.HasField("transaction"):
+            folding.start(rec.gtrid, rec.decision.transaction)
+        elif kind == "snapshot":
+            folding.snapshot(rec)
+        elif kind == "audit":
+            if audit is not None:
+                audit.append(rec)
+        elif kind == "begin":
+            snap = wal_pb2.TransactionSnapshot(
+                gtrid=rec.gtrid,
+                status=xa_pb2.TRANSACTION_STATUS_CREATED,
+                timeout_ms=rec.begin.timeout_ms,
+                begun_at=rec.time,
+            )
+            folding.start(rec.gtrid, snap)
+        elif kind == "forget":
+            folding.forget(rec.gtrid)
+        elif kind is not None:
+            folding.change(rec, kind)
+    folding.trim()
+    return Replayed(
+        {gtrid: _from_snapshot(snap) for gtrid, snap in folding.live.items()},
+        folding.history,
+        folding.endpoints,
+    )
+
+
+class _Folding:
+    """``replay_compact``'s state: snapshot messages of the transactions not completed, and
+    the snapshot records' bytes of those completed (at most ``keep`` of them)."""
+
+    __slots__ = ("_index", "endpoints", "history", "keep", "live")
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.live: dict[str, wal_pb2.TransactionSnapshot] = {}
+        self.history: dict[str, tuple[bytes, int, float]] = {}
+        self.endpoints: dict[str, str] = {}
+        #: bqual -> branch message, for the transactions with many branches (a scan is cheaper
+        #: for a few); dropped whenever the transaction's message is replaced.
+        self._index: dict[str, dict[str, wal_pb2.BranchSnapshot]] = {}
+
+    def start(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
+        """``gtrid`` is now ``snap`` (its first record, or one that carries it whole)."""
+        self.history.pop(gtrid, None)
+        self._index.pop(gtrid, None)
+        self.live[gtrid] = snap
+
+    def snapshot(self, rec: wal_pb2.WalRecord) -> None:
+        snap = rec.snapshot
+        if snap.status in _CLOSED:
+            _check_snapshot(snap)
+            self._close(rec.gtrid, rec.SerializeToString(), snap, fresh=rec.gtrid not in self.history)
+            self.live.pop(rec.gtrid, None)
+            self._index.pop(rec.gtrid, None)
+        else:
+            self.start(rec.gtrid, snap)
+
+    def forget(self, gtrid: str) -> None:
+        self.live.pop(gtrid, None)
+        self.history.pop(gtrid, None)
+        self._index.pop(gtrid, None)
+
+    def change(self, rec: wal_pb2.WalRecord, kind: str) -> None:
+        """Fold a record that changes a known transaction (ignored for an unknown one, as events
+        of a transaction forgotten or no longer kept, or a foreign result, are)."""
+        gtrid = rec.gtrid
+        snap = self.live.get(gtrid)
+        if snap is not None:
+            self._apply(snap, rec, kind)
+            if kind == "end" and snap.status in _CLOSED:  # completed: it leaves as bytes
+                _check_snapshot(snap)
+                del self.live[gtrid]
+                self._index.pop(gtrid, None)
+                closing = wal_pb2.WalRecord(gtrid=gtrid)
+                closing.time.CopyFrom(rec.time)
+                closing.snapshot.CopyFrom(snap)
+                self._close(gtrid, closing.SerializeToString(), snap, fresh=True)
+            return
+        kept = self.history.get(gtrid)
+        if kept is None:
+            return
+        # A record about a completed transaction (a late answer, an end record written again):
+        # folded into its snapshot record all the same, which keeps its place and its time.
+        closed = wal_pb2.WalRecord.FromString(kept[0])
+        self._apply(closed.snapshot, rec, kind)
+        self._close(gtrid, closed.SerializeToString(), closed.snapshot, fresh=False)
+
+    def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
+        history = self.history
+        history[gtrid] = (payload, snap.status, seconds(snap.begun_at))
+        for branch in snap.branches:
+            self.endpoints[branch.rm_id] = branch.endpoint
+        # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
+        # before it, so dropping them one by one would cost more with each.
+        if fresh and self.keep is not None and len(history) > self.keep + max(self.keep // 8, 1):
+            self.trim()
+
+    def trim(self) -> None:
+        """Drop the history that completed longest ago beyond ``keep``."""
+        if self.keep is not None and len(self.history) > self.keep:
+            for gtrid in list(islice(self.history, len(self.history) - self.keep)):
+                del self.history[gtrid]
+
+    def _apply(self, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str) -> None:
+        if kind == "branch_result":
+            r = rec.branch_result
+            branch = self.branch(snap, r.bqual)
+            if branch is not None and r.status:
+                branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
+                branch.has_last_code, branch.status = True, r.status
+        elif kind == "enlist":
+            e = rec.enlist
+            enlisted = self.branch(snap, e.bqual)
+            if enlisted is None:
+                enlisted = snap.branches.add()
+                self._index.pop(snap.gtrid, None)
+            else:
+                enlisted.Clear()
+            enlisted.bqual, enlisted.rm_id, enlisted.endpoint = e.bqual, e.rm_id, e.endpoint
+            enlisted.status = xa_pb2.BRANCH_STATUS_ENLISTED
+        elif kind == "endpoint":
+            moved = self.branch(snap, rec.endpoint.bqual)
+            if moved is not None:
+                moved.endpoint = rec.endpoint.endpoint
+        elif kind == "status":
+            _status_into(snap, rec.status)
+        elif kind == "decision":
+            snap.status, snap.decision = xa_pb2.TRANSACTION_STATUS_COMMITTING, xa_pb2.DECISION_COMMIT
+        elif kind == "end":
+            snap.status = rec.end.status
+            snap.completed_at.CopyFrom(rec.time)
+
+    def branch(self, snap: wal_pb2.TransactionSnapshot, bqual: str) -> wal_pb2.BranchSnapshot | None:
+        """The branch ``bqual`` of ``snap`` (the last of that name, as a dict by bqual keeps)."""
+        branches = snap.branches
+        if len(branches) <= _SCANNED:
+            found = None
+            for branch in branches:
+                if branch.bqual == bqual:
+                    found = branch
+            return found
+        index = self._index.get(snap.gtrid)
+        if index is None:
+            index = self._index[snap.gtrid] = {branch.bqual: branch for branch in branches}
+        return index.get(bqual)
+
+
+#: Branches up to which a transaction's branch is found by scanning rather than by an index.
+_SCANNED = 8
+
+
+def _check_snapshot(snap: wal_pb2.TransactionSnapshot) -> None:
+    """Raise ``ValueError`` where ``_from_snapshot`` would: an enum value with no member."""
+    _TX_STATUSES[snap.status]
+    if snap.rollback_code:
+        _CODES[snap.rollback_code]
+    if snap.decision:
+        _DECISIONS[snap.decision]
+    for b in snap.branches:
+        _BRANCH_STATUSES[b.status]
+        if b.has_last_code:
+            _CODES[b.last_code]
+            if b.last_phase:
+                _PHASES[b.last_phase]
+
+
+def _status_into(snap: wal_pb2.TransactionSnapshot, status: wal_pb2.StatusRecord) -> None:
+    """``_apply_status`` on a snapshot message."""
+    now = _TX_STATUSES[status.status]
+    snap.status = status.status
+    if status.rollback_code or status.reason:
+        _CODES[status.rollback_code]
+        snap.rollback_code, snap.rollback_reason = status.rollback_code, status.reason
+    if now == TxStatus.COMMITTING and not snap.decision:
+        snap.decision, snap.one_phase = xa_pb2.DECISION_COMMIT, True
+    elif now == TxStatus.ROLLINGBACK:
+        snap.decision = xa_pb2.DECISION_ROLLBACK
 
 
 _E = TypeVar("_E", bound=IntEnum)

@@ -238,7 +238,7 @@ class ReplicaAdminOps(AdminOps):
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
         info = super().info(tx)
-        if self.engine.known(tx.gtrid) is not tx:
+        if self.engine.known(tx.gtrid) is None:  # another replica's (completed ones here are copies)
             info.owner = self._owners.get(tx.gtrid, "")
         return info
 

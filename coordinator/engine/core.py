@@ -31,7 +31,7 @@ from xatm.coordinator.engine.peers import Peers
 from xatm.coordinator.engine.recovery import RecoveryScanner
 from xatm.coordinator.engine.registry import Registry
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.journal import replay
+from xatm.coordinator.journal import replay, replay_compact
 from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import LogStopped, TxLog
@@ -140,12 +140,16 @@ class Engine:
         """Open the log, rebuild transactions and resume whatever was in flight."""
         records = await self.log.open()
         audit: deque[wal_pb2.WalRecord] = deque(maxlen=self.AUDIT_KEPT)
-        # One pass as the log reads it, off the loop; history past max_history is never built.
-        rebuilt = await asyncio.to_thread(replay, records, keep=self.settings.max_history, audit=audit)
-        txs = list(rebuilt.values())
+        # One pass as the log reads it, off the loop; history past max_history is never built, and
+        # the history kept stays in its compact form.
+        keep = self.settings.max_history
+        rebuilt = await asyncio.to_thread(replay_compact, records, keep=keep, audit=audit)
+        txs = list(rebuilt.live.values())
         _count_from_now(txs)
-        self.registry.load(txs)
+        self.registry.load(txs, rebuilt.history, rebuilt.endpoints)
         self.audit.restore(audit)
+        # The coordinator process freezes what replay left out of later collections once it has
+        # started (``heap.settle``); engines embedded elsewhere leave the collector alone.
         await self._resume(txs)
         self._spawn(self._checkpoint_loop())
         self._spawn(self.scanner.run())
@@ -412,7 +416,7 @@ class Engine:
         # Together, so their forced records share one group commit.
         moves = [
             self._move(tx, b.bqual, rm_id, endpoint)
-            for tx in self.registry.all()
+            for tx in self.registry.live()
             for b in tx.branches.values()
             if b.rm_id == rm_id
         ]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
-from xatm.coordinator.engine.registry import CLOSED, Registry
+from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, TxLog
@@ -37,9 +37,6 @@ class DecisionLog:
         self._audit = audit
         #: Transactions whose commit decision is in the log's queue but not yet applied here.
         self._deciding: set[str] = set()
-        #: The snapshot records of completed transactions (Committed, Rolledback), serialised by
-        #: an earlier checkpoint: nothing changes them any more, so later checkpoints reuse them.
-        self._encoded: dict[str, bytes] = {}
 
     async def append(self, record: wal_pb2.WalRecord) -> None:
         """Queue a record (durable with the next forced write)."""
@@ -103,19 +100,22 @@ class DecisionLog:
         """Drop history past ``retention`` seconds (and beyond ``keep`` transactions), then rewrite
         the log as the audit records plus one snapshot per kept transaction.
 
-        Only the transactions still changing are turned into records here, on the loop; the
-        completed history (Committed, Rolledback: nothing changes them any more) is serialised
-        where the log consumes the snapshot (off the loop for the file WAL), once: a completed
-        transaction's record is reused by every later checkpoint, carrying the time of the first.
+        Only the transactions still changing are turned into records here, on the loop. The
+        completed history (Committed, Rolledback: nothing changes it any more) is written as the
+        bytes the registry keeps it as; a transaction completed since the last checkpoint is
+        serialised where the log consumes the snapshot (off the loop for the file WAL), and once
+        the checkpoint is written the registry keeps it compact as those bytes, which carry the
+        time of that checkpoint from then on.
         """
         now = time.time()
         self._registry.prune(retention=retention, keep=keep)
+        history = self._registry.history()
         items: list[sm.Transaction | wal_pb2.WalRecord] = [
-            tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.all()
+            tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.live()
         ]
         encoded: dict[str, bytes] = {}
-        await self.log.checkpoint(_snapshots(self._audit.as_records(), items, now, self._encoded, encoded))
-        self._encoded = encoded  # only what this checkpoint kept: history dropped since goes
+        await self.log.checkpoint(_snapshots(self._audit.as_records(), history, items, now, encoded))
+        self._registry.compact(encoded)
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
         """The checkpoint record of ``tx``: what the log says about it, which may be ahead of ``tx``.
@@ -128,23 +128,23 @@ class DecisionLog:
 
 def _snapshots(
     audit: list[wal_pb2.WalRecord],
+    history: dict[str, Compact],
     items: list[sm.Transaction | wal_pb2.WalRecord],
     now: float,
-    known: dict[str, bytes],
     encoded: dict[str, bytes],
 ) -> Iterator[wal_pb2.WalRecord | Encoded]:
-    """The checkpoint's records: ``audit``, then each of ``items`` as a record, in order; a
-    completed transaction's from ``known`` when it is there, each of them kept in ``encoded``.
+    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid, its snapshot record's
+    bytes first) as it is, then each of ``items`` as a record, in order; a completed transaction's
+    record is serialised and kept in ``encoded``.
 
-    Runs wherever the log consumes it: reads ``known`` and fills ``encoded``, which nothing
-    else touches until the checkpoint returns."""
+    Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
+    nothing else touches until the checkpoint returns."""
     yield from audit
+    for gtrid, kept in history.items():
+        yield Encoded(gtrid, "snapshot", kept[0])
     for item in items:
         if isinstance(item, sm.Transaction):
-            payload = known.get(item.gtrid)
-            if payload is None:
-                payload = R.snapshot(item, now).SerializeToString()
-            encoded[item.gtrid] = payload
+            payload = encoded[item.gtrid] = R.snapshot(item, now).SerializeToString()
             yield Encoded(item.gtrid, "snapshot", payload)
         else:
             yield item

@@ -1,6 +1,13 @@
 """The transactions the engine holds: lookup, begin and enlist bookkeeping, history retention,
 and the counts the gauges read.
 
+Completed history (Committed, Rolledback: nothing changes it any more) is kept compact: each such
+transaction as the bytes of its checkpoint snapshot plus the few fields a listing filters and
+retention measures by, in a tuple the garbage collector stops tracking. A long history then adds
+nothing to the collector's work, which would otherwise pause the event loop for every object of
+every kept transaction. The compact form is made by replay, or by the first checkpoint that writes
+the transaction; it is expanded into a ``Transaction`` (a fresh one each time) when asked for.
+
 Everything here runs on the engine's event loop. The counts are kept up to date as statuses
 change (``observe``) so that reading them costs the same with ten transactions or a million,
 and so that a reader on another thread (a metrics scrape) only ever reads single integers:
@@ -16,10 +23,11 @@ from collections.abc import Callable, Iterable
 
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.deadlines import Deadlines
+from xatm.coordinator.journal import expand
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
-__all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Registry"]
+__all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Compact", "Registry"]
 
 #: Resource managers remembered for the recovery scan; past this the least recently enlisted
 #: is forgotten, so clients naming ever new rm_ids cannot grow the table for ever.
@@ -31,13 +39,23 @@ CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
 #: Undecided while the prepares are out: a commit request's answer waits for these to pass.
 _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 
+#: A completed transaction kept compact: its snapshot record's bytes (``journal.expand`` reads
+#: them), its status, when it began (wall-clock seconds) and when it completed (monotonic
+#: seconds; a transaction rebuilt from the log counts from the restart). Plain values only, so
+#: the tuple is left untracked by the garbage collector.
+Compact = tuple[bytes, int, float, float]
+
 
 class Registry:
     """Transactions by gtrid, in begin order (the oldest history is dropped first)."""
 
     def __init__(self, on_deadline: Callable[[str], None] | None = None) -> None:
         """``on_deadline(gtrid)`` is called when an open transaction reaches its deadline."""
+        #: Held as objects: every transaction not completed, and those completed since the last
+        #: checkpoint (in begin order).
         self._txs: dict[str, sm.Transaction] = {}
+        #: Completed history kept compact, oldest completion first (see the module docstring).
+        self._history: dict[str, Compact] = {}
         self._on_deadline = on_deadline
         #: Created only for a gtrid somebody waits on, set when it is final.
         self._done: dict[str, asyncio.Event] = {}
@@ -66,27 +84,51 @@ class Registry:
     def get(self, gtrid: str) -> sm.Transaction:
         """The transaction; INVALID_ARGUMENT for a malformed gtrid, NOT_FOUND for an unknown one."""
         validate_gtrid(gtrid)
-        tx = self._txs.get(gtrid)
+        tx = self.known(gtrid)
         if tx is None:
             raise NotFoundError(f"unknown transaction {gtrid}")
         return tx
 
     def known(self, gtrid: str) -> sm.Transaction | None:
-        return self._txs.get(gtrid)
+        """The transaction, None for an unknown one. A completed one kept compact comes back as a
+        fresh object each time: changing it changes nothing here (nothing changes history)."""
+        tx = self._txs.get(gtrid)
+        if tx is None:
+            kept = self._history.get(gtrid)
+            if kept is not None:
+                return _expanded(kept)
+        return tx
 
     def transactions(
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
     ) -> list[sm.Transaction]:
-        """Those in ``statuses`` (all when empty) begun after ``begun_after`` (wall-clock seconds)."""
+        """Those in ``statuses`` (all when empty) begun after ``begun_after`` (wall-clock seconds):
+        the compact history first (expanded only when it matches), then the others in begin order."""
         wanted = set(statuses)
-        return [
-            tx
-            for tx in self._txs.values()
-            if (not wanted or tx.status in wanted) and (begun_after is None or tx.begun_at >= begun_after)
-        ]
+
+        def chosen(status: int, begun_at: float) -> bool:
+            return (not wanted or status in wanted) and (begun_after is None or begun_at >= begun_after)
+
+        history = [_expanded(kept) for kept in self._history.values() if chosen(kept[1], kept[2])]
+        return history + [tx for tx in self._txs.values() if chosen(tx.status, tx.begun_at)]
 
     def all(self) -> list[sm.Transaction]:
+        """Every transaction, the compact history expanded (``transactions()``)."""
+        return self.transactions()
+
+    def live(self) -> list[sm.Transaction]:
+        """The transactions held as objects: all but the compact history, in begin order."""
         return list(self._txs.values())
+
+    def history(self) -> dict[str, Compact]:
+        """A copy of the compact history (gtrid -> what it is kept as), oldest completion first.
+
+        A copy of the dict, made at C speed: a list of its items would be as many new objects
+        for the garbage collector to look at, on every checkpoint."""
+        return dict(self._history)
+
+    def __len__(self) -> int:
+        return len(self._txs) + len(self._history)
 
     def count(self, status: TxStatus, *, overdue: bool | None = None) -> int:
         """Transactions in ``status`` (only those past their deadline, or not, when ``overdue`` is
@@ -102,11 +144,26 @@ class Registry:
 
     # ----------------------------------------------------------------- changing
 
-    def load(self, txs: list[sm.Transaction]) -> None:
-        """Take the transactions rebuilt from the log (before anything else is added)."""
+    def load(
+        self,
+        txs: list[sm.Transaction],
+        history: dict[str, tuple[bytes, int, float]] | None = None,
+        endpoints: dict[str, str] | None = None,
+    ) -> None:
+        """Take the transactions rebuilt from the log (before anything else is added): ``txs`` as
+        objects, ``history`` compact (gtrid -> snapshot record bytes, status, begun_at; oldest
+        completion first) with ``endpoints`` (rm_id -> host:port) their branches were served at."""
         # Unfinished transactions last: their endpoints are the newest (a move updates only them).
         ordered = sorted(txs, key=lambda tx: tx.status not in CLOSED)
-        self.rm_endpoints = {b.rm_id: b.endpoint for tx in ordered for b in tx.branches.values()}
+        self.rm_endpoints = dict(endpoints or {})
+        self.rm_endpoints.update((b.rm_id, b.endpoint) for tx in ordered for b in tx.branches.values())
+        now = time.monotonic()
+        counted = self._keys[(TxStatus.COMMITTED, False)], self._keys[(TxStatus.ROLLEDBACK, False)]
+        for gtrid, (payload, status, begun_at) in (history or {}).items():
+            self._history[gtrid] = (payload, status, begun_at, now)
+            key = counted[status == TxStatus.ROLLEDBACK]
+            self._counted[gtrid] = key
+            self._by_status[key] += 1
         for tx in txs:
             self.add(tx)
 
@@ -149,7 +206,27 @@ class Registry:
         if done is not None:
             done.set()
 
+    def compact(self, payloads: dict[str, bytes]) -> None:
+        """Keep compact each completed transaction of ``payloads`` (gtrid -> its snapshot record's
+        bytes, as a checkpoint wrote them) still held as an object.
+
+        Appended in completion order: each checkpoint's transactions completed after the previous
+        checkpoint began, so the compact history stays ordered by completion (``prune`` relies
+        on it)."""
+        now = time.monotonic()
+        batch = []
+        for gtrid, payload in payloads.items():
+            tx = self._txs.get(gtrid)
+            if tx is not None and tx.status in CLOSED:
+                del self._txs[gtrid]
+                completed = tx.completed_mono if tx.completed_mono is not None else now
+                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at))
+        batch.sort()
+        for completed, gtrid, payload, status, begun_at in batch:
+            self._history[gtrid] = (payload, status, begun_at, completed)
+
     def drop(self, gtrid: str) -> None:
+        self._history.pop(gtrid, None)
         tx = self._txs.pop(gtrid, None)
         self._done.pop(gtrid, None)
         counted = self._counted.pop(gtrid, None)
@@ -175,11 +252,21 @@ class Registry:
     def prune(self, *, retention: float, keep: int) -> None:
         """Drop completed history older than ``retention`` seconds, and the oldest past ``keep``."""
         horizon = time.monotonic() - retention
-        history = [tx for tx in self._txs.values() if tx.status in CLOSED]
-        excess = len(history) - keep
-        for i, tx in enumerate(history):  # oldest first: dicts keep begin order
+        closed = [tx for tx in self._txs.values() if tx.status in CLOSED]
+        compact = len(self._history)
+        excess = compact + len(closed) - keep
+        # Oldest first: the compact history, in completion order, then the rest in begin order.
+        # The compact history is read only as far as something is dropped (see ``compact``).
+        doomed = []
+        for i, (gtrid, kept) in enumerate(self._history.items()):
+            if i >= excess and kept[3] >= horizon:
+                break
+            doomed.append(gtrid)
+        for i, tx in enumerate(closed, start=compact):
             if i < excess or (tx.completed_mono is not None and tx.completed_mono < horizon):
-                self.drop(tx.gtrid)
+                doomed.append(tx.gtrid)
+        for gtrid in doomed:
+            self.drop(gtrid)
 
     # ----------------------------------------------------------------- waiting
 
@@ -212,3 +299,10 @@ class Registry:
         for changed in self._changed.values():
             changed.set()
         self._changed.clear()
+
+
+def _expanded(kept: Compact) -> sm.Transaction:
+    tx = expand(kept[0])
+    tx.journaled = True
+    tx.begun_mono = tx.completed_mono = kept[3]
+    return tx

@@ -131,7 +131,7 @@ class AdminOps:
         """The coordinators sharing this one's log: on the embedded log, this one alone."""
         caller.principal.require(Permission.READ)
         me = admin_pb2.ReplicaInfo(
-            name=self.engine.node_id, live=True, answering=True, transactions=len(self.engine.transactions())
+            name=self.engine.node_id, live=True, answering=True, transactions=len(self.engine.registry)
         )
         return admin_pb2.ListReplicasResponse(replicas=[me])
 

@@ -222,7 +222,7 @@ async def _child_replay(data_dir: Path, records: int) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     await engine.start()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    kept = len(engine.registry.all())
+    kept = len(engine.registry)
     await engine.stop()
     return asdict(
         ReplayFigures(

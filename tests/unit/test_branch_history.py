@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.protocol import Branch, Transaction
+from xatm.coordinator.server.console import history
 from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.txlog.memory import LogStore, MemoryLog
 from xatm.participant.xa import BranchStatus, Phase, TxStatus, XaCode
@@ -63,3 +66,31 @@ def test_answers_are_kept_in_order_and_survive_checkpoint_and_restart() -> None:
     again = reopened.answers("n.1")["b1"]
     assert [(a.code, a.snapshot) for a in again] == [(XaCode.XAER_RMFAIL, True), (XaCode.XA_OK, False)]
     assert again[-1].status is BranchStatus.COMMITTED
+
+
+def test_a_branch_retried_for_long_keeps_its_newest_answers_in_bounded_space(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history, "MAX_ANSWERS", 3)
+    monkeypatch.setattr(history, "_TRIM_FROM", 512)
+    tx = _tx("n.1")
+    branch = tx.branches["b1"]
+
+    async def retried() -> BranchHistory:
+        log = BranchHistory(MemoryLog(LogStore()))
+        await log.open()
+        for attempt in range(100):
+            reason = f"down {attempt}"
+            await log.append(
+                R.branch_result(tx, branch, Phase.COMMIT, XaCode.XAER_RMFAIL, reason, 1.0 + attempt)
+            )
+            assert len(log._answers["n.1"]) <= 2 * 512
+        await log.close()
+        return log
+
+    log = asyncio.run(retried())
+    assert [(a.reason, a.time) for a in log.answers("n.1")["b1"]] == [
+        ("down 97", 98.0),
+        ("down 98", 99.0),
+        ("down 99", 100.0),
+    ]

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from tests.wal_support import SMALL, WalRecord, reopen, run, segments
-from xatm.coordinator.txlog.file import FileWal, dump_text, iter_dump_lines, read_records, repair
+from xatm.coordinator.txlog.file import FileWal, dump_text, iter_dump_lines, read_records, repair, scan
+from xatm.coordinator.txlog.file.scan import LogScan, close_spans
 from xatm.coordinator.txlog.interface import LogCorrupt, LogLocked, LogStopped
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import xa_pb2
@@ -380,6 +381,27 @@ def test_mutated_log_opens_as_a_prefix_or_corrupt(mutations: list[Mutation]) -> 
             return
         assert got == list(records[: len(got)])
         assert [r for _, _, r in read_records(root)] == got  # what open() left is clean
+
+
+def _verdict(root: Path) -> tuple[object, ...]:
+    """What checking the log at ``root`` decides: the spans, damage, torn tail and tail."""
+    check = LogScan(root / "wal")
+    spans = check.verify()
+    close_spans(spans)
+    return ([(s.path.name, s.start, s.end) for s in spans], check.damage, check.torn_tail, check.tail)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mutations=st.lists(st.tuples(st.integers(0, 10), MUTATION), max_size=3), chunk=st.integers(1, 200))
+def test_checking_a_chunk_at_a_time_decides_what_checking_a_whole_segment_does(
+    mutations: list[Mutation], chunk: int
+) -> None:
+    files, _ = valid_log()
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        root = materialise(Path(tmp), mutate(files, mutations))
+        whole = _verdict(root)  # the default chunk holds any of these segments whole
+        patch.setattr(scan, "CHECK_CHUNK", chunk)  # below a frame, or across a few
+        assert _verdict(root) == whole
 
 
 # --- group commit and durability ---

@@ -6,15 +6,20 @@ between the engine and its log: it passes every call through and indexes the bra
 sees, those replayed at start-up included. A checkpoint keeps one snapshot per transaction, so a
 transaction rebuilt from a snapshot starts its history with the answer the snapshot holds; a
 checkpoint also tells which transactions are still kept, and the others' histories are dropped.
+
+A transaction's answers are kept as the record bodies that carry them (a branch result, a
+snapshot), each with its time, serialised one after the other in one bytes object, and turned into
+``Answer`` objects only when somebody asks: a long history then holds no Python object per
+answer, which would cost memory and the garbage collector's time.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from xatm.coordinator.journal import seconds
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
@@ -25,6 +30,13 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
+#: Each kept record body is preceded by its length, its time (ns since the epoch) and its kind.
+_ENTRY = struct.Struct("<IqB")
+_RESULT, _SNAPSHOT = 0, 1
+#: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
+#: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
+#: that stays proportional to what was added).
+_TRIM_FROM = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)  # slotted: one per branch answer, up to millions kept
@@ -46,27 +58,24 @@ class BranchHistory(TxLog):
 
     def __init__(self, inner: TxLog):
         self.inner = inner
-        self._answers: OrderedDict[str, dict[str, list[Answer]]] = OrderedDict()
+        #: gtrid -> its branch results and snapshot (see the module docstring), oldest first.
+        self._answers: OrderedDict[str, bytes] = OrderedDict()
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
-        """bqual -> the answers of that branch, oldest first; {} for an unknown gtrid."""
-        return {bqual: list(got) for bqual, got in self._answers.get(gtrid, {}).items()}
+        """bqual -> the answers of that branch, oldest first (the newest ``MAX_ANSWERS``); {} for
+        an unknown gtrid."""
+        answers: dict[str, list[Answer]] = {}
+        for entry in _entries(self._answers.get(gtrid, b"")):
+            for bqual, answer in _answers_of(entry):
+                answers.setdefault(bqual, []).append(answer)
+        for got in answers.values():
+            del got[:-MAX_ANSWERS]
+        return answers
 
     def _index(self, record: wal_pb2.WalRecord) -> None:
         kind = record.WhichOneof("body")
         if kind == "branch_result":
-            result = record.branch_result
-            self._add(
-                record.gtrid,
-                result.bqual,
-                Answer(
-                    seconds(record.time),
-                    Phase(result.phase) if result.phase else None,
-                    XaCode(result.code),
-                    result.reason,
-                    BranchStatus(result.status) if result.status else None,
-                ),
-            )
+            self._add(record.gtrid, _entry(record, _RESULT, record.branch_result.SerializeToString()))
         elif kind == "snapshot":
             self._from_snapshot(record)
 
@@ -77,28 +86,24 @@ class BranchHistory(TxLog):
             yield record
 
     def _from_snapshot(self, record: wal_pb2.WalRecord) -> None:
-        snap = record.snapshot
-        if snap.gtrid in self._answers:  # already seen live: the history is longer than the snapshot
+        gtrid = record.gtrid
+        if gtrid in self._answers:  # already seen live: the history is longer than the snapshot
             return
-        self._answers[snap.gtrid] = {}
-        for branch in snap.branches:
-            if branch.has_last_code:
-                answer = Answer(
-                    seconds(record.time),
-                    Phase(branch.last_phase) if branch.last_phase else None,
-                    XaCode(branch.last_code),
-                    branch.last_reason,
-                    BranchStatus(branch.status) if branch.status else None,
-                    snapshot=True,
-                )
-                self._add(snap.gtrid, branch.bqual, answer)
+        self._answers[gtrid] = b""
+        snap = record.snapshot
+        if any(branch.has_last_code for branch in snap.branches):
+            self._add(gtrid, _entry(record, _SNAPSHOT, snap.SerializeToString()))
+        else:
+            self._trim_count()
 
-    def _add(self, gtrid: str, bqual: str, answer: Answer) -> None:
-        branches = self._answers.setdefault(gtrid, {})
-        self._answers.move_to_end(gtrid)
-        kept = branches.setdefault(bqual, [])
-        kept.append(answer)
-        del kept[:-MAX_ANSWERS]
+    def _add(self, gtrid: str, entry: bytes) -> None:
+        kept = self._answers.pop(gtrid, b"")
+        grown = self._answers[gtrid] = kept + entry
+        if len(grown) >= _TRIM_FROM and len(grown).bit_length() > len(kept).bit_length():
+            self._answers[gtrid] = _trimmed(grown)
+        self._trim_count()
+
+    def _trim_count(self) -> None:
         while len(self._answers) > MAX_TRANSACTIONS:
             self._answers.popitem(last=False)
 
@@ -151,3 +156,71 @@ class BranchHistory(TxLog):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+#: A kept entry: time (s since the epoch), kind, and the record body it holds.
+_Entry = tuple[float, wal_pb2.BranchResultRecord | wal_pb2.TransactionSnapshot]
+
+
+def _entry(record: wal_pb2.WalRecord, kind: int, body: bytes) -> bytes:
+    stamp = record.time
+    return _ENTRY.pack(len(body), stamp.seconds * 1_000_000_000 + stamp.nanos, kind) + body
+
+
+def _spans(kept: bytes) -> Iterator[tuple[int, int]]:
+    """Where each entry of a transaction's kept bytes starts and ends, in order."""
+    pos, entry_at, size = 0, _ENTRY.unpack_from, _ENTRY.size
+    while pos < len(kept):
+        end = pos + size + entry_at(kept, pos)[0]
+        yield pos, end
+        pos = end
+
+
+def _entries(kept: bytes) -> Iterator[_Entry]:
+    """The entries of a transaction's kept bytes, in order."""
+    result, snapshot = wal_pb2.BranchResultRecord.FromString, wal_pb2.TransactionSnapshot.FromString
+    for pos, end in _spans(kept):
+        _, nanos, kind = _ENTRY.unpack_from(kept, pos)
+        body = kept[pos + _ENTRY.size : end]
+        yield nanos / 1e9, result(body) if kind == _RESULT else snapshot(body)
+
+
+def _answers_of(entry: _Entry) -> Iterator[tuple[str, Answer]]:
+    """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes."""
+    when, body = entry
+    if isinstance(body, wal_pb2.BranchResultRecord):
+        yield body.bqual, _answer(when, body.phase, body.code, body.reason, body.status, snapshot=False)
+        return
+    for b in body.branches:
+        if b.has_last_code:
+            yield b.bqual, _answer(when, b.last_phase, b.last_code, b.last_reason, b.status, snapshot=True)
+
+
+def _answer(when: float, phase: int, code: int, reason: str, status: int, *, snapshot: bool) -> Answer:
+    """An ``Answer`` from the wire values (0: no phase, no status)."""
+    return Answer(
+        when,
+        Phase(phase) if phase else None,
+        XaCode(code),
+        reason,
+        BranchStatus(status) if status else None,
+        snapshot=snapshot,
+    )
+
+
+def _trimmed(kept: bytes) -> bytes:
+    """``kept`` without the branch results older than each branch's newest ``MAX_ANSWERS``
+    answers."""
+    entries = list(zip(_spans(kept), _entries(kept), strict=True))
+    left: dict[str, int] = {}
+    for _, entry in entries:
+        for bqual, _answer in _answers_of(entry):
+            left[bqual] = left.get(bqual, 0) + 1
+    out = bytearray()
+    for (pos, end), (_, body) in entries:
+        if isinstance(body, wal_pb2.BranchResultRecord):
+            left[body.bqual] -= 1
+            if left[body.bqual] >= MAX_ANSWERS:
+                continue
+        out += kept[pos:end]
+    return bytes(out)

@@ -144,7 +144,7 @@ class TransactionSnapshot(_message.Message):
     def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchSnapshot, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[_xa_pb2.Decision, str]] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class BranchSnapshot(_message.Message):
-    __slots__ = ("bqual", "rm_id", "endpoint", "status", "last_code", "last_phase", "last_reason", "has_last_code")
+    __slots__ = ("bqual", "rm_id", "endpoint", "status", "last_code", "last_phase", "last_reason", "has_last_code", "attempts")
     BQUAL_FIELD_NUMBER: _ClassVar[int]
     RM_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class BranchSnapshot(_message.Message):
     LAST_PHASE_FIELD_NUMBER: _ClassVar[int]
     LAST_REASON_FIELD_NUMBER: _ClassVar[int]
     HAS_LAST_CODE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     bqual: str
     rm_id: str
     endpoint: str
@@ -161,4 +162,5 @@ class BranchSnapshot(_message.Message):
     last_phase: _xa_pb2.Phase
     last_reason: str
     has_last_code: bool
-    def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.BranchStatus, str]] = ..., last_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., last_phase: _Optional[_Union[_xa_pb2.Phase, str]] = ..., last_reason: _Optional[str] = ..., has_last_code: _Optional[bool] = ...) -> None: ...
+    attempts: int
+    def __init__(self, bqual: _Optional[str] = ..., rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.BranchStatus, str]] = ..., last_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., last_phase: _Optional[_Union[_xa_pb2.Phase, str]] = ..., last_reason: _Optional[str] = ..., has_last_code: _Optional[bool] = ..., attempts: _Optional[int] = ...) -> None: ...

@@ -34,6 +34,8 @@ _LENGTH = struct.Struct("<I")
 #: Bytes read at a time when records are read after ``verify``: replay holds this much of a
 #: segment, not the segment.
 READ_CHUNK = 1 << 20
+#: Bytes checked at a time by ``verify`` (the frames' checksums, before anything is parsed).
+CHECK_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +148,19 @@ class LogScan:
             for index, (seq, path) in enumerate(segments):
                 fd = os.open(path, os.O_RDONLY)
                 spans.append(Span(path, fd, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE))
-                data = _read(fd)
-                crc = self._check_header(seq, path, data, prev)
-                if crc is None:
+                head = _read(fd, SEGMENT_HEADER_SIZE)
+                seed = self._check_header(seq, path, head, prev)
+                if seed is None:
                     break
-                end, crc, error = check_frames(data, SEGMENT_HEADER_SIZE, crc)
+                end, crc = _check_chunked(fd, seed)
+                if end is None:  # something to report: the whole segment says what and where
+                    data = _read(fd)
+                    end, crc, error = check_frames(data, SEGMENT_HEADER_SIZE, seed)
+                    if error is not None:
+                        spans[-1] = Span(path, fd, SEGMENT_HEADER_SIZE, end)
+                        self._cut(error, data, end, crc, (seq, path), index, len(segments))
+                        break
                 spans[-1] = Span(path, fd, SEGMENT_HEADER_SIZE, end)
-                if error is not None:
-                    self._cut(error, data, end, crc, (seq, path), index, len(segments))
-                    break
                 prev = self.tail = Tail(seq, path, end, crc)
             if self.damage is None:
                 self._check_head(segments)
@@ -303,6 +309,40 @@ def _refill(span: Span, data: bytes, base: int, pos: int, need: int) -> tuple[by
             raise LogCorrupt(str(span.path), pos, "segment shrank while it was being read")
         more += extra
     return kept + more, pos
+
+
+def _check_chunked(fd: int, seed: int) -> tuple[int | None, int]:
+    """Check the frames of the segment open as ``fd`` (chained from ``seed``) ``CHECK_CHUNK``
+    bytes at a time, so that the check holds a chunk of the segment rather than all of it.
+
+    Returns where the frames end and their last CRC when every frame is good up to the end of
+    the file; (None, seed) when they are not, for the caller to find out how on the whole segment.
+    """
+    size = os.fstat(fd).st_size
+    pos, crc = SEGMENT_HEADER_SIZE, seed
+    data = b""  # the file from ``pos`` on, as far as it has been read
+    while pos < size:
+        more = os.pread(fd, min(CHECK_CHUNK, size - pos - len(data)), pos + len(data))
+        if not more:  # shorter than it said: let the whole-segment check see what is there
+            return None, seed
+        data += more
+        checked, crc, error = check_frames(data, 0, crc)
+        pos += checked
+        data = data[checked:]
+        if error is not None and not _cut_short(data, pos + len(data) < size):
+            return None, seed
+    return pos, crc
+
+
+def _cut_short(data: bytes, more_follows: bool) -> bool:
+    """Whether the frame ``data`` starts with only failed to check because the chunk ends
+    before it does (so reading on will tell)."""
+    if not more_follows:
+        return False
+    if len(data) < FRAME_HEADER_SIZE:
+        return True
+    length: int = _LENGTH.unpack_from(data)[0]
+    return FRAME_HEADER_SIZE + length + (-length % 8) > len(data)
 
 
 def close_spans(spans: list[Span]) -> None:

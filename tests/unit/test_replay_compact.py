@@ -1,0 +1,176 @@
+"""Start-up's compact replay against the full one: over generated logs (records of the engine's
+writing now and of older versions, interleaved across transactions, with audit records, answers
+for unknown transactions, late answers and forgotten heuristics) both rebuild the same
+transactions, the completed ones read back from their compact bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xatm.coordinator import protocol as sm
+from xatm.coordinator.engine.registry import CLOSED, Registry
+from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import expand, replay, replay_compact
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.participant.api.v1 import admin_pb2
+from xatm.participant.xa import BranchStatus as B
+from xatm.participant.xa import Phase, XaCode
+from xatm.participant.xa import TxStatus as S
+
+BQUALS = [f"b{i}" for i in range(12)]  # more than the branches found by scanning
+FAILURES = [XaCode.XAER_RMFAIL, XaCode.XA_RBROLLBACK, XaCode.XA_HEURCOM]
+
+
+class _Clock:
+    """Record times: increasing, with sub-microsecond fractions to show they survive exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def tick(self) -> float:
+        self.now += 0.123456789
+        return self.now
+
+
+def _answer(draw: st.DrawFn, tx: sm.Transaction, clock: _Clock, phase: Phase, status: B) -> wal_pb2.WalRecord:
+    branch = tx.branches[draw(st.sampled_from(sorted(tx.branches)))]
+    code = draw(st.sampled_from([XaCode.XA_OK, *FAILURES]))
+    branch.status, branch.last_code, branch.last_phase = status, code, phase
+    branch.last_reason = "" if code == XaCode.XA_OK else f"said {code.name}"
+    branch.attempts = draw(st.integers(0, 3))
+    return R.branch_result(tx, branch, phase, code, branch.last_reason, clock.tick())
+
+
+@st.composite
+def _one_transaction(draw: st.DrawFn, gtrid: str, clock: _Clock) -> list[wal_pb2.WalRecord]:
+    """The records of one transaction, in the order the engine writes them."""
+    tx = sm.Transaction(gtrid=gtrid, timeout_ms=draw(st.integers(1, 60_000)), begun_at=clock.tick())
+    for bqual in draw(st.lists(st.sampled_from(BQUALS), min_size=1, max_size=10, unique=True)):
+        tx.branches[bqual] = sm.Branch(bqual, f"rm-{bqual}", f"{bqual}.example:1")
+    style = draw(st.sampled_from(["lean", "old", "checkpointed"]))
+    records: list[wal_pb2.WalRecord] = []
+    if style == "checkpointed":  # a checkpoint's snapshot of a transaction completed earlier
+        tx.status = draw(st.sampled_from([*CLOSED, S.COMMITTING, S.HEURISTICALLY_COMPLETED]))
+        tx.completed_at = clock.tick() if tx.status.is_final else None
+        for _ in range(draw(st.integers(0, len(tx.branches)))):
+            _answer(draw, tx, clock, Phase.COMMIT, B.COMMITTED)
+        return [R.snapshot(tx, clock.tick())]
+    if style == "old":  # begin, enlistments and status records, as older versions wrote
+        records.append(wal_pb2.WalRecord(gtrid=gtrid, begin=wal_pb2.BeginRecord(timeout_ms=tx.timeout_ms)))
+        records[-1].time.FromNanoseconds(int(tx.begun_at * 1e9))
+        for b in tx.branches.values():
+            enlist = wal_pb2.EnlistRecord(bqual=b.bqual, rm_id=b.rm_id, endpoint=b.endpoint)
+            records.append(wal_pb2.WalRecord(gtrid=gtrid, enlist=enlist))
+        tx.status = S.PREPARING
+        records.append(R.status(tx, clock.tick()))
+    else:
+        tx.status = draw(st.sampled_from([S.PREPARING, S.ROLLINGBACK]))
+        if tx.status == S.ROLLINGBACK:
+            tx.rollback_code, tx.rollback_reason = XaCode.XA_RBROLLBACK, "timed out"
+        records.append(R.snapshot(tx, clock.tick()))
+    for _ in range(draw(st.integers(0, 3))):
+        records.append(_answer(draw, tx, clock, Phase.PREPARE, B.PREPARED))
+    if tx.status == S.PREPARING and draw(st.booleans()):
+        if style == "old":
+            records.append(wal_pb2.WalRecord(gtrid=gtrid, decision=wal_pb2.DecisionRecord(commit=True)))
+        else:
+            records.append(R.decision(tx, clock.tick()))
+        tx.status = S.COMMITTING
+    elif tx.status == S.PREPARING and draw(st.booleans()):
+        tx.status, tx.rollback_code, tx.rollback_reason = S.ROLLINGBACK, XaCode.XA_RBROLLBACK, "no vote"
+        records.append(R.status(tx, clock.tick()))
+    if draw(st.booleans()):
+        moved = tx.branches[draw(st.sampled_from(sorted(tx.branches)))]
+        moved.endpoint = "moved.example:2"
+        records.append(R.endpoint(tx, moved, clock.tick()))
+    phase, done = (Phase.COMMIT, B.COMMITTED) if tx.status == S.COMMITTING else (Phase.ROLLBACK, B.ROLLEDBACK)
+    for _ in range(draw(st.integers(0, 4))):
+        records.append(_answer(draw, tx, clock, phase, done))
+    if draw(st.booleans()):
+        ending = S.COMMITTED if tx.status == S.COMMITTING else S.ROLLEDBACK
+        tx.status = draw(st.sampled_from([ending, S.HEURISTICALLY_COMPLETED]))
+        records.append(R.end(tx, clock.tick()))
+        for _ in range(draw(st.integers(0, 2))):  # answers after the branch was closed
+            bqual = draw(st.sampled_from(sorted(tx.branches)))
+            records.append(R.late_result(tx, bqual, phase, XaCode.XA_OK, "late", clock.tick()))
+        if tx.status == S.HEURISTICALLY_COMPLETED and draw(st.booleans()):
+            records.append(R.forget(tx, clock.tick()))
+    return records
+
+
+@st.composite
+def _logs(draw: st.DrawFn) -> list[wal_pb2.WalRecord]:
+    """Several transactions' records interleaved (each one's in order), with audit records and
+    answers about transactions the log does not know."""
+    clock = _Clock()
+    scripts = [draw(_one_transaction(f"n1.{i:04d}", clock)) for i in range(draw(st.integers(1, 12)))]
+    audit = wal_pb2.WalRecord(gtrid="n1.0000", audit=admin_pb2.AuditRecord(gtrid="n1.0000", action="x"))
+    stranger = R.late_result(sm.Transaction("n9.none", 0), "b0", Phase.ROLLBACK, XaCode.XA_OK, "", 1.0)
+    scripts += [[audit], [stranger]]
+    log: list[wal_pb2.WalRecord] = []
+    while scripts:
+        script = scripts[draw(st.integers(0, len(scripts) - 1))]
+        log.append(script.pop(0))
+        if not script:
+            scripts.remove(script)
+    return log
+
+
+def _copies(records: list[wal_pb2.WalRecord]) -> list[wal_pb2.WalRecord]:
+    """Each replay gets records of its own (the compact one folds into the messages it reads)."""
+    return [wal_pb2.WalRecord.FromString(r.SerializeToString()) for r in records]
+
+
+@settings(max_examples=300, deadline=None)
+@given(log=_logs(), keep=st.one_of(st.none(), st.integers(1, 6)))
+def test_compact_replay_rebuilds_what_the_full_replay_does(
+    log: list[wal_pb2.WalRecord], keep: int | None
+) -> None:
+    full_audit: list[wal_pb2.WalRecord] = []
+    compact_audit: list[wal_pb2.WalRecord] = []
+    full = replay(_copies(log), keep=keep, audit=full_audit)
+    compact = replay_compact(_copies(log), keep=keep, audit=compact_audit)
+    assert compact_audit == full_audit
+    assert list(compact.live) == [gtrid for gtrid, tx in full.items() if tx.status not in CLOSED]
+    assert compact.live == {gtrid: tx for gtrid, tx in full.items() if tx.status not in CLOSED}
+    completed = {gtrid: tx for gtrid, tx in full.items() if tx.status in CLOSED}
+    assert {gtrid: expand(kept[0]) for gtrid, kept in compact.history.items()} == completed
+    assert {gtrid: kept[1:] for gtrid, kept in compact.history.items()} == {
+        gtrid: (tx.status, tx.begun_at) for gtrid, tx in completed.items()
+    }
+
+
+def _committed(gtrid: str, begun_at: float) -> sm.Transaction:
+    tx = sm.Transaction(gtrid=gtrid, timeout_ms=1000, status=S.PREPARING, begun_at=begun_at)
+    tx.branches["a"] = sm.Branch("a", "rm-a", "a.example:1")
+    return tx
+
+
+def test_completed_history_is_kept_as_bytes_the_collector_does_not_track() -> None:
+    records = []
+    for i in range(3):
+        tx = _committed(f"n1.{i}", 100.0 + i)
+        records.append(R.snapshot(tx, 101.0 + i))
+        tx.status, tx.completed_at = S.COMMITTED, 102.0 + i
+        records.append(R.end(tx, 102.0 + i))
+    open_one = _committed("n1.open", 50.0)
+    records.append(R.snapshot(open_one, 51.0))
+    rebuilt = replay_compact(records)
+    registry = Registry()
+
+    async def load() -> None:
+        registry.load(list(rebuilt.live.values()), rebuilt.history, rebuilt.endpoints)
+
+    asyncio.run(load())
+    gc.collect()
+    assert [tx.gtrid for tx in registry.live()] == ["n1.open"]
+    assert list(registry.history()) == ["n1.0", "n1.1", "n1.2"]
+    assert not any(gc.is_tracked(kept) for kept in registry._history.values())
+    assert registry.count(S.COMMITTED) == 3 and len(registry) == 4
+    assert registry.get("n1.1").completed_at == 103.0
+    assert [tx.gtrid for tx in registry.transactions([S.COMMITTED], begun_after=101.0)] == ["n1.1", "n1.2"]
+    assert registry.rm_endpoints == {"rm-a": "a.example:1"}
