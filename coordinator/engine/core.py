@@ -29,7 +29,7 @@ from xatm.coordinator.engine.decisions import DecisionLog
 from xatm.coordinator.engine.drivers import PhaseTwo
 from xatm.coordinator.engine.peers import Peers
 from xatm.coordinator.engine.recovery import RecoveryScanner
-from xatm.coordinator.engine.registry import Registry
+from xatm.coordinator.engine.registry import Kept, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.journal import replay, replay_compact
 from xatm.coordinator.settings import Settings
@@ -261,6 +261,12 @@ class Engine:
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
     ) -> list[sm.Transaction]:
         return self.registry.transactions(statuses, begun_after)
+
+    def listing(
+        self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
+    ) -> list[sm.Transaction | Kept]:
+        """What a listing pages through: ``transactions()`` with the history left compact."""
+        return self.registry.listing(statuses, begun_after)
 
     def known(self, gtrid: str) -> sm.Transaction | None:
         return self.registry.known(gtrid)

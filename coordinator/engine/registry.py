@@ -27,7 +27,7 @@ from xatm.coordinator.journal import expand
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
-__all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Compact", "Registry"]
+__all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Compact", "Kept", "Registry"]
 
 #: Resource managers remembered for the recovery scan; past this the least recently enlisted
 #: is forgotten, so clients naming ever new rm_ids cannot grow the table for ever.
@@ -111,6 +111,22 @@ class Registry:
 
         history = [_expanded(kept) for kept in self._history.values() if chosen(kept[1], kept[2])]
         return history + [tx for tx in self._txs.values() if chosen(tx.status, tx.begun_at)]
+
+    def listing(
+        self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
+    ) -> list[sm.Transaction | Kept]:
+        """As ``transactions()``, but the compact history stays compact (``Kept``): a listing
+        sorts and pages on begin time and gtrid, and expands only the page it shows."""
+        wanted = set(statuses)
+
+        def chosen(status: int, begun_at: float) -> bool:
+            return (not wanted or status in wanted) and (begun_after is None or begun_at >= begun_after)
+
+        rows: list[sm.Transaction | Kept] = [
+            Kept(gtrid, kept) for gtrid, kept in self._history.items() if chosen(kept[1], kept[2])
+        ]
+        rows.extend(tx for tx in self._txs.values() if chosen(tx.status, tx.begun_at))
+        return rows
 
     def all(self) -> list[sm.Transaction]:
         """Every transaction, the compact history expanded (``transactions()``)."""
@@ -299,6 +315,22 @@ class Registry:
         for changed in self._changed.values():
             changed.set()
         self._changed.clear()
+
+
+class Kept:
+    """A transaction of the compact history as a listing holds it: its gtrid and begin time
+    (wall-clock seconds) to sort and page on, the rest expanded only when shown."""
+
+    __slots__ = ("_kept", "begun_at", "gtrid")
+
+    def __init__(self, gtrid: str, kept: Compact) -> None:
+        self.gtrid = gtrid
+        self.begun_at = kept[2]
+        self._kept = kept
+
+    def expand(self) -> sm.Transaction:
+        """The whole transaction, rebuilt from its kept record."""
+        return _expanded(self._kept)
 
 
 def _expanded(kept: Compact) -> sm.Transaction:

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator import metrics
 from xatm.coordinator.engine.core import Engine, Result
+from xatm.coordinator.engine.registry import Kept
 from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
@@ -35,8 +36,9 @@ __all__ = ["ACTIONS", "MAX_PAGE", "RESOLVED_OUTCOMES", "AdminOps", "completion"]
 ACTIONS = ("force_rollback", "force_commit", "forget", "resolve_branch")
 MAX_PAGE = 1000
 MAX_FORGET = 1000
-#: A row of a listing: a transaction this replica can describe, or one another replica described.
-Listed = Transaction | xa_pb2.TransactionInfo
+#: A row of a listing: a transaction this replica holds (kept compact when completed), or one
+#: another replica described.
+Listed = Transaction | Kept | xa_pb2.TransactionInfo
 #: The outcomes an operator may state when resolving a branch by hand, by wire value and by name.
 RESOLVED_OUTCOMES = {
     admin_pb2.RESOLVED_OUTCOME_COMMITTED: "committed",
@@ -94,9 +96,7 @@ class AdminOps:
         start = max(start, 0)
         end = start + size
         return admin_pb2.ListTransactionsResponse(
-            transactions=[
-                tx if isinstance(tx, xa_pb2.TransactionInfo) else self.info(tx) for tx in txs[start:end]
-            ],
+            transactions=[self._shown(tx) for tx in txs[start:end]],
             next_page_token=str(end) if end < len(txs) else "",
         )
 
@@ -107,7 +107,13 @@ class AdminOps:
     async def candidates(self, statuses: Sequence[TxStatus], begun_after: float | None) -> Sequence[Listed]:
         """The transactions a listing draws from (replicas add those of the others, some as
         the other replica described them)."""
-        return self.engine.transactions(statuses, begun_after)
+        return self.engine.listing(statuses, begun_after)
+
+    def _shown(self, row: Listed) -> xa_pb2.TransactionInfo:
+        """A listing's row on the wire."""
+        if isinstance(row, xa_pb2.TransactionInfo):
+            return row
+        return self.info(row.expand() if isinstance(row, Kept) else row)
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
         """``tx`` on the wire, owned by this coordinator unless a subclass knows better; each

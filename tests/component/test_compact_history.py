@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.component.conftest import Rig, endpoint, until, with_settings
+from xatm.coordinator.engine import registry as registry_module
 from xatm.coordinator.journal import replay
+from xatm.coordinator.protocol import Transaction
+from xatm.coordinator.server.admin import AdminOps
+from xatm.coordinator.server.auth import Caller, Principal, Role
 from xatm.coordinator.server.wire import to_info
 from xatm.participant.api.v1 import xa_pb2
 from xatm.participant.xa import Phase, XaCode
@@ -109,3 +115,33 @@ async def test_retention_by_age_drops_compact_history(rig: Rig) -> None:
     await asyncio.sleep(0.01)  # past the retention, on the monotonic clock it is measured by
     await engine.checkpoint()
     assert engine.known(tx.gtrid) is None and engine.registry.count(S.COMMITTED) == 0
+
+
+async def test_a_listing_expands_only_the_page_it_shows(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing of a long history sorts and pages on the compact form: rebuilding every kept
+    transaction held the event loop ~0.6 s per 100,000 on each unfiltered `xactl list`."""
+    engine = await rig.start()
+    gtrids = []
+    for _ in range(30):
+        tx = await rig.tx("a")
+        await engine.commit(tx.gtrid)
+        gtrids.append(tx.gtrid)
+    await engine.checkpoint()
+    assert len(engine.registry.history()) == 30
+    expanded: list[bytes] = []
+    real = registry_module.expand
+
+    def counting(payload: bytes) -> Transaction:
+        expanded.append(payload)
+        return real(payload)
+
+    monkeypatch.setattr(registry_module, "expand", counting)
+    ops = AdminOps(engine)
+    caller = Caller(Principal("ops", Role.VIEWER), "127.0.0.1:1", "t1")
+    first = await ops.list_transactions(caller, page_size=7)
+    second = await ops.list_transactions(caller, page_size=7, page_token=first.next_page_token)
+    assert len(expanded) == 14
+    assert [t.gtrid for t in [*first.transactions, *second.transactions]] == sorted(
+        gtrids, key=lambda g: (engine.get(g).begun_at, g)
+    )[:14]
+    assert {t.status for t in first.transactions} == {xa_pb2.TRANSACTION_STATUS_COMMITTED}
