@@ -61,7 +61,7 @@ class _Engine:
     log_stopped = None
     audit_log: list[Any] = []
 
-    def transactions(self, *_: Any) -> list[Any]:
+    def listing(self, *_: Any) -> list[Any]:
         return []
 
     def get(self, gtrid: str, *_: Any) -> Any:
