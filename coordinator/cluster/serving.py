@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from xatm.coordinator.cluster.directory import Replica
 from xatm.coordinator.cluster.forwarding import Forwarder, forwarded
 from xatm.coordinator.engine.core import Engine
-from xatm.coordinator.engine.registry import Registry
 from xatm.coordinator.journal import set_time
 from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.admin import MAX_FORGET, MAX_PAGE, RESOLVED_OUTCOMES, AdminOps, Listed
@@ -26,7 +26,7 @@ from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.services import CoordinatorServicer, rpc
 from xatm.coordinator.txlog.etcd.client import is_outage
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
-from xatm.participant.errors import InvalidArgumentError, UnavailableError, XatmError
+from xatm.participant.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import Phase, TxStatus, XaCode, Xid, node_of, validate_bqual, validate_gtrid
 
@@ -117,12 +117,17 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
         a rollback, TX_ROLLBACK to a commit. A branch that cannot be reached now is ended by its
         participant past the transaction's deadline, as for any branch no coordinator reached."""
         gtrid = request.gtrid
-        branches = self._branches(request.branches)
+        branches = list({b.bqual: b for b in self._branches(request.branches)}.values())
         for branch in branches:
             validate_bqual(branch.bqual)
+        limit = self.engine.settings.max_branches
+        if len(branches) > limit:
+            raise ResourceExhaustedError(
+                f"{gtrid} carries {len(branches)} branches (max_branches is {limit})"
+            )
         reason = (
-            f"replica {node_of(gtrid)} that began the transaction died before deciding it and"
-            " logged nothing of it (presumed abort)"
+            f"replica {node_of(gtrid)}, which began the transaction, is not alive and no replica"
+            " logged anything of it: nothing was decided (presumed abort)"
         )
         log.warning("%s rolled back here: %s", gtrid, reason)
         timeout = self.engine.settings.call_timeout
@@ -135,7 +140,6 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
         reply = coordinator_pb2.CompletionResponse(
             gtrid=gtrid,
             outcome=xa_pb2.TX_OK if verb == "Rollback" else xa_pb2.TX_ROLLBACK,
-            status=xa_pb2.TRANSACTION_STATUS_ROLLEDBACK,
             rollback_code=xa_pb2.XA_RBROLLBACK,
             rollback_reason=reason,
             incarnation=self.engine.incarnation,
@@ -154,6 +158,12 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
                     has_last_code=True,
                 )
             )
+        # Rolled back is the outcome either way; a branch not reached yet keeps it Rollingback
+        # (its participant ends it past the deadline, as for any branch no coordinator reached).
+        ended = all(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
+        reply.status = (
+            xa_pb2.TRANSACTION_STATUS_ROLLEDBACK if ended else xa_pb2.TRANSACTION_STATUS_ROLLINGBACK
+        )
         return reply
 
     GetStatus = _routed("GetStatus", _gtrid)
@@ -182,16 +192,18 @@ class ReplicaAdminOps(AdminOps):
             return here  # another replica's listing asks for this replica's own transactions
         others = await self._from_etcd(self.forwarder.directory.others, "list the transactions of")
         undecided = await self._undecided_elsewhere(statuses, begun_after)
-        elsewhere = Registry()
-        elsewhere.load(
-            [
-                tx
-                for gtrid, (_, tx) in others.items()
-                if self.engine.known(gtrid) is None and gtrid not in undecided
-            ]
-        )
+        held = self.engine.registry
+        wanted = set(statuses)
+        elsewhere = [
+            tx
+            for gtrid, (_, tx) in others.items()
+            if gtrid not in held
+            and gtrid not in undecided
+            and (not wanted or tx.status in wanted)
+            and (begun_after is None or tx.begun_at >= begun_after)
+        ]
         self._owners = {gtrid: owner for gtrid, (owner, _) in others.items()}
-        return [*here, *elsewhere.transactions(statuses, begun_after), *undecided.values()]
+        return [*here, *elsewhere, *undecided.values()]
 
     async def _undecided_elsewhere(
         self, statuses: Sequence[TxStatus], begun_after: float | None
@@ -216,16 +228,18 @@ class ReplicaAdminOps(AdminOps):
     async def _listed_by(
         self, replica: Replica, request: admin_pb2.ListTransactionsRequest
     ) -> list[xa_pb2.TransactionInfo]:
-        """Every page of ``replica``'s own listing for ``request``, owner filled in; [] when it
-        does not answer."""
+        """Every page of ``replica``'s own listing for ``request``, owner filled in, within
+        ``LISTING_TIMEOUT`` seconds for all pages; [] when it does not answer in time."""
         listed: list[xa_pb2.TransactionInfo] = []
         page = admin_pb2.ListTransactionsRequest()
         page.CopyFrom(request)
+        until = time.monotonic() + LISTING_TIMEOUT
         while True:
+            left = until - time.monotonic()
             try:
-                reply = await self.forwarder.call(
-                    replica, "Admin", "ListTransactions", page, timeout=LISTING_TIMEOUT
-                )
+                if left <= 0:
+                    raise UnavailableError(f"no answer within {LISTING_TIMEOUT:g} s")
+                reply = await self.forwarder.call(replica, "Admin", "ListTransactions", page, timeout=left)
             except UnavailableError as err:
                 log.warning("listing without replica %s's undecided transactions: %s", replica.name, err)
                 return []
@@ -238,7 +252,7 @@ class ReplicaAdminOps(AdminOps):
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
         info = super().info(tx)
-        if self.engine.known(tx.gtrid) is None:  # another replica's (completed ones here are copies)
+        if tx.gtrid not in self.engine.registry:  # another replica's
             info.owner = self._owners.get(tx.gtrid, "")
         return info
 

@@ -104,13 +104,7 @@ class Registry:
     ) -> list[sm.Transaction]:
         """Those in ``statuses`` (all when empty) begun after ``begun_after`` (wall-clock seconds):
         the compact history first (expanded only when it matches), then the others in begin order."""
-        wanted = set(statuses)
-
-        def chosen(status: int, begun_at: float) -> bool:
-            return (not wanted or status in wanted) and (begun_after is None or begun_at >= begun_after)
-
-        history = [_expanded(kept) for kept in self._history.values() if chosen(kept[1], kept[2])]
-        return history + [tx for tx in self._txs.values() if chosen(tx.status, tx.begun_at)]
+        return [row.expand() if isinstance(row, Kept) else row for row in self.listing(statuses, begun_after)]
 
     def listing(
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
@@ -128,10 +122,6 @@ class Registry:
         rows.extend(tx for tx in self._txs.values() if chosen(tx.status, tx.begun_at))
         return rows
 
-    def all(self) -> list[sm.Transaction]:
-        """Every transaction, the compact history expanded (``transactions()``)."""
-        return self.transactions()
-
     def live(self) -> list[sm.Transaction]:
         """The transactions held as objects: all but the compact history, in begin order."""
         return list(self._txs.values())
@@ -142,6 +132,10 @@ class Registry:
         A copy of the dict, made at C speed: a list of its items would be as many new objects
         for the garbage collector to look at, on every checkpoint."""
         return dict(self._history)
+
+    def __contains__(self, gtrid: object) -> bool:
+        """Whether ``gtrid`` is held here, live or kept compact (nothing is expanded)."""
+        return gtrid in self._txs or gtrid in self._history
 
     def __len__(self) -> int:
         return len(self._txs) + len(self._history)

@@ -349,7 +349,7 @@ def to_metadata(tx: TxContext, reports: bool = True) -> list[tuple[str, str]]:
         pairs.append((COORDINATOR_KEY, tx.coordinator))
     remaining = tx.remaining()
     if remaining is not None:
-        pairs.append((DEADLINE_KEY, str(min(_MAX_DEADLINE_MS, int(remaining * 1000)))))
+        pairs.append((DEADLINE_KEY, str(min(_MAX_DEADLINE_MS, max(1, round(remaining * 1000))))))
     if tx.reports and reports:
         pairs.append((REPORTS_KEY, "2" if tx.enlist else "1"))
     return pairs

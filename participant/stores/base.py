@@ -75,14 +75,23 @@ def check_rm_id(value: str) -> str:
 
 
 class ResourceManager(abc.ABC):
-    """One resource (a database) that holds branches of global transactions."""
+    """One resource (a database) that holds branches of global transactions.
+
+    A subclass sets ``self.rm_id`` in its constructor (checked there: 1-256 printable
+    characters); reading it before raises InvalidArgumentError naming the class.
+    """
 
     _rm_id: str
 
     @property
     def rm_id(self) -> str:
         """Stable name of this RM; one branch per RM per transaction: 1-256 printable characters."""
-        return self._rm_id
+        try:
+            return self._rm_id
+        except AttributeError:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} has no rm_id: set self.rm_id in its constructor"
+            ) from None
 
     @rm_id.setter
     def rm_id(self, value: str) -> None:

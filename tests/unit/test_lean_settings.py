@@ -92,3 +92,14 @@ def test_a_bad_rm_id_is_refused_by_every_store(rm_id: str, tmp_path: Path) -> No
 def test_the_agent_refuses_bad_identity_settings_at_start_up(flags: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         resolve({**flags, "resource": "sqlite:/nonexistent/kv.db"}, {})
+
+
+def test_a_resource_manager_that_never_set_its_rm_id_says_so() -> None:
+    class Forgetful(MemoryRM):
+        def __init__(self) -> None:  # never sets rm_id
+            pass
+
+    with pytest.raises(
+        InvalidArgumentError, match="Forgetful has no rm_id: set self.rm_id in its constructor"
+    ):
+        _ = Forgetful().rm_id
