@@ -100,6 +100,6 @@ def test_a_resource_manager_that_never_set_its_rm_id_says_so() -> None:
             pass
 
     with pytest.raises(
-        InvalidArgumentError, match="Forgetful has no rm_id: set self.rm_id in its constructor"
+        InvalidArgumentError, match=r"^Forgetful has no rm_id: set self\.rm_id in its constructor$"
     ):
         _ = Forgetful().rm_id
