@@ -222,6 +222,9 @@ def replay(
     the one completed longest ago is dropped at once, so a long log never builds more than
     ``keep`` of them. ``audit``: audit records are appended to it (a bounded deque keeps only
     the newest).
+
+    ``replay_compact`` folds the same record kinds into snapshot messages: a new record kind
+    goes into both (tests/unit/test_replay_compact.py checks that they agree).
     """
     txs: dict[str, Transaction] = {}
     #: Completed history, oldest completion first (only counted with ``keep``).
@@ -435,6 +438,7 @@ class _Folding:
                 del self.history[gtrid]
 
     def _apply(self, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str) -> None:
+        # The record kinds ``replay`` folds into objects, folded into the snapshot: keep in step.
         if kind == "branch_result":
             r = rec.branch_result
             branch = self.branch(snap, r.bqual)
