@@ -3,7 +3,8 @@
 Each branch call still has its own deadline and its own answer; only the transport is shared.
 A call queued for an endpoint goes out with every other call queued for it in the same pass of
 the event loop, as one ``Batch`` RPC (at most ``max_batch`` branches to a message): a lone call
-leaves at once, on its own per-branch RPC (cheaper than a batch of one), and under load the
+leaves at once, on its own per-branch RPC (cheaper than a batch of one) made from its caller's
+own task (no task and no hand-over of the answer in between), and under load the
 calls of many transactions share a message. The participant
 streams each branch's result back as soon as it has it, so a slow branch holds up nobody else;
 a branch whose own deadline passes first is answered here, as its own call's deadline would
@@ -80,7 +81,8 @@ class _Call:
     deadline: float
     #: Trace-context pairs of the caller's span.
     trace: tuple[tuple[str, str], ...]
-    future: asyncio.Future[tuple[XaCode, str]]
+    #: The answer; None when the call is to go alone (its caller then makes it on its own RPC).
+    future: asyncio.Future[tuple[XaCode, str] | None]
 
     def add_to(self, request: participant_pb2.BatchRequest, number: int, now: float) -> None:
         """Add the call to ``request`` as item ``number`` of a batch sent at ``now``
@@ -144,7 +146,21 @@ class Batcher:
             queue = self._queues[endpoint] = _Queue()
         queue.calls.append(call)
         self._kick(endpoint, queue)
-        return await call.future
+        try:
+            answer = await call.future
+        except asyncio.CancelledError:
+            if _told_to_go_alone(call.future):
+                self._heard(endpoint, queue)  # cancelled before it could: the endpoint is not waited on
+            raise
+        if answer is not None:
+            return answer
+        # Alone in its turn: the per-branch RPC, sent from this task (the flush counted it as
+        # a silent batch of the endpoint: what queues behind it waits for its answer).
+        try:
+            left = max(0.001, call.deadline - time.monotonic())
+            return await self._channels.single(endpoint, call.phase, call.xid, left, call.trace)
+        finally:
+            self._heard(endpoint, queue)
 
     def _kick(self, endpoint: str, queue: _Queue) -> None:
         """Make sure the queued calls will leave: at the next pass, or after the silent batch."""
@@ -168,7 +184,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         for start in range(0, len(calls), self._max_batch):
             queue.silent += 1
-            task = loop.create_task(self._send(endpoint, queue, calls[start : start + self._max_batch]))
+            chunk = calls[start : start + self._max_batch]
+            if len(chunk) == 1:
+                chunk[0].future.set_result(None)  # its caller sends it
+                continue
+            task = loop.create_task(self._send(endpoint, queue, chunk))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
         self._forget_if_idle(endpoint, queue)
@@ -184,7 +204,8 @@ class Batcher:
             del self._queues[endpoint]
 
     async def _send(self, endpoint: str, queue: _Queue, calls: list[_Call]) -> None:
-        """One RPC; every call in it is answered when it returns, whatever happened."""
+        """One ``Batch`` RPC (two calls or more); every call in it is answered when it returns,
+        whatever happened."""
         silent = True
 
         def heard() -> None:
@@ -194,14 +215,7 @@ class Batcher:
                 self._heard(endpoint, queue)
 
         try:
-            if len(calls) == 1:
-                (call,) = calls
-                left = max(0.001, call.deadline - time.monotonic())
-                answer = await self._channels.single(endpoint, call.phase, call.xid, left, call.trace)
-                if not call.future.done():
-                    call.future.set_result(answer)
-            else:
-                await self._batch(endpoint, calls, heard)
+            await self._batch(endpoint, calls, heard)
         except asyncio.CancelledError:
             for call in calls:
                 call.future.cancel()
@@ -341,3 +355,7 @@ def _answer_rest(calls: list[_Call], answer: tuple[XaCode, str]) -> None:
     for call in calls:
         if not call.future.done():
             call.future.set_result(answer)
+
+
+def _told_to_go_alone(future: asyncio.Future[tuple[XaCode, str] | None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None and future.result() is None

@@ -285,9 +285,13 @@ class Registry:
         tx = self._txs.get(gtrid)
         if tx is None or tx.status.is_final or self._released:
             return
-        done = self._done.setdefault(gtrid, asyncio.Event())
+        done = self._done.get(gtrid)
+        if done is None:
+            done = self._done[gtrid] = asyncio.Event()
+        # A timeout scope around the wait, not wait_for: no task of its own per waiting commit.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await done.wait()
 
     async def wait_decided(self, tx: sm.Transaction, until: float, stopped: Callable[[], bool]) -> None:
         """Until ``tx`` has left Preparing and Prepared, the loop's clock reaches ``until``, or

@@ -119,6 +119,48 @@ def test_a_lone_call_leaves_at_once_on_its_own_rpc() -> None:
     run(test)
 
 
+def test_a_lone_call_is_sent_from_its_callers_task_with_its_own_deadline() -> None:
+    async def test() -> None:
+        channels = FakeChannels()
+        senders: list[tuple[asyncio.Task[Any] | None, float]] = []
+        single = channels.single
+
+        async def noting(endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: Any) -> Answer:
+            senders.append((asyncio.current_task(), timeout))
+            return await single(endpoint, phase, xid, timeout, trace)
+
+        channels.single = noting  # type: ignore[method-assign]
+        batcher = Batcher(channels, linger=3600)
+        call = start(batcher, "b1", timeout=20)
+        await passes()
+        assert [task for task, _ in senders] == [call]  # no task of the batcher's in between
+        assert 19 < senders[0][1] <= 20
+        channels.singles[0][1].set_result((XaCode.XAER_RMERR, "failed"))
+        assert await call == (XaCode.XAER_RMERR, "failed")
+        assert batcher._queues == {}  # the endpoint is not waited on any more
+
+    run(test)
+
+
+def test_a_lone_call_cancelled_as_it_was_to_leave_holds_up_nothing() -> None:
+    async def test() -> None:
+        channels = FakeChannels()
+        batcher = Batcher(channels, linger=3600)
+        gone = start(batcher, "b1")
+        await passes(2)  # flushed: told to go alone, not resumed yet
+        gone.cancel()
+        await passes()
+        assert gone.cancelled() and channels.alone() == []
+        kept = start(batcher, "b2")
+        await passes()
+        assert channels.alone() == ["b2"]  # not queued behind a call that never left
+        channels.singles[0][1].set_result((XaCode.XA_OK, ""))
+        assert await kept == (XaCode.XA_OK, "")
+        assert batcher._queues == {}
+
+    run(test)
+
+
 def test_calls_queued_behind_a_silent_rpc_leave_together_when_it_answers() -> None:
     async def test() -> None:
         channels = FakeChannels()
