@@ -69,6 +69,10 @@ AMOUNT = 100
 TX_TIMEOUT = 3.0
 #: Bound of every wait in a case: generous, since colleagues load the same two cores.
 PATIENCE = 60.0
+#: Timeout of a case's transaction. A branch the crashed coordinator forgot stays locked at its
+#: participant until the transaction's deadline has passed (plus its call timeout): well within
+#: PATIENCE, so that the follow-up transfer on the same accounts can commit.
+CASE_TIMEOUT = 10.0
 
 
 # ------------------------------------------------------------------ scenarios
@@ -96,7 +100,7 @@ class Run:
             self._stubs[bank] = bank_pb2_grpc.AccountsStub(intercept_channel(channel))
         self._stubs[bank].Apply(bank_pb2.ApplyRequest(account=account, amount=amount), timeout=10)
 
-    def begin(self, timeout: float | None = None) -> Transaction:
+    def begin(self, timeout: float | None = CASE_TIMEOUT) -> Transaction:
         assert self.system.bank is not None
         tx = self.system.bank.tm.begin(timeout=timeout)
         self.gtrid = tx.gtrid
@@ -126,14 +130,14 @@ class Run:
 def transfer(run: Run) -> None:
     """The bank example's transfer of AMOUNT from bank-a to bank-b: commits unless a crash intervenes."""
     assert run.system.bank is not None
-    result = run.system.bank.transfer(run.src, run.dst, AMOUNT)
+    result = run.system.bank.transfer(run.src, run.dst, AMOUNT, timeout=CASE_TIMEOUT)
     run.gtrid, run.seen, run.detail = result.gtrid, result.outcome, result.detail
 
 
 def refused(run: Run) -> None:
     """A transfer bank-a cannot cover: bank-a votes XA_RBINTEGRITY, prepared bank-b is rolled back."""
     assert run.system.bank is not None
-    result = run.system.bank.transfer(run.src, run.dst, SEED * 5)
+    result = run.system.bank.transfer(run.src, run.dst, SEED * 5, timeout=CASE_TIMEOUT)
     run.gtrid, run.seen, run.detail = result.gtrid, result.outcome, result.detail
 
 
