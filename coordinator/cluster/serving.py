@@ -22,13 +22,14 @@ from xatm.coordinator.protocol import Transaction
 from xatm.coordinator.server.admin import MAX_FORGET, MAX_PAGE, RESOLVED_OUTCOMES, AdminOps, Listed
 from xatm.coordinator.server.approvals import Approvals
 from xatm.coordinator.server.auth import Caller, Permission
+from xatm.coordinator.server.carried import roll_back_carried
 from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.services import CoordinatorServicer, rpc
 from xatm.coordinator.txlog.etcd.client import is_outage
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2, xa_pb2
-from xatm.participant.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError, XatmError
+from xatm.participant.errors import InvalidArgumentError, UnavailableError, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
-from xatm.participant.xa import Phase, TxStatus, XaCode, Xid, node_of, validate_bqual, validate_gtrid
+from xatm.participant.xa import TxStatus, node_of, validate_gtrid
 
 __all__ = ["ReplicaAdminOps", "RoutedCoordinatorServicer"]
 
@@ -112,59 +113,16 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
     async def _roll_back_orphan(
         self, request: coordinator_pb2.CompletionRequest, verb: str
     ) -> coordinator_pb2.CompletionResponse:
-        """Roll back the branches a Commit or Rollback of an orphaned gtrid carries (they may hold
-        locks until their participants' own expiry otherwise), and answer it rolled back: TX_OK to
-        a rollback, TX_ROLLBACK to a commit. A branch that cannot be reached now is ended by its
-        participant past the transaction's deadline, as for any branch no coordinator reached."""
+        """Roll back the branches a Commit or Rollback of an orphaned gtrid carries and answer it
+        rolled back (see ``roll_back_carried``): nobody can decide it any more, so rolled back is
+        its outcome even when a branch cannot be reached now."""
         gtrid = request.gtrid
-        branches = list({b.bqual: b for b in self._branches(request.branches)}.values())
-        for branch in branches:
-            validate_bqual(branch.bqual)
-        limit = self.engine.settings.max_branches
-        if len(branches) > limit:
-            raise ResourceExhaustedError(
-                f"{gtrid} carries {len(branches)} branches (max_branches is {limit})"
-            )
         reason = (
             f"replica {node_of(gtrid)}, which began the transaction, is not alive and no replica"
             " logged anything of it: nothing was decided (presumed abort)"
         )
         log.warning("%s rolled back here: %s", gtrid, reason)
-        timeout = self.engine.settings.call_timeout
-        results = await asyncio.gather(
-            *(
-                self.engine.peers.call(b.endpoint, Phase.ROLLBACK, Xid(gtrid, b.bqual), timeout=timeout)
-                for b in branches
-            )
-        )
-        reply = coordinator_pb2.CompletionResponse(
-            gtrid=gtrid,
-            outcome=xa_pb2.TX_OK if verb == "Rollback" else xa_pb2.TX_ROLLBACK,
-            rollback_code=xa_pb2.XA_RBROLLBACK,
-            rollback_reason=reason,
-            incarnation=self.engine.incarnation,
-        )
-        for branch, (code, why) in zip(branches, results, strict=True):
-            done = code == XaCode.XA_OK or code == XaCode.XAER_NOTA or code.is_rollback
-            reply.branches.append(
-                xa_pb2.BranchInfo(
-                    bqual=branch.bqual,
-                    rm_id=branch.rm_id,
-                    endpoint=branch.endpoint,
-                    status=xa_pb2.BRANCH_STATUS_ROLLEDBACK if done else xa_pb2.BRANCH_STATUS_ENLISTED,
-                    last_code=proto_enum(code, xa_pb2.XaCode),
-                    last_phase=xa_pb2.PHASE_ROLLBACK,
-                    last_reason=why[:500],
-                    has_last_code=True,
-                )
-            )
-        # Rolled back is the outcome either way; a branch not reached yet keeps it Rollingback
-        # (its participant ends it past the deadline, as for any branch no coordinator reached).
-        ended = all(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
-        reply.status = (
-            xa_pb2.TRANSACTION_STATUS_ROLLEDBACK if ended else xa_pb2.TRANSACTION_STATUS_ROLLINGBACK
-        )
-        return reply
+        return await roll_back_carried(self.engine, gtrid, self._branches(request.branches), verb, reason)
 
     GetStatus = _routed("GetStatus", _gtrid)
     QueryOutcome = _routed("QueryOutcome", _xid_gtrid)

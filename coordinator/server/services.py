@@ -23,6 +23,7 @@ from xatm.coordinator.server.auth import (
     bearer_token,
     trace_id,
 )
+from xatm.coordinator.server.carried import roll_back_carried
 from xatm.coordinator.server.endpoints import EndpointPolicy
 from xatm.coordinator.server.quota import OpenQuota
 from xatm.coordinator.server.wire import to_completion, to_info
@@ -33,7 +34,13 @@ from xatm.participant.api.v1 import (
     coordinator_pb2_grpc,
     xa_pb2,
 )
-from xatm.participant.errors import InvalidArgumentError, Status, XatmError
+from xatm.participant.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    Status,
+    UnavailableError,
+    XatmError,
+)
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort_async
 from xatm.participant.runtime.proto_enum import proto_enum
@@ -140,16 +147,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @rpc
     async def Commit(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
         branches = self._branches(request.branches)
-        with self._admitted(request.gtrid):
-            self.engine.hold(request.gtrid, request.timeout_ms, completing=True)
+        if (refused := await self._take_on(request, branches, "Commit")) is not None:
+            return refused
         result = await self.engine.commit(request.gtrid, request.timeout_ms, branches, request.rollback_only)
         return self._completion(result)
 
     @rpc
     async def Rollback(self, request: coordinator_pb2.CompletionRequest, context: Any) -> Any:
         branches = self._branches(request.branches)
-        with self._admitted(request.gtrid):
-            self.engine.hold(request.gtrid, request.timeout_ms, completing=True)
+        if (refused := await self._take_on(request, branches, "Rollback")) is not None:
+            return refused
         result = await self.engine.rollback(
             request.gtrid,
             "rollback requested by the initiator",
@@ -158,6 +165,43 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request.rollback_only,
         )
         return self._completion(result)
+
+    async def _take_on(
+        self, request: coordinator_pb2.CompletionRequest, branches: list[xa_pb2.BranchRef], verb: str
+    ) -> coordinator_pb2.CompletionResponse | None:
+        """Hold the transaction a Commit or Rollback names (None), or, when it is refused before
+        the coordinator took it on (UNAVAILABLE: log unreachable, shutting down, too many open;
+        RESOURCE_EXHAUSTED: the token's quota), roll back the branches it carries at once and
+        answer it rolled back. Nothing was decided (presumed abort), and their participants would
+        otherwise keep the branches' locks until the transaction's deadline. When a carried
+        branch cannot be reached the refusal is raised, saying so: that branch could still be
+        prepared by a later Commit, so no outcome is claimed."""
+        try:
+            with self._admitted(request.gtrid):
+                self.engine.hold(request.gtrid, request.timeout_ms, completing=True)
+            return None
+        except (UnavailableError, ResourceExhaustedError) as refusal:
+            if not branches:
+                raise
+            reason = (
+                f"{refusal.message}; nothing was decided, so its branches were rolled back (presumed abort)"
+            )
+            reply = await roll_back_carried(self.engine, request.gtrid, branches, verb, reason)
+            ended = sum(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
+            log.warning(
+                "%s %s refused (%s); %d of %d carried branches rolled back",
+                request.gtrid,
+                verb,
+                refusal.message,
+                ended,
+                len(reply.branches),
+            )
+            if reply.status == xa_pb2.TRANSACTION_STATUS_ROLLEDBACK:
+                return reply
+            raise type(refusal)(
+                f"{refusal.message}; {ended} of the {len(reply.branches)} branches it carries were rolled"
+                " back, the others are ended by their participants past the transaction's deadline"
+            ) from None
 
     def _completion(self, result: Result) -> coordinator_pb2.CompletionResponse:
         """The answer to Commit or Rollback, with this start's incarnation: an initiator that

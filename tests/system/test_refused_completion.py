@@ -1,0 +1,78 @@
+"""A Commit or Rollback the coordinator refuses before taking its transaction on (the log cannot
+be reached, it is shutting down, too many transactions are open, the token is at its quota)
+rolls the branches it carries back at once.
+
+A lean transaction exists at the coordinator only from its Commit; its branches hold their
+locks at the participants until a coordinator ends them or the transaction's deadline passes
+(60 s by default). Found by CI: a transfer whose Commit met an etcd restart was refused with
+UNAVAILABLE, and every transfer after it was vetoed on the locks it left for a minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.bank_system import BankSystem
+from xatm.coordinator.tools.procs import free_port
+from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.xa import new_bqual, new_gtrid
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[BankSystem]:
+    made = BankSystem(tmp_path, coordinator_env={"XATM_MAX_OPEN_TRANSACTIONS": "1"}).start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def coordinator(system: BankSystem) -> Iterator[coordinator_pb2_grpc.CoordinatorStub]:
+    with grpc.insecure_channel(system.coordinator.address) as channel:
+        yield coordinator_pb2_grpc.CoordinatorStub(channel)
+
+
+def test_a_commit_refused_as_too_many_open_rolls_back_its_branches_and_says_so(
+    system: BankSystem, coordinator: coordinator_pb2_grpc.CoordinatorStub
+) -> None:
+    assert system.bank is not None
+    bank = system.bank
+    assert bank.transfer("alice", "bob", 10).committed  # the manager knows the coordinator now
+    held = coordinator.Begin(coordinator_pb2.BeginRequest(timeout_ms=120_000), timeout=5)
+
+    refused = bank.transfer("alice", "bob", 10)  # its Commit finds the one slot taken
+
+    assert refused.outcome == "rolledback", refused.detail
+    assert "max_open_transactions" in refused.detail and "presumed abort" in refused.detail
+    coordinator.Rollback(coordinator_pb2.CompletionRequest(gtrid=held.gtrid), timeout=5)
+    # The refused transfer's branches are gone: the next one gets both rows at once (a lock
+    # left behind would veto it after the banks' 2 s lock wait, for a minute).
+    after = bank.transfer("alice", "bob", 10)
+    assert after.committed, after.detail
+    assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (980, 1020)
+
+
+def test_a_refused_commit_with_an_unreachable_branch_claims_no_outcome(
+    system: BankSystem, coordinator: coordinator_pb2_grpc.CoordinatorStub
+) -> None:
+    held = coordinator.Begin(coordinator_pb2.BeginRequest(timeout_ms=120_000), timeout=5)
+    gtrid = new_gtrid(held.node_id, held.incarnation)
+    ghost = xa_pb2.BranchRef(bqual=new_bqual(), rm_id="ghost", endpoint=f"127.0.0.1:{free_port()}")
+    request = coordinator_pb2.CompletionRequest(gtrid=gtrid, timeout_ms=30_000, branches=[ghost])
+
+    with pytest.raises(grpc.RpcError) as refused:
+        coordinator.Commit(request, timeout=30)
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "max_open_transactions" in refused.value.details()
+    assert "0 of the 1 branches it carries were rolled back" in refused.value.details()
+    # A refused Rollback with nothing carried stays a plain refusal.
+    with pytest.raises(grpc.RpcError) as bare:
+        coordinator.Rollback(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
+    assert bare.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "branches" not in bare.value.details()
