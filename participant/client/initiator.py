@@ -27,6 +27,7 @@ the sync and asyncio classes only differ in how they drive them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -82,8 +83,13 @@ COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
-# A protocol step: yields (Coordinator rpc name, request), receives the reply or a thrown XatmError.
-Flow = Generator[tuple[str, Message], Any, T]
+# A protocol step: yields (Coordinator rpc name, request), receives the reply or a thrown XatmError;
+# or yields (PAUSE, seconds) and receives None once that time has passed.
+Flow = Generator[tuple[str, Any], Any, T]
+PAUSE = "pause"
+#: Pauses between the tries of a Commit or Rollback that got no answer: doubling from the first
+#: to the cap (seconds); a restarting coordinator is usually back within a few of them.
+RETRY_FIRST, RETRY_CAP = 0.05, 1.0
 
 
 def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
@@ -139,6 +145,11 @@ def checked_timeout(value: float | None, what: str = "timeout") -> float | None:
 _NO_ANSWER = frozenset(
     {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.UNKNOWN, Status.INTERNAL, Status.CANCELLED}
 )
+
+
+def _no_answer(error: XatmError) -> bool:
+    """The call failed in a way that says nothing of what the coordinator did with it."""
+    return not isinstance(error, MalformedReply) and error.status in _NO_ANSWER
 
 
 class TransactionError(XatmError):
@@ -390,6 +401,27 @@ class _TransactionBase:
             rollback_only=rollback_only or why,
         )
 
+    def _completion_flow(self, verb: str, why: str = "") -> Flow[coordinator_pb2.CompletionResponse]:
+        """``verb`` ("Commit" or "Rollback") asked until the coordinator answers, for up to the
+        manager's ``completion_retry`` seconds: a call that got no answer (the coordinator
+        restarting, paused or out of reach) is asked again, which is safe for both — a repeated
+        Commit waits for or reads the outcome of the first, and a restarted coordinator rolls
+        back a transaction it never decided together with the branches the call carries, so
+        their locks go at once instead of at the deadline. Each try says what is left of the
+        timeout then. Raises the last failure once the time is spent."""
+        give_up = time.monotonic() + self._manager.completion_retry
+        pause = RETRY_FIRST
+        while True:
+            try:
+                return (yield verb, self._completion(why))
+            except XatmError as error:
+                left = give_up - time.monotonic()
+                if not _no_answer(error) or left <= 0:
+                    raise
+                log.info("%s of %s got no answer (%s); asking again", verb, self._gtrid, error.message)
+            yield PAUSE, min(pause, left)
+            pause = min(pause * 2, RETRY_CAP)
+
     def _timed_out(self) -> bool:
         """The transaction's timeout has passed here: a commit asked now would come too late."""
         return self._binding is not None and self._binding.expired()
@@ -421,11 +453,11 @@ class _TransactionBase:
             return (yield from self._late_commit_flow())
         self._end()
         try:
-            reply = yield "Commit", self._completion()
+            reply = yield from self._completion_flow("Commit")
             self._manager._restarted(reply)
         except XatmError as error:
             self._manager._unknown(error)
-            if isinstance(error, MalformedReply) or error.status not in _NO_ANSWER:
+            if not _no_answer(error):
                 raise  # a refusal, or a typed failure (a malformed reply) that says enough
             # The request may have reached the coordinator: say so, and where to look.
             raise error_for(
@@ -440,7 +472,7 @@ class _TransactionBase:
     def _rollback_flow(self, why: str = "") -> Flow[coordinator_pb2.CompletionResponse]:
         self._end()
         try:
-            reply = yield "Rollback", self._completion(why)
+            reply = yield from self._completion_flow("Rollback", why)
             self._manager._restarted(reply)
         except XatmError as error:
             self._manager._unknown(error)
@@ -613,6 +645,7 @@ class _ManagerBase:
         token: str | None = None,
         call_timeout: float | None = 30.0,
         eager: bool = False,
+        completion_retry: float = 5.0,
     ):
         parse_addresses(coordinator)  # one line at construction, never a dial to a mangled target
         #: host:port of the coordinator (or several, comma-separated); participants enlist there too.
@@ -634,6 +667,10 @@ class _ManagerBase:
         self.timeout = checked_timeout(timeout)
         #: Deadline of each call to the coordinator, separate from the transaction timeout.
         self.call_timeout = checked_timeout(call_timeout, "call_timeout")
+        #: Seconds a Commit or Rollback that got no answer is asked again (0: never).
+        self.completion_retry: float = (
+            0.0 if completion_retry == 0 else checked_timeout(completion_retry, "completion_retry") or 0.0
+        )
         self._credentials = channel_credentials
         self._metadata = auth_metadata(token)
         self._channel: Any = None
@@ -715,6 +752,10 @@ class TransactionManager(_ManagerBase):
         try:
             method, request = next(flow)
             while True:
+                if method == PAUSE:
+                    time.sleep(request)
+                    method, request = flow.send(None)
+                    continue
                 try:
                     reply = self._checked(method, self._call(stub, method, request))
                 except (grpc.RpcError, MalformedReply) as error:
@@ -755,6 +796,10 @@ class AsyncTransactionManager(_ManagerBase):
         try:
             method, request = next(flow)
             while True:
+                if method == PAUSE:
+                    await asyncio.sleep(request)
+                    method, request = flow.send(None)
+                    continue
                 try:
                     reply = self._checked(method, await self._call(stub, method, request))
                 except (grpc.RpcError, MalformedReply) as error:

@@ -1,15 +1,18 @@
-"""A Commit or Rollback the coordinator refuses before taking its transaction on (the log cannot
-be reached, it is shutting down, too many transactions are open, the token is at its quota)
-rolls the branches it carries back at once.
+"""A Commit or Rollback that the coordinator refuses before taking its transaction on (the log
+cannot be reached, it is shutting down, too many transactions are open, the token is at its
+quota) rolls the branches it carries back at once; one that gets no answer (the coordinator
+restarting) is asked again, and the restarted coordinator rolls them back.
 
 A lean transaction exists at the coordinator only from its Commit; its branches hold their
 locks at the participants until a coordinator ends them or the transaction's deadline passes
 (60 s by default). Found by CI: a transfer whose Commit met an etcd restart was refused with
-UNAVAILABLE, and every transfer after it was vetoed on the locks it left for a minute.
+UNAVAILABLE, and every transfer after it was vetoed on the locks it left for a minute; a
+transfer whose coordinator was restarting left them the same way.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 
 from tests.bank_system import BankSystem
 from xatm.coordinator.tools.procs import free_port
+from xatm.participant import TransactionRolledBack
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.xa import new_bqual, new_gtrid
 
@@ -76,3 +80,30 @@ def test_a_refused_commit_with_an_unreachable_branch_claims_no_outcome(
         coordinator.Rollback(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
     assert bare.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "branches" not in bare.value.details()
+
+
+def test_a_commit_asked_while_the_coordinator_restarts_is_answered_and_frees_the_locks(
+    tmp_path: Path,
+) -> None:
+    system = BankSystem(tmp_path).start()
+    try:
+        assert system.bank is not None
+        bank = system.bank
+        assert bank.transfer("alice", "bob", 10).committed
+        tx = bank.tm.begin()
+        system.apply("bank-a", "alice", -10)
+        system.apply("bank-b", "bob", 10)
+        system.coordinator.kill()  # the branches are open, and nothing of them was logged
+        back = threading.Timer(1.0, system.coordinator.start)
+        back.start()
+
+        with pytest.raises(TransactionRolledBack) as raised:
+            tx.commit()  # no answer at first: asked again until the restarted coordinator answers
+
+        back.join()
+        assert "restarted before the transaction was decided" in raised.value.message
+        after = bank.transfer("alice", "bob", 10)  # the rolled-back branches left no lock
+        assert after.committed, after.detail
+        assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (980, 1020)
+    finally:
+        system.stop()
