@@ -188,7 +188,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
             reply = await roll_back_carried(self.engine, request.gtrid, branches, verb, reason)
             ended = sum(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
-            log.warning(
+            log.info(  # as any rollback: a refusal under load must not flood the log with warnings
                 "%s %s refused (%s); %d of %d carried branches rolled back",
                 request.gtrid,
                 verb,
