@@ -36,6 +36,7 @@ __all__ = [
     "new_gtrid",
     "new_incarnation",
     "node_of",
+    "rm_id_problem",
     "validate_bqual",
     "validate_gtrid",
     "validate_savepoint_id",
@@ -243,6 +244,15 @@ def validate_bqual(value: str) -> str:
 
 def validate_savepoint_id(value: str) -> str:
     return _validate("savepoint id", value)
+
+
+def rm_id_problem(value: object) -> str:
+    """What is wrong with ``value`` as a resource manager id ("must ..."), "" when nothing: the
+    rule is 1-256 printable characters (a control character or line break would forge lines in
+    the logs and the operator's tables)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 256:
+        return "must be 1-256 printable characters"
+    return "" if value.isprintable() else "must hold no control characters or line breaks"
 
 
 #: Hex digits of a coordinator incarnation (``new_incarnation``) at the head of a gtrid's unique part.

@@ -58,6 +58,7 @@ from xatm.participant.xa import (
     new_gtrid,
     new_incarnation,
     node_of,
+    rm_id_problem,
     validate_bqual,
     validate_gtrid,
     validate_savepoint_id,
@@ -744,9 +745,10 @@ def _count_from_now(txs: Iterable[sm.Transaction]) -> None:
 
 
 def _check_identity(what: str, rm_id: str, endpoint: str) -> None:
-    """A participant names its resource manager and the host:port serving it, 1-256 printable
-    characters each (a control character would forge lines in the log and the operator's tables)."""
-    if not rm_id or not endpoint or len(rm_id) > 256 or len(endpoint) > 256:
-        raise InvalidArgumentError(f"{what} needs rm_id and endpoint of 1-256 characters")
-    if not rm_id.isprintable():
-        raise InvalidArgumentError(f"{what}: rm_id {rm_id[:40]!r} holds control characters")
+    """A participant names its resource manager (``rm_id_problem``'s rule) and the host:port
+    serving it (1-256 characters)."""
+    problem = rm_id_problem(rm_id)
+    if problem:
+        raise InvalidArgumentError(f"{what}: rm_id {repr(rm_id)[:40]} {problem}")
+    if not endpoint or len(endpoint) > 256:
+        raise InvalidArgumentError(f"{what} needs an endpoint of 1-256 characters")

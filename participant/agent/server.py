@@ -54,8 +54,8 @@ from xatm.participant.runtime.extras import MissingExtra, needs_extra
 from xatm.participant.runtime.grpc_status import abort
 from xatm.participant.runtime.serving import until_signalled
 from xatm.participant.runtime.targets import check_addresses
-from xatm.participant.stores.base import BranchEnded, rm_id_problem
-from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid
+from xatm.participant.stores.base import BranchEnded
+from xatm.participant.xa import SERVER_OPTIONS, XaCode, XaError, Xid, rm_id_problem
 
 if TYPE_CHECKING:
     from xatm.participant.runtime.asgi import Uvicorn

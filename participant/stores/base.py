@@ -21,9 +21,9 @@ from __future__ import annotations
 import abc
 
 from xatm.participant.errors import InvalidArgumentError
-from xatm.participant.xa import XaCode, XaError, Xid
+from xatm.participant.xa import XaCode, XaError, Xid, rm_id_problem
 
-__all__ = ["BranchEnded", "ResourceManager", "check_rm_id", "rm_id_problem"]
+__all__ = ["BranchEnded", "ResourceManager", "check_rm_id"]
 
 
 class BranchEnded(XaError):
@@ -56,14 +56,6 @@ ROLLED_BACK = "rolled back"
 def ended_by(verb: str, code: XaCode) -> str:
     """How a branch ended whose ``verb`` (prepare, one-phase commit) answered ``code`` instead."""
     return f"rolled back: {verb} voted {code.name}" if code.is_rollback else f"{verb} failed with {code.name}"
-
-
-def rm_id_problem(value: object) -> str:
-    """What is wrong with ``value`` as a resource manager id ("must ..."), "" when nothing: the
-    rule is 1-256 printable characters (no control characters, no line breaks)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 256:
-        return "must be 1-256 printable characters"
-    return "" if value.isprintable() else "must hold no control characters or line breaks"
 
 
 def check_rm_id(value: str) -> str:
