@@ -51,7 +51,7 @@ def test_a_lean_commit_asked_past_the_timeout_rolls_back(shop: Shop, late: float
         tx.commit()
     assert caught.value.rollback_code == XaCode.XA_RBTIMEOUT
     assert "300 ms" in caught.value.rollback_reason  # the real timeout, not what remained
-    assert TxStatus(shop.tm._drive(tx._status_flow()).status) == TxStatus.ROLLEDBACK
+    assert TxStatus(tx.status().status) == TxStatus.ROLLEDBACK
     assert int(shop.count(b"", timeout=10)) == 1  # only the first transaction's order
     # The branch was rolled back by the Rollback that carried it: its lock is gone now.
     with shop.tm.begin(timeout=10):
