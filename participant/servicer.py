@@ -392,6 +392,9 @@ class ParticipantServicer(_Base):
     def BatchStream(
         self, requests: Iterator[participant_pb2.BatchRequest], context: grpc.ServicerContext
     ) -> Iterator[participant_pb2.BatchReply]:
+        # The coordinator waits for this before its first message: it then knows the stream is
+        # served (a refusal comes instead of it).
+        context.send_initial_metadata(())
         # One thread reads the requests and hands their branches to the batch workers, while the
         # server's thread sends the results: a slow branch holds up neither reading nor others.
         # The queue carries results, and from the reader, each message's number of branches
@@ -510,6 +513,7 @@ class AsyncParticipantServicer(_Base):
         requests: AsyncIterator[participant_pb2.BatchRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[participant_pb2.BatchReply]:
+        await context.send_initial_metadata(())  # as on a threaded server
         # As on a threaded server: a task reads the requests and starts each branch in a worker
         # thread; the results, each message's number of branches and _READ_ALL share one queue.
         finished: asyncio.Queue[participant_pb2.BatchResult | int | object] = asyncio.Queue()

@@ -225,6 +225,12 @@ class _Stream:
 
     async def _write(self) -> None:
         try:
+            # The participant's first word, before any write: a write racing its refusal would
+            # fail, and gRPC would then report the call INTERNAL instead of UNIMPLEMENTED.
+            await self._rpc.initial_metadata()
+            if self._rpc.done():
+                await self._over()
+                return
             while True:
                 queued = len(self._queued)
                 if not queued or (self._unheard and not self._hurry and queued < self._owner._max_batch):
@@ -243,15 +249,17 @@ class _Stream:
         except asyncio.CancelledError:
             self._cancelled()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # The call is over; what a failed write says is not always why (INTERNAL, or "already
-            # finished", for a call the participant refused): the call's status is.
-            code = await self._rpc.code()
-            if code == grpc.StatusCode.OK:
-                self._fail(_ENDED)
-            else:
-                self._broke(code, await self._rpc.details() or "")
+            await self._over()  # the call is over: its status says why
         except Exception as err:  # whatever else the channel raised: still the stream's failure
             self._fail(f"BatchStream write failed: {type(err).__name__}: {err}")
+
+    async def _over(self) -> None:
+        """The call ended: end the stream with its status."""
+        code = await self._rpc.code()
+        if code == grpc.StatusCode.OK:
+            self._fail(_ENDED)
+        else:
+            self._broke(code, await self._rpc.details() or "")
 
     def _hold(self) -> bool:
         """Hold the channel open for the calls about to go out (held already while some are out);

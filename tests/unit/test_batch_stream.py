@@ -52,6 +52,7 @@ class ScriptedStream:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[participant_pb2.BatchReply]:
         self.opened += 1
+        await context.send_initial_metadata(())  # as the servicers do: the coordinator waits for it
 
         async def take() -> None:
             async for request in requests:

@@ -143,6 +143,8 @@ class ParticipantServicer:
         batch, each branch is served as in Batch (concurrently with every other branch in flight on
         the stream, whatever message carried it) and its result comes back, matched by its item id,
         as soon as it is known. Item ids are unique among the stream's branches not yet answered.
+        The participant sends its initial metadata at once, before any request comes: the
+        coordinator writes only after it (or after the refusal that comes instead).
         There is no call deadline: each branch's timeout_ms bounds it. The stream ends when the
         coordinator closes it, once every branch it carried was answered. A participant that does
         not serve it (UNIMPLEMENTED) is sent Batch calls instead.
