@@ -219,7 +219,6 @@ class Peers:
                 try:
                     code, reason = await self._streams.call(endpoint, phase, xid, timeout, trace)
                 except Unstreamed:
-                    log.info("participant %s does not serve BatchStream: Batch calls instead", endpoint)
                     # Nothing was done: the call goes on by Batch within what is left of its time.
                     timeout = max(0.001, timeout - (time.monotonic() - started))
                 else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
 __all__ = ["Streams", "Unstreamed"]
+
+log = logging.getLogger("xatm.peers")
 
 #: Item ids wrap around at the width of BatchItem.id; far more than branches in flight at once.
 _ID_SPACE = 1 << 32
@@ -127,6 +130,7 @@ class Streams:
         if self._streams.get(stream.endpoint) is stream:
             del self._streams[stream.endpoint]
         if unserved:
+            log.info("participant %s does not serve BatchStream: Batch calls instead", stream.endpoint)
             self._unserved.add(stream.endpoint)
 
     def _reopen(self, stream: _Stream, calls: list[_Call]) -> None:
