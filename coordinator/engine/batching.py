@@ -30,7 +30,7 @@ from xatm.coordinator import metrics
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
-__all__ = ["BATCHED_PHASES", "Batcher", "Unbatched", "add_item", "answer_of"]
+__all__ = ["BATCHED_PHASES", "Batcher", "Stubs", "Unbatched", "add_item", "answer_of"]
 
 #: The phases a batch carries, and the verb each one is sent as.
 BATCHED_PHASES = {
@@ -53,22 +53,26 @@ class Unbatched(Exception):
     """The endpoint does not serve batches (UNIMPLEMENTED): nothing was done; call per branch."""
 
 
-class Channels(Protocol):
-    """What the batcher needs of the channel cache (``Peers``)."""
-
-    async def single(
-        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
-    ) -> tuple[XaCode, str]:
-        """The call on an RPC of its own; failures as ``XAER_RMFAIL``, never raises."""
+class Stubs(Protocol):
+    """The channel cache (``Peers``) as batches and streams use it."""
 
     def held_stub(self, endpoint: str) -> Any:
         """The endpoint's Participant stub, the channel held open until ``release``."""
 
     def release(self, endpoint: str) -> None:
-        """A batch to ``endpoint`` is over: its channel may be closed again."""
+        """The hold taken by ``held_stub`` is over: the channel may be closed again."""
 
     def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
         """The reason a call that failed with status ``code`` gives its branch (``XAER_RMFAIL``)."""
+
+
+class Channels(Stubs, Protocol):
+    """What the batcher needs of the channel cache: also a call on an RPC of its own."""
+
+    async def single(
+        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
+    ) -> tuple[XaCode, str]:
+        """The call on an RPC of its own; failures as ``XAER_RMFAIL``, never raises."""
 
 
 @dataclass(slots=True, eq=False)

@@ -31,12 +31,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import grpc
 
 from xatm.coordinator import metrics
-from xatm.coordinator.engine.batching import add_item, answer_of
+from xatm.coordinator.engine.batching import Stubs, add_item, answer_of
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
@@ -53,19 +52,6 @@ _MESSAGES_SENT = metrics.PARTICIPANT_CALLS.labels(method="BatchStream")
 
 class Unstreamed(Exception):
     """The endpoint does not serve ``BatchStream`` (UNIMPLEMENTED): nothing was done."""
-
-
-class Channels(Protocol):
-    """What the streams need of the channel cache (``Peers``)."""
-
-    def held_stub(self, endpoint: str) -> Any:
-        """The endpoint's Participant stub, the channel held open until ``release``."""
-
-    def release(self, endpoint: str) -> None:
-        """The hold taken by ``held_stub`` is over."""
-
-    def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
-        """The reason a call that failed with status ``code`` gives its branch (``XAER_RMFAIL``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -88,7 +74,7 @@ class _Call:
 class Streams:
     """One ``BatchStream`` per participant endpoint, opened on first use and kept open."""
 
-    def __init__(self, channels: Channels, *, max_batch: int = 64, linger: float = 0.005) -> None:
+    def __init__(self, channels: Stubs, *, max_batch: int = 64, linger: float = 0.005) -> None:
         self._channels = channels
         self._max_batch = max_batch
         self._linger = linger
