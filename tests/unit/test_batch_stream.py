@@ -2,10 +2,11 @@
 
 Against a scripted participant whose stream answers what the test hands it: results are matched
 to their branches by item id whatever their order and grouping, an id nobody waits for is
-dropped, a branch past its own deadline fails alone and its late answer reaches no other branch,
-and a stream that breaks fails what it carries and is replaced on the next call. Against the
-real servicers (threaded and grpc.aio): branches on one stream are served concurrently, a slow
-one in an earlier message holding up none sent after it.
+dropped (and so is the answer to a caller that stopped waiting), a branch past its own deadline
+fails alone and its late answer reaches no other branch, and a stream that breaks fails what it
+carries and is replaced on the next call. Against the real servicers (threaded and grpc.aio):
+branches on one stream are served concurrently, a slow one in an earlier message holding up
+none sent after it.
 """
 
 from __future__ import annotations
@@ -164,6 +165,23 @@ def test_a_broken_stream_fails_what_it_carries_and_the_next_call_opens_another()
             participant.give((ic, XaCode.XA_OK, ""))
             assert await c == (XaCode.XA_OK, "")
             assert participant.opened == 2
+
+    asyncio.run(run())
+
+
+def test_a_caller_that_stops_waiting_leaves_the_stream_to_the_others() -> None:
+    async def run() -> None:
+        async with scripted() as (participant, peers, endpoint):
+            gone = _call(peers, endpoint, Phase.PREPARE, "gone")
+            (i_gone,) = await participant.ids()
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            kept = _call(peers, endpoint, Phase.PREPARE, "kept")
+            (i_kept,) = await participant.ids()
+            participant.give((i_gone, XaCode.XA_RBROLLBACK, "nobody waits"), (i_kept, XaCode.XA_OK, ""))
+            assert await kept == (XaCode.XA_OK, "")
+            assert gone.cancelled() and participant.opened == 1
 
     asyncio.run(run())
 
