@@ -37,12 +37,13 @@ PARTICIPANT_CHANNELS = Gauge(
 )
 PARTICIPANT_CALLS = Counter(
     "xatm_participant_rpcs_sent_total",
-    "RPCs the coordinator sent to participants, by method (a Batch carries many branches' calls)",
+    "RPCs the coordinator sent to participants, by method (a Batch carries many branches' calls; "
+    "each message on a BatchStream counts as one)",
     ["method"],
 )
 BATCH_BRANCHES = Histogram(
     "xatm_participant_batch_branches",
-    "Branch calls carried by each Batch RPC to a participant",
+    "Branch calls carried by each Batch RPC or BatchStream message to a participant",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 RECOVERY_ACTIONS = Counter("xatm_recovery_actions_total", "Recovery actions taken", ["action"])

@@ -10,6 +10,10 @@ error only ever means the call itself was refused (malformed xid, injected fault
 through the same core as its own call would, all of them at once (in worker threads), and each
 result is streamed back as soon as it is known, the ones finished together in one message. A
 branch whose own call would have been refused answers XAER_RMFAIL with that status as reason.
+``BatchStream`` serves the same batches over one long-lived stream: every branch it carries runs
+at once, whichever message brought it, and its result goes back, matched by its item id, as
+soon as it is known (those finished together in one message); the stream ends once the
+coordinator has closed its side and every branch was answered.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ _BATCH_VERBS = {
 #: its RM (waiting for a pooled connection, a lock) never keeps the commits that would free it
 #: waiting for a worker; more branches than this wait for a free one.
 BATCH_WORKERS = 64
+
+#: Put in a stream's queue once its requests are over (the caller closed its side, or left).
+_READ_ALL = object()
 
 
 class ParticipantCore:
@@ -145,6 +152,14 @@ class ParticipantCore:
                 return _result(item, XaCode.XAER_RMFAIL, f"{error.status.name}: {error.message}")
             span.note(xa_code=XaCode(reply.code).name)
         return participant_pb2.BatchResult(id=item.id, code=reply.code, reason=reply.reason)
+
+    def answer_item(self, item: participant_pb2.BatchItem, received: float) -> participant_pb2.BatchResult:
+        """``serve_item``, and should it raise all the same (a bug), still an answer."""
+        try:
+            return self.serve_item(item, received)
+        except Exception as exc:
+            log.exception("participant batch item failed")
+            return _result(item, XaCode.XAER_RMFAIL, f"INTERNAL: {_reason(exc)}")
 
     # Each verb: validate, pass its failpoint, call the RM, map the result.
 
@@ -275,6 +290,32 @@ def _result(item: participant_pb2.BatchItem, code: XaCode, reason: str) -> parti
     return participant_pb2.BatchResult(id=item.id, code=proto_enum(code, xa_pb2.XaCode), reason=reason)
 
 
+class _Tally:
+    """A ``BatchStream``'s queue read on the sending side: what it carries, ending when the
+    requests are over and every branch they brought was answered."""
+
+    __slots__ = ("left", "reading")
+
+    def __init__(self) -> None:
+        self.reading = True
+        #: Branches started and not answered yet.
+        self.left = 0
+
+    def open(self) -> bool:
+        return self.reading or self.left > 0
+
+    def take(self, entry: object, results: list[participant_pb2.BatchResult]) -> None:
+        """Count one queue entry; a result is added to ``results``."""
+        if entry is _READ_ALL:
+            self.reading = False
+        elif isinstance(entry, int):
+            self.left += entry
+        else:
+            assert isinstance(entry, participant_pb2.BatchResult)
+            results.append(entry)
+            self.left -= 1
+
+
 class _Base(participant_pb2_grpc.ParticipantServicer):
     def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
         self.core = ParticipantCore(rm, on_complete=on_complete)
@@ -348,19 +389,59 @@ class ParticipantServicer(_Base):
             left -= len(results)
             yield participant_pb2.BatchReply(results=results)
 
+    def BatchStream(
+        self, requests: Iterator[participant_pb2.BatchRequest], context: grpc.ServicerContext
+    ) -> Iterator[participant_pb2.BatchReply]:
+        # The coordinator waits for this before its first message: it then knows the stream is
+        # served (a refusal comes instead of it).
+        context.send_initial_metadata(())
+        # One thread reads the requests and hands their branches to the batch workers, while the
+        # server's thread sends the results: a slow branch holds up neither reading nor others.
+        # The queue carries results, and from the reader, each message's number of branches
+        # (before any of their results) and _READ_ALL when the requests are over.
+        finished: queue.SimpleQueue[participant_pb2.BatchResult | int | object] = queue.SimpleQueue()
+        reader = threading.Thread(
+            target=self._take, args=(requests, finished), name="xatm-batch-stream", daemon=True
+        )
+        reader.start()
+        tally = _Tally()
+        while tally.open():
+            results: list[participant_pb2.BatchResult] = []
+            tally.take(finished.get(), results)
+            while True:
+                try:
+                    tally.take(finished.get_nowait(), results)
+                except queue.Empty:
+                    break
+            if results:
+                yield participant_pb2.BatchReply(results=results)
+
+    def _take(
+        self,
+        requests: Iterator[participant_pb2.BatchRequest],
+        finished: queue.SimpleQueue[participant_pb2.BatchResult | int | object],
+    ) -> None:
+        """Read the stream's requests and start their branches; ends with _READ_ALL, always."""
+        pool = self._pool()
+        try:
+            for request in requests:
+                received = time.monotonic()
+                finished.put(len(request.items))
+                for item in request.items:
+                    pool.submit(self._serve_into, finished, item, received)
+        except Exception as exc:  # the call was cancelled or refused: nothing more comes
+            log.debug("batch stream ended while reading: %s", _reason(exc))
+        finally:
+            finished.put(_READ_ALL)
+
     def _serve_into(
         self,
-        finished: queue.SimpleQueue[participant_pb2.BatchResult],
+        finished: queue.SimpleQueue[Any],
         item: participant_pb2.BatchItem,
         received: float,
     ) -> None:
         """One branch of a batch in a worker; its result always reaches ``finished``."""
-        try:
-            result = self.core.serve_item(item, received)
-        except Exception as exc:  # serve_item answers every failure itself: a bug, still an answer
-            log.exception("participant batch item failed")
-            result = _result(item, XaCode.XAER_RMFAIL, f"INTERNAL: {_reason(exc)}")
-        finished.put(result)
+        finished.put(self.core.answer_item(item, received))
 
     def _pool(self) -> futures.ThreadPoolExecutor:
         """The batch workers, started with the first batch of more than one branch."""
@@ -426,3 +507,45 @@ class AsyncParticipantServicer(_Base):
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             yield participant_pb2.BatchReply(results=[task.result() for task in done])
+
+    async def BatchStream(
+        self,
+        requests: AsyncIterator[participant_pb2.BatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[participant_pb2.BatchReply]:
+        await context.send_initial_metadata(())  # as on a threaded server
+        # As on a threaded server: a task reads the requests and starts each branch in a worker
+        # thread; the results, each message's number of branches and _READ_ALL share one queue.
+        finished: asyncio.Queue[participant_pb2.BatchResult | int | object] = asyncio.Queue()
+        branches: set[asyncio.Task[None]] = set()
+        answer = self.core.answer_item
+
+        async def serve(item: participant_pb2.BatchItem, received: float) -> None:
+            finished.put_nowait(await asyncio.to_thread(answer, item, received))
+
+        async def take() -> None:
+            try:
+                async for request in requests:
+                    received = time.monotonic()
+                    finished.put_nowait(len(request.items))
+                    for item in request.items:
+                        task = asyncio.ensure_future(serve(item, received))
+                        branches.add(task)
+                        task.add_done_callback(branches.discard)
+            except Exception as exc:  # the call was cancelled or refused: nothing more comes
+                log.debug("batch stream ended while reading: %s", _reason(exc))
+            finally:
+                finished.put_nowait(_READ_ALL)
+
+        reader = asyncio.ensure_future(take())
+        try:
+            tally = _Tally()
+            while tally.open():
+                results: list[participant_pb2.BatchResult] = []
+                tally.take(await finished.get(), results)
+                while not finished.empty():
+                    tally.take(finished.get_nowait(), results)
+                if results:
+                    yield participant_pb2.BatchReply(results=results)
+        finally:
+            reader.cancel()

@@ -33,8 +33,8 @@ class FakePeer(grpc.GenericRpcHandler):
     """One service's paths on a real port; ``answers[method]`` chooses each answer (else ``default``).
 
     Methods in ``unserved`` are answered UNIMPLEMENTED, as by a peer built before them (each
-    attempt is kept in ``refused``): by default the Participant's ``Batch``, so the fake is
-    called one branch at a time.
+    attempt is kept in ``refused``): by default the Participant's ``BatchStream`` and ``Batch``,
+    so the fake is called one branch at a time.
     """
 
     def __init__(self, service: str = "xatm.v1.Participant", default: Answer = ok) -> None:
@@ -43,7 +43,7 @@ class FakePeer(grpc.GenericRpcHandler):
         self._default = default
         #: (method, request bytes) of every call received, in order.
         self.calls: list[tuple[str, bytes]] = []
-        self.unserved = {"Batch"}
+        self.unserved = {"BatchStream", "Batch"}
         #: The methods of the calls answered UNIMPLEMENTED, in order.
         self.refused: list[str] = []
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4))

@@ -30,7 +30,7 @@ from xatm.coordinator import metrics
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
-__all__ = ["BATCHED_PHASES", "Batcher", "Unbatched"]
+__all__ = ["BATCHED_PHASES", "Batcher", "Stubs", "Unbatched", "add_item", "answer_of"]
 
 #: The phases a batch carries, and the verb each one is sent as.
 BATCHED_PHASES = {
@@ -53,22 +53,26 @@ class Unbatched(Exception):
     """The endpoint does not serve batches (UNIMPLEMENTED): nothing was done; call per branch."""
 
 
-class Channels(Protocol):
-    """What the batcher needs of the channel cache (``Peers``)."""
-
-    async def single(
-        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
-    ) -> tuple[XaCode, str]:
-        """The call on an RPC of its own; failures as ``XAER_RMFAIL``, never raises."""
+class Stubs(Protocol):
+    """The channel cache (``Peers``) as batches and streams use it."""
 
     def held_stub(self, endpoint: str) -> Any:
         """The endpoint's Participant stub, the channel held open until ``release``."""
 
     def release(self, endpoint: str) -> None:
-        """A batch to ``endpoint`` is over: its channel may be closed again."""
+        """The hold taken by ``held_stub`` is over: the channel may be closed again."""
 
     def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
         """The reason a call that failed with status ``code`` gives its branch (``XAER_RMFAIL``)."""
+
+
+class Channels(Stubs, Protocol):
+    """What the batcher needs of the channel cache: also a call on an RPC of its own."""
+
+    async def single(
+        self, endpoint: str, phase: Phase, xid: Xid, timeout: float, trace: tuple[tuple[str, str], ...]
+    ) -> tuple[XaCode, str]:
+        """The call on an RPC of its own; failures as ``XAER_RMFAIL``, never raises."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,18 +89,41 @@ class _Call:
     future: asyncio.Future[tuple[XaCode, str] | None]
 
     def add_to(self, request: participant_pb2.BatchRequest, number: int, now: float) -> None:
-        """Add the call to ``request`` as item ``number`` of a batch sent at ``now``
-        (time.monotonic()); filled in place, not built apart and copied in."""
-        item = request.items.add(
-            id=number,
-            verb=BATCHED_PHASES[self.phase],
-            one_phase=self.phase == Phase.ONE_PHASE_COMMIT,
-            timeout_ms=max(1, math.ceil((self.deadline - now) * 1000)),
-        )
-        xid, wire = self.xid, item.xid
-        wire.format_id, wire.gtrid, wire.bqual = xid.format_id, xid.gtrid, xid.bqual
-        if self.trace:
-            item.trace.update(self.trace)
+        """Add the call to ``request`` as item ``number`` of a batch sent at ``now``."""
+        add_item(request, number, self.phase, self.xid, self.deadline, self.trace, now)
+
+
+def add_item(
+    request: participant_pb2.BatchRequest,
+    number: int,
+    phase: Phase,
+    xid: Xid,
+    deadline: float,
+    trace: tuple[tuple[str, str], ...],
+    now: float,
+) -> None:
+    """Add one branch's call of ``phase`` to ``request`` as item ``number``, due at ``deadline``
+    and sent at ``now`` (both time.monotonic()); filled in place, not built apart and copied in."""
+    item = request.items.add(
+        id=number,
+        verb=BATCHED_PHASES[phase],
+        one_phase=phase == Phase.ONE_PHASE_COMMIT,
+        timeout_ms=max(1, math.ceil((deadline - now) * 1000)),
+    )
+    wire = item.xid
+    wire.format_id, wire.gtrid, wire.bqual = xid.format_id, xid.gtrid, xid.bqual
+    if trace:
+        item.trace.update(trace)
+
+
+def answer_of(result: participant_pb2.BatchResult, phase: Phase) -> tuple[XaCode, str]:
+    """A batch result as the branch's (code, reason); a code outside the protocol is
+    ``XAER_RMFAIL`` saying so, as the branch's own call would have been read."""
+    try:
+        return XaCode(result.code), result.reason
+    except ValueError:
+        what = f"participant answered {_METHODS[phase]} with unknown XaCode {result.code} in code"
+        return XaCode.XAER_RMFAIL, what
 
 
 class _Queue:
@@ -275,13 +302,7 @@ class Batcher:
                 call = calls[result.id]
                 if call.future.done():
                     continue  # past its own deadline already, or answered twice: the first answer stands
-                try:
-                    answer = (XaCode(result.code), result.reason)
-                except ValueError:
-                    method = _METHODS[call.phase]
-                    what = f"participant answered {method} with unknown XaCode {result.code} in code"
-                    answer = (XaCode.XAER_RMFAIL, what)
-                call.future.set_result(answer)
+                call.future.set_result(answer_of(result, call.phase))
 
     def _expire(self, endpoint: str, call: _Call, timeout: float) -> None:
         """``call``'s own deadline (``timeout`` seconds after it was sent) passed unanswered."""

@@ -8,10 +8,11 @@ One channel per endpoint, cached and bounded: at most ``max_channels`` are kept,
 for ``idle_after`` seconds is closed (the least recently used first, never one with a call out);
 messages either way are bounded by ``max_message_bytes``.
 
-Prepare, commit and rollback go through a ``Batcher``: the calls to one endpoint queued in the
-same loop pass share one ``Batch`` RPC, each with its own deadline and answer. An endpoint that
-answers ``Batch`` with UNIMPLEMENTED (a participant built before it) gets one call per branch
-from then on, for as long as its channel is kept.
+Prepare, commit and rollback go over one long-lived ``BatchStream`` per endpoint (``Streams``):
+the calls to one endpoint queued together share one message on it, each with its own deadline
+and answer. An endpoint that answers the stream UNIMPLEMENTED (a participant built before it)
+gets ``Batch`` RPCs instead (``Batcher``), and one that answers ``Batch`` UNIMPLEMENTED too gets
+one call per branch; each is remembered for as long as the endpoint's channel is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from google.protobuf.message import Message
 
 from xatm.coordinator import metrics
 from xatm.coordinator.engine.batching import BATCHED_PHASES, Batcher, Unbatched
+from xatm.coordinator.engine.streams import Streams, Unstreamed
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
@@ -41,6 +43,17 @@ REASON_MAX = 500
 log = logging.getLogger("xatm.peers")
 
 _SERVICE = participant_pb2.DESCRIPTOR.services_by_name["Participant"]
+
+#: Keepalive pings while a call is out, as the participant's stream always is: a connection that
+#: died without a word (a host gone, a dropped route) ends the stream, and fails what it carries,
+#: within about 30 s, rather than leaving every branch sent on it to its own deadline until TCP
+#: gives up. xatm's servers take pings however often they come (SERVER_OPTIONS); toward any
+#: other server, gRPC sends at most two pings while no data flows, as its default policy allows.
+_KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+)
 
 
 class PeerError(XatmError):
@@ -69,10 +82,11 @@ class Peers:
         idle_after: float = 300.0,
         max_batch: int = 64,
     ):
-        """``max_batch``: branches carried in one ``Batch`` RPC at most (1 sends every branch on
-        its own call, as to a participant without batches)."""
+        """``max_batch``: branches carried in one ``Batch`` RPC or stream message at most (1 sends
+        every branch on its own call, as to a participant without batches)."""
         self._options = [
             *CHANNEL_OPTIONS,
+            *_KEEPALIVE,
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
@@ -87,6 +101,7 @@ class Peers:
         #: Endpoints that do not serve batches (forgotten with their channel).
         self._unbatched: set[str] = set()
         self._batcher = Batcher(self, max_batch=max_batch) if max_batch > 1 else None
+        self._streams = Streams(self, max_batch=max_batch) if max_batch > 1 else None
 
     @property
     def channel_count(self) -> int:
@@ -116,6 +131,8 @@ class Peers:
                 continue  # a call is out on it: closing would cancel that call
             del self._channels[endpoint]
             self._unbatched.discard(endpoint)  # a participant met anew may have been upgraded
+            if self._streams is not None:
+                self._streams.forget(endpoint)
             task = asyncio.get_running_loop().create_task(channel.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -135,10 +152,15 @@ class Peers:
         return stub
 
     def release(self, endpoint: str) -> None:
-        """A call to ``endpoint`` is over: its channel may be closed again."""
+        """A call to ``endpoint`` is over: its channel may be closed again, once unused for
+        ``idle_after`` from now (a stream's hold may have lasted far longer than one call)."""
         left = self._calls_out.pop(endpoint) - 1
         if left:
             self._calls_out[endpoint] = left
+        entry = self._channels.get(endpoint)
+        if entry is not None:
+            self._channels[endpoint] = (entry[0], entry[1], time.monotonic())
+            self._channels.move_to_end(endpoint)
 
     def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
         """The reason a call to ``endpoint`` that ended with ``code`` gives (``XAER_RMFAIL``)."""
@@ -190,8 +212,18 @@ class Peers:
 
         Anything that is not a valid answer is ``XAER_RMFAIL`` with the reason saying what came back.
         """
+        started = time.monotonic()
         with tracing.span(f"xatm.coordinator.{phase}", gtrid=xid.gtrid, bqual=xid.bqual) as span:
             trace = tracing.inject()
+            if self._streams is not None and phase in BATCHED_PHASES and self._streams.serves(endpoint):
+                try:
+                    code, reason = await self._streams.call(endpoint, phase, xid, timeout, trace)
+                except Unstreamed:
+                    # Nothing was done: the call goes on by Batch within what is left of its time.
+                    timeout = max(0.001, timeout - (time.monotonic() - started))
+                else:
+                    span.note(xa_code=code.name)
+                    return code, reason[:REASON_MAX]
             if self._batcher is not None and phase in BATCHED_PHASES and endpoint not in self._unbatched:
                 try:
                     code, reason = await self._batcher.call(endpoint, phase, xid, timeout, trace)
@@ -248,6 +280,8 @@ class Peers:
         return xids, reply.rm_id
 
     async def close(self) -> None:
+        if self._streams is not None:
+            await self._streams.close()
         if self._batcher is not None:
             await self._batcher.close()
         for channel, _, _ in self._channels.values():

@@ -3,12 +3,13 @@
 Several transactions deposit into both banks at once. Bank-b holds its answers to the prepare
 (or commit) calls after doing the work: its store shows every branch prepared (or committed)
 while no answer has reached the coordinator, and then it is killed. Calls that arrive one by one
-may each travel alone; the last test makes one Batch carry them all for certain (a restarted
+may each travel alone; the last test makes one batch carry them all for certain (a restarted
 coordinator re-drives every commit it owes at once) and kills bank-b while it holds that batch.
-Each branch of a broken batch is a failed call of its own: an unanswered prepare rolls its
-transaction back, an unanswered commit is retried until the restarted bank acknowledges it.
-Either way every transaction ends as its decision says, in both stores, with nothing left
-prepared or locked.
+Batches travel as messages on the coordinator's stream to each bank, so each kill breaks that
+stream with branches in flight on it. Each branch of a broken batch is a failed call of its
+own: an unanswered prepare rolls its transaction back, an unanswered commit is retried until
+the restarted bank acknowledges it. Either way every transaction ends as its decision says, in
+both stores, with nothing left prepared or locked.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def _kill_mid_batch(
 
 
 def _check_end(system: BankSystem, gtrids: list[str], status: TxStatus) -> None:
+    # The phase calls went as messages on the coordinator's stream to each bank, never as RPCs.
+    assert system.metric("xatm_participant_rpcs_sent_total", method="BatchStream") > 0
+    assert system.metric("xatm_participant_rpcs_sent_total", method="Batch") == 0
     for gtrid in gtrids:
         info = wait_final(system, gtrid, 60)
         assert info is not None and TxStatus(info.status) == status, info
@@ -109,7 +113,7 @@ def test_killed_holding_one_batch_of_redriven_commits_every_transaction_commits_
     system: BankSystem,
 ) -> None:
     """A restarted coordinator re-drives every commit still owed in one pass: the N commits to
-    bank-b leave as one Batch, which bank-b holds until it is killed."""
+    bank-b leave as one batch, which bank-b holds until it is killed."""
     deposits = _kill_mid_batch(system, "participant.after_commit", "committed", restart=False)
     system.coordinator.kill()
     bank_b = system.banks["bank-b"]
@@ -122,7 +126,7 @@ def test_killed_holding_one_batch_of_redriven_commits_every_transaction_commits_
         small = system.metric("xatm_participant_batch_branches_bucket", le="2.0")
         return True if batches - small >= 1 else None
 
-    eventually("a Batch of more than two commits to bank-b", one_batch_of_all, 60)
+    eventually("a batch of more than two commits to bank-b", one_batch_of_all, 60)
     bank_b.kill()
     bank_b.start()
     _check_end(system, [gtrid for gtrid, _ in deposits], TxStatus.COMMITTED)

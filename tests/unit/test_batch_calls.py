@@ -14,6 +14,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -63,12 +64,29 @@ class ScriptedRM(MemoryRM):
         super().rollback(xid)
 
 
+class BatchOnly(ParticipantServicer):
+    """A threaded participant built before ``BatchStream``: it answers it UNIMPLEMENTED."""
+
+    BatchStream = participant_pb2_grpc.ParticipantServicer.BatchStream
+
+
+class AsyncBatchOnly(AsyncParticipantServicer):
+    """``BatchOnly`` on grpc.aio."""
+
+    async def BatchStream(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        yield  # an async generator, as a streamed method's behaviour is
+
+
 @contextlib.asynccontextmanager
-async def serving(rm: ScriptedRM, kind: str) -> AsyncIterator[str]:
-    """The Participant service over ``rm`` on a loopback port; its host:port."""
+async def serving(rm: ScriptedRM, kind: str, transport: str = "stream") -> AsyncIterator[str]:
+    """The Participant service over ``rm`` on a loopback port; its host:port. ``transport``
+    "batch": a participant that serves ``Batch`` but not ``BatchStream``."""
+    streams = transport == "stream"
     if kind == "aio":
         aio_server = grpc.aio.server()
-        participant_pb2_grpc.add_ParticipantServicer_to_server(AsyncParticipantServicer(rm), aio_server)
+        servicer = AsyncParticipantServicer(rm) if streams else AsyncBatchOnly(rm)
+        participant_pb2_grpc.add_ParticipantServicer_to_server(servicer, aio_server)
         port = aio_server.add_insecure_port("127.0.0.1:0")
         await aio_server.start()
         try:
@@ -77,7 +95,8 @@ async def serving(rm: ScriptedRM, kind: str) -> AsyncIterator[str]:
             await aio_server.stop(None)
     else:
         server = grpc.server(ThreadPoolExecutor(max_workers=8))
-        participant_pb2_grpc.add_ParticipantServicer_to_server(ParticipantServicer(rm), server)
+        threaded = ParticipantServicer(rm) if streams else BatchOnly(rm)
+        participant_pb2_grpc.add_ParticipantServicer_to_server(threaded, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         try:
@@ -106,7 +125,9 @@ async def _round(peers: Peers, endpoint: str, calls: list[tuple[Phase, Xid]]) ->
     return list(await asyncio.gather(*(peers.call(endpoint, p, x, timeout=10) for p, x in calls)))
 
 
-async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list[Xid], dict[str, float]]:
+async def _scenario(
+    kind: str, max_batch: int, transport: str = "stream"
+) -> tuple[list[list[Answer]], list[Xid], dict[str, float]]:
     """Rounds of mixed calls to one participant: the answers of each round, what the RM still
     holds prepared at the end, and how many RPCs and batched branches it took."""
     g = new_gtrid("t1")
@@ -134,12 +155,13 @@ async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list
     ]
     rm = ScriptedRM()
     before = {
+        "BatchStream": sent("BatchStream"),
         "Batch": sent("Batch"),
         "single": sent("Prepare") + sent("Commit") + sent("Rollback"),
         "carried": carried(),
     }
     answers = []
-    async with serving(rm, kind) as endpoint:
+    async with serving(rm, kind, transport) as endpoint:
         peers = Peers(max_batch=max_batch)
         try:
             for number, calls in enumerate(rounds):
@@ -150,6 +172,7 @@ async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list
         finally:
             await peers.close()
     counts = {
+        "BatchStream": sent("BatchStream") - before["BatchStream"],
         "Batch": sent("Batch") - before["Batch"],
         "single": sent("Prepare") + sent("Commit") + sent("Rollback") - before["single"],
         "carried": carried() - before["carried"],
@@ -157,9 +180,10 @@ async def _scenario(kind: str, max_batch: int) -> tuple[list[list[Answer]], list
     return answers, sorted(rm.recover(), key=str), counts
 
 
+@pytest.mark.parametrize("transport", ["stream", "batch"])
 @pytest.mark.parametrize("kind", ["threaded", "aio"])
-def test_a_batch_answers_each_branch_as_its_own_call_would(kind: str, unarmed: None) -> None:
-    batched, held_batched, counts = asyncio.run(_scenario(kind, max_batch=64))
+def test_a_batch_answers_each_branch_as_its_own_call_would(kind: str, transport: str, unarmed: None) -> None:
+    batched, held_batched, counts = asyncio.run(_scenario(kind, max_batch=64, transport=transport))
     one_by_one, held_one_by_one, singles = asyncio.run(_scenario(kind, max_batch=1))
 
     codes = [[code for code, _ in answers] for answers in batched]
@@ -186,18 +210,27 @@ def test_a_batch_answers_each_branch_as_its_own_call_would(kind: str, unarmed: N
     assert [[c for c, _ in a] for a in one_by_one] == codes
     assert [a[6][1] for a in (batched[0], one_by_one[0])] == [batched[0][6][1]] * 2
     assert held_batched == held_one_by_one == []  # the heuristic rollback left nothing prepared
-    # Four rounds, four messages: every branch went in its round's batch.
-    assert counts == {"Batch": 4, "single": 0, "carried": 16}
-    assert singles["Batch"] == 0 and singles["single"] == 16
+    # Four rounds, four messages: every branch went in its round's batch (on the stream, or by
+    # Batch once the participant refused the stream, which it did before serving anything).
+    if transport == "stream":
+        assert counts == {"BatchStream": 4, "Batch": 0, "single": 0, "carried": 16}
+    else:
+        assert (counts["Batch"], counts["single"]) == (4, 0)
+    assert singles["BatchStream"] == singles["Batch"] == 0 and singles["single"] == 16
 
 
+@pytest.mark.parametrize("transport", ["stream", "batch"])
 @pytest.mark.parametrize("kind", ["threaded", "aio"])
-def test_a_slow_branch_delays_no_neighbour_and_its_own_deadline_still_holds(kind: str) -> None:
+def test_a_slow_branch_delays_no_neighbour_and_its_own_deadline_still_holds(
+    kind: str, transport: str
+) -> None:
+    method = "BatchStream" if transport == "stream" else "Batch"
+
     async def run() -> None:
         g = new_gtrid("t1")
         rm = ScriptedRM()
-        before = (sent("Batch"), carried())
-        async with serving(rm, kind) as endpoint:
+        before = (sent(method), carried())
+        async with serving(rm, kind, transport) as endpoint:
             peers = Peers()
             try:
 
@@ -219,7 +252,9 @@ def test_a_slow_branch_delays_no_neighbour_and_its_own_deadline_still_holds(kind
                 rm.release("slow-short")
             finally:
                 await peers.close()
-        assert (sent("Batch") - before[0], carried() - before[1]) == (1, 3)
+        assert sent(method) - before[0] == 1
+        if transport == "stream":
+            assert carried() - before[1] == 3
         assert sorted(rm.prepares) == ["fast-1", "slow-late", "slow-short"]
 
     asyncio.run(run())
@@ -238,7 +273,7 @@ def test_a_participant_without_batch_gets_one_call_per_branch_from_then_on() -> 
         finally:
             await peers.close()
             fake.stop()
-        assert fake.refused == ["Batch"]  # asked once, remembered for the endpoint
+        assert fake.refused == ["BatchStream", "Batch"]  # asked once each, remembered for the endpoint
         assert fake.methods() == ["Prepare"] * 3 + ["Commit"] * 3
 
     asyncio.run(run())

@@ -74,6 +74,11 @@ class ParticipantStub:
                 request_serializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
                 response_deserializer=xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
                 _registered_method=True)
+        self.BatchStream = channel.stream_stream(
+                '/xatm.v1.Participant/BatchStream',
+                request_serializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
+                response_deserializer=xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
+                _registered_method=True)
 
 
 class ParticipantServicer:
@@ -133,6 +138,21 @@ class ParticipantServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchStream(self, request_iterator, context):
+        """Batch over one long-lived stream per coordinator and participant: each request message is a
+        batch, each branch is served as in Batch (concurrently with every other branch in flight on
+        the stream, whatever message carried it) and its result comes back, matched by its item id,
+        as soon as it is known. Item ids are unique among the stream's branches not yet answered.
+        The participant sends its initial metadata at once, before any request comes: the
+        coordinator writes only after it (or after the refusal that comes instead).
+        There is no call deadline: each branch's timeout_ms bounds it. The stream ends when the
+        coordinator closes it, once every branch it carried was answered. A participant that does
+        not serve it (UNIMPLEMENTED) is sent Batch calls instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +193,11 @@ def add_ParticipantServicer_to_server(servicer, server):
             ),
             'Batch': grpc.unary_stream_rpc_method_handler(
                     servicer.Batch,
+                    request_deserializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.FromString,
+                    response_serializer=xatm_dot_v1_dot_participant__pb2.BatchReply.SerializeToString,
+            ),
+            'BatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.BatchStream,
                     request_deserializer=xatm_dot_v1_dot_participant__pb2.BatchRequest.FromString,
                     response_serializer=xatm_dot_v1_dot_participant__pb2.BatchReply.SerializeToString,
             ),
@@ -391,6 +416,33 @@ class Participant:
             request,
             target,
             '/xatm.v1.Participant/Batch',
+            xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
+            xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/xatm.v1.Participant/BatchStream',
             xatm_dot_v1_dot_participant__pb2.BatchRequest.SerializeToString,
             xatm_dot_v1_dot_participant__pb2.BatchReply.FromString,
             options,
