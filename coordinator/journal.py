@@ -389,7 +389,7 @@ class _Folding:
         snap = rec.snapshot
         if snap.status in _CLOSED:
             gtrid = rec.gtrid
-            _leaving(snap, self.endpoints)
+            _leaving(snap, self.endpoints, {})
             self._close(gtrid, rec.SerializeToString(), snap, fresh=gtrid not in self.history)
             self._drop(gtrid)
         else:
@@ -407,14 +407,16 @@ class _Folding:
         if snap is None:
             self.change(rec, "end")
             return
-        self._settle(gtrid, snap)
         status = snap.status = rec.end.status
         snap.completed_at.CopyFrom(rec.time)
-        if status in _CLOSED:
-            _leaving(snap, self.endpoints)
-            self._drop(gtrid)
-            rec.snapshot.CopyFrom(snap)
-            self._close(gtrid, rec.SerializeToString(), snap, fresh=True)
+        if status not in _CLOSED:
+            self._settle(gtrid, snap)
+            return
+        # Its answers are folded in on the way out, in the one pass over its branches.
+        _leaving(snap, self.endpoints, _last_answers(self.waiting[gtrid]))
+        self._drop(gtrid)
+        rec.snapshot.CopyFrom(snap)
+        self._close(gtrid, rec.SerializeToString(), snap, fresh=True)
 
     def change(self, rec: wal_pb2.WalRecord, kind: str) -> None:
         """Fold a record that changes a known transaction (ignored for an unknown one, as events
@@ -469,11 +471,7 @@ class _Folding:
         answers = self.waiting[gtrid]
         if not answers:
             return
-        last: dict[str, wal_pb2.BranchResultRecord] = {}
-        for rec in answers:
-            r = rec.branch_result
-            if r.status:  # no status: a late answer that changed nothing
-                last[r.bqual] = r  # each answer overwrites all the branch's fields: the last stays
+        last = _last_answers(answers)
         answers.clear()
         if not last:
             return
@@ -481,8 +479,7 @@ class _Folding:
         for bqual, r in last.items():
             branch = branches.get(bqual)
             if branch is not None:
-                branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
-                branch.has_last_code, branch.status = True, r.status
+                _answer_into(branch, r)
 
     def _apply(
         self, gtrid: str, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str
@@ -492,8 +489,7 @@ class _Folding:
             r = rec.branch_result
             branch = self._branches(gtrid, snap).get(r.bqual)
             if branch is not None and r.status:
-                branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
-                branch.has_last_code, branch.status = True, r.status
+                _answer_into(branch, r)
         elif kind == "enlist":
             e = rec.enlist
             enlisted = self._branches(gtrid, snap).get(e.bqual)
@@ -531,16 +527,44 @@ class _Folding:
 _SCANNED = 8
 
 
-def _leaving(snap: wal_pb2.TransactionSnapshot, endpoints: dict[str, str]) -> None:
-    """A completed transaction leaves for the history: raise ``ValueError`` where
-    ``_from_snapshot`` would (an enum value with no member), and note in ``endpoints`` where its
-    branches were served (rm_id -> endpoint)."""
+def _last_answers(answers: list[wal_pb2.WalRecord]) -> dict[str, wal_pb2.BranchResultRecord]:
+    """The last answer of each branch (bqual -> result) among the branch-result records
+    ``answers``: each overwrites all of its branch's fields, so only the last one counts."""
+    last: dict[str, wal_pb2.BranchResultRecord] = {}
+    for rec in answers:
+        r = rec.branch_result
+        if r.status:  # no status: a late answer that changed nothing
+            last[r.bqual] = r
+    return last
+
+
+def _answer_into(branch: wal_pb2.BranchSnapshot, r: wal_pb2.BranchResultRecord) -> None:
+    """Fold a branch's answer (one with a status) into its snapshot."""
+    branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
+    branch.has_last_code, branch.status = True, r.status
+
+
+def _leaving(
+    snap: wal_pb2.TransactionSnapshot,
+    endpoints: dict[str, str],
+    answers: dict[str, wal_pb2.BranchResultRecord],
+) -> None:
+    """A completed transaction leaves for the history: fold in ``answers`` (each branch's last
+    answer not yet folded in, by bqual), raise ``ValueError`` where ``_from_snapshot`` would (an
+    enum value with no member), and note in ``endpoints`` where its branches were served
+    (rm_id -> endpoint)."""
     # Only Committed and Rolledback leave: its status needs no check.
     if snap.rollback_code:
         _CODES[snap.rollback_code]
     if snap.decision:
         _DECISIONS[snap.decision]
     for b in snap.branches:
+        if answers:
+            # A bqual named twice (never written so) gets the answer in both; reading the
+            # snapshot back keeps the last of them, as a dict by bqual does.
+            r = answers.get(b.bqual)
+            if r is not None:
+                _answer_into(b, r)
         endpoints[b.rm_id] = b.endpoint
         _BRANCH_STATUSES[b.status]
         if b.has_last_code:
