@@ -558,19 +558,27 @@ def _leaving(
         _CODES[snap.rollback_code]
     if snap.decision:
         _DECISIONS[snap.decision]
+    status: int
+    code: int | None
+    phase: int
     for b in snap.branches:
-        if answers:
-            # A bqual named twice (never written so) gets the answer in both; reading the
-            # snapshot back keeps the last of them, as a dict by bqual does.
-            r = answers.get(b.bqual)
-            if r is not None:
-                _answer_into(b, r)
         endpoints[b.rm_id] = b.endpoint
-        _BRANCH_STATUSES[b.status]
-        if b.has_last_code:
-            _CODES[b.last_code]
-            if b.last_phase:
-                _PHASES[b.last_phase]
+        # A bqual named twice (never written so) gets the answer in both; reading the snapshot
+        # back keeps the last of them, as a dict by bqual does.
+        r = answers.get(b.bqual) if answers else None
+        if r is not None:  # folded in here, and checked as read from the answer
+            status, code, phase = r.status, r.code, r.phase
+            b.last_phase, b.last_code, b.last_reason = phase, code, r.reason
+            b.has_last_code, b.status = True, status
+        elif b.has_last_code:
+            status, code, phase = b.status, b.last_code, b.last_phase
+        else:
+            status, code, phase = b.status, None, 0
+        _BRANCH_STATUSES[status]
+        if code is not None:
+            _CODES[code]
+            if phase:
+                _PHASES[phase]
 
 
 def _status_into(snap: wal_pb2.TransactionSnapshot, status: wal_pb2.StatusRecord) -> None:
