@@ -263,13 +263,16 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
     """
     parse = wal_pb2.WalRecord.FromString
     length_at = _LENGTH.unpack_from
+    # One buffer for every chunk: a fresh megabyte each time would be fresh pages for the kernel
+    # to map in. Parsing copies what a record holds, so the buffer can be read over.
+    buffer = bytearray(READ_CHUNK)
     try:
         while spans:
             span = spans[0]
             pos = span.start  # where ``data`` starts in the file
             while pos < span.end:
-                data = _chunk(span, pos)
-                view, at, size = memoryview(data), 0, len(data)
+                data = _chunk(span, pos, buffer)
+                at, size = 0, len(data)
                 # Every frame that lies whole in the chunk; the rest start the next one.
                 while at + FRAME_HEADER_SIZE <= size:
                     (length,) = length_at(data, at)
@@ -278,7 +281,7 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
                     if end > size:
                         break
                     try:
-                        record = parse(view[start : start + length])  # type: ignore[arg-type]  # any buffer
+                        record = parse(data[start : start + length])  # type: ignore[arg-type]  # any buffer
                     except DecodeError as exc:
                         raise _unparsable(span.path, pos + at, exc).error() from None
                     yield record
@@ -292,17 +295,22 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
         close_spans(spans)
 
 
-def _chunk(span: Span, pos: int) -> bytes:
-    """The checked bytes of ``span`` from ``pos`` on: ``READ_CHUNK`` of them, or more to hold the
-    whole frame at ``pos``, never past the span's end (raises ``LogCorrupt`` if the file is
-    shorter)."""
-    want = min(READ_CHUNK, span.end - pos)
-    data = _pread(span, want, pos)
+def _chunk(span: Span, pos: int, buffer: bytearray) -> memoryview:
+    """The checked bytes of ``span`` from ``pos`` on, read into ``buffer`` (as many as it holds,
+    never past the span's end), or on their own when the frame at ``pos`` is larger. Raises
+    ``LogCorrupt`` if the file is shorter."""
+    data = memoryview(buffer)[: min(len(buffer), span.end - pos)]
+    done = 0
+    while done < len(data):  # a short read is legal
+        got = os.preadv(span.fd, [data[done:]], pos + done)
+        if not got:
+            raise LogCorrupt(str(span.path), pos + done, "segment shrank while it was being read")
+        done += got
     if len(data) >= FRAME_HEADER_SIZE:
         (length,) = _LENGTH.unpack_from(data)
         frame = FRAME_HEADER_SIZE + length + (-length % 8)
-        if frame > len(data):  # a frame larger than a chunk: read it whole
-            data += _pread(span, min(frame, span.end - pos) - len(data), pos + len(data))
+        if frame > len(data):  # larger than the buffer: read whole, in bytes of its own
+            return memoryview(_pread(span, min(frame, span.end - pos), pos))
     return data
 
 
