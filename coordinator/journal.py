@@ -374,8 +374,8 @@ class _Folding:
         self.waiting: dict[str, list[wal_pb2.WalRecord]] = {}
         self.history: dict[str, tuple[bytes, int, float]] = {}
         self.endpoints: dict[str, str] = {}
-        #: gtrid -> (bqual -> branch message), for the transactions with many branches (a scan is
-        #: cheaper for a few); dropped whenever the transaction's message is replaced.
+        #: gtrid -> (bqual -> branch message), for the transactions with many branches (for a few
+        #: it is cheaper built anew); dropped whenever the transaction's message is replaced.
         self._index: dict[str, dict[str, wal_pb2.BranchSnapshot]] = {}
 
     def start(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
@@ -518,13 +518,13 @@ class _Folding:
         index = self._index.get(gtrid)
         if index is None:
             index = {branch.bqual: branch for branch in snap.branches}
-            if len(index) > _SCANNED:
+            if len(index) > _MANY_BRANCHES:
                 self._index[gtrid] = index
         return index
 
 
 #: Branches beyond which a transaction's branches by bqual are kept rather than built anew.
-_SCANNED = 8
+_MANY_BRANCHES = 8
 
 
 def _last_answers(answers: list[wal_pb2.WalRecord]) -> dict[str, wal_pb2.BranchResultRecord]:

@@ -21,7 +21,7 @@ from xatm.participant.xa import BranchStatus as B
 from xatm.participant.xa import Phase, XaCode
 from xatm.participant.xa import TxStatus as S
 
-BQUALS = [f"b{i}" for i in range(12)]  # more than the branches found by scanning
+BQUALS = [f"b{i}" for i in range(12)]  # more than the branches whose index is built anew each time
 FAILURES = [XaCode.XAER_RMFAIL, XaCode.XA_RBROLLBACK, XaCode.XA_HEURCOM]
 
 
