@@ -314,25 +314,25 @@ def replay_compact(
     transaction that completes leaves as its snapshot record's bytes, stamped with the time of the
     record that completed it.
 
+    The records are the fold's to change (it reads each once): the record that completes a
+    transaction becomes that transaction's snapshot record.
+
     Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does,
     in what it keeps: a completed transaction is checked as it leaves, the others as they are
     built at the end (a value in a record that a later one replaced whole goes unread).
     """
     folding = _Folding(keep)
-    live, branch_of = folding.live, folding.branch
+    waiting = folding.waiting
     for rec in records:
         kind = rec.WhichOneof("body")
-        if kind == "branch_result":  # most records are: folded here, without further calls
-            snap = live.get(rec.gtrid)
-            if snap is None:
+        if kind == "branch_result":  # most records are: kept aside until their transaction is read
+            answers = waiting.get(rec.gtrid)
+            if answers is not None:
+                answers.append(rec)
+            else:
                 folding.change(rec, kind)
-                continue
-            r = rec.branch_result
-            if r.status:  # no status: a late answer that changed nothing
-                branch = branch_of(snap, r.bqual)
-                if branch is not None:
-                    branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
-                    branch.has_last_code, branch.status = True, r.status
+        elif kind == "end":
+            folding.end(rec)
         elif kind == "decision" and rec.decision.HasField("transaction"):
             folding.start(rec.gtrid, rec.decision.transaction)
         elif kind == "snapshot":
@@ -352,27 +352,30 @@ def replay_compact(
             folding.forget(rec.gtrid)
         elif kind is not None:
             folding.change(rec, kind)
-    folding.trim()
-    return Replayed(
-        {gtrid: _from_snapshot(snap) for gtrid, snap in folding.live.items()},
-        folding.history,
-        folding.endpoints,
-    )
+    return folding.finish()
 
 
 class _Folding:
     """``replay_compact``'s state: snapshot messages of the transactions not completed, and
-    the snapshot records' bytes of those completed (at most ``keep`` of them)."""
+    the snapshot records' bytes of those completed (at most ``keep`` of them).
 
-    __slots__ = ("_index", "endpoints", "history", "keep", "live")
+    A branch's answers are folded into its transaction only when something reads or changes
+    the transaction: all but the last answer of each branch are overwritten anyway, and the
+    answers given before a record that carries the whole transaction (the commit decision) are
+    dropped unread."""
+
+    __slots__ = ("_index", "endpoints", "history", "keep", "live", "waiting")
 
     def __init__(self, keep: int | None) -> None:
         self.keep = keep
         self.live: dict[str, wal_pb2.TransactionSnapshot] = {}
+        #: gtrid -> the branch-result records of a live transaction not yet folded into it
+        #: (every live transaction has an entry).
+        self.waiting: dict[str, list[wal_pb2.WalRecord]] = {}
         self.history: dict[str, tuple[bytes, int, float]] = {}
         self.endpoints: dict[str, str] = {}
-        #: bqual -> branch message, for the transactions with many branches (a scan is cheaper
-        #: for a few); dropped whenever the transaction's message is replaced.
+        #: gtrid -> (bqual -> branch message), for the transactions with many branches (for a few
+        #: it is cheaper built anew); dropped whenever the transaction's message is replaced.
         self._index: dict[str, dict[str, wal_pb2.BranchSnapshot]] = {}
 
     def start(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
@@ -380,21 +383,40 @@ class _Folding:
         self.history.pop(gtrid, None)
         self._index.pop(gtrid, None)
         self.live[gtrid] = snap
+        self.waiting[gtrid] = []
 
     def snapshot(self, rec: wal_pb2.WalRecord) -> None:
         snap = rec.snapshot
         if snap.status in _CLOSED:
-            _check_snapshot(snap)
-            self._close(rec.gtrid, rec.SerializeToString(), snap, fresh=rec.gtrid not in self.history)
-            self.live.pop(rec.gtrid, None)
-            self._index.pop(rec.gtrid, None)
+            gtrid = rec.gtrid
+            _leaving(snap, self.endpoints, {})
+            self._close(gtrid, rec.SerializeToString(), snap, fresh=gtrid not in self.history)
+            self._drop(gtrid)
         else:
             self.start(rec.gtrid, snap)
 
     def forget(self, gtrid: str) -> None:
-        self.live.pop(gtrid, None)
+        self._drop(gtrid)
         self.history.pop(gtrid, None)
-        self._index.pop(gtrid, None)
+
+    def end(self, rec: wal_pb2.WalRecord) -> None:
+        """Fold an end record; a transaction it completes leaves as its snapshot record, which
+        the end record becomes (same time, same gtrid)."""
+        gtrid = rec.gtrid
+        snap = self.live.get(gtrid)
+        if snap is None:
+            self.change(rec, "end")
+            return
+        status = snap.status = rec.end.status
+        snap.completed_at.CopyFrom(rec.time)
+        if status not in _CLOSED:
+            self._settle(gtrid, snap)
+            return
+        # Its answers are folded in on the way out, in the one pass over its branches.
+        _leaving(snap, self.endpoints, _last_answers(self.waiting[gtrid]))
+        self._drop(gtrid)
+        rec.snapshot.CopyFrom(snap)
+        self._close(gtrid, rec.SerializeToString(), snap, fresh=True)
 
     def change(self, rec: wal_pb2.WalRecord, kind: str) -> None:
         """Fold a record that changes a known transaction (ignored for an unknown one, as events
@@ -402,15 +424,8 @@ class _Folding:
         gtrid = rec.gtrid
         snap = self.live.get(gtrid)
         if snap is not None:
-            self._apply(snap, rec, kind)
-            if kind == "end" and snap.status in _CLOSED:  # completed: it leaves as bytes
-                _check_snapshot(snap)
-                del self.live[gtrid]
-                self._index.pop(gtrid, None)
-                closing = wal_pb2.WalRecord(gtrid=gtrid)
-                closing.time.CopyFrom(rec.time)
-                closing.snapshot.CopyFrom(snap)
-                self._close(gtrid, closing.SerializeToString(), snap, fresh=True)
+            self._settle(gtrid, snap)
+            self._apply(gtrid, snap, rec, kind)
             return
         kept = self.history.get(gtrid)
         if kept is None:
@@ -418,14 +433,28 @@ class _Folding:
         # A record about a completed transaction (a late answer, an end record written again):
         # folded into its snapshot record all the same, which keeps its place and its time.
         closed = wal_pb2.WalRecord.FromString(kept[0])
-        self._apply(closed.snapshot, rec, kind)
+        self._apply(gtrid, closed.snapshot, rec, kind)
+        self._index.pop(gtrid, None)  # it indexes a message read for this record only
+        for branch in closed.snapshot.branches:
+            self.endpoints[branch.rm_id] = branch.endpoint
         self._close(gtrid, closed.SerializeToString(), closed.snapshot, fresh=False)
+
+    def finish(self) -> Replayed:
+        """What was rebuilt, once every record is folded in."""
+        for gtrid, snap in self.live.items():
+            self._settle(gtrid, snap)
+        self.trim()
+        live = {gtrid: _from_snapshot(snap) for gtrid, snap in self.live.items()}
+        return Replayed(live, self.history, self.endpoints)
+
+    def _drop(self, gtrid: str) -> None:
+        self.live.pop(gtrid, None)
+        self.waiting.pop(gtrid, None)
+        self._index.pop(gtrid, None)
 
     def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
         history = self.history
         history[gtrid] = (payload, snap.status, seconds(snap.begun_at))
-        for branch in snap.branches:
-            self.endpoints[branch.rm_id] = branch.endpoint
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each.
         if fresh and self.keep is not None and len(history) > self.keep + max(self.keep // 8, 1):
@@ -437,26 +466,42 @@ class _Folding:
             for gtrid in list(islice(self.history, len(self.history) - self.keep)):
                 del self.history[gtrid]
 
-    def _apply(self, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str) -> None:
+    def _settle(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
+        """Fold the answers kept aside for the live transaction ``gtrid`` into ``snap``."""
+        answers = self.waiting[gtrid]
+        if not answers:
+            return
+        last = _last_answers(answers)
+        answers.clear()
+        if not last:
+            return
+        branches = self._branches(gtrid, snap)
+        for bqual, r in last.items():
+            branch = branches.get(bqual)
+            if branch is not None:
+                _answer_into(branch, r)
+
+    def _apply(
+        self, gtrid: str, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str
+    ) -> None:
         # The record kinds ``replay`` folds into objects, folded into the snapshot: keep in step.
         if kind == "branch_result":
             r = rec.branch_result
-            branch = self.branch(snap, r.bqual)
+            branch = self._branches(gtrid, snap).get(r.bqual)
             if branch is not None and r.status:
-                branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
-                branch.has_last_code, branch.status = True, r.status
+                _answer_into(branch, r)
         elif kind == "enlist":
             e = rec.enlist
-            enlisted = self.branch(snap, e.bqual)
+            enlisted = self._branches(gtrid, snap).get(e.bqual)
             if enlisted is None:
                 enlisted = snap.branches.add()
-                self._index.pop(snap.gtrid, None)
+                self._index.pop(gtrid, None)
             else:
                 enlisted.Clear()
             enlisted.bqual, enlisted.rm_id, enlisted.endpoint = e.bqual, e.rm_id, e.endpoint
             enlisted.status = xa_pb2.BRANCH_STATUS_ENLISTED
         elif kind == "endpoint":
-            moved = self.branch(snap, rec.endpoint.bqual)
+            moved = self._branches(gtrid, snap).get(rec.endpoint.bqual)
             if moved is not None:
                 moved.endpoint = rec.endpoint.endpoint
         elif kind == "status":
@@ -467,38 +512,73 @@ class _Folding:
             snap.status = rec.end.status
             snap.completed_at.CopyFrom(rec.time)
 
-    def branch(self, snap: wal_pb2.TransactionSnapshot, bqual: str) -> wal_pb2.BranchSnapshot | None:
-        """The branch ``bqual`` of ``snap`` (the last of that name, as a dict by bqual keeps)."""
-        branches = snap.branches
-        if len(branches) <= _SCANNED:
-            found = None
-            for branch in branches:
-                if branch.bqual == bqual:
-                    found = branch
-            return found
-        index = self._index.get(snap.gtrid)
+    def _branches(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> dict[str, wal_pb2.BranchSnapshot]:
+        """The branches of ``snap`` (the live or kept transaction ``gtrid``) by bqual, the last
+        of each name as a dict by bqual keeps; kept for a transaction with many branches."""
+        index = self._index.get(gtrid)
         if index is None:
-            index = self._index[snap.gtrid] = {branch.bqual: branch for branch in branches}
-        return index.get(bqual)
+            index = {branch.bqual: branch for branch in snap.branches}
+            if len(index) > _MANY_BRANCHES:
+                self._index[gtrid] = index
+        return index
 
 
-#: Branches up to which a transaction's branch is found by scanning rather than by an index.
-_SCANNED = 8
+#: Branches beyond which a transaction's branches by bqual are kept rather than built anew.
+_MANY_BRANCHES = 8
 
 
-def _check_snapshot(snap: wal_pb2.TransactionSnapshot) -> None:
-    """Raise ``ValueError`` where ``_from_snapshot`` would: an enum value with no member."""
-    _TX_STATUSES[snap.status]
+def _last_answers(answers: list[wal_pb2.WalRecord]) -> dict[str, wal_pb2.BranchResultRecord]:
+    """The last answer of each branch (bqual -> result) among the branch-result records
+    ``answers``: each overwrites all of its branch's fields, so only the last one counts."""
+    last: dict[str, wal_pb2.BranchResultRecord] = {}
+    for rec in answers:
+        r = rec.branch_result
+        if r.status:  # no status: a late answer that changed nothing
+            last[r.bqual] = r
+    return last
+
+
+def _answer_into(branch: wal_pb2.BranchSnapshot, r: wal_pb2.BranchResultRecord) -> None:
+    """Fold a branch's answer (one with a status) into its snapshot."""
+    branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
+    branch.has_last_code, branch.status = True, r.status
+
+
+def _leaving(
+    snap: wal_pb2.TransactionSnapshot,
+    endpoints: dict[str, str],
+    answers: dict[str, wal_pb2.BranchResultRecord],
+) -> None:
+    """A completed transaction leaves for the history: fold in ``answers`` (each branch's last
+    answer not yet folded in, by bqual), raise ``ValueError`` where ``_from_snapshot`` would (an
+    enum value with no member), and note in ``endpoints`` where its branches were served
+    (rm_id -> endpoint)."""
+    # Only Committed and Rolledback leave: its status needs no check.
     if snap.rollback_code:
         _CODES[snap.rollback_code]
     if snap.decision:
         _DECISIONS[snap.decision]
+    status: int
+    code: int | None
+    phase: int
     for b in snap.branches:
-        _BRANCH_STATUSES[b.status]
-        if b.has_last_code:
-            _CODES[b.last_code]
-            if b.last_phase:
-                _PHASES[b.last_phase]
+        endpoints[b.rm_id] = b.endpoint
+        # A bqual named twice (never written so) gets the answer in both; reading the snapshot
+        # back keeps the last of them, as a dict by bqual does.
+        r = answers.get(b.bqual) if answers else None
+        if r is not None:  # folded in here, and checked as read from the answer
+            status, code, phase = r.status, r.code, r.phase
+            b.last_phase, b.last_code, b.last_reason = phase, code, r.reason
+            b.has_last_code, b.status = True, status
+        elif b.has_last_code:
+            status, code, phase = b.status, b.last_code, b.last_phase
+        else:
+            status, code, phase = b.status, None, 0
+        _BRANCH_STATUSES[status]
+        if code is not None:
+            _CODES[code]
+            if phase:
+                _PHASES[phase]
 
 
 def _status_into(snap: wal_pb2.TransactionSnapshot, status: wal_pb2.StatusRecord) -> None:

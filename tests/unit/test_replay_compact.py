@@ -21,7 +21,7 @@ from xatm.participant.xa import BranchStatus as B
 from xatm.participant.xa import Phase, XaCode
 from xatm.participant.xa import TxStatus as S
 
-BQUALS = [f"b{i}" for i in range(12)]  # more than the branches found by scanning
+BQUALS = [f"b{i}" for i in range(12)]  # more than the branches whose index is built anew each time
 FAILURES = [XaCode.XAER_RMFAIL, XaCode.XA_RBROLLBACK, XaCode.XA_HEURCOM]
 
 
@@ -174,3 +174,24 @@ def test_completed_history_is_kept_as_bytes_the_collector_does_not_track() -> No
     assert registry.get("n1.1").completed_at == 103.0
     assert [tx.gtrid for tx in registry.transactions([S.COMMITTED], begun_after=101.0)] == ["n1.1", "n1.2"]
     assert registry.rm_endpoints == {"rm-a": "a.example:1"}
+
+
+def test_answers_about_a_completed_transaction_with_many_branches_are_all_folded_in() -> None:
+    tx = sm.Transaction(gtrid="n1.wide", timeout_ms=1000, status=S.COMMITTED, begun_at=10.0)
+    for bqual in BQUALS:  # enough branches that they are looked up through an index
+        tx.branches[bqual] = sm.Branch(bqual, f"rm-{bqual}", f"{bqual}.example:1", B.COMMITTED)
+    tx.completed_at = 11.0
+    records = [R.snapshot(tx, 11.0)]
+    for bqual in ("b1", "b2"):  # each read back from the history, folded in, kept again
+        branch = tx.branches[bqual]
+        branch.status, branch.last_code, branch.last_phase = (
+            B.HEURISTICALLY_COMPLETED,
+            XaCode.XA_HEURCOM,
+            Phase.COMMIT,
+        )
+        records.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_HEURCOM, "heuristic", 12.0))
+    compact = replay_compact(_copies(records))
+    assert expand(compact.history["n1.wide"][0]) == replay(_copies(records))["n1.wide"]
+    assert {b.bqual: b.status for b in expand(compact.history["n1.wide"][0]).branches.values()} == {
+        bqual: B.HEURISTICALLY_COMPLETED if bqual in ("b1", "b2") else B.COMMITTED for bqual in BQUALS
+    }

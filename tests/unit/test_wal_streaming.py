@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.wal_support import SMALL, WalRecord, reopen, run
+from tests.wal_support import SMALL, WalRecord, reopen, run, segments
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.journal import replay
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.txlog.file import FileWal, scan
+from xatm.coordinator.txlog.file.framing import SEGMENT_HEADER_SIZE
 from xatm.coordinator.txlog.interface import Encoded, LogCorrupt
 from xatm.participant.xa import BranchStatus, TxStatus
 
@@ -207,3 +208,26 @@ def test_appends_of_one_loop_pass_reach_the_writer_as_one_batch(tmp_path: Path) 
     batches = run(go())
     assert batches[0] == 50  # every append of the pass, handed over together
     assert [r.gtrid for r in reopen(tmp_path)[0]] == [f"n1.r.{i}" for i in range(50)]
+
+
+@pytest.mark.timeout(30)  # without the check, reading would go round the same bytes for ever
+def test_a_segment_changed_after_the_check_stops_the_replay_with_log_corrupt(tmp_path: Path) -> None:
+    async def go() -> None:
+        wal = FileWal(tmp_path)
+        await wal.open()
+        for i in range(3):
+            await wal.append(rec(str(i)), force=i == 2)
+        await wal.close()
+        again = FileWal(tmp_path)
+        records = await again.open()
+        # After the check: the first frame now claims a payload running past the checked bytes.
+        with segments(tmp_path)[-1].open("r+b") as f:
+            f.seek(SEGMENT_HEADER_SIZE)
+            f.write((1 << 20).to_bytes(4, "little"))
+        try:
+            with pytest.raises(LogCorrupt, match="changed while it was being read"):
+                list(records)
+        finally:
+            await again.close()
+
+    run(go())

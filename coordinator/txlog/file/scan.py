@@ -262,53 +262,67 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
     Raises ``LogCorrupt`` at a record whose checksum holds but which does not parse.
     """
     parse = wal_pb2.WalRecord.FromString
+    length_at = _LENGTH.unpack_from
+    # One buffer for every chunk: a fresh megabyte each time would be fresh pages for the kernel
+    # to map in. Parsing copies what a record holds, so the buffer can be read over.
+    buffer = bytearray(READ_CHUNK)
     try:
         while spans:
             span = spans[0]
-            for pos, payload in _payloads(span):
-                try:
-                    record = parse(payload)  # type: ignore[arg-type]  # any buffer parses
-                except DecodeError as exc:
-                    raise _unparsable(span.path, pos, exc).error() from None
-                yield record
+            pos = span.start  # where ``data`` starts in the file
+            while pos < span.end:
+                data = _chunk(span, pos, buffer)
+                at, size = 0, len(data)
+                # Every frame that lies whole in the chunk; the rest start the next one.
+                while at + FRAME_HEADER_SIZE <= size:
+                    (length,) = length_at(data, at)
+                    start = at + FRAME_HEADER_SIZE
+                    end = start + length + (-length % 8)
+                    if end > size:
+                        break
+                    try:
+                        record = parse(data[start : start + length])  # type: ignore[arg-type]  # any buffer
+                    except DecodeError as exc:
+                        raise _unparsable(span.path, pos + at, exc).error() from None
+                    yield record
+                    at = end
+                if not at:  # checked bytes hold whole frames: this span is not what was checked
+                    raise LogCorrupt(str(span.path), pos, "segment changed while it was being read")
+                pos += at
             os.close(span.fd)
             spans.pop(0)
     finally:
         close_spans(spans)
 
 
-def _payloads(span: Span) -> Iterator[tuple[int, memoryview]]:
-    """(offset, payload) of each checked frame of ``span``, reading the file in chunks."""
-    length_at = _LENGTH.unpack_from
-    data, base = b"", span.start  # ``data`` holds the file from offset ``base`` on
-    view = memoryview(data)
-    pos, end = span.start, span.end
-    while pos < end:
-        at = pos - base
-        if at + FRAME_HEADER_SIZE > len(data):
-            data, base = _refill(span, data, base, pos, FRAME_HEADER_SIZE)
-            view, at = memoryview(data), 0
-        (length,) = length_at(data, at)
-        size = FRAME_HEADER_SIZE + length + (-length % 8)
-        if at + size > len(data):
-            data, base = _refill(span, data, base, pos, size)
-            view, at = memoryview(data), 0
-        yield pos, view[at + FRAME_HEADER_SIZE : at + FRAME_HEADER_SIZE + length]
-        pos += size
+def _chunk(span: Span, pos: int, buffer: bytearray) -> memoryview:
+    """The checked bytes of ``span`` from ``pos`` on, read into ``buffer`` (as many as it holds,
+    never past the span's end), or on their own when the frame at ``pos`` is larger. Raises
+    ``LogCorrupt`` if the file is shorter."""
+    data = memoryview(buffer)[: min(len(buffer), span.end - pos)]
+    done = 0
+    while done < len(data):  # a short read is legal
+        got = os.preadv(span.fd, [data[done:]], pos + done)
+        if not got:
+            raise LogCorrupt(str(span.path), pos + done, "segment shrank while it was being read")
+        done += got
+    if len(data) >= FRAME_HEADER_SIZE:
+        (length,) = _LENGTH.unpack_from(data)
+        frame = FRAME_HEADER_SIZE + length + (-length % 8)
+        if frame > len(data):  # larger than the buffer: read whole, in bytes of its own
+            return memoryview(_pread(span, min(frame, span.end - pos), pos))
+    return data
 
 
-def _refill(span: Span, data: bytes, base: int, pos: int, need: int) -> tuple[bytes, int]:
-    """The bytes from ``pos`` on: what ``data`` (from ``base``) still holds, plus at least
-    ``need`` bytes in all (up to ``READ_CHUNK`` more), never past the span's end."""
-    kept = data[pos - base :]
-    want = min(max(need, READ_CHUNK) - len(kept), span.end - pos - len(kept))
-    more = os.pread(span.fd, want, pos + len(kept))
-    while len(more) < want:  # a short read is legal
-        extra = os.pread(span.fd, want - len(more), pos + len(kept) + len(more))
-        if not extra:
-            raise LogCorrupt(str(span.path), pos, "segment shrank while it was being read")
-        more += extra
-    return kept + more, pos
+def _pread(span: Span, size: int, offset: int) -> bytes:
+    """``size`` bytes of ``span``'s file at ``offset`` (checked bytes: a short file is damage)."""
+    data = os.pread(span.fd, size, offset)
+    while len(data) < size:  # a short read is legal
+        more = os.pread(span.fd, size - len(data), offset + len(data))
+        if not more:
+            raise LogCorrupt(str(span.path), offset, "segment shrank while it was being read")
+        data += more
+    return data
 
 
 def _check_chunked(fd: int, seed: int) -> tuple[int | None, int]:
