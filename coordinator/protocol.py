@@ -106,6 +106,11 @@ class Transaction:
     savepoints: dict[str, tuple[str, ...]] | None = None
     #: Rebuilt from the log after a restart: earlier attempts may have reached the RM.
     recovered: bool = False
+    #: Created from a gtrid made for an earlier start of this coordinator (or a replica gone),
+    #: which may have sent its lone branch a one-phase commit and logged nothing (no decision
+    #: is forced for one phase): XAER_NOTA to this transaction's rollback of a lone branch may
+    #: then mean "committed and forgotten", and leaves the outcome unknown.
+    inherited: bool = False
     #: COMMIT once the commit decision is taken (durable, or one-phase sent), ROLLBACK once
     #: rollback starts; heuristic outcomes are judged against it.
     decision: Decision | None = None
@@ -393,6 +398,13 @@ def decision_durable(tx: Transaction) -> list[Effect]:
     return [Send(Phase.COMMIT, pending_branches(tx))]
 
 
+#: The reason kept for a lone branch whose XAER_NOTA may mean it committed in one phase.
+NOTA_AFTER_ONE_PHASE = (
+    "outcome unknown: XAER_NOTA to the rollback of a lone branch that a coordinator which logged"
+    " nothing (an earlier start, a replica gone) may have committed in one phase"
+)
+
+
 def _needs_retry(code: XaCode) -> bool:
     return code == XaCode.XA_RETRY or (code.is_error and code != XaCode.XAER_NOTA)
 
@@ -415,6 +427,10 @@ def phase_two_result(
         tx.rollback_code, tx.rollback_reason = code, reason or "one-phase commit failed; work rolled back"
     elif _needs_retry(code):
         return []
+    elif phase == Phase.ROLLBACK and code == XaCode.XAER_NOTA and tx.inherited and len(tx.branches) == 1:
+        branch.status = B.HEURISTICALLY_COMPLETED
+        branch.last_code = XaCode.XA_HEURHAZ
+        branch.last_reason = NOTA_AFTER_ONE_PHASE
     elif phase == Phase.ROLLBACK:
         branch.status = B.ROLLEDBACK
     elif code.is_rollback:

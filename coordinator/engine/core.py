@@ -336,10 +336,13 @@ class Engine:
             return tx
         if node_of(gtrid) != self.node_id:
             raise NotFoundError(f"unknown transaction {gtrid}")  # not this node's: nothing to create
-        if not completing and self._made_before_restart(gtrid):
+        inherited = self._made_before_restart(gtrid)
+        if inherited and not completing:
             raise FailedPreconditionError(f"transaction {gtrid} cannot be joined: {RESTARTED}")
         self._admit()
-        return self._create(gtrid, timeout_ms)
+        tx = self._create(gtrid, timeout_ms)
+        tx.inherited = inherited
+        return tx
 
     def _made_before_restart(self, gtrid: str) -> bool:
         """True for a gtrid of this node made for an earlier start (old-form gtrids name none)."""

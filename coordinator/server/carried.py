@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Sequence
 
 from xatm.coordinator.engine.core import Engine
+from xatm.coordinator.protocol import NOTA_AFTER_ONE_PHASE
 from xatm.participant.api.v1 import coordinator_pb2, xa_pb2
 from xatm.participant.errors import ResourceExhaustedError
 from xatm.participant.runtime.proto_enum import proto_enum
@@ -32,6 +33,9 @@ async def roll_back_carried(
     to a rollback, rollback code XA_RBROLLBACK with ``reason``; status Rolledback when every
     branch answered XA_OK, XAER_NOTA or a rollback code, Rollingback otherwise (that branch's
     participant ends it past the transaction's deadline, as any branch no coordinator reached).
+    A lone branch answering XAER_NOTA leaves the outcome unknown (TX_HAZARD, status
+    HeuristicallyCompleted, the branch XA_HEURHAZ): a coordinator that logged nothing may have
+    committed it in one phase.
 
     Raises InvalidArgumentError for a malformed bqual and ResourceExhaustedError for more than
     ``max_branches`` distinct branches, before any call is sent.
@@ -55,19 +59,30 @@ async def roll_back_carried(
         incarnation=engine.incarnation,
     )
     for branch, (code, why) in zip(branches, results, strict=True):
-        done = code == XaCode.XA_OK or code == XaCode.XAER_NOTA or code.is_rollback
-        reply.branches.append(
-            xa_pb2.BranchInfo(
-                bqual=branch.bqual,
-                rm_id=branch.rm_id,
-                endpoint=branch.endpoint,
-                status=xa_pb2.BRANCH_STATUS_ROLLEDBACK if done else xa_pb2.BRANCH_STATUS_ENLISTED,
-                last_code=proto_enum(code, xa_pb2.XaCode),
-                last_phase=xa_pb2.PHASE_ROLLBACK,
-                last_reason=why[:500],
-                has_last_code=True,
-            )
+        info = xa_pb2.BranchInfo(
+            bqual=branch.bqual,
+            rm_id=branch.rm_id,
+            endpoint=branch.endpoint,
+            status=xa_pb2.BRANCH_STATUS_ENLISTED,
+            last_code=proto_enum(code, xa_pb2.XaCode),
+            last_phase=xa_pb2.PHASE_ROLLBACK,
+            last_reason=why[:500],
+            has_last_code=True,
         )
-    ended = all(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
-    reply.status = xa_pb2.TRANSACTION_STATUS_ROLLEDBACK if ended else xa_pb2.TRANSACTION_STATUS_ROLLINGBACK
+        if code == XaCode.XAER_NOTA and len(branches) == 1:
+            # A lone branch may have been committed in one phase by a coordinator that logged
+            # nothing of it: "not known" may mean "committed and forgotten".
+            info.status = xa_pb2.BRANCH_STATUS_HEURISTICALLY_COMPLETED
+            info.last_code, info.last_reason = xa_pb2.XA_HEURHAZ, NOTA_AFTER_ONE_PHASE
+        elif code == XaCode.XA_OK or code == XaCode.XAER_NOTA or code.is_rollback:
+            info.status = xa_pb2.BRANCH_STATUS_ROLLEDBACK
+        reply.branches.append(info)
+    statuses = {b.status for b in reply.branches}
+    if xa_pb2.BRANCH_STATUS_HEURISTICALLY_COMPLETED in statuses:
+        reply.outcome = xa_pb2.TX_HAZARD
+        reply.status = xa_pb2.TRANSACTION_STATUS_HEURISTICALLY_COMPLETED
+    elif statuses <= {xa_pb2.BRANCH_STATUS_ROLLEDBACK}:
+        reply.status = xa_pb2.TRANSACTION_STATUS_ROLLEDBACK
+    else:
+        reply.status = xa_pb2.TRANSACTION_STATUS_ROLLINGBACK
     return reply

@@ -172,7 +172,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """Hold the transaction a Commit or Rollback names (None), or, when it is refused before
         the coordinator took it on (UNAVAILABLE: log unreachable, shutting down, too many open;
         RESOURCE_EXHAUSTED: the token's quota), roll back the branches it carries at once and
-        answer it rolled back. Nothing was decided (presumed abort), and their participants would
+        answer it rolled back (or its outcome unknown: see ``roll_back_carried``). Nothing was decided (presumed abort), and their participants would
         otherwise keep the branches' locks until the transaction's deadline. When a carried
         branch cannot be reached the refusal is raised, saying so: that branch could still be
         prepared by a later Commit, so no outcome is claimed."""
@@ -196,8 +196,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 ended,
                 len(reply.branches),
             )
-            if reply.status == xa_pb2.TRANSACTION_STATUS_ROLLEDBACK:
-                return reply
+            if reply.status != xa_pb2.TRANSACTION_STATUS_ROLLINGBACK:
+                return reply  # rolled back, or its outcome unknown (a lone branch's XAER_NOTA)
             raise type(refusal)(
                 f"{refusal.message}; {ended} of the {len(reply.branches)} branches it carries were rolled"
                 " back, the others are ended by their participants past the transaction's deadline"

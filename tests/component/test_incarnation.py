@@ -87,3 +87,36 @@ async def test_a_transaction_decided_before_a_restart_is_still_served(rig: Rig) 
     again = await restarted.commit(tx.gtrid)  # a retried Commit reads the logged outcome
     assert (again.outcome, again.tx.status) == (TxOutcome.TX_OK, S.COMMITTED)
     assert {c.phase for c in rig.peers.calls} <= {Phase.COMMIT}  # phase two re-driven, nothing else
+
+
+async def test_a_lone_branch_not_known_to_the_rollback_of_an_earlier_start_leaves_the_outcome_unknown(
+    rig: Rig,
+) -> None:
+    """The earlier start may have sent the lone branch a one-phase commit and logged nothing (no
+    decision is forced for one phase), then died before its reply: the initiator asks again, and
+    the participant's XAER_NOTA may mean "committed and forgotten". Found by a newcomer: this was
+    answered rolled back while the row had committed."""
+    gtrid = await _made_before_a_restart(rig)
+    assert rig.engine is not None
+    rig.peers.answer(endpoint("a"), Phase.ROLLBACK, XaCode.XAER_NOTA)
+    result = await rig.engine.commit(gtrid, 5000, _refs("a"))
+    assert (result.outcome, result.tx.status) == (TxOutcome.TX_HAZARD, S.HEURISTICALLY_COMPLETED)
+    branch = result.tx.branches["a"]
+    assert branch.last_code == XaCode.XA_HEURHAZ and "one phase" in branch.last_reason
+
+
+async def test_not_known_to_a_rollback_is_rolled_back_where_no_one_phase_commit_can_have_been(
+    rig: Rig,
+) -> None:
+    """Two branches commit only after a logged decision; a lone branch of this start is this
+    coordinator's own: XAER_NOTA to their rollback is rolled back, as before."""
+    gtrid = await _made_before_a_restart(rig)
+    engine = rig.engine
+    assert engine is not None
+    for bqual in ("a", "b", "c"):
+        rig.peers.answer(endpoint(bqual), Phase.ROLLBACK, XaCode.XAER_NOTA)
+    two = await engine.commit(gtrid, 5000, _refs("a", "b"))
+    assert (two.outcome, two.tx.status) == (TxOutcome.TX_ROLLBACK, S.ROLLEDBACK)
+    own = new_gtrid(NODE, engine.incarnation)
+    lone = await engine.rollback(own, "asked", 5000, _refs("c"))
+    assert (lone.outcome, lone.tx.status) == (TxOutcome.TX_OK, S.ROLLEDBACK)

@@ -13,6 +13,7 @@ transfer whose coordinator was restarting left them the same way.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +22,13 @@ import pytest
 
 from tests.bank_system import BankSystem
 from xatm.coordinator.tools.procs import free_port
-from xatm.participant import TransactionRolledBack
+from xatm.participant import (
+    TransactionHeuristicHazard,
+    TransactionOutcomeUnknown,
+    TransactionRolledBack,
+)
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
+from xatm.participant.errors import XatmError
 from xatm.participant.xa import new_bqual, new_gtrid
 
 
@@ -75,6 +81,18 @@ def test_a_refused_commit_with_an_unreachable_branch_claims_no_outcome(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "max_open_transactions" in refused.value.details()
     assert "0 of the 1 branches it carries were rolled back" in refused.value.details()
+    # A lone branch its participant does not know may have committed in one phase elsewhere:
+    # the answer says the outcome is unknown, never rolled back.
+    unknown = xa_pb2.BranchRef(bqual=new_bqual(), rm_id="bank-a", endpoint=system.banks["bank-a"].address)
+    lone = coordinator_pb2.CompletionRequest(
+        gtrid=new_gtrid(held.node_id, held.incarnation), branches=[unknown]
+    )
+    hazard = coordinator.Commit(lone, timeout=30)
+    assert (hazard.outcome, hazard.status) == (
+        xa_pb2.TX_HAZARD,
+        xa_pb2.TRANSACTION_STATUS_HEURISTICALLY_COMPLETED,
+    )
+    assert [b.last_code for b in hazard.branches] == [xa_pb2.XA_HEURHAZ]
     # A refused Rollback with nothing carried stays a plain refusal.
     with pytest.raises(grpc.RpcError) as bare:
         coordinator.Rollback(coordinator_pb2.CompletionRequest(gtrid=gtrid), timeout=30)
@@ -105,5 +123,43 @@ def test_a_commit_asked_while_the_coordinator_restarts_is_answered_and_frees_the
         after = bank.transfer("alice", "bob", 10)  # the rolled-back branches left no lock
         assert after.committed, after.detail
         assert (system.balance("bank-a", "alice"), system.balance("bank-b", "bob")) == (980, 1020)
+    finally:
+        system.stop()
+
+
+def test_a_one_phase_commit_cut_by_a_coordinator_crash_is_never_answered_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """Found by a newcomer: the coordinator dies while its one-phase commit is at the lone
+    branch's participant (slowed here by a failpoint); the initiator asks again, the restarted
+    coordinator rolls the branch back, and the participant, which committed it, answers
+    XAER_NOTA. That was answered rolled back while the row had committed."""
+    system = BankSystem(tmp_path, coordinator_env={"XATM_CALL_TIMEOUT": "10", "XATM_COMMIT_WAIT": "10"})
+    system.start({"bank-a": {"XATM_FAILPOINTS": "participant.commit=sleep(1500)"}})
+    try:
+        assert system.bank is not None
+        tm = system.bank.tm
+        with tm.begin():  # the manager learns the coordinator; one branch: one phase
+            system.apply("bank-a", "alice", -1)
+        tx = tm.begin()
+        system.apply("bank-a", "alice", -10)
+
+        def crash_and_restart() -> None:
+            time.sleep(0.5)  # the one-phase commit is at bank-a, sleeping
+            system.coordinator.kill()
+            time.sleep(1.5)  # bank-a has committed the branch meanwhile, and forgotten it
+            system.coordinator.start()
+
+        crash = threading.Thread(target=crash_and_restart)
+        crash.start()
+        with pytest.raises(XatmError) as raised:
+            tx.commit()
+        crash.join()
+
+        assert not isinstance(raised.value, TransactionRolledBack), raised.value
+        assert isinstance(raised.value, TransactionHeuristicHazard | TransactionOutcomeUnknown) or (
+            "is unknown" in raised.value.message
+        ), raised.value
+        assert system.balance("bank-a", "alice") == 989  # both commits: the second did commit
     finally:
         system.stop()
