@@ -169,8 +169,10 @@ class XaError(XatmError):
     """Raised by a resource manager to answer an XA verb with a code other than XA_OK.
 
     ``code`` is the XA return code (``XaCode``), ``reason`` the resource manager's own words. It
-    travels in the ``code`` of an ``XaReply``, not as a status; should one escape a service it
-    answers ``INTERNAL``.
+    travels in the ``code`` of an ``XaReply``, not as a status; should one escape a service (a
+    business call's lock wait, a deadlock) it answers ``ABORTED`` for a rollback code (XA_RB*:
+    the branch is rolled back, retrying the whole transaction may succeed), ``INTERNAL`` for the
+    others.
     """
 
     status = Status.INTERNAL
@@ -179,6 +181,8 @@ class XaError(XatmError):
         super().__init__(f"{code.name}: {reason}" if reason else code.name)
         self.code = XaCode(code)
         self.reason = reason
+        if self.code.is_rollback:
+            self.status = Status.ABORTED
 
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

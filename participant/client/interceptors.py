@@ -464,7 +464,10 @@ def _sync_bound(
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         tx = tx_of(context)
         if tx is None:
-            return behavior(request, context)
+            try:
+                return behavior(request, context)
+            except XatmError as failure:  # e.g. a lock wait in a local call: its status, not UNKNOWN
+                abort(context, failure)
         bound, call = _serving(tx, context)
         with tracing.incoming("xatm.service.call", context, gtrid=tx.gtrid), _handling(bound, call):
             reply = behavior(request, context)

@@ -514,6 +514,8 @@ def _sync_bank(stub: ParticipantStub, rm: MemoryRM, seen: list[TxContext | None]
         with stub.branch() as xid:
             if request == b"fail":
                 raise ValueError("insufficient funds")
+            if request == b"locked":
+                raise XaError(XaCode.XA_RBTIMEOUT, "waited 2.0s for the lock on 'k'")
             rm.write(xid, request.decode())
         return xid.gtrid.encode()
 
@@ -842,3 +844,22 @@ def test_a_rollback_only_mark_that_fails_rolls_the_branch_back_here(rm: MemoryRM
         stub._doom(TxContext(xid.gtrid, "127.0.0.1:1"), "handler failed")
     assert rm.rolled_back == [xid]
     stub.close()
+
+
+def test_a_rollback_code_escaping_a_handler_answers_aborted_in_a_transaction_or_not(
+    bank: Bank, coordinator: Coordinator
+) -> None:
+    """A lock wait is a conflict to retry, not a server fault (it answered INTERNAL inside a
+    transaction, and UNKNOWN with a logged traceback outside one)."""
+    _, channel, _ = bank
+    deposit = channel.unary_unary(_DEPOSIT)
+    with pytest.raises(grpc.RpcError) as outside:
+        deposit(b"locked")
+    assert outside.value.code() == grpc.StatusCode.ABORTED
+    assert outside.value.details() == "XA_RBTIMEOUT: waited 2.0s for the lock on 'k'"
+    with TransactionManager(coordinator[1], timeout=20) as tm:
+        tx = tm.begin()
+        with pytest.raises(grpc.RpcError) as inside:
+            deposit(b"locked")
+        tx.rollback()
+    assert inside.value.code() == grpc.StatusCode.ABORTED
