@@ -89,6 +89,13 @@ class DecisionLog:
         else:
             await self._first(tx)
 
+    def held(self, gtrid: str) -> list[tuple[sm.Branch, XaCode, str, float]]:
+        """The yes votes of ``gtrid`` read but not written yet, in the order read: (branch, code,
+        reason, when it was read in seconds since the epoch)."""
+        return [
+            (branch, code, reason, read_at) for _, branch, code, reason, read_at in self._held.get(gtrid, ())
+        ]
+
     async def release(self) -> None:
         """Write every vote still held back (the engine stops: no decision will carry them).
         Does nothing once the log stopped."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from tests.component.conftest import Rig, endpoint, until, with_settings
-from tests.component.fakes import Answer
-from xatm.coordinator.engine.core import Result
+from tests.component.conftest import NODE, Rig, endpoint, until, with_settings
+from tests.component.fakes import Answer, FakePeers
+from xatm.coordinator.engine.core import Engine, Result
 from xatm.coordinator.journal import expand, replay, replay_compact
 from xatm.coordinator.protocol import Transaction
+from xatm.coordinator.server.console.history import Answer as LoggedAnswer
+from xatm.coordinator.server.console.history import BranchHistory
+from xatm.coordinator.settings import Settings
 from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.memory import LogStore, MemoryLog
 from xatm.participant.xa import BranchStatus as B
 from xatm.participant.xa import Phase, TxOutcome, XaCode
 from xatm.participant.xa import TxStatus as S
@@ -222,3 +226,51 @@ async def test_a_clean_stop_while_preparing_writes_the_votes_held(rig: Rig) -> N
     prepared = [(r.bqual, XaCode(r.code)) for r in durable if r.phase == int(Phase.PREPARE)]
     assert prepared == [("a", XaCode.XA_OK)]
     await until("rolled back", lambda: engine.get(tx.gtrid).status == S.ROLLEDBACK)
+
+
+def history(
+    answers: dict[str, list[LoggedAnswer]],
+) -> dict[str, list[tuple[Phase | None, XaCode, str, bool]]]:
+    """Each branch's answers in the console's history: phase, code, reason, from a snapshot."""
+    return {q: [(a.phase, a.code, a.reason, a.snapshot) for a in got] for q, got in answers.items()}
+
+
+async def test_the_branch_history_shows_each_vote_held_then_carried_by_the_decision(
+    settings: Settings,
+) -> None:
+    store, peers = LogStore(), FakePeers()
+    go = asyncio.Event()
+    peers.answer(endpoint("b"), Phase.PREPARE, Answer(XaCode.XA_OK, "ready b", until=go))
+
+    log = BranchHistory(MemoryLog(store))
+    engine = Engine(settings, log, NODE, peers=peers)
+    await engine.start()
+    try:
+        tx = await engine.begin(0)
+        for bqual in ("a", "b"):
+            await engine.enlist(tx.gtrid, bqual, f"rm-{bqual}", endpoint(bqual))
+        commit = asyncio.ensure_future(engine.commit(tx.gtrid))
+        await until("a voted", lambda: tx.branches["a"].last_code == XaCode.XA_OK)
+        # Not in the log yet: what the console adds to the logged answers while it prepares.
+        assert log.answers(tx.gtrid) == {}
+        assert [(b.bqual, code, b.status) for b, code, _, _ in engine.decisions.held(tx.gtrid)] == [
+            ("a", XaCode.XA_OK, B.PREPARED)
+        ]
+        go.set()
+        assert (await commit).outcome == TxOutcome.TX_OK
+        await until("committed", lambda: tx.status == S.COMMITTED)
+        assert engine.decisions.held(tx.gtrid) == []
+        logged = history(log.answers(tx.gtrid))
+    finally:
+        await engine.stop()
+    assert logged == {
+        "a": [(Phase.PREPARE, XaCode.XA_OK, "", False), (Phase.COMMIT, XaCode.XA_OK, "", False)],
+        "b": [(Phase.PREPARE, XaCode.XA_OK, "ready b", False), (Phase.COMMIT, XaCode.XA_OK, "", False)],
+    }
+    reopened = BranchHistory(MemoryLog(store))
+    engine = Engine(settings, reopened, NODE, peers=peers)
+    await engine.start()  # the votes come back from the decision record as the log is replayed
+    try:
+        assert history(reopened.answers(tx.gtrid)) == logged
+    finally:
+        await engine.stop()
