@@ -84,6 +84,9 @@ async def test_all_read_only_commits_with_no_decision_and_no_phase_two(rig: Rig)
     assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_OK
     assert {c.phase for c in rig.peers.calls} == {Phase.PREPARE}
     assert rig.records(tx.gtrid, "decision") == [] and tx.status == S.COMMITTED
+    # No decision carries the votes: each is written before the end.
+    assert rig.kinds(tx.gtrid) == ["snapshot", "branch_result", "branch_result", "end"]
+    assert [XaCode(rig.answers(tx.gtrid, q)[0].code) for q in "ab"] == [XaCode.XA_RDONLY] * 2
 
 
 async def test_a_no_vote_rolls_back_the_yes_voters_only(rig: Rig) -> None:

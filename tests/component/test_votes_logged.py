@@ -116,19 +116,6 @@ async def test_a_read_only_vote_travels_in_the_decision_too(rig: Rig) -> None:
     await same_after_restart(rig, tx)
 
 
-async def test_every_branch_read_only_writes_the_votes_before_the_end(rig: Rig) -> None:
-    engine = await rig.start()
-    for bqual in ("a", "b"):
-        rig.peers.answer(endpoint(bqual), Phase.PREPARE, XaCode.XA_RDONLY)
-    tx = await rig.tx("a", "b")
-    assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_OK
-    # No decision to carry them: each vote is written, then the end.
-    assert rig.kinds(tx.gtrid) == ["snapshot", "branch_result", "branch_result", "end"]
-    assert votes(rig, tx.gtrid, "a", "b") == {"a": [XaCode.XA_RDONLY], "b": [XaCode.XA_RDONLY]}
-    assert replayed(rig, tx.gtrid) == [views(tx)] * 2
-    await same_after_restart(rig, tx)
-
-
 async def test_a_no_vote_writes_the_yes_votes_before_the_rollback(rig: Rig) -> None:
     engine = await rig.start()
     go = asyncio.Event()
