@@ -194,6 +194,7 @@ class Engine:
         self._closing = True
         self._halt()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.decisions.release()  # the yes votes of transactions stopped while preparing
         await self.peers.close()
         await self.log.close()
 

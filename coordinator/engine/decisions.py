@@ -8,6 +8,16 @@ forced) when it starts preparing or rolling back, so that a restarted coordinato
 its branches at once instead of leaving them to the participants' deadlines. The commit decision
 is forced to disk before any phase-two message and carries every branch again: it alone is
 enough for recovery. The end record closes the transaction.
+
+A branch's yes vote (XA_OK or XA_RDONLY) given while its transaction is preparing is not
+written on its own either: the commit decision carries every branch's vote (its last code,
+phase and reason), so a committed two-branch transaction leaves five records (snapshot,
+decision, two phase-two answers, end). Should the transaction turn to anything but the decision
+(a no vote, its timeout, an operator's rollback, every branch read-only), the votes held back
+are written before the record of that turn, so each branch's XA return code is in the log
+whatever the path. A crash before the decision loses none that was durable: the held votes were
+never forced, and presumed abort rolls such a transaction back. Any other answer is written
+as it comes.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from xatm.coordinator.engine.audit import AuditTrail
 from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
-from xatm.coordinator.txlog.interface import Encoded, TxLog
+from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog
 from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
 
 __all__ = ["DecisionLog"]
@@ -37,6 +47,8 @@ class DecisionLog:
         self._audit = audit
         #: Transactions whose commit decision is in the log's queue but not yet applied here.
         self._deciding: set[str] = set()
+        #: Yes votes not written yet, by gtrid (see the module docstring), in the order given.
+        self._held: dict[str, list[_Vote]] = {}
 
     async def append(self, record: wal_pb2.WalRecord) -> None:
         """Queue a record (durable with the next forced write)."""
@@ -46,6 +58,18 @@ class DecisionLog:
         """Write a record and wait until it is on disk."""
         await self.log.append(record, force=True)
 
+    async def vote(
+        self, tx: sm.Transaction, bqual: str, code: XaCode, reason: str, *, preparing: bool
+    ) -> None:
+        """Log branch ``bqual``'s prepare answer, read while ``tx`` was ``preparing`` (its status
+        before the answer was applied) or not. A yes vote read while preparing is held back (see
+        the module docstring); any other answer is queued at once."""
+        branch = tx.branches[bqual]
+        if preparing and code in _YES:
+            self._held.setdefault(tx.gtrid, []).append((tx, branch, code, reason, time.time()))
+        else:
+            await self.append(R.branch_result(tx, branch, Phase.PREPARE, code, reason, time.time()))
+
     async def status_changed(self, tx: sm.Transaction) -> None:
         """Log ``tx``'s new status when a restart needs it (see the module docstring)."""
         if tx.status in _UNLOGGED:
@@ -53,15 +77,42 @@ class DecisionLog:
         if not tx.journaled:
             await self._first(tx)
         elif tx.status != TxStatus.PREPARING:
+            await self._write_held(tx.gtrid)
             await self.append(R.status(tx, time.time()))
 
     async def ended(self, tx: sm.Transaction) -> None:
         """Log that ``tx`` is final: an end record, or a snapshot when nothing of it is logged yet
         (a one-phase commit), so that it stays in the history after a restart."""
         if tx.journaled:
+            await self._write_held(tx.gtrid)  # every branch read-only: no decision carried them
             await self.append(R.end(tx, time.time()))
         else:
             await self._first(tx)
+
+    def held(self, gtrid: str) -> list[tuple[sm.Branch, XaCode, str, float]]:
+        """The yes votes of ``gtrid`` read but not written yet, in the order read: (branch, code,
+        reason, when it was read in seconds since the epoch)."""
+        return [
+            (branch, code, reason, read_at) for _, branch, code, reason, read_at in self._held.get(gtrid, ())
+        ]
+
+    async def release(self) -> None:
+        """Write every vote still held back (the engine stops: no decision will carry them).
+        Does nothing once the log stopped."""
+        if self.log.stopped is not None:
+            return
+        try:
+            for gtrid in list(self._held):
+                await self._write_held(gtrid)
+        except LogStopped:
+            return  # stopped meanwhile: nothing more can be written, and presumed abort holds
+
+    async def _write_held(self, gtrid: str) -> None:
+        """Queue the yes votes of ``gtrid`` held back, each with the time it was read."""
+        held = self._held.pop(gtrid, None)
+        if held:
+            for tx, branch, code, reason, read_at in held:
+                await self.append(R.branch_result(tx, branch, Phase.PREPARE, code, reason, read_at))
 
     async def _first(self, tx: sm.Transaction) -> None:
         tx.journaled = True
@@ -76,6 +127,7 @@ class DecisionLog:
         """
         started = time.perf_counter()
         self._deciding.add(tx.gtrid)
+        self._held.pop(tx.gtrid, None)  # the decision carries every branch's vote
         try:
             await self.log.append(R.decision(tx, time.time()), force=True)
         except BaseException:
@@ -164,6 +216,14 @@ _UNLOGGED = frozenset(
         TxStatus.HEURISTICALLY_COMPLETED,
     }
 )
+
+
+#: The prepare answers that vote yes: held back while preparing (see the module docstring).
+_YES = frozenset({XaCode.XA_OK, XaCode.XA_RDONLY})
+
+#: A vote held back: its transaction, its branch, code, reason, and when it was read (s since
+#: the epoch, the time its record carries).
+_Vote = tuple[sm.Transaction, sm.Branch, XaCode, str, float]
 
 
 def _decided(tx: sm.Transaction) -> sm.Transaction:

@@ -185,9 +185,7 @@ class PhaseTwo:
             started = self._preparing.pop(tx.gtrid, None)
             if started is not None:
                 metrics.PHASE_DURATION.labels(phase="prepare").observe(time.perf_counter() - started)
-        await self._decisions.append(
-            R.branch_result(tx, tx.branches[bqual], Phase.PREPARE, code, reason, time.time())
-        )
+        await self._decisions.vote(tx, bqual, code, reason, preparing=old == TxStatus.PREPARING)
         await self._after(tx, old, effects)
 
     # ----------------------------------------------------------------- phase two

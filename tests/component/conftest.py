@@ -122,8 +122,15 @@ class Rig:
         ]
 
     def answers(self, gtrid: str, bqual: str) -> list[wal_pb2.BranchResultRecord]:
-        """The branch results logged for branch ``bqual`` of ``gtrid``, in order."""
-        results = [r.branch_result for r in self.records(gtrid, "branch_result")]
+        """The answers logged for branch ``bqual`` of ``gtrid``, in order: its branch results, and
+        its prepare vote where a commit decision carries it."""
+        results = []
+        for record in self.records(gtrid):
+            kind = record.WhichOneof("body")
+            if kind == "branch_result":
+                results.append(record.branch_result)
+            elif kind == "decision":
+                results.append(vote(record.decision.transaction, bqual))
         return [result for result in results if result.bqual == bqual]
 
     def ended(self, gtrid: str) -> list[S]:
@@ -137,6 +144,20 @@ class Rig:
     def durable(self, gtrid: str, kind: str) -> list[wal_pb2.WalRecord]:
         """Records of ``gtrid`` and body ``kind`` that a crash now would keep."""
         return [r for r in self.log.store.records if r.gtrid == gtrid and r.WhichOneof("body") == kind]
+
+
+def vote(snapshot: wal_pb2.TransactionSnapshot, bqual: str) -> wal_pb2.BranchResultRecord:
+    """The last answer of branch ``bqual`` that ``snapshot`` (a decision's, a snapshot record's)
+    carries, as the branch result that would have logged it."""
+    (branch,) = [b for b in snapshot.branches if b.bqual == bqual]
+    assert branch.has_last_code, f"no answer of {bqual} in the snapshot"
+    return wal_pb2.BranchResultRecord(
+        bqual=bqual,
+        phase=branch.last_phase,
+        code=branch.last_code,
+        reason=branch.last_reason,
+        status=branch.status,
+    )
 
 
 async def until(what: str, probe: Callable[[], object], timeout: float = 5.0) -> None:

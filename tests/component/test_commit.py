@@ -30,9 +30,10 @@ async def test_two_phase_commit_logs_the_decision_before_phase_two(rig: Rig) -> 
     assert all(c.endpoint == endpoint(c.xid.bqual) and c.xid.gtrid == tx.gtrid for c in rig.peers.calls)
     records = rig.records(tx.gtrid)
     first_commit = next(i for i, r in enumerate(records) if r.branch_result.phase == int(Phase.COMMIT))
-    # Presumed abort: nothing before it prepares, then one snapshot naming every branch; 7 records.
+    # Presumed abort: nothing before it prepares, then one snapshot naming every branch; the yes
+    # votes travel in the decision; 5 records.
     results = ["branch_result"] * 2
-    assert rig.kinds(tx.gtrid) == ["snapshot", *results, "decision", *results, "end"]
+    assert rig.kinds(tx.gtrid) == ["snapshot", "decision", *results, "end"]
     first = rig.records(tx.gtrid, "snapshot")[0].snapshot
     assert (S(first.status), [b.bqual for b in first.branches]) == (S.PREPARING, ["a", "b"])
     assert rig.kinds(tx.gtrid).index("decision") < first_commit
@@ -83,6 +84,9 @@ async def test_all_read_only_commits_with_no_decision_and_no_phase_two(rig: Rig)
     assert (await engine.commit(tx.gtrid)).outcome == TxOutcome.TX_OK
     assert {c.phase for c in rig.peers.calls} == {Phase.PREPARE}
     assert rig.records(tx.gtrid, "decision") == [] and tx.status == S.COMMITTED
+    # No decision carries the votes: each is written before the end.
+    assert rig.kinds(tx.gtrid) == ["snapshot", "branch_result", "branch_result", "end"]
+    assert [XaCode(rig.answers(tx.gtrid, q)[0].code) for q in "ab"] == [XaCode.XA_RDONLY] * 2
 
 
 async def test_a_no_vote_rolls_back_the_yes_voters_only(rig: Rig) -> None:

@@ -29,7 +29,7 @@ from xatm.coordinator.server.http import (
     _traced,
 )
 from xatm.coordinator.server.views import CompletionView, ForgetView, audit_view
-from xatm.participant.xa import TxStatus
+from xatm.participant.xa import Phase, TxStatus
 
 __all__ = ["APPROVALS", "AUDIT", "add_routes"]
 
@@ -143,6 +143,10 @@ def add_routes(router: APIRouter) -> None:
         tx = ops.engine.get(gtrid)
         log = ops.engine.log
         answers = log.answers(gtrid) if isinstance(log, BranchHistory) else {}
+        # Yes votes reach the log with the decision (or the turn to rollback): until then, here.
+        for branch, code, reason, read_at in ops.engine.decisions.held(gtrid):
+            vote = Answer(read_at, Phase.PREPARE, code, reason, branch.status)
+            answers.setdefault(branch.bqual, []).append(vote)
         actions = {}
         for name, action in (
             ("forceRollback", "force_rollback"),

@@ -6,6 +6,8 @@ between the engine and its log: it passes every call through and indexes the bra
 sees, those replayed at start-up included. A checkpoint keeps one snapshot per transaction, so a
 transaction rebuilt from a snapshot starts its history with the answer the snapshot holds; a
 checkpoint also tells which transactions are still kept, and the others' histories are dropped.
+A yes vote read while its transaction prepares has no record of its own: the commit decision
+carries every branch's vote, and is indexed as those answers.
 
 A transaction's answers are kept as the record bodies that carry them (a branch result, a
 snapshot), each with its time, serialised one after the other in one bytes object, and turned into
@@ -32,7 +34,7 @@ MAX_ANSWERS = 200
 MAX_TRANSACTIONS = 100_000
 #: Each kept record body is preceded by its length, its time (ns since the epoch) and its kind.
 _ENTRY = struct.Struct("<IqB")
-_RESULT, _SNAPSHOT = 0, 1
+_RESULT, _SNAPSHOT, _DECISION = 0, 1, 2
 #: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
 #: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
 #: that stays proportional to what was added).
@@ -76,6 +78,8 @@ class BranchHistory(TxLog):
         kind = record.WhichOneof("body")
         if kind == "branch_result":
             self._add(record.gtrid, _entry(record, _RESULT, record.branch_result.SerializeToString()))
+        elif kind == "decision" and record.decision.HasField("transaction"):
+            self._add(record.gtrid, _entry(record, _DECISION, record.decision.SerializeToString()))
         elif kind == "snapshot":
             self._from_snapshot(record)
 
@@ -159,7 +163,7 @@ class BranchHistory(TxLog):
 
 
 #: A kept entry: time (s since the epoch), kind, and the record body it holds.
-_Entry = tuple[float, wal_pb2.BranchResultRecord | wal_pb2.TransactionSnapshot]
+_Entry = tuple[float, wal_pb2.BranchResultRecord | wal_pb2.TransactionSnapshot | wal_pb2.DecisionRecord]
 
 
 def _entry(record: wal_pb2.WalRecord, kind: int, body: bytes) -> bytes:
@@ -182,18 +186,29 @@ def _entries(kept: bytes) -> Iterator[_Entry]:
     for pos, end in _spans(kept):
         _, nanos, kind = _ENTRY.unpack_from(kept, pos)
         body = kept[pos + _ENTRY.size : end]
-        yield nanos / 1e9, result(body) if kind == _RESULT else snapshot(body)
+        if kind == _DECISION:
+            yield nanos / 1e9, wal_pb2.DecisionRecord.FromString(body)
+        else:
+            yield nanos / 1e9, result(body) if kind == _RESULT else snapshot(body)
 
 
 def _answers_of(entry: _Entry) -> Iterator[tuple[str, Answer]]:
-    """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes."""
+    """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes, the votes
+    a commit decision carries."""
     when, body = entry
     if isinstance(body, wal_pb2.BranchResultRecord):
         yield body.bqual, _answer(when, body.phase, body.code, body.reason, body.status, snapshot=False)
         return
-    for b in body.branches:
+    if isinstance(body, wal_pb2.DecisionRecord):
+        branches, snapshot = body.transaction.branches, False
+    else:
+        branches, snapshot = body.branches, True
+    for b in branches:
         if b.has_last_code:
-            yield b.bqual, _answer(when, b.last_phase, b.last_code, b.last_reason, b.status, snapshot=True)
+            yield (
+                b.bqual,
+                _answer(when, b.last_phase, b.last_code, b.last_reason, b.status, snapshot=snapshot),
+            )
 
 
 def _answer(when: float, phase: int, code: int, reason: str, status: int, *, snapshot: bool) -> Answer:
