@@ -172,8 +172,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """Hold the transaction a Commit or Rollback names (None), or, when it is refused before
         the coordinator took it on (UNAVAILABLE: log unreachable, shutting down, too many open;
         RESOURCE_EXHAUSTED: the token's quota), roll back the branches it carries at once and
-        answer it rolled back (or its outcome unknown: see ``roll_back_carried``). Nothing was decided (presumed abort), and their participants would
-        otherwise keep the branches' locks until the transaction's deadline. When a carried
+        answer it rolled back (or its outcome unknown: see ``roll_back_carried``). Nothing was
+        decided (presumed abort), and their participants would otherwise keep the branches' locks
+        until the transaction's deadline. When a carried
         branch cannot be reached the refusal is raised, saying so: that branch could still be
         prepared by a later Commit, so no outcome is claimed."""
         try:
