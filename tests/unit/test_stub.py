@@ -519,6 +519,14 @@ def _sync_bank(stub: ParticipantStub, rm: MemoryRM, seen: list[TxContext | None]
             rm.write(xid, request.decode())
         return xid.gtrid.encode()
 
+    def fan_out(request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Calls Deposit from worker threads, handed the handler's context (docs/initiator.md)."""
+        with intercept_channel(grpc.insecure_channel(stub.advertise)) as channel:
+            deposit = channel.unary_unary(_DEPOSIT)
+            with futures.ThreadPoolExecutor(2) as pool:
+                jobs = [pool.submit(contextvars.copy_context().run, deposit, b"fan") for _ in range(2)]
+                return b",".join(job.result() for job in jobs)
+
     def watch(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         for _ in range(2):
             tx = current()
@@ -528,6 +536,7 @@ def _sync_bank(stub: ParticipantStub, rm: MemoryRM, seen: list[TxContext | None]
         "test.Bank",
         {
             "Deposit": grpc.unary_unary_rpc_method_handler(deposit),
+            "FanOut": grpc.unary_unary_rpc_method_handler(fan_out),
             "Watch": grpc.unary_stream_rpc_method_handler(watch),
         },
     )
@@ -863,3 +872,14 @@ def test_a_rollback_code_escaping_a_handler_answers_aborted_in_a_transaction_or_
             deposit(b"locked")
         tx.rollback()
     assert inside.value.code() == grpc.StatusCode.ABORTED
+
+
+def test_a_handler_fanning_out_to_threads_with_its_context_keeps_them_in_the_transaction(
+    bank: Bank, coordinator: Coordinator, rm: MemoryRM
+) -> None:
+    _, channel, _ = bank
+    with TransactionManager(coordinator[1], timeout=20) as tm:
+        tx = tm.begin()
+        assert channel.unary_unary("/test.Bank/FanOut")(b"") == f"{tx.gtrid},{tx.gtrid}".encode()
+        tx.rollback()
+    assert "fan" not in rm.committed  # rolled back with the transaction, not committed alone
