@@ -26,7 +26,7 @@ from xatm.coordinator.engine.core import Engine
 from xatm.coordinator.server import tls
 from xatm.coordinator.server.admin import AdminOps
 from xatm.coordinator.server.approvals import Approvals
-from xatm.coordinator.server.auth import Authenticator
+from xatm.coordinator.server.auth import Authenticator, AuthFileError
 from xatm.coordinator.server.auth_reload import AuthFileWatcher
 from xatm.coordinator.server.console.history import BranchHistory
 from xatm.coordinator.server.endpoints import EndpointPolicy
@@ -98,8 +98,16 @@ class Coordinator:
     def __init__(self, settings: Settings, txlog: TxLog | None = None):
         self.settings = settings
         self.tls = tls.check(settings)
-        self.auth = Authenticator.load(settings.auth_file)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.auth = Authenticator.load(settings.auth_file)
+        except AuthFileError as err:  # a bad setting's value, as a malformed flag is
+            raise SettingsError(err.message) from None
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SettingsError(
+                f"--data-dir {settings.data_dir}: cannot create it: {err.strerror or err}"
+            ) from None
         self.node_id = node_id_for(settings)
         self.approvals = Approvals(parse_required(settings.require_approval), settings.approval_ttl)
         if self.approvals.required and not self.auth.enabled:

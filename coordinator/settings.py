@@ -150,7 +150,9 @@ class Settings(XatmSettings):
     default_timeout: PositiveFloat = Field(
         default=60.0, description="transaction timeout when begin gives none (s)"
     )
-    max_timeout: PositiveFloat = Field(default=600.0, description="largest transaction timeout accepted (s)")
+    max_timeout: PositiveFloat = Field(
+        default=600.0, description="largest transaction timeout (s): a longer one asked for is cut to it"
+    )
     call_timeout: PositiveFloat = Field(default=5.0, description="deadline of one call to a participant (s)")
     commit_wait: PositiveFloat = Field(
         default=10.0, description="how long commit/rollback wait for phase two before answering (s)"

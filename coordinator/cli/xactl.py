@@ -208,10 +208,18 @@ def _confirm(args: argparse.Namespace, client: _Client, verb: str) -> bool:
     """On a terminal, show the transaction and ask; elsewhere only --yes proceeds."""
     if args.yes:
         return True
-    if not sys.stdin.isatty():
-        raise _Usage(f"refusing to force {verb} without confirmation: stdin is not a terminal; pass --yes")
+    _refuse_unless_terminal(f"force {verb}")
     view = transaction_view(client("GetTransaction", admin_pb2.GetTransactionRequest(gtrid=args.gtrid)))
-    sys.stderr.write(_show_transaction(view) + f"\n\nForce {verb} of {args.gtrid}? [y/N] ")
+    return _asked(_show_transaction(view) + f"\n\nForce {verb} of {args.gtrid}? [y/N] ")
+
+
+def _refuse_unless_terminal(what: str) -> None:
+    if not sys.stdin.isatty():
+        raise _Usage(f"refusing to {what} without confirmation: stdin is not a terminal; pass --yes")
+
+
+def _asked(question: str) -> bool:
+    sys.stderr.write(question)
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
@@ -315,6 +323,11 @@ def cmd_resolve(args: argparse.Namespace, client: _Client) -> int:
 def cmd_forget(args: argparse.Namespace, client: _Client) -> int:
     for gtrid in args.gtrids:
         validate_gtrid(gtrid)
+    if not args.yes:
+        _refuse_unless_terminal("forget")
+        if not _asked(f"Forget {len(args.gtrids)} transaction(s) ({', '.join(args.gtrids)})? [y/N] "):
+            print("xactl: not confirmed; nothing changed", file=sys.stderr)
+            return 1
     view = forget_view(client("Forget", admin_pb2.ForgetRequest(gtrids=args.gtrids)))
     refused = [r for r in view["results"] if not r["forgotten"]]
     if args.output == "json":
@@ -500,8 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_replicas)
 
-    p = sub.add_parser("forget", parents=[common], help="forget heuristically completed transactions")
+    p = sub.add_parser(
+        "forget",
+        parents=[common],
+        help="forget heuristically completed transactions; asks first on a terminal",
+    )
     p.add_argument("gtrids", nargs="+", metavar="GTRID")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("audit", parents=[common], help="list audited operator actions, newest last")

@@ -213,9 +213,15 @@ async def _malformed(request: Request, err: Exception) -> Response:
     message = " ".join(str(first.get("msg", "")).split())
     if source == "body":
         what = ".".join(["body", *where])
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not where and kind != "application/json":  # the framework read it as text, not JSON
+            message = f"send it as JSON with Content-Type: application/json (it came as {kind or 'no type'})"
     else:  # a path, query or header parameter: name it and quote what was sent
         given = first.get("input")
-        what = " ".join([*where, repr(given)[:42] if isinstance(given, str) else ""]).strip()
+        shown = ""
+        if isinstance(given, str):  # quoted whole, or its start and how long it is
+            shown = repr(given) if len(given) <= 40 else f"{given[:32]!r}... ({len(given)} characters)"
+        what = " ".join([*where, shown]).strip()
     return _error(request, HTTPStatus.BAD_REQUEST, f"malformed {what}: {message}")
 
 

@@ -245,7 +245,8 @@ def checked_reason(reason: str) -> str:
     reason = reason.strip()
     if len(reason) > REASON_MAX:
         raise InvalidArgumentError(
-            f"the reason has {len(reason)} characters; at most {REASON_MAX} are kept in the audit log",
+            f"the reason has {len(reason)} characters; at most {REASON_MAX} are taken, so that the audit"
+            " log keeps the whole justification: shorten it",
         )
     return reason
 

@@ -668,6 +668,10 @@ class _ManagerBase:
         #: Deadline of each call to the coordinator, separate from the transaction timeout.
         self.call_timeout = checked_timeout(call_timeout, "call_timeout")
         #: Seconds a Commit or Rollback that got no answer is asked again (0: never).
+        if isinstance(completion_retry, int | float) and completion_retry < 0:
+            raise InvalidArgumentError(
+                f"completion_retry must be 0 (ask once) or more seconds, not {completion_retry!r}"
+            )
         self.completion_retry: float = (
             0.0 if completion_retry == 0 else checked_timeout(completion_retry, "completion_retry") or 0.0
         )

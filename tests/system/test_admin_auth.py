@@ -295,7 +295,16 @@ def test_a_bad_auth_file_stops_start_up(tmp_path: Path) -> None:
          "--http-listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )  # fmt: skip
-    assert done.returncode == 1 and "role must be one of viewer, operator, service" in done.stderr
+    assert done.returncode == 2 and "role must be one of viewer, operator, service" in done.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "xatm", "coordinator", "--auth-file", str(tmp_path / "none.toml"),
+         "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
+         "--http-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2, missing.stderr  # a bad setting, as a malformed flag is
+    said = f"xatm coordinator: auth file {tmp_path / 'none.toml'}: No such file or directory"
+    assert missing.stderr.strip() == said
 
 
 def test_the_role_is_judged_before_the_input_and_malformed_input_is_400(coordinator: Proc) -> None:

@@ -267,13 +267,13 @@ def test_forget_heuristic_transactions_through_cli_and_rest(lab: Lab) -> None:
     (committed,), _ = lab.make(S.COMMITTED, 1)
     base = f"http://{target.http}"
 
-    done = xactl(target.address, "--output", "json", "forget", first, committed)
+    done = xactl(target.address, "--output", "json", "forget", "--yes", first, committed)
     assert done.returncode == REFUSED, done.stderr
     results = {r["txid"]: r for r in json.loads(done.stdout)["results"]}
     assert results[first]["forgotten"] and results[first]["error"] is None
     assert not results[committed]["forgotten"] and results[committed]["code"] == "FAILED_PRECONDITION"
     assert "is Committed; forget is allowed only from HeuristicallyCompleted" in results[committed]["error"]
-    unknown = xactl(target.address, "forget", f"{committed}0")
+    unknown = xactl(target.address, "forget", "--yes", f"{committed}0")
     assert unknown.returncode == NOT_FOUND, unknown.stdout + unknown.stderr
 
     reply = rest(base, "POST", "/admin/v1/xa-transaction/bulk", body={"txids": [second]})
@@ -287,7 +287,7 @@ def test_forget_heuristic_transactions_through_cli_and_rest(lab: Lab) -> None:
 
     for bad in ({"txids": []}, {"txids": ["bad id"]}, {"ids": [first]}, ["x"]):
         assert rest(base, "POST", "/admin/v1/xa-transaction/bulk", body=bad).status == 400
-    assert xactl(target.address, "forget", "bad id").returncode == INVALID
+    assert xactl(target.address, "forget", "--yes", "bad id").returncode == INVALID
     forgets = [r for r in audit_records(target.address) if r.action == "forget"]
     assert {(r.gtrid, r.result) for r in forgets} >= {
         (first, "ok"),

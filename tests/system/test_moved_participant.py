@@ -281,7 +281,7 @@ def test_a_resource_manager_gone_for_good_is_closed_by_the_operator(system: Bank
     assert admin_actions(system.coordinator.http, "resolve_branch", "ok") == 1  # since the restart
 
     # Closed by hand, both are forgotten as usual (the forget call to bank-b fails: it is gone).
-    forgot = xactl_json(address, "forget", first, second)
+    forgot = xactl_json(address, "forget", "--yes", first, second)
     assert [r["forgotten"] for r in forgot["results"]] == [True, True]
 
 

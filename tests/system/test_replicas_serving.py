@@ -108,7 +108,7 @@ def test_admin_reads_and_verbs_from_a_replica_that_does_not_own_the_transaction(
                 ("force_rollback", "ok")
             ]
         # Forget is the owner's to refuse: a committed transaction was not completed heuristically.
-        done = xactl(r2, "--output", "json", "forget", committed)
+        done = xactl(r2, "--output", "json", "forget", "--yes", committed)
         assert done.returncode == REFUSED, done.stderr
         forget = json.loads(done.stdout)["results"]
         assert [(r["txid"], r["forgotten"], r["code"]) for r in forget] == [

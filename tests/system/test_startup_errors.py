@@ -89,7 +89,11 @@ def test_a_malformed_failpoint_setting_is_one_line_and_exit_2(spec: str, tmp_pat
 
 @pytest.mark.parametrize(
     ("flag", "value", "says"),
-    [("--data-dir", "", "must name a directory"), ("--data-dir", "/etc/passwd", "is not a directory")],
+    [
+        ("--data-dir", "", "must name a directory"),
+        ("--data-dir", "/etc/passwd", "is not a directory"),
+        ("--data-dir", "/proc/xatm-data", "cannot create it"),
+    ],
 )
 def test_a_data_dir_that_cannot_be_one_is_a_bad_setting(
     flag: str, value: str, says: str, tmp_path: Path

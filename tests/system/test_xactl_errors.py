@@ -108,9 +108,10 @@ CASES: list[tuple[str, list[str], str | None, int]] = [
         OPS,
         NOT_FOUND,
     ),
-    ("forget-bad-id", ["forget", BAD_ID], OPS, INVALID),
-    ("forget-unknown", ["forget", UNKNOWN], OPS, NOT_FOUND),
-    ("forget-viewer", ["forget", UNKNOWN], VIEWER, CREDENTIALS),
+    ("forget-bad-id", ["forget", "--yes", BAD_ID], OPS, INVALID),
+    ("forget-unknown", ["forget", "--yes", UNKNOWN], OPS, NOT_FOUND),
+    ("forget-unconfirmed", ["forget", UNKNOWN], OPS, INVALID),  # stdin is no terminal here
+    ("forget-viewer", ["forget", "--yes", UNKNOWN], VIEWER, CREDENTIALS),
     ("audit-limit", ["audit", "--limit", "5000"], VIEWER, INVALID),
     ("audit-page", ["audit", "--page-token", "x"], VIEWER, INVALID),
     ("wal-dump-missing", ["wal", "dump", "{missing}"], None, INVALID),
@@ -172,7 +173,7 @@ def test_verbs_on_an_unknown_transaction_of_this_coordinator_create_nothing(coor
     assert UNKNOWN not in {t["txid"] for t in json.loads(listed.stdout)["transactions"]}
 
 
-@pytest.mark.parametrize("argv", [["list"], ["show", UNKNOWN], ["audit"], ["forget", UNKNOWN]])
+@pytest.mark.parametrize("argv", [["list"], ["show", UNKNOWN], ["audit"], ["forget", "--yes", UNKNOWN]])
 def test_bad_coordinator_addresses_and_unreachable_ones_are_one_line(argv: list[str]) -> None:
     for address, code in (("nowhere", INVALID), (f"127.0.0.1:{free_port()}", UNAVAILABLE)):
         done = xactl(address, *argv, "--timeout", "5", token=OPS)

@@ -131,3 +131,8 @@ def test_an_answer_that_refuses_is_not_asked_again(coordinator: FlakyCoordinator
 def test_a_bad_retry_time_is_refused_at_construction(bad: float) -> None:
     with pytest.raises(InvalidArgumentError, match="completion_retry"):
         TransactionManager("127.0.0.1:1", completion_retry=bad)
+
+
+def test_a_negative_retry_time_says_that_0_is_allowed() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"must be 0 \(ask once\) or more seconds"):
+        TransactionManager("127.0.0.1:1", completion_retry=-1)

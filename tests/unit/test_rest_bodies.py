@@ -81,10 +81,11 @@ def _app() -> Any:
 
 
 def _call(app: Any, method: str, path: str, body: bytes = b"", token: str = "operator",
-          length: int | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+          length: int | None = None,
+          kind: bytes = b"application/json") -> tuple[int, dict[str, Any]]:  # fmt: skip
     """One request through the ASGI app: (status, JSON body)."""
     path, _, query = path.partition("?")
-    headers = [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]
+    headers = [(b"authorization", f"Bearer {token}".encode()), (b"content-type", kind)]
     headers.append((b"content-length", str(len(body) if length is None else length).encode()))
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
@@ -161,3 +162,22 @@ def test_depth_is_measured_outside_strings() -> None:
     assert json_depth(b'"\\"[[["') == 0
     assert json_depth(DEEP) == 100_000
     assert MAX_DEPTH < 100
+
+
+@pytest.mark.parametrize(("method", "path", "viewer_may"), BODY_ROUTES, ids=_ids(BODY_ROUTES))
+def test_a_json_body_sent_as_another_type_is_told_to_say_json(
+    app: Any, method: str, path: str, viewer_may: bool
+) -> None:
+    """Found by a newcomer: curl -d without -H sends form data, and the answer said the body was
+    not a dictionary when it was one."""
+    status, answer = _call(app, method, path, b'{"reason": "x"}', kind=b"application/x-www-form-urlencoded")
+    assert status == 400, answer
+    assert "Content-Type: application/json" in answer["error"], answer
+    assert "application/x-www-form-urlencoded" in answer["error"], answer
+
+
+def test_a_long_malformed_id_is_quoted_by_its_start_and_its_length(app: Any) -> None:
+    """Found by a newcomer: a 65-character gtrid was quoted cut in the middle, its quote unclosed."""
+    status, answer = _call(app, "GET", f"{COLLECTION}/{'a' * 65}", token="viewer")
+    assert status == 400, answer
+    assert f"{'a' * 32!r}... (65 characters)" in answer["error"], answer
