@@ -690,7 +690,14 @@ class Engine:
         metrics.TRANSACTIONS_COMPLETED.labels(outcome=label).inc()
         if not tx.recovered:
             metrics.TRANSACTION_DURATION.labels(outcome=label).observe(ended - tx.begun_mono)
-        # A commit is routine, one line each would cost more than it tells: DEBUG. Anything else is news.
+        # A commit is routine, one line each would cost more than it tells: DEBUG. Anything else is
+        # news, and a heuristic outcome needs an operator (xactl forget after checking the RMs).
+        if tx.status == TxStatus.HEURISTICALLY_COMPLETED:
+            codes = ", ".join(f"{b.bqual}={b.last_code.name}" for b in tx.branches.values() if b.last_code)
+            log.warning(
+                "%s %s (%s): check the resource managers, then xactl forget", tx.gtrid, tx.status.label, codes
+            )
+            return
         level = logging.DEBUG if tx.status == TxStatus.COMMITTED else logging.INFO
         log.log(level, "%s %s", tx.gtrid, tx.status.label)
 

@@ -90,7 +90,7 @@ async def test_a_transaction_decided_before_a_restart_is_still_served(rig: Rig) 
 
 
 async def test_a_lone_branch_not_known_to_the_rollback_of_an_earlier_start_leaves_the_outcome_unknown(
-    rig: Rig,
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The earlier start may have sent the lone branch a one-phase commit and logged nothing (no
     decision is forced for one phase), then died before its reply: the initiator asks again, and
@@ -103,6 +103,9 @@ async def test_a_lone_branch_not_known_to_the_rollback_of_an_earlier_start_leave
     assert (result.outcome, result.tx.status) == (TxOutcome.TX_HAZARD, S.HEURISTICALLY_COMPLETED)
     branch = result.tx.branches["a"]
     assert branch.last_code == XaCode.XA_HEURHAZ and "one phase" in branch.last_reason
+    # An outcome an operator must look into is a warning, with the codes that make it one.
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and gtrid in r.getMessage()]
+    assert any("HeuristicallyCompleted (a=XA_HEURHAZ)" in line for line in warned), warned
 
 
 async def test_not_known_to_a_rollback_is_rolled_back_where_no_one_phase_commit_can_have_been(

@@ -30,6 +30,7 @@ from xatm.coordinator.txlog.file.scan import LogScan, close_spans
 from xatm.coordinator.txlog.interface import LogCorrupt, LogLocked, LogStopped
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import xa_pb2
+from xatm.participant.xa import new_gtrid
 
 
 def rec(i: int, reason: str = "") -> WalRecord:
@@ -663,3 +664,13 @@ def test_dump_json_lines_are_protobuf_json_with_location(tmp_path: Path) -> None
     }
     with pytest.raises(ValueError, match="output"):
         dump_text(tmp_path, output="yaml")  # type: ignore[arg-type]
+
+
+def test_dump_table_columns_line_up_for_gtrids_of_a_default_node_id(tmp_path: Path) -> None:
+    """Found by a newcomer: the GTRID column was narrower than the gtrids, so TYPE moved."""
+    made = new_gtrid("n" + "a" * 8, "0" * 8)
+    record = rec(1)
+    record.gtrid = made
+    run(write(tmp_path, [record]))
+    header, line = dump_text(tmp_path).splitlines()
+    assert line.index(" branch_result ") + 1 == header.index("TYPE"), (header, line)

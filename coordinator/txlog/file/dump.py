@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["dump_text", "find_wal_dir", "iter_dump_lines", "read_records"]
 
+#: Columns of a gtrid made for a default node id ("n" and 8 hex digits, a dot, 36 hex digits):
+#: the table is printed as the log is read, so it cannot measure the gtrids first.
+_GTRID_WIDTH = 46
+
 log = logging.getLogger(__name__)
 
 Output = Literal["table", "json"]
@@ -101,7 +105,7 @@ def iter_dump_lines(data_dir: Path | str, output: Output = "table") -> Iterator[
         raise ValueError(f"output must be 'table' or 'json', not {output!r}")
     scan = LogScan(find_wal_dir(data_dir))
     if output == "table":
-        yield f"{'TIME':<24}  {'GTRID':<36}  {'TYPE':<13}  {'SEG:OFFSET':<12}  DETAIL"
+        yield f"{'TIME':<24}  {'GTRID':<{_GTRID_WIDTH}}  {'TYPE':<13}  {'SEG:OFFSET':<12}  DETAIL"
     for path, offset, record in scan:
         yield _json_line(path, offset, record) if output == "json" else _table_line(path, offset, record)
     torn = scan.torn_tail
@@ -151,7 +155,8 @@ def _table_line(path: Path, offset: int, record: wal_pb2.WalRecord) -> str:
     body = record.WhichOneof("body")
     detail = _fields(getattr(record, body)) if body else ""
     where = f"{int(path.stem)}:{offset}"
-    return f"{when:<24}  {record.gtrid or '-':<36}  {body or 'none':<13}  {where:<12}  {detail}".rstrip()
+    gtrid = record.gtrid or "-"
+    return f"{when:<24}  {gtrid:<{_GTRID_WIDTH}}  {body or 'none':<13}  {where:<12}  {detail}".rstrip()
 
 
 def _fields(message: Message) -> str:
