@@ -679,6 +679,7 @@ class _ManagerBase:
         self._metadata = auth_metadata(token)
         self._channel: Any = None
         self._stub: Any = None
+        self._was_ready = False
 
     def _learn(self, reply: coordinator_pb2.BeginResponse, asked_ms: int) -> None:
         """Take what the first Begin tells of the coordinator: its node id and timeouts."""
@@ -727,6 +728,17 @@ class _ManagerBase:
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         return self._stub
 
+    def _connection_changed(self, state: grpc.ChannelConnectivity) -> None:
+        """The channel's connection was ready and is not any more (the coordinator closed it,
+        restarted, or another replica answers now): the next ``begin()`` learns the incarnation
+        again (``relearn``), so that a transaction begun after a restart is not made for the
+        coordinator's earlier start and refused. Costs one Begin after a reconnection."""
+        if state == grpc.ChannelConnectivity.READY:
+            self._was_ready = True
+        elif self._was_ready:
+            self._was_ready = False
+            self.node_id = None
+
     def _call(self, stub: Any, method: str, request: Message) -> Any:
         metadata = (*self._metadata, *tracing.inject())  # the caller's trace, when tracing is on
         return getattr(stub, method)(request, timeout=self.call_timeout, metadata=metadata)
@@ -752,7 +764,7 @@ class TransactionManager(_ManagerBase):
         return tx
 
     def _drive(self, flow: Flow[T]) -> T:
-        stub = self._stub or self._connect(aio=False)
+        stub = self._stub or self._connected()
         try:
             method, request = next(flow)
             while True:
@@ -769,8 +781,14 @@ class TransactionManager(_ManagerBase):
         except StopIteration as stop:
             return stop.value
 
+    def _connected(self) -> Any:
+        stub = self._connect(aio=False)
+        self._channel.subscribe(self._connection_changed)  # called from gRPC's own thread
+        return stub
+
     def close(self) -> None:
         if self._channel is not None:
+            self._channel.unsubscribe(self._connection_changed)
             self._channel.close()
             self._channel = self._stub = None
 
@@ -791,6 +809,8 @@ class AsyncTransactionManager(_ManagerBase):
         even when the Begin is awaited in another task (``asyncio.wait_for``). Raises XatmError
         FAILED_PRECONDITION at once while another transaction is active in this task.
         """
+        if self._channel is not None:  # a grpc.aio channel tells its state when asked
+            self._connection_changed(self._channel.get_state(try_to_connect=False))
         tx = AsyncTransaction(self, timeout)
         tx._claim()
         return tx
@@ -809,6 +829,7 @@ class AsyncTransactionManager(_ManagerBase):
                 except (grpc.RpcError, MalformedReply) as error:
                     method, request = flow.throw(to_xatm_error(error))
                 else:
+                    self._was_ready = True  # an answer came over the connection
                     method, request = flow.send(reply)
         except StopIteration as stop:
             return stop.value

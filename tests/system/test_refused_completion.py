@@ -12,6 +12,8 @@ transfer whose coordinator was restarting left them the same way.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -20,16 +22,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.bank_system import BankSystem
-from xatm.coordinator.tools.procs import free_port
+from tests.bank_system import TEST_COORDINATOR_ENV, BankSystem
+from xatm.coordinator.tools.procs import Proc, coordinator_proc, free_port
 from xatm.participant import (
+    AsyncTransactionManager,
     TransactionHeuristicHazard,
+    TransactionManager,
     TransactionOutcomeUnknown,
     TransactionRolledBack,
 )
 from xatm.participant.api.v1 import coordinator_pb2, coordinator_pb2_grpc, xa_pb2
 from xatm.participant.errors import XatmError
-from xatm.participant.xa import new_bqual, new_gtrid
+from xatm.participant.xa import incarnation_of, new_bqual, new_gtrid
 
 
 @pytest.fixture
@@ -163,3 +167,47 @@ def test_a_one_phase_commit_cut_by_a_coordinator_crash_is_never_answered_rolled_
         assert system.balance("bank-a", "alice") == 989  # both commits: the second did commit
     finally:
         system.stop()
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_transaction_begun_after_a_coordinator_restart_is_made_for_the_new_start(
+    tmp_path: Path, aio: bool, how: signal.Signals
+) -> None:
+    """Found by a newcomer: after any restart, clean ones included, each initiator's next
+    transaction was rolled back ("the coordinator restarted before the transaction was decided"):
+    its gtrid was still made for the earlier start. The manager now relearns the incarnation once
+    its connection to the coordinator dropped."""
+    proc = coordinator_proc(tmp_path / "coordinator", tmp_path, env=TEST_COORDINATOR_ENV)
+    proc.start()
+    try:
+        if aio:
+
+            async def main() -> list[str]:
+                async with AsyncTransactionManager(proc.address) as tm:
+                    first = await tm.begin()
+                    await first.commit()
+                    before = tm.incarnation
+                    await asyncio.to_thread(_restart, proc, how)
+                    second = await tm.begin()
+                    await second.commit()  # raised TransactionRolledBack
+                    return [before, tm.incarnation, second.gtrid]
+
+            before, after, gtrid = asyncio.run(main())
+        else:
+            with TransactionManager(proc.address) as tm:
+                tm.begin().commit()
+                before = tm.incarnation
+                _restart(proc, how)
+                second = tm.begin()
+                second.commit()  # raised TransactionRolledBack
+                after, gtrid = tm.incarnation, second.gtrid
+        assert before != after and incarnation_of(gtrid) == after
+    finally:
+        proc.stop()
+
+
+def _restart(proc: Proc, how: signal.Signals) -> None:
+    proc.kill() if how == signal.SIGKILL else proc.stop()
+    proc.start()
+    time.sleep(0.5)  # the client side notices the dropped connection meanwhile
