@@ -32,6 +32,7 @@ import logging
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -783,12 +784,22 @@ class TransactionManager(_ManagerBase):
 
     def _connected(self) -> Any:
         stub = self._connect(aio=False)
-        self._channel.subscribe(self._connection_changed)  # called from gRPC's own thread
+        # Called from gRPC's polling thread, which holds the callback: through a weak reference,
+        # so that a manager never closed is still collected (its channel then unsubscribes).
+        manager = weakref.ref(self)
+
+        def changed(state: grpc.ChannelConnectivity) -> None:
+            alive = manager()
+            if alive is not None:
+                alive._connection_changed(state)
+
+        self._watch = changed
+        self._channel.subscribe(changed)
         return stub
 
     def close(self) -> None:
         if self._channel is not None:
-            self._channel.unsubscribe(self._connection_changed)
+            self._channel.unsubscribe(self._watch)
             self._channel.close()
             self._channel = self._stub = None
 

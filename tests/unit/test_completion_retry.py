@@ -7,6 +7,8 @@ answers; refusals that are answers (INVALID_ARGUMENT here) are never asked again
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -136,3 +138,14 @@ def test_a_bad_retry_time_is_refused_at_construction(bad: float) -> None:
 def test_a_negative_retry_time_says_that_0_is_allowed() -> None:
     with pytest.raises(InvalidArgumentError, match=r"must be 0 \(ask once\) or more seconds"):
         TransactionManager("127.0.0.1:1", completion_retry=-1)
+
+
+def test_a_manager_never_closed_is_still_collected(coordinator: FlakyCoordinator) -> None:
+    """The manager watches its channel's connection (to relearn after a restart) from gRPC's
+    polling thread: that watch must not keep a manager its application dropped alive."""
+    tm = TransactionManager(coordinator.address)
+    tm.begin().commit()
+    dropped = weakref.ref(tm)
+    del tm
+    gc.collect()
+    assert dropped() is None
