@@ -69,6 +69,8 @@ class _Call:
     id: int = -1
     #: The number of the message that carried it.
     message: int = -1
+    #: The stream it was last given to (a call moves when its stream is reopened).
+    stream: _Stream | None = None
 
 
 class Streams:
@@ -103,7 +105,7 @@ class Streams:
         try:
             return await call.future
         except asyncio.CancelledError:
-            stream.drop(call)
+            (call.stream or stream).drop(call)
             raise
 
     def _open(self, endpoint: str) -> _Stream:
@@ -173,6 +175,7 @@ class _Stream:
         return self._closed or self._rpc.done()
 
     def submit(self, call: _Call) -> None:
+        call.stream = self
         self._queued.append(call)
         if call.deadline < self._timer_at:
             self._arm(call.deadline)
@@ -227,15 +230,22 @@ class _Stream:
                     self._wake = asyncio.get_running_loop().create_future()
                     await self._wake
                     continue
-                # Every call queued until the writer runs again goes along (the cancelled stay home).
-                calls = [c for c in self._queued if not c.future.done()]
-                self._queued = []
-                for start in range(0, len(calls), self._owner._max_batch):
+                # Every call queued until the writer runs again goes along (the cancelled stay
+                # home), ``max_batch`` to a message. The ones not written yet stay in the queue,
+                # where the deadline timer and the stream's end still see them.
+                due = queued
+                while due > 0:
+                    size = min(due, self._owner._max_batch)
+                    chunk, self._queued = self._queued[:size], self._queued[size:]
+                    due -= size
+                    calls = [c for c in chunk if not c.future.done()]
+                    if not calls:
+                        continue
                     if not self._hold():
-                        rest, self._queued = calls[start:] + self._queued, []
+                        rest, self._queued = calls + self._queued, []
                         self._owner._reopen(self, rest)
                         return
-                    await self._send(calls[start : start + self._owner._max_batch])
+                    await self._send(calls)
         except asyncio.CancelledError:
             self._cancelled()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from tests.unit.test_batch_calls import ScriptedRM, serving
 from xatm.coordinator.engine.peers import Peers
+from xatm.coordinator.engine.streams import Streams
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid, new_gtrid
 
@@ -215,3 +216,76 @@ def test_a_slow_branch_holds_up_no_branch_sent_after_it_on_the_stream(kind: str)
         assert sorted(rm.recover(), key=str) == sorted([Xid(g, "slow-1"), Xid(g, "fast-1")], key=str)
 
     asyncio.run(run())
+
+
+class _StalledCall:
+    """A stream whose writes block until ``flowing`` is set (a participant not reading)."""
+
+    def __init__(self) -> None:
+        self.flowing = asyncio.Event()
+        self.replies: asyncio.Queue[Exception] = asyncio.Queue()
+        self._done = False
+
+    async def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def done(self) -> bool:
+        return self._done
+
+    async def write(self, request: participant_pb2.BatchRequest) -> None:
+        await self.flowing.wait()
+
+    async def read(self) -> participant_pb2.BatchReply:
+        failure = await self.replies.get()
+        self._done = True
+        raise failure
+
+    def cancel(self) -> None:
+        self._done = True
+
+
+class _StalledChannels:
+    """What ``Streams`` needs of ``Peers``: one stalled stream per open."""
+
+    def __init__(self) -> None:
+        self.streams: list[_StalledCall] = []
+
+    def held_stub(self, endpoint: str) -> _StalledChannels:
+        return self
+
+    def release(self, endpoint: str) -> None:
+        pass
+
+    def BatchStream(self, wait_for_ready: bool = True) -> _StalledCall:
+        self.streams.append(_StalledCall())
+        return self.streams[-1]
+
+    def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
+        return f"{code.name}: {details}"
+
+
+@pytest.mark.parametrize("how", ["broken", "deadline"])
+def test_calls_beyond_one_message_behind_a_stalled_write_are_still_answered(how: str) -> None:
+    """Found by a review: 70 calls queued at once went out 64 to a message, and while the first
+    message's write waited, the other 6 were held where neither the deadline timer nor the
+    stream's end could see them: they waited for ever."""
+
+    async def run() -> list[Answer]:
+        channels = _StalledChannels()
+        streams = Streams(cast(Any, channels), max_batch=64)
+        calls = [
+            asyncio.ensure_future(streams.call("ep", Phase.COMMIT, Xid(new_gtrid("t1"), f"b{i}"), 0.3))
+            for i in range(70)
+        ]
+        await asyncio.sleep(0.05)  # the first message's write is waiting
+        if how == "broken":
+            channels.streams[0].replies.put_nowait(ConnectionResetError("reset by peer"))
+        else:
+            await asyncio.sleep(0.5)  # every deadline passes while that write waits
+            channels.streams[0].flowing.set()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 5)
+        await streams.close()
+        return answers
+
+    answers = asyncio.run(run())
+    assert len(answers) == 70 and {code for code, _ in answers} == {XaCode.XAER_RMFAIL}
