@@ -161,6 +161,7 @@ def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
     set_time(snap.begun_at, tx.begun_at)
     snap.one_phase = tx.one_phase
     snap.recovered = tx.recovered
+    snap.inherited = tx.inherited
     if tx.savepoints:
         snap.savepoints.extend(tx.savepoints)
     snap.rollback_reason = tx.rollback_reason
@@ -188,6 +189,7 @@ def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
         status=_TX_STATUSES[info.status],
         one_phase=info.one_phase,
         recovered=info.recovered,
+        inherited=info.inherited,
         begun_at=seconds(info.begun_at),
         completed_at=seconds(info.completed_at) if info.HasField("completed_at") else None,
         rollback_reason=info.rollback_reason,

@@ -122,7 +122,8 @@ class RoutedCoordinatorServicer(CoordinatorServicer):
             " logged anything of it: nothing was decided (presumed abort)"
         )
         log.warning("%s rolled back here: %s", gtrid, reason)
-        return await roll_back_carried(self.engine, gtrid, self._branches(request.branches), verb, reason)
+        branches = self._branches(request.branches)
+        return await roll_back_carried(self.engine, gtrid, branches, verb, reason, inherited=True)
 
     GetStatus = _routed("GetStatus", _gtrid)
     QueryOutcome = _routed("QueryOutcome", _xid_gtrid)

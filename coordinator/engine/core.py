@@ -337,7 +337,7 @@ class Engine:
             return tx
         if node_of(gtrid) != self.node_id:
             raise NotFoundError(f"unknown transaction {gtrid}")  # not this node's: nothing to create
-        inherited = self._made_before_restart(gtrid)
+        inherited = self.made_before_restart(gtrid)
         if inherited and not completing:
             raise FailedPreconditionError(f"transaction {gtrid} cannot be joined: {RESTARTED}")
         self._admit()
@@ -345,7 +345,7 @@ class Engine:
         tx.inherited = inherited
         return tx
 
-    def _made_before_restart(self, gtrid: str) -> bool:
+    def made_before_restart(self, gtrid: str) -> bool:
         """True for a gtrid of this node made for an earlier start (old-form gtrids name none)."""
         made_for = incarnation_of(gtrid)
         return made_for is not None and made_for != self.incarnation and node_of(gtrid) == self.node_id
@@ -534,7 +534,7 @@ class Engine:
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
         tx = self.hold(gtrid, timeout_ms, completing=True)
-        if tx.status == TxStatus.CREATED and self._made_before_restart(gtrid):
+        if tx.status == TxStatus.CREATED and self.made_before_restart(gtrid):
             # Only a commit creates such a transaction: branches it does not carry may have been
             # enlisted before the restart, and they are rolled back (presumed abort) whatever it does.
             rollback_only = f"{RESTARTED}: branches enlisted before may have been forgotten"

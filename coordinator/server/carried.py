@@ -26,16 +26,23 @@ __all__ = ["roll_back_carried"]
 
 
 async def roll_back_carried(
-    engine: Engine, gtrid: str, carried: Sequence[xa_pb2.BranchRef], verb: str, reason: str
+    engine: Engine,
+    gtrid: str,
+    carried: Sequence[xa_pb2.BranchRef],
+    verb: str,
+    reason: str,
+    *,
+    inherited: bool,
 ) -> coordinator_pb2.CompletionResponse:
     """Send Rollback to each branch in ``carried`` (one attempt each, ``call_timeout`` bound) and
     build the answer to ``verb`` ("Commit" or "Rollback"): outcome TX_ROLLBACK to a commit, TX_OK
     to a rollback, rollback code XA_RBROLLBACK with ``reason``; status Rolledback when every
     branch answered XA_OK, XAER_NOTA or a rollback code, Rollingback otherwise (that branch's
     participant ends it past the transaction's deadline, as any branch no coordinator reached).
-    A lone branch answering XAER_NOTA leaves the outcome unknown (TX_HAZARD, status
-    HeuristicallyCompleted, the branch XA_HEURHAZ): a coordinator that logged nothing may have
-    committed it in one phase.
+    With ``inherited`` (``gtrid`` was made for an earlier start, or for a replica gone), a lone
+    branch answering XAER_NOTA leaves the outcome unknown (TX_HAZARD, status
+    HeuristicallyCompleted, the branch XA_HEURHAZ): that coordinator, which logged nothing, may
+    have committed it in one phase.
 
     Raises InvalidArgumentError for a malformed bqual and ResourceExhaustedError for more than
     ``max_branches`` distinct branches, before any call is sent.
@@ -69,7 +76,7 @@ async def roll_back_carried(
             last_reason=why[:500],
             has_last_code=True,
         )
-        if code == XaCode.XAER_NOTA and len(branches) == 1:
+        if code == XaCode.XAER_NOTA and inherited and len(branches) == 1:
             # A lone branch may have been committed in one phase by a coordinator that logged
             # nothing of it: "not known" may mean "committed and forgotten".
             info.status = xa_pb2.BRANCH_STATUS_HEURISTICALLY_COMPLETED

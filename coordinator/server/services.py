@@ -187,7 +187,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             reason = (
                 f"{refusal.message}; nothing was decided, so its branches were rolled back (presumed abort)"
             )
-            reply = await roll_back_carried(self.engine, request.gtrid, branches, verb, reason)
+            inherited = self.engine.made_before_restart(request.gtrid)
+            reply = await roll_back_carried(
+                self.engine, request.gtrid, branches, verb, reason, inherited=inherited
+            )
             ended = sum(b.status == xa_pb2.BRANCH_STATUS_ROLLEDBACK for b in reply.branches)
             log.info(  # as any rollback: a refusal under load must not flood the log with warnings
                 "%s %s refused (%s); %d of %d carried branches rolled back",

@@ -328,7 +328,9 @@ class _TransactionBase:
         # A transaction begun at the coordinator is timed out there, which must know its branches
         # by then: they enlist (``enlist``), and are reported all the same, so that the Commit carries
         # them to a coordinator that forgot them in a restart, which rolls them back at once.
-        if manager.eager or manager.node_id is None or not (timeout_ms or manager.default_timeout_ms):
+        # Read once: another thread may clear it meanwhile (a dropped connection, a refusal).
+        learnt = manager._learnt
+        if manager.eager or learnt is None or not (timeout_ms or manager.default_timeout_ms):
             reply = yield "Begin", coordinator_pb2.BeginRequest(timeout_ms=timeout_ms)
             try:
                 self._gtrid = validate_gtrid(reply.gtrid)
@@ -341,7 +343,7 @@ class _TransactionBase:
             timeout_ms = reply.timeout_ms
         else:
             # Made here: the coordinator hears of the transaction with its commit or rollback.
-            self._gtrid = new_gtrid(manager.node_id, manager.incarnation)
+            self._gtrid = new_gtrid(*learnt)
             timeout_ms = min(timeout_ms or manager.default_timeout_ms, manager.max_timeout_ms)
         deadline = sent + timeout_ms / 1000 if timeout_ms else None
         self._timeout_ms = timeout_ms
@@ -655,12 +657,12 @@ class _ManagerBase:
         #: transaction, plus one per branch); by default gtrids are made here and branches
         #: reported back in replies.
         self.eager = eager
-        #: The coordinator's node id, learnt from the first Begin (None before, or when the
-        #: coordinator is too old to take gtrids made by initiators: every begin is eager then).
-        self.node_id: str | None = None
-        #: The coordinator's incarnation (its current start), learnt likewise and put in every gtrid
-        #: made here; "" from a coordinator that has none.
-        self.incarnation = ""
+        #: (node id, incarnation) of the coordinator, learnt from a Begin and put in every gtrid
+        #: made here; None before, after a reason to learn them again, or when the coordinator is
+        #: too old to take gtrids made by initiators (every begin is eager then). Replaced whole,
+        #: so a thread never pairs one start's node id with another's incarnation.
+        self._learnt: tuple[str, str] | None = None
+        self._incarnation = ""
         #: The coordinator's default and largest transaction timeouts (ms), learnt likewise.
         self.default_timeout_ms = 0
         self.max_timeout_ms = 0
@@ -682,6 +684,24 @@ class _ManagerBase:
         self._stub: Any = None
         self._was_ready = False
 
+    @property
+    def node_id(self) -> str | None:
+        """The coordinator's node id, learnt from the first Begin (None before, or when the
+        coordinator is too old to take gtrids made by initiators). Set to None to learn it again
+        at the next ``begin()`` (``relearn``)."""
+        learnt = self._learnt
+        return None if learnt is None else learnt[0]
+
+    @node_id.setter
+    def node_id(self, value: str | None) -> None:
+        self._learnt = None if value is None else (value, self._incarnation)
+
+    @property
+    def incarnation(self) -> str:
+        """The coordinator's incarnation (its current start) last learnt; "" from a coordinator
+        that has none."""
+        return self._incarnation
+
     def _learn(self, reply: coordinator_pb2.BeginResponse, asked_ms: int) -> None:
         """Take what the first Begin tells of the coordinator: its node id and timeouts."""
         node = reply.node_id
@@ -695,7 +715,8 @@ class _ManagerBase:
         if not asked_ms:
             self.default_timeout_ms = reply.timeout_ms
         self.max_timeout_ms = reply.max_timeout_ms
-        self.node_id, self.incarnation = node, reply.incarnation
+        self._incarnation = reply.incarnation
+        self._learnt = (node, reply.incarnation)
 
     def relearn(self) -> None:
         """Have the next ``begin()`` go to the coordinator and learn again its node id, incarnation
@@ -720,8 +741,9 @@ class _ManagerBase:
         """A Commit or Rollback answer naming another coordinator incarnation than the one the
         gtrids here are made with: the coordinator restarted and refuses those gtrids, so the
         next transaction begins at it and learns the new one."""
-        if reply.incarnation and self.node_id is not None and reply.incarnation != self.incarnation:
-            self.node_id = None
+        learnt = self._learnt
+        if reply.incarnation and learnt is not None and reply.incarnation != learnt[1]:
+            self._learnt = None
 
     def _connect(self, aio: bool) -> Any:
         # On first use, so a grpc.aio channel binds to the running event loop.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.component.conftest import NODE, Rig, endpoint
+from tests.component.conftest import NODE, Rig, endpoint, until
 from xatm.coordinator.engine.core import RESTARTED
 from xatm.participant.api.v1.xa_pb2 import BranchRef
 from xatm.participant.errors import FailedPreconditionError, NotFoundError
@@ -123,3 +123,23 @@ async def test_not_known_to_a_rollback_is_rolled_back_where_no_one_phase_commit_
     own = new_gtrid(NODE, engine.incarnation)
     lone = await engine.rollback(own, "asked", 5000, _refs("c"))
     assert (lone.outcome, lone.tx.status) == (TxOutcome.TX_OK, S.ROLLEDBACK)
+
+
+async def test_the_unknown_outcome_rule_survives_another_restart_while_the_rollback_is_retried(
+    rig: Rig,
+) -> None:
+    """Found by a review: the mark that a transaction was taken on from an earlier start's gtrid
+    lived in memory only, so a restart while its lone branch's rollback was still retried made a
+    later XAER_NOTA read as rolled back again."""
+    gtrid = await _made_before_a_restart(rig)
+    engine = rig.engine
+    assert engine is not None
+    rig.peers.answer(endpoint("a"), Phase.ROLLBACK, XaCode.XAER_RMFAIL)  # unreachable for now
+    result = await engine.commit(gtrid, 5000, _refs("a"))
+    assert result.tx.status == S.ROLLINGBACK and result.tx.inherited
+    await engine.checkpoint()  # what it logged is on disk (a later forced write does the same)
+    rig.peers.answer(endpoint("a"), Phase.ROLLBACK, XaCode.XAER_NOTA)
+    again = (await rig.restart()).get(gtrid)
+    assert again.inherited
+    await until("an outcome", lambda: again.status != S.ROLLINGBACK)
+    assert again.status == S.HEURISTICALLY_COMPLETED and again.branches["a"].last_code == XaCode.XA_HEURHAZ

@@ -116,7 +116,7 @@ class EndpointRecord(_message.Message):
     def __init__(self, bqual: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class TransactionSnapshot(_message.Message):
-    __slots__ = ("gtrid", "status", "branches", "begun_at", "timeout_ms", "completed_at", "rollback_code", "rollback_reason", "savepoints", "one_phase", "decision", "recovered")
+    __slots__ = ("gtrid", "status", "branches", "begun_at", "timeout_ms", "completed_at", "rollback_code", "rollback_reason", "savepoints", "one_phase", "decision", "recovered", "inherited")
     GTRID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class TransactionSnapshot(_message.Message):
     ONE_PHASE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    INHERITED_FIELD_NUMBER: _ClassVar[int]
     gtrid: str
     status: _xa_pb2.TransactionStatus
     branches: _containers.RepeatedCompositeFieldContainer[BranchSnapshot]
@@ -141,7 +142,8 @@ class TransactionSnapshot(_message.Message):
     one_phase: bool
     decision: _xa_pb2.Decision
     recovered: bool
-    def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchSnapshot, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[_xa_pb2.Decision, str]] = ..., recovered: _Optional[bool] = ...) -> None: ...
+    inherited: bool
+    def __init__(self, gtrid: _Optional[str] = ..., status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., branches: _Optional[_Iterable[_Union[BranchSnapshot, _Mapping]]] = ..., begun_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollback_code: _Optional[_Union[_xa_pb2.XaCode, str]] = ..., rollback_reason: _Optional[str] = ..., savepoints: _Optional[_Iterable[str]] = ..., one_phase: _Optional[bool] = ..., decision: _Optional[_Union[_xa_pb2.Decision, str]] = ..., recovered: _Optional[bool] = ..., inherited: _Optional[bool] = ...) -> None: ...
 
 class BranchSnapshot(_message.Message):
     __slots__ = ("bqual", "rm_id", "endpoint", "status", "last_code", "last_phase", "last_reason", "has_last_code", "attempts")
