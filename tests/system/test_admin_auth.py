@@ -287,21 +287,20 @@ def test_rest_api_never_answers_5xx(case: schemathesis.Case, coordinator: Proc) 
     )
 
 
+def _start_with_auth_file(auth_file: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xatm", "coordinator", "--auth-file", str(auth_file),
+         "--data-dir", str(root / "data"), "--listen", f"127.0.0.1:{free_port()}",
+         "--http-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+
+
 def test_a_bad_auth_file_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "tokens.toml").write_text('[[tokens]]\nname = "a"\nrole = "root"\nsha256 = "00"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "xatm", "coordinator", "--auth-file", str(tmp_path / "tokens.toml"),
-         "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
-         "--http-listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
-    )  # fmt: skip
+    done = _start_with_auth_file(tmp_path / "tokens.toml", tmp_path)
     assert done.returncode == 2 and "role must be one of viewer, operator, service" in done.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "xatm", "coordinator", "--auth-file", str(tmp_path / "none.toml"),
-         "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
-         "--http-listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
-    )  # fmt: skip
+    missing = _start_with_auth_file(tmp_path / "none.toml", tmp_path)
     assert missing.returncode == 2, missing.stderr  # a bad setting, as a malformed flag is
     said = f"xatm coordinator: auth file {tmp_path / 'none.toml'}: No such file or directory"
     assert missing.stderr.strip() == said
