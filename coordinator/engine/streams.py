@@ -39,13 +39,17 @@ from xatm.coordinator.engine.batching import Stubs, add_item, answer_of
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid
 
-__all__ = ["Streams", "Unstreamed"]
+__all__ = ["IDLE_CLOSE", "Streams", "Unstreamed"]
 
 log = logging.getLogger("xatm.peers")
 
 #: Item ids wrap around at the width of BatchItem.id; far more than branches in flight at once.
 _ID_SPACE = 1 << 32
 _ENDED = "participant ended the stream without answering this branch"
+#: Seconds a stream with nothing out or queued stays open: long enough for the pauses inside a
+#: transaction (a decision's fsync between its prepares and its commits), short enough that a
+#: participant stopping gracefully waits for no stream nobody uses.
+IDLE_CLOSE = 0.25
 #: Each request message on a stream counts as one RPC sent (the calls it replaces).
 _MESSAGES_SENT = metrics.PARTICIPANT_CALLS.labels(method="BatchStream")
 
@@ -164,6 +168,8 @@ class _Stream:
         self._unheard: set[int] = set()
         self._hurry = False
         self._linger: asyncio.TimerHandle | None = None
+        #: Ends the stream once nothing was out or queued on it for ``IDLE_CLOSE`` seconds.
+        self._idle: asyncio.TimerHandle | None = None
         self._stub = self._channels.held_stub(endpoint)
         self._channels.release(endpoint)
         # No deadline: the stream lives as long as its channel; each branch has its own.
@@ -177,6 +183,9 @@ class _Stream:
     def submit(self, call: _Call) -> None:
         call.stream = self
         self._queued.append(call)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if call.deadline < self._timer_at:
             self._arm(call.deadline)
         if not self._unheard or len(self._queued) >= self._owner._max_batch:
@@ -212,7 +221,17 @@ class _Stream:
         self._heard(call)
         if not self._out:
             self._channels.release(self.endpoint)
+            if not self._queued and not self._closed:
+                self._idle = asyncio.get_running_loop().call_later(IDLE_CLOSE, self._idled)
         return call
+
+    def _idled(self) -> None:
+        """Nothing went out on the stream for ``IDLE_CLOSE`` seconds: end it (nothing is lost:
+        no branch is out or queued), so that a participant stopping is not held for its grace
+        period by a stream nobody uses; the next call opens a new one."""
+        self._idle = None
+        if not self._out and not self._queued:
+            self.close()
 
     # ------------------------------------------------------------ writing
 
@@ -391,10 +410,10 @@ class _Stream:
         if self._out:
             self._channels.release(self.endpoint)
         self._out, self._queued = {}, []
-        for timer in (self._timer, self._linger):
+        for timer in (self._timer, self._linger, self._idle):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._linger = None
+        self._timer = self._linger = self._idle = None
         self._rpc.cancel()
         current = asyncio.current_task()
         for task in self.tasks:

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from tests.unit.test_batch_calls import ScriptedRM, serving
 from xatm.coordinator.engine.peers import Peers
-from xatm.coordinator.engine.streams import Streams
+from xatm.coordinator.engine.streams import IDLE_CLOSE, Streams
 from xatm.participant.api.v1 import participant_pb2
 from xatm.participant.xa import Phase, XaCode, Xid, new_gtrid
 
@@ -35,8 +35,9 @@ class ScriptedStream:
 
     def __init__(self) -> None:
         self.requests: asyncio.Queue[participant_pb2.BatchRequest] = asyncio.Queue()
-        #: Streams the coordinator opened.
+        #: Streams the coordinator opened, and those that ended (the coordinator closed them).
         self.opened = 0
+        self.ended = 0
         self._outbox: asyncio.Queue[participant_pb2.BatchReply | grpc.StatusCode] = asyncio.Queue()
 
     def give(self, *results: tuple[int, XaCode, str]) -> None:
@@ -57,8 +58,11 @@ class ScriptedStream:
         await context.send_initial_metadata(())  # as the servicers do: the coordinator waits for it
 
         async def take() -> None:
-            async for request in requests:
-                self.requests.put_nowait(request)
+            try:
+                async for request in requests:
+                    self.requests.put_nowait(request)
+            finally:
+                self.ended += 1
 
         reader = asyncio.ensure_future(take())
         try:
@@ -289,3 +293,28 @@ def test_calls_beyond_one_message_behind_a_stalled_write_are_still_answered(how:
 
     answers = asyncio.run(run())
     assert len(answers) == 70 and {code for code, _ in answers} == {XaCode.XAER_RMFAIL}
+
+
+def test_a_stream_nobody_uses_is_ended_so_a_stopping_participant_is_not_held() -> None:
+    """Found in CI: a participant's graceful stop waited its whole grace period for the
+    coordinator's stream, which never ended by itself (every test's teardown took 2 s more per
+    bank). A stream with nothing out or queued for IDLE_CLOSE seconds ends; the next call opens
+    another, and a call in flight keeps its stream open however long it takes."""
+
+    async def run() -> None:
+        async with scripted() as (participant, peers, endpoint):
+            slow = _call(peers, endpoint, Phase.PREPARE, "slow")
+            (ident,) = await participant.ids()
+            await asyncio.sleep(IDLE_CLOSE * 3)  # out all this time: the stream stays
+            participant.give((ident, XaCode.XA_OK, ""))
+            assert await slow == (XaCode.XA_OK, "")
+            assert participant.ended == 0
+            await asyncio.sleep(IDLE_CLOSE * 3)  # now idle: ended
+            assert participant.ended == 1
+            after = _call(peers, endpoint, Phase.COMMIT, "after")
+            (ident,) = await participant.ids()
+            participant.give((ident, XaCode.XA_OK, ""))
+            assert await after == (XaCode.XA_OK, "")
+            assert participant.opened == 2
+
+    asyncio.run(run())
