@@ -1,14 +1,14 @@
 """Prepare, commit and rollback calls to one participant endpoint over one long-lived stream.
 
 A ``Batch`` RPC per message costs the coordinator the start of a gRPC call each time; a
-``BatchStream`` is started once per endpoint (lazily, on the first call) and kept open, and
-each message on it costs a write. The calls queued for an endpoint while the stream's previous
-write was under way, or in the same pass of the event loop, go out together as one request
-message (at most ``max_batch`` branches to a message); as with ``Batch`` RPCs, calls queued
-while a message sent has had no reply yet wait for one (at most ``linger`` seconds, at most
-``max_batch`` of them), so that under load a round trip's worth shares a message. Each
-branch's item carries an id, unique on the stream, that its result echoes, so results come back
-in any order and in any grouping.
+``BatchStream`` is started once per endpoint (lazily, on the first call) and kept open while it
+is used (``IDLE_CLOSE``), and each message on it costs a write. The calls queued for an
+endpoint while the stream's previous write was under way, or in the same pass of the event
+loop, go out together as one request message (at most ``max_batch`` branches to a message); as
+with ``Batch`` RPCs, calls queued while a message sent has had no reply yet wait for one (at
+most ``linger`` seconds, at most ``max_batch`` of them), so that under load a round trip's worth
+shares a message. Each branch's item carries an id, unique on the stream, that its result
+echoes, so results come back in any order and in any grouping.
 
 Each branch keeps its own deadline and its own answer: one timer per stream, set to the earliest
 deadline among the branches not yet answered, answers a branch whose deadline passes as its
