@@ -32,7 +32,6 @@ import logging
 import math
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -752,10 +751,11 @@ class _ManagerBase:
         return self._stub
 
     def _connection_changed(self, state: grpc.ChannelConnectivity) -> None:
-        """The channel's connection was ready and is not any more (the coordinator closed it,
-        restarted, or another replica answers now): the next ``begin()`` learns the incarnation
-        again (``relearn``), so that a transaction begun after a restart is not made for the
-        coordinator's earlier start and refused. Costs one Begin after a reconnection."""
+        """Looked at each ``begin()``: the channel's connection was ready and is not any more
+        (the coordinator closed it, restarted, or another replica answers now), so this begin
+        learns the incarnation again (``relearn``) and a transaction begun after a restart is
+        not made for the coordinator's earlier start and refused. Costs one Begin after a
+        reconnection."""
         if state == grpc.ChannelConnectivity.READY:
             self._was_ready = True
         elif self._was_ready:
@@ -781,13 +781,17 @@ class TransactionManager(_ManagerBase):
         Raises XatmError: FAILED_PRECONDITION while another one is active here, or the code
         of the failed Begin call (e.g. UNAVAILABLE).
         """
+        if self._channel is not None:
+            state = self._connection_state()
+            if state is not None:
+                self._connection_changed(state)
         tx = Transaction(self, timeout)
         tx._claim()
         self._drive(tx._begin_flow())
         return tx
 
     def _drive(self, flow: Flow[T]) -> T:
-        stub = self._stub or self._connected()
+        stub = self._stub or self._connect(aio=False)
         try:
             method, request = next(flow)
             while True:
@@ -800,28 +804,24 @@ class TransactionManager(_ManagerBase):
                 except (grpc.RpcError, MalformedReply) as error:
                     method, request = flow.throw(to_xatm_error(error))
                 else:
+                    self._was_ready = True  # an answer came over the connection
                     method, request = flow.send(reply)
         except StopIteration as stop:
             return stop.value
 
-    def _connected(self) -> Any:
-        stub = self._connect(aio=False)
-        # Called from gRPC's polling thread, which holds the callback: through a weak reference,
-        # so that a manager never closed is still collected (its channel then unsubscribes).
-        manager = weakref.ref(self)
+    def _connection_state(self) -> grpc.ChannelConnectivity | None:
+        """The channel's connectivity now, without connecting; None when this grpc does not say.
 
-        def changed(state: grpc.ChannelConnectivity) -> None:
-            alive = manager()
-            if alive is not None:
-                alive._connection_changed(state)
-
-        self._watch = changed
-        self._channel.subscribe(changed)
-        return stub
+        Asked of the channel's core directly: ``grpc.Channel.subscribe`` would poll it from a
+        thread with wall-clock deadlines, which a stepped clock turns into a hang."""
+        check = getattr(getattr(self._channel, "_channel", None), "check_connectivity_state", None)
+        if check is None:
+            return None
+        number = check(False)
+        return next((state for state in grpc.ChannelConnectivity if state.value[0] == number), None)
 
     def close(self) -> None:
         if self._channel is not None:
-            self._channel.unsubscribe(self._watch)
             self._channel.close()
             self._channel = self._stub = None
 

@@ -141,8 +141,9 @@ def test_a_negative_retry_time_says_that_0_is_allowed() -> None:
 
 
 def test_a_manager_never_closed_is_still_collected(coordinator: FlakyCoordinator) -> None:
-    """The manager watches its channel's connection (to relearn after a restart) from gRPC's
-    polling thread: that watch must not keep a manager its application dropped alive."""
+    """The manager looks at its channel's connection (to relearn after a restart): nothing it
+    leaves behind (a connectivity watch held by gRPC's threads) may keep a manager its
+    application dropped alive."""
     tm = TransactionManager(coordinator.address)
     tm.begin().commit()
     dropped = weakref.ref(tm)
