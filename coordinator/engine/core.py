@@ -534,7 +534,7 @@ class Engine:
         ``rollback_only`` says why; then two-phase commit, one-phase for one branch."""
         self._refuse_if_fenced()
         tx = self.hold(gtrid, timeout_ms, completing=True)
-        if tx.status == TxStatus.CREATED and self.made_before_restart(gtrid):
+        if tx.status == TxStatus.CREATED and tx.inherited:
             # Only a commit creates such a transaction: branches it does not carry may have been
             # enlisted before the restart, and they are rolled back (presumed abort) whatever it does.
             rollback_only = f"{RESTARTED}: branches enlisted before may have been forgotten"

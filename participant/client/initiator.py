@@ -750,17 +750,21 @@ class _ManagerBase:
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         return self._stub
 
-    def _connection_changed(self, state: grpc.ChannelConnectivity) -> None:
-        """Looked at each ``begin()``: the channel's connection was ready and is not any more
-        (the coordinator closed it, restarted, or another replica answers now), so this begin
-        learns the incarnation again (``relearn``) and a transaction begun after a restart is
-        not made for the coordinator's earlier start and refused. Costs one Begin after a
-        reconnection."""
+    def _look_at_connection(self) -> None:
+        """At each ``begin()``: when the channel's connection was ready and is not any more (the
+        coordinator closed it, restarted, or another replica answers now), this begin learns the
+        incarnation again (``relearn``), so that a transaction begun after a restart is not made
+        for the coordinator's earlier start and refused. Costs one Begin after a reconnection."""
+        state = None if self._channel is None else self._connection_state()
         if state == grpc.ChannelConnectivity.READY:
             self._was_ready = True
-        elif self._was_ready:
+        elif state is not None and self._was_ready:
             self._was_ready = False
             self.node_id = None
+
+    def _connection_state(self) -> grpc.ChannelConnectivity | None:
+        """The open channel's connectivity now, without connecting; None when it does not say."""
+        raise NotImplementedError
 
     def _call(self, stub: Any, method: str, request: Message) -> Any:
         metadata = (*self._metadata, *tracing.inject())  # the caller's trace, when tracing is on
@@ -781,10 +785,7 @@ class TransactionManager(_ManagerBase):
         Raises XatmError: FAILED_PRECONDITION while another one is active here, or the code
         of the failed Begin call (e.g. UNAVAILABLE).
         """
-        if self._channel is not None:
-            state = self._connection_state()
-            if state is not None:
-                self._connection_changed(state)
+        self._look_at_connection()
         tx = Transaction(self, timeout)
         tx._claim()
         self._drive(tx._begin_flow())
@@ -810,7 +811,7 @@ class TransactionManager(_ManagerBase):
             return stop.value
 
     def _connection_state(self) -> grpc.ChannelConnectivity | None:
-        """The channel's connectivity now, without connecting; None when this grpc does not say.
+        """The channel's connectivity, without connecting; None when this grpc does not say.
 
         Asked of the channel's core directly: ``grpc.Channel.subscribe`` would poll it from a
         thread with wall-clock deadlines, which a stepped clock turns into a hang."""
@@ -842,11 +843,14 @@ class AsyncTransactionManager(_ManagerBase):
         even when the Begin is awaited in another task (``asyncio.wait_for``). Raises XatmError
         FAILED_PRECONDITION at once while another transaction is active in this task.
         """
-        if self._channel is not None:  # a grpc.aio channel tells its state when asked
-            self._connection_changed(self._channel.get_state(try_to_connect=False))
+        self._look_at_connection()
         tx = AsyncTransaction(self, timeout)
         tx._claim()
         return tx
+
+    def _connection_state(self) -> grpc.ChannelConnectivity:
+        state: grpc.ChannelConnectivity = self._channel.get_state(try_to_connect=False)
+        return state
 
     async def _drive(self, flow: Flow[T]) -> T:
         stub = self._stub or self._connect(aio=True)
