@@ -55,8 +55,23 @@ def chromium(*, insecure_certs: bool = False) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+#: True once the console has drawn the view its address asks for (``<body data-shown>``): an
+#: element found before then may be replaced by that view's drawing a moment later.
+SETTLED = "return document.body.dataset.shown === (location.hash || '#');"
+
+
+def settled(driver: webdriver.Chrome) -> None:
+    """Wait until the console has drawn the view its current address asks for."""
+    WebDriverWait(driver, PATIENCE).until(
+        lambda d: d.execute_script(SETTLED),
+        f"the console never drew its view; page log: {_log(driver)}",
+    )
+
+
 def wait_for(driver: webdriver.Chrome, element_id: str, *, text: str = "") -> WebElement:
-    """The visible element ``element_id`` once it shows (and contains ``text``, if given)."""
+    """The visible element ``element_id`` once the page has settled (:func:`settled`) and the
+    element shows (and contains ``text``, if given)."""
+    settled(driver)
     wait = WebDriverWait(driver, PATIENCE)
     found = wait.until(
         ready.visibility_of_element_located((By.ID, element_id)), f"#{element_id} never showed"

@@ -1,7 +1,8 @@
 """The web console in real headless Chromium, against a real coordinator (with an auth file) and
 two real bank services: sign-in, the transaction list and filters, a transaction held in Prepared
 by a failpoint with its branches and XA codes, the rule that disables its rollback, a forced
-rollback of a Created transaction from the page, a refused token, and the console over TLS.
+rollback of a Created transaction from the page, a refused token, and the console over TLS; a
+slow answer to an earlier view never draws over a later one.
 
 Screenshots of the main pages are saved under the test's temporary directory (the path is
 printed); set XATM_SCREENSHOTS to a directory to keep them there instead.
@@ -162,6 +163,43 @@ def test_a_prepared_transaction_shows_branches_codes_and_why_rollback_is_disable
         assert not driver.find_element(By.ID, "forget").is_enabled()
         lab.shot(driver, "transaction-prepared")
     assert lab.status(tx.gtrid) == "Prepared"
+
+
+#: Installed in the page: the answer to the next whole-list request (no status filter) reaches the
+#: console 1.5 s late; ``window.heldAnswers`` counts those handed over.
+HOLD_THE_WHOLE_LIST = """
+const real = window.fetch;
+window.heldAnswers = 0;
+window.fetch = async (path, init) => {
+  const answer = await real(path, init);
+  const url = String(path);
+  if (url.includes("xa-transaction?") && !url.includes("status=")) {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    window.heldAnswers += 1;
+  }
+  return answer;
+};
+"""
+
+
+def test_a_slow_answer_to_an_earlier_view_never_draws_over_a_later_one(lab: Lab) -> None:
+    created = lab.begin("bank-a")  # on the whole list, not on the in-doubt one
+    prepared = lab.begin("bank-a", "bank-b")
+    threading.Thread(target=_quietly, args=(prepared,), daemon=True).start()
+    lab.wait(prepared.gtrid, "Prepared")
+
+    with chromium() as driver:
+        sign_in(driver, lab.base, VIEWER)
+        wait_for(driver, "tx-table", text=created.gtrid)
+        driver.execute_script(HOLD_THE_WHOLE_LIST)
+        driver.find_element(By.ID, "preset-clear").click()  # the whole list, answered late
+        driver.find_element(By.ID, "preset-in-doubt").click()  # then in-doubt, answered at once
+        WebDriverWait(driver, PATIENCE).until(lambda d: d.execute_script("return window.heldAnswers") == 1)
+        table = wait_for(driver, "tx-table", text=prepared.gtrid)
+        rows = [row.text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert rows and all("Prepared" in row for row in rows), rows
+        assert created.gtrid not in table.text
+        assert "status=Prepared" in driver.execute_script("return location.hash")
 
 
 def test_a_created_transaction_is_force_rolled_back_from_the_page(lab: Lab) -> None:

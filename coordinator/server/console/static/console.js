@@ -91,6 +91,38 @@ function params() {
   return { path: at < 0 ? hash : hash.slice(0, at), query: new URLSearchParams(at < 0 ? "" : hash.slice(at + 1)) };
 }
 
+// Views: every page shown is a view with its own number. A view's answers are put on the page
+// only while it is still the latest one, so a slow answer to an earlier view (the whole list
+// asked before the in-doubt filter was chosen, say) never draws over a later one. When the
+// latest view is drawn, <body data-shown> holds the address it was drawn for; it is empty while
+// one is loading.
+let view = 0;
+
+function newView() {
+  view += 1;
+  document.body.dataset.shown = "";
+  return view;
+}
+
+function drawn(mine) {
+  if (mine === view) document.body.dataset.shown = location.hash || "#";
+}
+
+// The answer to `request` for view `mine`; null when a later view has started meanwhile, or when
+// the call failed (said in the flash bar: `failure` gives the words for the error).
+async function answerFor(mine, request, failure) {
+  try {
+    const answer = await request;
+    return mine === view ? answer : null;
+  } catch (err) {
+    if (mine === view) {
+      flash(failure(err), true);
+      drawn(mine);
+    }
+    return null;
+  }
+}
+
 function askConfirmation(text) {
   return new Promise((resolve) => {
     const dialog = $("confirm");
@@ -118,11 +150,13 @@ async function signIn(event) {
   }
   sessionStorage.setItem("xatm-token", offered);
   $("token").value = "";
-  location.hash = "#/transactions";
-  route();
+  // A changed address routes by its hashchange event; routing here as well would load twice.
+  if (location.hash === "#/transactions") route();
+  else location.hash = "#/transactions";
 }
 
 function signOut(message) {
+  const mine = newView();
   sessionStorage.removeItem("xatm-token");
   stopCharts();
   $("nav").hidden = true;
@@ -130,6 +164,7 @@ function signOut(message) {
   const error = $("signin-error");
   error.textContent = message || "";
   error.hidden = !message;
+  drawn(mine);
 }
 
 // ------------------------------------------------------------------ transactions
@@ -173,16 +208,13 @@ function preset(statuses) {
 }
 
 async function showTransactions(query) {
+  const mine = newView();
   showPage("transactions");
   syncFilters(query);
   const body = $("tx-table").tBodies[0];
-  let listed;
-  try {
-    listed = await call("GET", TX + "?" + filterQuery(query).toString());
-  } catch (err) {
-    flash("Cannot list transactions: " + err.message, true);
-    return;
-  }
+  const listed = await answerFor(mine, call("GET", TX + "?" + filterQuery(query).toString()),
+    (err) => "Cannot list transactions: " + err.message);
+  if (!listed) return;
   const minAge = Number(query.get("minAge")) || 0;
   const shown = listed.transactions.filter((tx) => tx.ageSeconds >= minAge);
   fill(body, shown.map((tx) => {
@@ -196,6 +228,7 @@ async function showTransactions(query) {
   $("next-page").disabled = !listed.nextPageToken;
   $("next-page").dataset.token = listed.nextPageToken || "";
   $("page-info").textContent = `${shown.length} shown`;
+  drawn(mine);
 }
 
 // ------------------------------------------------------------------ one transaction
@@ -214,20 +247,18 @@ function summaryRows(tx) {
 }
 
 async function showTransaction(gtrid) {
+  const mine = newView();
   showPage("transaction");
   $("tx-id").textContent = gtrid;
-  let tx;
-  let history;
-  try {
-    [tx, history] = await Promise.all([
-      call("GET", `${TX}/${encodeURIComponent(gtrid)}`),
-      call("GET", `${TX}/${encodeURIComponent(gtrid)}/history`),
-    ]);
-  } catch (err) {
-    flash(`Cannot show ${gtrid}: ${err.message}`, true);
+  const both = await answerFor(mine, Promise.all([
+    call("GET", `${TX}/${encodeURIComponent(gtrid)}`),
+    call("GET", `${TX}/${encodeURIComponent(gtrid)}/history`),
+  ]), (err) => {
     $("tx-summary").replaceChildren();
-    return;
-  }
+    return `Cannot show ${gtrid}: ${err.message}`;
+  });
+  if (!both) return;
+  const [tx, history] = both;
   $("tx-summary").replaceChildren(...summaryRows(tx));
   fill($("branch-table").tBodies[0], tx.branches.map((b) => row([
     b.branchId, b.rmId, b.url, b.status, b.returnCode, b.phase, b.reason, b.attempts, b.nextRetry,
@@ -257,6 +288,7 @@ async function showTransaction(gtrid) {
       : rule.reason;
     button.onclick = () => force(tx.txid, name, rule.needsApproval);
   }
+  drawn(mine);
 }
 
 function outcome(text, isError) {
@@ -298,15 +330,12 @@ async function force(gtrid, name, needsApproval) {
 // ------------------------------------------------------------------ approvals
 
 async function showApprovals() {
+  const mine = newView();
   showPage("approvals");
   const all = $("approvals-all").checked ? "?all=true" : "";
-  let listed;
-  try {
-    listed = await call("GET", API + "/approvals" + all);
-  } catch (err) {
-    flash("Cannot list approval requests: " + err.message, true);
-    return;
-  }
+  const listed = await answerFor(mine, call("GET", API + "/approvals" + all),
+    (err) => "Cannot list approval requests: " + err.message);
+  if (!listed) return;
   fill($("approval-table").tBodies[0], listed.approvals.map((a) => {
     const buttons = el("span");
     if (a.state === "pending") {
@@ -320,6 +349,7 @@ async function showApprovals() {
     return row([a.id, a.action, a.txids.join(" "), a.requestedBy, a.reason, a.requestTraceId, a.expiresAt,
       a.state, a.decidedBy, a.result, buttons]);
   }), "No requests.", 11);
+  drawn(mine);
 }
 
 async function decide(approval, verb) {
@@ -340,15 +370,12 @@ async function decide(approval, verb) {
 // ------------------------------------------------------------------ audit
 
 async function showAudit(query) {
+  const mine = newView();
   showPage("audit");
   const page = query.get("page") || "";
-  let listed;
-  try {
-    listed = await call("GET", `${API}/audit?limit=100${page ? "&pageToken=" + page : ""}`);
-  } catch (err) {
-    flash("Cannot read the audit log: " + err.message, true);
-    return;
-  }
+  const listed = await answerFor(mine, call("GET", `${API}/audit?limit=100${page ? "&pageToken=" + page : ""}`),
+    (err) => "Cannot read the audit log: " + err.message);
+  if (!listed) return;
   const records = [...listed.records].reverse();  // newest first on screen
   fill($("audit-table").tBodies[0], records.map((r) => row([
     r.time, r.actor, r.action, r.txid, r.result, r.detail, r.traceId, r.peer,
@@ -357,6 +384,7 @@ async function showAudit(query) {
   $("audit-older").onclick = () => { location.hash = "#/audit?page=" + listed.nextPageToken; };
   $("audit-newer").disabled = !page;
   $("audit-newer").onclick = () => { location.hash = "#/audit"; };
+  drawn(mine);
 }
 
 // ------------------------------------------------------------------ charts
@@ -464,6 +492,7 @@ async function sampleMetrics() {
 }
 
 function startCharts() {
+  drawn(newView());  // the charts draw as samples come; the page itself is there at once
   showPage("charts");
   if (chartTimer === null) {
     sampleMetrics();
