@@ -16,9 +16,10 @@ soon as it is known (those finished together in one message); the stream ends on
 coordinator has closed its side and every branch was answered.
 
 An RM whose verbs never wait (``ResourceManager.blocking`` False, e.g. ``MemoryRM``) gains
-nothing from a thread per branch and pays for each hand-off: while no participant failpoint is
-armed (one may sleep), its batches are served one branch after another where they were
-received, each message's results going back together in one message.
+nothing from a thread per branch and pays for each hand-off: unless a participant failpoint (which
+may sleep) is armed when the stream opens or the batch arrives, its branches are served one after
+another on the thread (or event loop) that received them, each message's results going back
+together in one message.
 """
 
 from __future__ import annotations
