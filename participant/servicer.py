@@ -383,8 +383,9 @@ class ParticipantServicer(_Base):
             yield participant_pb2.BatchReply(results=[self.core.serve_item(items[0], received)])
             return
         if self.core.in_turn():
-            answer = self.core.answer_item
-            yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+            if items:  # an empty batch is answered by the end of the call alone, as below
+                answer = self.core.answer_item
+                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
             return
         # Each branch's result goes into one queue as it is known; every result known by the time
         # the previous message is out goes in the next one. A plain queue rather than futures: no
@@ -535,8 +536,9 @@ class AsyncParticipantServicer(_Base):
     ) -> AsyncIterator[participant_pb2.BatchReply]:
         received = time.monotonic()
         if self.core.in_turn():
-            answer = self.core.answer_item
-            yield participant_pb2.BatchReply(results=[answer(item, received) for item in request.items])
+            if items := request.items:  # an empty batch is answered by the end of the call alone
+                answer = self.core.answer_item
+                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
             return
         serve = self.core.serve_item
         pending = {asyncio.ensure_future(asyncio.to_thread(serve, item, received)) for item in request.items}

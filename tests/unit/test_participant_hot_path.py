@@ -195,6 +195,7 @@ def test_a_batch_over_an_rm_that_never_waits_is_answered_in_one_message() -> Non
     assert _ids(list(_replies(servicer, request))) == [[0, 1, 2, 3]]
     assert set(rm.threads) == {threading.get_ident()}
     assert servicer._batch_pool is None
+    assert list(_replies(servicer, participant_pb2.BatchRequest())) == []  # nothing to answer
 
 
 def test_an_armed_participant_failpoint_puts_each_branch_in_a_worker_again(unarmed: None) -> None:
@@ -221,6 +222,8 @@ def test_an_asyncio_stream_over_an_rm_that_never_waits_is_served_on_the_event_lo
         replies = [reply async for reply in stream]
         request, _ = _prepared_batch(rm, 2)
         replies += [reply async for reply in servicer.Batch(request, None)]  # type: ignore[arg-type]
+        empty = participant_pb2.BatchRequest()
+        assert [reply async for reply in servicer.Batch(empty, None)] == []  # type: ignore[arg-type]
         return replies
 
     replies = asyncio.run(run())
