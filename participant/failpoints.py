@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from xatm.participant.errors import InvalidArgumentError, Status, error_for
 from xatm.participant.xa import XaCode
 
-__all__ = ["CATALOGUE", "FailpointError", "ahit", "arm", "disarm", "hit"]
+__all__ = ["CATALOGUE", "FailpointError", "ahit", "arm", "armed", "disarm", "hit"]
 
 CATALOGUE: dict[str, str] = {
     "coordinator.before_prepare": "coordinator, before the prepare calls are sent",
@@ -89,6 +89,14 @@ def arm(spec: str) -> None:
 def disarm() -> None:
     with _lock:
         _armed.clear()
+
+
+def armed(prefix: str = "") -> bool:
+    """Whether a failpoint whose name starts with ``prefix`` (e.g. ``"participant."``) is armed."""
+    if not _armed:
+        return False
+    with _lock:
+        return any(name.startswith(prefix) for name in _armed)
 
 
 def _take(name: str) -> _Action | None:

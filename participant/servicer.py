@@ -14,6 +14,12 @@ branch whose own call would have been refused answers XAER_RMFAIL with that stat
 at once, whichever message brought it, and its result goes back, matched by its item id, as
 soon as it is known (those finished together in one message); the stream ends once the
 coordinator has closed its side and every branch was answered.
+
+An RM whose verbs never wait (``ResourceManager.blocking`` False, e.g. ``MemoryRM``) gains
+nothing from a thread per branch and pays for each hand-off: unless a participant failpoint (which
+may sleep) is armed when the stream opens or the batch arrives, its branches are served one after
+another on the thread (or event loop) that received them, each message's results going back
+together in one message.
 """
 
 from __future__ import annotations
@@ -123,6 +129,11 @@ class ParticipantCore:
         finally:
             CALLS.labels(verb, label).inc()
             CALL_DURATION.labels(verb).observe(time.perf_counter() - started)
+
+    def in_turn(self) -> bool:
+        """Whether branches may be served one after another on the thread that received them:
+        the RM never waits and no participant failpoint (which may sleep) is armed."""
+        return not self.rm.blocking and not failpoints.armed("participant.")
 
     def serve_item(self, item: participant_pb2.BatchItem, received: float) -> participant_pb2.BatchResult:
         """One branch of a batch, served as its own call would be; never raises.
@@ -371,6 +382,11 @@ class ParticipantServicer(_Base):
         if len(items) == 1:  # nothing to run beside it: no thread hop
             yield participant_pb2.BatchReply(results=[self.core.serve_item(items[0], received)])
             return
+        if self.core.in_turn():
+            if items:  # an empty batch is answered by the end of the call alone, as below
+                answer = self.core.answer_item
+                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+            return
         # Each branch's result goes into one queue as it is known; every result known by the time
         # the previous message is out goes in the next one. A plain queue rather than futures: no
         # waiter to install on every pending branch each time one finishes.
@@ -395,6 +411,9 @@ class ParticipantServicer(_Base):
         # The coordinator waits for this before its first message: it then knows the stream is
         # served (a refusal comes instead of it).
         context.send_initial_metadata(())
+        if self.core.in_turn():
+            yield from self._answer_in_turn(requests)
+            return
         # One thread reads the requests and hands their branches to the batch workers, while the
         # server's thread sends the results: a slow branch holds up neither reading nor others.
         # The queue carries results, and from the reader, each message's number of branches
@@ -415,6 +434,20 @@ class ParticipantServicer(_Base):
                     break
             if results:
                 yield participant_pb2.BatchReply(results=results)
+
+    def _answer_in_turn(
+        self, requests: Iterator[participant_pb2.BatchRequest]
+    ) -> Iterator[participant_pb2.BatchReply]:
+        """A stream over an RM that never waits, on the server's thread alone: each message's
+        branches served one after another, their results in one message."""
+        answer = self.core.answer_item
+        try:
+            for request in requests:
+                received = time.monotonic()
+                if items := request.items:
+                    yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+        except Exception as exc:  # the call was cancelled or refused: nothing more comes
+            log.debug("batch stream ended while reading: %s", _reason(exc))
 
     def _take(
         self,
@@ -502,6 +535,11 @@ class AsyncParticipantServicer(_Base):
         self, request: participant_pb2.BatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[participant_pb2.BatchReply]:
         received = time.monotonic()
+        if self.core.in_turn():
+            if items := request.items:  # an empty batch is answered by the end of the call alone
+                answer = self.core.answer_item
+                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+            return
         serve = self.core.serve_item
         pending = {asyncio.ensure_future(asyncio.to_thread(serve, item, received)) for item in request.items}
         while pending:
@@ -519,6 +557,7 @@ class AsyncParticipantServicer(_Base):
         finished: asyncio.Queue[participant_pb2.BatchResult | int | object] = asyncio.Queue()
         branches: set[asyncio.Task[None]] = set()
         answer = self.core.answer_item
+        in_turn = self.core.in_turn()
 
         async def serve(item: participant_pb2.BatchItem, received: float) -> None:
             finished.put_nowait(await asyncio.to_thread(answer, item, received))
@@ -529,6 +568,9 @@ class AsyncParticipantServicer(_Base):
                     received = time.monotonic()
                     finished.put_nowait(len(request.items))
                     for item in request.items:
+                        if in_turn:  # on the event loop: the RM never waits
+                            finished.put_nowait(answer(item, received))
+                            continue
                         task = asyncio.ensure_future(serve(item, received))
                         branches.add(task)
                         task.add_done_callback(branches.discard)

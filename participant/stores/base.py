@@ -19,6 +19,7 @@ each one to it.
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 from xatm.participant.errors import InvalidArgumentError
 from xatm.participant.xa import XaCode, XaError, Xid, rm_id_problem
@@ -74,6 +75,13 @@ class ResourceManager(abc.ABC):
     """
 
     _rm_id: str
+
+    #: Whether a verb may wait: on I/O, on a lock another branch holds, for a pooled connection.
+    #: The Participant service then serves the branches a coordinator sends together each in a
+    #: worker thread of its own, so that none waits for another. An RM whose verbs all return at
+    #: once without waiting for anything (an in-memory one) says False, and its branches are
+    #: served one after another on the thread that received them: no hand-off per branch.
+    blocking: ClassVar[bool] = True
 
     @property
     def rm_id(self) -> str:

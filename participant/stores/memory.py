@@ -19,7 +19,12 @@ class MemoryRM(ResourceManager):
 
     The benchmark enlists branches straight through the Coordinator API and sends no business
     calls, so any xid the coordinator names counts as an active branch with work to commit.
+
+    Its verbs never wait (``blocking`` is False): a subclass whose verbs may wait says so with
+    ``blocking = True``.
     """
+
+    blocking = False
 
     def __init__(self, rm_id: str) -> None:
         self.rm_id = rm_id

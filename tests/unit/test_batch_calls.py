@@ -36,6 +36,8 @@ class ScriptedRM(MemoryRM):
     ``rdonly`` prepares XA_RDONLY, ``boom`` raises from any verb (a broken RM), ``slow`` waits
     in prepare until ``release(bqual)``."""
 
+    blocking = True  # ``slow`` waits: its neighbours must not wait for it
+
     def __init__(self) -> None:
         super().__init__("scripted")
         self.held: dict[str, threading.Event] = {}

@@ -1,21 +1,25 @@
 """What a participant does per call, pinned where it was made cheaper: a caller's coordinator
-is parsed and checked once, a method's handler is wrapped once by the server interceptors, and
-the threaded Batch handler answers every branch, the results known together in one message."""
+is parsed and checked once, a method's handler is wrapped once by the server interceptors, the
+threaded Batch handler answers every branch, the results known together in one message, and an
+RM whose verbs never wait has its batches served where they are read, no thread per branch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import grpc
 import pytest
 
+from xatm.participant import failpoints
 from xatm.participant import stub as stub_module
 from xatm.participant.api.v1 import participant_pb2, xa_pb2
 from xatm.participant.client.interceptors import ServerInterceptor
 from xatm.participant.errors import PermissionDeniedError
-from xatm.participant.servicer import ParticipantServicer
+from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
 from xatm.participant.stores.memory import MemoryRM
 from xatm.participant.stub import ParticipantStub
 from xatm.participant.xa import XaCode, Xid, new_bqual, new_gtrid
@@ -131,3 +135,107 @@ def test_a_methods_handler_is_wrapped_once_whatever_the_calls_carry(make: Callab
             seen.setdefault(method, set()).add(id(wrapped))
     assert {method: len(ids) for method, ids in seen.items()} == dict.fromkeys(handlers, 1)
     assert interceptor.intercept_service(lambda _details: None, _details("/x.Y/Z", in_tx)) is None
+
+
+class _Noting(MemoryRM):
+    """MemoryRM noting the thread each prepare ran on."""
+
+    def __init__(self) -> None:
+        super().__init__("rm")
+        self.threads: list[int] = []
+
+    def prepare(self, xid: Xid) -> XaCode:
+        self.threads.append(threading.get_ident())
+        return super().prepare(xid)
+
+
+class _Context:
+    """What BatchStream asks of its call's context, threaded or asyncio."""
+
+    def send_initial_metadata(self, metadata: Any) -> None:
+        pass
+
+
+class _AioContext:
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def unarmed() -> Iterator[None]:
+    yield
+    failpoints.disarm()
+
+
+def _ids(replies: list[participant_pb2.BatchReply]) -> list[list[int]]:
+    assert all(r.code == XaCode.XA_OK for reply in replies for r in reply.results)
+    return [sorted(r.id for r in reply.results) for reply in replies]
+
+
+def _messages(rm: MemoryRM) -> list[participant_pb2.BatchRequest]:
+    """Two messages of prepares with an empty one between them."""
+    return [_prepared_batch(rm, 3)[0], participant_pb2.BatchRequest(), _prepared_batch(rm, 2)[0]]
+
+
+def test_a_stream_over_an_rm_that_never_waits_is_served_where_it_is_read() -> None:
+    """No reader thread, no worker per branch: each message's branches are served on the
+    stream's own thread, one after another, and answered together in one message."""
+    rm = _Noting()
+    servicer = ParticipantServicer(rm)
+    stream = servicer.BatchStream(iter(_messages(rm)), _Context())  # type: ignore[arg-type]
+    assert _ids(list(stream)) == [[0, 1, 2], [0, 1]]
+    assert set(rm.threads) == {threading.get_ident()}
+    assert servicer._batch_pool is None
+
+
+def test_a_batch_over_an_rm_that_never_waits_is_answered_in_one_message() -> None:
+    rm = _Noting()
+    servicer = ParticipantServicer(rm)
+    request, _ = _prepared_batch(rm, 4)
+    assert _ids(list(_replies(servicer, request))) == [[0, 1, 2, 3]]
+    assert set(rm.threads) == {threading.get_ident()}
+    assert servicer._batch_pool is None
+    assert list(_replies(servicer, participant_pb2.BatchRequest())) == []  # nothing to answer
+
+
+def test_an_armed_participant_failpoint_puts_each_branch_in_a_worker_again(unarmed: None) -> None:
+    """A failpoint may sleep: with one armed, no branch waits behind another's."""
+    failpoints.arm("participant.rollback=sleep(1)")
+    rm = _Noting()
+    servicer = ParticipantServicer(rm)
+    replies = list(servicer.BatchStream(iter(_messages(rm)), _Context()))  # type: ignore[arg-type]
+    assert sorted(n for ids in _ids(replies) for n in ids) == [0, 0, 1, 1, 2]
+    assert threading.get_ident() not in rm.threads
+    assert servicer._batch_pool is not None
+
+
+def test_an_asyncio_stream_over_an_rm_that_never_waits_is_served_on_the_event_loop() -> None:
+    rm = _Noting()
+    servicer = AsyncParticipantServicer(rm)
+
+    async def requests() -> AsyncIterator[participant_pb2.BatchRequest]:
+        for request in _messages(rm):
+            yield request
+
+    async def run() -> list[participant_pb2.BatchReply]:
+        stream = servicer.BatchStream(requests(), _AioContext())  # type: ignore[arg-type]
+        replies = [reply async for reply in stream]
+        request, _ = _prepared_batch(rm, 2)
+        replies += [reply async for reply in servicer.Batch(request, None)]  # type: ignore[arg-type]
+        empty = participant_pb2.BatchRequest()
+        assert [reply async for reply in servicer.Batch(empty, None)] == []  # type: ignore[arg-type]
+        return replies
+
+    replies = asyncio.run(run())
+    assert sorted(n for ids in _ids(replies[:-1]) for n in ids) == [0, 0, 1, 1, 2]
+    assert _ids(replies[-1:]) == [[0, 1]]
+    assert set(rm.threads) == {threading.get_ident()}  # asyncio.run's loop runs on this thread
+
+
+def test_armed_tells_whether_a_failpoint_of_a_prefix_is_armed(unarmed: None) -> None:
+    assert not failpoints.armed() and not failpoints.armed("participant.")
+    failpoints.arm("wal.before_fsync=sleep(1)")
+    assert failpoints.armed() and failpoints.armed("wal.")
+    assert not failpoints.armed("participant.")
+    failpoints.arm("participant.commit=2*return(XA_HEURRB)")
+    assert failpoints.armed("participant.")

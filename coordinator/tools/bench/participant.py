@@ -3,6 +3,8 @@
 The benchmark measures the coordinator, so its participants must cost as little as possible:
 the genuine gRPC service (``ParticipantStub`` over a threaded server, as a microservice links
 it) in front of ``MemoryRM``, which keeps prepared branches in a set and never touches a disk.
+Its verbs never wait, so each stream's branches are served on the stream's own thread, with no
+hand-off to a worker per branch.
 Every request message it receives is counted (``wire.MessageCounter``) and served on
 ``/metrics`` at ``--metrics-listen``, so the benchmark sees what the coordinator sent.
 
