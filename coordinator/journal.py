@@ -15,22 +15,33 @@ collector never scans, and only the transactions still in flight become objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Iterable, Iterator, MutableSequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import islice
+from itertools import islice, repeat
 from sys import intern
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.interface import Framed
 from xatm.participant.api.v1 import admin_pb2, xa_pb2
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
-__all__ = ["RecordFactory", "Replayed", "expand", "replay", "replay_compact", "seconds", "timestamp"]
+__all__ = [
+    "AnswerIndex",
+    "Indexed",
+    "RecordFactory",
+    "Replayed",
+    "expand",
+    "replay",
+    "replay_compact",
+    "seconds",
+    "timestamp",
+]
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -305,6 +316,57 @@ class Replayed:
     endpoints: dict[str, str]
 
 
+class AnswerIndex(Protocol):
+    """Keeps the branch answers that replayed records carry (the console's history of them).
+
+    Told, in log order, of every record that carries answers before the replay reads it (the
+    replay changes some records it reads: an index must read at once what it keeps), and of every
+    end record after."""
+
+    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: bytes | None) -> None:
+        """``record`` (of body ``kind``: a branch result, a commit decision that carries its
+        transaction, or a snapshot) is about to be replayed; ``payload``, the bytes it was read
+        from, when the log says."""
+
+    def ended(self, gtrid: str) -> None:
+        """The end record of ``gtrid`` has been replayed."""
+
+    def replayed(self) -> None:
+        """Every record has been replayed."""
+
+
+@dataclass(slots=True)
+class Indexed:
+    """Records to replay and the ``index`` of branch answers they feed: ``replay_compact`` tells
+    the index as it folds each record; read any other way, each record is told as it is read."""
+
+    records: Iterable[wal_pb2.WalRecord]
+    index: AnswerIndex
+
+    def frames(self) -> Iterator[tuple[bytes | None, wal_pb2.WalRecord]]:
+        """(payload, record) pairs, the payload None when the log does not give it."""
+        if isinstance(self.records, Framed):
+            return self.records.frames()
+        return zip(repeat(None), self.records)
+
+    def __iter__(self) -> Iterator[wal_pb2.WalRecord]:
+        index = self.index
+        for payload, record in self.frames():
+            kind = record.WhichOneof("body")
+            if kind == "end":
+                yield record
+                index.ended(record.gtrid)
+                continue
+            if kind in _ANSWERING and (kind != "decision" or record.decision.HasField("transaction")):
+                index.answered(record.gtrid, record, kind, payload)
+            yield record
+        index.replayed()
+
+
+#: Bodies of the records an ``AnswerIndex`` is told of (a decision only with its transaction).
+_ANSWERING = frozenset({"branch_result", "decision", "snapshot"})
+
+
 def replay_compact(
     records: Iterable[wal_pb2.WalRecord],
     *,
@@ -322,22 +384,38 @@ def replay_compact(
     Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does,
     in what it keeps: a completed transaction is checked as it leaves, the others as they are
     built at the end (a value in a record that a later one replaced whole goes unread).
+
+    ``Indexed`` records have their index told of each record as it is folded (as reading them
+    would, in this same pass).
     """
     folding = _Folding(keep)
     waiting = folding.waiting
-    for rec in records:
+    index = records.index if isinstance(records, Indexed) else None
+    answered = index.answered if index is not None else None
+    ended = index.ended if index is not None else None
+    pairs = records.frames() if isinstance(records, Indexed) else zip(repeat(None), records)
+    for payload, rec in pairs:
         kind = rec.WhichOneof("body")
         if kind == "branch_result":  # most records are: kept aside until their transaction is read
-            answers = waiting.get(rec.gtrid)
+            gtrid = rec.gtrid
+            if answered is not None:
+                answered(gtrid, rec, kind, payload)
+            answers = waiting.get(gtrid)
             if answers is not None:
                 answers.append(rec)
             else:
                 folding.change(rec, kind)
         elif kind == "end":
             folding.end(rec)
+            if ended is not None:
+                ended(rec.gtrid)
         elif kind == "decision" and rec.decision.HasField("transaction"):
+            if answered is not None:
+                answered(rec.gtrid, rec, kind, payload)
             folding.start(rec.gtrid, rec.decision.transaction)
         elif kind == "snapshot":
+            if answered is not None:
+                answered(rec.gtrid, rec, kind, payload)
             folding.snapshot(rec)
         elif kind == "audit":
             if audit is not None:
@@ -354,6 +432,8 @@ def replay_compact(
             folding.forget(rec.gtrid)
         elif kind is not None:
             folding.change(rec, kind)
+    if index is not None:
+        index.replayed()
     return folding.finish()
 
 

@@ -7,13 +7,14 @@ Backends (the embedded file WAL, a replicated store) implement ``TxLog``. Record
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.participant.errors import FailedPreconditionError, Status, UnavailableError, XatmError
 
-__all__ = ["Encoded", "LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog", "decoded"]
+__all__ = ["Encoded", "Framed", "LogCorrupt", "LogLocked", "LogMissing", "LogStopped", "TxLog", "decoded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,17 @@ class Encoded:
     gtrid: str
     body: str
     payload: bytes
+
+
+@runtime_checkable
+class Framed(Protocol):
+    """What ``open()`` returns when the backend reads records from their bytes: besides being
+    iterated, it can be read once as (payload, record) pairs, ``payload`` the bytes ``record`` was
+    parsed from (so that a reader who keeps records as bytes need not serialise them again)."""
+
+    def frames(self) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]: ...
+
+    def __iter__(self) -> Iterator[wal_pb2.WalRecord]: ...
 
 
 def decoded(item: wal_pb2.WalRecord | Encoded) -> wal_pb2.WalRecord:

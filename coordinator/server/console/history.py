@@ -9,10 +9,16 @@ checkpoint also tells which transactions are still kept, and the others' histori
 A yes vote read while its transaction prepares has no record of its own: the commit decision
 carries every branch's vote, and is indexed as those answers.
 
-A transaction's answers are kept as the record bodies that carry them (a branch result, a
-snapshot), each with its time, serialised one after the other in one bytes object, and turned into
-``Answer`` objects only when somebody asks: a long history then holds no Python object per
-answer, which would cost memory and the garbage collector's time.
+A transaction's answers are kept as the records that carry them (a branch result, a commit
+decision, a snapshot), each serialised and preceded by its length, one after the other in one
+bytes object, and turned into ``Answer`` objects only when somebody asks: a long history then
+holds no Python object per answer, which would cost memory and the garbage collector's time.
+
+At start-up the index is built as the records are replayed, but the branch results are only
+serialised once their transaction ends (they are held as read until then, a bounded number of
+them at a time): a replayed transaction then costs one join of its answers rather than a copy of
+its history per answer. What is kept, and which transactions are dropped when there are too many,
+is the same as if every record had been indexed as it came.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
+from xatm.coordinator.journal import Indexed
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
@@ -32,9 +40,13 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
-#: Each kept record body is preceded by its length, its time (ns since the epoch) and its kind.
-_ENTRY = struct.Struct("<IqB")
-_RESULT, _SNAPSHOT, _DECISION = 0, 1, 2
+#: Branch results read at start-up are held unserialised, at most this many per transaction
+#: and for this many transactions (all are serialised when there are more): bounds the memory of
+#: results whose transaction never ends in the log.
+MAX_HELD = 16
+MAX_HOLDING = 1024
+#: Each kept record is preceded by its length.
+_LENGTH = struct.Struct("<I")
 #: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
 #: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
 #: that stays proportional to what was added).
@@ -60,62 +72,119 @@ class BranchHistory(TxLog):
 
     def __init__(self, inner: TxLog):
         self.inner = inner
-        #: gtrid -> its branch results and snapshot (see the module docstring), oldest first.
+        #: gtrid -> its answer records, framed (see the module docstring), oldest first; ordered
+        #: by when each was last written to.
         self._answers: OrderedDict[str, bytes] = OrderedDict()
+        #: gtrid -> records replayed for it and not yet added to ``_answers`` (branch results as
+        #: read, the others already serialised and framed), oldest first.
+        self._pending: dict[str, list[bytes]] = {}
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
         """bqual -> the answers of that branch, oldest first (the newest ``MAX_ANSWERS``); {} for
         an unknown gtrid."""
+        self._settle(gtrid)
         answers: dict[str, list[Answer]] = {}
-        for entry in _entries(self._answers.get(gtrid, b"")):
-            for bqual, answer in _answers_of(entry):
+        for record in _records(self._answers.get(gtrid, b"")):
+            for bqual, answer in _answers_of(record):
                 answers.setdefault(bqual, []).append(answer)
         for got in answers.values():
             del got[:-MAX_ANSWERS]
         return answers
 
     def _index(self, record: wal_pb2.WalRecord) -> None:
+        """Index a record as it is appended."""
         kind = record.WhichOneof("body")
-        if kind == "branch_result":
-            self._add(record.gtrid, _entry(record, _RESULT, record.branch_result.SerializeToString()))
-        elif kind == "decision" and record.decision.HasField("transaction"):
-            self._add(record.gtrid, _entry(record, _DECISION, record.decision.SerializeToString()))
+        if kind == "branch_result" or (kind == "decision" and record.decision.HasField("transaction")):
+            self._add(record.gtrid, _kept(record.SerializeToString()))
         elif kind == "snapshot":
             self._from_snapshot(record)
-
-    def _indexing(self, records: Iterable[wal_pb2.WalRecord]) -> Iterator[wal_pb2.WalRecord]:
-        """``records`` passed on as they are read, each indexed first."""
-        for record in records:
-            self._index(record)
-            yield record
 
     def _from_snapshot(self, record: wal_pb2.WalRecord) -> None:
         gtrid = record.gtrid
         if gtrid in self._answers:  # already seen live: the history is longer than the snapshot
             return
         self._answers[gtrid] = b""
-        snap = record.snapshot
-        if any(branch.has_last_code for branch in snap.branches):
-            self._add(gtrid, _entry(record, _SNAPSHOT, snap.SerializeToString()))
+        payload = record.SerializeToString()
+        if _has_answers(record, payload):
+            self._add(gtrid, _kept(payload))
         else:
             self._trim_count()
 
-    def _add(self, gtrid: str, entry: bytes) -> None:
-        kept = self._answers.pop(gtrid, b"")
-        grown = self._answers[gtrid] = kept + entry
-        if len(grown) >= _TRIM_FROM and len(grown).bit_length() > len(kept).bit_length():
-            self._answers[gtrid] = _trimmed(grown)
+    def _add(self, gtrid: str, kept: bytes) -> None:
+        before = self._answers.pop(gtrid, b"")
+        self._grow(gtrid, before, before + kept)
         self._trim_count()
+
+    # ----------------------------------------------------------------- fed by the replay
+
+    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: bytes | None) -> None:
+        """Index a replayed record as ``_index`` would, from the bytes it was read from when the
+        log gives them; what is added for a transaction is joined to its kept bytes once, when
+        its end record is read (see the module docstring)."""
+        answers = self._answers
+        if payload is None:
+            payload = record.SerializeToString()
+        if kind == "snapshot":  # as ``_from_snapshot``
+            if gtrid in answers:
+                return
+            answers[gtrid] = b""
+            self._trim_count()
+            if not _has_answers(record, payload):
+                return
+        if gtrid in answers:
+            answers.move_to_end(gtrid)
+        else:
+            answers[gtrid] = b""
+            self._trim_count()
+        held = self._pending.get(gtrid)
+        if held is not None:
+            held.append(_kept(payload))
+            if len(held) > MAX_HELD:
+                self._settle(gtrid)
+        else:
+            self._pending[gtrid] = [_kept(payload)]
+            if len(self._pending) > MAX_HOLDING:
+                self.replayed()
+
+    def ended(self, gtrid: str) -> None:
+        """The replay has read ``gtrid``'s end record: what is held for it is kept now."""
+        self._settle(gtrid)
+
+    def replayed(self) -> None:
+        """Every record is replayed (or records of too many transactions are held): what is
+        held is kept now."""
+        for gtrid in list(self._pending):
+            self._settle(gtrid)
+
+    def _settle(self, gtrid: str) -> None:
+        """Join the records held for ``gtrid`` to its kept bytes (whose place they keep)."""
+        held = self._pending.pop(gtrid, None)
+        if held is not None:
+            kept = self._answers[gtrid]  # dropping a transaction drops what was held for it
+            held.insert(0, kept)
+            self._grow(gtrid, kept, b"".join(held))
+
+    def _grow(self, gtrid: str, kept: bytes, grown: bytes) -> None:
+        """``gtrid``'s kept bytes are now ``grown`` (``kept`` and more), trimmed when their size
+        passes a power of two from ``_TRIM_FROM`` on."""
+        if len(grown) >= _TRIM_FROM and len(grown).bit_length() > len(kept).bit_length():
+            grown = _trimmed(grown)
+        self._answers[gtrid] = grown
 
     def _trim_count(self) -> None:
         while len(self._answers) > MAX_TRANSACTIONS:
-            self._answers.popitem(last=False)
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, gtrid: str) -> None:
+        """Forget ``gtrid``'s answers, those held included."""
+        self._answers.pop(gtrid, None)
+        self._pending.pop(gtrid, None)
 
     # ----------------------------------------------------------------- TxLog, forwarded
 
     async def open(self) -> Iterable[wal_pb2.WalRecord]:
         # Indexed as the engine replays them: a long log is never held whole.
-        return self._indexing(await self.inner.open())
+        return Indexed(await self.inner.open(), self)
 
     async def append(self, record: wal_pb2.WalRecord, *, force: bool = False) -> None:
         await self.inner.append(record, force=force)
@@ -141,7 +210,7 @@ class BranchHistory(TxLog):
 
         await self.inner.checkpoint(watched())
         for gtrid in before - kept:
-            self._answers.pop(gtrid, None)
+            self._drop(gtrid)
         for item in unseen:
             self._from_snapshot(decoded(item))
 
@@ -162,47 +231,60 @@ class BranchHistory(TxLog):
         await self.inner.close()
 
 
-#: A kept entry: time (s since the epoch), kind, and the record body it holds.
-_Entry = tuple[float, wal_pb2.BranchResultRecord | wal_pb2.TransactionSnapshot | wal_pb2.DecisionRecord]
+def _kept(payload: bytes) -> bytes:
+    """A serialised record as it is kept: without its gtrid (the key it is kept under says it),
+    preceded by its length.
+
+    Cut from the bytes: a record's time and gtrid come first (fields 1 and 2, as protobuf writes
+    them, in field order), and a whole field taken out leaves the rest a record all the same; bytes
+    that do not start so are kept whole."""
+    at = 2 + payload[1] if payload[:1] == b"\x0a" and payload[1] < 0x80 else 0
+    if payload[at : at + 1] == b"\x12" and payload[at + 1] < 0x80:
+        payload = payload[:at] + payload[at + 2 + payload[at + 1] :]
+    return _LENGTH.pack(len(payload)) + payload
 
 
-def _entry(record: wal_pb2.WalRecord, kind: int, body: bytes) -> bytes:
-    stamp = record.time
-    return _ENTRY.pack(len(body), stamp.seconds * 1_000_000_000 + stamp.nanos, kind) + body
+def _has_answers(record: wal_pb2.WalRecord, payload: bytes) -> bool:
+    """Whether a snapshot record (serialised as ``payload``) holds an answer of any branch (one
+    without is not kept). A branch with an answer has ``has_last_code`` (field 10, true) written
+    as these two bytes, so most snapshots without one are told from their bytes alone."""
+    return _HAS_CODE_BYTES in payload and any(map(_HAS_CODE, record.snapshot.branches))
+
+
+_HAS_CODE_BYTES = b"\x50\x01"
+_HAS_CODE = attrgetter("has_last_code")
 
 
 def _spans(kept: bytes) -> Iterator[tuple[int, int]]:
-    """Where each entry of a transaction's kept bytes starts and ends, in order."""
-    pos, entry_at, size = 0, _ENTRY.unpack_from, _ENTRY.size
+    """Where each framed record of a transaction's kept bytes starts and ends, in order."""
+    pos, length_at, size = 0, _LENGTH.unpack_from, _LENGTH.size
     while pos < len(kept):
-        end = pos + size + entry_at(kept, pos)[0]
+        end = pos + size + length_at(kept, pos)[0]
         yield pos, end
         pos = end
 
 
-def _entries(kept: bytes) -> Iterator[_Entry]:
-    """The entries of a transaction's kept bytes, in order."""
-    result, snapshot = wal_pb2.BranchResultRecord.FromString, wal_pb2.TransactionSnapshot.FromString
+def _records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
+    """The records of a transaction's kept bytes, in order."""
+    parse = wal_pb2.WalRecord.FromString
     for pos, end in _spans(kept):
-        _, nanos, kind = _ENTRY.unpack_from(kept, pos)
-        body = kept[pos + _ENTRY.size : end]
-        if kind == _DECISION:
-            yield nanos / 1e9, wal_pb2.DecisionRecord.FromString(body)
-        else:
-            yield nanos / 1e9, result(body) if kind == _RESULT else snapshot(body)
+        yield parse(kept[pos + _LENGTH.size : end])
 
 
-def _answers_of(entry: _Entry) -> Iterator[tuple[str, Answer]]:
-    """(bqual, answer) of a kept entry: a branch result's one, a snapshot's last codes, the votes
-    a commit decision carries."""
-    when, body = entry
-    if isinstance(body, wal_pb2.BranchResultRecord):
-        yield body.bqual, _answer(when, body.phase, body.code, body.reason, body.status, snapshot=False)
+def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
+    """(bqual, answer) of a kept record: a branch result's one, a snapshot's last codes, the
+    votes a commit decision carries."""
+    stamp = record.time
+    when = (stamp.seconds * 1_000_000_000 + stamp.nanos) / 1e9
+    kind = record.WhichOneof("body")
+    if kind == "branch_result":
+        r = record.branch_result
+        yield r.bqual, _answer(when, r.phase, r.code, r.reason, r.status, snapshot=False)
         return
-    if isinstance(body, wal_pb2.DecisionRecord):
-        branches, snapshot = body.transaction.branches, False
+    if kind == "decision":
+        branches, snapshot = record.decision.transaction.branches, False
     else:
-        branches, snapshot = body.branches, True
+        branches, snapshot = record.snapshot.branches, True
     for b in branches:
         if b.has_last_code:
             yield (
@@ -226,16 +308,18 @@ def _answer(when: float, phase: int, code: int, reason: str, status: int, *, sna
 def _trimmed(kept: bytes) -> bytes:
     """``kept`` without the branch results older than each branch's newest ``MAX_ANSWERS``
     answers."""
-    entries = list(zip(_spans(kept), _entries(kept), strict=True))
+    spans = list(_spans(kept))
+    records = list(_records(kept))
     left: dict[str, int] = {}
-    for _, entry in entries:
-        for bqual, _answer in _answers_of(entry):
+    for record in records:
+        for bqual, _answer in _answers_of(record):
             left[bqual] = left.get(bqual, 0) + 1
     out = bytearray()
-    for (pos, end), (_, body) in entries:
-        if isinstance(body, wal_pb2.BranchResultRecord):
-            left[body.bqual] -= 1
-            if left[body.bqual] >= MAX_ANSWERS:
+    for (pos, end), record in zip(spans, records, strict=True):
+        if record.WhichOneof("body") == "branch_result":
+            bqual = record.branch_result.bqual
+            left[bqual] -= 1
+            if left[bqual] >= MAX_ANSWERS:
                 continue
         out += kept[pos:end]
     return bytes(out)

@@ -11,6 +11,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -28,7 +29,17 @@ from xatm.coordinator.txlog.file.framing import (
 from xatm.coordinator.txlog.file.segment import list_segments, read_head, segment_path
 from xatm.coordinator.txlog.interface import LogCorrupt, LogMissing
 
-__all__ = ["Damage", "LogScan", "Span", "SpanRecords", "Tail", "TornTail", "close_spans", "read_spans"]
+__all__ = [
+    "Damage",
+    "LogScan",
+    "Span",
+    "SpanRecords",
+    "Tail",
+    "TornTail",
+    "close_spans",
+    "read_frames",
+    "read_spans",
+]
 
 _LENGTH = struct.Struct("<I")
 #: Bytes read at a time when records are read after ``verify``: replay holds this much of a
@@ -241,30 +252,47 @@ class Span:
 
 
 class SpanRecords:
-    """The records of checked spans as a one-time iterable (``read_spans``); the descriptors are
-    closed when it is read to the end, or when it is dropped unread."""
+    """The records of checked spans as a one-time iterable (``read_spans``), or with the bytes
+    each was parsed from (``frames``, instead); the descriptors are closed when it is read to the
+    end, or when it is dropped unread."""
 
     def __init__(self, spans: list[Span]) -> None:
         self._spans = spans
 
     def __iter__(self) -> Iterator[wal_pb2.WalRecord]:
+        return read_spans(self._take())
+
+    def frames(self) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
+        """(serialised record, record) for each record, as ``read_frames``."""
+        return read_frames(self._take())
+
+    def _take(self) -> list[Span]:
         spans, self._spans = self._spans, []
-        return read_spans(spans)
+        return spans
 
     def __del__(self) -> None:
         close_spans(self._spans)
 
 
 def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
-    """The records in ``spans`` (checked by ``LogScan.verify``), parsed one at a time; each
-    segment is read ``READ_CHUNK`` bytes at a time, and released with its descriptor once read.
+    """The records in ``spans``, as ``read_frames`` parses them."""
+    return map(_RECORD, read_frames(spans))
+
+
+_RECORD = itemgetter(1)
+
+
+def read_frames(spans: list[Span]) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
+    """(payload, record) for each record in ``spans`` (checked by ``LogScan.verify``): the bytes
+    of the record as written, and the record parsed from them, one at a time. Each segment is read
+    ``READ_CHUNK`` bytes at a time, and released with its descriptor once read.
 
     Raises ``LogCorrupt`` at a record whose checksum holds but which does not parse.
     """
     parse = wal_pb2.WalRecord.FromString
     length_at = _LENGTH.unpack_from
     # One buffer for every chunk: a fresh megabyte each time would be fresh pages for the kernel
-    # to map in. Parsing copies what a record holds, so the buffer can be read over.
+    # to map in. Each payload is copied out of it, so the buffer can be read over.
     buffer = bytearray(READ_CHUNK)
     try:
         while spans:
@@ -280,11 +308,12 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
                     end = start + length + (-length % 8)
                     if end > size:
                         break
+                    payload = bytes(data[start : start + length])
                     try:
-                        record = parse(data[start : start + length])  # type: ignore[arg-type]  # any buffer
+                        record = parse(payload)
                     except DecodeError as exc:
                         raise _unparsable(span.path, pos + at, exc).error() from None
-                    yield record
+                    yield payload, record
                     at = end
                 if not at:  # checked bytes hold whole frames: this span is not what was checked
                     raise LogCorrupt(str(span.path), pos, "segment changed while it was being read")

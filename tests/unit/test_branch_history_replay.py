@@ -1,0 +1,157 @@
+"""The console's branch answers built at start-up, as the replay reads the log, against those
+built record by record as the records were appended: over generated logs (several
+transactions interleaved, old and new record kinds, answers for unknown transactions, late
+answers, forgotten heuristics, checkpointed snapshots) every gtrid shows the same answers, with
+the transaction bound, the per-transaction batching and the bytes read from the file WAL in play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+
+from tests.unit.test_replay_compact import _copies, _logs
+from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import replay, replay_compact
+from xatm.coordinator.protocol import Branch, Transaction
+from xatm.coordinator.server.console import history
+from xatm.coordinator.server.console.history import Answer, BranchHistory
+from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.file import FileWal
+from xatm.coordinator.txlog.interface import TxLog
+from xatm.coordinator.txlog.memory import LogStore, MemoryLog
+from xatm.participant.xa import BranchStatus, Phase, TxStatus, XaCode
+
+Shown = dict[str, dict[str, list[Answer]]]
+
+
+async def _appended(log: list[wal_pb2.WalRecord]) -> tuple[Shown, LogStore]:
+    """What a history indexing each record as it is appended shows, and the store it wrote."""
+    store = LogStore()
+    live = BranchHistory(MemoryLog(store))
+    await live.open()
+    for record in _copies(log):
+        await live.append(record)
+    await live.close()
+    return _shown(live, log), store
+
+
+async def _replayed(inner: TxLog, log: list[wal_pb2.WalRecord], *, compact: bool) -> Shown:
+    """What a history shows after a start-up replay of ``inner`` (the compact fold, or another
+    reader of the records)."""
+    reopened = BranchHistory(inner)
+    records = await reopened.open()
+    if compact:
+        replay_compact(records, keep=4)
+    else:
+        replay(records)
+    await reopened.close()
+    return _shown(reopened, log)
+
+
+def _shown(log: BranchHistory, records: list[wal_pb2.WalRecord]) -> Shown:
+    return {gtrid: log.answers(gtrid) for gtrid in sorted({r.gtrid for r in records} | {"n9.never"})}
+
+
+async def _file_log(path: Path, log: list[wal_pb2.WalRecord]) -> FileWal:
+    """A file WAL holding ``log``, ready to be opened again."""
+    wal = FileWal(path)
+    await wal.open()
+    for record in _copies(log):
+        await wal.append(record)
+    await wal.close()
+    return FileWal(path, must_exist=True)
+
+
+def _check(log: list[wal_pb2.WalRecord]) -> None:
+    async def run() -> None:
+        appended, store = await _appended(log)
+        assert appended == await _replayed(MemoryLog(store), log, compact=True)
+        assert appended == await _replayed(MemoryLog(store), log, compact=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            assert appended == await _replayed(await _file_log(Path(tmp), log), log, compact=True)
+
+    asyncio.run(run())
+
+
+@settings(max_examples=150, deadline=None)
+@given(log=_logs())
+def test_replayed_answers_are_those_indexed_as_appended(log: list[wal_pb2.WalRecord]) -> None:
+    _check(log)
+
+
+@settings(max_examples=150, deadline=None)
+@given(log=_logs())
+def test_replayed_answers_agree_with_few_transactions_kept_and_few_records_held(
+    log: list[wal_pb2.WalRecord],
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(history, "MAX_TRANSACTIONS", 3)  # the least recently answered are dropped
+        patch.setattr(history, "MAX_HELD", 1)
+        patch.setattr(history, "MAX_HOLDING", 2)
+        _check(log)
+
+
+def test_a_committed_transaction_shows_its_votes_and_commit_answers_after_a_restart() -> None:
+    tx = Transaction(gtrid="n1.votes", timeout_ms=1000, status=TxStatus.PREPARING, begun_at=10.0)
+    for bqual in ("a", "b"):
+        tx.branches[bqual] = Branch(bqual, f"rm-{bqual}", f"{bqual}.example:1")
+    log = [R.snapshot(tx, 10.5)]
+    for branch in tx.branches.values():
+        branch.status, branch.last_phase, branch.last_code = (
+            BranchStatus.PREPARED,
+            Phase.PREPARE,
+            XaCode.XA_OK,
+        )
+    tx.status = TxStatus.COMMITTING
+    log.append(R.decision(tx, 11.25))
+    tx.status = TxStatus.COMMITTED
+    for n, branch in enumerate(tx.branches.values()):
+        branch.status = BranchStatus.COMMITTED
+        log.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_OK, "", 12.0 + n))
+    tx.completed_at = 13.0
+    log.append(R.end(tx, 13.0))
+
+    async def run() -> Shown:
+        with tempfile.TemporaryDirectory() as tmp:
+            return await _replayed(await _file_log(Path(tmp), log), log, compact=True)
+
+    shown = asyncio.run(run())["n1.votes"]
+    assert {bqual: [(a.time, a.phase, a.code, a.status) for a in got] for bqual, got in shown.items()} == {
+        "a": [
+            (11.25, Phase.PREPARE, XaCode.XA_OK, BranchStatus.PREPARED),
+            (12.0, Phase.COMMIT, XaCode.XA_OK, BranchStatus.COMMITTED),
+        ],
+        "b": [
+            (11.25, Phase.PREPARE, XaCode.XA_OK, BranchStatus.PREPARED),
+            (13.0, Phase.COMMIT, XaCode.XA_OK, BranchStatus.COMMITTED),
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        wal_pb2.WalRecord(
+            gtrid="n1.x", branch_result=wal_pb2.BranchResultRecord(bqual="b", reason="no time")
+        ),
+        wal_pb2.WalRecord(gtrid="n1." + "x" * 200, branch_result=wal_pb2.BranchResultRecord(bqual="b")),
+        wal_pb2.WalRecord(branch_result=wal_pb2.BranchResultRecord(bqual="b", reason="no gtrid")),
+        R.branch_result(
+            Transaction("n1.y", 0), Branch("b", "rm", "e:1"), Phase.COMMIT, XaCode.XA_OK, "", 5.5
+        ),
+    ],
+)
+def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb2.WalRecord) -> None:
+    (read,) = history._records(history._kept(record.SerializeToString()))
+    if len(record.gtrid) >= 128:  # a length of more than one byte: kept whole, as it is rare
+        assert read == record
+        return
+    expected = wal_pb2.WalRecord()
+    expected.CopyFrom(record)
+    expected.ClearField("gtrid")
+    assert read == expected
