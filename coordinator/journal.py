@@ -495,8 +495,10 @@ class _Folding:
             self._settle(gtrid, snap)
             return
         # Its answers are folded in on the way out, in the one pass over its branches.
-        _leaving(snap, self.endpoints, _last_answers(self.waiting[gtrid]))
-        self._drop(gtrid)
+        _leaving(snap, self.endpoints, _last_answers(self.waiting.pop(gtrid)))
+        del self.live[gtrid]
+        if self._index:
+            self._index.pop(gtrid, None)
         rec.snapshot.CopyFrom(snap)
         self._close(gtrid, rec.SerializeToString(), snap, fresh=True)
 
@@ -536,7 +538,8 @@ class _Folding:
 
     def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
         history = self.history
-        history[gtrid] = (payload, snap.status, seconds(snap.begun_at))
+        begun = snap.begun_at
+        history[gtrid] = (payload, snap.status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each.
         if fresh and self.keep is not None and len(history) > self.keep + max(self.keep // 8, 1):

@@ -60,6 +60,9 @@ _SEGMENT_CHECK = struct.Struct("<II")
 _FRAME = struct.Struct("<IHBBII")
 _FRAME_TAG = struct.pack("<HBB", FRAME_MAGIC, FRAME_KIND, 0)  # bytes 4..8 of every frame header
 _LENGTH_TAG = struct.Struct("<I4s")
+#: A frame header as four words; the second is the magic, kind and zero byte (``_TAG``).
+_WORDS = struct.Struct("<IIII")
+_TAG = int.from_bytes(_FRAME_TAG, "little")
 _CRC = struct.Struct("<I")
 _PADDING = [bytes(n) for n in range(8)]
 SEGMENT_HEADER_SIZE = _SEGMENT.size + _SEGMENT_CHECK.size
@@ -157,17 +160,16 @@ def check_frames(data: bytes, pos: int, crc: int) -> tuple[int, int, FrameError 
     """
     view = memoryview(data)
     size = len(data)
-    unpack = _FRAME.unpack_from
+    unpack = _WORDS.unpack_from
     crc32 = zlib.crc32
+    tag = _TAG
     while pos < size:
-        if size - pos >= FRAME_HEADER_SIZE:
-            length, magic, kind, reserved, stored, hcrc = unpack(data, pos)
-            start = pos + FRAME_HEADER_SIZE
+        if size - pos >= 16:  # FRAME_HEADER_SIZE, as a constant: this loop runs once a record
+            length, tagged, stored, hcrc = unpack(data, pos)
+            start = pos + 16
             end = start + length + (-length % 8)
             if (
-                magic == FRAME_MAGIC
-                and kind == FRAME_KIND
-                and not reserved
+                tagged == tag
                 and end <= size
                 and hcrc == crc32(view[pos : pos + 12])
                 and stored == crc32(view[start:end], crc32(view[pos : pos + 8], crc))

@@ -294,6 +294,7 @@ def read_frames(spans: list[Span]) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
     # One buffer for every chunk: a fresh megabyte each time would be fresh pages for the kernel
     # to map in. Each payload is copied out of it, so the buffer can be read over.
     buffer = bytearray(READ_CHUNK)
+    header = FRAME_HEADER_SIZE
     try:
         while spans:
             span = spans[0]
@@ -302,9 +303,9 @@ def read_frames(spans: list[Span]) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
                 data = _chunk(span, pos, buffer)
                 at, size = 0, len(data)
                 # Every frame that lies whole in the chunk; the rest start the next one.
-                while at + FRAME_HEADER_SIZE <= size:
+                while at + header <= size:
                     (length,) = length_at(data, at)
-                    start = at + FRAME_HEADER_SIZE
+                    start = at + header
                     end = start + length + (-length % 8)
                     if end > size:
                         break
