@@ -323,10 +323,10 @@ class AnswerIndex(Protocol):
     replay changes some records it reads: an index must read at once what it keeps), and of every
     end record after."""
 
-    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: bytes | None) -> None:
+    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
         """``record`` (of body ``kind``: a branch result, a commit decision that carries its
         transaction, or a snapshot) is about to be replayed; ``payload``, the bytes it was read
-        from, when the log says."""
+        from, when the log gives them (good only during the call)."""
 
     def ended(self, gtrid: str) -> None:
         """The end record of ``gtrid`` has been replayed."""
@@ -343,7 +343,7 @@ class Indexed:
     records: Iterable[wal_pb2.WalRecord]
     index: AnswerIndex
 
-    def frames(self) -> Iterator[tuple[bytes | None, wal_pb2.WalRecord]]:
+    def frames(self) -> Iterator[tuple[memoryview | None, wal_pb2.WalRecord]]:
         """(payload, record) pairs, the payload None when the log does not give it."""
         if isinstance(self.records, Framed):
             return self.records.frames()
@@ -541,8 +541,9 @@ class _Folding:
         begun = snap.begun_at
         history[gtrid] = (payload, snap.status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
-        # before it, so dropping them one by one would cost more with each.
-        if fresh and self.keep is not None and len(history) > self.keep + max(self.keep // 8, 1):
+        # before it, so dropping them one by one would cost more with each. A small batch: what
+        # waits to be dropped counts in the peak memory of a replay.
+        if fresh and self.keep is not None and len(history) > self.keep + max(self.keep // 32, 1):
             self.trim()
 
     def trim(self) -> None:

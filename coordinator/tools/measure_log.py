@@ -51,9 +51,9 @@ __all__ = [
 ]
 
 NODE = "m1"
-#: Records the engine writes for one committed two-branch transaction (begin, two enlistments,
-#: Preparing, two prepare answers, the decision, two commit answers, the end).
-RECORDS_PER_TRANSACTION = 7
+#: Records the engine writes for one committed two-branch transaction (the snapshot taken when
+#: preparing starts, the decision carrying both yes votes, two commit answers, the end).
+RECORDS_PER_TRANSACTION = 5
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,19 @@ class CheckpointStall:
 
 def _transaction_records(index: int, now: float) -> Iterator[wal_pb2.WalRecord]:
     """The records a two-branch commit writes under presumed abort: the snapshot taken when
-    preparing starts, both prepare results, the decision, both commit results (and the end)."""
+    preparing starts, the decision carrying both yes votes, both commit results and the end."""
     tx = Transaction(gtrid=f"{NODE}.{index:012x}", timeout_ms=60_000, begun_at=now)
     for bqual in ("a", "b"):
         tx.branches[bqual] = Branch(bqual, f"rm-{bqual}", f"127.0.0.1:{7000 + ord(bqual)}")
     tx.status = TxStatus.PREPARING
     yield R.snapshot(tx, now)
     for branch in tx.branches.values():
-        branch.status = BranchStatus.PREPARED
-        yield R.branch_result(tx, branch, Phase.PREPARE, XaCode.XA_OK, "", now)
+        branch.status, branch.last_phase, branch.last_code = (
+            BranchStatus.PREPARED,
+            Phase.PREPARE,
+            XaCode.XA_OK,
+        )
+    tx.status = TxStatus.COMMITTING
     yield R.decision(tx, now)
     tx.status = TxStatus.COMMITTED
     for branch in tx.branches.values():
@@ -194,12 +198,16 @@ def _peak_rss_bytes() -> int:
 
 
 def _engine(data_dir: Path, **settings: Any) -> Any:
+    """An engine on the file WAL in ``data_dir``, under the console's branch history as the
+    coordinator runs it."""
     from xatm.coordinator.engine.core import Engine
+    from xatm.coordinator.server.console.history import BranchHistory
     from xatm.coordinator.settings import Settings
     from xatm.coordinator.txlog.file import FileWal
 
     base = {"checkpoint_interval": 3600.0, "recovery_interval": 3600.0}
-    return Engine(Settings(**{**base, **settings}), FileWal(data_dir), NODE, peers=_InstantPeers())
+    log = BranchHistory(FileWal(data_dir))
+    return Engine(Settings(**{**base, **settings}), log, NODE, peers=_InstantPeers())
 
 
 class _InstantPeers(Peers):

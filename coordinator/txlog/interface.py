@@ -35,9 +35,10 @@ class Encoded:
 class Framed(Protocol):
     """What ``open()`` returns when the backend reads records from their bytes: besides being
     iterated, it can be read once as (payload, record) pairs, ``payload`` the bytes ``record`` was
-    parsed from (so that a reader who keeps records as bytes need not serialise them again)."""
+    parsed from (so that a reader who keeps records as bytes need not serialise them again), good
+    only until the next pair is read (the backend may read over them)."""
 
-    def frames(self) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]: ...
+    def frames(self) -> Iterator[tuple[memoryview, wal_pb2.WalRecord]]: ...
 
     def __iter__(self) -> Iterator[wal_pb2.WalRecord]: ...
 

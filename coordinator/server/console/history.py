@@ -10,15 +10,16 @@ A yes vote read while its transaction prepares has no record of its own: the com
 carries every branch's vote, and is indexed as those answers.
 
 A transaction's answers are kept as the records that carry them (a branch result, a commit
-decision, a snapshot), each serialised and preceded by its length, one after the other in one
-bytes object, and turned into ``Answer`` objects only when somebody asks: a long history then
-holds no Python object per answer, which would cost memory and the garbage collector's time.
+decision, a snapshot), each serialised without its gtrid and preceded by its length, one after
+the other in one bytes object, and turned into ``Answer`` objects only when somebody asks: a long
+history then holds no Python object per answer, which would cost memory and the garbage
+collector's time.
 
-At start-up the index is built as the records are replayed, but the branch results are only
-serialised once their transaction ends (they are held as read until then, a bounded number of
-them at a time): a replayed transaction then costs one join of its answers rather than a copy of
-its history per answer. What is kept, and which transactions are dropped when there are too many,
-is the same as if every record had been indexed as it came.
+At start-up the replay tells the index of each record as it folds it (``AnswerIndex``), with the
+bytes the log read it from when the log gives them (the file WAL does), so nothing is serialised
+again; what a transaction adds is joined to its kept bytes once, when its end record is read (a
+bounded number of records are held until then). What is kept, and which transactions are dropped
+when there are too many, is the same as if every record had been indexed as it came.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
-#: Branch results read at start-up are held unserialised, at most this many per transaction
-#: and for this many transactions (all are serialised when there are more): bounds the memory of
-#: results whose transaction never ends in the log.
+#: Records read at start-up are held apart until their transaction ends, at most this many per
+#: transaction and for this many transactions (all held are joined when there are more): the joins
+#: stay short for a transaction whose end is far off or never comes.
 MAX_HELD = 16
 MAX_HOLDING = 1024
 #: Each kept record is preceded by its length.
@@ -75,8 +76,8 @@ class BranchHistory(TxLog):
         #: gtrid -> its answer records, framed (see the module docstring), oldest first; ordered
         #: by when each was last written to.
         self._answers: OrderedDict[str, bytes] = OrderedDict()
-        #: gtrid -> records replayed for it and not yet added to ``_answers`` (branch results as
-        #: read, the others already serialised and framed), oldest first.
+        #: gtrid -> records replayed for it and not yet joined to its bytes in ``_answers``, each
+        #: as it is kept, oldest first.
         self._pending: dict[str, list[bytes]] = {}
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
@@ -117,19 +118,18 @@ class BranchHistory(TxLog):
 
     # ----------------------------------------------------------------- fed by the replay
 
-    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: bytes | None) -> None:
+    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
         """Index a replayed record as ``_index`` would, from the bytes it was read from when the
         log gives them; what is added for a transaction is joined to its kept bytes once, when
         its end record is read (see the module docstring)."""
         answers = self._answers
-        if payload is None:
-            payload = record.SerializeToString()
+        data: bytes | memoryview = record.SerializeToString() if payload is None else payload
         if kind == "snapshot":  # as ``_from_snapshot``
             if gtrid in answers:
                 return
             answers[gtrid] = b""
             self._trim_count()
-            if not _has_answers(record, payload):
+            if not _has_answers(record, bytes(data)):
                 return
         if gtrid in answers:
             answers.move_to_end(gtrid)
@@ -138,11 +138,11 @@ class BranchHistory(TxLog):
             self._trim_count()
         held = self._pending.get(gtrid)
         if held is not None:
-            held.append(_kept(payload))
+            held.append(_kept(data))
             if len(held) > MAX_HELD:
                 self._settle(gtrid)
         else:
-            self._pending[gtrid] = [_kept(payload)]
+            self._pending[gtrid] = [_kept(data)]
             if len(self._pending) > MAX_HOLDING:
                 self.replayed()
 
@@ -231,17 +231,20 @@ class BranchHistory(TxLog):
         await self.inner.close()
 
 
-def _kept(payload: bytes) -> bytes:
+def _kept(payload: bytes | memoryview) -> bytes:
     """A serialised record as it is kept: without its gtrid (the key it is kept under says it),
     preceded by its length.
 
     Cut from the bytes: a record's time and gtrid come first (fields 1 and 2, as protobuf writes
     them, in field order), and a whole field taken out leaves the rest a record all the same; bytes
     that do not start so are kept whole."""
-    at = 2 + payload[1] if payload[:1] == b"\x0a" and payload[1] < 0x80 else 0
-    if payload[at : at + 1] == b"\x12" and payload[at + 1] < 0x80:
-        payload = payload[:at] + payload[at + 2 + payload[at + 1] :]
-    return _LENGTH.pack(len(payload)) + payload
+    size = len(payload)
+    at = 2 + payload[1] if size > 1 and payload[0] == 0x0A and payload[1] < 0x80 else 0
+    if at + 1 < size and payload[at] == 0x12 and payload[at + 1] < 0x80:
+        cut = at + 2 + payload[at + 1]
+        if cut <= size:
+            return b"".join((_LENGTH.pack(size - cut + at), payload[:at], payload[cut:]))
+    return _LENGTH.pack(size) + payload
 
 
 def _has_answers(record: wal_pb2.WalRecord, payload: bytes) -> bool:

@@ -262,7 +262,7 @@ class SpanRecords:
     def __iter__(self) -> Iterator[wal_pb2.WalRecord]:
         return read_spans(self._take())
 
-    def frames(self) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
+    def frames(self) -> Iterator[tuple[memoryview, wal_pb2.WalRecord]]:
         """(serialised record, record) for each record, as ``read_frames``."""
         return read_frames(self._take())
 
@@ -282,17 +282,18 @@ def read_spans(spans: list[Span]) -> Iterator[wal_pb2.WalRecord]:
 _RECORD = itemgetter(1)
 
 
-def read_frames(spans: list[Span]) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
+def read_frames(spans: list[Span]) -> Iterator[tuple[memoryview, wal_pb2.WalRecord]]:
     """(payload, record) for each record in ``spans`` (checked by ``LogScan.verify``): the bytes
-    of the record as written, and the record parsed from them, one at a time. Each segment is read
-    ``READ_CHUNK`` bytes at a time, and released with its descriptor once read.
+    of the record as written (a view of the read buffer, good until the next pair is read), and
+    the record parsed from them, one at a time. Each segment is read ``READ_CHUNK`` bytes at a
+    time, and released with its descriptor once read.
 
     Raises ``LogCorrupt`` at a record whose checksum holds but which does not parse.
     """
     parse = wal_pb2.WalRecord.FromString
     length_at = _LENGTH.unpack_from
     # One buffer for every chunk: a fresh megabyte each time would be fresh pages for the kernel
-    # to map in. Each payload is copied out of it, so the buffer can be read over.
+    # to map in. Parsing copies what a record holds, so the buffer can be read over.
     buffer = bytearray(READ_CHUNK)
     header = FRAME_HEADER_SIZE
     try:
@@ -309,9 +310,9 @@ def read_frames(spans: list[Span]) -> Iterator[tuple[bytes, wal_pb2.WalRecord]]:
                     end = start + length + (-length % 8)
                     if end > size:
                         break
-                    payload = bytes(data[start : start + length])
+                    payload = data[start : start + length]
                     try:
-                        record = parse(payload)
+                        record = parse(payload)  # type: ignore[arg-type]  # any buffer
                     except DecodeError as exc:
                         raise _unparsable(span.path, pos + at, exc).error() from None
                     yield payload, record
