@@ -17,8 +17,10 @@ fails with what to do.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 def _no_failpoints_leak() -> Iterator[None]:
     yield
     failpoints.disarm()
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_setup_leak() -> Iterator[None]:
+    """What a server's log set-up changes for the whole process (the root logger's handlers and
+    level, warnings routed to logging, the thread and unraisable hooks) is put back after each
+    test: left in place, ``logging.captureWarnings`` keeps the previous test's warning recorder
+    and a later test's warnings reach no log."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, threading.excepthook, sys.unraisablehook)
+    yield
+    root.handlers[:], level, threading.excepthook, sys.unraisablehook = saved
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(autouse=True)

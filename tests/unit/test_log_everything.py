@@ -8,10 +8,8 @@ import asyncio
 import gc
 import json
 import logging
-import sys
 import threading
 import warnings
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,14 +17,9 @@ from xatm.participant.runtime import logs
 
 
 @pytest.fixture
-def stderr(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
-    """The process's stderr, captured; the logging set-up and hooks put back afterwards."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, threading.excepthook, sys.unraisablehook)
-    yield capsys
-    root.handlers[:], level, threading.excepthook, sys.unraisablehook = saved
-    root.setLevel(level)
-    logging.captureWarnings(False)
+def stderr(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
+    """The process's stderr, captured (tests/conftest.py puts the logging set-up and hooks back)."""
+    return capsys
 
 
 class _Finalizer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,9 @@ from xatm.participant.xa import Xid, new_bqual, new_gtrid
 
 
 @pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """What logs.setup writes, with pytest's own handlers put back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield io.StringIO()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def log_stream() -> io.StringIO:
+    """What logs.setup writes (tests/conftest.py puts pytest's own handlers back afterwards)."""
+    return io.StringIO()
 
 
 def _setup(stream: io.StringIO, json_lines: bool) -> logging.Logger:
