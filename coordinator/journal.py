@@ -210,7 +210,7 @@ def _from_snapshot(info: wal_pb2.TransactionSnapshot) -> Transaction:
     )
     for b in info.branches:
         tx.branches[b.bqual] = Branch(
-            bqual=intern(b.bqual),
+            bqual=b.bqual,
             rm_id=intern(b.rm_id),
             endpoint=intern(b.endpoint),
             status=_BRANCH_STATUSES[b.status],
@@ -275,8 +275,9 @@ def replay(
                 branch.status = _BRANCH_STATUSES[r.status]
         elif kind == "enlist":
             e = rec.enlist
-            # Interned: the same few resource managers and endpoints recur in every transaction.
-            tx.branches[e.bqual] = Branch(intern(e.bqual), intern(e.rm_id), intern(e.endpoint))
+            # Interned: the same few resource managers and endpoints recur in every transaction
+            # (a bqual is one branch's own: interning it would share nothing).
+            tx.branches[e.bqual] = Branch(e.bqual, intern(e.rm_id), intern(e.endpoint))
         elif kind == "endpoint":
             moved = tx.branches.get(rec.endpoint.bqual)
             if moved is not None:
@@ -390,6 +391,7 @@ def replay_compact(
     """
     folding = _Folding(keep)
     waiting = folding.waiting
+    shared = folding.shared
     index = records.index if isinstance(records, Indexed) else None
     answered = index.answered if index is not None else None
     ended = index.ended if index is not None else None
@@ -399,6 +401,7 @@ def replay_compact(
         if kind == "branch_result":  # most records are: kept aside until their transaction is read
             gtrid = rec.gtrid
             if answered is not None:
+                gtrid = shared.setdefault(gtrid, gtrid)
                 answered(gtrid, rec, kind, payload)
             answers = waiting.get(gtrid)
             if answers is not None:
@@ -411,11 +414,13 @@ def replay_compact(
                 ended(rec.gtrid)
         elif kind == "decision" and rec.decision.HasField("transaction"):
             if answered is not None:
-                answered(rec.gtrid, rec, kind, payload)
+                gtrid = rec.gtrid
+                answered(shared.setdefault(gtrid, gtrid), rec, kind, payload)
             folding.start(rec.gtrid, rec.decision.transaction)
         elif kind == "snapshot":
             if answered is not None:
-                answered(rec.gtrid, rec, kind, payload)
+                gtrid = rec.gtrid
+                answered(shared.setdefault(gtrid, gtrid), rec, kind, payload)
             folding.snapshot(rec)
         elif kind == "audit":
             if audit is not None:
@@ -446,10 +451,15 @@ class _Folding:
     answers given before a record that carries the whole transaction (the commit decision) are
     dropped unread."""
 
-    __slots__ = ("_index", "endpoints", "history", "keep", "live", "waiting")
+    __slots__ = ("_index", "endpoints", "history", "keep", "live", "shared", "waiting")
 
     def __init__(self, keep: int | None) -> None:
         self.keep = keep
+        #: gtrid -> the one string object for it while its transaction is read, so that what
+        #: keeps it (this fold's history, the console's branch history) keeps one string, not a
+        #: copy each. Not ``sys.intern``: interned strings are never freed on some Python 3.12
+        #: releases, and a gtrid outlives its place in the history only as a leak.
+        self.shared: dict[str, str] = {}
         self.live: dict[str, wal_pb2.TransactionSnapshot] = {}
         #: gtrid -> the branch-result records of a live transaction not yet folded into it
         #: (every live transaction has an entry).
@@ -539,8 +549,9 @@ class _Folding:
     def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
         history = self.history
         begun = snap.begun_at
-        # Interned: the console's branch history keeps the same gtrid, one string for both.
-        history[intern(gtrid)] = (payload, snap.status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
+        # The string the console's branch history was given for it, one string for both.
+        gtrid = self.shared.pop(gtrid, gtrid)
+        history[gtrid] = (payload, snap.status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each. A small batch: what
         # waits to be dropped counts in the peak memory of a replay.

@@ -8,6 +8,7 @@ the transaction bound, the per-transaction batching and the bytes read from the 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
 
@@ -149,3 +150,22 @@ def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb
     expected.CopyFrom(record)
     expected.ClearField("gtrid")
     assert read == expected
+
+
+def test_a_replayed_gtrid_is_one_string_for_both_histories_and_never_interned(tmp_path: Path) -> None:
+    # The engine's history and the console's branch history keep the same gtrid object (one
+    # string, not two), without ``sys.intern``, whose strings some Python 3.12 releases never free.
+    write_log(tmp_path, 3 * RECORDS_PER_TRANSACTION)
+
+    async def reopen() -> tuple[dict[str, object], BranchHistory]:
+        reopened = BranchHistory(FileWal(tmp_path, must_exist=True))
+        replayed = replay_compact(await reopened.open())
+        await reopened.close()
+        return dict(replayed.history), reopened
+
+    kept, branch_history = asyncio.run(reopen())
+    assert len(kept) == 3
+    for gtrid in kept:
+        indexed = next(key for key in branch_history._answers if key == gtrid)
+        assert indexed is gtrid
+        assert sys.intern("".join(gtrid)) is not gtrid

@@ -29,7 +29,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-from sys import intern
 
 from xatm.coordinator.journal import Indexed
 from xatm.coordinator.txlog._proto import wal_pb2
@@ -75,8 +74,8 @@ class BranchHistory(TxLog):
     def __init__(self, inner: TxLog):
         self.inner = inner
         #: gtrid -> its answer records, framed (see the module docstring), oldest first; ordered
-        #: by when each was last written to. The gtrids are interned: the engine's history keeps
-        #: the same strings (replay interns them), not copies.
+        #: by when each was last written to. A replay gives the engine's history and this the
+        #: same gtrid strings, not copies.
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         #: gtrid -> records replayed for it and not yet joined to its bytes in ``_answers``, each
         #: as it is kept, oldest first.
@@ -106,7 +105,7 @@ class BranchHistory(TxLog):
         gtrid = record.gtrid
         if gtrid in self._answers:  # already seen live: the history is longer than the snapshot
             return
-        self._answers[intern(gtrid)] = b""
+        self._answers[gtrid] = b""
         payload = record.SerializeToString()
         if _has_answers(record, payload):
             self._add(gtrid, _kept(payload))
@@ -115,7 +114,7 @@ class BranchHistory(TxLog):
 
     def _add(self, gtrid: str, kept: bytes) -> None:
         before = self._answers.pop(gtrid, b"")
-        self._grow(intern(gtrid), before, before + kept)
+        self._grow(gtrid, before, before + kept)
         self._trim_count()
 
     # ----------------------------------------------------------------- fed by the replay
@@ -129,14 +128,14 @@ class BranchHistory(TxLog):
         if kind == "snapshot":  # as ``_from_snapshot``
             if gtrid in answers:
                 return
-            answers[intern(gtrid)] = b""
+            answers[gtrid] = b""
             self._trim_count()
             if not _has_answers(record, bytes(data)):
                 return
         if gtrid in answers:
             answers.move_to_end(gtrid)
         else:
-            answers[intern(gtrid)] = b""
+            answers[gtrid] = b""
             self._trim_count()
         held = self._pending.get(gtrid)
         if held is not None:
