@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.admin_support import audit_records, rest
@@ -165,21 +166,31 @@ def test_a_prepared_transaction_shows_branches_codes_and_why_rollback_is_disable
     assert lab.status(tx.gtrid) == "Prepared"
 
 
-#: Installed in the page: the answer to the next whole-list request (no status filter) reaches the
-#: console 1.5 s late; ``window.heldAnswers`` counts those handed over.
-HOLD_THE_WHOLE_LIST = """
+#: Installed in the page: answers to the requests ``held(method, url)`` picks reach the console
+#: 1.5 s late; ``window.heldAnswers`` counts those handed over.
+HOLD = """
+const held = new Function("method", "url", arguments[0]);
 const real = window.fetch;
 window.heldAnswers = 0;
 window.fetch = async (path, init) => {
   const answer = await real(path, init);
-  const url = String(path);
-  if (url.includes("xa-transaction?") && !url.includes("status=")) {
+  if (held((init && init.method) || "GET", String(path))) {
     await new Promise((resolve) => setTimeout(resolve, 1500));
     window.heldAnswers += 1;
   }
   return answer;
 };
 """
+
+
+def hold(driver: WebDriver, picks: str) -> None:
+    """Hold back the answers to the requests the JavaScript expression ``picks`` (of ``method``
+    and ``url``) is true for; wait for them with :func:`held_answers`."""
+    driver.execute_script(HOLD, f"return {picks};")
+
+
+def held_answers(driver: WebDriver, count: int) -> None:
+    WebDriverWait(driver, PATIENCE).until(lambda d: d.execute_script("return window.heldAnswers") == count)
 
 
 def test_a_slow_answer_to_an_earlier_view_never_draws_over_a_later_one(lab: Lab) -> None:
@@ -191,15 +202,52 @@ def test_a_slow_answer_to_an_earlier_view_never_draws_over_a_later_one(lab: Lab)
     with chromium() as driver:
         sign_in(driver, lab.base, VIEWER)
         wait_for(driver, "tx-table", text=created.gtrid)
-        driver.execute_script(HOLD_THE_WHOLE_LIST)
+        hold(driver, 'url.includes("xa-transaction?") && !url.includes("status=")')  # the whole list
         driver.find_element(By.ID, "preset-clear").click()  # the whole list, answered late
         driver.find_element(By.ID, "preset-in-doubt").click()  # then in-doubt, answered at once
-        WebDriverWait(driver, PATIENCE).until(lambda d: d.execute_script("return window.heldAnswers") == 1)
+        held_answers(driver, 1)
         table = wait_for(driver, "tx-table", text=prepared.gtrid)
         rows = [row.text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
         assert rows and all("Prepared" in row for row in rows), rows
         assert created.gtrid not in table.text
         assert "status=Prepared" in driver.execute_script("return location.hash")
+
+
+def test_a_forced_rollback_answered_after_the_operator_moved_on_leaves_their_page_alone(lab: Lab) -> None:
+    tx = lab.begin("bank-a")
+    with chromium() as driver:
+        sign_in(driver, lab.base, OPS)
+        wait_for(driver, "page-transactions")
+        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
+        wait_for(driver, "tx-summary", text="Created")
+        hold(driver, 'method === "DELETE"')
+        driver.find_element(By.ID, "force-rollback").click()
+        wait_for(driver, "confirm-ok").click()
+        driver.find_element(By.ID, "nav-audit").click()  # before the rollback is answered
+        held_answers(driver, 1)
+        shown = wait_for(driver, "flash", text=f"Force rollback of {tx.gtrid}: Outcome: TX_OK").text
+        assert "transaction Rolledback" in shown
+        assert driver.find_element(By.ID, "page-audit").is_displayed()
+        assert not driver.find_element(By.ID, "page-transaction").is_displayed()
+        assert driver.execute_script("return document.body.dataset.shown") == "#/audit"
+    assert lab.status(tx.gtrid) == "Rolledback"
+
+
+def test_a_transaction_that_cannot_be_shown_leaves_nothing_of_the_one_before(lab: Lab) -> None:
+    tx = lab.begin("bank-b")
+    with chromium() as driver:
+        sign_in(driver, lab.base, OPS)
+        wait_for(driver, "page-transactions")
+        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
+        wait_for(driver, "branch-table", text="bank-b")
+        assert driver.find_element(By.ID, "force-rollback").is_enabled()
+        driver.get(f"{lab.base}/console/#/tx/n1.unknown")
+        wait_for(driver, "flash", text="Cannot show n1.unknown")
+        assert tx.gtrid not in driver.find_element(By.ID, "page-transaction").text
+        assert "bank-b" not in driver.find_element(By.ID, "branch-table").text
+        for button in ("force-rollback", "force-commit", "forget"):
+            assert not driver.find_element(By.ID, button).is_enabled()
+    assert lab.status(tx.gtrid) == "Created"
 
 
 def test_a_created_transaction_is_force_rolled_back_from_the_page(lab: Lab) -> None:

@@ -94,18 +94,20 @@ function params() {
 // Views: every page shown is a view with its own number. A view's answers are put on the page
 // only while it is still the latest one, so a slow answer to an earlier view (the whole list
 // asked before the in-doubt filter was chosen, say) never draws over a later one. When the
-// latest view is drawn, <body data-shown> holds the address it was drawn for; it is empty while
-// one is loading.
+// latest view is drawn, <body data-shown> holds the address it was started for; it is empty
+// while one is loading.
 let view = 0;
+let viewAddress = "";
 
 function newView() {
   view += 1;
+  viewAddress = location.hash || "#";
   document.body.dataset.shown = "";
   return view;
 }
 
 function drawn(mine) {
-  if (mine === view) document.body.dataset.shown = location.hash || "#";
+  if (mine === view) document.body.dataset.shown = viewAddress;
 }
 
 // The answer to `request` for view `mine`; null when a later view has started meanwhile, or when
@@ -246,6 +248,7 @@ function summaryRows(tx) {
   return nodes;
 }
 
+// Draws the transaction page; returns its view number.
 async function showTransaction(gtrid) {
   const mine = newView();
   showPage("transaction");
@@ -254,10 +257,17 @@ async function showTransaction(gtrid) {
     call("GET", `${TX}/${encodeURIComponent(gtrid)}`),
     call("GET", `${TX}/${encodeURIComponent(gtrid)}/history`),
   ]), (err) => {
+    // Nothing of the transaction shown before may stay under this one's name, its buttons least.
     $("tx-summary").replaceChildren();
+    $("branch-table").tBodies[0].replaceChildren();
+    $("history").replaceChildren();
+    for (const action of Object.values(ACTIONS)) {
+      $(action.button).disabled = true;
+      $(action.button + "-reason").textContent = "";
+    }
     return `Cannot show ${gtrid}: ${err.message}`;
   });
-  if (!both) return;
+  if (!both) return mine;
   const [tx, history] = both;
   $("tx-summary").replaceChildren(...summaryRows(tx));
   fill($("branch-table").tBodies[0], tx.branches.map((b) => row([
@@ -289,6 +299,7 @@ async function showTransaction(gtrid) {
     button.onclick = () => force(tx.txid, name, rule.needsApproval);
   }
   drawn(mine);
+  return mine;
 }
 
 function outcome(text, isError) {
@@ -303,6 +314,7 @@ async function force(gtrid, name, needsApproval) {
   const note = needsApproval ? " It will be filed as a request for another operator to approve." : "";
   const answer = await askConfirmation(`${action.label} transaction ${gtrid}? This is audited.${note}`);
   if (!answer) return;
+  const mine = view;  // the page the action was asked from
   let done;
   try {
     if (name === "forget") {
@@ -312,19 +324,29 @@ async function force(gtrid, name, needsApproval) {
       done = await call(action.verb, `${TX}/${encodeURIComponent(gtrid)}${reason}`);
     }
   } catch (err) {
-    outcome(`${action.label} refused (${err.status}): ${err.message}`, true);
+    said(mine, `${action.label} of ${gtrid} refused (${err.status}): ${err.message}`, true);
     return;
   }
-  await showTransaction(gtrid).catch(() => {});
+  let text = `Outcome: ${done.status}; transaction ${done.transactionStatus} (trace ${done.traceId}).`;
+  let failed = false;
   if (done.httpStatus === 202) {
-    outcome(`Filed as approval request ${done.approval.id}; another operator must approve it.`, false);
+    text = `Filed as approval request ${done.approval.id}; another operator must approve it.`;
   } else if (name === "forget") {
     const result = done.results[0];
-    outcome(result.forgotten ? `Forgotten.` : `Not forgotten: ${result.error}`, !result.forgotten);
-  } else {
-    outcome(`Outcome: ${done.status}; transaction ${done.transactionStatus} (trace ${done.traceId}).`, false);
+    [text, failed] = [result.forgotten ? "Forgotten." : `Not forgotten: ${result.error}`, !result.forgotten];
   }
-  $("outcome").hidden = false;
+  if (mine !== view) {  // the operator has moved on: the answer is said, the page they are on stays
+    said(mine, `${action.label} of ${gtrid}: ${text}`, failed);
+    return;
+  }
+  said(await showTransaction(gtrid), text, failed);
+}
+
+// An action's answer: under the transaction's buttons while its page is the view ``mine``, else
+// in the flash bar of whatever page is shown now.
+function said(mine, text, isError) {
+  if (mine === view) outcome(text, isError);
+  else flash(text, isError);
 }
 
 // ------------------------------------------------------------------ approvals
@@ -357,6 +379,7 @@ async function decide(approval, verb) {
     `${verb === "approve" ? "Approve and carry out" : "Reject"} request ${approval.id} by ${approval.requestedBy}: ` +
     `${approval.action} ${approval.txids.join(" ")}?`);
   if (!answer) return;
+  const mine = view;  // the page the decision was asked from
   try {
     const done = await call("POST", `${API}/approvals/${encodeURIComponent(approval.id)}/${verb}`, { reason: answer.reason });
     const what = done.completion ? `: ${done.completion.status}, transaction ${done.completion.transactionStatus}` : "";
@@ -364,7 +387,7 @@ async function decide(approval, verb) {
   } catch (err) {
     flash(`Request ${approval.id} not ${verb}d (${err.status}): ${err.message}`, true);
   }
-  await showApprovals();
+  if (mine === view) await showApprovals();  // the operator may have moved on meanwhile
 }
 
 // ------------------------------------------------------------------ audit
