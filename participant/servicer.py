@@ -557,7 +557,7 @@ class AsyncParticipantServicer(_Base):
         finished: asyncio.Queue[participant_pb2.BatchResult | int | object] = asyncio.Queue()
         branches: set[asyncio.Task[None]] = set()
         answer = self.core.answer_item
-        in_turn = self.core.in_turn()
+        in_turn = self.core.in_turn
 
         async def serve(item: participant_pb2.BatchItem, received: float) -> None:
             finished.put_nowait(await asyncio.to_thread(answer, item, received))
@@ -567,8 +567,11 @@ class AsyncParticipantServicer(_Base):
                 async for request in requests:
                     received = time.monotonic()
                     finished.put_nowait(len(request.items))
+                    # Asked for each message: a failpoint armed meanwhile (it may sleep) must not
+                    # sleep on the event loop.
+                    here = in_turn()
                     for item in request.items:
-                        if in_turn:  # on the event loop: the RM never waits
+                        if here:  # on the event loop: the RM never waits
                             finished.put_nowait(answer(item, received))
                             continue
                         task = asyncio.ensure_future(serve(item, received))

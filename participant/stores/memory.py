@@ -7,6 +7,7 @@ participant service around the store, not the store itself.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from xatm.participant.stores.base import ResourceManager
 from xatm.participant.xa import XaCode, XaError, Xid
@@ -20,11 +21,18 @@ class MemoryRM(ResourceManager):
     The benchmark enlists branches straight through the Coordinator API and sends no business
     calls, so any xid the coordinator names counts as an active branch with work to commit.
 
-    Its verbs never wait (``blocking`` is False): a subclass whose verbs may wait says so with
-    ``blocking = True``.
+    Its verbs never wait (``blocking`` is False). A subclass is taken to be blocking unless it
+    says ``blocking = False`` itself: one that adds a wait (a sleep, a lock, I/O) and forgot to
+    say so would otherwise hold up every other branch of its batch, and an asyncio server's
+    event loop.
     """
 
     blocking = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "blocking" not in cls.__dict__:
+            cls.blocking = True
 
     def __init__(self, rm_id: str) -> None:
         self.rm_id = rm_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -19,7 +20,7 @@ from xatm.participant import stub as stub_module
 from xatm.participant.api.v1 import participant_pb2, xa_pb2
 from xatm.participant.client.interceptors import ServerInterceptor
 from xatm.participant.errors import PermissionDeniedError
-from xatm.participant.servicer import AsyncParticipantServicer, ParticipantServicer
+from xatm.participant.servicer import AsyncParticipantServicer, ParticipantCore, ParticipantServicer
 from xatm.participant.stores.memory import MemoryRM
 from xatm.participant.stub import ParticipantStub
 from xatm.participant.xa import XaCode, Xid, new_bqual, new_gtrid
@@ -138,7 +139,9 @@ def test_a_methods_handler_is_wrapped_once_whatever_the_calls_carry(make: Callab
 
 
 class _Noting(MemoryRM):
-    """MemoryRM noting the thread each prepare ran on."""
+    """MemoryRM noting the thread each prepare ran on (a subclass says itself it never waits)."""
+
+    blocking = False
 
     def __init__(self) -> None:
         super().__init__("rm")
@@ -239,3 +242,14 @@ def test_armed_tells_whether_a_failpoint_of_a_prefix_is_armed(unarmed: None) -> 
     assert not failpoints.armed("participant.")
     failpoints.arm("participant.commit=2*return(XA_HEURRB)")
     assert failpoints.armed("participant.")
+
+
+def test_a_subclass_of_memory_rm_is_blocking_unless_it_says_otherwise() -> None:
+    class Slowed(MemoryRM):
+        def prepare(self, xid: Xid) -> XaCode:
+            time.sleep(0.001)
+            return super().prepare(xid)
+
+    assert MemoryRM.blocking is False and _Noting.blocking is False
+    assert Slowed.blocking is True
+    assert not ParticipantCore(Slowed("slowed")).in_turn()
