@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from selenium.webdriver import Chrome as WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.admin_support import audit_records, rest
@@ -82,6 +82,13 @@ class Lab:
                 return
             time.sleep(0.05)
         raise AssertionError(f"{gtrid} is {self.status(gtrid)}, not {status}")
+
+    def open(self, driver: WebDriver, token: str, gtrid: str, element_id: str, text: str) -> None:
+        """Sign in with ``token`` and open ``gtrid``'s page, until ``element_id`` shows ``text``."""
+        sign_in(driver, self.base, token)
+        wait_for(driver, "page-transactions")
+        driver.get(f"{self.base}/console/#/tx/{gtrid}")
+        wait_for(driver, element_id, text=text)
 
     def shot(self, driver: object, name: str) -> None:
         path = self.shots / f"console-{name}.png"
@@ -216,10 +223,7 @@ def test_a_slow_answer_to_an_earlier_view_never_draws_over_a_later_one(lab: Lab)
 def test_a_forced_rollback_answered_after_the_operator_moved_on_leaves_their_page_alone(lab: Lab) -> None:
     tx = lab.begin("bank-a")
     with chromium() as driver:
-        sign_in(driver, lab.base, OPS)
-        wait_for(driver, "page-transactions")
-        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
-        wait_for(driver, "tx-summary", text="Created")
+        lab.open(driver, OPS, tx.gtrid, "tx-summary", "Created")
         hold(driver, 'method === "DELETE"')
         driver.find_element(By.ID, "force-rollback").click()
         wait_for(driver, "confirm-ok").click()
@@ -236,10 +240,7 @@ def test_a_forced_rollback_answered_after_the_operator_moved_on_leaves_their_pag
 def test_a_transaction_that_cannot_be_shown_leaves_nothing_of_the_one_before(lab: Lab) -> None:
     tx = lab.begin("bank-b")
     with chromium() as driver:
-        sign_in(driver, lab.base, OPS)
-        wait_for(driver, "page-transactions")
-        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
-        wait_for(driver, "branch-table", text="bank-b")
+        lab.open(driver, OPS, tx.gtrid, "branch-table", "bank-b")
         assert driver.find_element(By.ID, "force-rollback").is_enabled()
         driver.get(f"{lab.base}/console/#/tx/n1.unknown")
         wait_for(driver, "flash", text="Cannot show n1.unknown")
@@ -254,10 +255,7 @@ def test_a_created_transaction_is_force_rolled_back_from_the_page(lab: Lab) -> N
     tx = lab.begin("bank-a")
     assert lab.status(tx.gtrid) == "Created"
     with chromium() as driver:
-        sign_in(driver, lab.base, OPS)
-        wait_for(driver, "page-transactions")
-        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
-        wait_for(driver, "tx-summary", text="Created")
+        lab.open(driver, OPS, tx.gtrid, "tx-summary", "Created")
         button = driver.find_element(By.ID, "force-rollback")
         assert button.is_enabled() and driver.find_element(By.ID, "force-rollback-reason").text == ""
         button.click()
@@ -283,10 +281,7 @@ def test_a_created_transaction_is_force_rolled_back_from_the_page(lab: Lab) -> N
 def test_a_viewer_is_refused_the_forced_rollback_with_the_role_message(lab: Lab) -> None:
     tx = lab.begin("bank-b")
     with chromium() as driver:
-        sign_in(driver, lab.base, VIEWER)
-        wait_for(driver, "page-transactions")
-        driver.get(f"{lab.base}/console/#/tx/{tx.gtrid}")
-        wait_for(driver, "tx-summary", text="Created")
+        lab.open(driver, VIEWER, tx.gtrid, "tx-summary", "Created")
         driver.find_element(By.ID, "force-rollback").click()
         wait_for(driver, "confirm-ok").click()
         shown = wait_for(driver, "outcome", text="refused (403)").text
