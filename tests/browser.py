@@ -55,9 +55,14 @@ def chromium(*, insecure_certs: bool = False) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-#: True once the console has drawn the view its address asks for (``<body data-shown>``): an
-#: element found before then may be replaced by that view's drawing a moment later.
-SETTLED = "return document.body.dataset.shown === (location.hash || '#');"
+#: True once the console has drawn the view its address asks for (``<body data-shown>``; ``#`` for
+#: the sign-in page, whatever the address): an element found before then may be replaced by that
+#: view's drawing a moment later.
+SETTLED = (
+    "const shown = document.body.dataset.shown;"
+    "const signIn = !document.getElementById('page-signin').hidden;"
+    "return shown === (location.hash || '#') || (shown === '#' && signIn);"
+)
 
 
 def settled(driver: webdriver.Chrome) -> None:

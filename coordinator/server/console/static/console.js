@@ -94,14 +94,14 @@ function params() {
 // Views: every page shown is a view with its own number. A view's answers are put on the page
 // only while it is still the latest one, so a slow answer to an earlier view (the whole list
 // asked before the in-doubt filter was chosen, say) never draws over a later one. When the
-// latest view is drawn, <body data-shown> holds the address it was started for; it is empty
-// while one is loading.
+// latest view is drawn, <body data-shown> holds the address it was started for ("#" for the
+// sign-in page, whatever the address); it is empty while one is loading.
 let view = 0;
 let viewAddress = "";
 
-function newView() {
+function newView(address) {
   view += 1;
-  viewAddress = location.hash || "#";
+  viewAddress = address || location.hash || "#";
   document.body.dataset.shown = "";
   return view;
 }
@@ -158,9 +158,12 @@ async function signIn(event) {
 }
 
 function signOut(message) {
-  const mine = newView();
+  const mine = newView("#");
   sessionStorage.removeItem("xatm-token");
   stopCharts();
+  // Nothing read with the token stays in the page, hidden or not.
+  for (const table of ["tx-table", "branch-table", "audit-table", "approval-table"]) $(table).tBodies[0].replaceChildren();
+  for (const box of ["tx-summary", "history"]) $(box).replaceChildren();
   $("nav").hidden = true;
   showPage("signin");
   const error = $("signin-error");
@@ -311,10 +314,11 @@ function outcome(text, isError) {
 
 async function force(gtrid, name, needsApproval) {
   const action = ACTIONS[name];
+  const what = `${action.label} of ${gtrid}`;
+  const mine = view;  // the page the action is asked from (moving elsewhere cancels the dialog)
   const note = needsApproval ? " It will be filed as a request for another operator to approve." : "";
   const answer = await askConfirmation(`${action.label} transaction ${gtrid}? This is audited.${note}`);
-  if (!answer) return;
-  const mine = view;  // the page the action was asked from
+  if (!answer || mine !== view) return;
   let done;
   try {
     if (name === "forget") {
@@ -324,7 +328,7 @@ async function force(gtrid, name, needsApproval) {
       done = await call(action.verb, `${TX}/${encodeURIComponent(gtrid)}${reason}`);
     }
   } catch (err) {
-    said(mine, `${action.label} of ${gtrid} refused (${err.status}): ${err.message}`, true);
+    said(mine, what, `refused (${err.status}): ${err.message}`, true);
     return;
   }
   let text = `Outcome: ${done.status}; transaction ${done.transactionStatus} (trace ${done.traceId}).`;
@@ -335,18 +339,15 @@ async function force(gtrid, name, needsApproval) {
     const result = done.results[0];
     [text, failed] = [result.forgotten ? "Forgotten." : `Not forgotten: ${result.error}`, !result.forgotten];
   }
-  if (mine !== view) {  // the operator has moved on: the answer is said, the page they are on stays
-    said(mine, `${action.label} of ${gtrid}: ${text}`, failed);
-    return;
-  }
-  said(await showTransaction(gtrid), text, failed);
+  // Moved on meanwhile: the answer is said, and the page the operator is on stays.
+  said(mine === view ? await showTransaction(gtrid) : mine, what, text, failed);
 }
 
-// An action's answer: under the transaction's buttons while its page is the view ``mine``, else
-// in the flash bar of whatever page is shown now.
-function said(mine, text, isError) {
-  if (mine === view) outcome(text, isError);
-  else flash(text, isError);
+// An action's answer, naming ``what`` it answers: under the transaction's buttons while its page
+// is the view ``mine``, else in the message bar of whatever page is shown now.
+function said(mine, what, text, isError) {
+  if (mine === view) outcome(`${what}: ${text}`, isError);
+  else flash(`${what}: ${text}`, isError);
 }
 
 // ------------------------------------------------------------------ approvals
@@ -375,11 +376,11 @@ async function showApprovals() {
 }
 
 async function decide(approval, verb) {
+  const mine = view;  // the page the decision is asked from (moving elsewhere cancels the dialog)
   const answer = await askConfirmation(
     `${verb === "approve" ? "Approve and carry out" : "Reject"} request ${approval.id} by ${approval.requestedBy}: ` +
     `${approval.action} ${approval.txids.join(" ")}?`);
-  if (!answer) return;
-  const mine = view;  // the page the decision was asked from
+  if (!answer || mine !== view) return;
   try {
     const done = await call("POST", `${API}/approvals/${encodeURIComponent(approval.id)}/${verb}`, { reason: answer.reason });
     const what = done.completion ? `: ${done.completion.status}, transaction ${done.completion.transactionStatus}` : "";
@@ -531,6 +532,8 @@ function stopCharts() {
 // ------------------------------------------------------------------ routing
 
 function route() {
+  const dialog = $("confirm");
+  if (dialog.open) dialog.close();  // a question asked on the page left is not answered on another
   flash("");
   $("outcome").hidden = true;
   if (!token()) {
