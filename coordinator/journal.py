@@ -548,10 +548,9 @@ class _Folding:
 
     def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
         history = self.history
-        begun = snap.begun_at
         # The string the console's branch history was given for it, one string for both.
         gtrid = self.shared.pop(gtrid, gtrid)
-        history[gtrid] = (payload, snap.status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
+        history[gtrid] = (payload, snap.status, seconds(snap.begun_at))
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each. A small batch: what
         # waits to be dropped counts in the peak memory of a replay.

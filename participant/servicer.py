@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -171,6 +171,14 @@ class ParticipantCore:
         except Exception as exc:
             log.exception("participant batch item failed")
             return _result(item, XaCode.XAER_RMFAIL, f"INTERNAL: {_reason(exc)}")
+
+    def answer_in_turn(
+        self, items: Sequence[participant_pb2.BatchItem], received: float
+    ) -> participant_pb2.BatchReply:
+        """Every one of ``items`` answered one after another here, the results in one reply
+        (for an RM that never waits: ``in_turn``)."""
+        answer = self.answer_item
+        return participant_pb2.BatchReply(results=[answer(item, received) for item in items])
 
     # Each verb: validate, pass its failpoint, call the RM, map the result.
 
@@ -384,8 +392,7 @@ class ParticipantServicer(_Base):
             return
         if self.core.in_turn():
             if items:  # an empty batch is answered by the end of the call alone, as below
-                answer = self.core.answer_item
-                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+                yield self.core.answer_in_turn(items, received)
             return
         # Each branch's result goes into one queue as it is known; every result known by the time
         # the previous message is out goes in the next one. A plain queue rather than futures: no
@@ -440,12 +447,12 @@ class ParticipantServicer(_Base):
     ) -> Iterator[participant_pb2.BatchReply]:
         """A stream over an RM that never waits, on the server's thread alone: each message's
         branches served one after another, their results in one message."""
-        answer = self.core.answer_item
+        answer_in_turn = self.core.answer_in_turn
         try:
             for request in requests:
                 received = time.monotonic()
                 if items := request.items:
-                    yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+                    yield answer_in_turn(items, received)
         except Exception as exc:  # the call was cancelled or refused: nothing more comes
             log.debug("batch stream ended while reading: %s", _reason(exc))
 
@@ -537,8 +544,7 @@ class AsyncParticipantServicer(_Base):
         received = time.monotonic()
         if self.core.in_turn():
             if items := request.items:  # an empty batch is answered by the end of the call alone
-                answer = self.core.answer_item
-                yield participant_pb2.BatchReply(results=[answer(item, received) for item in items])
+                yield self.core.answer_in_turn(items, received)
             return
         serve = self.core.serve_item
         pending = {asyncio.ensure_future(asyncio.to_thread(serve, item, received)) for item in request.items}

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
-from xatm.coordinator.journal import Indexed
+from xatm.coordinator.journal import Indexed, seconds
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
@@ -278,8 +278,7 @@ def _records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
 def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
     """(bqual, answer) of a kept record: a branch result's one, a snapshot's last codes, the
     votes a commit decision carries."""
-    stamp = record.time
-    when = (stamp.seconds * 1_000_000_000 + stamp.nanos) / 1e9
+    when = seconds(record.time)
     kind = record.WhichOneof("body")
     if kind == "branch_result":
         r = record.branch_result

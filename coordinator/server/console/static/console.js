@@ -162,8 +162,8 @@ function signOut(message) {
   sessionStorage.removeItem("xatm-token");
   stopCharts();
   // Nothing read with the token stays in the page, hidden or not.
-  for (const table of ["tx-table", "branch-table", "audit-table", "approval-table"]) $(table).tBodies[0].replaceChildren();
-  for (const box of ["tx-summary", "history"]) $(box).replaceChildren();
+  clearTransaction();
+  for (const table of ["tx-table", "audit-table", "approval-table"]) $(table).tBodies[0].replaceChildren();
   $("nav").hidden = true;
   showPage("signin");
   const error = $("signin-error");
@@ -251,6 +251,17 @@ function summaryRows(tx) {
   return nodes;
 }
 
+// The transaction page emptied: no summary, branches or history, every action disabled.
+function clearTransaction() {
+  $("tx-summary").replaceChildren();
+  $("branch-table").tBodies[0].replaceChildren();
+  $("history").replaceChildren();
+  for (const action of Object.values(ACTIONS)) {
+    $(action.button).disabled = true;
+    $(action.button + "-reason").textContent = "";
+  }
+}
+
 // Draws the transaction page; returns its view number.
 async function showTransaction(gtrid) {
   const mine = newView();
@@ -260,14 +271,7 @@ async function showTransaction(gtrid) {
     call("GET", `${TX}/${encodeURIComponent(gtrid)}`),
     call("GET", `${TX}/${encodeURIComponent(gtrid)}/history`),
   ]), (err) => {
-    // Nothing of the transaction shown before may stay under this one's name, its buttons least.
-    $("tx-summary").replaceChildren();
-    $("branch-table").tBodies[0].replaceChildren();
-    $("history").replaceChildren();
-    for (const action of Object.values(ACTIONS)) {
-      $(action.button).disabled = true;
-      $(action.button + "-reason").textContent = "";
-    }
+    clearTransaction();  // nothing of the one shown before may stay under this one's name
     return `Cannot show ${gtrid}: ${err.message}`;
   });
   if (!both) return mine;
