@@ -378,7 +378,7 @@ class ParticipantStub:
                         f"coordinator {address} refused: this participant already keeps channels "
                         f"to {_MAX_CHANNELS} coordinators"
                     )
-                channel = coordinator_channel(address, self._credentials)
+                channel = coordinator_channel(address, self._credentials, call_timeout=self.call_timeout)
                 self._coordinators[address] = (channel, coordinator_pb2_grpc.CoordinatorStub(channel))
             return address, self._coordinators[address][1]
 

@@ -31,6 +31,7 @@ __all__ = [
     "XaError",
     "XatmError",
     "Xid",
+    "channel_options",
     "incarnation_of",
     "new_bqual",
     "new_gtrid",
@@ -220,6 +221,30 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.min_reconnect_backoff_ms", 20_000),
 )
+
+#: The longest reconnect backoff ``channel_options`` gives, in ms (CHANNEL_OPTIONS' own), and gRPC's floor.
+_MAX_BACKOFF_MS = 1000
+_MIN_BACKOFF_MS = 100
+
+
+def channel_options(call_timeout: float | None = None) -> tuple[tuple[str, int], ...]:
+    """``CHANNEL_OPTIONS`` for a channel whose calls have deadlines of ``call_timeout`` seconds
+    (None: unknown, CHANNEL_OPTIONS as they are).
+
+    A call that waits for its channel (``wait_for_ready``) waits out the reconnect backoff the
+    channel is in, up to 1.2 times ``grpc.max_reconnect_backoff_ms`` with gRPC's jitter: a peer
+    that restarted at its address while the backoff was at 1 s would make every call of a
+    deadline near or below that fail although the peer answers. So the backoff stops growing at
+    a quarter of the deadline (between gRPC's 100 ms floor and 1 s): a restarted peer is tried
+    again within a third of a call's time.
+    """
+    if call_timeout is None:
+        return CHANNEL_OPTIONS
+    ceiling = int(min(max(call_timeout * 1000 / 4, _MIN_BACKOFF_MS), _MAX_BACKOFF_MS))
+    return tuple(
+        (name, ceiling if name == "grpc.max_reconnect_backoff_ms" else value)
+        for name, value in CHANNEL_OPTIONS
+    )
 
 #: Options of every gRPC server xatm starts (coordinator, agent, example services).
 #:

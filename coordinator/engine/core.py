@@ -110,7 +110,9 @@ class Engine:
         #: made before a restart is told apart (its eager enlistments may be forgotten).
         self.incarnation = new_incarnation()
         self.log = txlog
-        self.peers = peers or Peers(max_message_bytes=settings.max_message_bytes)
+        self.peers = peers or Peers(
+            max_message_bytes=settings.max_message_bytes, call_timeout=settings.call_timeout
+        )
         self.registry = Registry(on_deadline=self._on_timeout)
         self.audit = AuditTrail(txlog, self.AUDIT_KEPT)
         self.decisions = DecisionLog(txlog, self.registry, self.audit)

@@ -33,7 +33,7 @@ from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb
 from xatm.participant.errors import XatmError
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
-from xatm.participant.xa import CHANNEL_OPTIONS, Phase, XaCode, Xid, validate_bqual, validate_gtrid
+from xatm.participant.xa import Phase, XaCode, Xid, channel_options, validate_bqual, validate_gtrid
 
 __all__ = ["REASON_MAX", "PeerError", "Peers"]
 
@@ -81,11 +81,14 @@ class Peers:
         max_channels: int = 256,
         idle_after: float = 300.0,
         max_batch: int = 64,
+        call_timeout: float | None = None,
     ):
         """``max_batch``: branches carried in one ``Batch`` RPC or stream message at most (1 sends
-        every branch on its own call, as to a participant without batches)."""
+        every branch on its own call, as to a participant without batches). ``call_timeout``: the
+        deadline of most calls, in seconds, which bounds the channels' reconnect backoff
+        (``channel_options``)."""
         self._options = [
-            *CHANNEL_OPTIONS,
+            *channel_options(call_timeout),
             *_KEEPALIVE,
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -54,10 +54,10 @@ from xatm.participant.runtime.grpc_status import from_rpc_error
 from xatm.participant.runtime.replies import MalformedReply, checked_reply
 from xatm.participant.runtime.targets import channel_target, parse_addresses
 from xatm.participant.xa import (
-    CHANNEL_OPTIONS,
     TxOutcome,
     TxStatus,
     XaCode,
+    channel_options,
     new_gtrid,
     node_of,
     validate_gtrid,
@@ -100,18 +100,24 @@ def to_xatm_error(error: grpc.RpcError | XatmError) -> XatmError:
 
 
 def coordinator_channel(
-    address: str, credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
+    address: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    *,
+    aio: bool = False,
+    call_timeout: float | None = None,
 ) -> Any:
     """A plain (never intercepted) channel to a coordinator or any xatm peer; sync or grpc.aio.
 
     ``address`` may list several coordinator replicas, comma-separated: the channel fails over
-    between them (see ``targets``).
+    between them (see ``targets``). ``call_timeout``: the deadline of its calls in seconds, which
+    bounds its reconnect backoff (``channel_options``).
     """
     module: Any = grpc.aio if aio else grpc
     target, failover = channel_target(address)
+    options = (*channel_options(call_timeout), *failover)
     if credentials is not None:
-        return module.secure_channel(target, credentials, options=(*CHANNEL_OPTIONS, *failover))
-    return module.insecure_channel(target, options=(*CHANNEL_OPTIONS, *failover))
+        return module.secure_channel(target, credentials, options=options)
+    return module.insecure_channel(target, options=options)
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -746,7 +752,9 @@ class _ManagerBase:
 
     def _connect(self, aio: bool) -> Any:
         # On first use, so a grpc.aio channel binds to the running event loop.
-        self._channel = coordinator_channel(self.coordinator, self._credentials, aio=aio)
+        self._channel = coordinator_channel(
+            self.coordinator, self._credentials, aio=aio, call_timeout=self.call_timeout
+        )
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         return self._stub
 
