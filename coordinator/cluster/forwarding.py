@@ -28,7 +28,7 @@ from xatm.coordinator.txlog.interface import LogStopped
 from xatm.participant.api.v1 import admin_pb2, coordinator_pb2
 from xatm.participant.errors import Status, UnavailableError, XatmError
 from xatm.participant.runtime.grpc_status import from_rpc_error
-from xatm.participant.xa import CHANNEL_OPTIONS, node_of, validate_gtrid
+from xatm.participant.xa import channel_options, node_of, validate_gtrid
 
 __all__ = ["FORWARDED_BY", "PASS_ON", "Forwarder", "pass_on"]
 
@@ -156,10 +156,11 @@ class Forwarder:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
+            options = channel_options(self.timeout)
             if self.credentials is not None:
-                channel = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+                channel = grpc.aio.secure_channel(address, self.credentials, options=options)
             else:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(address, options=options)
             self._channels[address] = channel
         return channel
 
