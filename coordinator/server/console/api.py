@@ -16,6 +16,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from xatm.coordinator.server.approvals import ApprovalView, approval_view, decision_view, refusal
+from xatm.coordinator.server.auth import Permission
 from xatm.coordinator.server.console.history import Answer, BranchHistory
 from xatm.coordinator.server.http import (
     _ID,
@@ -29,6 +30,7 @@ from xatm.coordinator.server.http import (
     _traced,
 )
 from xatm.coordinator.server.views import CompletionView, ForgetView, audit_view
+from xatm.participant.errors import PermissionDeniedError
 from xatm.participant.xa import Phase, TxStatus
 
 __all__ = ["APPROVALS", "AUDIT", "add_routes"]
@@ -66,12 +68,15 @@ class AnswerView(BaseModel):
 
 class ActionView(BaseModel):
     allowed: bool
-    reason: str | None = Field(description="The status rule's message when not allowed.")
+    reason: str | None = Field(
+        description="Why not, when not allowed: the status rule's message, else the caller's role's."
+    )
     needsApproval: bool = Field(description="Asking files a request for a second operator.")
 
 
 class History(_Traced):
-    """Every answer of each branch, oldest first, and the forced actions the status allows now."""
+    """Every answer of each branch, oldest first, and the forced actions the status and the
+    caller's role allow now."""
 
     txid: str
     status: str
@@ -134,7 +139,7 @@ def add_routes(router: APIRouter) -> None:
     @router.get(
         f"{COLLECTION}/{{gtrid:gtrid}}/history",
         operation_id="getHistory",
-        summary="Every XA code each branch answered, and the forced actions the status allows now",
+        summary="Every XA code each branch answered, and the forced actions status and role allow now",
         response_model=History,
         responses=_errors(400, 401, 403, 404, 503),
     )
@@ -147,13 +152,19 @@ def add_routes(router: APIRouter) -> None:
         for branch, code, reason, read_at in ops.engine.decisions.held(gtrid):
             vote = Answer(read_at, Phase.PREPARE, code, reason, branch.status)
             answers.setdefault(branch.bqual, []).append(vote)
+        # A viewer is shown why it may not act before it asks (the action itself still checks).
+        try:
+            caller.principal.require(Permission.OPERATE)
+            denied = None
+        except PermissionDeniedError as err:
+            denied = err.message
         actions = {}
         for name, action in (
             ("forceRollback", "force_rollback"),
             ("forceCommit", "force_commit"),
             ("forget", "forget"),
         ):
-            rule = refusal(tx, action)
+            rule = refusal(tx, action) or denied
             actions[name] = ActionView(
                 allowed=rule is None, reason=rule, needsApproval=action in ops.approvals.required
             ).model_dump()
