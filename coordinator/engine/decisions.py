@@ -31,6 +31,7 @@ from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
 from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import kept_record
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog
 from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
@@ -166,7 +167,8 @@ class DecisionLog:
             tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.live()
         ]
         encoded: dict[str, bytes] = {}
-        await self.log.checkpoint(_snapshots(self._audit.as_records(), history, items, now, encoded))
+        served = dict(self._registry.rm_endpoints)
+        await self.log.checkpoint(_snapshots(self._audit.as_records(), served, history, items, now, encoded))
         self._registry.compact(encoded)
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
@@ -180,23 +182,27 @@ class DecisionLog:
 
 def _snapshots(
     audit: list[wal_pb2.WalRecord],
+    served: dict[str, str],
     history: dict[str, Compact],
     items: list[sm.Transaction | wal_pb2.WalRecord],
     now: float,
     encoded: dict[str, bytes],
 ) -> Iterator[wal_pb2.WalRecord | Encoded]:
-    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid, its snapshot record's
-    bytes first) as it is, then each of ``items`` as a record, in order; a completed transaction's
-    record is serialised and kept in ``encoded``.
+    """The checkpoint's records: ``audit``, where the resource managers are ``served``, the compact
+    ``history`` (gtrid -> its kept records first) each as a completed record holding its kept
+    records as they are, then each of ``items`` as a record, in order; a completed transaction's
+    snapshot record is serialised and kept (as its kept records) in ``encoded``.
 
     Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
     nothing else touches until the checkpoint returns."""
     yield from audit
+    yield R.served(served, now)
     for gtrid, kept in history.items():
-        yield Encoded(gtrid, "snapshot", kept[0])
+        yield Encoded(gtrid, "completed", R.completed(gtrid, kept[0], kept[1], kept[2], now))
     for item in items:
         if isinstance(item, sm.Transaction):
-            payload = encoded[item.gtrid] = R.snapshot(item, now).SerializeToString()
+            payload = R.snapshot(item, now).SerializeToString()
+            encoded[item.gtrid] = kept_record(payload)
             yield Encoded(item.gtrid, "snapshot", payload)
         else:
             yield item

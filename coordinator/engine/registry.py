@@ -2,11 +2,12 @@
 and the counts the gauges read.
 
 Completed history (Committed, Rolledback: nothing changes it any more) is kept compact: each such
-transaction as the bytes of its checkpoint snapshot plus the few fields a listing filters and
-retention measures by, in a tuple the garbage collector stops tracking. A long history then adds
-nothing to the collector's work, which would otherwise pause the event loop for every object of
-every kept transaction. The compact form is made by replay, or by the first checkpoint that writes
-the transaction; it is expanded into a ``Transaction`` (a fresh one each time) when asked for.
+transaction as its kept records (the bytes of the log records that made it what it is, or of its
+checkpoint snapshot; see ``journal.expand``) plus the few fields a listing filters and retention
+measures by, in a tuple the garbage collector stops tracking. A long history then adds nothing to
+the collector's work, which would otherwise pause the event loop for every object of every kept
+transaction. The compact form is made by replay, or by the first checkpoint that writes the
+transaction; it is expanded into a ``Transaction`` (a fresh one each time) when asked for.
 
 Everything here runs on the engine's event loop. The counts are kept up to date as statuses
 change (``observe``) so that reading them costs the same with ten transactions or a million,
@@ -39,8 +40,8 @@ CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
 #: Undecided while the prepares are out: a commit request's answer waits for these to pass.
 _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 
-#: A completed transaction kept compact: its snapshot record's bytes (``journal.expand`` reads
-#: them), its status, when it began (wall-clock seconds) and when it completed (monotonic
+#: A completed transaction kept compact: its kept records (``journal.expand`` reads them), its
+#: status, when it began (wall-clock seconds) and when it completed (monotonic
 #: seconds; a transaction rebuilt from the log counts from the restart). Plain values only, so
 #: the tuple is left untracked by the garbage collector.
 Compact = tuple[bytes, int, float, float]
@@ -96,7 +97,7 @@ class Registry:
         if tx is None:
             kept = self._history.get(gtrid)
             if kept is not None:
-                return _expanded(kept)
+                return _expanded(gtrid, kept)
         return tx
 
     def transactions(
@@ -161,7 +162,7 @@ class Registry:
         endpoints: dict[str, str] | None = None,
     ) -> None:
         """Take the transactions rebuilt from the log (before anything else is added): ``txs`` as
-        objects, ``history`` compact (gtrid -> snapshot record bytes, status, begun_at; oldest
+        objects, ``history`` compact (gtrid -> kept records, status, begun_at; oldest
         completion first) with ``endpoints`` (rm_id -> host:port) their branches were served at."""
         # Unfinished transactions last: their endpoints are the newest (a move updates only them).
         ordered = sorted(txs, key=lambda tx: tx.status not in CLOSED)
@@ -217,8 +218,8 @@ class Registry:
             done.set()
 
     def compact(self, payloads: dict[str, bytes]) -> None:
-        """Keep compact each completed transaction of ``payloads`` (gtrid -> its snapshot record's
-        bytes, as a checkpoint wrote them) still held as an object.
+        """Keep compact each completed transaction of ``payloads`` (gtrid -> its kept records: its
+        snapshot record as a checkpoint wrote it) still held as an object.
 
         Appended in completion order: each checkpoint's transactions completed after the previous
         checkpoint began, so the compact history stays ordered by completion (``prune`` relies
@@ -327,12 +328,13 @@ class Kept:
         self._kept = kept
 
     def expand(self) -> sm.Transaction:
-        """The whole transaction, rebuilt from its kept record."""
-        return _expanded(self._kept)
+        """The whole transaction, rebuilt from its kept records. Raises ``CorruptHistory`` for
+        records this version cannot read."""
+        return _expanded(self.gtrid, self._kept)
 
 
-def _expanded(kept: Compact) -> sm.Transaction:
-    tx = expand(kept[0])
+def _expanded(gtrid: str, kept: Compact) -> sm.Transaction:
+    tx = expand(gtrid, kept[0])
     tx.journaled = True
     tx.begun_mono = tx.completed_mono = kept[3]
     return tx

@@ -138,7 +138,7 @@ def test_compact_replay_rebuilds_what_the_full_replay_does(
     assert list(compact.live) == [gtrid for gtrid, tx in full.items() if tx.status not in CLOSED]
     assert compact.live == {gtrid: tx for gtrid, tx in full.items() if tx.status not in CLOSED}
     completed = {gtrid: tx for gtrid, tx in full.items() if tx.status in CLOSED}
-    assert {gtrid: expand(kept[0]) for gtrid, kept in compact.history.items()} == completed
+    assert {gtrid: expand(gtrid, kept[0]) for gtrid, kept in compact.history.items()} == completed
     assert {gtrid: kept[1:] for gtrid, kept in compact.history.items()} == {
         gtrid: (tx.status, tx.begun_at) for gtrid, tx in completed.items()
     }
@@ -191,7 +191,7 @@ def test_answers_about_a_completed_transaction_with_many_branches_are_all_folded
         )
         records.append(R.branch_result(tx, branch, Phase.COMMIT, XaCode.XA_HEURCOM, "heuristic", 12.0))
     compact = replay_compact(_copies(records))
-    assert expand(compact.history["n1.wide"][0]) == replay(_copies(records))["n1.wide"]
-    assert {b.bqual: b.status for b in expand(compact.history["n1.wide"][0]).branches.values()} == {
-        bqual: B.HEURISTICALLY_COMPLETED if bqual in ("b1", "b2") else B.COMMITTED for bqual in BQUALS
-    }
+    assert expand("n1.wide", compact.history["n1.wide"][0]) == replay(_copies(records))["n1.wide"]
+    assert {
+        b.bqual: b.status for b in expand("n1.wide", compact.history["n1.wide"][0]).branches.values()
+    } == {bqual: B.HEURISTICALLY_COMPLETED if bqual in ("b1", "b2") else B.COMMITTED for bqual in BQUALS}
