@@ -131,7 +131,9 @@ class BranchHistory(TxLog):
         answers[gtrid] = b""
         if len(answers) <= MAX_TRANSACTIONS:
             return None
-        return self._trim_count()
+        dropped = next(iter(answers))  # one added, one dropped
+        del answers[dropped]
+        return [dropped]
 
     def kept(self, gtrid: str, records: bytes) -> None:
         """The next kept records of ``gtrid`` (when it is kept): joined to what it has, in place."""
