@@ -563,10 +563,11 @@ class _Live:
         self.field = b"\x12" + bytes((len(name),)) + name if len(name) < 0x80 else b""
         self.cut = len(self.field)
         self.snap = snap
-        self.held: list[bytes | wal_pb2.WalRecord] = []
+        self.held: list[bytes | wal_pb2.WalRecord] = [
+            first if data is None else _pack_length(len(data) - self.cut) + data
+        ]
         self.sync = sync
         self.waiting: list[wal_pb2.WalRecord] = []
-        self._first(first, data)
 
     def restart(
         self,
@@ -577,16 +578,9 @@ class _Live:
     ) -> None:
         """The transaction is now ``snap`` from its record ``first`` on (read from ``data``, when
         given): what it held is replaced."""
-        self.snap, self.held, self.sync = snap, [], sync
+        self.snap, self.sync = snap, sync
+        self.held = [first if data is None else _pack_length(len(data) - self.cut) + data]
         self.waiting.clear()
-        self._first(first, data)
-
-    def _first(self, first: wal_pb2.WalRecord, data: memoryview | None) -> None:
-        """Hold ``first`` as its bytes when they are given, else as the record until needed."""
-        if data is None:
-            self.held.append(first)
-        else:
-            self.hold(data)
 
     def hold(self, data: bytes | memoryview) -> None:
         """Hold the record serialised as ``data``."""
@@ -682,8 +676,8 @@ class _Folding:
         if counts:
             self.touch(gtrid)
         snap = rec.snapshot
-        data = rec.SerializeToString() if payload is None else bytes(payload)
-        answers = counts and _HAS_CODE_BYTES in data and any(map(_HAS_CODE, snap.branches))
+        data = rec.SerializeToString() if payload is None else payload.tobytes()
+        answers = counts and data.find(_HAS_CODE_BYTES) >= 0 and any(map(_HAS_CODE, snap.branches))
         if snap.status not in _CLOSED_VALUES:
             self.history.pop(gtrid, None)
             # Kept as the record itself until its bytes are needed: the commit decision that
@@ -730,7 +724,8 @@ class _Folding:
             self.change(rec, "end", payload)
             return
         del self.live[gtrid]
-        entry.hold(rec.SerializeToString() if payload is None else payload)
+        data = rec.SerializeToString() if payload is None else payload
+        entry.held.append(_pack_length(len(data) - entry.cut) + data)
         kept = entry.kept()
         gtrid, sync = entry.gtrid, entry.sync
         if self.index is not None and sync < len(entry.held):
@@ -740,7 +735,10 @@ class _Folding:
         for branch in snap.branches:
             endpoints[branch.rm_id] = branch.endpoint
         begun = snap.begun_at
-        self._close(gtrid, kept, status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
+        history = self.history
+        history[gtrid] = (kept, status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
+        if self.keep is not None and len(history) > self.keep + max(self.keep // 32, 1):
+            self.trim()
 
     def change(self, rec: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
         """Fold a record that changes a known transaction (ignored for an unknown one, as events
