@@ -40,8 +40,10 @@ __all__ = [
     "AnswerIndex",
     "CorruptHistory",
     "Indexed",
+    "Places",
     "RecordFactory",
     "Replayed",
+    "Served",
     "expand",
     "kept_record",
     "kept_records",
@@ -49,6 +51,7 @@ __all__ = [
     "replay",
     "replay_compact",
     "seconds",
+    "served",
     "timestamp",
 ]
 
@@ -174,7 +177,7 @@ class RecordFactory:
         return rec
 
     @staticmethod
-    def completed(gtrid: str, kept: bytes, status: int, begun_at: float, now: float) -> bytes:
+    def completed(gtrid: str, kept: bytes, status: int, begun_at: float, where: Served, now: float) -> bytes:
         """The checkpoint form of a completed transaction kept as its records (``kept``, as
         ``replay_compact`` keeps them), serialised: they are written as they are, not read."""
         rec = wal_pb2.WalRecord(gtrid=gtrid)
@@ -182,15 +185,8 @@ class RecordFactory:
         done = rec.completed
         done.status = status  # type: ignore[assignment]  # the value as kept, not converted
         done.begun_at, done.records = begun_at, kept
+        done.MergeFromString(where)
         return rec.SerializeToString()
-
-    @staticmethod
-    def served(endpoints: dict[str, str], now: float) -> wal_pb2.WalRecord:
-        """Where each resource manager is served (rm_id -> host:port), for a checkpoint."""
-        rec = wal_pb2.WalRecord()
-        set_time(rec.time, now)
-        rec.served.endpoints.update(endpoints)
-        return rec
 
 
 def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
@@ -286,8 +282,6 @@ def replay(
             done = txs[gtrid] = expand(gtrid, rec.completed.records)
             if keep is not None and done.status in _CLOSED:
                 _close(txs, closed, gtrid, keep)
-            continue
-        if kind == "served":
             continue
         if kind == "begin":
             txs[gtrid] = Transaction(gtrid=gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=seconds(rec.time))
@@ -399,16 +393,35 @@ class CorruptHistory(XatmError):
     status = Status.DATA_LOSS
 
 
+#: Where a completed transaction's resource managers were served: a ``CompletedRecord`` holding
+#: only its ``served`` entries, serialised (bytes: never tracked by the garbage collector, and
+#: written into a checkpoint's completed record as they are). Transactions served alike share one.
+Served = bytes
+#: (rm_id, host:port) of each branch: what a ``Served`` says, and the key it is shared by.
+Places = tuple[tuple[str, str], ...]
+
+
+def served(places: Places, shared: dict[Places, Served]) -> Served:
+    """The ``Served`` of ``places``, the one ``shared`` holds for them (added when new)."""
+    found = shared.get(places)
+    if found is None:
+        done = wal_pb2.CompletedRecord()
+        for rm_id, endpoint in places:
+            done.served.add(rm_id=rm_id, endpoint=endpoint)
+        found = shared[places] = done.SerializeToString()
+    return found
+
+
 @dataclass(slots=True)
 class Replayed:
     """What ``replay_compact`` rebuilt: ``live``, every transaction not Committed or Rolledback
     (in the order of their first records); ``history``, each completed one as its kept records
-    (``expand`` reads them), its status and when it began (wall-clock seconds), oldest completion
-    first; ``endpoints``, where each resource manager of the completed ones was last served
-    (rm_id -> host:port)."""
+    (``expand`` reads them), its status, when it began (wall-clock seconds) and where it was
+    served, oldest completion first; ``endpoints``, where each resource manager of the completed
+    ones was last served (rm_id -> host:port)."""
 
     live: dict[str, Transaction]
-    history: dict[str, tuple[bytes, int, float]]
+    history: dict[str, tuple[bytes, int, float, Served]]
     endpoints: dict[str, str]
 
 
@@ -523,8 +536,6 @@ def replay_compact(
             folding.start(rec, snap, payload, answers=False)
         elif kind == "forget":
             folding.forget(rec.gtrid)
-        elif kind == "served":
-            folding.endpoints.update(rec.served.endpoints)
         elif kind is not None:
             folding.change(rec, kind, payload)
     return folding.finish()
@@ -618,14 +629,18 @@ class _Folding:
     changes the transaction: all but the last answer of each branch are overwritten anyway, and a
     transaction that completes is never folded at all."""
 
-    __slots__ = ("endpoints", "history", "index", "keep", "live", "touched")
+    __slots__ = ("endpoints", "history", "index", "keep", "live", "served", "shapes", "touched")
 
     def __init__(self, keep: int | None, index: AnswerIndex | None) -> None:
         self.keep = keep
         self.index = index
         self.live: dict[str, _Live] = {}
-        self.history: dict[str, tuple[bytes, int, float]] = {}
+        self.history: dict[str, tuple[bytes, int, float, Served]] = {}
         self.endpoints: dict[str, str] = {}
+        #: Each distinct ``Served`` met, the one the history shares for it.
+        self.shapes: dict[Places, Served] = {}
+        #: The last of them noted in ``endpoints``.
+        self.served: Served | None = None
         #: The gtrid the index was last told of: told again at once, it would change nothing.
         self.touched: str | None = None
 
@@ -689,9 +704,8 @@ class _Folding:
         if answers:
             assert index is not None
             index.kept(gtrid, kept)
-        for branch in snap.branches:
-            self.endpoints[branch.rm_id] = branch.endpoint
-        self._close(gtrid, kept, snap.status, seconds(snap.begun_at))
+        where = self._served(tuple((branch.rm_id, branch.endpoint) for branch in snap.branches))
+        self._close(gtrid, kept, snap.status, seconds(snap.begun_at), where)
 
     def completed(self, rec: wal_pb2.WalRecord) -> None:
         """A checkpoint's completed transaction, kept as the records it holds (not read here)."""
@@ -706,7 +720,8 @@ class _Folding:
         if index is not None and gtrid != self.touched and gtrid not in index:
             self.touch(gtrid)
             index.kept(gtrid, kept)
-        self._close(gtrid, kept, done.status, done.begun_at)
+        where = self._served(tuple((at.rm_id, at.endpoint) for at in done.served))
+        self._close(gtrid, kept, done.status, done.begun_at, where)
 
     def forget(self, gtrid: str) -> None:
         entry = self.live.pop(gtrid, None)
@@ -731,12 +746,13 @@ class _Folding:
         if self.index is not None and sync < len(entry.held):
             self.index.kept(gtrid, kept if not sync else entry.kept(sync))
         snap = entry.snap
-        endpoints = self.endpoints
-        for branch in snap.branches:
-            endpoints[branch.rm_id] = branch.endpoint
+        places = tuple([(branch.rm_id, branch.endpoint) for branch in snap.branches])
+        where = self.shapes.get(places)  # most often one met before: no call to make
+        if where is None or where is not self.served:
+            where = self._served(places)
         begun = snap.begun_at
         history = self.history
-        history[gtrid] = (kept, status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9)
+        history[gtrid] = (kept, status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9, where)
         if self.keep is not None and len(history) > self.keep + max(self.keep // 32, 1):
             self.trim()
 
@@ -771,7 +787,7 @@ class _Folding:
             status = rec.end.status
         elif kind == "status":
             status = rec.status.status
-        self.history[gtrid] = (kept[0] + record, status, kept[2])
+        self.history[gtrid] = (kept[0] + record, status, kept[2], kept[3])
 
     def compact(self, entry: _Live, rec: wal_pb2.WalRecord) -> None:
         """Hold ``entry``'s records as one snapshot record of what they did (its time ``rec``'s),
@@ -808,10 +824,18 @@ class _Folding:
             self.index.kept(entry.gtrid, entry.kept(sync))
         entry.sync = size
 
-    def _close(self, gtrid: str, kept: bytes, status: int, begun_at: float) -> None:
+    def _served(self, places: Places) -> Served:
+        """Where a completed transaction was served (``places``), noted in ``endpoints``."""
+        where = served(places, self.shapes)
+        if where is not self.served:
+            self.endpoints.update(places)
+            self.served = where
+        return where
+
+    def _close(self, gtrid: str, kept: bytes, status: int, begun_at: float, where: Served) -> None:
         history = self.history
         fresh = gtrid not in history
-        history[gtrid] = (kept, status, begun_at)
+        history[gtrid] = (kept, status, begun_at, where)
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each. A small batch: what
         # waits to be dropped counts in the peak memory of a replay.

@@ -167,8 +167,7 @@ class DecisionLog:
             tx if tx.status in CLOSED else self._snapshot(tx, now) for tx in self._registry.live()
         ]
         encoded: dict[str, bytes] = {}
-        served = dict(self._registry.rm_endpoints)
-        await self.log.checkpoint(_snapshots(self._audit.as_records(), served, history, items, now, encoded))
+        await self.log.checkpoint(_snapshots(self._audit.as_records(), history, items, now, encoded))
         self._registry.compact(encoded)
 
     def _snapshot(self, tx: sm.Transaction, now: float) -> wal_pb2.WalRecord:
@@ -182,23 +181,21 @@ class DecisionLog:
 
 def _snapshots(
     audit: list[wal_pb2.WalRecord],
-    served: dict[str, str],
     history: dict[str, Compact],
     items: list[sm.Transaction | wal_pb2.WalRecord],
     now: float,
     encoded: dict[str, bytes],
 ) -> Iterator[wal_pb2.WalRecord | Encoded]:
-    """The checkpoint's records: ``audit``, where the resource managers are ``served``, the compact
-    ``history`` (gtrid -> its kept records first) each as a completed record holding its kept
-    records as they are, then each of ``items`` as a record, in order; a completed transaction's
-    snapshot record is serialised and kept (as its kept records) in ``encoded``.
+    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid -> its kept records
+    first) each as a completed record holding its kept records as they are, then each of ``items``
+    as a record, in order; a completed transaction's snapshot record is serialised and kept (as
+    its kept records) in ``encoded``.
 
     Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
     nothing else touches until the checkpoint returns."""
     yield from audit
-    yield R.served(served, now)
     for gtrid, kept in history.items():
-        yield Encoded(gtrid, "completed", R.completed(gtrid, kept[0], kept[1], kept[2], now))
+        yield Encoded(gtrid, "completed", R.completed(gtrid, kept[0], kept[1], kept[2], kept[4], now))
     for item in items:
         if isinstance(item, sm.Transaction):
             payload = R.snapshot(item, now).SerializeToString()

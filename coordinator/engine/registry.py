@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterable
 
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.deadlines import Deadlines
-from xatm.coordinator.journal import expand
+from xatm.coordinator.journal import Places, Served, expand, served
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
@@ -37,14 +38,20 @@ MAX_KNOWN_PARTICIPANTS = 10_000
 #: Completed without a heuristic: nothing is called on their branches any more (a move does not
 #: concern them), they age out as history, and they are not "active".
 CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
+#: Distinct ``Served`` shared at most; past it sharing starts afresh (a bound, not a cache that
+#: must hold everything: one not shared is as correct, only larger).
+_MAX_SHAPES = 4096
+#: Sorts the transactions a checkpoint made compact by completion, then gtrid.
+_FIRST_TWO = operator.itemgetter(0, 1)
 #: Undecided while the prepares are out: a commit request's answer waits for these to pass.
 _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 
 #: A completed transaction kept compact: its kept records (``journal.expand`` reads them), its
-#: status, when it began (wall-clock seconds) and when it completed (monotonic
-#: seconds; a transaction rebuilt from the log counts from the restart). Plain values only, so
-#: the tuple is left untracked by the garbage collector.
-Compact = tuple[bytes, int, float, float]
+#: status, when it began (wall-clock seconds), when it completed (monotonic seconds; a
+#: transaction rebuilt from the log counts from the restart) and where its resource managers were
+#: served (a checkpoint writes it beside the records). Plain values only, so the tuple is left
+#: untracked by the garbage collector.
+Compact = tuple[bytes, int, float, float, Served]
 
 
 class Registry:
@@ -57,6 +64,8 @@ class Registry:
         self._txs: dict[str, sm.Transaction] = {}
         #: Completed history kept compact, oldest completion first (see the module docstring).
         self._history: dict[str, Compact] = {}
+        #: Each distinct ``Served`` of the transactions made compact, as one tuple they share.
+        self._shapes: dict[Places, Served] = {}
         self._on_deadline = on_deadline
         #: Created only for a gtrid somebody waits on, set when it is final.
         self._done: dict[str, asyncio.Event] = {}
@@ -158,11 +167,11 @@ class Registry:
     def load(
         self,
         txs: list[sm.Transaction],
-        history: dict[str, tuple[bytes, int, float]] | None = None,
+        history: dict[str, tuple[bytes, int, float, Served]] | None = None,
         endpoints: dict[str, str] | None = None,
     ) -> None:
         """Take the transactions rebuilt from the log (before anything else is added): ``txs`` as
-        objects, ``history`` compact (gtrid -> kept records, status, begun_at; oldest
+        objects, ``history`` compact (gtrid -> kept records, status, begun_at, where served; oldest
         completion first) with ``endpoints`` (rm_id -> host:port) their branches were served at."""
         # Unfinished transactions last: their endpoints are the newest (a move updates only them).
         ordered = sorted(txs, key=lambda tx: tx.status not in CLOSED)
@@ -170,8 +179,8 @@ class Registry:
         self.rm_endpoints.update((b.rm_id, b.endpoint) for tx in ordered for b in tx.branches.values())
         now = time.monotonic()
         counted = self._keys[(TxStatus.COMMITTED, False)], self._keys[(TxStatus.ROLLEDBACK, False)]
-        for gtrid, (payload, status, begun_at) in (history or {}).items():
-            self._history[gtrid] = (payload, status, begun_at, now)
+        for gtrid, (payload, status, begun_at, where) in (history or {}).items():
+            self._history[gtrid] = (payload, status, begun_at, now, where)
             key = counted[status == TxStatus.ROLLEDBACK]
             self._counted[gtrid] = key
             self._by_status[key] += 1
@@ -231,10 +240,13 @@ class Registry:
             if tx is not None and tx.status in CLOSED:
                 del self._txs[gtrid]
                 completed = tx.completed_mono if tx.completed_mono is not None else now
-                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at))
-        batch.sort()
-        for completed, gtrid, payload, status, begun_at in batch:
-            self._history[gtrid] = (payload, status, begun_at, completed)
+                where = served(tuple((b.rm_id, b.endpoint) for b in tx.branches.values()), self._shapes)
+                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at, where))
+        if len(self._shapes) > _MAX_SHAPES:  # shared as long as they are few
+            self._shapes.clear()
+        batch.sort(key=_FIRST_TWO)
+        for completed, gtrid, payload, status, begun_at, where in batch:
+            self._history[gtrid] = (payload, status, begun_at, completed, where)
 
     def drop(self, gtrid: str) -> None:
         self._history.pop(gtrid, None)
