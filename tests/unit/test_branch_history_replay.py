@@ -152,12 +152,12 @@ def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb
     assert read == expected
 
 
-def test_a_replayed_gtrid_is_one_string_for_both_histories_and_never_interned(tmp_path: Path) -> None:
+def test_a_replayed_gtrid_is_one_string_and_its_records_one_bytes_object_for_both_histories(tmp_path: Path) -> None:
     # The engine's history and the console's branch history keep the same gtrid object (one
     # string, not two), without ``sys.intern``, whose strings some Python 3.12 releases never free.
     write_log(tmp_path, 3 * RECORDS_PER_TRANSACTION)
 
-    async def reopen() -> tuple[dict[str, object], BranchHistory]:
+    async def reopen() -> tuple[dict[str, tuple[bytes, int, float, bytes]], BranchHistory]:
         reopened = BranchHistory(FileWal(tmp_path, must_exist=True))
         replayed = replay_compact(await reopened.open())
         await reopened.close()
@@ -169,3 +169,5 @@ def test_a_replayed_gtrid_is_one_string_for_both_histories_and_never_interned(tm
         indexed = next(key for key in branch_history._answers if key == gtrid)
         assert indexed is gtrid
         assert sys.intern("".join(gtrid)) is not gtrid
+        # And one bytes object for the records both keep of a completed transaction.
+        assert branch_history._answers[gtrid] is kept[gtrid][0]
