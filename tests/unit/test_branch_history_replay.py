@@ -152,7 +152,7 @@ def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb
     assert read == expected
 
 
-def test_a_replayed_gtrid_is_one_string_and_its_records_one_bytes_object_for_both_histories(tmp_path: Path) -> None:
+def test_both_histories_share_a_replayed_gtrid_string_and_its_records_bytes(tmp_path: Path) -> None:
     # The engine's history and the console's branch history keep the same gtrid object (one
     # string, not two), without ``sys.intern``, whose strings some Python 3.12 releases never free.
     write_log(tmp_path, 3 * RECORDS_PER_TRANSACTION)
