@@ -438,10 +438,10 @@ class AnswerIndex(Protocol):
     def __contains__(self, gtrid: object) -> bool:
         """Whether answers of ``gtrid`` are kept (a snapshot counts only for a gtrid not kept)."""
 
-    def answered(self, gtrid: str) -> list[str] | None:
+    def answered(self, gtrid: str) -> str | None:
         """A record carrying answers of ``gtrid`` was read: it is now the most recently answered
-        (kept from now on if it was not). Returns the gtrids dropped to make room, if any: what
-        was read of them so far is no longer to be kept."""
+        (kept from now on if it was not). Returns the gtrid dropped to make room, if one was: what
+        was read of it so far is no longer to be kept."""
 
     def kept(self, gtrid: str, records: bytes) -> None:
         """The next kept records of ``gtrid`` (ignored when it is not kept): records read since
@@ -571,7 +571,7 @@ class _Live:
         self.gtrid = gtrid
         name = gtrid.encode()
         #: The gtrid as its records hold it (field 2, its length in one byte), and its size.
-        self.field = b"\x12" + bytes((len(name),)) + name if len(name) < 0x80 else b""
+        self.field = bytes((0x12, len(name))) + name if len(name) < 0x80 else b""
         self.cut = len(self.field)
         self.snap = snap
         self.held: list[bytes | wal_pb2.WalRecord] = [
@@ -651,8 +651,11 @@ class _Folding:
         assert self.index is not None
         self.touched = gtrid
         dropped = self.index.answered(gtrid)
-        if dropped:
-            self.dropped(dropped)
+        if dropped is not None:
+            # What it was to be handed of that one so far is not kept.
+            entry = self.live.get(dropped)
+            if entry is not None:
+                entry.sync = len(entry.held)
 
     def start(
         self,
@@ -669,7 +672,7 @@ class _Folding:
         if entry is not None:
             self._hand_over(entry)
             gtrid = entry.gtrid
-        if answers and self.index is not None:
+        if answers and self.index is not None and gtrid != self.touched:
             self.touch(gtrid)
         if entry is not None:  # what it held so far is replaced
             entry.restart(snap, rec, 0 if answers else 1, payload)
@@ -740,10 +743,18 @@ class _Folding:
             return
         del self.live[gtrid]
         data = rec.SerializeToString() if payload is None else payload
-        entry.held.append(_pack_length(len(data) - entry.cut) + data)
-        kept = entry.kept()
+        held, field = entry.held, entry.field
+        held.append(_pack_length(len(data) - entry.cut) + data)
+        kept = b""
+        if field and type(held[0]) is bytes:  # ``kept()``, most often, without its calls
+            raw = b"".join(held)  # type: ignore[arg-type]  # bytes, every one
+            kept = raw.replace(field, b"")
+            if len(kept) != len(raw) - len(held) * entry.cut:
+                kept = b""
+        if not kept:
+            kept = entry.kept()
         gtrid, sync = entry.gtrid, entry.sync
-        if self.index is not None and sync < len(entry.held):
+        if self.index is not None and sync < len(held):
             self.index.kept(gtrid, kept if not sync else entry.kept(sync))
         snap = entry.snap
         places = tuple([(branch.rm_id, branch.endpoint) for branch in snap.branches])
@@ -798,13 +809,6 @@ class _Folding:
         folded.snapshot.CopyFrom(entry.snap)
         entry.held = [folded]
         entry.sync = 1
-
-    def dropped(self, gtrids: list[str]) -> None:
-        """The index dropped ``gtrids``: what it was to be handed of them so far is not kept."""
-        for gtrid in gtrids:
-            entry = self.live.get(gtrid)
-            if entry is not None:
-                entry.sync = len(entry.held)
 
     def finish(self) -> Replayed:
         """What was rebuilt, once every record is folded in."""

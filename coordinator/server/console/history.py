@@ -121,9 +121,10 @@ class BranchHistory(TxLog):
     def __contains__(self, gtrid: object) -> bool:
         return gtrid in self._answers
 
-    def answered(self, gtrid: str) -> list[str] | None:
+    def answered(self, gtrid: str) -> str | None:
         """A replayed record carries answers of ``gtrid``: it is now the most recently answered.
-        Returns the gtrids dropped to make room (see ``AnswerIndex``)."""
+        Returns the gtrid dropped to make room (see ``AnswerIndex``): one at most, as there were
+        no more than ``MAX_TRANSACTIONS`` before."""
         answers = self._answers
         if gtrid in answers:
             answers.move_to_end(gtrid)
@@ -131,9 +132,9 @@ class BranchHistory(TxLog):
         answers[gtrid] = b""
         if len(answers) <= MAX_TRANSACTIONS:
             return None
-        dropped = next(iter(answers))  # one added, one dropped
+        dropped = next(iter(answers))
         del answers[dropped]
-        return [dropped]
+        return dropped
 
     def kept(self, gtrid: str, records: bytes) -> None:
         """The next kept records of ``gtrid`` (when it is kept): joined to what it has, in place."""
@@ -157,14 +158,10 @@ class BranchHistory(TxLog):
             grown = _trimmed(grown)
         self._answers[gtrid] = grown
 
-    def _trim_count(self) -> list[str]:
-        """Drop the least recently answered past ``MAX_TRANSACTIONS``; returns their gtrids."""
-        dropped = []
+    def _trim_count(self) -> None:
+        """Drop the least recently answered past ``MAX_TRANSACTIONS``."""
         while len(self._answers) > MAX_TRANSACTIONS:
-            gtrid = next(iter(self._answers))
-            del self._answers[gtrid]
-            dropped.append(gtrid)
-        return dropped
+            del self._answers[next(iter(self._answers))]
 
     # ----------------------------------------------------------------- TxLog, forwarded
 
