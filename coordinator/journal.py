@@ -493,6 +493,9 @@ def replay_compact(
     the transactions still in flight at the end; in a completed one it is found by ``expand``
     (a value in a record that a later one replaced whole goes unread).
 
+    The records are the fold's to change (it reads each once): answers are folded into the
+    snapshot a record carries.
+
     ``Indexed`` records have their index told of the answers as they are folded (as reading them
     would, in this same pass).
     """
