@@ -6,40 +6,52 @@ Begin and enlist records are no longer written (presumed abort needs nothing of 
 transaction; the commit decision carries it whole) but logs that hold them still replay.
 
 Two replays fold the same records the same way. ``replay`` builds a ``Transaction`` for every
-transaction the log knows. ``replay_compact``, which start-up uses, folds each transaction into
-its snapshot message instead, and keeps a completed one (Committed, Rolledback: nothing changes
-it any more) as the bytes of its snapshot record, the form a checkpoint writes and ``expand``
-reads back: a long history then costs a bytes object per transaction, which the garbage
-collector never scans, and only the transactions still in flight become objects.
+transaction the log knows. ``replay_compact``, which start-up uses, folds each transaction in
+flight into its snapshot message instead, and keeps a completed one (Committed, Rolledback:
+nothing changes it any more) as the bytes of its own records as they were read (its kept
+records), which ``expand`` folds when somebody asks and a checkpoint writes as they are: a long
+history then costs a bytes object per transaction, which the garbage collector never scans, is
+never folded at start-up, and is the same object the console's branch history keeps.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, MutableSequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import islice, repeat
+from operator import attrgetter
 from sys import intern
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Framed
 from xatm.participant.api.v1 import admin_pb2, xa_pb2
+from xatm.participant.errors import Status, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 __all__ = [
     "AnswerIndex",
+    "CorruptHistory",
     "Indexed",
+    "Places",
     "RecordFactory",
     "Replayed",
+    "Served",
     "expand",
+    "kept_record",
+    "kept_records",
+    "kept_spans",
     "replay",
     "replay_compact",
     "seconds",
+    "served",
     "timestamp",
 ]
 
@@ -164,6 +176,18 @@ class RecordFactory:
         _fill_snapshot(rec.snapshot, tx)
         return rec
 
+    @staticmethod
+    def completed(gtrid: str, kept: bytes, status: int, begun_at: float, where: Served, now: float) -> bytes:
+        """The checkpoint form of a completed transaction kept as its records (``kept``, as
+        ``replay_compact`` keeps them), serialised: they are written as they are, not read."""
+        rec = wal_pb2.WalRecord(gtrid=gtrid)
+        set_time(rec.time, now)
+        done = rec.completed
+        done.status = status  # type: ignore[assignment]  # the value as kept, not converted
+        done.begun_at, done.records = begun_at, kept
+        done.MergeFromString(where)
+        return rec.SerializeToString()
+
 
 def _fill_snapshot(snap: wal_pb2.TransactionSnapshot, tx: Transaction) -> None:
     snap.gtrid = tx.gtrid
@@ -254,6 +278,11 @@ def replay(
             if keep is not None and snapped.status in _CLOSED:
                 _close(txs, closed, gtrid, keep)
             continue
+        if kind == "completed":
+            done = txs[gtrid] = expand(gtrid, rec.completed.records)
+            if keep is not None and done.status in _CLOSED:
+                _close(txs, closed, gtrid, keep)
+            continue
         if kind == "begin":
             txs[gtrid] = Transaction(gtrid=gtrid, timeout_ms=rec.begin.timeout_ms, begun_at=seconds(rec.time))
             continue
@@ -296,44 +325,134 @@ def replay(
     return txs
 
 
-def expand(payload: bytes) -> Transaction:
-    """The transaction a snapshot record's bytes (``replay_compact``'s history) describe.
+def kept_record(payload: bytes | memoryview) -> bytes:
+    """A serialised record as a transaction's kept records hold it: without its gtrid (the key it
+    is kept under says it), preceded by its length (4 bytes, little-endian).
 
-    Raises ``google.protobuf.message.DecodeError`` for bytes that are not a record and
-    ``ValueError`` for a value no enum of this version knows."""
-    return _from_snapshot(wal_pb2.WalRecord.FromString(payload).snapshot)
+    Cut from the bytes: a record's time and gtrid come first (fields 1 and 2, as protobuf writes
+    them, in field order), and a whole field taken out leaves the rest a record all the same; bytes
+    that do not start so are kept whole."""
+    size = len(payload)
+    at = 2 + payload[1] if size > 1 and payload[0] == 0x0A and payload[1] < 0x80 else 0
+    if at + 1 < size and payload[at] == 0x12 and payload[at + 1] < 0x80:
+        cut = at + 2 + payload[at + 1]
+        if cut <= size:
+            return b"".join((_pack_length(size - cut + at), payload[:at], payload[cut:]))
+    return _pack_length(size) + payload
+
+
+def kept_spans(kept: bytes) -> Iterator[tuple[int, int]]:
+    """Where each record of kept records (``kept_record``'s, one after the other) starts and
+    ends (its length included), in order. Raises ``ValueError`` for bytes cut short."""
+    pos, length_at, size = 0, _LENGTH.unpack_from, _LENGTH.size
+    while pos < len(kept):
+        if pos + size > len(kept):
+            raise ValueError(f"kept records cut short at byte {pos} of {len(kept)}")
+        end = pos + size + length_at(kept, pos)[0]
+        if end > len(kept):
+            raise ValueError(f"kept records cut short at byte {pos} of {len(kept)}")
+        yield pos, end
+        pos = end
+
+
+def kept_records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
+    """The records of kept records, in order (without their gtrid).
+
+    Raises ``google.protobuf.message.DecodeError`` or ``ValueError`` for bytes that are not."""
+    parse = wal_pb2.WalRecord.FromString
+    for pos, end in kept_spans(kept):
+        yield parse(kept[pos + _LENGTH.size : end])
+
+
+_LENGTH = struct.Struct("<I")
+_pack_length = _LENGTH.pack
+
+
+def expand(gtrid: str, kept: bytes) -> Transaction:
+    """The transaction ``gtrid`` that its kept records (``replay_compact``'s history: the records
+    it was rebuilt from, ``kept_record``'s form) describe, folded as ``replay`` folds them.
+
+    Raises ``CorruptHistory`` (a one-line message) for bytes that are not such records, or for a
+    value no enum of this version knows (a log written by a later version)."""
+    try:
+        records = list(kept_records(kept))
+        for record in records:
+            record.gtrid = gtrid
+        tx = replay(records).get(gtrid)
+    except (DecodeError, ValueError) as exc:
+        raise CorruptHistory(f"transaction {gtrid}: its logged records cannot be read: {exc}") from None
+    if tx is None:
+        raise CorruptHistory(f"transaction {gtrid}: its logged records do not describe it")
+    return tx
+
+
+class CorruptHistory(XatmError):
+    """A completed transaction's kept records cannot be read (written by a later version, or
+    damaged in memory): the message names the transaction and says why."""
+
+    status = Status.DATA_LOSS
+
+
+#: Where a completed transaction's resource managers were served: a ``CompletedRecord`` holding
+#: only its ``served`` entries, serialised (bytes: never tracked by the garbage collector, and
+#: written into a checkpoint's completed record as they are). Transactions served alike share one.
+Served = bytes
+#: (rm_id, host:port) of each branch: what a ``Served`` says, and the key it is shared by.
+Places = tuple[tuple[str, str], ...]
+
+
+def served(places: Places, shared: dict[Places, Served]) -> Served:
+    """The ``Served`` of ``places``, the one ``shared`` holds for them (added when new)."""
+    found = shared.get(places)
+    if found is None:
+        done = wal_pb2.CompletedRecord()
+        for rm_id, endpoint in places:
+            done.served.add(rm_id=rm_id, endpoint=endpoint)
+        found = shared[places] = done.SerializeToString()
+    return found
 
 
 @dataclass(slots=True)
 class Replayed:
     """What ``replay_compact`` rebuilt: ``live``, every transaction not Committed or Rolledback
-    (in the order of their first records); ``history``, each completed one as the bytes of its
-    snapshot record (``expand`` reads them), its status and when it began (wall-clock seconds),
-    oldest completion first; ``endpoints``, where each resource manager of the completed ones was
-    last served (rm_id -> host:port)."""
+    (in the order of their first records); ``history``, each completed one as its kept records
+    (``expand`` reads them), its status, when it began (wall-clock seconds) and where it was
+    served, oldest completion first; ``endpoints``, where each resource manager of the completed
+    ones was last served (rm_id -> host:port)."""
 
     live: dict[str, Transaction]
-    history: dict[str, tuple[bytes, int, float]]
+    history: dict[str, tuple[bytes, int, float, Served]]
     endpoints: dict[str, str]
 
 
 class AnswerIndex(Protocol):
-    """Keeps the branch answers that replayed records carry (the console's history of them).
+    """Keeps the branch answers that replayed records carry (the console's history of them), as
+    kept records per gtrid, the least recently answered dropped first past a bound.
 
-    Told, in log order, of every record that carries answers before the replay reads it (the
-    replay changes some records it reads: an index must read at once what it keeps), and of every
-    end record after."""
+    ``replay_compact`` tells it, in log order, of every record that carries answers
+    (``answered``), and hands it the kept records of each transaction later, one piece at a time,
+    in order (``kept``): the bytes of a completed transaction's records are one object for the
+    replay's history and the index. Read any other way, each record is told as it is read
+    (``indexed``)."""
 
-    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
-        """``record`` (of body ``kind``: a branch result, a commit decision that carries its
-        transaction, or a snapshot) is about to be replayed; ``payload``, the bytes it was read
-        from, when the log gives them (good only during the call)."""
+    def __contains__(self, gtrid: object) -> bool:
+        """Whether answers of ``gtrid`` are kept (a snapshot counts only for a gtrid not kept)."""
 
-    def ended(self, gtrid: str) -> None:
-        """The end record of ``gtrid`` has been replayed."""
+    def answered(self, gtrid: str) -> str | None:
+        """A record carrying answers of ``gtrid`` was read: it is now the most recently answered
+        (kept from now on if it was not). Returns the gtrid dropped to make room, if one was: what
+        was read of it so far is no longer to be kept."""
+
+    def kept(self, gtrid: str, records: bytes) -> None:
+        """The next kept records of ``gtrid`` (ignored when it is not kept): records read since
+        ``answered`` last made room for it, those without answers among them."""
+
+    def indexed(self, record: wal_pb2.WalRecord, payload: memoryview | None) -> None:
+        """``record`` was read (``payload``, the bytes it was read from when the log gives them,
+        good only during the call)."""
 
     def replayed(self) -> None:
-        """Every record has been replayed."""
+        """Every record has been read."""
 
 
 @dataclass(slots=True)
@@ -351,21 +470,11 @@ class Indexed:
         return zip(repeat(None), self.records)
 
     def __iter__(self) -> Iterator[wal_pb2.WalRecord]:
-        index = self.index
+        indexed = self.index.indexed
         for payload, record in self.frames():
-            kind = record.WhichOneof("body")
-            if kind == "end":
-                yield record
-                index.ended(record.gtrid)
-                continue
-            if kind in _ANSWERING and (kind != "decision" or record.decision.HasField("transaction")):
-                index.answered(record.gtrid, record, kind, payload)
+            indexed(record, payload)
             yield record
-        index.replayed()
-
-
-#: Bodies of the records an ``AnswerIndex`` is told of (a decision only with its transaction).
-_ANSWERING = frozenset({"branch_result", "decision", "snapshot"})
+        self.index.replayed()
 
 
 def replay_compact(
@@ -375,53 +484,48 @@ def replay_compact(
     audit: MutableSequence[wal_pb2.WalRecord] | None = None,
 ) -> Replayed:
     """``replay`` (same arguments, same outcome) without building a ``Transaction`` for a
-    completed transaction: each record is folded into its transaction's snapshot message, and a
-    transaction that completes leaves as its snapshot record's bytes, stamped with the time of the
-    record that completed it.
+    completed transaction: a transaction in flight is folded into its snapshot message, and one
+    that completes (Committed, Rolledback) is kept as its records' bytes, as read (``expand``
+    folds them when asked). What it reads of a record that completes a transaction is its status
+    and the time it began; nothing else is parsed again or serialised.
 
-    The records are the fold's to change (it reads each once): the record that completes a
-    transaction becomes that transaction's snapshot record.
+    Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does, in
+    the transactions still in flight at the end; in a completed one it is found by ``expand``
+    (a value in a record that a later one replaced whole goes unread).
 
-    Raises ``ValueError`` for an enum value no member of this version has, as ``replay`` does,
-    in what it keeps: a completed transaction is checked as it leaves, the others as they are
-    built at the end (a value in a record that a later one replaced whole goes unread).
+    The records are the fold's to change (it reads each once): answers are folded into the
+    snapshot a record carries.
 
-    ``Indexed`` records have their index told of each record as it is folded (as reading them
+    ``Indexed`` records have their index told of the answers as they are folded (as reading them
     would, in this same pass).
     """
-    folding = _Folding(keep)
-    waiting = folding.waiting
-    shared = folding.shared
     index = records.index if isinstance(records, Indexed) else None
-    answered = index.answered if index is not None else None
-    ended = index.ended if index is not None else None
+    folding = _Folding(keep, index)
+    live = folding.live
     pairs = records.frames() if isinstance(records, Indexed) else zip(repeat(None), records)
     for payload, rec in pairs:
         kind = rec.WhichOneof("body")
         if kind == "branch_result":  # most records are: kept aside until their transaction is read
             gtrid = rec.gtrid
-            if answered is not None:
-                gtrid = shared.setdefault(gtrid, gtrid)
-                answered(gtrid, rec, kind, payload)
-            answers = waiting.get(gtrid)
-            if answers is not None:
-                answers.append(rec)
+            entry = live.get(gtrid)
+            if index is not None and gtrid != folding.touched:
+                folding.touch(entry.gtrid if entry is not None else gtrid)
+            if entry is not None:
+                data = rec.SerializeToString() if payload is None else payload
+                entry.held.append(_pack_length(len(data) - entry.cut) + data)
+                entry.waiting.append(rec)
+                if len(entry.held) > _MAX_HELD:
+                    folding.compact(entry, rec)
             else:
-                folding.change(rec, kind)
+                folding.change(rec, kind, payload)
         elif kind == "end":
-            folding.end(rec)
-            if ended is not None:
-                ended(rec.gtrid)
+            folding.end(rec, payload)
         elif kind == "decision" and rec.decision.HasField("transaction"):
-            if answered is not None:
-                gtrid = rec.gtrid
-                answered(shared.setdefault(gtrid, gtrid), rec, kind, payload)
-            folding.start(rec.gtrid, rec.decision.transaction)
+            folding.start(rec, rec.decision.transaction, payload, answers=True)
         elif kind == "snapshot":
-            if answered is not None:
-                gtrid = rec.gtrid
-                answered(shared.setdefault(gtrid, gtrid), rec, kind, payload)
-            folding.snapshot(rec)
+            folding.snapshot(rec, payload)
+        elif kind == "completed":
+            folding.completed(rec)
         elif kind == "audit":
             if audit is not None:
                 audit.append(rec)
@@ -432,125 +536,313 @@ def replay_compact(
                 timeout_ms=rec.begin.timeout_ms,
                 begun_at=rec.time,
             )
-            folding.start(rec.gtrid, snap)
+            folding.start(rec, snap, payload, answers=False)
         elif kind == "forget":
             folding.forget(rec.gtrid)
         elif kind is not None:
-            folding.change(rec, kind)
-    if index is not None:
-        index.replayed()
+            folding.change(rec, kind, payload)
     return folding.finish()
 
 
+#: Records held for a transaction in flight past which what they did is folded into one snapshot
+#: record (a branch retried for hours is kept as its last answer, as a checkpoint would keep it).
+_MAX_HELD = 64
+
+
+class _Live:
+    """A transaction in flight during ``replay_compact``: its snapshot message (``waiting``, the
+    branch results not yet folded into it), and ``held``, its records since the one that made it
+    what it is (its first, or one that carries it whole), of which those from ``sync`` on are
+    still to be handed to the answer index.
+
+    A record is held as it was read, preceded by its length without its gtrid field (``cut``
+    bytes), and its gtrid is cut out of all of them at once when they are needed (``kept``): one
+    pass over the bytes in C rather than a slicing per record. The first may still be the record
+    itself, when what usually follows replaces it."""
+
+    __slots__ = ("cut", "field", "gtrid", "held", "snap", "sync", "waiting")
+
+    def __init__(
+        self,
+        gtrid: str,
+        snap: wal_pb2.TransactionSnapshot,
+        first: wal_pb2.WalRecord,
+        sync: int,
+        data: memoryview | None = None,
+    ) -> None:
+        #: The one string for the gtrid that the history and the answer index both keep.
+        self.gtrid = gtrid
+        name = gtrid.encode()
+        #: The gtrid as its records hold it (field 2, its length in one byte), and its size.
+        self.field = bytes((0x12, len(name))) + name if len(name) < 0x80 else b""
+        self.cut = len(self.field)
+        self.snap = snap
+        self.held: list[bytes | wal_pb2.WalRecord] = [
+            first if data is None else _pack_length(len(data) - self.cut) + data
+        ]
+        self.sync = sync
+        self.waiting: list[wal_pb2.WalRecord] = []
+
+    def restart(
+        self,
+        snap: wal_pb2.TransactionSnapshot,
+        first: wal_pb2.WalRecord,
+        sync: int,
+        data: memoryview | None = None,
+    ) -> None:
+        """The transaction is now ``snap`` from its record ``first`` on (read from ``data``, when
+        given): what it held is replaced."""
+        self.snap, self.sync = snap, sync
+        self.held = [first if data is None else _pack_length(len(data) - self.cut) + data]
+        self.waiting.clear()
+
+    def hold(self, data: bytes | memoryview) -> None:
+        """Hold the record serialised as ``data``."""
+        self.held.append(_pack_length(len(data) - self.cut) + data)
+
+    def firm(self) -> None:
+        """Hold the first record as its bytes (before its message is changed: the fold changes
+        the snapshot it holds)."""
+        held = self.held
+        first = held[0]
+        if not isinstance(first, bytes):
+            data = first.SerializeToString()
+            held[0] = _pack_length(len(data) - self.cut) + data
+
+    def kept(self, start: int = 0) -> bytes:
+        """The held records from ``start`` on, as kept records."""
+        self.firm()
+        held = self.held
+        raw = b"".join(held[start:] if start else held)  # type: ignore[arg-type]  # bytes now
+        field = self.field
+        # Each holds its gtrid field once, where it is cut out: more cut (bytes that happen to
+        # read the same inside a record) and they are cut one by one instead.
+        if field:
+            kept = raw.replace(field, b"")
+            if len(kept) == len(raw) - (len(held) - start) * self.cut:
+                return kept
+        return b"".join(kept_record(record[4:]) for record in cast(list[bytes], held[start:]))
+
+
 class _Folding:
-    """``replay_compact``'s state: snapshot messages of the transactions not completed, and
-    the snapshot records' bytes of those completed (at most ``keep`` of them).
+    """``replay_compact``'s state: the transactions in flight, and the kept records of those
+    completed (at most ``keep`` of them), which the answer ``index`` (if any) shares.
 
-    A branch's answers are folded into its transaction only when something reads or changes
-    the transaction: all but the last answer of each branch are overwritten anyway, and the
-    answers given before a record that carries the whole transaction (the commit decision) are
-    dropped unread."""
+    A branch's answers are folded into its transaction's snapshot only when something reads or
+    changes the transaction: all but the last answer of each branch are overwritten anyway, and a
+    transaction that completes is never folded at all."""
 
-    __slots__ = ("_index", "endpoints", "history", "keep", "live", "shared", "waiting")
+    __slots__ = ("endpoints", "history", "index", "keep", "live", "served", "shapes", "touched")
 
-    def __init__(self, keep: int | None) -> None:
+    def __init__(self, keep: int | None, index: AnswerIndex | None) -> None:
         self.keep = keep
-        #: gtrid -> the one string object for it while its transaction is read, so that what
-        #: keeps it (this fold's history, the console's branch history) keeps one string, not a
-        #: copy each. Not ``sys.intern``: interned strings are never freed on some Python 3.12
-        #: releases, and a gtrid outlives its place in the history only as a leak.
-        self.shared: dict[str, str] = {}
-        self.live: dict[str, wal_pb2.TransactionSnapshot] = {}
-        #: gtrid -> the branch-result records of a live transaction not yet folded into it
-        #: (every live transaction has an entry).
-        self.waiting: dict[str, list[wal_pb2.WalRecord]] = {}
-        self.history: dict[str, tuple[bytes, int, float]] = {}
+        self.index = index
+        self.live: dict[str, _Live] = {}
+        self.history: dict[str, tuple[bytes, int, float, Served]] = {}
         self.endpoints: dict[str, str] = {}
-        #: gtrid -> (bqual -> branch message), for the transactions with many branches (for a few
-        #: it is cheaper built anew); dropped whenever the transaction's message is replaced.
-        self._index: dict[str, dict[str, wal_pb2.BranchSnapshot]] = {}
+        #: Each distinct ``Served`` met, the one the history shares for it.
+        self.shapes: dict[Places, Served] = {}
+        #: The last of them noted in ``endpoints``.
+        self.served: Served | None = None
+        #: The gtrid the index was last told of: told again at once, it would change nothing.
+        self.touched: str | None = None
 
-    def start(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
-        """``gtrid`` is now ``snap`` (its first record, or one that carries it whole)."""
-        self.history.pop(gtrid, None)
-        self._index.pop(gtrid, None)
-        self.live[gtrid] = snap
-        self.waiting[gtrid] = []
+    def touch(self, gtrid: str) -> None:
+        """Tell the index that a record carrying answers of ``gtrid`` was read."""
+        if gtrid == self.touched:
+            return
+        assert self.index is not None
+        self.touched = gtrid
+        dropped = self.index.answered(gtrid)
+        if dropped is not None:
+            # What it was to be handed of that one so far is not kept.
+            entry = self.live.get(dropped)
+            if entry is not None:
+                entry.sync = len(entry.held)
 
-    def snapshot(self, rec: wal_pb2.WalRecord) -> None:
+    def start(
+        self,
+        rec: wal_pb2.WalRecord,
+        snap: wal_pb2.TransactionSnapshot,
+        payload: memoryview | None,
+        *,
+        answers: bool,
+    ) -> None:
+        """``rec`` makes its transaction ``snap`` (its first record, or one that carries it whole);
+        ``answers``: the index keeps ``rec`` (it carries answers)."""
+        gtrid = rec.gtrid
+        entry = self.live.get(gtrid)
+        if entry is not None:
+            self._hand_over(entry)
+            gtrid = entry.gtrid
+        if answers and self.index is not None and gtrid != self.touched:
+            self.touch(gtrid)
+        if entry is not None:  # what it held so far is replaced
+            entry.restart(snap, rec, 0 if answers else 1, payload)
+            return
+        if self.history:
+            self.history.pop(gtrid, None)
+        self.live[gtrid] = _Live(gtrid, snap, rec, 0 if answers else 1, payload)
+
+    def snapshot(self, rec: wal_pb2.WalRecord, payload: memoryview | None) -> None:
+        """A checkpoint's snapshot (or a transaction's first record): the index keeps it only
+        for a gtrid it does not know yet, and only if it holds an answer."""
+        gtrid = rec.gtrid
+        entry = self.live.get(gtrid)
+        if entry is not None:
+            self._hand_over(entry)
+            gtrid = entry.gtrid
+        index = self.index
+        counts = index is not None and gtrid != self.touched and gtrid not in index
+        if counts:
+            self.touch(gtrid)
         snap = rec.snapshot
-        if snap.status in _CLOSED:
-            gtrid = rec.gtrid
-            _leaving(snap, self.endpoints, {})
-            self._close(gtrid, rec.SerializeToString(), snap, fresh=gtrid not in self.history)
-            self._drop(gtrid)
-        else:
-            self.start(rec.gtrid, snap)
+        data = rec.SerializeToString() if payload is None else payload.tobytes()
+        answers = counts and data.find(_HAS_CODE_BYTES) >= 0 and any(map(_HAS_CODE, snap.branches))
+        if snap.status not in _CLOSED_VALUES:
+            self.history.pop(gtrid, None)
+            # Kept as the record itself until its bytes are needed: the commit decision that
+            # usually follows replaces it.
+            self.live[gtrid] = _Live(gtrid, snap, rec, 0 if answers else 1)
+            return
+        self.live.pop(gtrid, None)
+        kept = kept_record(data)
+        if answers:
+            assert index is not None
+            index.kept(gtrid, kept)
+        where = self._served(tuple((branch.rm_id, branch.endpoint) for branch in snap.branches))
+        self._close(gtrid, kept, snap.status, seconds(snap.begun_at), where)
+
+    def completed(self, rec: wal_pb2.WalRecord) -> None:
+        """A checkpoint's completed transaction, kept as the records it holds (not read here)."""
+        gtrid = rec.gtrid
+        entry = self.live.pop(gtrid, None)
+        if entry is not None:
+            self._hand_over(entry)
+            gtrid = entry.gtrid
+        done = rec.completed
+        kept = done.records
+        index = self.index
+        if index is not None and gtrid != self.touched and gtrid not in index:
+            self.touch(gtrid)
+            index.kept(gtrid, kept)
+        where = self._served(tuple((at.rm_id, at.endpoint) for at in done.served))
+        self._close(gtrid, kept, done.status, done.begun_at, where)
 
     def forget(self, gtrid: str) -> None:
-        self._drop(gtrid)
+        entry = self.live.pop(gtrid, None)
+        if entry is not None:
+            self._hand_over(entry)
         self.history.pop(gtrid, None)
 
-    def end(self, rec: wal_pb2.WalRecord) -> None:
-        """Fold an end record; a transaction it completes leaves as its snapshot record, which
-        the end record becomes (same time, same gtrid)."""
+    def end(self, rec: wal_pb2.WalRecord, payload: memoryview | None) -> None:
+        """Fold an end record; a transaction it completes leaves for the history as its kept
+        records, the end record last."""
         gtrid = rec.gtrid
-        snap = self.live.get(gtrid)
-        if snap is None:
-            self.change(rec, "end")
+        entry = self.live.get(gtrid)
+        status = rec.end.status
+        if entry is None or status not in _CLOSED_VALUES:
+            self.change(rec, "end", payload)
             return
-        status = snap.status = rec.end.status
-        snap.completed_at.CopyFrom(rec.time)
-        if status not in _CLOSED:
-            self._settle(gtrid, snap)
-            return
-        # Its answers are folded in on the way out, in the one pass over its branches.
-        _leaving(snap, self.endpoints, _last_answers(self.waiting.pop(gtrid)))
         del self.live[gtrid]
-        if self._index:
-            self._index.pop(gtrid, None)
-        rec.snapshot.CopyFrom(snap)
-        self._close(gtrid, rec.SerializeToString(), snap, fresh=True)
+        data = rec.SerializeToString() if payload is None else payload
+        held, field = entry.held, entry.field
+        held.append(_pack_length(len(data) - entry.cut) + data)
+        kept = b""
+        if field and type(held[0]) is bytes:  # ``kept()``, most often, without its calls
+            raw = b"".join(held)  # type: ignore[arg-type]  # bytes, every one
+            kept = raw.replace(field, b"")
+            if len(kept) != len(raw) - len(held) * entry.cut:
+                kept = b""
+        if not kept:
+            kept = entry.kept()
+        gtrid, sync = entry.gtrid, entry.sync
+        if self.index is not None and sync < len(held):
+            self.index.kept(gtrid, kept if not sync else entry.kept(sync))
+        snap = entry.snap
+        places = tuple([(branch.rm_id, branch.endpoint) for branch in snap.branches])
+        where = self.shapes.get(places)  # most often one met before: no call to make
+        if where is None or where is not self.served:
+            where = self._served(places)
+        begun = snap.begun_at
+        history = self.history
+        history[gtrid] = (kept, status, (begun.seconds * 1_000_000_000 + begun.nanos) / 1e9, where)
+        if self.keep is not None and len(history) > self.keep + max(self.keep // 32, 1):
+            self.trim()
 
-    def change(self, rec: wal_pb2.WalRecord, kind: str) -> None:
+    def change(self, rec: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
         """Fold a record that changes a known transaction (ignored for an unknown one, as events
-        of a transaction forgotten or no longer kept, or a foreign result, are)."""
+        of a transaction forgotten or no longer kept, or a foreign result, are; the index keeps
+        a foreign result's answer all the same)."""
         gtrid = rec.gtrid
-        snap = self.live.get(gtrid)
-        if snap is not None:
-            self._settle(gtrid, snap)
-            self._apply(gtrid, snap, rec, kind)
+        entry = self.live.get(gtrid)
+        if entry is not None:
+            self._settle(entry)
+            entry.firm()
+            self._apply(entry.snap, rec, kind)
+            entry.hold(rec.SerializeToString() if payload is None else payload)
+            if len(entry.held) > _MAX_HELD:
+                self.compact(entry, rec)
             return
+        index = self.index
+        answer = kind == "branch_result"
         kept = self.history.get(gtrid)
         if kept is None:
+            if answer and index is not None:  # told of it by the caller: kept as it comes
+                index.kept(gtrid, kept_record(rec.SerializeToString() if payload is None else payload))
             return
         # A record about a completed transaction (a late answer, an end record written again):
-        # folded into its snapshot record all the same, which keeps its place and its time.
-        closed = wal_pb2.WalRecord.FromString(kept[0])
-        self._apply(gtrid, closed.snapshot, rec, kind)
-        self._index.pop(gtrid, None)  # it indexes a message read for this record only
-        for branch in closed.snapshot.branches:
-            self.endpoints[branch.rm_id] = branch.endpoint
-        self._close(gtrid, closed.SerializeToString(), closed.snapshot, fresh=False)
+        # added to its kept records all the same, which keep their place in the history.
+        record = kept_record(rec.SerializeToString() if payload is None else payload)
+        if answer and index is not None:
+            index.kept(gtrid, record)
+        status = kept[1]
+        if kind == "end":
+            status = rec.end.status
+        elif kind == "status":
+            status = rec.status.status
+        self.history[gtrid] = (kept[0] + record, status, kept[2], kept[3])
+
+    def compact(self, entry: _Live, rec: wal_pb2.WalRecord) -> None:
+        """Hold ``entry``'s records as one snapshot record of what they did (its time ``rec``'s),
+        after handing them to the index."""
+        self._hand_over(entry)
+        self._settle(entry)
+        folded = wal_pb2.WalRecord(time=rec.time, gtrid=entry.gtrid)
+        folded.snapshot.CopyFrom(entry.snap)
+        entry.held = [folded]
+        entry.sync = 1
 
     def finish(self) -> Replayed:
         """What was rebuilt, once every record is folded in."""
-        for gtrid, snap in self.live.items():
-            self._settle(gtrid, snap)
+        for entry in self.live.values():
+            self._settle(entry)
+            self._hand_over(entry)
+        if self.index is not None:
+            self.index.replayed()
         self.trim()
-        live = {gtrid: _from_snapshot(snap) for gtrid, snap in self.live.items()}
+        live = {gtrid: _from_snapshot(entry.snap) for gtrid, entry in self.live.items()}
         return Replayed(live, self.history, self.endpoints)
 
-    def _drop(self, gtrid: str) -> None:
-        self.live.pop(gtrid, None)
-        self.waiting.pop(gtrid, None)
-        self._index.pop(gtrid, None)
+    def _hand_over(self, entry: _Live) -> None:
+        """Hand the index what it is still to get of ``entry``'s records."""
+        sync, size = entry.sync, len(entry.held)
+        if self.index is not None and sync < size:
+            self.index.kept(entry.gtrid, entry.kept(sync))
+        entry.sync = size
 
-    def _close(self, gtrid: str, payload: bytes, snap: wal_pb2.TransactionSnapshot, *, fresh: bool) -> None:
+    def _served(self, places: Places) -> Served:
+        """Where a completed transaction was served (``places``), noted in ``endpoints``."""
+        where = served(places, self.shapes)
+        if where is not self.served:
+            self.endpoints.update(places)
+            self.served = where
+        return where
+
+    def _close(self, gtrid: str, kept: bytes, status: int, begun_at: float, where: Served) -> None:
         history = self.history
-        # The string the console's branch history was given for it, one string for both.
-        gtrid = self.shared.pop(gtrid, gtrid)
-        history[gtrid] = (payload, snap.status, seconds(snap.begun_at))
+        fresh = gtrid not in history
+        history[gtrid] = (kept, status, begun_at, where)
         # Trimmed a batch at a time: finding a dict's first entry steps over every entry deleted
         # before it, so dropping them one by one would cost more with each. A small batch: what
         # waits to be dropped counts in the peak memory of a replay.
@@ -563,42 +855,42 @@ class _Folding:
             for gtrid in list(islice(self.history, len(self.history) - self.keep)):
                 del self.history[gtrid]
 
-    def _settle(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> None:
-        """Fold the answers kept aside for the live transaction ``gtrid`` into ``snap``."""
-        answers = self.waiting[gtrid]
+    @staticmethod
+    def _settle(entry: _Live) -> None:
+        """Fold the answers kept aside for the transaction in flight ``entry`` into its snapshot."""
+        answers = entry.waiting
         if not answers:
             return
+        entry.firm()
         last = _last_answers(answers)
         answers.clear()
         if not last:
             return
-        branches = self._branches(gtrid, snap)
+        branches = {branch.bqual: branch for branch in entry.snap.branches}
         for bqual, r in last.items():
             branch = branches.get(bqual)
             if branch is not None:
                 _answer_into(branch, r)
 
-    def _apply(
-        self, gtrid: str, snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str
-    ) -> None:
+    @staticmethod
+    def _apply(snap: wal_pb2.TransactionSnapshot, rec: wal_pb2.WalRecord, kind: str) -> None:
         # The record kinds ``replay`` folds into objects, folded into the snapshot: keep in step.
         if kind == "branch_result":
             r = rec.branch_result
-            branch = self._branches(gtrid, snap).get(r.bqual)
+            branch = _branches(snap).get(r.bqual)
             if branch is not None and r.status:
                 _answer_into(branch, r)
         elif kind == "enlist":
             e = rec.enlist
-            enlisted = self._branches(gtrid, snap).get(e.bqual)
+            enlisted = _branches(snap).get(e.bqual)
             if enlisted is None:
                 enlisted = snap.branches.add()
-                self._index.pop(gtrid, None)
             else:
                 enlisted.Clear()
             enlisted.bqual, enlisted.rm_id, enlisted.endpoint = e.bqual, e.rm_id, e.endpoint
             enlisted.status = xa_pb2.BRANCH_STATUS_ENLISTED
         elif kind == "endpoint":
-            moved = self._branches(gtrid, snap).get(rec.endpoint.bqual)
+            moved = _branches(snap).get(rec.endpoint.bqual)
             if moved is not None:
                 moved.endpoint = rec.endpoint.endpoint
         elif kind == "status":
@@ -609,19 +901,16 @@ class _Folding:
             snap.status = rec.end.status
             snap.completed_at.CopyFrom(rec.time)
 
-    def _branches(self, gtrid: str, snap: wal_pb2.TransactionSnapshot) -> dict[str, wal_pb2.BranchSnapshot]:
-        """The branches of ``snap`` (the live or kept transaction ``gtrid``) by bqual, the last
-        of each name as a dict by bqual keeps; kept for a transaction with many branches."""
-        index = self._index.get(gtrid)
-        if index is None:
-            index = {branch.bqual: branch for branch in snap.branches}
-            if len(index) > _MANY_BRANCHES:
-                self._index[gtrid] = index
-        return index
+
+def _branches(snap: wal_pb2.TransactionSnapshot) -> dict[str, wal_pb2.BranchSnapshot]:
+    """The branches of ``snap`` by bqual, the last of each name as a dict by bqual keeps."""
+    return {branch.bqual: branch for branch in snap.branches}
 
 
-#: Branches beyond which a transaction's branches by bqual are kept rather than built anew.
-_MANY_BRANCHES = 8
+#: A branch with an answer has ``has_last_code`` (field 10, true) written as these two bytes, so
+#: most snapshots without one are told from their bytes alone.
+_HAS_CODE_BYTES = b"\x50\x01"
+_HAS_CODE = attrgetter("has_last_code")
 
 
 def _last_answers(answers: list[wal_pb2.WalRecord]) -> dict[str, wal_pb2.BranchResultRecord]:
@@ -639,43 +928,6 @@ def _answer_into(branch: wal_pb2.BranchSnapshot, r: wal_pb2.BranchResultRecord) 
     """Fold a branch's answer (one with a status) into its snapshot."""
     branch.last_phase, branch.last_code, branch.last_reason = r.phase, r.code, r.reason
     branch.has_last_code, branch.status = True, r.status
-
-
-def _leaving(
-    snap: wal_pb2.TransactionSnapshot,
-    endpoints: dict[str, str],
-    answers: dict[str, wal_pb2.BranchResultRecord],
-) -> None:
-    """A completed transaction leaves for the history: fold in ``answers`` (each branch's last
-    answer not yet folded in, by bqual), raise ``ValueError`` where ``_from_snapshot`` would (an
-    enum value with no member), and note in ``endpoints`` where its branches were served
-    (rm_id -> endpoint)."""
-    # Only Committed and Rolledback leave: its status needs no check.
-    if snap.rollback_code:
-        _CODES[snap.rollback_code]
-    if snap.decision:
-        _DECISIONS[snap.decision]
-    status: int
-    code: int | None
-    phase: int
-    for b in snap.branches:
-        endpoints[b.rm_id] = b.endpoint
-        # A bqual named twice (never written so) gets the answer in both; reading the snapshot
-        # back keeps the last of them, as a dict by bqual does.
-        r = answers.get(b.bqual) if answers else None
-        if r is not None:  # folded in here, and checked as read from the answer
-            status, code, phase = r.status, r.code, r.phase
-            b.last_phase, b.last_code, b.last_reason = phase, code, r.reason
-            b.has_last_code, b.status = True, status
-        elif b.has_last_code:
-            status, code, phase = b.status, b.last_code, b.last_phase
-        else:
-            status, code, phase = b.status, None, 0
-        _BRANCH_STATUSES[status]
-        if code is not None:
-            _CODES[code]
-            if phase:
-                _PHASES[phase]
 
 
 def _status_into(snap: wal_pb2.TransactionSnapshot, status: wal_pb2.StatusRecord) -> None:
@@ -714,6 +966,8 @@ _DECISIONS = _Members(Decision)
 
 #: Completed without a heuristic: history, which retention drops.
 _CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
+#: The same, as the plain values a record holds (compared with those without an enum's help).
+_CLOSED_VALUES = frozenset(int(status) for status in _CLOSED)
 
 
 def _close(txs: dict[str, Transaction], closed: dict[str, None], gtrid: str, keep: int) -> None:

@@ -31,6 +31,7 @@ from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
 from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
+from xatm.coordinator.journal import kept_record
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog
 from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
@@ -185,18 +186,20 @@ def _snapshots(
     now: float,
     encoded: dict[str, bytes],
 ) -> Iterator[wal_pb2.WalRecord | Encoded]:
-    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid, its snapshot record's
-    bytes first) as it is, then each of ``items`` as a record, in order; a completed transaction's
-    record is serialised and kept in ``encoded``.
+    """The checkpoint's records: ``audit``, the compact ``history`` (gtrid -> its kept records
+    first) each as a completed record holding its kept records as they are, then each of ``items``
+    as a record, in order; a completed transaction's snapshot record is serialised and kept (as
+    its kept records) in ``encoded``.
 
     Runs wherever the log consumes it: reads only its arguments and fills ``encoded``, which
     nothing else touches until the checkpoint returns."""
     yield from audit
     for gtrid, kept in history.items():
-        yield Encoded(gtrid, "snapshot", kept[0])
+        yield Encoded(gtrid, "completed", R.completed(gtrid, kept[0], kept[1], kept[2], kept[4], now))
     for item in items:
         if isinstance(item, sm.Transaction):
-            payload = encoded[item.gtrid] = R.snapshot(item, now).SerializeToString()
+            payload = R.snapshot(item, now).SerializeToString()
+            encoded[item.gtrid] = kept_record(payload)
             yield Encoded(item.gtrid, "snapshot", payload)
         else:
             yield item

@@ -2,11 +2,12 @@
 and the counts the gauges read.
 
 Completed history (Committed, Rolledback: nothing changes it any more) is kept compact: each such
-transaction as the bytes of its checkpoint snapshot plus the few fields a listing filters and
-retention measures by, in a tuple the garbage collector stops tracking. A long history then adds
-nothing to the collector's work, which would otherwise pause the event loop for every object of
-every kept transaction. The compact form is made by replay, or by the first checkpoint that writes
-the transaction; it is expanded into a ``Transaction`` (a fresh one each time) when asked for.
+transaction as its kept records (the bytes of the log records that made it what it is, or of its
+checkpoint snapshot; see ``journal.expand``) plus the few fields a listing filters and retention
+measures by, in a tuple the garbage collector stops tracking. A long history then adds nothing to
+the collector's work, which would otherwise pause the event loop for every object of every kept
+transaction. The compact form is made by replay, or by the first checkpoint that writes the
+transaction; it is expanded into a ``Transaction`` (a fresh one each time) when asked for.
 
 Everything here runs on the engine's event loop. The counts are kept up to date as statuses
 change (``observe``) so that reading them costs the same with ten transactions or a million,
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterable
 
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.deadlines import Deadlines
-from xatm.coordinator.journal import expand
+from xatm.coordinator.journal import Places, Served, expand, served
 from xatm.participant.errors import NotFoundError
 from xatm.participant.xa import TxStatus, validate_gtrid
 
@@ -36,14 +38,20 @@ MAX_KNOWN_PARTICIPANTS = 10_000
 #: Completed without a heuristic: nothing is called on their branches any more (a move does not
 #: concern them), they age out as history, and they are not "active".
 CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
+#: Distinct ``Served`` shared at most; past it sharing starts afresh (a bound, not a cache that
+#: must hold everything: one not shared is as correct, only larger).
+_MAX_SHAPES = 4096
+#: Sorts the transactions a checkpoint made compact by completion, then gtrid.
+_FIRST_TWO = operator.itemgetter(0, 1)
 #: Undecided while the prepares are out: a commit request's answer waits for these to pass.
 _DECIDING = (TxStatus.PREPARING, TxStatus.PREPARED)
 
-#: A completed transaction kept compact: its snapshot record's bytes (``journal.expand`` reads
-#: them), its status, when it began (wall-clock seconds) and when it completed (monotonic
-#: seconds; a transaction rebuilt from the log counts from the restart). Plain values only, so
-#: the tuple is left untracked by the garbage collector.
-Compact = tuple[bytes, int, float, float]
+#: A completed transaction kept compact: its kept records (``journal.expand`` reads them), its
+#: status, when it began (wall-clock seconds), when it completed (monotonic seconds; a
+#: transaction rebuilt from the log counts from the restart) and where its resource managers were
+#: served (a checkpoint writes it beside the records). Plain values only, so the tuple is left
+#: untracked by the garbage collector.
+Compact = tuple[bytes, int, float, float, Served]
 
 
 class Registry:
@@ -56,6 +64,8 @@ class Registry:
         self._txs: dict[str, sm.Transaction] = {}
         #: Completed history kept compact, oldest completion first (see the module docstring).
         self._history: dict[str, Compact] = {}
+        #: Each distinct ``Served`` of the transactions made compact, as one tuple they share.
+        self._shapes: dict[Places, Served] = {}
         self._on_deadline = on_deadline
         #: Created only for a gtrid somebody waits on, set when it is final.
         self._done: dict[str, asyncio.Event] = {}
@@ -96,7 +106,7 @@ class Registry:
         if tx is None:
             kept = self._history.get(gtrid)
             if kept is not None:
-                return _expanded(kept)
+                return _expanded(gtrid, kept)
         return tx
 
     def transactions(
@@ -157,11 +167,11 @@ class Registry:
     def load(
         self,
         txs: list[sm.Transaction],
-        history: dict[str, tuple[bytes, int, float]] | None = None,
+        history: dict[str, tuple[bytes, int, float, Served]] | None = None,
         endpoints: dict[str, str] | None = None,
     ) -> None:
         """Take the transactions rebuilt from the log (before anything else is added): ``txs`` as
-        objects, ``history`` compact (gtrid -> snapshot record bytes, status, begun_at; oldest
+        objects, ``history`` compact (gtrid -> kept records, status, begun_at, where served; oldest
         completion first) with ``endpoints`` (rm_id -> host:port) their branches were served at."""
         # Unfinished transactions last: their endpoints are the newest (a move updates only them).
         ordered = sorted(txs, key=lambda tx: tx.status not in CLOSED)
@@ -169,8 +179,8 @@ class Registry:
         self.rm_endpoints.update((b.rm_id, b.endpoint) for tx in ordered for b in tx.branches.values())
         now = time.monotonic()
         counted = self._keys[(TxStatus.COMMITTED, False)], self._keys[(TxStatus.ROLLEDBACK, False)]
-        for gtrid, (payload, status, begun_at) in (history or {}).items():
-            self._history[gtrid] = (payload, status, begun_at, now)
+        for gtrid, (payload, status, begun_at, where) in (history or {}).items():
+            self._history[gtrid] = (payload, status, begun_at, now, where)
             key = counted[status == TxStatus.ROLLEDBACK]
             self._counted[gtrid] = key
             self._by_status[key] += 1
@@ -217,8 +227,8 @@ class Registry:
             done.set()
 
     def compact(self, payloads: dict[str, bytes]) -> None:
-        """Keep compact each completed transaction of ``payloads`` (gtrid -> its snapshot record's
-        bytes, as a checkpoint wrote them) still held as an object.
+        """Keep compact each completed transaction of ``payloads`` (gtrid -> its kept records: its
+        snapshot record as a checkpoint wrote it) still held as an object.
 
         Appended in completion order: each checkpoint's transactions completed after the previous
         checkpoint began, so the compact history stays ordered by completion (``prune`` relies
@@ -230,10 +240,13 @@ class Registry:
             if tx is not None and tx.status in CLOSED:
                 del self._txs[gtrid]
                 completed = tx.completed_mono if tx.completed_mono is not None else now
-                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at))
-        batch.sort()
-        for completed, gtrid, payload, status, begun_at in batch:
-            self._history[gtrid] = (payload, status, begun_at, completed)
+                where = served(tuple((b.rm_id, b.endpoint) for b in tx.branches.values()), self._shapes)
+                batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at, where))
+        if len(self._shapes) > _MAX_SHAPES:  # shared as long as they are few
+            self._shapes.clear()
+        batch.sort(key=_FIRST_TWO)
+        for completed, gtrid, payload, status, begun_at, where in batch:
+            self._history[gtrid] = (payload, status, begun_at, completed, where)
 
     def drop(self, gtrid: str) -> None:
         self._history.pop(gtrid, None)
@@ -327,12 +340,13 @@ class Kept:
         self._kept = kept
 
     def expand(self) -> sm.Transaction:
-        """The whole transaction, rebuilt from its kept record."""
-        return _expanded(self._kept)
+        """The whole transaction, rebuilt from its kept records. Raises ``CorruptHistory`` for
+        records this version cannot read."""
+        return _expanded(self.gtrid, self._kept)
 
 
-def _expanded(kept: Compact) -> sm.Transaction:
-    tx = expand(kept[0])
+def _expanded(gtrid: str, kept: Compact) -> sm.Transaction:
+    tx = expand(gtrid, kept[0])
     tx.journaled = True
     tx.begun_mono = tx.completed_mono = kept[3]
     return tx

@@ -131,9 +131,9 @@ async def test_a_listing_expands_only_the_page_it_shows(rig: Rig, monkeypatch: p
     expanded: list[bytes] = []
     real = registry_module.expand
 
-    def counting(payload: bytes) -> Transaction:
+    def counting(gtrid: str, payload: bytes) -> Transaction:
         expanded.append(payload)
-        return real(payload)
+        return real(gtrid, payload)
 
     monkeypatch.setattr(registry_module, "expand", counting)
     ops = AdminOps(engine)

@@ -35,7 +35,7 @@ def replayed(rig: Rig, gtrid: str) -> list[dict[str, View]]:
     full = replay(rig.log.appended)[gtrid]
     # Copies: replay_compact folds later records into the messages it is given.
     compact = replay_compact([wal_pb2.WalRecord.FromString(r.SerializeToString()) for r in rig.log.appended])
-    folded = compact.live[gtrid] if gtrid in compact.live else expand(compact.history[gtrid][0])
+    folded = compact.live[gtrid] if gtrid in compact.live else expand(gtrid, compact.history[gtrid][0])
     return [views(full), views(folded)]
 
 

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 
 from tests.unit.test_replay_compact import _copies, _logs
+from xatm.coordinator import journal
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.journal import replay, replay_compact
+from xatm.coordinator.journal import kept_record, kept_records, replay, replay_compact
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.server.console import history
 from xatm.coordinator.server.console.history import Answer, BranchHistory
@@ -93,8 +94,7 @@ def test_replayed_answers_agree_with_few_transactions_kept_and_few_records_held(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(history, "MAX_TRANSACTIONS", 3)  # the least recently answered are dropped
-        patch.setattr(history, "MAX_HELD", 1)
-        patch.setattr(history, "MAX_HOLDING", 2)
+        patch.setattr(journal, "_MAX_HELD", 2)  # a transaction's records folded into a snapshot
         _check(log)
 
 
@@ -142,7 +142,7 @@ def test_a_committed_transaction_shows_its_votes_and_commit_answers_after_a_rest
     ],
 )
 def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb2.WalRecord) -> None:
-    (read,) = history._records(history._kept(record.SerializeToString()))
+    (read,) = kept_records(kept_record(record.SerializeToString()))
     if len(record.gtrid) >= 128:  # a length of more than one byte: kept whole, as it is rare
         assert read == record
         return
@@ -152,12 +152,12 @@ def test_a_kept_record_reads_back_as_the_record_without_its_gtrid(record: wal_pb
     assert read == expected
 
 
-def test_a_replayed_gtrid_is_one_string_for_both_histories_and_never_interned(tmp_path: Path) -> None:
+def test_both_histories_share_a_replayed_gtrid_string_and_its_records_bytes(tmp_path: Path) -> None:
     # The engine's history and the console's branch history keep the same gtrid object (one
     # string, not two), without ``sys.intern``, whose strings some Python 3.12 releases never free.
     write_log(tmp_path, 3 * RECORDS_PER_TRANSACTION)
 
-    async def reopen() -> tuple[dict[str, object], BranchHistory]:
+    async def reopen() -> tuple[dict[str, tuple[bytes, int, float, bytes]], BranchHistory]:
         reopened = BranchHistory(FileWal(tmp_path, must_exist=True))
         replayed = replay_compact(await reopened.open())
         await reopened.close()
@@ -169,3 +169,5 @@ def test_a_replayed_gtrid_is_one_string_for_both_histories_and_never_interned(tm
         indexed = next(key for key in branch_history._answers if key == gtrid)
         assert indexed is gtrid
         assert sys.intern("".join(gtrid)) is not gtrid
+        # And one bytes object for the records both keep of a completed transaction.
+        assert branch_history._answers[gtrid] is kept[gtrid][0]

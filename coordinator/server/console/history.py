@@ -15,22 +15,22 @@ the other in one bytes object, and turned into ``Answer`` objects only when some
 history then holds no Python object per answer, which would cost memory and the garbage
 collector's time.
 
-At start-up the replay tells the index of each record as it folds it (``AnswerIndex``), with the
-bytes the log read it from when the log gives them (the file WAL does), so nothing is serialised
-again; what a transaction adds is joined to its kept bytes once, when its end record is read (a
-bounded number of records are held until then). What is kept, and which transactions are dropped
-when there are too many, is the same as if every record had been indexed as it came.
+At start-up the replay tells the index of each record that carries answers as it reads it
+(``AnswerIndex``), so the least recently answered are dropped as they would have been, and hands
+it each transaction's kept records when it has read them: a completed transaction's are one bytes
+object, the same one the engine's history keeps, with the records that carry no answers among
+them (they show none). What is shown, and which transactions are dropped when there are too many,
+is the same as if every record had been indexed as it came.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
-from xatm.coordinator.journal import Indexed, seconds
+from xatm.coordinator.journal import Indexed, kept_record, kept_records, kept_spans, seconds
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
 from xatm.participant.xa import BranchStatus, Phase, XaCode
@@ -41,13 +41,6 @@ __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]
 MAX_ANSWERS = 200
 #: Transactions whose histories are kept at most (the least recently written are dropped first).
 MAX_TRANSACTIONS = 100_000
-#: Records read at start-up are held apart until their transaction ends, at most this many per
-#: transaction and for this many transactions (all held are joined when there are more): the joins
-#: stay short for a transaction whose end is far off or never comes.
-MAX_HELD = 16
-MAX_HOLDING = 1024
-#: Each kept record is preceded by its length.
-_LENGTH = struct.Struct("<I")
 #: A transaction's kept records are trimmed to ``MAX_ANSWERS`` per branch each time their size
 #: passes a power of two from this one on (so a long-retried branch stays bounded, at a cost
 #: that stays proportional to what was added).
@@ -73,33 +66,31 @@ class BranchHistory(TxLog):
 
     def __init__(self, inner: TxLog):
         self.inner = inner
-        #: gtrid -> its answer records, framed (see the module docstring), oldest first; ordered
+        #: gtrid -> its answer records, kept (see the module docstring), oldest first; ordered
         #: by when each was last written to. A replay gives the engine's history and this the
-        #: same gtrid strings, not copies.
+        #: same gtrid strings and the same bytes, not copies.
         self._answers: OrderedDict[str, bytes] = OrderedDict()
-        #: gtrid -> records replayed for it and not yet joined to its bytes in ``_answers``, each
-        #: as it is kept, oldest first.
-        self._pending: dict[str, list[bytes]] = {}
 
     def answers(self, gtrid: str) -> dict[str, list[Answer]]:
         """bqual -> the answers of that branch, oldest first (the newest ``MAX_ANSWERS``); {} for
         an unknown gtrid."""
-        self._settle(gtrid)
         answers: dict[str, list[Answer]] = {}
-        for record in _records(self._answers.get(gtrid, b"")):
+        for record in kept_records(self._answers.get(gtrid, b"")):
             for bqual, answer in _answers_of(record):
                 answers.setdefault(bqual, []).append(answer)
         for got in answers.values():
             del got[:-MAX_ANSWERS]
         return answers
 
-    def _index(self, record: wal_pb2.WalRecord) -> None:
-        """Index a record as it is appended."""
+    def _index(self, record: wal_pb2.WalRecord, payload: bytes | memoryview | None = None) -> None:
+        """Index a record as it is appended (or read: ``payload``, the bytes it was read from)."""
         kind = record.WhichOneof("body")
         if kind == "branch_result" or (kind == "decision" and record.decision.HasField("transaction")):
-            self._add(record.gtrid, _kept(record.SerializeToString()))
+            self._add(record.gtrid, kept_record(record.SerializeToString() if payload is None else payload))
         elif kind == "snapshot":
             self._from_snapshot(record)
+        elif kind == "completed":
+            self._from_completed(record.gtrid, record.completed.records)
 
     def _from_snapshot(self, record: wal_pb2.WalRecord) -> None:
         gtrid = record.gtrid
@@ -107,63 +98,58 @@ class BranchHistory(TxLog):
             return
         self._answers[gtrid] = b""
         payload = record.SerializeToString()
-        if _has_answers(record, payload):
-            self._add(gtrid, _kept(payload))
+        if _HAS_CODE_BYTES in payload and any(map(_HAS_CODE, record.snapshot.branches)):
+            self._add(gtrid, kept_record(payload))
         else:
             self._trim_count()
 
+    def _from_completed(self, gtrid: str, kept: bytes) -> None:
+        """A checkpoint's completed transaction: its kept records, as a snapshot is taken (only
+        for a gtrid not seen yet)."""
+        if gtrid in self._answers:
+            return
+        self._answers[gtrid] = b""
+        self._add(gtrid, kept)
+
     def _add(self, gtrid: str, kept: bytes) -> None:
         before = self._answers.pop(gtrid, b"")
-        self._grow(gtrid, before, before + kept)
+        self._grow(gtrid, before, before + kept if before else kept)
         self._trim_count()
 
     # ----------------------------------------------------------------- fed by the replay
 
-    def answered(self, gtrid: str, record: wal_pb2.WalRecord, kind: str, payload: memoryview | None) -> None:
-        """Index a replayed record as ``_index`` would, from the bytes it was read from when the
-        log gives them; what is added for a transaction is joined to its kept bytes once, when
-        its end record is read (see the module docstring)."""
+    def __contains__(self, gtrid: object) -> bool:
+        return gtrid in self._answers
+
+    def answered(self, gtrid: str) -> str | None:
+        """A replayed record carries answers of ``gtrid``: it is now the most recently answered.
+        Returns the gtrid dropped to make room (see ``AnswerIndex``): one at most, as there were
+        no more than ``MAX_TRANSACTIONS`` before."""
         answers = self._answers
-        data: bytes | memoryview = record.SerializeToString() if payload is None else payload
-        if kind == "snapshot":  # as ``_from_snapshot``
-            if gtrid in answers:
-                return
-            answers[gtrid] = b""
-            self._trim_count()
-            if not _has_answers(record, bytes(data)):
-                return
         if gtrid in answers:
             answers.move_to_end(gtrid)
-        else:
-            answers[gtrid] = b""
-            self._trim_count()
-        held = self._pending.get(gtrid)
-        if held is not None:
-            held.append(_kept(data))
-            if len(held) > MAX_HELD:
-                self._settle(gtrid)
-        else:
-            self._pending[gtrid] = [_kept(data)]
-            if len(self._pending) > MAX_HOLDING:
-                self.replayed()
+            return None
+        answers[gtrid] = b""
+        if len(answers) <= MAX_TRANSACTIONS:
+            return None
+        dropped = next(iter(answers))
+        del answers[dropped]
+        return dropped
 
-    def ended(self, gtrid: str) -> None:
-        """The replay has read ``gtrid``'s end record: what is held for it is kept now."""
-        self._settle(gtrid)
+    def kept(self, gtrid: str, records: bytes) -> None:
+        """The next kept records of ``gtrid`` (when it is kept): joined to what it has, in place."""
+        before = self._answers.get(gtrid)
+        if before == b"" and len(records) < _TRIM_FROM:  # most often: a transaction read whole
+            self._answers[gtrid] = records
+        elif before is not None:
+            self._grow(gtrid, before, before + records if before else records)
+
+    def indexed(self, record: wal_pb2.WalRecord, payload: memoryview | None) -> None:
+        """A record read other than by the compact replay: indexed as it is read."""
+        self._index(record, payload)
 
     def replayed(self) -> None:
-        """Every record is replayed (or records of too many transactions are held): what is
-        held is kept now."""
-        for gtrid in list(self._pending):
-            self._settle(gtrid)
-
-    def _settle(self, gtrid: str) -> None:
-        """Join the records held for ``gtrid`` to its kept bytes (whose place they keep)."""
-        held = self._pending.pop(gtrid, None)
-        if held is not None:
-            kept = self._answers[gtrid]  # dropping a transaction drops what was held for it
-            held.insert(0, kept)
-            self._grow(gtrid, kept, b"".join(held))
+        """Every record is replayed: nothing is left to do."""
 
     def _grow(self, gtrid: str, kept: bytes, grown: bytes) -> None:
         """``gtrid``'s kept bytes are now ``grown`` (``kept`` and more), trimmed when their size
@@ -173,13 +159,9 @@ class BranchHistory(TxLog):
         self._answers[gtrid] = grown
 
     def _trim_count(self) -> None:
+        """Drop the least recently answered past ``MAX_TRANSACTIONS``."""
         while len(self._answers) > MAX_TRANSACTIONS:
-            self._drop(next(iter(self._answers)))
-
-    def _drop(self, gtrid: str) -> None:
-        """Forget ``gtrid``'s answers, those held included."""
-        self._answers.pop(gtrid, None)
-        self._pending.pop(gtrid, None)
+            del self._answers[next(iter(self._answers))]
 
     # ----------------------------------------------------------------- TxLog, forwarded
 
@@ -203,7 +185,7 @@ class BranchHistory(TxLog):
             # the records and ``before``, a copy, and leaves ``_answers`` to the loop.
             for item in snapshot:
                 body = item.body if isinstance(item, Encoded) else item.WhichOneof("body")
-                if body == "snapshot":
+                if body in ("snapshot", "completed"):
                     kept.add(item.gtrid)
                     if item.gtrid not in before:
                         unseen.append(item)
@@ -211,9 +193,13 @@ class BranchHistory(TxLog):
 
         await self.inner.checkpoint(watched())
         for gtrid in before - kept:
-            self._drop(gtrid)
+            self._answers.pop(gtrid, None)
         for item in unseen:
-            self._from_snapshot(decoded(item))
+            record = decoded(item)
+            if record.WhichOneof("body") == "completed":
+                self._from_completed(record.gtrid, record.completed.records)
+            else:
+                self._from_snapshot(record)
 
     async def watch(self, interval: float) -> LogStopped:
         return await self.inner.watch(interval)
@@ -232,47 +218,10 @@ class BranchHistory(TxLog):
         await self.inner.close()
 
 
-def _kept(payload: bytes | memoryview) -> bytes:
-    """A serialised record as it is kept: without its gtrid (the key it is kept under says it),
-    preceded by its length.
-
-    Cut from the bytes: a record's time and gtrid come first (fields 1 and 2, as protobuf writes
-    them, in field order), and a whole field taken out leaves the rest a record all the same; bytes
-    that do not start so are kept whole."""
-    size = len(payload)
-    at = 2 + payload[1] if size > 1 and payload[0] == 0x0A and payload[1] < 0x80 else 0
-    if at + 1 < size and payload[at] == 0x12 and payload[at + 1] < 0x80:
-        cut = at + 2 + payload[at + 1]
-        if cut <= size:
-            return b"".join((_LENGTH.pack(size - cut + at), payload[:at], payload[cut:]))
-    return _LENGTH.pack(size) + payload
-
-
-def _has_answers(record: wal_pb2.WalRecord, payload: bytes) -> bool:
-    """Whether a snapshot record (serialised as ``payload``) holds an answer of any branch (one
-    without is not kept). A branch with an answer has ``has_last_code`` (field 10, true) written
-    as these two bytes, so most snapshots without one are told from their bytes alone."""
-    return _HAS_CODE_BYTES in payload and any(map(_HAS_CODE, record.snapshot.branches))
-
-
+#: A branch with an answer has ``has_last_code`` (field 10, true) written as these two bytes, so
+#: most snapshots without one are told from their bytes alone.
 _HAS_CODE_BYTES = b"\x50\x01"
 _HAS_CODE = attrgetter("has_last_code")
-
-
-def _spans(kept: bytes) -> Iterator[tuple[int, int]]:
-    """Where each framed record of a transaction's kept bytes starts and ends, in order."""
-    pos, length_at, size = 0, _LENGTH.unpack_from, _LENGTH.size
-    while pos < len(kept):
-        end = pos + size + length_at(kept, pos)[0]
-        yield pos, end
-        pos = end
-
-
-def _records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
-    """The records of a transaction's kept bytes, in order."""
-    parse = wal_pb2.WalRecord.FromString
-    for pos, end in _spans(kept):
-        yield parse(kept[pos + _LENGTH.size : end])
 
 
 def _answers_of(record: wal_pb2.WalRecord) -> Iterator[tuple[str, Answer]]:
@@ -311,8 +260,8 @@ def _answer(when: float, phase: int, code: int, reason: str, status: int, *, sna
 def _trimmed(kept: bytes) -> bytes:
     """``kept`` without the branch results older than each branch's newest ``MAX_ANSWERS``
     answers."""
-    spans = list(_spans(kept))
-    records = list(_records(kept))
+    spans = list(kept_spans(kept))
+    records = list(kept_records(kept))
     left: dict[str, int] = {}
     for record in records:
         for bqual, _answer in _answers_of(record):

@@ -27,7 +27,7 @@ from xatm.participant.api.v1 import admin_pb2 as xatm_dot_v1_dot_admin__pb2
 from xatm.participant.api.v1 import xa_pb2 as xatm_dot_v1_dot_xa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axatm/internal/v1/wal.proto\x12\x10xatm.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13xatm/v1/admin.proto\x1a\x10xatm/v1/xa.proto\"\x83\x05\n\tWalRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12.\n\x05\x62\x65gin\x18\n \x01(\x0b\x32\x1d.xatm.internal.v1.BeginRecordH\x00\x12\x30\n\x06\x65nlist\x18\x0b \x01(\x0b\x32\x1e.xatm.internal.v1.EnlistRecordH\x00\x12=\n\rbranch_result\x18\x0c \x01(\x0b\x32$.xatm.internal.v1.BranchResultRecordH\x00\x12\x30\n\x06status\x18\r \x01(\x0b\x32\x1e.xatm.internal.v1.StatusRecordH\x00\x12\x34\n\x08\x64\x65\x63ision\x18\x0e \x01(\x0b\x32 .xatm.internal.v1.DecisionRecordH\x00\x12*\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x1b.xatm.internal.v1.EndRecordH\x00\x12%\n\x05\x61udit\x18\x10 \x01(\x0b\x32\x14.xatm.v1.AuditRecordH\x00\x12\x36\n\tsavepoint\x18\x11 \x01(\x0b\x32!.xatm.internal.v1.SavepointRecordH\x00\x12\x30\n\x06\x66orget\x18\x12 \x01(\x0b\x32\x1e.xatm.internal.v1.ForgetRecordH\x00\x12\x39\n\x08snapshot\x18\x13 \x01(\x0b\x32%.xatm.internal.v1.TransactionSnapshotH\x00\x12\x34\n\x08\x65ndpoint\x18\x14 \x01(\x0b\x32 .xatm.internal.v1.EndpointRecordH\x00\x42\x06\n\x04\x62ody\"!\n\x0b\x42\x65ginRecord\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\">\n\x0c\x45nlistRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x98\x01\n\x12\x42ranchResultRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x1d\n\x05phase\x18\x02 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\"r\n\x0cStatusRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12&\n\rrollback_code\x18\x02 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x0e\x44\x65\x63isionRecord\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x08\x12:\n\x0btransaction\x18\x02 \x01(\x0b\x32%.xatm.internal.v1.TransactionSnapshot\"7\n\tEndRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"<\n\x0fSavepointRecord\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\x12\x13\n\x0brolled_back\x18\x02 \x01(\x08\"\x0e\n\x0c\x46orgetRecord\"1\n\x0e\x45ndpointRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\xab\x03\n\x13TransactionSnapshot\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12\x32\n\x08\x62ranches\x18\x03 \x03(\x0b\x32 .xatm.internal.v1.BranchSnapshot\x12,\n\x08\x62\x65gun_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\rrollback_code\x18\x08 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x17\n\x0frollback_reason\x18\t \x01(\t\x12\x12\n\nsavepoints\x18\n \x03(\t\x12\x11\n\tone_phase\x18\x0b \x01(\x08\x12#\n\x08\x64\x65\x63ision\x18\x0c \x01(\x0e\x32\x11.xatm.v1.Decision\x12\x11\n\trecovered\x18\r \x01(\x08\x12\x11\n\tinherited\x18\x0e \x01(\x08\"\xed\x01\n\x0e\x42ranchSnapshot\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\x12\"\n\tlast_code\x18\x05 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\"\n\nlast_phase\x18\x06 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x13\n\x0blast_reason\x18\x07 \x01(\t\x12\x15\n\rhas_last_code\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axatm/internal/v1/wal.proto\x12\x10xatm.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13xatm/v1/admin.proto\x1a\x10xatm/v1/xa.proto\"\xbb\x05\n\tWalRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05gtrid\x18\x02 \x01(\t\x12.\n\x05\x62\x65gin\x18\n \x01(\x0b\x32\x1d.xatm.internal.v1.BeginRecordH\x00\x12\x30\n\x06\x65nlist\x18\x0b \x01(\x0b\x32\x1e.xatm.internal.v1.EnlistRecordH\x00\x12=\n\rbranch_result\x18\x0c \x01(\x0b\x32$.xatm.internal.v1.BranchResultRecordH\x00\x12\x30\n\x06status\x18\r \x01(\x0b\x32\x1e.xatm.internal.v1.StatusRecordH\x00\x12\x34\n\x08\x64\x65\x63ision\x18\x0e \x01(\x0b\x32 .xatm.internal.v1.DecisionRecordH\x00\x12*\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x1b.xatm.internal.v1.EndRecordH\x00\x12%\n\x05\x61udit\x18\x10 \x01(\x0b\x32\x14.xatm.v1.AuditRecordH\x00\x12\x36\n\tsavepoint\x18\x11 \x01(\x0b\x32!.xatm.internal.v1.SavepointRecordH\x00\x12\x30\n\x06\x66orget\x18\x12 \x01(\x0b\x32\x1e.xatm.internal.v1.ForgetRecordH\x00\x12\x39\n\x08snapshot\x18\x13 \x01(\x0b\x32%.xatm.internal.v1.TransactionSnapshotH\x00\x12\x34\n\x08\x65ndpoint\x18\x14 \x01(\x0b\x32 .xatm.internal.v1.EndpointRecordH\x00\x12\x36\n\tcompleted\x18\x15 \x01(\x0b\x32!.xatm.internal.v1.CompletedRecordH\x00\x42\x06\n\x04\x62ody\"!\n\x0b\x42\x65ginRecord\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\">\n\x0c\x45nlistRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x98\x01\n\x12\x42ranchResultRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x1d\n\x05phase\x18\x02 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x1d\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\"r\n\x0cStatusRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12&\n\rrollback_code\x18\x02 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x0e\x44\x65\x63isionRecord\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x08\x12:\n\x0btransaction\x18\x02 \x01(\x0b\x32%.xatm.internal.v1.TransactionSnapshot\"7\n\tEndRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\"<\n\x0fSavepointRecord\x12\x14\n\x0csavepoint_id\x18\x01 \x01(\t\x12\x13\n\x0brolled_back\x18\x02 \x01(\x08\"\x0e\n\x0c\x46orgetRecord\"\x8c\x01\n\x0f\x43ompletedRecord\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12\x10\n\x08\x62\x65gun_at\x18\x02 \x01(\x01\x12\x0f\n\x07records\x18\x03 \x01(\x0c\x12*\n\x06served\x18\x04 \x03(\x0b\x32\x1a.xatm.internal.v1.ServedAt\"+\n\x08ServedAt\x12\r\n\x05rm_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"1\n\x0e\x45ndpointRecord\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\xab\x03\n\x13TransactionSnapshot\x12\r\n\x05gtrid\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.xatm.v1.TransactionStatus\x12\x32\n\x08\x62ranches\x18\x03 \x03(\x0b\x32 .xatm.internal.v1.BranchSnapshot\x12,\n\x08\x62\x65gun_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\rrollback_code\x18\x08 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\x17\n\x0frollback_reason\x18\t \x01(\t\x12\x12\n\nsavepoints\x18\n \x03(\t\x12\x11\n\tone_phase\x18\x0b \x01(\x08\x12#\n\x08\x64\x65\x63ision\x18\x0c \x01(\x0e\x32\x11.xatm.v1.Decision\x12\x11\n\trecovered\x18\r \x01(\x08\x12\x11\n\tinherited\x18\x0e \x01(\x08\"\xed\x01\n\x0e\x42ranchSnapshot\x12\r\n\x05\x62qual\x18\x01 \x01(\t\x12\r\n\x05rm_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.xatm.v1.BranchStatus\x12\"\n\tlast_code\x18\x05 \x01(\x0e\x32\x0f.xatm.v1.XaCode\x12\"\n\nlast_phase\x18\x06 \x01(\x0e\x32\x0e.xatm.v1.Phase\x12\x13\n\x0blast_reason\x18\x07 \x01(\t\x12\x15\n\rhas_last_code\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xatm.internal.v1.wal_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WALRECORD']._serialized_start=121
-  _globals['_WALRECORD']._serialized_end=764
-  _globals['_BEGINRECORD']._serialized_start=766
-  _globals['_BEGINRECORD']._serialized_end=799
-  _globals['_ENLISTRECORD']._serialized_start=801
-  _globals['_ENLISTRECORD']._serialized_end=863
-  _globals['_BRANCHRESULTRECORD']._serialized_start=866
-  _globals['_BRANCHRESULTRECORD']._serialized_end=1018
-  _globals['_STATUSRECORD']._serialized_start=1020
-  _globals['_STATUSRECORD']._serialized_end=1134
-  _globals['_DECISIONRECORD']._serialized_start=1136
-  _globals['_DECISIONRECORD']._serialized_end=1228
-  _globals['_ENDRECORD']._serialized_start=1230
-  _globals['_ENDRECORD']._serialized_end=1285
-  _globals['_SAVEPOINTRECORD']._serialized_start=1287
-  _globals['_SAVEPOINTRECORD']._serialized_end=1347
-  _globals['_FORGETRECORD']._serialized_start=1349
-  _globals['_FORGETRECORD']._serialized_end=1363
-  _globals['_ENDPOINTRECORD']._serialized_start=1365
-  _globals['_ENDPOINTRECORD']._serialized_end=1414
-  _globals['_TRANSACTIONSNAPSHOT']._serialized_start=1417
-  _globals['_TRANSACTIONSNAPSHOT']._serialized_end=1844
-  _globals['_BRANCHSNAPSHOT']._serialized_start=1847
-  _globals['_BRANCHSNAPSHOT']._serialized_end=2084
+  _globals['_WALRECORD']._serialized_end=820
+  _globals['_BEGINRECORD']._serialized_start=822
+  _globals['_BEGINRECORD']._serialized_end=855
+  _globals['_ENLISTRECORD']._serialized_start=857
+  _globals['_ENLISTRECORD']._serialized_end=919
+  _globals['_BRANCHRESULTRECORD']._serialized_start=922
+  _globals['_BRANCHRESULTRECORD']._serialized_end=1074
+  _globals['_STATUSRECORD']._serialized_start=1076
+  _globals['_STATUSRECORD']._serialized_end=1190
+  _globals['_DECISIONRECORD']._serialized_start=1192
+  _globals['_DECISIONRECORD']._serialized_end=1284
+  _globals['_ENDRECORD']._serialized_start=1286
+  _globals['_ENDRECORD']._serialized_end=1341
+  _globals['_SAVEPOINTRECORD']._serialized_start=1343
+  _globals['_SAVEPOINTRECORD']._serialized_end=1403
+  _globals['_FORGETRECORD']._serialized_start=1405
+  _globals['_FORGETRECORD']._serialized_end=1419
+  _globals['_COMPLETEDRECORD']._serialized_start=1422
+  _globals['_COMPLETEDRECORD']._serialized_end=1562
+  _globals['_SERVEDAT']._serialized_start=1564
+  _globals['_SERVEDAT']._serialized_end=1607
+  _globals['_ENDPOINTRECORD']._serialized_start=1609
+  _globals['_ENDPOINTRECORD']._serialized_end=1658
+  _globals['_TRANSACTIONSNAPSHOT']._serialized_start=1661
+  _globals['_TRANSACTIONSNAPSHOT']._serialized_end=2088
+  _globals['_BRANCHSNAPSHOT']._serialized_start=2091
+  _globals['_BRANCHSNAPSHOT']._serialized_end=2328
 # @@protoc_insertion_point(module_scope)

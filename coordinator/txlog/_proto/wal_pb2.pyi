@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("time", "gtrid", "begin", "enlist", "branch_result", "status", "decision", "end", "audit", "savepoint", "forget", "snapshot", "endpoint")
+    __slots__ = ("time", "gtrid", "begin", "enlist", "branch_result", "status", "decision", "end", "audit", "savepoint", "forget", "snapshot", "endpoint", "completed")
     TIME_FIELD_NUMBER: _ClassVar[int]
     GTRID_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class WalRecord(_message.Message):
     FORGET_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     gtrid: str
     begin: BeginRecord
@@ -39,7 +40,8 @@ class WalRecord(_message.Message):
     forget: ForgetRecord
     snapshot: TransactionSnapshot
     endpoint: EndpointRecord
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gtrid: _Optional[str] = ..., begin: _Optional[_Union[BeginRecord, _Mapping]] = ..., enlist: _Optional[_Union[EnlistRecord, _Mapping]] = ..., branch_result: _Optional[_Union[BranchResultRecord, _Mapping]] = ..., status: _Optional[_Union[StatusRecord, _Mapping]] = ..., decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., end: _Optional[_Union[EndRecord, _Mapping]] = ..., audit: _Optional[_Union[_admin_pb2.AuditRecord, _Mapping]] = ..., savepoint: _Optional[_Union[SavepointRecord, _Mapping]] = ..., forget: _Optional[_Union[ForgetRecord, _Mapping]] = ..., snapshot: _Optional[_Union[TransactionSnapshot, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointRecord, _Mapping]] = ...) -> None: ...
+    completed: CompletedRecord
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gtrid: _Optional[str] = ..., begin: _Optional[_Union[BeginRecord, _Mapping]] = ..., enlist: _Optional[_Union[EnlistRecord, _Mapping]] = ..., branch_result: _Optional[_Union[BranchResultRecord, _Mapping]] = ..., status: _Optional[_Union[StatusRecord, _Mapping]] = ..., decision: _Optional[_Union[DecisionRecord, _Mapping]] = ..., end: _Optional[_Union[EndRecord, _Mapping]] = ..., audit: _Optional[_Union[_admin_pb2.AuditRecord, _Mapping]] = ..., savepoint: _Optional[_Union[SavepointRecord, _Mapping]] = ..., forget: _Optional[_Union[ForgetRecord, _Mapping]] = ..., snapshot: _Optional[_Union[TransactionSnapshot, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointRecord, _Mapping]] = ..., completed: _Optional[_Union[CompletedRecord, _Mapping]] = ...) -> None: ...
 
 class BeginRecord(_message.Message):
     __slots__ = ("timeout_ms",)
@@ -106,6 +108,26 @@ class SavepointRecord(_message.Message):
 class ForgetRecord(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CompletedRecord(_message.Message):
+    __slots__ = ("status", "begun_at", "records", "served")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BEGUN_AT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    status: _xa_pb2.TransactionStatus
+    begun_at: float
+    records: bytes
+    served: _containers.RepeatedCompositeFieldContainer[ServedAt]
+    def __init__(self, status: _Optional[_Union[_xa_pb2.TransactionStatus, str]] = ..., begun_at: _Optional[float] = ..., records: _Optional[bytes] = ..., served: _Optional[_Iterable[_Union[ServedAt, _Mapping]]] = ...) -> None: ...
+
+class ServedAt(_message.Message):
+    __slots__ = ("rm_id", "endpoint")
+    RM_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    rm_id: str
+    endpoint: str
+    def __init__(self, rm_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class EndpointRecord(_message.Message):
     __slots__ = ("bqual", "endpoint")
