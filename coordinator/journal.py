@@ -16,7 +16,6 @@ never folded at start-up, and is the same object the console's branch history ke
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator, MutableSequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Framed
+from xatm.coordinator.txlog.kept import LENGTH, kept_record, kept_records
 from xatm.participant.api.v1 import admin_pb2, xa_pb2
 from xatm.participant.errors import Status, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
@@ -45,15 +45,14 @@ __all__ = [
     "Replayed",
     "Served",
     "expand",
-    "kept_record",
-    "kept_records",
-    "kept_spans",
     "replay",
     "replay_compact",
     "seconds",
     "served",
     "timestamp",
 ]
+
+_pack_length = LENGTH.pack
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -325,47 +324,6 @@ def replay(
     return txs
 
 
-def kept_record(payload: bytes | memoryview) -> bytes:
-    """A serialised record as a transaction's kept records hold it: without its gtrid (the key it
-    is kept under says it), preceded by its length (4 bytes, little-endian).
-
-    Cut from the bytes: a record's time and gtrid come first (fields 1 and 2, as protobuf writes
-    them, in field order), and a whole field taken out leaves the rest a record all the same; bytes
-    that do not start so are kept whole."""
-    size = len(payload)
-    at = 2 + payload[1] if size > 1 and payload[0] == 0x0A and payload[1] < 0x80 else 0
-    if at + 1 < size and payload[at] == 0x12 and payload[at + 1] < 0x80:
-        cut = at + 2 + payload[at + 1]
-        if cut <= size:
-            return b"".join((_pack_length(size - cut + at), payload[:at], payload[cut:]))
-    return _pack_length(size) + payload
-
-
-def kept_spans(kept: bytes) -> Iterator[tuple[int, int]]:
-    """Where each record of kept records (``kept_record``'s, one after the other) starts and
-    ends (its length included), in order. Raises ``ValueError`` for bytes cut short."""
-    pos, length_at, size = 0, _LENGTH.unpack_from, _LENGTH.size
-    while pos < len(kept):
-        if pos + size > len(kept):
-            raise ValueError(f"kept records cut short at byte {pos} of {len(kept)}")
-        end = pos + size + length_at(kept, pos)[0]
-        if end > len(kept):
-            raise ValueError(f"kept records cut short at byte {pos} of {len(kept)}")
-        yield pos, end
-        pos = end
-
-
-def kept_records(kept: bytes) -> Iterator[wal_pb2.WalRecord]:
-    """The records of kept records, in order (without their gtrid).
-
-    Raises ``google.protobuf.message.DecodeError`` or ``ValueError`` for bytes that are not."""
-    parse = wal_pb2.WalRecord.FromString
-    for pos, end in kept_spans(kept):
-        yield parse(kept[pos + _LENGTH.size : end])
-
-
-_LENGTH = struct.Struct("<I")
-_pack_length = _LENGTH.pack
 
 
 def expand(gtrid: str, kept: bytes) -> Transaction:

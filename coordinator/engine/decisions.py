@@ -31,9 +31,9 @@ from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.audit import AuditTrail
 from xatm.coordinator.engine.registry import CLOSED, Compact, Registry
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.journal import kept_record
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog
+from xatm.coordinator.txlog.kept import kept_record
 from xatm.participant.xa import Decision, Phase, TxStatus, XaCode, Xid
 
 __all__ = ["DecisionLog"]

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from tests.unit.test_replay_compact import _copies, _logs
 from xatm.coordinator import journal
 from xatm.coordinator.journal import RecordFactory as R
-from xatm.coordinator.journal import kept_record, kept_records, replay, replay_compact
+from xatm.coordinator.journal import replay, replay_compact
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.server.console import history
 from xatm.coordinator.server.console.history import Answer, BranchHistory
@@ -26,6 +26,7 @@ from xatm.coordinator.tools.measure_log import RECORDS_PER_TRANSACTION, write_lo
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file import FileWal, read_records
 from xatm.coordinator.txlog.interface import TxLog
+from xatm.coordinator.txlog.kept import kept_record, kept_records
 from xatm.coordinator.txlog.memory import LogStore, MemoryLog
 from xatm.participant.xa import BranchStatus, Phase, XaCode
 

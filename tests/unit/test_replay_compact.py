@@ -19,13 +19,13 @@ from xatm.coordinator.journal import (
     CorruptHistory,
     Replayed,
     expand,
-    kept_record,
     replay,
     replay_compact,
     served,
 )
 from xatm.coordinator.journal import RecordFactory as R
 from xatm.coordinator.txlog._proto import wal_pb2
+from xatm.coordinator.txlog.kept import kept_record
 from xatm.participant.api.v1 import admin_pb2
 from xatm.participant.errors import Status
 from xatm.participant.xa import BranchStatus as B

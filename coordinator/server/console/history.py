@@ -30,9 +30,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
-from xatm.coordinator.journal import Indexed, kept_record, kept_records, kept_spans, seconds
+from xatm.coordinator.journal import Indexed, seconds
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Encoded, LogStopped, TxLog, decoded
+from xatm.coordinator.txlog.kept import kept_record, kept_records, kept_spans
 from xatm.participant.xa import BranchStatus, Phase, XaCode
 
 __all__ = ["MAX_ANSWERS", "MAX_TRANSACTIONS", "Answer", "BranchHistory"]

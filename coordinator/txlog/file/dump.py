@@ -6,17 +6,18 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.file.scan import LogScan
 from xatm.coordinator.txlog.file.segment import list_segments
+from xatm.coordinator.txlog.kept import kept_records
 from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ _SET_BY = {
 }
 #: Bookkeeping of the record format, not part of what happened.
 _HIDDEN = {(wal_pb2.BranchSnapshot.DESCRIPTOR.full_name, "has_last_code")}
+#: A checkpoint's completed transaction, kept as its own records: shown as those records.
+_KEPT = wal_pb2.CompletedRecord.DESCRIPTOR.fields_by_name["records"].full_name
+#: Seconds since the epoch held as a number: shown as a time, as timestamps are.
+_SECONDS = {wal_pb2.CompletedRecord.DESCRIPTOR.fields_by_name["begun_at"].full_name}
 #: Each enum of the record format, by its full name, in the operator vocabulary.
 _WORDS: dict[str, Callable[[int], str]] = {
     "xatm.v1.XaCode": lambda n: XaCode(n).name,
@@ -140,7 +145,12 @@ def _json_fields(message: Message) -> dict[str, Any]:
 
 
 def _json_value(fd: _FieldDescriptor, value: Any) -> Any:
-    """A field's value in the operator vocabulary: enums in words, times in RFC 3339."""
+    """A field's value in the operator vocabulary: enums in words, times in RFC 3339, a completed
+    transaction's kept records as the records."""
+    if fd.full_name == _KEPT:
+        return _unkept(value, _json_fields)
+    if fd.full_name in _SECONDS:
+        return _wall(value)
     if fd.enum_type is not None:
         return _enum(fd.enum_type, value)
     if fd.message_type is not None:
@@ -196,6 +206,9 @@ def _value(fd: _FieldDescriptor, value: Any) -> str:
     when it holds spaces, quotes or ``=``."""
     if fd.message_type is not None and fd.message_type.full_name != Timestamp.DESCRIPTOR.full_name:
         return f"{{{_fields(value)}}}"
+    if fd.full_name == _KEPT:
+        records = _unkept(value, _fields)
+        return records if isinstance(records, str) else "[" + ", ".join(f"{{{r}}}" for r in records) + "]"
     shown = _json_value(fd, value)
     if isinstance(shown, bool):
         return "true" if shown else "false"
@@ -215,5 +228,18 @@ def _enum(enum: _EnumDescriptor, number: int) -> str:
         return str(number)
 
 
+def _unkept(kept: bytes, shown: Callable[[Message], Any]) -> list[Any] | str:
+    """Each of ``kept`` records (a completed transaction's) as ``shown`` shows a message, or what
+    is wrong with them: the dump goes on past a transaction it cannot read."""
+    try:
+        return [shown(record) for record in kept_records(kept)]
+    except (DecodeError, ValueError) as exc:
+        return f"unreadable kept records ({len(kept)} bytes): {exc}"
+
+
 def _time(stamp: Timestamp) -> str:
     return stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _wall(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
