@@ -37,6 +37,7 @@ from xatm.participant.runtime.proto_enum import proto_enum
 from xatm.participant.xa import BranchStatus, Decision, Phase, TxStatus, XaCode
 
 __all__ = [
+    "MAX_SHARED_PLACES",
     "AnswerIndex",
     "CorruptHistory",
     "Indexed",
@@ -359,10 +360,19 @@ Served = bytes
 Places = tuple[tuple[str, str], ...]
 
 
+#: Distinct ``Served`` a table shares at most: past it the table starts afresh (a bound, not a
+#: cache that must hold everything: one not shared is as correct, only larger). Endpoints that
+#: change with every transaction (ephemeral ports, moving pods) would otherwise grow it for good.
+MAX_SHARED_PLACES = 4096
+
+
 def served(places: Places, shared: dict[Places, Served]) -> Served:
-    """The ``Served`` of ``places``, the one ``shared`` holds for them (added when new)."""
+    """The ``Served`` of ``places``, the one ``shared`` holds for them (added when new; ``shared``
+    emptied first when it holds ``MAX_SHARED_PLACES``)."""
     found = shared.get(places)
     if found is None:
+        if len(shared) >= MAX_SHARED_PLACES:
+            shared.clear()
         done = wal_pb2.CompletedRecord()
         for rm_id, endpoint in places:
             done.served.add(rm_id=rm_id, endpoint=endpoint)

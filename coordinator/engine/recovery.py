@@ -18,6 +18,7 @@ from typing import Protocol
 from xatm.coordinator import metrics
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.peers import PeerError, Peers
+from xatm.participant.errors import UnavailableError, XatmError
 from xatm.participant.xa import FORMAT_ID, Decision, Phase, XaCode, Xid, node_of
 
 __all__ = ["RecoveryHost", "RecoveryScanner"]
@@ -88,30 +89,49 @@ class RecoveryScanner:
             for xid in xids:
                 if xid.format_id != FORMAT_ID or node_of(xid.gtrid) != self.engine.node_id:
                     continue
-                decision = self.engine.query_outcome(xid)
-                if decision == Decision.PENDING:
-                    continue
-                tx = self.engine.known(xid.gtrid)
-                if tx is not None and not tx.status.is_final:
-                    # The engine drives it; found at another endpoint than it calls, it follows.
-                    await self.engine.follow(xid, rm_id, endpoint)
-                    continue
-                if tx is not None:
-                    # Final here but still prepared there (a reply lost before an RM restart).
-                    await self._apply(
-                        endpoint, xid, decision, "recommit" if decision == Decision.COMMIT else "rerollback"
-                    )
-                    counts["reapplied"] += 1
-                    continue
-                first = self._seen.get(xid, (endpoint, now))[1]
-                if now - first >= self.safety:
-                    await self._apply(endpoint, xid, Decision.ROLLBACK, "orphan_rollback")
-                    counts["orphan_rollback"] += 1
-                else:
-                    still_seen[xid] = (endpoint, first)
-                    counts["candidates"] += 1
+                try:
+                    await self._resolve(endpoint, rm_id, xid, now, counts, still_seen)
+                except UnavailableError:
+                    raise  # the engine takes nothing now (its log stopped): the scan ends here
+                except XatmError as err:
+                    # This branch stays in doubt (its transaction cannot be read, for one);
+                    # the others are still resolved.
+                    metrics.RECOVERY_ACTIONS.labels(action="failed").inc()
+                    log.warning("recover scan: %s at %s skipped: %s", xid, endpoint, err.message)
         self._seen = still_seen
         return counts
+
+    async def _resolve(
+        self,
+        endpoint: str,
+        rm_id: str,
+        xid: Xid,
+        now: float,
+        counts: dict[str, int],
+        still_seen: dict[Xid, tuple[str, float]],
+    ) -> None:
+        """Act on one in-doubt branch ``xid`` an RM at ``endpoint`` reported, counting what was done."""
+        decision = self.engine.query_outcome(xid)
+        if decision == Decision.PENDING:
+            return
+        tx = self.engine.known(xid.gtrid)
+        if tx is not None and not tx.status.is_final:
+            # The engine drives it; found at another endpoint than it calls, it follows.
+            await self.engine.follow(xid, rm_id, endpoint)
+            return
+        if tx is not None:
+            # Final here but still prepared there (a reply lost before an RM restart).
+            again = "recommit" if decision == Decision.COMMIT else "rerollback"
+            await self._apply(endpoint, xid, decision, again)
+            counts["reapplied"] += 1
+            return
+        first = self._seen.get(xid, (endpoint, now))[1]
+        if now - first >= self.safety:
+            await self._apply(endpoint, xid, Decision.ROLLBACK, "orphan_rollback")
+            counts["orphan_rollback"] += 1
+        else:
+            still_seen[xid] = (endpoint, first)
+            counts["candidates"] += 1
 
     async def _apply(self, endpoint: str, xid: Xid, decision: Decision, action: str) -> None:
         phase = Phase.COMMIT if decision == Decision.COMMIT else Phase.ROLLBACK

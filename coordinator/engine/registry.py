@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable
 
 from xatm.coordinator import protocol as sm
 from xatm.coordinator.engine.deadlines import Deadlines
-from xatm.coordinator.journal import Places, Served, expand, served
+from xatm.coordinator.journal import CorruptHistory, Places, Served, expand, served
 from xatm.participant.errors import NotFoundError
-from xatm.participant.xa import TxStatus, validate_gtrid
+from xatm.participant.xa import Decision, TxStatus, validate_gtrid
 
 __all__ = ["CLOSED", "MAX_KNOWN_PARTICIPANTS", "Compact", "Kept", "Registry"]
 
@@ -38,9 +38,6 @@ MAX_KNOWN_PARTICIPANTS = 10_000
 #: Completed without a heuristic: nothing is called on their branches any more (a move does not
 #: concern them), they age out as history, and they are not "active".
 CLOSED = (TxStatus.COMMITTED, TxStatus.ROLLEDBACK)
-#: Distinct ``Served`` shared at most; past it sharing starts afresh (a bound, not a cache that
-#: must hold everything: one not shared is as correct, only larger).
-_MAX_SHAPES = 4096
 #: Sorts the transactions a checkpoint made compact by completion, then gtrid.
 _FIRST_TWO = operator.itemgetter(0, 1)
 #: Undecided while the prepares are out: a commit request's answer waits for these to pass.
@@ -113,8 +110,9 @@ class Registry:
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
     ) -> list[sm.Transaction]:
         """Those in ``statuses`` (all when empty) begun after ``begun_after`` (wall-clock seconds):
-        the compact history first (expanded only when it matches), then the others in begin order."""
-        return [row.expand() if isinstance(row, Kept) else row for row in self.listing(statuses, begun_after)]
+        the compact history first (expanded only when it matches; ``Kept.shown``), then the others
+        in begin order."""
+        return [row.shown() if isinstance(row, Kept) else row for row in self.listing(statuses, begun_after)]
 
     def listing(
         self, statuses: Iterable[TxStatus] = (), begun_after: float | None = None
@@ -242,8 +240,6 @@ class Registry:
                 completed = tx.completed_mono if tx.completed_mono is not None else now
                 where = served(tuple((b.rm_id, b.endpoint) for b in tx.branches.values()), self._shapes)
                 batch.append((completed, gtrid, payload, int(tx.status), tx.begun_at, where))
-        if len(self._shapes) > _MAX_SHAPES:  # shared as long as they are few
-            self._shapes.clear()
         batch.sort(key=_FIRST_TWO)
         for completed, gtrid, payload, status, begun_at, where in batch:
             self._history[gtrid] = (payload, status, begun_at, completed, where)
@@ -343,6 +339,27 @@ class Kept:
         """The whole transaction, rebuilt from its kept records. Raises ``CorruptHistory`` for
         records this version cannot read."""
         return _expanded(self.gtrid, self._kept)
+
+    def shown(self) -> sm.Transaction:
+        """``expand()``, or for records this version cannot read what is known without them:
+        the gtrid, the status, when it began, no branches, and the error as its reason; so that
+        one such transaction leaves a listing of the others whole."""
+        try:
+            return self.expand()
+        except CorruptHistory as err:
+            kept = self._kept
+            status = TxStatus(kept[1])
+            tx = sm.Transaction(
+                gtrid=self.gtrid,
+                timeout_ms=0,
+                status=status,
+                rollback_reason=err.message,
+                decision=Decision.COMMIT if status == TxStatus.COMMITTED else Decision.ROLLBACK,
+                begun_at=kept[2],
+            )
+            tx.journaled = True
+            tx.begun_mono = tx.completed_mono = kept[3]
+            return tx
 
 
 def _expanded(gtrid: str, kept: Compact) -> sm.Transaction:

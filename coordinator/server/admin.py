@@ -113,7 +113,7 @@ class AdminOps:
         """A listing's row on the wire."""
         if isinstance(row, xa_pb2.TransactionInfo):
             return row
-        return self.info(row.expand() if isinstance(row, Kept) else row)
+        return self.info(row.shown() if isinstance(row, Kept) else row)
 
     def info(self, tx: Transaction) -> xa_pb2.TransactionInfo:
         """``tx`` on the wire, owned by this coordinator unless a subclass knows better; each

@@ -173,6 +173,31 @@ def test_compact_replay_agrees_when_long_transactions_are_folded_into_snapshots(
         _agree(log, keep)
 
 
+@settings(max_examples=150, deadline=None)
+@given(log=_logs(), keep=st.one_of(st.none(), st.integers(1, 6)))
+def test_where_completed_transactions_were_served_stays_right_past_the_shared_bound(
+    log: list[wal_pb2.WalRecord], keep: int | None
+) -> None:
+    """Endpoints that differ from transaction to transaction outgrow the table that shares what a
+    completed transaction keeps of them: past its bound it starts afresh, and nothing kept changes."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(journal, "MAX_SHARED_PLACES", 2)
+        _agree(log, keep)
+        compact = replay_compact(_copies(log), keep=keep)
+    for gtrid, (kept, _, _, where) in compact.history.items():
+        places = [(p.rm_id, p.endpoint) for p in wal_pb2.CompletedRecord.FromString(where).served]
+        assert places == [(b.rm_id, b.endpoint) for b in expand(gtrid, kept).branches.values()]
+
+
+def test_the_table_of_where_transactions_were_served_is_bounded() -> None:
+    shared: dict[journal.Places, journal.Served] = {}
+    for port in range(journal.MAX_SHARED_PLACES * 3):
+        journal.served((("rm-a", f"127.0.0.1:{port}"),), shared)
+        assert len(shared) <= journal.MAX_SHARED_PLACES
+    one = (("rm-a", "127.0.0.1:1"),)
+    assert journal.served(one, {}) == journal.served(one, shared)
+
+
 def _agree(log: list[wal_pb2.WalRecord], keep: int | None) -> None:
     full_audit: list[wal_pb2.WalRecord] = []
     compact_audit: list[wal_pb2.WalRecord] = []

@@ -65,12 +65,14 @@ def test_a_completed_transaction_dumps_as_its_records(tmp_path: Path) -> None:
         ("b1", "commit", "XA_OK", "Committed"),
         ("b2", "commit", "XA_OK", "Committed"),
     ]
-    assert done["served"] == [{"rmId": "rm-b1", "endpoint": "127.0.0.1:7001"}] + [
-        {"rmId": "rm-b2", "endpoint": "127.0.0.1:7001"}
+    assert done["served"] == [
+        {"rmId": "rm-b1", "endpoint": "127.0.0.1:7001"},
+        {"rmId": "rm-b2", "endpoint": "127.0.0.1:7001"},
     ]
     _, line = dump_text(tmp_path).splitlines()
     assert " completed " in line and "b'" not in line
-    assert line.count("branch_result={bqual=") == 2 and "code=XA_OK" in line and "end={status=Committed}" in line
+    assert line.count("branch_result={bqual=") == 2 and "code=XA_OK" in line
+    assert "end={status=Committed}" in line
 
 
 def test_kept_records_that_cannot_be_read_are_said_and_the_dump_goes_on(tmp_path: Path) -> None:
@@ -80,3 +82,16 @@ def test_kept_records_that_cannot_be_read_are_said_and_the_dump_goes_on(tmp_path
     assert len(second["completed"]["records"]) == 4
     table = dump_text(tmp_path).splitlines()
     assert "records=unreadable kept records (9 bytes)" in table[1] and "branch_result=" in table[2]
+
+
+def test_times_no_date_can_say_are_printed_as_numbers(tmp_path: Path) -> None:
+    odd = _completed("node1.aa")
+    odd.completed.begun_at = float("nan")
+    far = _completed("node1.bb")
+    far.completed.begun_at = 1e300
+    far.time.seconds, far.time.nanos = 253_402_300_800, 0  # the year 10000
+    _write(tmp_path, [odd, far])
+    first, second = [json.loads(line) for line in dump_text(tmp_path, "json").splitlines()]
+    assert (first["completed"]["begunAt"], second["completed"]["begunAt"]) == ("nans", "1e+300s")
+    assert second["time"] == "253402300800.000000000s"
+    assert "begun_at=nans" in dump_text(tmp_path).splitlines()[1]

@@ -238,8 +238,14 @@ def _unkept(kept: bytes, shown: Callable[[Message], Any]) -> list[Any] | str:
 
 
 def _time(stamp: Timestamp) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):  # outside what a date can say: the number itself
+        return f"{stamp.seconds}.{stamp.nanos:09d}s"
 
 
 def _wall(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):  # NaN, or outside what a date can say
+        return f"{seconds}s"
