@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 from xatm.coordinator.settings import Settings, SettingsError
 from xatm.coordinator.settings import resolve as coordinator_settings
+from xatm.participant.agent.server import AgentSettings
 from xatm.participant.agent.server import resolve as agent_settings
 from xatm.participant.runtime.address import Address, AddressError
+from xatm.participant.runtime.config import UsageError, XatmSettings, load
 
 # ------------------------------------------------------------------ precedence
 
@@ -161,3 +163,31 @@ def test_any_text_parses_or_fails_with_one_line(text: str) -> None:
     else:
         assert 1 <= address.port <= 65535 and address.host
         assert all(c.isprintable() and not c.isspace() for c in str(address))
+
+
+# ------------------------------------------------------------------ TOML's true is not a number
+
+
+def _numeric(cls: type[XatmSettings]) -> list[str]:
+    return [name for name, field in cls.model_fields.items() if field.annotation in (int, float)]
+
+
+@pytest.mark.parametrize("cls", [Settings, AgentSettings])
+def test_true_in_the_config_file_is_refused_for_every_number(tmp_path: Path, cls: type[XatmSettings]) -> None:
+    """Found by a newcomer: ``max_branches = true`` started a coordinator with one branch allowed."""
+    names = _numeric(cls)
+    assert len(names) >= 3
+    for name in names:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"[{cls.section}]\n{name} = true\n")
+        with pytest.raises(UsageError) as caught:
+            load(cls, {"config": str(config)}, {})
+        assert str(caught.value) == f"config file {config}: {name} must be a number, not true"
+
+
+def test_true_is_still_true_for_a_switch(tmp_path: Path) -> None:
+    switches = [name for name, field in Settings.model_fields.items() if field.annotation is bool]
+    config = tmp_path / "switches.toml"
+    config.write_text("[coordinator]\n" + "".join(f"{name} = true\n" for name in switches))
+    got = load(Settings, {"config": str(config)}, {})
+    assert switches and all(getattr(got, name) is True for name in switches)
