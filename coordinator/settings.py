@@ -154,6 +154,11 @@ class Settings(XatmSettings):
         default=600.0, description="largest transaction timeout (s): a longer one asked for is cut to it"
     )
     call_timeout: PositiveFloat = Field(default=5.0, description="deadline of one call to a participant (s)")
+    participant_token: str = Field(
+        default="",
+        description="bearer token sent on every call to participants (their coordinator_token)",
+        repr=False,
+    )
     commit_wait: PositiveFloat = Field(
         default=10.0, description="how long commit/rollback wait for phase two before answering (s)"
     )

@@ -25,6 +25,7 @@ together in one message.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import queue
 import threading
@@ -38,7 +39,7 @@ from google.protobuf.message import Message
 
 from xatm.participant import failpoints
 from xatm.participant.api.v1 import participant_pb2, participant_pb2_grpc, xa_pb2
-from xatm.participant.errors import InternalError, Status, XatmError
+from xatm.participant.errors import InternalError, Status, UnauthenticatedError, XatmError
 from xatm.participant.metrics import CALL_DURATION, CALLS
 from xatm.participant.runtime import tracing
 from xatm.participant.runtime.grpc_status import abort, abort_async
@@ -335,20 +336,54 @@ class _Tally:
             self.left -= 1
 
 
+_NOT_THE_COORDINATOR = "this participant takes phase calls from its coordinator only: "
+
+
 class _Base(participant_pb2_grpc.ParticipantServicer):
-    def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
+    def __init__(
+        self,
+        rm: ResourceManager,
+        *,
+        on_complete: Callable[[Xid], None] | None = None,
+        caller_token: str | None = None,
+    ):
+        """``caller_token``: the bearer token every call must carry (the coordinator's
+        participant token); None serves any caller."""
         self.core = ParticipantCore(rm, on_complete=on_complete)
+        self._expected = f"Bearer {caller_token}".encode() if caller_token else None
+
+    def _refusal(
+        self, context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]
+    ) -> XatmError | None:
+        """Why this call may not be served (it does not carry the expected token), or None."""
+        if self._expected is None:
+            return None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else str(value).encode()
+                if hmac.compare_digest(given, self._expected):
+                    return None
+                return UnauthenticatedError(_NOT_THE_COORDINATOR + "the token given is not its coordinator's")
+        return UnauthenticatedError(_NOT_THE_COORDINATOR + "no token was given")
 
 
 class ParticipantServicer(_Base):
     """The Participant service for a threaded ``grpc.server``."""
 
-    def __init__(self, rm: ResourceManager, *, on_complete: Callable[[Xid], None] | None = None):
-        super().__init__(rm, on_complete=on_complete)
+    def __init__(
+        self,
+        rm: ResourceManager,
+        *,
+        on_complete: Callable[[Xid], None] | None = None,
+        caller_token: str | None = None,
+    ):
+        super().__init__(rm, on_complete=on_complete, caller_token=caller_token)
         self._batch_pool: futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     def _serve(self, verb: str, request: Message, context: grpc.ServicerContext) -> Reply:
+        if (refused := self._refusal(context)) is not None:
+            abort(context, refused)
         try:
             with tracing.served(f"xatm.participant.{verb}", context, request) as span:
                 reply = self.core.serve(verb, request)
@@ -385,6 +420,8 @@ class ParticipantServicer(_Base):
     def Batch(
         self, request: participant_pb2.BatchRequest, context: grpc.ServicerContext
     ) -> Iterator[participant_pb2.BatchReply]:
+        if (refused := self._refusal(context)) is not None:
+            abort(context, refused)
         received = time.monotonic()
         items = request.items
         if len(items) == 1:  # nothing to run beside it: no thread hop
@@ -415,6 +452,8 @@ class ParticipantServicer(_Base):
     def BatchStream(
         self, requests: Iterator[participant_pb2.BatchRequest], context: grpc.ServicerContext
     ) -> Iterator[participant_pb2.BatchReply]:
+        if (refused := self._refusal(context)) is not None:
+            abort(context, refused)
         # The coordinator waits for this before its first message: it then knows the stream is
         # served (a refusal comes instead of it).
         context.send_initial_metadata(())
@@ -495,6 +534,8 @@ class AsyncParticipantServicer(_Base):
     """The Participant service for ``grpc.aio.server``: the core runs in a worker thread."""
 
     async def _serve(self, verb: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Reply:
+        if (refused := self._refusal(context)) is not None:
+            await abort_async(context, refused)
         try:
             with tracing.served(f"xatm.participant.{verb}", context, request) as span:
                 reply = await asyncio.to_thread(self.core.serve, verb, request)
@@ -541,6 +582,8 @@ class AsyncParticipantServicer(_Base):
     async def Batch(
         self, request: participant_pb2.BatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[participant_pb2.BatchReply]:
+        if (refused := self._refusal(context)) is not None:
+            await abort_async(context, refused)
         received = time.monotonic()
         if self.core.in_turn():
             if items := request.items:  # an empty batch is answered by the end of the call alone
@@ -557,6 +600,8 @@ class AsyncParticipantServicer(_Base):
         requests: AsyncIterator[participant_pb2.BatchRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[participant_pb2.BatchReply]:
+        if (refused := self._refusal(context)) is not None:
+            await abort_async(context, refused)
         await context.send_initial_metadata(())  # as on a threaded server
         # As on a threaded server: a task reads the requests and starts each branch in a worker
         # thread; the results, each message's number of branches and _READ_ALL share one queue.

@@ -138,6 +138,7 @@ class ParticipantStub:
         call_timeout: float = 10.0,
         eager: bool = False,
         allowed_coordinators: str | Iterable[str] = (),
+        coordinator_token: str | None = None,
     ):
         """``coordinator`` (``HOST:PORT``, or several replicas comma-separated) is used when a
         caller's metadata names none; ``advertise`` is the host:port of this process's server,
@@ -146,6 +147,9 @@ class ParticipantStub:
         reported as well). ``allowed_coordinators``: further coordinators a caller may name, as
         ``HOST:PORT`` addresses, IP addresses, host names (any port) or networks (CIDR),
         comma-separated text or a list; the addresses in ``coordinator`` are always allowed.
+        ``coordinator_token``: the bearer token every call of the Participant service served here
+        must carry (the coordinator's ``participant_token``), refused UNAUTHENTICATED otherwise;
+        None serves any caller that reaches the port.
 
         Raises InvalidArgumentError for a malformed ``coordinator`` or ``allowed_coordinators``,
         an ``advertise`` that is not a ``HOST:PORT`` another process can call (a wildcard), or a
@@ -159,6 +163,7 @@ class ParticipantStub:
         self.call_timeout = call_timeout
         self._credentials = channel_credentials
         self._metadata = auth_metadata(token)
+        self._coordinator_token = coordinator_token or None
         self._trusted = _trusted_coordinators(coordinator, allowed_coordinators)
         self._lock = threading.Lock()
         self._branches: dict[str, _Branch] = {}
@@ -178,7 +183,7 @@ class ParticipantStub:
     def add_to_server(self, server: grpc.Server | grpc.aio.Server) -> None:
         """Serve the Participant service for this RM on a threaded or grpc.aio server."""
         kind = AsyncParticipantServicer if isinstance(server, grpc.aio.Server) else ParticipantServicer
-        servicer = kind(self.rm, on_complete=self._completed)
+        servicer = kind(self.rm, on_complete=self._completed, caller_token=self._coordinator_token)
         participant_pb2_grpc.add_ParticipantServicer_to_server(servicer, server)
 
     @staticmethod

@@ -65,6 +65,10 @@ class Stubs(Protocol):
     def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
         """The reason a call that failed with status ``code`` gives its branch (``XAER_RMFAIL``)."""
 
+    @property
+    def credentials(self) -> tuple[tuple[str, str], ...]:
+        """Metadata every call to a participant carries (the coordinator's token, if it has one)."""
+
 
 class Channels(Stubs, Protocol):
     """What the batcher needs of the channel cache: also a call on an RPC of its own."""
@@ -266,7 +270,9 @@ class Batcher:
         try:
             stub = self._channels.held_stub(endpoint)
             try:
-                stream = stub.Batch(request, timeout=timeout, wait_for_ready=True)
+                stream = stub.Batch(
+                    request, timeout=timeout, wait_for_ready=True, metadata=self._channels.credentials or None
+                )
                 await self._read(stream, calls, heard)
             finally:
                 self._channels.release(endpoint)

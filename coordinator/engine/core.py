@@ -111,7 +111,9 @@ class Engine:
         self.incarnation = new_incarnation()
         self.log = txlog
         self.peers = peers or Peers(
-            max_message_bytes=settings.max_message_bytes, call_timeout=settings.call_timeout
+            max_message_bytes=settings.max_message_bytes,
+            call_timeout=settings.call_timeout,
+            token=settings.participant_token or None,
         )
         self.registry = Registry(on_deadline=self._on_timeout)
         self.audit = AuditTrail(txlog, self.AUDIT_KEPT)

@@ -82,11 +82,16 @@ class Peers:
         idle_after: float = 300.0,
         max_batch: int = 64,
         call_timeout: float | None = None,
+        token: str | None = None,
     ):
         """``max_batch``: branches carried in one ``Batch`` RPC or stream message at most (1 sends
         every branch on its own call, as to a participant without batches). ``call_timeout``: the
         deadline of most calls, in seconds, which bounds the channels' reconnect backoff
-        (``channel_options``)."""
+        (``channel_options``). ``token``: presented to participants as a bearer token (a
+        participant given the same ``coordinator_token`` refuses calls without it)."""
+        self._credentials_metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         self._options = [
             *channel_options(call_timeout),
             *_KEEPALIVE,
@@ -105,6 +110,11 @@ class Peers:
         self._unbatched: set[str] = set()
         self._batcher = Batcher(self, max_batch=max_batch) if max_batch > 1 else None
         self._streams = Streams(self, max_batch=max_batch) if max_batch > 1 else None
+
+    @property
+    def credentials(self) -> tuple[tuple[str, str], ...]:
+        """Metadata every call to a participant carries: the bearer token, if one was given."""
+        return self._credentials_metadata
 
     @property
     def channel_count(self) -> int:
@@ -193,9 +203,8 @@ class Peers:
         metrics.PARTICIPANT_CALLS.labels(method=method).inc()
         try:
             call = getattr(self._stub(endpoint), method)
-            reply = await call(
-                request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=metadata or None
-            )
+            sent = (*self._credentials_metadata, *metadata)
+            reply = await call(request, timeout=timeout, wait_for_ready=wait_for_ready, metadata=sent or None)
         except grpc.aio.AioRpcError as err:
             reason = self.failure_reason(endpoint, err.code(), err.details() or "", timeout)
             raise PeerError(reason, transport=True) from None

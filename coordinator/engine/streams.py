@@ -173,7 +173,7 @@ class _Stream:
         self._stub = self._channels.held_stub(endpoint)
         self._channels.release(endpoint)
         # No deadline: the stream lives as long as its channel; each branch has its own.
-        self._rpc = self._stub.BatchStream(wait_for_ready=True)
+        self._rpc = self._stub.BatchStream(wait_for_ready=True, metadata=self._channels.credentials or None)
         loop = asyncio.get_running_loop()
         self.tasks = (loop.create_task(self._write()), loop.create_task(self._read()))
 

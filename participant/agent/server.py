@@ -233,6 +233,12 @@ class AgentSettings(XatmSettings):
         json_schema_extra={"metavar": "LIST"},
     )
     token: str = Field(default="", description="bearer token for the coordinator")
+    coordinator_token: str = Field(
+        default="",
+        description="bearer token the coordinator must present on Participant calls (its "
+        "--participant-token); default: any caller",
+        repr=False,
+    )
     pool_size: Annotated[int, at_least(1)] = Field(
         default=8, description="database connections for active branches"
     )
@@ -485,6 +491,7 @@ class Agent:
             advertise=self._advertise(port),
             token=settings.token or None,
             allowed_coordinators=settings.allow_coordinators,
+            coordinator_token=settings.coordinator_token or None,
         )
         self.stub.add_to_server(self.server)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(self.stub, self.resource.kind), self.server)

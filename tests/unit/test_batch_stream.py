@@ -260,7 +260,9 @@ class _StalledChannels:
     def release(self, endpoint: str) -> None:
         pass
 
-    def BatchStream(self, wait_for_ready: bool = True) -> _StalledCall:
+    credentials = ()
+
+    def BatchStream(self, wait_for_ready: bool = True, metadata: Any = None) -> _StalledCall:
         self.streams.append(_StalledCall())
         return self.streams[-1]
 

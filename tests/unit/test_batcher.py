@@ -86,6 +86,8 @@ class FakeChannels:
     def failure_reason(self, endpoint: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
         return f"{code.name}: {details}"
 
+    credentials = ()
+
     def Batch(self, request: participant_pb2.BatchRequest, **_: Any) -> FakeStream:
         stream = FakeStream(request)
         self.streams.append(stream)
