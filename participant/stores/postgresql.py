@@ -306,6 +306,12 @@ class PostgresRM(StatementRM[_Branch]):
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_timeout_ms}ms",))
 
+        #: Sent after the statement that ends each branch, in its round trip: session settings a
+        #: branch changed (SET SESSION CHARACTERISTICS, statement_timeout, ...) go back to the
+        #: session's defaults (connection options included) instead of staying with the pooled
+        #: connection for the transactions after it; then the pool's own setting again.
+        self._reset = f"; RESET ALL; SET lock_timeout = '{int(lock_timeout_ms)}ms'"
+
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn,
             min_size=1,
@@ -462,13 +468,13 @@ class PostgresRM(StatementRM[_Branch]):
             try:
                 row = conn.execute(_NO_XID, prepare=True).fetchone()
                 if row is not None and row[0]:  # no transaction id: the branch wrote nothing
-                    conn.execute("COMMIT")
+                    conn.execute("COMMIT" + self._reset, prepare=False)
                     return XaCode.XA_RDONLY
             except psycopg.Error as exc:
                 raise no_vote(to_xa_error(exc, "read-only check", connection_closed=conn.closed)) from exc
         try:
             # Never prepared by psycopg: the gid makes every text unique (and cannot be a parameter).
-            cur = conn.execute(f"PREPARE TRANSACTION {_gid_literal(gid)}", prepare=False)
+            cur = conn.execute(f"PREPARE TRANSACTION {_gid_literal(gid)}{self._reset}", prepare=False)
         except psycopg.Error as exc:
             error = to_xa_error(exc, "PREPARE TRANSACTION", connection_closed=conn.closed)
             if error.code == XaCode.XAER_RMFAIL:
@@ -485,7 +491,7 @@ class PostgresRM(StatementRM[_Branch]):
         if (doomed := self._doomed(branch)) is not None:
             raise doomed
         try:
-            cur = branch.conn.execute("COMMIT")
+            cur = branch.conn.execute("COMMIT" + self._reset, prepare=False)
         except psycopg.Error as exc:
             error = to_xa_error(exc, "COMMIT", connection_closed=branch.conn.closed)
             if error.code == XaCode.XAER_RMFAIL:
@@ -554,7 +560,7 @@ class PostgresRM(StatementRM[_Branch]):
             conn.close()
         elif not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
             try:
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK" + self._reset, prepare=False)
             except psycopg.Error as exc:  # the pool discards a broken connection; the server rolls it back
                 log.debug("rollback of a finished branch failed: %s", exc)
         self._pool.putconn(conn)

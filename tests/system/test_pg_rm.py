@@ -355,3 +355,44 @@ def test_statement_running_when_prepare_comes_is_waited_for_and_prepared(rm: Pos
     assert caught.value.code == XaCode.XAER_PROTO and "prepared" in caught.value.reason
     rm.commit(xid, one_phase=False)
     assert balances(pg_db) == {1: 0, 2: 100}
+
+
+@pytest.mark.parametrize("ending", ["two-phase", "one-phase", "rollback", "read-only"])
+def test_session_settings_a_branch_changes_do_not_reach_the_next_branch(
+    make_rm: Callable[..., PostgresRM], pg_db: str, ending: str
+) -> None:
+    """Found by a newcomer: ``SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`` in one branch
+    made every later branch on that pooled connection fail (SQLSTATE 25006), and a session
+    ``statement_timeout`` cancelled their statements, until the process restarted."""
+    rm = make_rm(pool_size=1, lock_timeout_ms=1234)  # one connection: the next branch gets it
+    first = new_xid()
+    rm.start(first)
+    with rm.guard(first) as conn:
+        if ending != "read-only":
+            conn.execute("UPDATE accounts SET balance = balance WHERE id = 1")
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        conn.execute("SET statement_timeout = 1")
+        conn.execute("SET lock_timeout = 1")
+    rm.end(first)
+    if ending == "two-phase":
+        assert rm.prepare(first) == XaCode.XA_OK
+        rm.commit(first, one_phase=False)
+    elif ending == "one-phase":
+        rm.commit(first, one_phase=True)
+    elif ending == "rollback":
+        rm.rollback(first)
+    else:
+        assert rm.prepare(first) == XaCode.XA_RDONLY
+    second = new_xid()
+    rm.start(second)
+    with rm.guard(second) as conn:
+        shown = [
+            conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("transaction_read_only", "statement_timeout", "lock_timeout")
+        ]
+        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        conn.execute("SELECT pg_sleep(0.01)")
+    assert shown == ["off", "0", "1234ms"]
+    rm.end(second)
+    rm.commit(second, one_phase=True)
+    assert balances(pg_db)[1] == 101
