@@ -531,7 +531,10 @@ def outcome(tx: Transaction, requested: Phase) -> TxOutcome:
     agreeing = {XaCode.XA_HEURCOM} if committed else {XaCode.XA_HEURRB}
     if codes and not codes <= agreeing:
         if not committed and requested == Phase.ROLLBACK and codes == {XaCode.XA_HEURCOM}:
-            return TxOutcome.TX_COMMITTED
+            # Heuristically committed only if no branch was rolled back (a no vote, a rollback
+            # acknowledged): otherwise part committed, part rolled back.
+            rolled_back = any(b.status == B.ROLLEDBACK for b in tx.branches.values())
+            return TxOutcome.TX_MIXED if rolled_back else TxOutcome.TX_COMMITTED
         return TxOutcome.TX_MIXED
     if tx.status in (S.COMMITTED, S.COMMITTING) or (codes and committed):
         return TxOutcome.TX_COMMITTED if requested == Phase.ROLLBACK else TxOutcome.TX_OK

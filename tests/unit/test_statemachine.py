@@ -307,7 +307,8 @@ def test_rollback_reading_of_every_code(code: XaCode) -> None:
     elif code in HEUR_STATUS:
         assert branch.status == HEUR_STATUS[code] and tx.status == S.HEURISTICALLY_COMPLETED
         expected = {
-            XaCode.XA_HEURCOM: TxOutcome.TX_COMMITTED,
+            # b1 voted no and is rolled back: b0 heuristically committed makes it part of each.
+            XaCode.XA_HEURCOM: TxOutcome.TX_MIXED,
             XaCode.XA_HEURRB: TxOutcome.TX_OK,
             XaCode.XA_HEURMIX: TxOutcome.TX_MIXED,
             XaCode.XA_HEURHAZ: TxOutcome.TX_HAZARD,
@@ -318,6 +319,21 @@ def test_rollback_reading_of_every_code(code: XaCode) -> None:
         assert branch.status == B.ROLLEDBACK and tx.status == S.ROLLEDBACK
         assert sm.outcome(tx, Phase.ROLLBACK) == TxOutcome.TX_OK
         assert sm.outcome(tx, Phase.COMMIT) == TxOutcome.TX_ROLLBACK
+
+
+def test_a_rollback_every_branch_of_which_committed_heuristically_answers_tx_committed() -> None:
+    """Found by a newcomer: TX_COMMITTED was also the answer when another branch had been rolled
+    back (its no vote), which is a mixed outcome (``tx_rollback``: TX_MIXED, partly committed and
+    partly rolled back; TX_COMMITTED, heuristically committed)."""
+    tx = _tx()
+    sm.request_commit(tx)
+    sm.prepare_result(tx, "b0", XaCode.XA_OK)
+    sm.request_rollback(tx, "operator")  # while b1 still prepares: Preparing allows it
+    sm.prepare_result(tx, "b1", XaCode.XA_OK)  # its yes comes after: it is owed a rollback too
+    for bqual in tx.branches:
+        sm.phase_two_result(tx, bqual, Phase.ROLLBACK, XaCode.XA_HEURCOM)
+    assert tx.status == S.HEURISTICALLY_COMPLETED
+    assert sm.outcome(tx, Phase.ROLLBACK) == TxOutcome.TX_COMMITTED
 
 
 @pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.name)
