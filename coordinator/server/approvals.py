@@ -35,6 +35,7 @@ from xatm.participant.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    XatmError,
 )
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class Approvals:
         """Close a pending request unexecuted. Any operator may reject, the requester included
         (withdrawing it)."""
         reason = checked_reason(reason)
-        entry = await self._pending(ops, caller, request_id)
+        entry = await self._pending(ops, caller, request_id, "reject", reason)
         approval = entry.approval
         approval.state, approval.decided_by = "rejected", caller.principal.name
         approval.result = f"rejected: {reason}" if reason else "rejected"
@@ -221,13 +222,16 @@ class Approvals:
         is then closed as failed.
         """
         reason = checked_reason(reason)
-        entry = await self._pending(ops, caller, request_id)
+        entry = await self._pending(ops, caller, request_id, "approve", reason)
         approval = entry.approval
         if caller.principal.name == approval.requested_by:
-            raise PermissionDeniedError(
+            refused = PermissionDeniedError(
                 f"request {approval.id} was filed by {approval.requested_by}; a different operator "
                 "must approve it",
             )
+            result = "refused: PERMISSION_DENIED"
+            await self._audit(ops, caller, approval, "approve", result, refused.message, reason)
+            raise refused
         approval.state, approval.decided_by = "approving", caller.principal.name
         names = f"requested by {approval.requested_by}, approved by {caller.principal.name}"
         acting = ApprovedCaller(caller.principal, caller.peer, approval.trace_id, approval)
@@ -252,16 +256,26 @@ class Approvals:
 
     # ----------------------------------------------------------------- internals
 
-    async def _pending(self, ops: AdminOps, caller: Caller, request_id: str) -> _Entry:
-        caller.principal.require(Permission.OPERATE)
+    async def _pending(
+        self, ops: AdminOps, caller: Caller, request_id: str, action: str, reason: str
+    ) -> _Entry:
+        """The pending request ``request_id`` that ``caller`` means to ``action``; a refusal of a
+        known request is audited (an unknown id names nothing to record it under)."""
         if not request_id or len(request_id) > 64:
             raise InvalidArgumentError("give the request id, as `xactl approvals list` shows it")
         await self._expire(ops, caller)
         entry = self._entries.get(request_id)
-        if entry is None:
-            raise NotFoundError(f"no approval request {request_id[:64]!r}")
-        if entry.approval.state != "pending":
-            raise FailedPreconditionError(f"request {request_id} is {entry.approval.state}, not pending")
+        try:
+            caller.principal.require(Permission.OPERATE)
+            if entry is None:
+                raise NotFoundError(f"no approval request {request_id[:64]!r}")
+            if entry.approval.state != "pending":
+                raise FailedPreconditionError(f"request {request_id} is {entry.approval.state}, not pending")
+        except XatmError as err:
+            if entry is not None:
+                result = f"refused: {err.status.name}"
+                await self._audit(ops, caller, entry.approval, action, result, err.message, reason)
+            raise
         return entry
 
     async def _expire(self, ops: AdminOps, caller: Caller) -> None:

@@ -110,13 +110,19 @@ def test_a_request_through_xactl_is_approved_by_another_operator_only(coordinato
         if r.trace_id == trace
     ]
     actions = [(actor, action, result) for actor, action, result, _ in steps]
+    # Refusals of an authenticated caller are audited too (the requester's own approval was not:
+    # found by a newcomer), each under the request's trace id.
     assert actions == [
         ("alice", "request_approval", "ok"),
+        ("alice", "approve", "refused: PERMISSION_DENIED"),
+        ("watcher", "approve", "refused: PERMISSION_DENIED"),
         ("bob", "force_rollback", "ok"),
         ("bob", "approve", "ok"),
+        ("bob", "approve", "refused: FAILED_PRECONDITION"),
     ], steps
-    assert "requested by alice, approved by bob" in steps[-1][3] and "reason: checked" in steps[-1][3]
-    assert "order 7 stuck" in steps[1][3]
+    assert "a different operator must approve it" in steps[1][3] and "role viewer" in steps[2][3]
+    assert "requested by alice, approved by bob" in steps[4][3] and "reason: checked" in steps[4][3]
+    assert "order 7 stuck" in steps[3][3]
 
 
 def test_a_status_change_before_approval_refuses_it_with_the_rule(coordinator: Proc) -> None:
