@@ -7,7 +7,7 @@ from typing import Any
 
 import prometheus_client
 
-__all__ = ["Counter", "Gauge", "Histogram"]
+__all__ = ["Counter", "Gauge", "Histogram", "Unpublished"]
 
 
 class _CachedChildren:
@@ -40,3 +40,21 @@ class Gauge(_CachedChildren, prometheus_client.Gauge):
 
 class Histogram(_CachedChildren, prometheus_client.Histogram):
     """``prometheus_client.Histogram`` with cached label children."""
+
+
+class Unpublished:
+    """Metrics made unregistered (``registry=None``) and registered with the default registry by
+    the first ``publish()``: the metrics of a part a process may not use (a log backend) appear on
+    its ``/metrics`` only once it is used, not because a module was imported."""
+
+    def __init__(self, *metrics: prometheus_client.metrics.MetricWrapperBase) -> None:
+        self._metrics = metrics
+        self._published = False
+
+    def publish(self) -> None:
+        """Register them (once; later calls do nothing)."""
+        if self._published:
+            return
+        self._published = True
+        for metric in self._metrics:
+            prometheus_client.REGISTRY.register(metric)

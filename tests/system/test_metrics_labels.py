@@ -160,3 +160,13 @@ def test_latency_buckets_span_sub_millisecond_to_seconds(
     assert bounds, f"{family} exported no buckets"
     assert min(bounds) < 0.001, f"{family}: smallest bucket {min(bounds)}s cannot resolve an fsync"
     assert max(bounds) >= 5, f"{family}: largest bucket {max(bounds)}s cannot show a stuck phase"
+
+
+def test_each_process_exports_the_metrics_of_the_parts_it_runs(scraped: Scraped) -> None:
+    """Found by a newcomer: participants exported the write-ahead log's and etcd's metrics (all
+    zero) and a coordinator on the file log etcd's, because a module defining them was imported."""
+    families = {name: {family for family, _ in samples} for name, samples in scraped.samples.items()}
+    assert "xatm_wal_fsync_duration_seconds" in families["coordinator"]
+    assert not {f for f in families["coordinator"] if f.startswith("xatm_etcd_")}
+    for bank in ("bank-a", "bank-b"):
+        assert not {f for f in families[bank] if f.startswith(("xatm_wal_", "xatm_etcd_"))}, families[bank]

@@ -32,7 +32,12 @@ from typing import Any
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.etcd.client import connect, is_outage, read_prefix
 from xatm.coordinator.txlog.etcd.keys import Keys
-from xatm.coordinator.txlog.etcd.metrics import ETCD_CAS_CONFLICTS, ETCD_LEASE_RENEWALS, ETCD_WRITE_DURATION
+from xatm.coordinator.txlog.etcd.metrics import (
+    ETCD_CAS_CONFLICTS,
+    ETCD_LEASE_RENEWALS,
+    ETCD_METRICS,
+    ETCD_WRITE_DURATION,
+)
 from xatm.coordinator.txlog.interface import Encoded, LogLocked, LogStopped, TxLog, decoded
 from xatm.participant.errors import UnavailableError
 
@@ -114,6 +119,7 @@ class EtcdLog(TxLog):
         timeout: float = 2.0,
         wait_for_holder: float = 0.0,
     ):
+        ETCD_METRICS.publish()
         self.endpoints = endpoints
         self.replica = replica
         self.keys = Keys(prefix, replica)

@@ -21,7 +21,7 @@ from xatm.coordinator.txlog.file.framing import (
     encode_segment_header,
 )
 from xatm.coordinator.txlog.file.lock import DirLock
-from xatm.coordinator.txlog.file.metrics import WAL_RECORDS, WAL_TORN_TAIL
+from xatm.coordinator.txlog.file.metrics import WAL_METRICS, WAL_RECORDS, WAL_TORN_TAIL
 from xatm.coordinator.txlog.file.scan import LogScan, Span, SpanRecords, Tail, TornTail, close_spans
 from xatm.coordinator.txlog.file.segment import (
     TEMP_SUFFIX,
@@ -139,6 +139,7 @@ class FileWal(TxLog):
     ) -> None:
         if segment_bytes < MIN_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {segment_bytes}")
+        WAL_METRICS.publish()
         self.data_dir = Path(data_dir)
         self.wal_dir = self.data_dir / "wal"
         #: What ``open()`` cut off the end of the log, if anything.
