@@ -81,13 +81,17 @@ class AsyncBatchOnly(AsyncParticipantServicer):
 
 
 @contextlib.asynccontextmanager
-async def serving(rm: ScriptedRM, kind: str, transport: str = "stream") -> AsyncIterator[str]:
+async def serving(
+    rm: MemoryRM, kind: str, transport: str = "stream", caller_token: str | None = None
+) -> AsyncIterator[str]:
     """The Participant service over ``rm`` on a loopback port; its host:port. ``transport``
-    "batch": a participant that serves ``Batch`` but not ``BatchStream``."""
+    "batch": a participant that serves ``Batch`` but not ``BatchStream``. ``caller_token``: the
+    token every call must carry."""
     streams = transport == "stream"
     if kind == "aio":
         aio_server = grpc.aio.server()
-        servicer = AsyncParticipantServicer(rm) if streams else AsyncBatchOnly(rm)
+        aio_kind = AsyncParticipantServicer if streams else AsyncBatchOnly
+        servicer = aio_kind(rm, caller_token=caller_token)
         participant_pb2_grpc.add_ParticipantServicer_to_server(servicer, aio_server)
         port = aio_server.add_insecure_port("127.0.0.1:0")
         await aio_server.start()
@@ -97,7 +101,8 @@ async def serving(rm: ScriptedRM, kind: str, transport: str = "stream") -> Async
             await aio_server.stop(None)
     else:
         server = grpc.server(ThreadPoolExecutor(max_workers=8))
-        threaded = ParticipantServicer(rm) if streams else BatchOnly(rm)
+        threaded_kind = ParticipantServicer if streams else BatchOnly
+        threaded = threaded_kind(rm, caller_token=caller_token)
         participant_pb2_grpc.add_ParticipantServicer_to_server(threaded, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
