@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from xatm.coordinator.protocol import Branch, Transaction
 from xatm.coordinator.txlog._proto import wal_pb2
 from xatm.coordinator.txlog.interface import Framed
-from xatm.coordinator.txlog.kept import LENGTH, kept_record, kept_records
+from xatm.coordinator.txlog.kept import kept_record, kept_records, pack_length
 from xatm.participant.api.v1 import admin_pb2, xa_pb2
 from xatm.participant.errors import Status, XatmError
 from xatm.participant.runtime.proto_enum import proto_enum
@@ -53,7 +53,6 @@ __all__ = [
     "timestamp",
 ]
 
-_pack_length = LENGTH.pack
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -480,7 +479,7 @@ def replay_compact(
                 folding.touch(entry.gtrid if entry is not None else gtrid)
             if entry is not None:
                 data = rec.SerializeToString() if payload is None else payload
-                entry.held.append(_pack_length(len(data) - entry.cut) + data)
+                entry.held.append(pack_length(len(data) - entry.cut) + data)
                 entry.waiting.append(rec)
                 if len(entry.held) > _MAX_HELD:
                     folding.compact(entry, rec)
@@ -546,7 +545,7 @@ class _Live:
         self.cut = len(self.field)
         self.snap = snap
         self.held: list[bytes | wal_pb2.WalRecord] = [
-            first if data is None else _pack_length(len(data) - self.cut) + data
+            first if data is None else pack_length(len(data) - self.cut) + data
         ]
         self.sync = sync
         self.waiting: list[wal_pb2.WalRecord] = []
@@ -561,12 +560,12 @@ class _Live:
         """The transaction is now ``snap`` from its record ``first`` on (read from ``data``, when
         given): what it held is replaced."""
         self.snap, self.sync = snap, sync
-        self.held = [first if data is None else _pack_length(len(data) - self.cut) + data]
+        self.held = [first if data is None else pack_length(len(data) - self.cut) + data]
         self.waiting.clear()
 
     def hold(self, data: bytes | memoryview) -> None:
         """Hold the record serialised as ``data``."""
-        self.held.append(_pack_length(len(data) - self.cut) + data)
+        self.held.append(pack_length(len(data) - self.cut) + data)
 
     def firm(self) -> None:
         """Hold the first record as its bytes (before its message is changed: the fold changes
@@ -575,7 +574,7 @@ class _Live:
         first = held[0]
         if not isinstance(first, bytes):
             data = first.SerializeToString()
-            held[0] = _pack_length(len(data) - self.cut) + data
+            held[0] = pack_length(len(data) - self.cut) + data
 
     def kept(self, start: int = 0) -> bytes:
         """The held records from ``start`` on, as kept records."""
@@ -715,7 +714,7 @@ class _Folding:
         del self.live[gtrid]
         data = rec.SerializeToString() if payload is None else payload
         held, field = entry.held, entry.field
-        held.append(_pack_length(len(data) - entry.cut) + data)
+        held.append(pack_length(len(data) - entry.cut) + data)
         kept = b""
         if field and type(held[0]) is bytes:  # ``kept()``, most often, without its calls
             raw = b"".join(held)  # type: ignore[arg-type]  # bytes, every one

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 from xatm.coordinator.txlog._proto import wal_pb2
 
-__all__ = ["LENGTH", "kept_record", "kept_records", "kept_spans"]
+__all__ = ["LENGTH", "kept_record", "kept_records", "kept_spans", "pack_length"]
 
 #: The length before each kept record.
 LENGTH = struct.Struct("<I")
-_pack_length = LENGTH.pack
+#: The length before a kept record, as bytes.
+pack_length = LENGTH.pack
 
 
 def kept_record(payload: bytes | memoryview) -> bytes:
@@ -30,8 +31,8 @@ def kept_record(payload: bytes | memoryview) -> bytes:
     if at + 1 < size and payload[at] == 0x12 and payload[at + 1] < 0x80:
         cut = at + 2 + payload[at + 1]
         if cut <= size:
-            return b"".join((_pack_length(size - cut + at), payload[:at], payload[cut:]))
-    return _pack_length(size) + payload
+            return b"".join((pack_length(size - cut + at), payload[:at], payload[cut:]))
+    return pack_length(size) + payload
 
 
 def kept_spans(kept: bytes) -> Iterator[tuple[int, int]]:
